@@ -1,0 +1,276 @@
+//! The control API: HTTP + JSON on 127.0.0.1 only. The CLI subcommands are its clients.
+//!
+//! Handlers never touch the swarm: the event loop publishes views into [`SharedState`] and
+//! handlers read them under short, non-async locks. The port is written to
+//! `<data_dir>/control.json` so `fogmesh status` finds a node from its data dir alone.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::{Phase, Transition};
+use crate::telemetry::{ReceivedTelemetry, RejectionCounters, TelemetryRecord};
+
+pub const CONTROL_FILE: &str = "control.json";
+
+/// Most telemetry receipts kept for `/v1/receipts` (the oldest are dropped when full).
+pub const MAX_RECEIPTS: usize = 8192;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BootstrapView {
+    pub configured: usize,
+    pub connected: usize,
+}
+
+/// `/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub peer_id: String,
+    pub version: String,
+    pub phase: Phase,
+    pub phase_since_ms: u64,
+    pub phase_reason: String,
+    pub transitions: Vec<Transition>,
+    pub started_at_ms: u64,
+    pub uptime_s: u64,
+    pub data_dir: PathBuf,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub known_peers: usize,
+    pub telemetry_nodes: usize,
+    pub stale_nodes: usize,
+    pub telemetry_interval_ms: u64,
+    pub telemetry_published: u64,
+    pub telemetry_accepted: u64,
+    pub telemetry_rejected: RejectionCounters,
+    pub store_errors: u64,
+    pub mdns: bool,
+    pub bootstrap: BootstrapView,
+}
+
+/// One row of `/v1/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub connected: bool,
+    /// The address of the live connection, if connected.
+    pub connection_addr: Option<String>,
+    pub direction: Option<String>,
+    pub rtt_ms: Option<f64>,
+    pub agent: Option<String>,
+    pub known_addrs: Vec<String>,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersResponse {
+    pub peers: Vec<PeerView>,
+}
+
+/// One row of `/v1/telemetry`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetryView {
+    pub peer_id: String,
+    /// True for this node's own last published record.
+    pub local: bool,
+    pub seq: u64,
+    pub timestamp_ms: u64,
+    pub received_at_ms: u64,
+    pub age_ms: u64,
+    pub stale: bool,
+    pub record: TelemetryRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetryResponse {
+    pub peer_id: String,
+    pub now_ms: u64,
+    pub nodes: Vec<TelemetryView>,
+}
+
+/// One accepted telemetry message, for measuring propagation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Receipt {
+    pub origin_index: u32,
+    pub seq: u64,
+    pub published_ms: u64,
+    pub received_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReceiptsResponse {
+    /// Origins by index, so receipts stay small.
+    pub origins: Vec<String>,
+    pub receipts: Vec<Receipt>,
+}
+
+/// Receipts kept compactly: origins interned once.
+#[derive(Debug, Default)]
+pub struct ReceiptLog {
+    origins: Vec<String>,
+    index: BTreeMap<String, u32>,
+    receipts: VecDeque<Receipt>,
+}
+
+impl ReceiptLog {
+    pub fn push(&mut self, origin: &str, seq: u64, published_ms: u64, received_ms: u64) {
+        let origin_index = match self.index.get(origin) {
+            Some(i) => *i,
+            None => {
+                let i = self.origins.len() as u32;
+                self.origins.push(origin.to_owned());
+                self.index.insert(origin.to_owned(), i);
+                i
+            }
+        };
+        if self.receipts.len() == MAX_RECEIPTS {
+            self.receipts.pop_front();
+        }
+        self.receipts.push_back(Receipt {
+            origin_index,
+            seq,
+            published_ms,
+            received_ms,
+        });
+    }
+
+    pub fn view(&self) -> ReceiptsResponse {
+        ReceiptsResponse {
+            origins: self.origins.clone(),
+            receipts: self.receipts.iter().copied().collect(),
+        }
+    }
+}
+
+/// What the event loop shares with the API.
+#[derive(Debug)]
+pub struct SharedState {
+    pub status: RwLock<StatusView>,
+    pub peers: RwLock<Vec<PeerView>>,
+    pub telemetry: RwLock<BTreeMap<String, ReceivedTelemetry>>,
+    pub own_telemetry: RwLock<Option<ReceivedTelemetry>>,
+    pub receipts: Mutex<ReceiptLog>,
+}
+
+/// Reads a lock even if a panicking writer poisoned it: views are plain data.
+pub fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+pub fn write<T>(lock: &RwLock<T>, f: impl FnOnce(&mut T)) {
+    match lock.write() {
+        Ok(mut g) => f(&mut g),
+        Err(poisoned) => f(&mut poisoned.into_inner()),
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl SharedState {
+    pub fn telemetry_view(&self, now: u64) -> TelemetryResponse {
+        let status = read(&self.status);
+        let mut nodes: Vec<TelemetryView> = read(&self.telemetry)
+            .into_iter()
+            .map(|(peer_id, t)| view_of(peer_id, false, t, now))
+            .collect();
+        if let Some(own) = read(&self.own_telemetry) {
+            nodes.insert(0, view_of(status.peer_id.clone(), true, own, now));
+        }
+        TelemetryResponse {
+            peer_id: status.peer_id,
+            now_ms: now,
+            nodes,
+        }
+    }
+}
+
+fn view_of(peer_id: String, local: bool, t: ReceivedTelemetry, now: u64) -> TelemetryView {
+    TelemetryView {
+        peer_id,
+        local,
+        seq: t.seq,
+        timestamp_ms: t.timestamp_ms,
+        received_at_ms: t.received_at_ms,
+        age_ms: now.saturating_sub(t.received_at_ms),
+        stale: !local && t.is_stale(now),
+        record: t.record,
+    }
+}
+
+pub fn router(state: Arc<SharedState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/telemetry", get(telemetry))
+        .route("/v1/receipts", get(receipts))
+        .with_state(state)
+}
+
+async fn health(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
+    let phase = read(&state.status).phase;
+    let healthy = matches!(phase, Phase::Idle | Phase::Active | Phase::Booting);
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(
+            serde_json::json!({ "status": if healthy { "ok" } else { "degraded" }, "phase": phase }),
+        ),
+    )
+}
+
+async fn status(State(state): State<Arc<SharedState>>) -> Json<StatusView> {
+    let mut view = read(&state.status);
+    view.uptime_s = now_ms().saturating_sub(view.started_at_ms) / 1000;
+    Json(view)
+}
+
+async fn peers(State(state): State<Arc<SharedState>>) -> Json<PeersResponse> {
+    Json(PeersResponse {
+        peers: read(&state.peers),
+    })
+}
+
+async fn telemetry(State(state): State<Arc<SharedState>>) -> Json<TelemetryResponse> {
+    Json(state.telemetry_view(now_ms()))
+}
+
+async fn receipts(State(state): State<Arc<SharedState>>) -> Json<ReceiptsResponse> {
+    let view = match state.receipts.lock() {
+        Ok(g) => g.view(),
+        Err(poisoned) => poisoned.into_inner().view(),
+    };
+    Json(view)
+}
+
+/// Contents of `<data_dir>/control.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlFile {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub peer_id: String,
+}
+
+pub fn control_file_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(CONTROL_FILE)
+}

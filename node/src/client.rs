@@ -1,0 +1,265 @@
+//! The CLI side of the control API: find a node, ask it, print readable tables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    control_file_path, ControlFile, PeersResponse, ReceiptsResponse, StatusView, TelemetryResponse,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no running node found for data dir {data_dir}: {path} is missing (start one with `fogmesh run --data-dir {data_dir}`)")]
+    NotRunning { data_dir: PathBuf, path: PathBuf },
+    #[error("control file {path} is unreadable: {reason}")]
+    BadControlFile { path: PathBuf, reason: String },
+    #[error("node control API at {addr} did not answer: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error("node control API at {addr} answered {status} for {path}")]
+    Status {
+        addr: SocketAddr,
+        path: String,
+        status: u16,
+    },
+}
+
+/// A client of one node's control API.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    addr: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl ControlClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Self { addr, http }
+    }
+
+    /// Finds the node that runs with `data_dir` through its control file.
+    pub fn for_data_dir(data_dir: &Path) -> Result<Self, ClientError> {
+        let path = control_file_path(data_dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::NotRunning {
+                    data_dir: data_dir.to_path_buf(),
+                    path,
+                })
+            }
+            Err(e) => {
+                return Err(ClientError::BadControlFile {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let file: ControlFile =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::BadControlFile {
+                path,
+                reason: e.to_string(),
+            })?;
+        Ok(Self::new(file.addr))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("http://{}{}", self.addr, path);
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            addr: self.addr,
+            reason: e.to_string(),
+        };
+        let response = self.http.get(url).send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(ClientError::Status {
+                addr: self.addr,
+                path: path.to_owned(),
+                status: response.status().as_u16(),
+            });
+        }
+        response.json().await.map_err(unreachable)
+    }
+
+    pub async fn status(&self) -> Result<StatusView, ClientError> {
+        self.get("/v1/status").await
+    }
+
+    pub async fn peers(&self) -> Result<PeersResponse, ClientError> {
+        self.get("/v1/peers").await
+    }
+
+    pub async fn telemetry(&self) -> Result<TelemetryResponse, ClientError> {
+        self.get("/v1/telemetry").await
+    }
+
+    pub async fn receipts(&self) -> Result<ReceiptsResponse, ClientError> {
+        self.get("/v1/receipts").await
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header.iter().copied());
+    t
+}
+
+/// Shortens a PeerId for tables: enough to tell nodes apart, full ids are in `--json`.
+pub fn short_id(peer_id: &str) -> String {
+    if peer_id.len() > 14 {
+        format!("{}…{}", &peer_id[..6], &peer_id[peer_id.len() - 6..])
+    } else {
+        peer_id.to_owned()
+    }
+}
+
+fn bytes(b: Option<u64>) -> String {
+    match b {
+        None => "?".into(),
+        Some(b) if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
+}
+
+fn age(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+    }
+}
+
+pub fn render_status(s: &StatusView) -> String {
+    let r = &s.telemetry_rejected;
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let rows: Vec<(&str, String)> = vec![
+        ("peer id", s.peer_id.clone()),
+        ("version", s.version.clone()),
+        (
+            "phase",
+            format!(
+                "{} since {} ago ({})",
+                s.phase,
+                age(crate::api::now_ms().saturating_sub(s.phase_since_ms)),
+                s.phase_reason
+            ),
+        ),
+        ("uptime", age(s.uptime_s * 1000)),
+        ("data dir", s.data_dir.display().to_string()),
+        ("listening on", s.listen_addrs.join("\n")),
+        (
+            "peers",
+            format!("{} connected, {} known", s.connected_peers, s.known_peers),
+        ),
+        (
+            "bootstrap",
+            format!(
+                "{}/{} connected",
+                s.bootstrap.connected, s.bootstrap.configured
+            ),
+        ),
+        ("mDNS", if s.mdns { "on" } else { "off" }.into()),
+        (
+            "telemetry",
+            format!(
+                "{} nodes ({} stale), every {}, {} published, {} accepted",
+                s.telemetry_nodes,
+                s.stale_nodes,
+                humantime::format_duration(Duration::from_millis(s.telemetry_interval_ms)),
+                s.telemetry_published,
+                s.telemetry_accepted
+            ),
+        ),
+        (
+            "rejected",
+            format!(
+                "{} (malformed {}, oversized {}, bad signature {}, sender mismatch {}, stale {}, future {}, replayed {})",
+                r.total(), r.malformed, r.oversized, r.bad_signature, r.sender_mismatch, r.stale, r.from_future, r.replayed
+            ),
+        ),
+        ("store errors", s.store_errors.to_string()),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_owned(), v]);
+    }
+    t.to_string()
+}
+
+pub fn render_peers(p: &PeersResponse) -> String {
+    if p.peers.is_empty() {
+        return "no peers known yet".into();
+    }
+    let mut t = table(&["peer", "state", "address", "rtt", "agent", "last seen"]);
+    let now = crate::api::now_ms();
+    for peer in &p.peers {
+        t.add_row(vec![
+            short_id(&peer.peer_id),
+            if peer.connected {
+                format!("connected ({})", peer.direction.as_deref().unwrap_or("?"))
+            } else {
+                "known".into()
+            },
+            peer.connection_addr
+                .clone()
+                .or_else(|| peer.known_addrs.first().cloned())
+                .unwrap_or_default(),
+            peer.rtt_ms
+                .map(|r| format!("{r:.1} ms"))
+                .unwrap_or_default(),
+            peer.agent.clone().unwrap_or_default(),
+            if peer.connected {
+                "now".into()
+            } else {
+                format!("{} ago", age(now.saturating_sub(peer.last_seen_ms)))
+            },
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn render_telemetry(r: &TelemetryResponse) -> String {
+    if r.nodes.is_empty() {
+        return "no telemetry yet".into();
+    }
+    let mut t = table(&[
+        "node", "seq", "age", "state", "cpu", "memory", "rss", "peers", "uptime", "version",
+    ]);
+    for n in &r.nodes {
+        let rec = &n.record;
+        t.add_row(vec![
+            format!(
+                "{}{}",
+                short_id(&n.peer_id),
+                if n.local { " (self)" } else { "" }
+            ),
+            (n.seq % 100_000).to_string(),
+            age(n.age_ms),
+            if n.stale { "STALE" } else { "fresh" }.into(),
+            rec.cpu_load_pct
+                .map(|c| format!("{c:.0}%"))
+                .unwrap_or_else(|| "?".into()),
+            format!(
+                "{} / {}",
+                bytes(rec.mem_used_bytes),
+                bytes(rec.mem_total_bytes)
+            ),
+            bytes(rec.rss_bytes),
+            rec.peer_count.to_string(),
+            age(rec.uptime_s * 1000),
+            rec.version.clone(),
+        ]);
+    }
+    t.to_string()
+}

@@ -1,0 +1,474 @@
+//! Configuration: a TOML file, `FOGMESH_*` environment variables and command-line flags, in
+//! that order of precedence (flags win). Each source is read into a [`ConfigLayer`]; unknown
+//! keys and bad values are errors that name the key and the source. [`Settings`] is the
+//! resolved, validated result the node runs with.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Default TCP and UDP (QUIC) port of a node.
+pub const DEFAULT_PORT: u16 = 4747;
+const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_TELEMETRY_INTERVAL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One source's settings; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<Vec<Multiaddr>>,
+    pub bootstrap: Option<Vec<Multiaddr>>,
+    pub mdns: Option<bool>,
+    pub quic: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub telemetry_interval: Option<Duration>,
+    pub control_port: Option<u16>,
+    pub max_connections: Option<u32>,
+    pub log: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl ConfigLayer {
+    /// `other`'s values win where it has them.
+    pub fn overlay(mut self, other: ConfigLayer) -> ConfigLayer {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            data_dir,
+            listen,
+            bootstrap,
+            mdns,
+            quic,
+            telemetry_interval,
+            control_port,
+            max_connections,
+            log,
+            log_format
+        );
+        self
+    }
+}
+
+/// A configuration problem, naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("config file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("{key} (from {source_name}): {reason}")]
+    Value {
+        key: &'static str,
+        source_name: String,
+        reason: String,
+    },
+    #[error("config file {0} already exists; pass --force to overwrite it")]
+    Exists(PathBuf),
+    #[error("cannot write config file {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Reads a TOML config file.
+pub fn load_file(path: &Path) -> Result<ConfigLayer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let layer: ConfigLayer = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string().trim().replace('\n', " "),
+    })?;
+    validate(&layer, &format!("config file {}", path.display()))?;
+    Ok(layer)
+}
+
+/// Environment variables this node reads, besides `FOGMESH_CONFIG` (the config file path).
+pub const ENV_VARS: &[&str] = &[
+    "FOGMESH_DATA_DIR",
+    "FOGMESH_LISTEN",
+    "FOGMESH_BOOTSTRAP",
+    "FOGMESH_MDNS",
+    "FOGMESH_QUIC",
+    "FOGMESH_TELEMETRY_INTERVAL",
+    "FOGMESH_CONTROL_PORT",
+    "FOGMESH_MAX_CONNECTIONS",
+    "FOGMESH_LOG",
+    "FOGMESH_LOG_FORMAT",
+];
+
+/// Reads `FOGMESH_*` variables from `vars`. Lists are comma-separated. An unknown
+/// `FOGMESH_*` variable is an error, so a typo never silently does nothing.
+pub fn load_env(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<ConfigLayer, ConfigError> {
+    let mut layer = ConfigLayer::default();
+    for (var, value) in vars {
+        if !var.starts_with("FOGMESH_") || var == "FOGMESH_CONFIG" {
+            continue;
+        }
+        let err = |reason: String| ConfigError::Env {
+            var: var.clone(),
+            reason,
+        };
+        match var.as_str() {
+            "FOGMESH_DATA_DIR" => layer.data_dir = Some(PathBuf::from(&value)),
+            "FOGMESH_LISTEN" => layer.listen = Some(parse_addrs(&value).map_err(err)?),
+            "FOGMESH_BOOTSTRAP" => layer.bootstrap = Some(parse_addrs(&value).map_err(err)?),
+            "FOGMESH_MDNS" => layer.mdns = Some(parse_bool(&value).map_err(err)?),
+            "FOGMESH_QUIC" => layer.quic = Some(parse_bool(&value).map_err(err)?),
+            "FOGMESH_TELEMETRY_INTERVAL" => {
+                layer.telemetry_interval =
+                    Some(humantime::parse_duration(&value).map_err(|e| err(e.to_string()))?)
+            }
+            "FOGMESH_CONTROL_PORT" => {
+                layer.control_port = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+            }
+            "FOGMESH_MAX_CONNECTIONS" => {
+                layer.max_connections = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+            }
+            "FOGMESH_LOG" => layer.log = Some(value.clone()),
+            "FOGMESH_LOG_FORMAT" => {
+                layer.log_format = Some(match value.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(err(format!("expected text or json, got {other:?}"))),
+                })
+            }
+            _ => {
+                return Err(err(format!(
+                    "unknown variable; known ones are FOGMESH_CONFIG, {}",
+                    ENV_VARS.join(", ")
+                )))
+            }
+        }
+    }
+    validate(&layer, "environment")?;
+    Ok(layer)
+}
+
+fn parse_addrs(value: &str) -> Result<Vec<Multiaddr>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|e| format!("bad multiaddr {s:?}: {e}")))
+        .collect()
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+/// Range checks serde cannot express.
+pub fn validate(layer: &ConfigLayer, source_name: &str) -> Result<(), ConfigError> {
+    let bad = |key: &'static str, reason: String| ConfigError::Value {
+        key,
+        source_name: source_name.to_owned(),
+        reason,
+    };
+    if let Some(interval) = layer.telemetry_interval {
+        if !(MIN_TELEMETRY_INTERVAL..=MAX_TELEMETRY_INTERVAL).contains(&interval) {
+            return Err(bad(
+                "telemetry_interval",
+                format!(
+                    "{} is outside 100ms..1h",
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
+    }
+    if layer.max_connections == Some(0) {
+        return Err(bad("max_connections", "must be at least 1".into()));
+    }
+    if let Some(listen) = &layer.listen {
+        if listen.is_empty() {
+            return Err(bad("listen", "needs at least one address".into()));
+        }
+    }
+    if let Some(filter) = &layer.log {
+        tracing_subscriber::EnvFilter::try_new(filter)
+            .map_err(|e| bad("log", format!("bad filter {filter:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The settings a node runs with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub quic: bool,
+    #[serde(with = "humantime_serde")]
+    pub telemetry_interval: Duration,
+    pub control_port: u16,
+    pub max_connections: u32,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+/// The platform's data directory for fogmesh (`~/.local/share/fogmesh` on Linux).
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "fogmesh")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("fogmesh-data"))
+}
+
+/// The platform's default config file path (`~/.config/fogmesh/config.toml` on Linux).
+pub fn default_config_path() -> PathBuf {
+    directories::ProjectDirs::from("", "", "fogmesh")
+        .map(|d| d.config_dir().join("config.toml"))
+        .unwrap_or_else(|| PathBuf::from("fogmesh.toml"))
+}
+
+fn default_listen() -> Vec<Multiaddr> {
+    let tcp = Multiaddr::empty()
+        .with(std::net::Ipv4Addr::UNSPECIFIED.into())
+        .with(libp2p::multiaddr::Protocol::Tcp(DEFAULT_PORT));
+    let quic = Multiaddr::empty()
+        .with(std::net::Ipv4Addr::UNSPECIFIED.into())
+        .with(libp2p::multiaddr::Protocol::Udp(DEFAULT_PORT))
+        .with(libp2p::multiaddr::Protocol::QuicV1);
+    vec![tcp, quic]
+}
+
+impl Settings {
+    /// Resolves a merged layer against the defaults.
+    pub fn resolve(layer: ConfigLayer) -> Settings {
+        let quic = layer.quic.unwrap_or(true);
+        let mut listen = layer.listen.unwrap_or_else(default_listen);
+        if !quic {
+            listen.retain(|a| {
+                !a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+            });
+        }
+        Settings {
+            data_dir: layer.data_dir.unwrap_or_else(default_data_dir),
+            listen,
+            bootstrap: layer.bootstrap.unwrap_or_default(),
+            mdns: layer.mdns.unwrap_or(true),
+            quic,
+            telemetry_interval: layer.telemetry_interval.unwrap_or(Duration::from_secs(30)),
+            control_port: layer.control_port.unwrap_or(0),
+            max_connections: layer.max_connections.unwrap_or(128),
+            log: layer.log.unwrap_or_else(|| "info".into()),
+            log_format: layer.log_format.unwrap_or_default(),
+        }
+    }
+
+    /// Loads file (if any), then environment, then `flags`, and resolves.
+    ///
+    /// The file is `config_path` if given, else the default path if it exists.
+    pub fn load(
+        config_path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: ConfigLayer,
+    ) -> Result<Settings, ConfigError> {
+        let file = match config_path {
+            Some(path) => load_file(path)?,
+            None => {
+                let default = default_config_path();
+                if default.is_file() {
+                    load_file(&default)?
+                } else {
+                    ConfigLayer::default()
+                }
+            }
+        };
+        let env = load_env(env)?;
+        validate(&flags, "command line")?;
+        Ok(Settings::resolve(file.overlay(env).overlay(flags)))
+    }
+}
+
+/// The commented default config file `fogmesh config init` writes.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
+# Precedence: this file < FOGMESH_* environment variables < command-line flags.
+# Every key is optional; the values shown (commented out) are the defaults.
+
+# Where the node keeps its identity key and its store.
+# data_dir = "~/.local/share/fogmesh"     # the platform's data directory
+
+# Addresses to listen on (TCP and QUIC on all interfaces, port 4747).
+# listen = ["/ip4/0.0.0.0/tcp/4747", "/ip4/0.0.0.0/udp/4747/quic-v1"]
+
+# Peers to join at start and to keep redialling (with backoff) when lost.
+# bootstrap = ["/ip4/192.0.2.10/tcp/4747/p2p/12D3KooW..."]
+
+# Discover peers on the local network with mDNS.
+# mdns = true
+
+# Run QUIC besides TCP.
+# quic = true
+
+# How often the node publishes its signed telemetry.
+# telemetry_interval = "30s"
+
+# Port of the local control API on 127.0.0.1 (0 picks a free one; the CLI finds it either way).
+# control_port = 0
+
+# Most simultaneous connections (incoming plus outgoing).
+# max_connections = 128
+
+# Log filter (RUST_LOG syntax) and format ("text" or "json").
+# log = "info"
+# log_format = "text"
+"#;
+
+/// Writes the commented default config to `path`.
+pub fn write_default(path: &Path, force: bool) -> Result<(), ConfigError> {
+    if path.exists() && !force {
+        return Err(ConfigError::Exists(path.to_path_buf()));
+    }
+    let write_err = |e: std::io::Error| ConfigError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(write_err)?;
+        }
+    }
+    std::fs::write(path, DEFAULT_CONFIG_TOML).map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("fogmesh.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "telemetry_interval = \"5s\"\ncontrol_port = 1111\nmax_connections = 7\n",
+        );
+        let flags = ConfigLayer {
+            control_port: Some(3333),
+            ..ConfigLayer::default()
+        };
+        let s = Settings::load(
+            Some(&path),
+            env(&[
+                ("FOGMESH_CONTROL_PORT", "2222"),
+                ("FOGMESH_MAX_CONNECTIONS", "9"),
+            ]),
+            flags,
+        )
+        .unwrap();
+        assert_eq!(s.control_port, 3333, "flag wins");
+        assert_eq!(s.max_connections, 9, "env beats file");
+        assert_eq!(
+            s.telemetry_interval,
+            Duration::from_secs(5),
+            "file beats default"
+        );
+        assert!(s.mdns, "default");
+    }
+
+    #[test]
+    fn unknown_file_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "telemetry_intervall = \"5s\"\n");
+        let err = Settings::load(Some(&path), env(&[]), ConfigLayer::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("telemetry_intervall"), "{err}");
+        assert!(err.contains("fogmesh.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_file_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("bootstrap = [\"not-a-multiaddr\"]\n", "bootstrap"),
+            ("telemetry_interval = \"10ms\"\n", "telemetry_interval"),
+            ("mdns = \"maybe\"\n", "mdns"),
+            ("max_connections = 0\n", "max_connections"),
+        ] {
+            let path = write(dir.path(), text);
+            let err = Settings::load(Some(&path), env(&[]), ConfigLayer::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        for (var, value) in [
+            ("FOGMESH_BOOTSTRAP", "/ip4/1.2.3.4/tcp/x"),
+            ("FOGMESH_MDNS", "perhaps"),
+            ("FOGMESH_TELEMETRY_INTERVL", "1s"),
+            ("FOGMESH_LOG_FORMAT", "xml"),
+        ] {
+            let err = load_env(env(&[(var, value)])).unwrap_err().to_string();
+            assert!(err.contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated() {
+        let layer = load_env(env(&[(
+            "FOGMESH_BOOTSTRAP",
+            "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2",
+        )]))
+        .unwrap();
+        assert_eq!(layer.bootstrap.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn default_config_parses_and_equals_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/config.toml");
+        write_default(&path, false).unwrap();
+        assert!(matches!(
+            write_default(&path, false),
+            Err(ConfigError::Exists(_))
+        ));
+        let layer = load_file(&path).unwrap();
+        assert_eq!(layer, ConfigLayer::default());
+    }
+
+    #[test]
+    fn disabling_quic_drops_quic_listen_addresses() {
+        let s = Settings::resolve(ConfigLayer {
+            quic: Some(false),
+            ..ConfigLayer::default()
+        });
+        assert_eq!(s.listen.len(), 1);
+    }
+}

@@ -1,0 +1,13 @@
+//! The fogmesh node library: everything the `fogmesh` binary runs, usable from tests.
+
+pub mod api;
+pub mod bootstrap;
+pub mod client;
+pub mod config;
+pub mod envelope;
+pub mod identity;
+pub mod lifecycle;
+pub mod logging;
+pub mod node;
+pub mod sensing;
+pub mod telemetry;

@@ -1,0 +1,418 @@
+//! `fogmesh`: the one binary every device runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fogmesh_node::client::{self, ControlClient};
+use fogmesh_node::config::{self, ConfigLayer, LogFormat, Settings};
+use fogmesh_node::{identity, logging, node};
+use fogmesh_testnet as testnet;
+use libp2p::Multiaddr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fogmesh",
+    version,
+    about = "A peer-to-peer fog mesh node",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// With no subcommand, `fogmesh` runs a node with these flags.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (the default).
+    Run(RunArgs),
+    /// Print this node's PeerId (creating its identity if there is none).
+    Id(NodeSelect),
+    /// Ask the running node for its status.
+    Status(QueryArgs),
+    /// Ask the running node for its peers.
+    Peers(QueryArgs),
+    /// Ask the running node for the telemetry it holds.
+    Telemetry(QueryArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Local testnets: many nodes on 127.0.0.1.
+    #[command(subcommand)]
+    Testnet(TestnetCommand),
+}
+
+#[derive(Debug, Args, Default)]
+struct NodeSelect {
+    /// Config file (default: the platform config dir's fogmesh/config.toml, if it exists).
+    #[arg(long, env = "FOGMESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (identity, store, control file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeSelect {
+    fn settings(&self, flags: ConfigLayer) -> Result<Settings> {
+        let flags = ConfigLayer {
+            data_dir: self.data_dir.clone(),
+            ..flags
+        };
+        Ok(Settings::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            flags,
+        )?)
+    }
+}
+
+#[derive(Debug, Args, Default)]
+struct RunArgs {
+    #[command(flatten)]
+    select: NodeSelect,
+    /// Listen address (repeatable). Default: TCP and QUIC on 0.0.0.0 port 4747.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Peer to join and keep connected (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Turn off LAN discovery by mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Turn off QUIC (TCP only).
+    #[arg(long)]
+    no_quic: bool,
+    /// How often to publish telemetry, e.g. 30s or 1s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    telemetry_interval: Option<Duration>,
+    /// Control API port on 127.0.0.1 (0 picks a free one).
+    #[arg(long)]
+    control_port: Option<u16>,
+    /// Most simultaneous connections.
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Log filter, RUST_LOG syntax (RUST_LOG itself wins if set).
+    #[arg(long)]
+    log: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl RunArgs {
+    fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            data_dir: None,
+            listen: (!self.listen.is_empty()).then(|| self.listen.clone()),
+            bootstrap: (!self.bootstrap.is_empty()).then(|| self.bootstrap.clone()),
+            mdns: self.no_mdns.then_some(false),
+            quic: self.no_quic.then_some(false),
+            telemetry_interval: self.telemetry_interval,
+            control_port: self.control_port,
+            max_connections: self.max_connections,
+            log: self.log.clone(),
+            log_format: self.log_format,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    select: NodeSelect,
+    /// Control API address to ask instead of finding it through the data dir.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl QueryArgs {
+    fn client(&self) -> Result<ControlClient> {
+        if let Some(addr) = self.api {
+            return Ok(ControlClient::new(addr));
+        }
+        let settings = self.select.settings(ConfigLayer::default())?;
+        Ok(ControlClient::for_data_dir(&settings.data_dir)?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Write a commented default config file.
+    Init {
+        /// Where to write it (default: the platform config dir's fogmesh/config.toml).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TestnetDir {
+    /// Directory holding the testnet's nodes and its state file.
+    #[arg(long, default_value = ".fogmesh-testnet")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum TestnetCommand {
+    /// Start N nodes on 127.0.0.1 and wait until each has every other's telemetry.
+    Up {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Telemetry interval of every node.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        telemetry_interval: Duration,
+        /// Give up waiting for convergence after this long (nodes keep running).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running testnet.
+    Status {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop exactly the processes `up` started.
+    Down {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Also delete the testnet directory (node data and logs).
+        #[arg(long)]
+        clean: bool,
+    },
+    /// Measure convergence, propagation latency, memory and CPU on testnets.
+    Bench {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Testnet sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        sizes: Vec<usize>,
+        /// How long to sample propagation after convergence.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        sample: Duration,
+        /// Nodes in the idle phase (default 30 s telemetry interval).
+        #[arg(long, default_value_t = 10)]
+        idle_nodes: usize,
+        /// How long to measure idle CPU.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        idle_window: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => run(cli.run).await,
+        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Id(select)) => {
+            let settings = select.settings(ConfigLayer::default())?;
+            let key = identity::load_or_create(&settings.data_dir)?;
+            print_line(&key.public().to_peer_id().to_string())
+        }
+        Some(Command::Status(q)) => {
+            let s = q.client()?.status().await?;
+            print_out(q.json, &s, || client::render_status(&s))
+        }
+        Some(Command::Peers(q)) => {
+            let p = q.client()?.peers().await?;
+            print_out(q.json, &p, || client::render_peers(&p))
+        }
+        Some(Command::Telemetry(q)) => {
+            let t = q.client()?.telemetry().await?;
+            print_out(q.json, &t, || client::render_telemetry(&t))
+        }
+        Some(Command::Config(ConfigCommand::Init { path, force })) => {
+            let path = path.unwrap_or_else(config::default_config_path);
+            config::write_default(&path, force)?;
+            print_line(&format!("wrote {}", path.display()))
+        }
+        Some(Command::Testnet(cmd)) => run_testnet(cmd).await,
+    }
+}
+
+fn print_out<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> Result<()> {
+    let text = if json {
+        serde_json::to_string_pretty(value)?
+    } else {
+        table()
+    };
+    print_line(&text)
+}
+
+/// Prints to stdout; a closed pipe (`fogmesh peers | head`) is not an error.
+fn print_line(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let settings = args.select.settings(args.layer())?;
+    logging::init(&settings.log, settings.log_format);
+    if settings
+        .listen
+        .iter()
+        .any(|a| a.to_string().contains("0.0.0.0"))
+        && !settings.mdns
+    {
+        tracing::debug!("mDNS off; peers come from bootstrap addresses only");
+    }
+    let node = node::start(settings).await?;
+    tracing::info!(peer_id = %node.peer_id, control = %node.control_addr, "ready; Ctrl-C stops the node");
+    let stopped_by_itself = tokio::select! {
+        signal = shutdown_signal() => { signal?; false }
+        _ = wait_finished(&node) => true,
+    };
+    if stopped_by_itself {
+        bail!("the node's event loop ended unexpectedly");
+    }
+    tracing::info!("shutting down");
+    match tokio::time::timeout(node::SHUTDOWN_BUDGET, node.shutdown()).await {
+        Ok(()) => Ok(()),
+        Err(_) => bail!(
+            "shutdown took longer than {}s",
+            node::SHUTDOWN_BUDGET.as_secs()
+        ),
+    }
+}
+
+async fn wait_finished(node: &node::RunningNode) {
+    while !node.is_finished() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn shutdown_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot watch Ctrl-C")?;
+    Ok(())
+}
+
+async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
+    let binary = std::env::current_exe().context("cannot find the fogmesh binary")?;
+    match cmd {
+        TestnetCommand::Up {
+            dir,
+            nodes,
+            telemetry_interval,
+            timeout,
+            json,
+        } => {
+            let options = testnet::UpOptions {
+                nodes,
+                dir: dir.dir,
+                binary,
+                telemetry_interval: Some(telemetry_interval),
+                timeout,
+            };
+            let report = testnet::up(&options, |p| {
+                eprintln!(
+                    "  {:>5.1}s  {}/{} nodes up, {}/{} have every other node's telemetry",
+                    p.elapsed.as_secs_f64(),
+                    p.answering,
+                    p.total,
+                    p.converged,
+                    p.total
+                )
+            })
+            .await?;
+            let table = testnet::status(&options.dir).await?;
+            if json {
+                print_line(&serde_json::to_string_pretty(&table)?)
+            } else {
+                print_line(&format!(
+                    "{}\nconverged in {:.2}s; stop it with `fogmesh testnet down --dir {}`",
+                    testnet::render_status(&table),
+                    report.converged_after.as_secs_f64(),
+                    options.dir.display()
+                ))
+            }
+        }
+        TestnetCommand::Status { dir, json } => {
+            let table = testnet::status(&dir.dir).await?;
+            print_out(json, &table, || testnet::render_status(&table))
+        }
+        TestnetCommand::Down { dir, clean } => {
+            let report = testnet::down(&dir.dir, clean)?;
+            print_line(&report.to_string())
+        }
+        TestnetCommand::Bench {
+            dir,
+            sizes,
+            sample,
+            idle_nodes,
+            idle_window,
+            json,
+        } => {
+            let options = testnet::BenchOptions {
+                dir: dir.dir,
+                binary,
+                sizes,
+                busy_interval: Duration::from_secs(1),
+                sample,
+                idle_nodes,
+                idle_window,
+            };
+            let report = testnet::bench(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+    }
+}

@@ -1,0 +1,1045 @@
+//! The running node: swarm composition and the event loop that drives it.
+//!
+//! Start-up does everything that can fail for a person to see (data dir, identity, store,
+//! transports, binding every listen address and the control API) before it returns, so a
+//! port in use or an unreadable data dir is an error at the prompt, not a log line later.
+//! The event loop then owns the swarm and all protocol state; the control API only reads
+//! views the loop publishes into [`SharedState`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use fogmesh_store::{codec, Store, StoreError, StoreOptions, Table};
+use fogmesh_transports::{build_transport, TransportBuildError, TransportConfig};
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
+use libp2p::identity::Keypair;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    connection_limits, identify, kad, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, now_ms, BootstrapView, ControlFile, PeerView, SharedState, StatusView};
+use crate::bootstrap::BootstrapDialer;
+use crate::config::Settings;
+use crate::envelope::{self, MessageKind};
+use crate::identity::{self, IdentityError};
+use crate::lifecycle::{Lifecycle, LifecycleInput, Phase};
+use crate::sensing::HostSampler;
+use crate::telemetry::{
+    next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
+    TelemetryValidator, TELEMETRY_TOPIC,
+};
+
+/// The version every node reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Protocol name for identify and kad.
+pub const PROTOCOL_VERSION: &str = "/fogmesh/1.0.0";
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/kad/1.0.0");
+
+/// Peers remembered in the registry; the least recently seen is forgotten beyond this.
+pub const MAX_KNOWN_PEERS: usize = 1024;
+/// Addresses remembered per peer.
+const MAX_ADDRS_PER_PEER: usize = 8;
+/// Known peers redialled at start-up, most recently seen first.
+const REDIAL_ON_START: usize = 16;
+/// Most time a clean shutdown may take before the process gives up waiting.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+const KAD_BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
+/// Quickest re-announcement of our telemetry when new subscribers appear.
+const ANNOUNCE_MIN_GAP: Duration = Duration::from_secs(1);
+const ANNOUNCE_DELAY: Duration = Duration::from_millis(200);
+
+const TABLE_PEERS: &str = "peers";
+const TABLE_TELEMETRY: &str = "telemetry";
+const TABLE_META: &str = "meta";
+const META_TELEMETRY_SEQ: &str = "telemetry_seq";
+
+/// What the registry keeps about a peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub addrs: Vec<String>,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot build transports: {0}")]
+    Transport(#[from] TransportBuildError),
+    #[error("cannot set up {what}: {reason}")]
+    Setup { what: &'static str, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot bind the control API on {addr}: {reason}")]
+    ControlApi { addr: SocketAddr, reason: String },
+}
+
+/// A started node. Dropping it without [`RunningNode::shutdown`] aborts nothing: the task
+/// keeps running until the runtime ends.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub peer_id: PeerId,
+    pub control_addr: SocketAddr,
+    pub state: Arc<SharedState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Drains the node: stops listening, flushes the store, stops the control API.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the node stops by itself (it does not, short of a panic) or is shut down.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Starts a node with `settings` on the current tokio runtime.
+pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
+    let data_dir = settings.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir {
+        path: data_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let keypair = identity::load_or_create(&data_dir)?;
+    let peer_id = keypair.public().to_peer_id();
+    let store = Store::open(&data_dir.join("store"), &StoreOptions::default())?;
+    let tables = Tables {
+        peers: store.table(TABLE_PEERS)?,
+        telemetry: store.table(TABLE_TELEMETRY)?,
+        meta: store.table(TABLE_META)?,
+    };
+
+    let transport = build_transport(
+        &keypair,
+        &TransportConfig {
+            quic: settings.quic,
+            ..TransportConfig::default()
+        },
+    )?;
+    let behaviour = build_behaviour(&keypair, &settings)?;
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        peer_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(600)),
+    );
+    let topic = IdentTopic::new(TELEMETRY_TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| StartError::Setup {
+            what: "gossipsub",
+            reason: e.to_string(),
+        })?;
+
+    let mut listeners = HashSet::new();
+    for addr in &settings.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                reason: transport_error_text(&e),
+            })?;
+        listeners.insert(id);
+    }
+
+    let control_bind = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.control_port));
+    let control_listener = tokio::net::TcpListener::bind(control_bind)
+        .await
+        .map_err(|e| StartError::ControlApi {
+            addr: control_bind,
+            reason: e.to_string(),
+        })?;
+    let control_addr = control_listener
+        .local_addr()
+        .map_err(|e| StartError::ControlApi {
+            addr: control_bind,
+            reason: e.to_string(),
+        })?;
+
+    let started_at_ms = now_ms();
+    let lifecycle = Lifecycle::new(started_at_ms);
+    let shared = Arc::new(SharedState {
+        status: RwLock::new(initial_status(
+            &settings,
+            peer_id,
+            &lifecycle,
+            started_at_ms,
+        )),
+        peers: RwLock::new(Vec::new()),
+        telemetry: RwLock::new(BTreeMap::new()),
+        own_telemetry: RwLock::new(None),
+        receipts: Mutex::new(api::ReceiptLog::default()),
+    });
+
+    let control_file = api::control_file_path(&data_dir);
+    let contents = ControlFile {
+        addr: control_addr,
+        pid: std::process::id(),
+        peer_id: peer_id.to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&contents).map_err(|e| StartError::Setup {
+        what: "control file",
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&control_file, json).map_err(|e| StartError::DataDir {
+        path: control_file.clone(),
+        reason: e.to_string(),
+    })?;
+
+    let (api_stop_tx, api_stop_rx) = oneshot::channel::<()>();
+    let router = api::router(shared.clone());
+    let api_task = tokio::spawn(async move {
+        let served = axum::serve(control_listener, router)
+            .with_graceful_shutdown(async {
+                let _ = api_stop_rx.await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "control API stopped");
+        }
+    });
+
+    let mut event_loop = EventLoop::new(EventLoopParts {
+        swarm,
+        keypair,
+        settings,
+        store,
+        tables,
+        shared: shared.clone(),
+        lifecycle,
+        listeners,
+        topic,
+        started_at_ms,
+        control_file,
+    });
+    event_loop.restore();
+    tracing::info!(%peer_id, %control_addr, "node started");
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        event_loop.run(shutdown_rx).await;
+        let _ = api_stop_tx.send(());
+        let _ = api_task.await;
+    });
+    Ok(RunningNode {
+        peer_id,
+        control_addr,
+        state: shared,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+fn transport_error_text<E: std::error::Error>(e: &libp2p::TransportError<E>) -> String {
+    match e {
+        libp2p::TransportError::MultiaddrNotSupported(addr) => {
+            format!("no transport supports {addr}")
+        }
+        libp2p::TransportError::Other(inner) => {
+            // Walk to the root cause: "Address already in use" is what a person needs.
+            let mut text = inner.to_string();
+            let mut source = inner.source();
+            while let Some(s) = source {
+                text = s.to_string();
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn build_behaviour(keypair: &Keypair, settings: &Settings) -> Result<Behaviour, StartError> {
+    let peer_id = keypair.public().to_peer_id();
+    let setup = |what: &'static str| move |e: String| StartError::Setup { what, reason: e };
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_secs(1))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(envelope::MAX_ENVELOPE_LEN + 1024)
+        .build()
+        .map_err(|e| setup("gossipsub")(e.to_string()))?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        gossip_config,
+    )
+    .map_err(|e| setup("gossipsub")(e.to_string()))?;
+    let mut kad = kad::Behaviour::with_config(
+        peer_id,
+        kad::store::MemoryStore::new(peer_id),
+        kad::Config::new(KAD_PROTOCOL),
+    );
+    kad.set_mode(Some(kad::Mode::Server));
+    let mdns = if settings.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| setup("mDNS")(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(settings.max_connections))
+        .with_max_established_per_peer(Some(2))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        gossipsub,
+        kad,
+        mdns: Toggle::from(mdns),
+        identify: identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())
+                .with_agent_version(format!("fogmesh/{VERSION}")),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new()),
+    })
+}
+
+fn initial_status(
+    settings: &Settings,
+    peer_id: PeerId,
+    lifecycle: &Lifecycle,
+    started_at_ms: u64,
+) -> StatusView {
+    StatusView {
+        peer_id: peer_id.to_string(),
+        version: VERSION.into(),
+        phase: lifecycle.phase(),
+        phase_since_ms: lifecycle.since_ms(),
+        phase_reason: lifecycle.reason().into(),
+        transitions: Vec::new(),
+        started_at_ms,
+        uptime_s: 0,
+        data_dir: settings.data_dir.clone(),
+        listen_addrs: Vec::new(),
+        connected_peers: 0,
+        known_peers: 0,
+        telemetry_nodes: 0,
+        stale_nodes: 0,
+        telemetry_interval_ms: settings.telemetry_interval.as_millis() as u64,
+        telemetry_published: 0,
+        telemetry_accepted: 0,
+        telemetry_rejected: RejectionCounters::default(),
+        store_errors: 0,
+        mdns: settings.mdns,
+        bootstrap: BootstrapView {
+            configured: settings.bootstrap.len(),
+            connected: 0,
+        },
+    }
+}
+
+struct Tables {
+    peers: Table<PeerRecord>,
+    telemetry: Table<ReceivedTelemetry>,
+    meta: Table<u64>,
+}
+
+struct EventLoopParts {
+    swarm: Swarm<Behaviour>,
+    keypair: Keypair,
+    settings: Settings,
+    store: Store,
+    tables: Tables,
+    shared: Arc<SharedState>,
+    lifecycle: Lifecycle,
+    listeners: HashSet<ListenerId>,
+    topic: IdentTopic,
+    started_at_ms: u64,
+    control_file: PathBuf,
+}
+
+/// What we know of a connected peer.
+#[derive(Debug, Clone)]
+struct LivePeer {
+    addr: Multiaddr,
+    dialer: bool,
+    rtt: Option<Duration>,
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    keypair: Keypair,
+    peer_id: PeerId,
+    settings: Settings,
+    store: Store,
+    tables: Tables,
+    shared: Arc<SharedState>,
+    lifecycle: Lifecycle,
+    listeners: HashSet<ListenerId>,
+    listen_addrs: Vec<Multiaddr>,
+    topic: IdentTopic,
+    started_at_ms: u64,
+    started: Instant,
+    control_file: PathBuf,
+    validator: TelemetryValidator,
+    bootstrap: BootstrapDialer,
+    registry: HashMap<PeerId, PeerRecord>,
+    live: HashMap<PeerId, LivePeer>,
+    mdns_known: HashSet<PeerId>,
+    last_seq: u64,
+    published: u64,
+    accepted: u64,
+    rejected: RejectionCounters,
+    store_errors: u64,
+    sampler: HostSampler,
+    rng: StdRng,
+    announce_at: Option<tokio::time::Instant>,
+    last_publish: Option<tokio::time::Instant>,
+    next_kad_bootstrap: Instant,
+}
+
+impl EventLoop {
+    fn new(p: EventLoopParts) -> Self {
+        let now = now_ms();
+        let peer_id = *p.swarm.local_peer_id();
+        Self {
+            peer_id,
+            keypair: p.keypair,
+            bootstrap: BootstrapDialer::new(p.settings.bootstrap.clone(), now),
+            settings: p.settings,
+            swarm: p.swarm,
+            store: p.store,
+            tables: p.tables,
+            shared: p.shared,
+            lifecycle: p.lifecycle,
+            listeners: p.listeners,
+            listen_addrs: Vec::new(),
+            topic: p.topic,
+            started_at_ms: p.started_at_ms,
+            started: Instant::now(),
+            control_file: p.control_file,
+            validator: TelemetryValidator::new(FreshnessPolicy::default()),
+            registry: HashMap::new(),
+            live: HashMap::new(),
+            mdns_known: HashSet::new(),
+            last_seq: 0,
+            published: 0,
+            accepted: 0,
+            rejected: RejectionCounters::default(),
+            store_errors: 0,
+            sampler: HostSampler::new(),
+            rng: StdRng::from_entropy(),
+            announce_at: None,
+            last_publish: None,
+            next_kad_bootstrap: Instant::now() + Duration::from_secs(2),
+        }
+    }
+
+    /// Loads what the store remembers: peers (redialled), telemetry (replay state and views)
+    /// and our own last sequence number.
+    fn restore(&mut self) {
+        let mut corrupt = 0usize;
+        for entry in self.tables.peers.entries() {
+            match entry {
+                Ok((key, record)) => match key.parse::<PeerId>() {
+                    Ok(peer) => {
+                        self.registry.insert(peer, record);
+                    }
+                    Err(_) => corrupt += 1,
+                },
+                Err(error) => {
+                    corrupt += 1;
+                    tracing::warn!(%error, "skipping unreadable stored peer");
+                }
+            }
+        }
+        let mut restored = BTreeMap::new();
+        for entry in self.tables.telemetry.entries() {
+            match entry {
+                Ok((key, telemetry)) => match key.parse::<PeerId>() {
+                    Ok(peer) => {
+                        self.validator
+                            .remember(peer, telemetry.seq, telemetry.received_at_ms);
+                        restored.insert(key, telemetry);
+                    }
+                    Err(_) => corrupt += 1,
+                },
+                Err(error) => {
+                    corrupt += 1;
+                    tracing::warn!(%error, "skipping unreadable stored telemetry");
+                }
+            }
+        }
+        match self.tables.meta.get(META_TELEMETRY_SEQ) {
+            Ok(seq) => self.last_seq = seq.unwrap_or(0),
+            Err(error) => {
+                tracing::warn!(%error, "own telemetry sequence unreadable; continuing from the clock")
+            }
+        }
+        tracing::info!(
+            known_peers = self.registry.len(),
+            telemetry_nodes = restored.len(),
+            corrupt,
+            "restored from store"
+        );
+        api::write(&self.shared.telemetry, |t| *t = restored);
+
+        let mut recent: Vec<(PeerId, PeerRecord)> = self
+            .registry
+            .iter()
+            .filter(|(_, r)| !r.addrs.is_empty())
+            .map(|(p, r)| (*p, r.clone()))
+            .collect();
+        recent.sort_by_key(|(_, r)| std::cmp::Reverse(r.last_seen_ms));
+        for (peer, record) in recent.into_iter().take(REDIAL_ON_START) {
+            let addrs: Vec<Multiaddr> =
+                record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            for addr in &addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(error) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, %error, "redial of known peer not started");
+            }
+        }
+        self.publish_views();
+    }
+
+    async fn run(&mut self, mut shutdown: oneshot::Receiver<()>) {
+        let interval = self.settings.telemetry_interval;
+        let mut telemetry_tick = tokio::time::interval(interval);
+        telemetry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut maintenance = tokio::time::interval(Duration::from_secs(1));
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let announce = self.announce_at;
+            // Local work (timers) before remote work (swarm events).
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = maintenance.tick() => self.maintain(),
+                _ = telemetry_tick.tick() => self.publish_telemetry(),
+                _ = sleep_until_opt(announce), if announce.is_some() => {
+                    self.announce_at = None;
+                    self.publish_telemetry();
+                }
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
+        }
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        self.apply_lifecycle(LifecycleInput::ShutdownRequested);
+        for id in self.listeners.drain() {
+            self.swarm.remove_listener(id);
+        }
+        self.persist_registry_snapshot();
+        if let Err(error) = self.store.flush() {
+            tracing::error!(%error, "final store flush failed");
+        }
+        let _ = std::fs::remove_file(&self.control_file);
+        self.publish_views();
+        tracing::info!(peer_id = %self.peer_id, "node stopped");
+    }
+
+    fn maintain(&mut self) {
+        let now = now_ms();
+        for due in self.bootstrap.due(now) {
+            let opts = match due.peer {
+                Some(peer) => DialOpts::peer_id(peer)
+                    .addresses(vec![due.addr.clone()])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => DialOpts::unknown_peer_id()
+                    .address(due.addr.clone())
+                    .build(),
+            };
+            let connection = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    tracing::debug!(addr = %due.addr, "dialling bootstrap peer");
+                    self.bootstrap.dial_started(due.index, connection);
+                }
+                Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                    // Already connected or dialling: nothing to do until it is lost.
+                    if let Some(peer) = due.peer {
+                        if self.swarm.is_connected(&peer) {
+                            self.bootstrap.connected(connection, peer);
+                            continue;
+                        }
+                    }
+                    let jitter = self.rng.gen();
+                    self.bootstrap.dial_failed(due.index, now, jitter);
+                }
+                Err(error) => {
+                    tracing::warn!(addr = %due.addr, %error, "cannot dial bootstrap peer");
+                    let jitter = self.rng.gen();
+                    self.bootstrap.dial_failed(due.index, now, jitter);
+                }
+            }
+        }
+        if Instant::now() >= self.next_kad_bootstrap && !self.live.is_empty() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            self.next_kad_bootstrap = Instant::now() + KAD_BOOTSTRAP_EVERY;
+        }
+        self.publish_views();
+    }
+
+    fn publish_telemetry(&mut self) {
+        if matches!(self.lifecycle.phase(), Phase::SafeMode | Phase::Draining) {
+            return;
+        }
+        let now = now_ms();
+        let seq = next_seq(self.last_seq, now);
+        let sample = self.sampler.sample();
+        let record = TelemetryRecord {
+            peer_id: self.peer_id.to_string(),
+            version: VERSION.into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            cpu_load_pct: sample.cpu_load_pct,
+            mem_used_bytes: sample.mem_used_bytes,
+            mem_total_bytes: sample.mem_total_bytes,
+            rss_bytes: sample.rss_bytes,
+            peer_count: self.live.len() as u32,
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            interval_ms: self.settings.telemetry_interval.as_millis() as u64,
+        };
+        let sealed = codec::encode(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                envelope::seal(&self.keypair, MessageKind::Telemetry, seq, now, body)
+                    .map_err(|e| e.to_string())
+            });
+        let bytes = match sealed {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "cannot seal own telemetry");
+                return;
+            }
+        };
+        self.last_seq = seq;
+        self.last_publish = Some(tokio::time::Instant::now());
+        if let Err(error) = self.tables.meta.put(META_TELEMETRY_SEQ, &seq) {
+            self.store_failed(error);
+        }
+        api::write(&self.shared.own_telemetry, |own| {
+            *own = Some(ReceivedTelemetry {
+                seq,
+                timestamp_ms: now,
+                received_at_ms: now,
+                record,
+            })
+        });
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) => {
+                self.published += 1;
+                tracing::debug!(seq, "telemetry published");
+            }
+            Err(PublishError::NoPeersSubscribedToTopic) => {
+                tracing::debug!(seq, "telemetry not published: no subscribed peers yet");
+            }
+            Err(error) => tracing::warn!(%error, seq, "telemetry publish failed"),
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+                self.apply_lifecycle(LifecycleInput::Listening);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "no longer listening");
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                self.listeners.remove(&listener_id);
+                if let Err(error) = reason {
+                    tracing::error!(%error, "listener closed");
+                    if self.listeners.is_empty() {
+                        self.apply_lifecycle(LifecycleInput::ListenFailed(error.to_string()));
+                    }
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let (addr, dialer) = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
+                    ConnectedPoint::Listener { send_back_addr, .. } => {
+                        (send_back_addr.clone(), false)
+                    }
+                };
+                if num_established.get() == 1 {
+                    tracing::info!(%peer_id, %addr, dialer, "peer connected");
+                }
+                self.live.entry(peer_id).or_insert(LivePeer {
+                    addr: addr.clone(),
+                    dialer,
+                    rtt: None,
+                });
+                // Only an address we dialled is known to reach the peer; the far end of an
+                // inbound connection is usually an ephemeral port.
+                let learned = if dialer { vec![addr] } else { Vec::new() };
+                self.note_peer(peer_id, learned, None);
+                self.bootstrap.connected(connection_id, peer_id);
+                self.apply_lifecycle(LifecycleInput::PeerCount(self.live.len()));
+                self.publish_views();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                let cause = cause
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "closed".into());
+                tracing::info!(%peer_id, %cause, "peer disconnected");
+                self.live.remove(&peer_id);
+                self.note_peer(peer_id, Vec::new(), None);
+                let jitter = self.rng.gen();
+                self.bootstrap.disconnected(peer_id, now_ms(), jitter);
+                self.apply_lifecycle(LifecycleInput::PeerCount(self.live.len()));
+                self.publish_views();
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                tracing::debug!(peer_id = ?peer_id, %error, "outgoing connection failed");
+                let jitter = self.rng.gen();
+                self.bootstrap
+                    .connection_failed(connection_id, now_ms(), jitter);
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, %error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let acceptance = self.on_gossip_message(propagation_source, message);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                if topic == self.topic.hash() {
+                    tracing::debug!(%peer_id, "peer subscribed to telemetry");
+                    self.schedule_announce();
+                }
+            }
+            BehaviourEvent::Gossipsub(_) => {}
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    if self.mdns_known.len() < MAX_KNOWN_PEERS && self.mdns_known.insert(peer) {
+                        tracing::info!(peer_id = %peer, "peer found via mDNS");
+                    }
+                    for addr in &addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer, addr.clone());
+                    }
+                    if !self.swarm.is_connected(&peer) {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(addrs)
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        let _ = self.swarm.dial(opts);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(lost)) => {
+                for (peer, _) in lost {
+                    if self.mdns_known.remove(&peer) {
+                        tracing::info!(peer_id = %peer, "peer lost from mDNS");
+                    }
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                }
+                self.note_peer(peer_id, info.listen_addrs, Some(info.agent_version));
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
+                if let (Ok(rtt), Some(live)) = (result, self.live.get_mut(&peer)) {
+                    live.rtt = Some(rtt);
+                }
+            }
+            BehaviourEvent::Kad(_) => {}
+            BehaviourEvent::Limits(never) => match never {},
+        }
+    }
+
+    fn on_gossip_message(
+        &mut self,
+        propagation_source: PeerId,
+        message: gossipsub::Message,
+    ) -> MessageAcceptance {
+        let now = now_ms();
+        if message.topic != self.topic.hash() {
+            self.rejected
+                .count(&Rejection::Malformed("unexpected topic".into()));
+            return MessageAcceptance::Reject;
+        }
+        match self.validator.check(now, message.source, &message.data) {
+            Ok(accepted) => {
+                self.accepted += 1;
+                let origin = accepted.origin.to_string();
+                let telemetry = accepted.telemetry;
+                if let Ok(mut log) = self.shared.receipts.lock() {
+                    log.push(&origin, telemetry.seq, telemetry.timestamp_ms, now);
+                }
+                if self.lifecycle.phase() != Phase::SafeMode {
+                    if let Err(error) = self.tables.telemetry.put(&origin, &telemetry) {
+                        self.store_failed(error);
+                    }
+                }
+                tracing::trace!(origin = %origin, seq = telemetry.seq, "telemetry accepted");
+                let mut nodes = 0;
+                api::write(&self.shared.telemetry, |t| {
+                    t.insert(origin, telemetry);
+                    nodes = t.len();
+                });
+                api::write(&self.shared.status, |s| {
+                    s.telemetry_nodes = nodes;
+                    s.telemetry_accepted = self.accepted;
+                });
+                MessageAcceptance::Accept
+            }
+            Err(rejection) => {
+                self.rejected.count(&rejection);
+                api::write(&self.shared.status, |s| {
+                    s.telemetry_rejected = self.rejected.clone()
+                });
+                tracing::debug!(%propagation_source, reason = %rejection, "telemetry rejected");
+                match rejection {
+                    // Late or reordered copies can come from honest relays: drop without penalty.
+                    Rejection::Replayed { .. } | Rejection::Stale { .. } => {
+                        MessageAcceptance::Ignore
+                    }
+                    _ => MessageAcceptance::Reject,
+                }
+            }
+        }
+    }
+
+    fn schedule_announce(&mut self) {
+        if self.announce_at.is_some() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let earliest = self
+            .last_publish
+            .map(|t| t + ANNOUNCE_MIN_GAP)
+            .unwrap_or(now);
+        self.announce_at = Some(earliest.max(now + ANNOUNCE_DELAY));
+    }
+
+    /// Records that `peer` was seen now, with newly learned addresses and agent.
+    fn note_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, agent: Option<String>) {
+        let now = now_ms();
+        if !self.registry.contains_key(&peer) && self.registry.len() >= MAX_KNOWN_PEERS {
+            self.forget_oldest_peer();
+        }
+        let record = self.registry.entry(peer).or_insert_with(|| PeerRecord {
+            addrs: Vec::new(),
+            first_seen_ms: now,
+            last_seen_ms: now,
+            agent: None,
+        });
+        record.last_seen_ms = now;
+        for addr in addrs.into_iter().rev() {
+            let text = addr.to_string();
+            record.addrs.retain(|a| a != &text);
+            record.addrs.insert(0, text);
+        }
+        record.addrs.truncate(MAX_ADDRS_PER_PEER);
+        if agent.is_some() {
+            record.agent = agent;
+        }
+        let record = record.clone();
+        if self.lifecycle.phase() != Phase::SafeMode {
+            if let Err(error) = self.tables.peers.put(&peer.to_string(), &record) {
+                self.store_failed(error);
+            }
+        }
+    }
+
+    fn forget_oldest_peer(&mut self) {
+        let oldest = self
+            .registry
+            .iter()
+            .filter(|(p, _)| !self.live.contains_key(p))
+            .min_by_key(|(_, r)| r.last_seen_ms)
+            .map(|(p, _)| *p);
+        if let Some(peer) = oldest {
+            self.registry.remove(&peer);
+            if let Err(error) = self.tables.peers.remove(&peer.to_string()) {
+                self.store_failed(error);
+            }
+        }
+    }
+
+    /// Stamps every connected peer as seen now, so a restart knows who was there last.
+    fn persist_registry_snapshot(&mut self) {
+        let connected: Vec<PeerId> = self.live.keys().copied().collect();
+        for peer in connected {
+            self.note_peer(peer, Vec::new(), None);
+        }
+    }
+
+    fn store_failed(&mut self, error: StoreError) {
+        self.store_errors += 1;
+        tracing::error!(%error, "store write failed; entering safe mode");
+        self.apply_lifecycle(LifecycleInput::StoreFailed(error.to_string()));
+    }
+
+    fn apply_lifecycle(&mut self, input: LifecycleInput) {
+        if let Some(t) = self.lifecycle.apply(now_ms(), input) {
+            tracing::info!(from = %t.from, to = %t.to, reason = %t.reason, "lifecycle transition");
+            self.publish_views();
+        }
+    }
+
+    fn publish_views(&self) {
+        let now = now_ms();
+        let telemetry = api::read(&self.shared.telemetry);
+        let stale = telemetry.values().filter(|t| t.is_stale(now)).count();
+        api::write(&self.shared.status, |s| {
+            s.phase = self.lifecycle.phase();
+            s.phase_since_ms = self.lifecycle.since_ms();
+            s.phase_reason = self.lifecycle.reason().to_owned();
+            s.transitions = self.lifecycle.history().cloned().collect();
+            s.uptime_s = now.saturating_sub(self.started_at_ms) / 1000;
+            s.listen_addrs = self.listen_addrs.iter().map(|a| a.to_string()).collect();
+            s.connected_peers = self.live.len();
+            s.known_peers = self.registry.len();
+            s.telemetry_nodes = telemetry.len();
+            s.stale_nodes = stale;
+            s.telemetry_published = self.published;
+            s.telemetry_accepted = self.accepted;
+            s.telemetry_rejected = self.rejected.clone();
+            s.store_errors = self.store_errors;
+            s.bootstrap.connected = self.bootstrap.connected_count();
+        });
+        let mut peers: Vec<PeerView> = self
+            .registry
+            .iter()
+            .map(|(peer, record)| {
+                let live = self.live.get(peer);
+                PeerView {
+                    peer_id: peer.to_string(),
+                    connected: live.is_some(),
+                    connection_addr: live.map(|l| l.addr.to_string()),
+                    direction: live.map(|l| if l.dialer { "out" } else { "in" }.to_owned()),
+                    rtt_ms: live.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                    agent: record.agent.clone(),
+                    known_addrs: record.addrs.clone(),
+                    last_seen_ms: if live.is_some() {
+                        now
+                    } else {
+                        record.last_seen_ms
+                    },
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| {
+            b.connected
+                .cmp(&a.connected)
+                .then(b.last_seen_ms.cmp(&a.last_seen_ms))
+                .then(a.peer_id.cmp(&b.peer_id))
+        });
+        api::write(&self.shared.peers, |p| *p = peers);
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,333 @@
+//! The `fogmesh` binary as a person uses it: testnets, signals, restarts and bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::wait_until;
+use fogmesh_node::client::ControlClient;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fogmesh")
+}
+
+/// An empty config file, so the developer's own config never leaks into a test.
+fn empty_config(dir: &Path) -> PathBuf {
+    let path = dir.join("empty.toml");
+    std::fs::write(&path, "").unwrap();
+    path
+}
+
+fn fogmesh(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("fogmesh runs")
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn spawn_node(config: &Path, data_dir: &Path, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--no-quic"])
+        .args(["--telemetry-interval", "300ms"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node process starts")
+}
+
+async fn client_for(data_dir: &Path) -> ControlClient {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Ok(c) = ControlClient::for_data_dir(data_dir) {
+            if c.status().await.is_ok() {
+                return c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node at {} never answered", data_dir.display());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn testnet_up_status_down_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let tn = dir.path().join("tn");
+    let tn_arg = tn.to_str().unwrap();
+    let up = fogmesh(&[
+        "testnet",
+        "up",
+        "--nodes",
+        "3",
+        "--dir",
+        tn_arg,
+        "--timeout",
+        "90s",
+    ]);
+    assert!(up.status.success(), "up failed: {}", stderr_of(&up));
+    let table = String::from_utf8_lossy(&up.stdout);
+    assert!(table.contains("converged in"), "{table}");
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tn.join("testnet.json")).unwrap()).unwrap();
+    let pids: Vec<u32> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+
+    let status = fogmesh(&["testnet", "status", "--dir", tn_arg, "--json"]);
+    assert!(status.status.success(), "{}", stderr_of(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(node["alive"], true);
+        assert_eq!(node["status"]["telemetry_nodes"], 2);
+    }
+
+    // A second `up` in the same directory refuses to start another testnet.
+    let again = fogmesh(&["testnet", "up", "--nodes", "2", "--dir", tn_arg]);
+    assert!(!again.status.success());
+    assert!(stderr_of(&again).contains("already running"));
+
+    let down = fogmesh(&["testnet", "down", "--dir", tn_arg]);
+    assert!(down.status.success(), "{}", stderr_of(&down));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("3 stopped cleanly"));
+    assert!(
+        pids.iter().all(|p| !pid_alive(*p)),
+        "a testnet process survived down"
+    );
+    assert!(!tn.join("testnet.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_restart_keeps_identity_peers_and_telemetry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = spawn_node(&config, &dir_a, &[]);
+    let client_a = client_for(&dir_a).await;
+    let status_a = client_a.status().await.unwrap();
+    let a_addr = format!("{}/p2p/{}", status_a.listen_addrs[0], status_a.peer_id);
+    let mut b = spawn_node(&config, &dir_b, &["--bootstrap", &a_addr]);
+    let client_b = client_for(&dir_b).await;
+    let b_id = client_b.status().await.unwrap().peer_id;
+    let got = wait_until(Duration::from_secs(30), || {
+        let c = client_b.clone();
+        let a_id = status_a.peer_id.clone();
+        async move {
+            c.telemetry()
+                .await
+                .map(|t| t.nodes.iter().any(|n| n.peer_id == a_id))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(got);
+    // Buffered writes reach the disk within the store's 1 s flush interval.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b.kill().unwrap();
+    b.wait().unwrap();
+
+    let mut b2 = spawn_node(&config, &dir_b, &[]);
+    let client_b2 = client_for(&dir_b).await;
+    let status = client_b2.status().await.unwrap();
+    assert_eq!(status.peer_id, b_id, "identity survives SIGKILL");
+    let telemetry = client_b2.telemetry().await.unwrap();
+    assert!(telemetry
+        .nodes
+        .iter()
+        .any(|n| n.peer_id == status_a.peer_id));
+    let peers = client_b2.peers().await.unwrap();
+    assert!(peers.peers.iter().any(|p| p.peer_id == status_a.peer_id));
+
+    for child in [&mut a, &mut b2] {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let exit = wait_exit(child, Duration::from_secs(5)).expect("exits within 5 s");
+        assert!(exit.success(), "clean shutdown exits 0, got {exit:?}");
+    }
+    assert!(
+        !dir_a.join("control.json").exists(),
+        "control file removed at shutdown"
+    );
+}
+
+#[test]
+fn port_in_use_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let out = fogmesh(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("d").to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--no-mdns",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(&listen) && lines[0].contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let config = config.to_str().unwrap();
+
+    // A data dir that is a file.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = fogmesh(&[
+        "id",
+        "--config",
+        config,
+        "--data-dir",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("plain-file"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // A corrupt identity is named and left alone.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("identity.key"), b"broken").unwrap();
+    let out = fogmesh(&[
+        "id",
+        "--config",
+        config,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("identity.key"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(std::fs::read(data.join("identity.key")).unwrap(), b"broken");
+
+    // A bad multiaddr in --bootstrap.
+    let out = fogmesh(&["run", "--bootstrap", "/ip4/1.2.3/tcp/1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("--bootstrap"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // An unknown key in a config file names the key and the file.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "mdsn = false\n").unwrap();
+    let out = fogmesh(&["id", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("mdsn") && err.contains("bad.toml"), "{err}");
+
+    // Asking a node that is not running says so.
+    let out = fogmesh(&[
+        "status",
+        "--config",
+        config,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("no running node"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn id_is_stable_and_config_init_writes_a_loadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let data = dir.path().join("data");
+    let args = [
+        "id",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let first = fogmesh(&args);
+    let second = fogmesh(&args);
+    assert!(first.status.success());
+    assert_eq!(first.stdout, second.stdout);
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("12D3KooW"));
+
+    let path = dir.path().join("conf/fogmesh.toml");
+    let out = fogmesh(&["config", "init", "--path", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = fogmesh(&[
+        "id",
+        "--config",
+        path.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(out.stdout, first.stdout);
+}

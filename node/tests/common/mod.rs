@@ -1,0 +1,74 @@
+//! Helpers shared by the node's integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fogmesh_node::client::ControlClient;
+use fogmesh_node::config::{ConfigLayer, Settings};
+use fogmesh_node::node::{self, RunningNode};
+use libp2p::Multiaddr;
+
+/// Settings for a loopback test node: TCP on a free port, no mDNS, fast telemetry.
+pub fn settings(dir: &Path, bootstrap: Vec<Multiaddr>, interval: Duration) -> Settings {
+    Settings::resolve(ConfigLayer {
+        data_dir: Some(dir.to_path_buf()),
+        listen: Some(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]),
+        bootstrap: Some(bootstrap),
+        mdns: Some(false),
+        quic: Some(false),
+        telemetry_interval: Some(interval),
+        ..ConfigLayer::default()
+    })
+}
+
+pub async fn start(dir: &Path, bootstrap: Vec<Multiaddr>, interval: Duration) -> RunningNode {
+    node::start(settings(dir, bootstrap, interval))
+        .await
+        .expect("node starts")
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The node's first listen address, with its PeerId, once it listens.
+pub async fn dial_addr(node: &RunningNode) -> Multiaddr {
+    let client = ControlClient::new(node.control_addr);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Ok(s) = client.status().await {
+            if let Some(a) = s.listen_addrs.first() {
+                return format!("{a}/p2p/{}", node.peer_id).parse().unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node never reported a listen address");
+}
+
+/// Peer ids whose fresh telemetry `node` holds (its own excluded).
+pub async fn telemetry_from(node: &RunningNode) -> Vec<String> {
+    match ControlClient::new(node.control_addr).telemetry().await {
+        Ok(t) => t
+            .nodes
+            .into_iter()
+            .filter(|n| !n.local && !n.stale)
+            .map(|n| n.peer_id)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}

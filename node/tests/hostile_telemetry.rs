@@ -1,0 +1,188 @@
+//! A hostile peer publishes malformed, oversized, forged, stale, future and replayed
+//! telemetry to a live node. Each is rejected and counted by reason; the node goes on and
+//! still accepts honest telemetry afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{dial_addr, start, wait_until};
+use fogmesh_node::api::now_ms;
+use fogmesh_node::client::ControlClient;
+use fogmesh_node::envelope::{self, MessageKind, MAX_ENVELOPE_LEN};
+use fogmesh_node::telemetry::{TelemetryRecord, TELEMETRY_TOPIC};
+use fogmesh_store::codec;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Swarm};
+
+fn record(key: &Keypair) -> Vec<u8> {
+    codec::encode(&TelemetryRecord {
+        peer_id: key.public().to_peer_id().to_string(),
+        version: "attacker".into(),
+        uptime_s: 1,
+        cpu_load_pct: None,
+        mem_used_bytes: None,
+        mem_total_bytes: None,
+        rss_bytes: None,
+        peer_count: 1,
+        listen_addrs: vec![],
+        interval_ms: 1000,
+    })
+    .unwrap()
+}
+
+fn attacker(key: &Keypair) -> Swarm<gossipsub::Behaviour> {
+    libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|k| {
+            let config = gossipsub::ConfigBuilder::default()
+                .max_transmit_size(MAX_ENVELOPE_LEN + 8 * 1024)
+                .build()
+                .unwrap();
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(k.clone()), config)
+                .unwrap()
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Drives the swarm for `d`.
+async fn drive(swarm: &mut Swarm<gossipsub::Behaviour>, d: Duration) {
+    let _ = tokio::time::timeout(d, async {
+        loop {
+            swarm.select_next_some().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_telemetry_is_rejected_counted_and_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), vec![], Duration::from_secs(1)).await;
+    let addr = dial_addr(&node).await;
+
+    let key = Keypair::generate_ed25519();
+    let mut swarm = attacker(&key);
+    let topic = IdentTopic::new(TELEMETRY_TOPIC);
+    swarm.behaviour_mut().subscribe(&topic).unwrap();
+    swarm.dial(addr).unwrap();
+    // Wait until the node's subscription is known, so publishes reach it.
+    let subscribed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) =
+                swarm.select_next_some().await
+            {
+                if peer_id == node.peer_id {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "node never subscribed to telemetry");
+
+    let other = Keypair::generate_ed25519();
+    let now = now_ms();
+    let valid = envelope::seal(&key, MessageKind::Telemetry, 100, now, record(&key)).unwrap();
+    let mut forged: envelope::Envelope = codec::decode(&valid).unwrap();
+    forged.seq = 101;
+    let messages: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", b"this is not an envelope".to_vec()),
+        ("oversized", vec![0xA5; MAX_ENVELOPE_LEN + 100]),
+        (
+            "sender mismatch",
+            envelope::seal(&other, MessageKind::Telemetry, 1, now, record(&other)).unwrap(),
+        ),
+        ("bad signature", codec::encode(&forged).unwrap()),
+        (
+            "stale",
+            envelope::seal(
+                &key,
+                MessageKind::Telemetry,
+                50,
+                now - 120_000,
+                record(&key),
+            )
+            .unwrap(),
+        ),
+        (
+            "future",
+            envelope::seal(
+                &key,
+                MessageKind::Telemetry,
+                51,
+                now + 120_000,
+                record(&key),
+            )
+            .unwrap(),
+        ),
+        ("valid", valid.clone()),
+        ("replayed", valid),
+    ];
+    for (what, data) in messages {
+        swarm
+            .behaviour_mut()
+            .publish(topic.clone(), data)
+            .unwrap_or_else(|e| panic!("publishing {what}: {e}"));
+        drive(&mut swarm, Duration::from_millis(150)).await;
+    }
+
+    let client = ControlClient::new(node.control_addr);
+    let counted = wait_until(Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let Ok(s) = client.status().await else {
+                return false;
+            };
+            let r = s.telemetry_rejected;
+            r.malformed >= 1
+                && r.oversized >= 1
+                && r.sender_mismatch >= 1
+                && r.bad_signature >= 1
+                && r.stale >= 1
+                && r.from_future >= 1
+                && r.replayed >= 1
+                && s.telemetry_accepted == 1
+        }
+    });
+    // The attacker must keep its connection serviced while the node processes.
+    let (counted, _) = tokio::join!(counted, drive(&mut swarm, Duration::from_secs(2)));
+    let status = client.status().await.unwrap();
+    assert!(
+        counted,
+        "rejections not counted as expected: {:?}",
+        status.telemetry_rejected
+    );
+    assert_eq!(status.telemetry_rejected.total(), 7);
+
+    // The node goes on: an honest next message is still accepted.
+    let next = envelope::seal(&key, MessageKind::Telemetry, 102, now_ms(), record(&key)).unwrap();
+    swarm.behaviour_mut().publish(topic.clone(), next).unwrap();
+    drive(&mut swarm, Duration::from_millis(500)).await;
+    let accepted_again = wait_until(Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            client
+                .status()
+                .await
+                .map(|s| s.telemetry_accepted == 2)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(accepted_again, "node stopped accepting honest telemetry");
+    node.shutdown().await;
+}

@@ -1,0 +1,281 @@
+//! Everything a fogmesh node persists, on one sled database, behind a typed API.
+//!
+//! No sled type leaves this crate: callers see [`Store`] and typed [`Table`]s whose values go
+//! through the one [`codec`]. Tables are named sled trees; keys are strings (a PeerId, a name).
+//!
+//! Durability: [`Table::put`] is buffered (sled writes it out within `flush_every` and at
+//! [`Store::flush`]); [`Table::put_durable`] flushes before it returns and is what callers use
+//! for anything they report as done. sled 0.34 has crash-corruption reports, so the node's
+//! integration tests kill -9 a node and check that flushed data is still there.
+
+pub mod codec;
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use codec::CodecError;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("stored value for key {key:?} in table {table} is unreadable: {source}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        source: CodecError,
+    },
+    #[error("value for key {key:?} in table {table} cannot be encoded: {source}")]
+    Encode {
+        table: &'static str,
+        key: String,
+        source: CodecError,
+    },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How often buffered writes reach the disk at the latest.
+    pub flush_every: Duration,
+    /// Size of sled's page cache in bytes. Small by default: nodes run on phones and Pis.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            flush_every: Duration::from_millis(1000),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// One sled database in a directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let flush_ms = u64::try_from(options.flush_every.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(Some(flush_ms))
+            .open()
+            .map_err(|e| StoreError::Open {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            db,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A typed table. `name` must be a `'static` identifier, one per value type.
+    pub fn table<V>(&self, name: &'static str) -> Result<Table<V>, StoreError> {
+        Ok(Table {
+            tree: self.db.open_tree(name)?,
+            name,
+            _value: PhantomData,
+        })
+    }
+
+    /// Writes every buffered change to disk; returns when it is durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// A named table of `V` values keyed by string.
+#[derive(Debug)]
+pub struct Table<V> {
+    tree: sled::Tree,
+    name: &'static str,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        Self {
+            tree: self.tree.clone(),
+            name: self.name,
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<V: Serialize + DeserializeOwned> Table<V> {
+    /// The table's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Stores `value` under `key`; durable within the store's flush interval.
+    pub fn put(&self, key: &str, value: &V) -> Result<(), StoreError> {
+        let bytes = codec::encode(value).map_err(|source| StoreError::Encode {
+            table: self.name,
+            key: key.to_owned(),
+            source,
+        })?;
+        self.tree.insert(key.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Stores `value` under `key` and returns once it is on disk.
+    pub fn put_durable(&self, key: &str, value: &V) -> Result<(), StoreError> {
+        self.put(key, value)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<V>, StoreError> {
+        match self.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    table: self.name,
+                    key: key.to_owned(),
+                    source,
+                }),
+        }
+    }
+
+    /// Removes the value under `key`; true if there was one.
+    pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.tree.remove(key.as_bytes())?.is_some())
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// True if the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Every entry in key order. An entry that cannot be decoded is returned as an
+    /// `Err(StoreError::Corrupt)` in its place, so one bad value never hides the others.
+    pub fn entries(&self) -> impl Iterator<Item = Result<(String, V), StoreError>> + '_ {
+        self.tree.iter().map(move |item| {
+            let (key, bytes) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            match codec::decode(&bytes) {
+                Ok(value) => Ok((key, value)),
+                Err(source) => Err(StoreError::Corrupt {
+                    table: self.name,
+                    key,
+                    source,
+                }),
+            }
+        })
+    }
+
+    /// Stores raw bytes under `key` without encoding; for tests of corrupt-data handling.
+    #[doc(hidden)]
+    pub fn put_raw_for_test(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(key.as_bytes(), bytes)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Entry {
+        addr: String,
+        last_seen_ms: u64,
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, &StoreOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn durable_put_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            let table = store.table::<Entry>("peers").unwrap();
+            let e = Entry {
+                addr: "/ip4/127.0.0.1/tcp/1".into(),
+                last_seen_ms: 42,
+            };
+            table.put_durable("a", &e).unwrap();
+        }
+        let store = open(dir.path());
+        let table = store.table::<Entry>("peers").unwrap();
+        assert_eq!(table.get("a").unwrap().unwrap().last_seen_ms, 42);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_entry_is_reported_and_others_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let table = store.table::<Entry>("peers").unwrap();
+        table
+            .put(
+                "good",
+                &Entry {
+                    addr: "x".into(),
+                    last_seen_ms: 1,
+                },
+            )
+            .unwrap();
+        table.put_raw_for_test("bad", &[0xff, 0x00, 0x13]).unwrap();
+        assert!(matches!(
+            table.get("bad"),
+            Err(StoreError::Corrupt { key, .. }) if key == "bad"
+        ));
+        let results: Vec<_> = table.entries().collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    }
+
+    #[test]
+    fn opening_a_file_as_store_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"hello").unwrap();
+        let err = Store::open(&file, &StoreOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+    }
+}

@@ -1,0 +1,93 @@
+//! Asking testnet nodes how they are, through their control API.
+//!
+//! Only the fields the testnet needs are declared; the node's API carries more.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusProbe {
+    pub peer_id: String,
+    pub phase: String,
+    pub connected_peers: usize,
+    pub telemetry_nodes: usize,
+    pub stale_nodes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetryRow {
+    pub peer_id: String,
+    pub local: bool,
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetryProbe {
+    pub peer_id: String,
+    pub nodes: Vec<TelemetryRow>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Receipt {
+    pub origin_index: u32,
+    pub seq: u64,
+    pub published_ms: u64,
+    pub received_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReceiptsProbe {
+    pub origins: Vec<String>,
+    pub receipts: Vec<Receipt>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Prober {
+    http: reqwest::Client,
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Prober {
+    pub fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, port: u16, path: &str) -> Option<T> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let response = self
+            .http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    pub async fn status(&self, port: u16) -> Option<StatusProbe> {
+        self.get(port, "/v1/status").await
+    }
+
+    pub async fn telemetry(&self, port: u16) -> Option<TelemetryProbe> {
+        self.get(port, "/v1/telemetry").await
+    }
+
+    pub async fn receipts(&self, port: u16) -> Option<ReceiptsProbe> {
+        self.get(port, "/v1/receipts").await
+    }
+}
