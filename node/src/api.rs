@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::device::{DeviceSummary, DeviceView};
 use crate::lifecycle::{Phase, Transition};
 use crate::telemetry::{ReceivedTelemetry, RejectionCounters, TelemetryRecord};
 
@@ -54,6 +55,8 @@ pub struct StatusView {
     pub store_errors: u64,
     pub mdns: bool,
     pub bootstrap: BootstrapView,
+    /// The device as the last sensing pass saw it.
+    pub device: Option<DeviceSummary>,
 }
 
 /// One row of `/v1/peers`.
@@ -68,6 +71,8 @@ pub struct PeerView {
     pub agent: Option<String>,
     pub known_addrs: Vec<String>,
     pub last_seen_ms: u64,
+    /// Device class, power mode and score from the peer's latest telemetry.
+    pub device: Option<DeviceSummary>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +163,7 @@ pub struct SharedState {
     pub telemetry: RwLock<BTreeMap<String, ReceivedTelemetry>>,
     pub own_telemetry: RwLock<Option<ReceivedTelemetry>>,
     pub receipts: Mutex<ReceiptLog>,
+    pub device: RwLock<Option<DeviceView>>,
 }
 
 /// Reads a lock even if a panicking writer poisoned it: views are plain data.
@@ -220,6 +226,7 @@ pub fn router(state: Arc<SharedState>) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/telemetry", get(telemetry))
         .route("/v1/receipts", get(receipts))
+        .route("/v1/device", get(device))
         .with_state(state)
 }
 
@@ -253,6 +260,13 @@ async fn peers(State(state): State<Arc<SharedState>>) -> Json<PeersResponse> {
 
 async fn telemetry(State(state): State<Arc<SharedState>>) -> Json<TelemetryResponse> {
     Json(state.telemetry_view(now_ms()))
+}
+
+async fn device(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
+    match read(&state.device) {
+        Some(view) => Ok(Json(view)),
+        None => Err((StatusCode::SERVICE_UNAVAILABLE, "device not sensed yet")),
+    }
 }
 
 async fn receipts(State(state): State<Arc<SharedState>>) -> Json<ReceiptsResponse> {

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     control_file_path, ControlFile, PeersResponse, ReceiptsResponse, StatusView, TelemetryResponse,
 };
+use crate::device::{DeviceSummary, DeviceView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -106,6 +107,10 @@ impl ControlClient {
     pub async fn receipts(&self) -> Result<ReceiptsResponse, ClientError> {
         self.get("/v1/receipts").await
     }
+
+    pub async fn device(&self) -> Result<DeviceView, ClientError> {
+        self.get("/v1/device").await
+    }
 }
 
 fn table(header: &[&str]) -> Table {
@@ -201,7 +206,16 @@ pub fn render_peers(p: &PeersResponse) -> String {
     if p.peers.is_empty() {
         return "no peers known yet".into();
     }
-    let mut t = table(&["peer", "state", "address", "rtt", "agent", "last seen"]);
+    let mut t = table(&[
+        "peer",
+        "state",
+        "address",
+        "rtt",
+        "device",
+        "mode",
+        "score",
+        "last seen",
+    ]);
     let now = crate::api::now_ms();
     for peer in &p.peers {
         t.add_row(vec![
@@ -218,7 +232,15 @@ pub fn render_peers(p: &PeersResponse) -> String {
             peer.rtt_ms
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_default(),
-            peer.agent.clone().unwrap_or_default(),
+            device_cell(peer.device.as_ref()),
+            peer.device
+                .as_ref()
+                .map(|d| d.mode.to_string())
+                .unwrap_or_default(),
+            peer.device
+                .as_ref()
+                .map(|d| format!("{:.3}", d.score))
+                .unwrap_or_default(),
             if peer.connected {
                 "now".into()
             } else {
@@ -229,12 +251,140 @@ pub fn render_peers(p: &PeersResponse) -> String {
     t.to_string()
 }
 
+fn device_cell(d: Option<&DeviceSummary>) -> String {
+    let Some(d) = d else { return String::new() };
+    let battery = match (d.battery_pct, d.charging) {
+        (Some(b), Some(true)) => format!(" {b:.0}%+"),
+        (Some(b), _) => format!(" {b:.0}%"),
+        _ => String::new(),
+    };
+    let temp = d
+        .temperature_c
+        .map(|t| format!(" {t:.0}C"))
+        .unwrap_or_default();
+    format!("{}{battery}{temp}", d.class)
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
+    v.map(|v| format!("{v}{unit}"))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `fogmesh device`: what was detected, the mode and why, its limits, the score.
+pub fn render_device(v: &DeviceView) -> String {
+    let r = &v.readings;
+    let d = &v.decision;
+    let l = &d.limits;
+    let (scan_on, scan_off, adv) = l.ble_duty.timings();
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "class",
+            format!(
+                "{}{}",
+                v.class,
+                if v.simulated { " (simulated)" } else { "" }
+            ),
+        ),
+        ("cores", opt(r.cores, "")),
+        (
+            "memory",
+            format!(
+                "{} available of {}",
+                bytes(r.mem_available_bytes),
+                bytes(r.mem_total_bytes)
+            ),
+        ),
+        (
+            "storage",
+            format!(
+                "{} available of {}",
+                bytes(r.storage_available_bytes),
+                bytes(r.storage_total_bytes)
+            ),
+        ),
+        (
+            "battery",
+            match (r.battery_present, r.battery_pct) {
+                (Some(false), _) => "none (mains powered)".into(),
+                (_, Some(p)) => format!(
+                    "{p:.0} %, {}",
+                    match r.charging {
+                        Some(true) => "charging",
+                        Some(false) => "discharging",
+                        None => "charging state unknown",
+                    }
+                ),
+                (Some(true), None) => "present, level unknown".into(),
+                (None, None) => "unknown".into(),
+            },
+        ),
+        (
+            "temperature",
+            r.temperature_c
+                .map(|t| format!("{t:.1} C"))
+                .unwrap_or_else(|| "unknown".into()),
+        ),
+        (
+            "GPU",
+            match r.gpu {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => "unknown".into(),
+            },
+        ),
+        (
+            "CPU load",
+            r.cpu_load_pct
+                .map(|c| format!("{c:.0} %"))
+                .unwrap_or_else(|| "unknown".into()),
+        ),
+        (
+            "power mode",
+            format!("{} ({})", d.mode, d.reasons.join("; ")),
+        ),
+        ("CPU limit", format!("{} %", l.cpu_pct)),
+        ("memory limit", bytes(Some(l.memory_bytes))),
+        ("max tasks", l.max_tasks.to_string()),
+        ("chunk size", format!("{} B", l.chunk_bytes)),
+        ("transport", format!("{:?}", l.transport).to_lowercase()),
+        (
+            "telemetry",
+            format!("every {} x base interval", l.telemetry_multiplier),
+        ),
+        (
+            "BLE duty",
+            format!(
+                "{:?}: scan {scan_on} ms on / {scan_off} ms off, advertise every {adv} ms",
+                l.ble_duty
+            ),
+        ),
+        ("score", format!("{:.4}", v.score)),
+        (
+            "sensing pass",
+            format!("{:.2} ms", v.sense_micros as f64 / 1000.0),
+        ),
+    ];
+    for (k, val) in rows {
+        t.add_row(vec![k.to_owned(), val]);
+    }
+    if !v.rejected_readings.is_empty() {
+        t.add_row(vec![
+            "ignored readings".to_owned(),
+            v.rejected_readings.join(", "),
+        ]);
+    }
+    t.to_string()
+}
+
 pub fn render_telemetry(r: &TelemetryResponse) -> String {
     if r.nodes.is_empty() {
         return "no telemetry yet".into();
     }
     let mut t = table(&[
-        "node", "seq", "age", "state", "cpu", "memory", "rss", "peers", "uptime", "version",
+        "node", "seq", "age", "state", "device", "mode", "score", "cpu", "memory", "rss", "peers",
+        "uptime",
     ]);
     for n in &r.nodes {
         let rec = &n.record;
@@ -247,6 +397,15 @@ pub fn render_telemetry(r: &TelemetryResponse) -> String {
             (n.seq % 100_000).to_string(),
             age(n.age_ms),
             if n.stale { "STALE" } else { "fresh" }.into(),
+            device_cell(rec.device.as_ref()),
+            rec.device
+                .as_ref()
+                .map(|d| d.mode.to_string())
+                .unwrap_or_default(),
+            rec.device
+                .as_ref()
+                .map(|d| format!("{:.3}", d.score))
+                .unwrap_or_default(),
             rec.cpu_load_pct
                 .map(|c| format!("{c:.0}%"))
                 .unwrap_or_else(|| "?".into()),
@@ -258,7 +417,6 @@ pub fn render_telemetry(r: &TelemetryResponse) -> String {
             bytes(rec.rss_bytes),
             rec.peer_count.to_string(),
             age(rec.uptime_s * 1000),
-            rec.version.clone(),
         ]);
     }
     t.to_string()

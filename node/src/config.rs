@@ -9,6 +9,8 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
+use crate::device::SimulateConfig;
+
 /// Default TCP and UDP (QUIC) port of a node.
 pub const DEFAULT_PORT: u16 = 4747;
 const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(100);
@@ -37,6 +39,11 @@ pub struct ConfigLayer {
     pub max_connections: Option<u32>,
     pub log: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// How often the device is re-sensed (faster under battery or thermal pressure).
+    #[serde(default, with = "humantime_serde")]
+    pub sense_interval: Option<Duration>,
+    /// Pretend to be another device (testers, testnets).
+    pub simulate: Option<SimulateConfig>,
 }
 
 impl ConfigLayer {
@@ -55,8 +62,13 @@ impl ConfigLayer {
             control_port,
             max_connections,
             log,
-            log_format
+            log_format,
+            sense_interval
         );
+        self.simulate = match (self.simulate, other.simulate) {
+            (Some(mine), Some(theirs)) => Some(mine.overlay(theirs)),
+            (mine, theirs) => theirs.or(mine),
+        };
         self
     }
 }
@@ -108,6 +120,7 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_MAX_CONNECTIONS",
     "FOGMESH_LOG",
     "FOGMESH_LOG_FORMAT",
+    "FOGMESH_SENSE_INTERVAL",
 ];
 
 /// Reads `FOGMESH_*` variables from `vars`. Lists are comma-separated. An unknown
@@ -141,6 +154,10 @@ pub fn load_env(
                 layer.max_connections = Some(value.parse().map_err(|e| err(format!("{e}")))?)
             }
             "FOGMESH_LOG" => layer.log = Some(value.clone()),
+            "FOGMESH_SENSE_INTERVAL" => {
+                layer.sense_interval =
+                    Some(humantime::parse_duration(&value).map_err(|e| err(e.to_string()))?)
+            }
             "FOGMESH_LOG_FORMAT" => {
                 layer.log_format = Some(match value.as_str() {
                     "text" => LogFormat::Text,
@@ -195,6 +212,24 @@ pub fn validate(layer: &ConfigLayer, source_name: &str) -> Result<(), ConfigErro
             ));
         }
     }
+    if let Some(interval) = layer.sense_interval {
+        if !(MIN_TELEMETRY_INTERVAL..=MAX_TELEMETRY_INTERVAL).contains(&interval) {
+            return Err(bad(
+                "sense_interval",
+                format!(
+                    "{} is outside 100ms..1h",
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
+    }
+    if let Some(simulate) = &layer.simulate {
+        simulate.validate().map_err(|e| ConfigError::Value {
+            key: e.key,
+            source_name: source_name.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
     if layer.max_connections == Some(0) {
         return Err(bad("max_connections", "must be at least 1".into()));
     }
@@ -224,6 +259,9 @@ pub struct Settings {
     pub max_connections: u32,
     pub log: String,
     pub log_format: LogFormat,
+    #[serde(with = "humantime_serde")]
+    pub sense_interval: Duration,
+    pub simulate: Option<SimulateConfig>,
 }
 
 /// The platform's data directory for fogmesh (`~/.local/share/fogmesh` on Linux).
@@ -273,6 +311,8 @@ impl Settings {
             max_connections: layer.max_connections.unwrap_or(128),
             log: layer.log.unwrap_or_else(|| "info".into()),
             log_format: layer.log_format.unwrap_or_default(),
+            sense_interval: layer.sense_interval.unwrap_or(Duration::from_secs(30)),
+            simulate: layer.simulate.filter(|s| !s.is_empty()),
         }
     }
 
@@ -333,6 +373,19 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 # Log filter (RUST_LOG syntax) and format ("text" or "json").
 # log = "info"
 # log_format = "text"
+
+# How often the device (battery, temperature, load) is re-sensed; every 5 s at most while the
+# battery is low or the device is warm.
+# sense_interval = "30s"
+
+# Pretend to be another device (for testing). Fixed values or curves over the node's uptime.
+# [simulate]
+# device = "smartphone"            # smartphone, tablet, laptop, desktop, raspberry_pi
+# battery = 15                     # percent; or a curve:
+# battery_curve = { start = 80, drain_per_minute = 2, charge_per_minute = 5, charging_windows = [{ from = "10m", to = "20m" }] }
+# charging = false
+# temperature = 50                 # degrees C; or a curve:
+# temperature_curve = { start = 35, change_per_minute = 1.5, limit = 60 }
 "#;
 
 /// Writes the commented default config to `path`.
@@ -425,6 +478,54 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn simulate_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "[simulate]\ndevice = \"smartphone\"\nbattery_curve = { start = 50, drain_per_minute = 2 }\n",
+        );
+        let s = Settings::load(Some(&path), env(&[]), ConfigLayer::default()).unwrap();
+        let sim = s.simulate.unwrap();
+        assert_eq!(sim.device, Some(crate::device::DeviceClass::Smartphone));
+        assert_eq!(sim.battery_curve.unwrap().start, 50.0);
+        for (text, key) in [
+            ("[simulate]\nbattery = 140\n", "simulate.battery"),
+            ("[simulate]\ntemperature = -300\n", "simulate.temperature"),
+            ("[simulate]\ndevice = \"toaster\"\n", "device"),
+            ("[simulate]\nbatery = 3\n", "batery"),
+        ] {
+            let path = write(dir.path(), text);
+            let err = Settings::load(Some(&path), env(&[]), ConfigLayer::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn simulate_flags_overlay_the_file_field_by_field() {
+        let file = ConfigLayer {
+            simulate: Some(SimulateConfig {
+                device: Some(crate::device::DeviceClass::Tablet),
+                temperature: Some(40.0),
+                ..SimulateConfig::default()
+            }),
+            ..ConfigLayer::default()
+        };
+        let flags = ConfigLayer {
+            simulate: Some(SimulateConfig {
+                battery: Some(15.0),
+                ..SimulateConfig::default()
+            }),
+            ..ConfigLayer::default()
+        };
+        let sim = file.overlay(flags).simulate.unwrap();
+        assert_eq!(sim.device, Some(crate::device::DeviceClass::Tablet));
+        assert_eq!(sim.temperature, Some(40.0));
+        assert_eq!(sim.battery, Some(15.0));
     }
 
     #[test]

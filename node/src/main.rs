@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fogmesh_node::client::{self, ControlClient};
 use fogmesh_node::config::{self, ConfigLayer, LogFormat, Settings};
+use fogmesh_node::device::{DeviceClass, DeviceMonitor, SimulateConfig};
 use fogmesh_node::{identity, logging, node};
 use fogmesh_testnet as testnet;
 use libp2p::Multiaddr;
@@ -40,6 +41,8 @@ enum Command {
     Peers(QueryArgs),
     /// Ask the running node for the telemetry it holds.
     Telemetry(QueryArgs),
+    /// What the node detected about its device, its power mode, limits and score.
+    Device(DeviceArgs),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -103,6 +106,41 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// How often to re-sense the device, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sense_interval: Option<Duration>,
+    #[command(flatten)]
+    simulate: SimulateArgs,
+}
+
+/// Pretend to be another device (overrides the config's `[simulate]` values).
+#[derive(Debug, Args, Default, Clone)]
+struct SimulateArgs {
+    /// Pretend to be this class of device.
+    #[arg(long, value_enum)]
+    simulate_device: Option<DeviceClass>,
+    /// Simulated battery level in percent.
+    #[arg(long)]
+    battery: Option<f32>,
+    /// Simulated charging state.
+    #[arg(long)]
+    charging: Option<bool>,
+    /// Simulated temperature in degrees Celsius.
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f32>,
+}
+
+impl SimulateArgs {
+    fn layer(&self) -> Option<SimulateConfig> {
+        let sim = SimulateConfig {
+            device: self.simulate_device,
+            battery: self.battery,
+            charging: self.charging,
+            temperature: self.temperature,
+            ..SimulateConfig::default()
+        };
+        (!sim.is_empty()).then_some(sim)
+    }
 }
 
 impl RunArgs {
@@ -118,8 +156,21 @@ impl RunArgs {
             max_connections: self.max_connections,
             log: self.log.clone(),
             log_format: self.log_format,
+            sense_interval: self.sense_interval,
+            simulate: self.simulate.layer(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct DeviceArgs {
+    #[command(flatten)]
+    query: QueryArgs,
+    /// Sense this machine here instead of asking a running node.
+    #[arg(long)]
+    local: bool,
+    #[command(flatten)]
+    simulate: SimulateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +230,10 @@ enum TestnetCommand {
         /// Give up waiting for convergence after this long (nodes keep running).
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Device mix: `uniform` (every node senses this machine) or `mixed` (simulated
+        /// phones, tablets, laptops, desktops and Pis in various battery and thermal states).
+        #[arg(long, value_enum, default_value = "uniform")]
+        profile: testnet::Profile,
         #[arg(long)]
         json: bool,
     },
@@ -261,6 +316,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let t = q.client()?.telemetry().await?;
             print_out(q.json, &t, || client::render_telemetry(&t))
         }
+        Some(Command::Device(args)) => device_command(args).await,
         Some(Command::Config(ConfigCommand::Init { path, force })) => {
             let path = path.unwrap_or_else(config::default_config_path);
             config::write_default(&path, force)?;
@@ -291,6 +347,32 @@ fn print_line(text: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// `fogmesh device`: the running node's view, or one local sensing pass.
+async fn device_command(args: DeviceArgs) -> Result<()> {
+    if !args.local {
+        let remote = match args.query.client() {
+            Ok(client) => client.device().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(view) = remote {
+            return print_out(args.query.json, &view, || client::render_device(&view));
+        }
+        if !args.query.json {
+            eprintln!("no running node answered; sensing this machine locally");
+        }
+    }
+    let settings = args.query.select.settings(ConfigLayer {
+        simulate: args.simulate.layer(),
+        ..ConfigLayer::default()
+    })?;
+    let mut monitor = DeviceMonitor::new(&settings.data_dir, settings.simulate.clone());
+    let _ = monitor.pass(fogmesh_node::api::now_ms());
+    // CPU load is the difference of two readings; give it a moment.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let view = monitor.pass(fogmesh_node::api::now_ms());
+    print_out(args.query.json, &view, || client::render_device(&view))
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -354,6 +436,7 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             nodes,
             telemetry_interval,
             timeout,
+            profile,
             json,
         } => {
             let options = testnet::UpOptions {
@@ -362,6 +445,7 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                 binary,
                 telemetry_interval: Some(telemetry_interval),
                 timeout,
+                profile,
             };
             let report = testnet::up(&options, |p| {
                 eprintln!(

@@ -36,6 +36,9 @@ pub struct TelemetryRecord {
     pub listen_addrs: Vec<String>,
     /// Telemetry interval of the publisher, so receivers can judge staleness per node.
     pub interval_ms: u64,
+    /// Device class, power mode and score; absent from nodes that have not sensed yet.
+    #[serde(default)]
+    pub device: Option<crate::device::DeviceSummary>,
 }
 
 /// A telemetry record as a receiver keeps it.
@@ -292,6 +295,7 @@ mod tests {
             peer_count: 4,
             listen_addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             interval_ms: 1000,
+            device: None,
         }
     }
 

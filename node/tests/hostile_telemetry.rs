@@ -21,10 +21,14 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Swarm};
 
 fn record(key: &Keypair) -> Vec<u8> {
+    record_with_uptime(key, 1)
+}
+
+fn record_with_uptime(key: &Keypair, uptime_s: u64) -> Vec<u8> {
     codec::encode(&TelemetryRecord {
         peer_id: key.public().to_peer_id().to_string(),
         version: "attacker".into(),
-        uptime_s: 1,
+        uptime_s,
         cpu_load_pct: None,
         mem_used_bytes: None,
         mem_total_bytes: None,
@@ -32,6 +36,7 @@ fn record(key: &Keypair) -> Vec<u8> {
         peer_count: 1,
         listen_addrs: vec![],
         interval_ms: 1000,
+        device: None,
     })
     .unwrap()
 }
@@ -130,7 +135,20 @@ async fn bad_telemetry_is_rejected_counted_and_survived() {
             .unwrap(),
         ),
         ("valid", valid.clone()),
-        ("replayed", valid),
+        // Byte-identical copy: gossipsub's duplicate filter drops it (content-addressed ids).
+        ("identical replay", valid),
+        // Same sequence number, new content, correctly signed: the validator's replay check.
+        (
+            "replayed seq",
+            envelope::seal(
+                &key,
+                MessageKind::Telemetry,
+                100,
+                now,
+                record_with_uptime(&key, 2),
+            )
+            .unwrap(),
+        ),
     ];
     for (what, data) in messages {
         swarm

@@ -115,3 +115,50 @@ async fn restart_keeps_identity_peers_and_telemetry() {
     b2.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_bootstrap_peer_is_redialled() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    // A fixed port for A, so it can come back at the same address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a_settings = || {
+        let mut s = common::settings(dir_a.path(), vec![], Duration::from_millis(300));
+        s.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+        s
+    };
+    let a = fogmesh_node::node::start(a_settings()).await.unwrap();
+    let a_addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", a.peer_id)
+        .parse()
+        .unwrap();
+    let b = start(dir_b.path(), vec![a_addr], Duration::from_millis(300)).await;
+    let client = ControlClient::new(b.control_addr);
+    let connected = |want: usize| {
+        let client = client.clone();
+        move || {
+            let client = client.clone();
+            async move {
+                client
+                    .status()
+                    .await
+                    .map(|s| s.bootstrap.connected == want && s.connected_peers == want)
+                    .unwrap_or(false)
+            }
+        }
+    };
+    assert!(wait_until(Duration::from_secs(30), connected(1)).await);
+    a.shutdown().await;
+    assert!(wait_until(Duration::from_secs(30), connected(0)).await);
+    // A returns; B's backoff (1 s, 2 s, 4 s, ... capped at 60 s) brings it back.
+    let a2 = fogmesh_node::node::start(a_settings()).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), connected(1)).await,
+        "bootstrap peer was not redialled"
+    );
+    b.shutdown().await;
+    a2.shutdown().await;
+}

@@ -163,6 +163,7 @@ pub async fn bench(
             binary: options.binary.clone(),
             telemetry_interval: Some(options.busy_interval),
             timeout: Duration::from_secs(60 + nodes as u64 * 2),
+            profile: crate::Profile::Uniform,
         };
         let result = async {
             let mut up_report = up(&up_options, |_| {}).await?;
@@ -245,6 +246,7 @@ pub async fn bench(
             binary: options.binary.clone(),
             telemetry_interval: None,
             timeout: Duration::from_secs(120),
+            profile: crate::Profile::Uniform,
         };
         let result = async {
             let up_report = up(&up_options, |_| {}).await?;

@@ -81,6 +81,50 @@ pub struct UpOptions {
     /// Telemetry interval of every node; `None` keeps the node default.
     pub telemetry_interval: Option<Duration>,
     pub timeout: Duration,
+    pub profile: Profile,
+}
+
+/// Which devices the testnet's nodes pretend to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Every node senses the machine it runs on.
+    #[default]
+    Uniform,
+    /// A realistic mix of simulated phones, tablets, laptops, desktops and Pis, charged and
+    /// drained, cool and hot.
+    Mixed,
+}
+
+/// The simulated device of node `index` in a mixed testnet, as `fogmesh run` flags.
+/// Ten rows cycle; every power mode and device class appears within any ten nodes.
+pub fn mixed_profile_args(index: usize) -> Vec<String> {
+    const MIX: [(&str, Option<f32>, Option<bool>, f32); 10] = [
+        ("desktop", None, None, 40.0),
+        ("laptop", Some(70.0), Some(true), 42.0),
+        ("smartphone", Some(55.0), Some(false), 38.0),
+        ("tablet", Some(18.0), Some(false), 33.0),
+        ("raspberry_pi", None, None, 52.0),
+        ("smartphone", Some(8.0), Some(false), 36.0),
+        ("laptop", Some(35.0), Some(false), 47.0),
+        ("desktop", None, None, 58.0),
+        ("smartphone", Some(90.0), Some(true), 31.0),
+        ("tablet", Some(60.0), Some(false), 67.0),
+    ];
+    let (class, battery, charging, temperature) = MIX[index % MIX.len()];
+    let mut args = vec![
+        "--simulate-device".to_owned(),
+        class.to_owned(),
+        "--temperature".to_owned(),
+        temperature.to_string(),
+    ];
+    if let Some(b) = battery {
+        args.extend(["--battery".to_owned(), b.to_string()]);
+    }
+    if let Some(c) = charging {
+        args.extend(["--charging".to_owned(), c.to_string()]);
+    }
+    args
 }
 
 /// Progress while waiting for convergence.
@@ -311,6 +355,9 @@ fn spawn_node(
     }
     for port in bootstrap_ports {
         cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{port}")]);
+    }
+    if options.profile == Profile::Mixed {
+        cmd.args(mixed_profile_args(index));
     }
     for (key, _) in std::env::vars() {
         if key.starts_with("FOGMESH_") || key == "RUST_LOG" {
