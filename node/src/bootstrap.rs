@@ -134,6 +134,11 @@ impl BootstrapDialer {
         }
     }
 
+    /// True if `peer` is one of the bootstrap peers.
+    pub fn is_bootstrap_peer(&self, peer: &PeerId) -> bool {
+        self.entries.iter().any(|e| e.peer.as_ref() == Some(peer))
+    }
+
     /// Number of bootstrap entries currently connected.
     pub fn connected_count(&self) -> usize {
         self.entries

@@ -348,7 +348,7 @@ pub fn render_device(v: &DeviceView) -> String {
         ("memory limit", bytes(Some(l.memory_bytes))),
         ("max tasks", l.max_tasks.to_string()),
         ("chunk size", format!("{} B", l.chunk_bytes)),
-        ("transport", format!("{:?}", l.transport).to_lowercase()),
+        ("transport", l.transport.to_string()),
         (
             "telemetry",
             format!("every {} x base interval", l.telemetry_multiplier),
@@ -356,7 +356,7 @@ pub fn render_device(v: &DeviceView) -> String {
         (
             "BLE duty",
             format!(
-                "{:?}: scan {scan_on} ms on / {scan_off} ms off, advertise every {adv} ms",
+                "{}: scan {scan_on} ms on / {scan_off} ms off, advertise every {adv} ms",
                 l.ble_duty
             ),
         ),

@@ -37,6 +37,8 @@ pub struct ConfigLayer {
     pub telemetry_interval: Option<Duration>,
     pub control_port: Option<u16>,
     pub max_connections: Option<u32>,
+    /// Connections kept when more are open (surplus non-mesh peers are pruned).
+    pub target_peers: Option<u32>,
     pub log: Option<String>,
     pub log_format: Option<LogFormat>,
     /// How often the device is re-sensed (faster under battery or thermal pressure).
@@ -61,6 +63,7 @@ impl ConfigLayer {
             telemetry_interval,
             control_port,
             max_connections,
+            target_peers,
             log,
             log_format,
             sense_interval
@@ -118,6 +121,7 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_TELEMETRY_INTERVAL",
     "FOGMESH_CONTROL_PORT",
     "FOGMESH_MAX_CONNECTIONS",
+    "FOGMESH_TARGET_PEERS",
     "FOGMESH_LOG",
     "FOGMESH_LOG_FORMAT",
     "FOGMESH_SENSE_INTERVAL",
@@ -152,6 +156,9 @@ pub fn load_env(
             }
             "FOGMESH_MAX_CONNECTIONS" => {
                 layer.max_connections = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+            }
+            "FOGMESH_TARGET_PEERS" => {
+                layer.target_peers = Some(value.parse().map_err(|e| err(format!("{e}")))?)
             }
             "FOGMESH_LOG" => layer.log = Some(value.clone()),
             "FOGMESH_SENSE_INTERVAL" => {
@@ -233,6 +240,9 @@ pub fn validate(layer: &ConfigLayer, source_name: &str) -> Result<(), ConfigErro
     if layer.max_connections == Some(0) {
         return Err(bad("max_connections", "must be at least 1".into()));
     }
+    if layer.target_peers == Some(0) {
+        return Err(bad("target_peers", "must be at least 1".into()));
+    }
     if let Some(listen) = &layer.listen {
         if listen.is_empty() {
             return Err(bad("listen", "needs at least one address".into()));
@@ -257,6 +267,7 @@ pub struct Settings {
     pub telemetry_interval: Duration,
     pub control_port: u16,
     pub max_connections: u32,
+    pub target_peers: u32,
     pub log: String,
     pub log_format: LogFormat,
     #[serde(with = "humantime_serde")]
@@ -309,6 +320,7 @@ impl Settings {
             telemetry_interval: layer.telemetry_interval.unwrap_or(Duration::from_secs(30)),
             control_port: layer.control_port.unwrap_or(0),
             max_connections: layer.max_connections.unwrap_or(128),
+            target_peers: layer.target_peers.unwrap_or(24),
             log: layer.log.unwrap_or_else(|| "info".into()),
             log_format: layer.log_format.unwrap_or_default(),
             sense_interval: layer.sense_interval.unwrap_or(Duration::from_secs(30)),
@@ -369,6 +381,10 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 
 # Most simultaneous connections (incoming plus outgoing).
 # max_connections = 128
+
+# Connections kept when more are open: above target + 4, surplus peers outside the gossip
+# mesh (and not bootstrap peers) are disconnected, youngest first.
+# target_peers = 24
 
 # Log filter (RUST_LOG syntax) and format ("text" or "json").
 # log = "info"

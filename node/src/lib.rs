@@ -4,6 +4,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod client;
 pub mod config;
+pub mod connection_budget;
 pub mod device;
 pub mod envelope;
 pub mod identity;

@@ -100,6 +100,9 @@ struct RunArgs {
     /// Most simultaneous connections.
     #[arg(long)]
     max_connections: Option<u32>,
+    /// Connections kept when more are open.
+    #[arg(long)]
+    target_peers: Option<u32>,
     /// Log filter, RUST_LOG syntax (RUST_LOG itself wins if set).
     #[arg(long)]
     log: Option<String>,
@@ -154,6 +157,7 @@ impl RunArgs {
             telemetry_interval: self.telemetry_interval,
             control_port: self.control_port,
             max_connections: self.max_connections,
+            target_peers: self.target_peers,
             log: self.log.clone(),
             log_format: self.log_format,
             sense_interval: self.sense_interval,
@@ -259,7 +263,13 @@ enum TestnetCommand {
         /// Testnet sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "10,50")]
         sizes: Vec<usize>,
-        /// How long to sample propagation after convergence.
+        /// Telemetry interval of the measured testnets.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Wait after convergence before sampling (steady state).
+        #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// How long to sample propagation, CPU and memory.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         sample: Duration,
         /// Nodes in the idle phase (default 30 s telemetry interval).
@@ -481,6 +491,8 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
         TestnetCommand::Bench {
             dir,
             sizes,
+            interval,
+            settle,
             sample,
             idle_nodes,
             idle_window,
@@ -490,13 +502,34 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                 dir: dir.dir,
                 binary,
                 sizes,
-                busy_interval: Duration::from_secs(1),
+                busy_interval: interval,
+                settle,
                 sample,
                 idle_nodes,
                 idle_window,
             };
             let report = testnet::bench(&options, |line| eprintln!("{line}")).await?;
             print_out(json, &report, || report.to_markdown())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Every simulated device a mixed testnet starts must be accepted by `fogmesh run`.
+    #[test]
+    fn mixed_profile_rows_parse_as_run_flags() {
+        for index in 0..10 {
+            let mut argv = vec!["fogmesh".to_owned(), "run".to_owned()];
+            argv.extend(testnet::mixed_profile_args(index));
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let Some(Command::Run(args)) = cli.command else {
+                panic!("not a run command")
+            };
+            let sim = args.simulate.layer().expect("simulation flags");
+            sim.validate().unwrap_or_else(|e| panic!("{argv:?}: {e}"));
         }
     }
 }

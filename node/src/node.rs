@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, now_ms, BootstrapView, ControlFile, PeerView, SharedState, StatusView};
 use crate::bootstrap::BootstrapDialer;
 use crate::config::Settings;
+use crate::connection_budget::{self, Candidate};
 use crate::device::{self, DeviceMonitor, DeviceView};
 use crate::envelope::{self, MessageKind};
 use crate::identity::{self, IdentityError};
@@ -312,8 +313,6 @@ fn build_behaviour(keypair: &Keypair, settings: &Settings) -> Result<Behaviour, 
             gossipsub::MessageId::from(sha2::Sha256::digest(&message.data).to_vec())
         })
         .flood_publish(false)
-        .idontwant_message_size_threshold(0)
-        .idontwant_on_publish(true)
         .max_transmit_size(envelope::MAX_ENVELOPE_LEN + 1024)
         .build()
         .map_err(|e| setup("gossipsub")(e.to_string()))?;
@@ -415,6 +414,7 @@ struct LivePeer {
     addr: Multiaddr,
     dialer: bool,
     rtt: Option<Duration>,
+    since: Instant,
 }
 
 struct EventLoop {
@@ -674,11 +674,40 @@ impl EventLoop {
                 }
             }
         }
+        self.keep_connection_budget();
         if Instant::now() >= self.next_kad_bootstrap && !self.live.is_empty() {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
             self.next_kad_bootstrap = Instant::now() + KAD_BOOTSTRAP_EVERY;
         }
         self.publish_views();
+    }
+
+    /// Disconnects surplus peers above `target_peers` (see `connection_budget`).
+    fn keep_connection_budget(&mut self) {
+        let target = self.settings.target_peers as usize;
+        if self.live.len() <= target + connection_budget::SLACK {
+            return;
+        }
+        let mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let candidates: Vec<Candidate> = self
+            .live
+            .iter()
+            .map(|(peer, live)| Candidate {
+                peer: *peer,
+                connected_for: live.since.elapsed(),
+                protected: mesh.contains(peer) || self.bootstrap.is_bootstrap_peer(peer),
+            })
+            .collect();
+        for peer in connection_budget::choose_prunes(&candidates, target) {
+            tracing::debug!(%peer, connected = self.live.len(), target, "pruning surplus connection");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn publish_telemetry(&mut self) {
@@ -797,6 +826,7 @@ impl EventLoop {
                     addr: addr.clone(),
                     dialer,
                     rtt: None,
+                    since: Instant::now(),
                 });
                 // Only an address we dialled is known to reach the peer; the far end of an
                 // inbound connection is usually an ephemeral port.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::probe::Prober;
-use crate::{down, procs, state, up, TestnetError, UpOptions};
+use crate::{down, now_ms, procs, state, up, TestnetError, UpOptions};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -21,6 +21,9 @@ pub struct BenchOptions {
     pub binary: PathBuf,
     pub sizes: Vec<usize>,
     pub busy_interval: Duration,
+    /// Wait this long after convergence before sampling, so start-up work (Kademlia walks,
+    /// connection pruning) is over and the sample shows the steady state.
+    pub settle: Duration,
     pub sample: Duration,
     pub idle_nodes: usize,
     pub idle_window: Duration,
@@ -168,10 +171,12 @@ pub async fn bench(
         let result = async {
             let mut up_report = up(&up_options, |_| {}).await?;
             log(format!(
-                "bench: {nodes} nodes converged in {:.2}s; sampling {:?}",
+                "bench: {nodes} nodes converged in {:.2}s; settling {:?}, then sampling {:?}",
                 up_report.converged_after.as_secs_f64(),
+                options.settle,
                 options.sample
             ));
+            tokio::time::sleep(options.settle).await;
             let sample_from = now_ms();
             let pids = pids_of(&dir)?;
             let busy = measure(&pids, options.sample).await;
@@ -274,13 +279,6 @@ pub async fn bench(
         });
     }
     Ok(report)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl BenchReport {

@@ -29,6 +29,7 @@ pub enum DeviceClass {
     Tablet,
     Laptop,
     Desktop,
+    #[value(name = "raspberry_pi", alias = "raspberry-pi")]
     RaspberryPi,
 }
 

@@ -96,6 +96,28 @@ pub enum DutyCycle {
     UltraLow,
 }
 
+impl std::fmt::Display for TransportPreference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportPreference::BetanetPreferred => "betanet_preferred",
+            TransportPreference::Balanced => "balanced",
+            TransportPreference::BitchatPreferred => "bitchat_preferred",
+            TransportPreference::BitchatOnly => "bitchat_only",
+        })
+    }
+}
+
+impl std::fmt::Display for DutyCycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DutyCycle::Continuous => "continuous",
+            DutyCycle::Balanced => "balanced",
+            DutyCycle::Low => "low",
+            DutyCycle::UltraLow => "ultra_low",
+        })
+    }
+}
+
 impl DutyCycle {
     /// (scan on ms, scan off ms, advertising interval ms).
     pub fn timings(self) -> (u32, u32, u32) {
