@@ -174,6 +174,14 @@ pub fn read<T: Clone>(lock: &RwLock<T>) -> T {
     }
 }
 
+/// Runs `f` on the value under a read lock, without cloning it.
+pub fn inspect<T, R>(lock: &RwLock<T>, f: impl FnOnce(&T) -> R) -> R {
+    match lock.read() {
+        Ok(g) => f(&g),
+        Err(poisoned) => f(&poisoned.into_inner()),
+    }
+}
+
 pub fn write<T>(lock: &RwLock<T>, f: impl FnOnce(&mut T)) {
     match lock.write() {
         Ok(mut g) => f(&mut g),

@@ -66,14 +66,6 @@ impl BootstrapDialer {
         Self { entries }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Entries due now. The caller starts a dial for each and reports it with
     /// [`Self::dial_started`] or [`Self::dial_failed`].
     pub fn due(&self, now_ms: u64) -> Vec<DueDial> {

@@ -71,10 +71,6 @@ impl ControlClient {
         Ok(Self::new(file.addr))
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("http://{}{}", self.addr, path);
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {

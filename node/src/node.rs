@@ -1079,8 +1079,12 @@ impl EventLoop {
 
     fn publish_views(&self) {
         let now = now_ms();
-        let telemetry = api::read(&self.shared.telemetry);
-        let stale = telemetry.values().filter(|t| t.is_stale(now)).count();
+        // Read the telemetry map in place: it can hold thousands of records.
+        let (telemetry_nodes, stale, mut peers) =
+            api::inspect(&self.shared.telemetry, |telemetry| {
+                let stale = telemetry.values().filter(|t| t.is_stale(now)).count();
+                (telemetry.len(), stale, self.peer_views(telemetry, now))
+            });
         api::write(&self.shared.status, |s| {
             s.phase = self.lifecycle.phase();
             s.phase_since_ms = self.lifecycle.since_ms();
@@ -1090,7 +1094,7 @@ impl EventLoop {
             s.listen_addrs = self.listen_addrs.iter().map(|a| a.to_string()).collect();
             s.connected_peers = self.live.len();
             s.known_peers = self.registry.len();
-            s.telemetry_nodes = telemetry.len();
+            s.telemetry_nodes = telemetry_nodes;
             s.stale_nodes = stale;
             s.telemetry_published = self.published;
             s.telemetry_accepted = self.accepted;
@@ -1099,17 +1103,31 @@ impl EventLoop {
             s.bootstrap.connected = self.bootstrap.connected_count();
             s.device = self.device_view.as_ref().map(DeviceView::summary);
         });
-        let mut peers: Vec<PeerView> = self
-            .registry
+        peers.sort_by(|a, b| {
+            b.connected
+                .cmp(&a.connected)
+                .then(b.last_seen_ms.cmp(&a.last_seen_ms))
+                .then(a.peer_id.cmp(&b.peer_id))
+        });
+        api::write(&self.shared.peers, |p| *p = peers);
+    }
+
+    fn peer_views(
+        &self,
+        telemetry: &BTreeMap<String, ReceivedTelemetry>,
+        now: u64,
+    ) -> Vec<PeerView> {
+        self.registry
             .iter()
             .map(|(peer, record)| {
                 let live = self.live.get(peer);
+                let peer_id = peer.to_string();
                 let device = telemetry
-                    .get(&peer.to_string())
+                    .get(&peer_id)
                     .and_then(|t| t.record.device.clone());
                 PeerView {
                     device,
-                    peer_id: peer.to_string(),
+                    peer_id,
                     connected: live.is_some(),
                     connection_addr: live.map(|l| l.addr.to_string()),
                     direction: live.map(|l| if l.dialer { "out" } else { "in" }.to_owned()),
@@ -1123,13 +1141,6 @@ impl EventLoop {
                     },
                 }
             })
-            .collect();
-        peers.sort_by(|a, b| {
-            b.connected
-                .cmp(&a.connected)
-                .then(b.last_seen_ms.cmp(&a.last_seen_ms))
-                .then(a.peer_id.cmp(&b.peer_id))
-        });
-        api::write(&self.shared.peers, |p| *p = peers);
+            .collect()
     }
 }

@@ -184,11 +184,6 @@ impl TelemetryValidator {
         );
     }
 
-    /// The highest sequence number accepted from `origin`, if any.
-    pub fn last_seq(&self, origin: &PeerId) -> Option<u64> {
-        self.origins.get(origin).map(|s| s.last_seq)
-    }
-
     /// Validates one message. `author` is the gossipsub-signed source of the message.
     pub fn check(
         &mut self,

@@ -110,11 +110,6 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
-
-    /// Bytes the store occupies on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
-    }
 }
 
 /// A named table of `V` values keyed by string.
