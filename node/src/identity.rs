@@ -50,14 +50,31 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Keypair, IdentityError> {
 }
 
 fn create(path: &Path) -> Result<Keypair, IdentityError> {
+    let keypair = Keypair::generate_ed25519();
+    write_keypair(path, &keypair)?;
+    Ok(keypair)
+}
+
+/// Reads an Ed25519 key pair file; errors name the file.
+pub fn read_keypair(path: &Path) -> Result<Keypair, IdentityError> {
+    let bytes = std::fs::read(path).map_err(|e| IdentityError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    decode(path, &bytes)
+}
+
+/// Writes `keypair` to `path` with mode 0600, atomically (temporary file, then rename).
+pub fn write_keypair(path: &Path, keypair: &Keypair) -> Result<(), IdentityError> {
     let err = |e: std::io::Error| IdentityError::Create {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
     }
-    let keypair = Keypair::generate_ed25519();
     let bytes = keypair
         .to_protobuf_encoding()
         .map_err(|e| IdentityError::Create {
@@ -77,8 +94,7 @@ fn create(path: &Path) -> Result<Keypair, IdentityError> {
         file.write_all(&bytes).map_err(err)?;
         file.sync_all().map_err(err)?;
     }
-    std::fs::rename(&tmp, path).map_err(err)?;
-    Ok(keypair)
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 #[cfg(test)]

@@ -10,5 +10,6 @@ pub mod envelope;
 pub mod identity;
 pub mod lifecycle;
 pub mod logging;
+pub mod mesh;
 pub mod node;
 pub mod telemetry;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use fogmesh_node::client::{self, ControlClient};
 use fogmesh_node::config::{self, ConfigLayer, LogFormat, Settings};
 use fogmesh_node::device::{DeviceClass, DeviceMonitor, SimulateConfig};
-use fogmesh_node::{identity, logging, node};
+use fogmesh_node::{identity, logging, mesh, node};
 use fogmesh_testnet as testnet;
 use libp2p::Multiaddr;
 
@@ -49,6 +49,63 @@ enum Command {
     /// Local testnets: many nodes on 127.0.0.1.
     #[command(subcommand)]
     Testnet(TestnetCommand),
+    /// Mesh roots: the key that admits nodes to a mesh.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Admission tickets: issue, explain, revoke.
+    #[command(subcommand)]
+    Ticket(TicketCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Create a mesh: a root key (guard it) and a public mesh description.
+    Init {
+        /// Mesh name, used for the file names.
+        #[arg(long)]
+        name: String,
+        /// Where to write `<name>.root.key` and `<name>.mesh.json`.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TicketCommand {
+    /// Issue a ticket admitting a peer (signed by the mesh root).
+    Issue {
+        /// The mesh root key file.
+        #[arg(long)]
+        mesh_key: PathBuf,
+        /// The PeerId admitted.
+        #[arg(long)]
+        peer: libp2p::PeerId,
+        /// Roles, comma-separated (worker, coordinator, submitter, writer, gateway).
+        #[arg(long, value_delimiter = ',', default_value = "worker")]
+        roles: Vec<String>,
+        /// Validity from now, e.g. 30d.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        valid: Duration,
+        /// Write the ticket here (binary) instead of printing it as hex.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Explain a ticket file (binary or hex).
+    Show { file: PathBuf },
+    /// Produce a signed revocation of a ticket, or of every ticket a peer holds so far.
+    Revoke {
+        #[arg(long)]
+        mesh_key: PathBuf,
+        /// The ticket file to revoke.
+        #[arg(long, conflicts_with = "peer", required_unless_present = "peer")]
+        ticket: Option<PathBuf>,
+        /// The peer whose tickets issued until now are revoked.
+        #[arg(long)]
+        peer: Option<libp2p::PeerId>,
+        /// Write the revocation here (binary) instead of printing it as hex.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -333,6 +390,55 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print_line(&format!("wrote {}", path.display()))
         }
         Some(Command::Testnet(cmd)) => run_testnet(cmd).await,
+        Some(Command::Mesh(MeshCommand::Init { name, dir })) => {
+            let (info, key, public) = mesh::init(&dir, &name)?;
+            print_line(&format!(
+                "mesh {} ({})\n  root key    {}  (secret: whoever holds it admits anyone)\n  public      {}",
+                info.name,
+                info.mesh_id,
+                key.display(),
+                public.display()
+            ))
+        }
+        Some(Command::Ticket(TicketCommand::Issue {
+            mesh_key,
+            peer,
+            roles,
+            valid,
+            out,
+        })) => {
+            let ticket = mesh::issue(&mesh_key, peer, &roles, valid)?;
+            emit(&ticket, out.as_deref(), "ticket")
+        }
+        Some(Command::Ticket(TicketCommand::Show { file })) => {
+            print_line(&mesh::show(&mesh::read_blob(&file)?)?)
+        }
+        Some(Command::Ticket(TicketCommand::Revoke {
+            mesh_key,
+            ticket,
+            peer,
+            out,
+        })) => {
+            let target = match (ticket, peer) {
+                (Some(file), _) => mesh::RevokeTarget::Ticket(mesh::read_blob(&file)?),
+                (None, Some(peer)) => mesh::RevokeTarget::Peer(peer),
+                (None, None) => bail!("give --ticket FILE or --peer PEERID"),
+            };
+            let revocation = mesh::revoke(&mesh_key, target)?;
+            emit(&revocation, out.as_deref(), "revocation")
+        }
+    }
+}
+
+/// Writes a ticket or revocation to `out`, or prints it as hex.
+fn emit(bytes: &[u8], out: Option<&std::path::Path>, what: &str) -> Result<()> {
+    match mesh::emit(bytes, out)? {
+        Some(hex) => print_line(&hex),
+        None => print_line(&format!(
+            "wrote {what} ({} bytes) to {}",
+            bytes.len(),
+            out.map(|p| p.display().to_string()).unwrap_or_default()
+        )),
     }
 }
 

@@ -331,3 +331,81 @@ fn id_is_stable_and_config_init_writes_a_loadable_file() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(out.stdout, first.stdout);
 }
+
+#[test]
+fn mesh_init_and_ticket_issue_show_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let config = empty_config(dir.path());
+    let out = fogmesh(&["mesh", "init", "--name", "home", "--dir", d]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let again = fogmesh(&["mesh", "init", "--name", "home", "--dir", d]);
+    assert!(!again.status.success(), "a root key is never replaced");
+
+    let data = dir.path().join("n");
+    let id = fogmesh(&[
+        "id",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let peer = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+    let key = dir.path().join("home.root.key");
+    let ticket = dir.path().join("t.bin");
+    let out = fogmesh(&[
+        "ticket",
+        "issue",
+        "--mesh-key",
+        key.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--roles",
+        "worker,gateway",
+        "--valid",
+        "30d",
+        "--out",
+        ticket.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let shown = fogmesh(&["ticket", "show", ticket.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains(&peer) && text.contains("worker, gateway"),
+        "{text}"
+    );
+
+    let out = fogmesh(&[
+        "ticket",
+        "revoke",
+        "--mesh-key",
+        key.to_str().unwrap(),
+        "--ticket",
+        ticket.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "revocation printed as hex"
+    );
+
+    let bad = fogmesh(&[
+        "ticket",
+        "issue",
+        "--mesh-key",
+        key.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--roles",
+        "admin",
+    ]);
+    assert!(!bad.status.success());
+    assert!(stderr_of(&bad).contains("admin"));
+    let garbage = fogmesh(&[
+        "ticket",
+        "show",
+        dir.path().join("home.mesh.json").to_str().unwrap(),
+    ]);
+    assert!(!garbage.status.success());
+    assert!(stderr_of(&garbage).contains("malformed"));
+}

@@ -7,6 +7,8 @@
 //! The secure channel on TCP is libp2p-noise (XX) for now; the BetaNet-style channel
 //! (Noise XK with admission tickets) replaces it here, in one place, without touching the swarm.
 
+pub mod ticket;
+
 use std::time::Duration;
 
 use futures::future::Either;
