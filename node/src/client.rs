@@ -214,6 +214,7 @@ pub fn render_peers(p: &PeersResponse) -> String {
     ]);
     let now = crate::api::now_ms();
     for peer in &p.peers {
+        let [device, mode, score] = device_cells(peer.device.as_ref());
         t.add_row(vec![
             short_id(&peer.peer_id),
             if peer.connected {
@@ -228,15 +229,9 @@ pub fn render_peers(p: &PeersResponse) -> String {
             peer.rtt_ms
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_default(),
-            device_cell(peer.device.as_ref()),
-            peer.device
-                .as_ref()
-                .map(|d| d.mode.to_string())
-                .unwrap_or_default(),
-            peer.device
-                .as_ref()
-                .map(|d| format!("{:.3}", d.score))
-                .unwrap_or_default(),
+            device,
+            mode,
+            score,
             if peer.connected {
                 "now".into()
             } else {
@@ -247,8 +242,11 @@ pub fn render_peers(p: &PeersResponse) -> String {
     t.to_string()
 }
 
-fn device_cell(d: Option<&DeviceSummary>) -> String {
-    let Some(d) = d else { return String::new() };
+/// The device, mode and score cells of a peer's or node's row (empty when unknown).
+fn device_cells(d: Option<&DeviceSummary>) -> [String; 3] {
+    let Some(d) = d else {
+        return Default::default();
+    };
     let battery = match (d.battery_pct, d.charging) {
         (Some(b), Some(true)) => format!(" {b:.0}%+"),
         (Some(b), _) => format!(" {b:.0}%"),
@@ -258,7 +256,11 @@ fn device_cell(d: Option<&DeviceSummary>) -> String {
         .temperature_c
         .map(|t| format!(" {t:.0}C"))
         .unwrap_or_default();
-    format!("{}{battery}{temp}", d.class)
+    [
+        format!("{}{battery}{temp}", d.class),
+        d.mode.to_string(),
+        format!("{:.3}", d.score),
+    ]
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
@@ -384,6 +386,7 @@ pub fn render_telemetry(r: &TelemetryResponse) -> String {
     ]);
     for n in &r.nodes {
         let rec = &n.record;
+        let [device, mode, score] = device_cells(rec.device.as_ref());
         t.add_row(vec![
             format!(
                 "{}{}",
@@ -393,15 +396,9 @@ pub fn render_telemetry(r: &TelemetryResponse) -> String {
             (n.seq % 100_000).to_string(),
             age(n.age_ms),
             if n.stale { "STALE" } else { "fresh" }.into(),
-            device_cell(rec.device.as_ref()),
-            rec.device
-                .as_ref()
-                .map(|d| d.mode.to_string())
-                .unwrap_or_default(),
-            rec.device
-                .as_ref()
-                .map(|d| format!("{:.3}", d.score))
-                .unwrap_or_default(),
+            device,
+            mode,
+            score,
             rec.cpu_load_pct
                 .map(|c| format!("{c:.0}%"))
                 .unwrap_or_else(|| "?".into()),

@@ -959,8 +959,10 @@ impl EventLoop {
         match self.validator.check(now, message.source, &message.data) {
             Ok(accepted) => {
                 self.accepted += 1;
-                let origin = accepted.origin.to_string();
                 let telemetry = accepted.telemetry;
+                // The validator checked that the record names its origin, so this string is
+                // the origin's PeerId without encoding it again.
+                let origin = telemetry.record.peer_id.clone();
                 if let Ok(mut log) = self.shared.receipts.lock() {
                     log.push(&origin, telemetry.seq, telemetry.timestamp_ms, now);
                 }
