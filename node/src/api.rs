@@ -12,12 +12,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceSummary, DeviceView};
 use crate::lifecycle::{Phase, Transition};
+use crate::membership::AdmissionView;
 use crate::telemetry::{ReceivedTelemetry, RejectionCounters, TelemetryRecord};
 
 pub const CONTROL_FILE: &str = "control.json";
@@ -57,6 +59,8 @@ pub struct StatusView {
     pub bootstrap: BootstrapView,
     /// The device as the last sensing pass saw it.
     pub device: Option<DeviceSummary>,
+    /// Mesh membership, handshake and revocation counters.
+    pub admission: AdmissionView,
 }
 
 /// One row of `/v1/peers`.
@@ -164,6 +168,30 @@ pub struct SharedState {
     pub own_telemetry: RwLock<Option<ReceivedTelemetry>>,
     pub receipts: Mutex<ReceiptLog>,
     pub device: RwLock<Option<DeviceView>>,
+    /// Requests for the event loop (bounded; a full queue answers 503).
+    pub commands: tokio::sync::mpsc::Sender<ControlCommand>,
+}
+
+/// Most control commands queued for the event loop.
+pub const COMMAND_QUEUE: usize = 16;
+
+/// A request the event loop answers.
+#[derive(Debug)]
+pub enum ControlCommand {
+    /// Apply, persist and gossip a root-signed revocation.
+    Revoke {
+        revocation: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Result<RevocationOutcome, String>>,
+    },
+}
+
+/// `POST /v1/revocations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationOutcome {
+    /// False when the node already had it.
+    pub new: bool,
+    /// Connections closed because of it.
+    pub disconnected: Vec<String>,
 }
 
 /// Reads a lock even if a panicking writer poisoned it: views are plain data.
@@ -235,6 +263,7 @@ pub fn router(state: Arc<SharedState>) -> Router {
         .route("/v1/telemetry", get(telemetry))
         .route("/v1/receipts", get(receipts))
         .route("/v1/device", get(device))
+        .route("/v1/revocations", post(submit_revocation))
         .with_state(state)
 }
 
@@ -274,6 +303,26 @@ async fn device(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
     match read(&state.device) {
         Some(view) => Ok(Json(view)),
         None => Err((StatusCode::SERVICE_UNAVAILABLE, "device not sensed yet")),
+    }
+}
+
+async fn submit_revocation(State(state): State<Arc<SharedState>>, body: Bytes) -> impl IntoResponse {
+    let error = |code: StatusCode, text: String| (code, Json(serde_json::json!({ "error": text })));
+    if body.len() > fogmesh_transports::ticket::MAX_TICKET_LEN {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "revocation too large".into()));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = ControlCommand::Revoke {
+        revocation: body.to_vec(),
+        reply,
+    };
+    if state.commands.try_send(command).is_err() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "node busy; try again".into()));
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
+        Ok(Ok(Ok(outcome))) => Ok(Json(outcome)),
+        Ok(Ok(Err(reason))) => Err(error(StatusCode::BAD_REQUEST, reason)),
+        _ => Err(error(StatusCode::SERVICE_UNAVAILABLE, "node did not answer".into())),
     }
 }
 

@@ -8,7 +8,8 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    control_file_path, ControlFile, PeersResponse, ReceiptsResponse, StatusView, TelemetryResponse,
+    control_file_path, ControlFile, PeersResponse, ReceiptsResponse, RevocationOutcome, StatusView,
+    TelemetryResponse,
 };
 use crate::device::{DeviceSummary, DeviceView};
 
@@ -20,6 +21,8 @@ pub enum ClientError {
     BadControlFile { path: PathBuf, reason: String },
     #[error("node control API at {addr} did not answer: {reason}")]
     Unreachable { addr: SocketAddr, reason: String },
+    #[error("the node refused it: {0}")]
+    Refused(String),
     #[error("node control API at {addr} answered {status} for {path}")]
     Status {
         addr: SocketAddr,
@@ -107,6 +110,42 @@ impl ControlClient {
     pub async fn device(&self) -> Result<DeviceView, ClientError> {
         self.get("/v1/device").await
     }
+
+    /// Hands a revocation to the node, which applies, stores and gossips it.
+    pub async fn submit_revocation(
+        &self,
+        revocation: Vec<u8>,
+    ) -> Result<RevocationOutcome, ClientError> {
+        let path = "/v1/revocations";
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            addr: self.addr,
+            reason: e.to_string(),
+        };
+        let response = self
+            .http
+            .post(format!("http://{}{}", self.addr, path))
+            .body(revocation)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(unreachable);
+        }
+        let reason = response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+        match reason {
+            Some(reason) if status.is_client_error() => Err(ClientError::Refused(reason)),
+            _ => Err(ClientError::Status {
+                addr: self.addr,
+                path: path.to_owned(),
+                status: status.as_u16(),
+            }),
+        }
+    }
 }
 
 fn table(header: &[&str]) -> Table {
@@ -191,11 +230,48 @@ pub fn render_status(s: &StatusView) -> String {
             ),
         ),
         ("store errors", s.store_errors.to_string()),
+        ("mesh", mesh_line(s)),
+        ("handshakes", handshake_line(s)),
     ];
     for (k, v) in rows {
         t.add_row(vec![k.to_owned(), v]);
     }
     t.to_string()
+}
+
+fn mesh_line(s: &StatusView) -> String {
+    let a = &s.admission;
+    if a.open {
+        return "OPEN: no mesh configured, anyone may connect".into();
+    }
+    let expires = a
+        .ticket_expires_s
+        .map(|t| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t))
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} ({})\nroles {}, ticket valid until {expires}\n{} revocations, QUIC {}",
+        a.mesh_name.as_deref().unwrap_or("?"),
+        a.mesh_id.as_deref().unwrap_or("?"),
+        a.roles.join(", "),
+        a.revocations,
+        if a.quic { "on" } else { "off (tickets need TCP)" },
+    )
+}
+
+fn handshake_line(s: &StatusView) -> String {
+    let h = &s.admission.handshakes;
+    let mut line = format!(
+        "admitted {} in / {} out, rekeys {} sent / {} received",
+        h.admitted_inbound, h.admitted_outbound, h.rekeys_sent, h.rekeys_received
+    );
+    if !h.refused.is_empty() {
+        let refused: Vec<String> = h.refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        line.push_str(&format!("\nrefused: {}", refused.join(", ")));
+    }
+    line
 }
 
 pub fn render_peers(p: &PeersResponse) -> String {

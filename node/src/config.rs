@@ -46,6 +46,11 @@ pub struct ConfigLayer {
     pub sense_interval: Option<Duration>,
     /// Pretend to be another device (testers, testnets).
     pub simulate: Option<SimulateConfig>,
+    /// The mesh to join: its public description (`<name>.mesh.json`). Without it the node
+    /// runs an open mesh.
+    pub mesh: Option<PathBuf>,
+    /// This node's ticket for that mesh.
+    pub ticket: Option<PathBuf>,
 }
 
 impl ConfigLayer {
@@ -66,7 +71,9 @@ impl ConfigLayer {
             target_peers,
             log,
             log_format,
-            sense_interval
+            sense_interval,
+            mesh,
+            ticket
         );
         self.simulate = match (self.simulate, other.simulate) {
             (Some(mine), Some(theirs)) => Some(mine.overlay(theirs)),
@@ -125,6 +132,8 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_LOG",
     "FOGMESH_LOG_FORMAT",
     "FOGMESH_SENSE_INTERVAL",
+    "FOGMESH_MESH",
+    "FOGMESH_TICKET",
 ];
 
 /// Reads `FOGMESH_*` variables from `vars`. Lists are comma-separated. An unknown
@@ -161,6 +170,8 @@ pub fn load_env(
                 layer.target_peers = Some(value.parse().map_err(|e| err(format!("{e}")))?)
             }
             "FOGMESH_LOG" => layer.log = Some(value.clone()),
+            "FOGMESH_MESH" => layer.mesh = Some(PathBuf::from(&value)),
+            "FOGMESH_TICKET" => layer.ticket = Some(PathBuf::from(&value)),
             "FOGMESH_SENSE_INTERVAL" => {
                 layer.sense_interval =
                     Some(humantime::parse_duration(&value).map_err(|e| err(e.to_string()))?)
@@ -248,6 +259,21 @@ pub fn validate(layer: &ConfigLayer, source_name: &str) -> Result<(), ConfigErro
             return Err(bad("listen", "needs at least one address".into()));
         }
     }
+    if let Some(bootstrap) = &layer.bootstrap {
+        // Noise XK needs the responder's key before the first byte, and the key is the PeerId.
+        if let Some(addr) = bootstrap
+            .iter()
+            .find(|a| !matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))))
+        {
+            return Err(bad(
+                "bootstrap",
+                format!(
+                    "{addr} does not end in /p2p/<PeerId>; the secure channel must know whom it \
+                     dials (`fogmesh id` on that node prints its PeerId)"
+                ),
+            ));
+        }
+    }
     if let Some(filter) = &layer.log {
         tracing_subscriber::EnvFilter::try_new(filter)
             .map_err(|e| bad("log", format!("bad filter {filter:?}: {e}")))?;
@@ -273,6 +299,15 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub sense_interval: Duration,
     pub simulate: Option<SimulateConfig>,
+    /// Mesh description and own ticket, or None for an open mesh.
+    pub mesh: Option<MeshFiles>,
+}
+
+/// Where a node finds its mesh's public description and its own ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshFiles {
+    pub mesh: PathBuf,
+    pub ticket: PathBuf,
 }
 
 /// The platform's data directory for fogmesh (`~/.local/share/fogmesh` on Linux).
@@ -325,6 +360,10 @@ impl Settings {
             log_format: layer.log_format.unwrap_or_default(),
             sense_interval: layer.sense_interval.unwrap_or(Duration::from_secs(30)),
             simulate: layer.simulate.filter(|s| !s.is_empty()),
+            mesh: match (layer.mesh, layer.ticket) {
+                (Some(mesh), Some(ticket)) => Some(MeshFiles { mesh, ticket }),
+                _ => None,
+            },
         }
     }
 
@@ -349,7 +388,20 @@ impl Settings {
         };
         let env = load_env(env)?;
         validate(&flags, "command line")?;
-        Ok(Settings::resolve(file.overlay(env).overlay(flags)))
+        let merged = file.overlay(env).overlay(flags);
+        if merged.mesh.is_some() != merged.ticket.is_some() {
+            let (key, missing) = if merged.mesh.is_some() {
+                ("mesh", "ticket")
+            } else {
+                ("ticket", "mesh")
+            };
+            return Err(ConfigError::Value {
+                key,
+                source_name: "the merged configuration".into(),
+                reason: format!("is set but {missing} is not; a mesh member needs both"),
+            });
+        }
+        Ok(Settings::resolve(merged))
     }
 }
 
@@ -364,8 +416,16 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 # Addresses to listen on (TCP and QUIC on all interfaces, port 4747).
 # listen = ["/ip4/0.0.0.0/tcp/4747", "/ip4/0.0.0.0/udp/4747/quic-v1"]
 
-# Peers to join at start and to keep redialling (with backoff) when lost.
+# Peers to join at start and to keep redialling (with backoff) when lost. Each must end in
+# /p2p/<PeerId>: the secure channel (Noise XK) needs the peer's key before it says a word.
 # bootstrap = ["/ip4/192.0.2.10/tcp/4747/p2p/12D3KooW..."]
+
+# The mesh to join: its public description (from `fogmesh mesh init`) and this node's ticket
+# (from `fogmesh ticket issue`). Without both, the node runs an OPEN mesh: anyone may connect.
+# A node in a mesh accepts and makes only connections whose peer shows a valid ticket, and
+# runs TCP only (QUIC's handshake cannot carry tickets).
+# mesh = "home.mesh.json"
+# ticket = "node.ticket"
 
 # Discover peers on the local network with mDNS.
 # mdns = true

@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod identity;
 pub mod lifecycle;
 pub mod logging;
+pub mod membership;
 pub mod mesh;
 pub mod node;
 pub mod telemetry;

@@ -105,6 +105,17 @@ enum TicketCommand {
         /// Write the revocation here (binary) instead of printing it as hex.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also hand it to the running node (see --data-dir), which gossips it to the mesh.
+        #[arg(long)]
+        submit: bool,
+        #[command(flatten)]
+        select: NodeSelect,
+    },
+    /// Hand a revocation file to the running node, which applies, stores and gossips it.
+    Publish {
+        file: PathBuf,
+        #[command(flatten)]
+        select: NodeSelect,
     },
 }
 
@@ -169,6 +180,12 @@ struct RunArgs {
     /// How often to re-sense the device, e.g. 30s.
     #[arg(long, value_parser = humantime::parse_duration)]
     sense_interval: Option<Duration>,
+    /// The mesh to join (`<name>.mesh.json` from `fogmesh mesh init`); needs --ticket.
+    #[arg(long, value_name = "FILE")]
+    mesh: Option<PathBuf>,
+    /// This node's ticket for that mesh (from `fogmesh ticket issue`).
+    #[arg(long, value_name = "FILE")]
+    ticket: Option<PathBuf>,
     #[command(flatten)]
     simulate: SimulateArgs,
 }
@@ -219,6 +236,8 @@ impl RunArgs {
             log_format: self.log_format,
             sense_interval: self.sense_interval,
             simulate: self.simulate.layer(),
+            mesh: self.mesh.clone(),
+            ticket: self.ticket.clone(),
         }
     }
 }
@@ -295,6 +314,9 @@ enum TestnetCommand {
         /// phones, tablets, laptops, desktops and Pis in various battery and thermal states).
         #[arg(long, value_enum, default_value = "uniform")]
         profile: testnet::Profile,
+        /// Run an open mesh (no tickets) instead of creating a mesh for the testnet.
+        #[arg(long)]
+        open: bool,
         #[arg(long)]
         json: bool,
     },
@@ -418,6 +440,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             ticket,
             peer,
             out,
+            submit,
+            select,
         })) => {
             let target = match (ticket, peer) {
                 (Some(file), _) => mesh::RevokeTarget::Ticket(mesh::read_blob(&file)?),
@@ -425,9 +449,31 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 (None, None) => bail!("give --ticket FILE or --peer PEERID"),
             };
             let revocation = mesh::revoke(&mesh_key, target)?;
-            emit(&revocation, out.as_deref(), "revocation")
+            emit(&revocation, out.as_deref(), "revocation")?;
+            if submit {
+                publish_revocation(&select, revocation).await?;
+            }
+            Ok(())
+        }
+        Some(Command::Ticket(TicketCommand::Publish { file, select })) => {
+            publish_revocation(&select, mesh::read_blob(&file)?).await
         }
     }
+}
+
+async fn publish_revocation(select: &NodeSelect, revocation: Vec<u8>) -> Result<()> {
+    let settings = select.settings(ConfigLayer::default())?;
+    let client = client::ControlClient::for_data_dir(&settings.data_dir)?;
+    let outcome = client.submit_revocation(revocation).await?;
+    let text = if outcome.new {
+        format!(
+            "revocation applied and gossiped; {} connection(s) closed",
+            outcome.disconnected.len()
+        )
+    } else {
+        "the node already had this revocation".to_owned()
+    };
+    print_line(&text)
 }
 
 /// Writes a ticket or revocation to `out`, or prints it as hex.
@@ -553,6 +599,7 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             telemetry_interval,
             timeout,
             profile,
+            open,
             json,
         } => {
             let options = testnet::UpOptions {
@@ -562,6 +609,7 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                 telemetry_interval: Some(telemetry_interval),
                 timeout,
                 profile,
+                open,
             };
             let report = testnet::up(&options, |p| {
                 eprintln!(

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use fogmesh_store::{codec, Store, StoreError, StoreOptions, Table};
-use fogmesh_transports::{build_transport, TransportBuildError, TransportConfig};
+use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
+use fogmesh_transports::ticket::{self, RevocationSet};
+use fogmesh_transports::{build_transport, quic_enabled, TransportBuildError, TransportConfig};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
@@ -27,10 +29,13 @@ use libp2p::{
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::api::{self, now_ms, BootstrapView, ControlFile, PeerView, SharedState, StatusView};
+use crate::api::{
+    self, now_ms, BootstrapView, ControlCommand, ControlFile, PeerView, RevocationOutcome,
+    SharedState, StatusView,
+};
 use crate::bootstrap::BootstrapDialer;
 use crate::config::Settings;
 use crate::connection_budget::{self, Candidate};
@@ -38,6 +43,7 @@ use crate::device::{self, DeviceMonitor, DeviceView};
 use crate::envelope::{self, MessageKind};
 use crate::identity::{self, IdentityError};
 use crate::lifecycle::{Lifecycle, LifecycleInput, Phase};
+use crate::membership::{self, AdmissionView, Membership, MembershipError};
 use crate::telemetry::{
     next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
     TelemetryValidator, TELEMETRY_TOPIC,
@@ -69,7 +75,20 @@ const ANNOUNCE_DELAY: Duration = Duration::from_millis(200);
 const TABLE_PEERS: &str = "peers";
 const TABLE_TELEMETRY: &str = "telemetry";
 const TABLE_META: &str = "meta";
+const TABLE_REVOCATIONS: &str = "revocations";
 const META_TELEMETRY_SEQ: &str = "telemetry_seq";
+/// How often a node re-gossips the revocations it holds, so nodes that were away catch up.
+const REVOCATION_REPUBLISH_EVERY: Duration = Duration::from_secs(300);
+/// Most stored revocations re-gossiped per round (the newest).
+const REVOCATION_REPUBLISH_MAX: usize = 256;
+
+/// A revocation as stored: the signed bytes, exactly as received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRevocation {
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    pub received_at_ms: u64,
+}
 
 /// What the registry keeps about a peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +121,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot build transports: {0}")]
     Transport(#[from] TransportBuildError),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
     #[error("cannot set up {what}: {reason}")]
     Setup { what: &'static str, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
@@ -150,15 +171,54 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         peers: store.table(TABLE_PEERS)?,
         telemetry: store.table(TABLE_TELEMETRY)?,
         meta: store.table(TABLE_META)?,
+        revocations: store.table(TABLE_REVOCATIONS)?,
     };
 
-    let transport = build_transport(
-        &keypair,
-        &TransportConfig {
-            quic: settings.quic,
-            ..TransportConfig::default()
-        },
-    )?;
+    let (membership, policy) = match &settings.mesh {
+        Some(files) => {
+            let (membership, revocations) = membership::load(
+                files,
+                peer_id,
+                |root| stored_revocations(&tables.revocations, root),
+                now_ms() / 1000,
+            )?;
+            let policy = AdmissionPolicy::closed(
+                membership.root.clone(),
+                membership.ticket.clone(),
+                Arc::new(RwLock::new(revocations)),
+            );
+            tracing::info!(
+                mesh = %membership.name,
+                mesh_id = %membership.mesh_id,
+                roles = %membership.admission.roles.join(","),
+                "joining a closed mesh: only peers with valid tickets connect"
+            );
+            (Some(membership), policy)
+        }
+        None => {
+            tracing::warn!(
+                "OPEN MESH: no mesh configured, so ANY node can connect, gossip and read this \
+                 node's telemetry. For anything but development, configure `mesh` and `ticket` \
+                 (see docs/admission.md)"
+            );
+            (None, AdmissionPolicy::open())
+        }
+    };
+    let channel = SecureChannel::new(&keypair, SecureChannelConfig::new(policy)).map_err(|e| {
+        StartError::Setup {
+            what: "secure channel",
+            reason: e.to_string(),
+        }
+    })?;
+    let transport_config = TransportConfig {
+        quic: settings.quic,
+        ..TransportConfig::default()
+    };
+    let quic = quic_enabled(&transport_config, &channel);
+    if settings.quic && !quic {
+        tracing::info!("QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only");
+    }
+    let transport = build_transport(&keypair, &channel, &transport_config)?;
     let behaviour = build_behaviour(&keypair, &settings)?;
     let mut swarm = Swarm::new(
         transport,
@@ -168,17 +228,26 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
             .with_idle_connection_timeout(Duration::from_secs(600)),
     );
     let topic = IdentTopic::new(TELEMETRY_TOPIC);
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| StartError::Setup {
-            what: "gossipsub",
-            reason: e.to_string(),
-        })?;
+    let revocation_topic = membership
+        .as_ref()
+        .map(|m| IdentTopic::new(membership::revocation_topic(&m.mesh_id)));
+    for t in std::iter::once(&topic).chain(revocation_topic.as_ref()) {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| StartError::Setup {
+                what: "gossipsub",
+                reason: e.to_string(),
+            })?;
+    }
 
     let mut listeners = HashSet::new();
-    for addr in &settings.listen {
+    let is_quic = |a: &Multiaddr| {
+        a.iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+    };
+    for addr in settings.listen.iter().filter(|a| quic || !is_quic(a)) {
         let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| StartError::Listen {
@@ -204,18 +273,28 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
 
     let started_at_ms = now_ms();
     let lifecycle = Lifecycle::new(started_at_ms);
+    let (commands_tx, commands) = mpsc::channel(api::COMMAND_QUEUE);
+    let mut status = initial_status(&settings, peer_id, &lifecycle, started_at_ms);
+    status.admission = AdmissionView {
+        open: membership.is_none(),
+        mesh_name: membership.as_ref().map(|m| m.name.clone()),
+        mesh_id: membership.as_ref().map(|m| m.mesh_id.to_string()),
+        roles: membership
+            .as_ref()
+            .map(|m| m.admission.roles.clone())
+            .unwrap_or_default(),
+        ticket_expires_s: membership.as_ref().map(|m| m.admission.not_after),
+        quic,
+        ..AdmissionView::default()
+    };
     let shared = Arc::new(SharedState {
-        status: RwLock::new(initial_status(
-            &settings,
-            peer_id,
-            &lifecycle,
-            started_at_ms,
-        )),
+        status: RwLock::new(status),
         peers: RwLock::new(Vec::new()),
         telemetry: RwLock::new(BTreeMap::new()),
         own_telemetry: RwLock::new(None),
         receipts: Mutex::new(api::ReceiptLog::default()),
         device: RwLock::new(None),
+        commands: commands_tx,
     });
 
     let control_file = api::control_file_path(&data_dir);
@@ -258,6 +337,10 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         topic,
         started_at_ms,
         control_file,
+        channel,
+        membership,
+        revocation_topic,
+        commands,
     });
     event_loop.restore();
     tracing::info!(%peer_id, %control_addr, "node started");
@@ -275,6 +358,28 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         shutdown: Some(shutdown_tx),
         task,
     })
+}
+
+/// The stored revocations that verify against `root`; others (another mesh's, corrupt) are
+/// skipped with a warning.
+fn stored_revocations(table: &Table<StoredRevocation>, root: &libp2p::identity::PublicKey) -> RevocationSet {
+    let mut set = RevocationSet::default();
+    let mut skipped = 0usize;
+    for entry in table.entries() {
+        match entry.map(|(_, r)| set.add(&r.bytes, root)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                skipped += 1;
+                tracing::warn!(%error, "skipping a stored revocation that does not verify");
+            }
+            Err(error) => {
+                skipped += 1;
+                tracing::warn!(%error, "skipping an unreadable stored revocation");
+            }
+        }
+    }
+    tracing::info!(revocations = set.len(), skipped, "revocations loaded");
+    set
 }
 
 fn transport_error_text<E: std::error::Error>(e: &libp2p::TransportError<E>) -> String {
@@ -385,6 +490,7 @@ fn initial_status(
             connected: 0,
         },
         device: None,
+        admission: AdmissionView::default(),
     }
 }
 
@@ -392,6 +498,7 @@ struct Tables {
     peers: Table<PeerRecord>,
     telemetry: Table<ReceivedTelemetry>,
     meta: Table<u64>,
+    revocations: Table<StoredRevocation>,
 }
 
 struct EventLoopParts {
@@ -406,6 +513,10 @@ struct EventLoopParts {
     topic: IdentTopic,
     started_at_ms: u64,
     control_file: PathBuf,
+    channel: SecureChannel,
+    membership: Option<Membership>,
+    revocation_topic: Option<IdentTopic>,
+    commands: mpsc::Receiver<ControlCommand>,
 }
 
 /// What we know of a connected peer.
@@ -449,6 +560,12 @@ struct EventLoop {
     next_publish_at: tokio::time::Instant,
     last_publish: Option<tokio::time::Instant>,
     next_kad_bootstrap: Instant,
+    channel: SecureChannel,
+    membership: Option<Membership>,
+    revocation_topic: Option<IdentTopic>,
+    commands: mpsc::Receiver<ControlCommand>,
+    revocations_rejected: BTreeMap<String, u64>,
+    next_revocation_republish: Instant,
 }
 
 impl EventLoop {
@@ -490,6 +607,12 @@ impl EventLoop {
             next_publish_at: tokio::time::Instant::now(),
             last_publish: None,
             next_kad_bootstrap: Instant::now() + KAD_FIRST_BOOTSTRAP + kad_jitter,
+            channel: p.channel,
+            membership: p.membership,
+            revocation_topic: p.revocation_topic,
+            commands: p.commands,
+            revocations_rejected: BTreeMap::new(),
+            next_revocation_republish: Instant::now() + REVOCATION_REPUBLISH_EVERY,
         }
     }
 
@@ -582,6 +705,7 @@ impl EventLoop {
                 _ = maintenance.tick() => self.maintain(),
                 _ = tokio::time::sleep_until(self.next_sense_at) => self.sense_device(),
                 _ = tokio::time::sleep_until(self.next_publish_at) => self.publish_telemetry(),
+                Some(command) = self.commands.recv() => self.on_command(command),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
             }
         }
@@ -675,6 +799,10 @@ impl EventLoop {
             }
         }
         self.keep_connection_budget();
+        if Instant::now() >= self.next_revocation_republish {
+            self.next_revocation_republish = Instant::now() + REVOCATION_REPUBLISH_EVERY;
+            self.republish_revocations();
+        }
         if Instant::now() >= self.next_kad_bootstrap && !self.live.is_empty() {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
             self.next_kad_bootstrap = Instant::now() + KAD_BOOTSTRAP_EVERY;
@@ -847,6 +975,7 @@ impl EventLoop {
                     .unwrap_or_else(|| "closed".into());
                 tracing::info!(%peer_id, %cause, "peer disconnected");
                 self.live.remove(&peer_id);
+                self.channel.forget(&peer_id);
                 self.note_peer(peer_id, Vec::new(), None);
                 let jitter = self.rng.gen();
                 self.bootstrap.disconnected(peer_id, now_ms(), jitter);
@@ -951,6 +1080,11 @@ impl EventLoop {
         message: gossipsub::Message,
     ) -> MessageAcceptance {
         let now = now_ms();
+        if let Some(revocations) = &self.revocation_topic {
+            if message.topic == revocations.hash() {
+                return self.on_gossiped_revocation(propagation_source, &message.data);
+            }
+        }
         if message.topic != self.topic.hash() {
             self.rejected
                 .count(&Rejection::Malformed("unexpected topic".into()));
@@ -997,6 +1131,119 @@ impl EventLoop {
                     _ => MessageAcceptance::Reject,
                 }
             }
+        }
+    }
+
+    fn on_command(&mut self, command: ControlCommand) {
+        match command {
+            ControlCommand::Revoke { revocation, reply } => {
+                let outcome = self.apply_revocation(&revocation).map_err(|e| e.to_string());
+                if let (Ok(outcome), Some(topic)) = (&outcome, &self.revocation_topic) {
+                    if outcome.new {
+                        let published = self
+                            .swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .publish(topic.clone(), revocation);
+                        if let Err(error) = published {
+                            tracing::warn!(%error, "revocation applied here but not gossiped yet; it is re-gossiped every 5 minutes");
+                        }
+                    }
+                }
+                let _ = reply.send(outcome);
+                self.publish_views();
+            }
+        }
+    }
+
+    fn on_gossiped_revocation(&mut self, source: PeerId, bytes: &[u8]) -> MessageAcceptance {
+        match self.apply_revocation(bytes) {
+            Ok(outcome) if outcome.new => MessageAcceptance::Accept,
+            // Known already: do not forward it again.
+            Ok(_) => MessageAcceptance::Ignore,
+            Err(error) => {
+                tracing::debug!(%source, %error, "revocation rejected");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Verifies a revocation against the mesh root, stores it, and closes connections whose
+    /// admission it withdraws.
+    fn apply_revocation(&mut self, bytes: &[u8]) -> Result<RevocationOutcome, String> {
+        let Some((root, own)) = self
+            .membership
+            .as_ref()
+            .map(|m| (m.root.clone(), m.admission.clone()))
+        else {
+            return Err("this node runs an open mesh; revocations need a mesh root".into());
+        };
+        let added = {
+            let mut set = self
+                .channel
+                .policy()
+                .revocations()
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            set.add(bytes, &root)
+        };
+        let added = match added {
+            Ok(added) => added,
+            Err(error) => {
+                *self
+                    .revocations_rejected
+                    .entry(error.reason().to_owned())
+                    .or_default() += 1;
+                return Err(format!("revocation refused: {error}"));
+            }
+        };
+        if !added {
+            return Ok(RevocationOutcome {
+                new: false,
+                disconnected: Vec::new(),
+            });
+        }
+        let key = hex::encode(ticket::ticket_id(bytes));
+        let stored = StoredRevocation {
+            bytes: bytes.to_vec(),
+            received_at_ms: now_ms(),
+        };
+        if let Err(error) = self.tables.revocations.put_durable(&key, &stored) {
+            self.store_failed(error);
+        }
+        if !self.channel.policy().still_admitted(&own) {
+            tracing::error!("this node's own ticket has been revoked: peers will refuse new connections from it");
+        }
+        let revoked = self.channel.revoked_among(self.live.keys());
+        for peer in &revoked {
+            tracing::warn!(%peer, "closing connections: ticket revoked");
+            let _ = self.swarm.disconnect_peer_id(*peer);
+        }
+        tracing::info!(disconnected = revoked.len(), "revocation applied");
+        Ok(RevocationOutcome {
+            new: true,
+            disconnected: revoked.iter().map(|p| p.to_string()).collect(),
+        })
+    }
+
+    fn republish_revocations(&mut self) {
+        let Some(topic) = self.revocation_topic.clone() else {
+            return;
+        };
+        let mut stored: Vec<StoredRevocation> = self
+            .tables
+            .revocations
+            .entries()
+            .filter_map(|e| e.ok().map(|(_, r)| r))
+            .collect();
+        stored.sort_by_key(|r| std::cmp::Reverse(r.received_at_ms));
+        for revocation in stored.into_iter().take(REVOCATION_REPUBLISH_MAX) {
+            // Duplicates of what gossipsub sent recently are refused by it; that is fine.
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), revocation.bytes);
         }
     }
 
@@ -1104,6 +1351,15 @@ impl EventLoop {
             s.store_errors = self.store_errors;
             s.bootstrap.connected = self.bootstrap.connected_count();
             s.device = self.device_view.as_ref().map(DeviceView::summary);
+            s.admission.revocations = self
+                .channel
+                .policy()
+                .revocations()
+                .read()
+                .map(|r| r.len())
+                .unwrap_or_default();
+            s.admission.revocations_rejected = self.revocations_rejected.clone();
+            s.admission.handshakes = self.channel.stats().snapshot();
         });
         peers.sort_by(|a, b| {
             b.connected

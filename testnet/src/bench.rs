@@ -167,6 +167,7 @@ pub async fn bench(
             telemetry_interval: Some(options.busy_interval),
             timeout: Duration::from_secs(60 + nodes as u64 * 2),
             profile: crate::Profile::Uniform,
+            open: false,
         };
         let result = async {
             let mut up_report = up(&up_options, |_| {}).await?;
@@ -252,6 +253,7 @@ pub async fn bench(
             telemetry_interval: None,
             timeout: Duration::from_secs(120),
             profile: crate::Profile::Uniform,
+            open: false,
         };
         let result = async {
             let up_report = up(&up_options, |_| {}).await?;

@@ -4,7 +4,12 @@
 //! onto the real LAN), bootstrapped from node 0 and its predecessor, and waits until every
 //! node holds fresh telemetry from every other node. Each node reads an empty config file of
 //! the testnet's own and runs with the `FOGMESH_*` environment removed, so a developer's own
-//! configuration cannot point a testnet node at a real mesh. `down` stops exactly the
+//! configuration cannot point a testnet node at a real mesh.
+//!
+//! Unless asked for an open mesh, `up` also creates a mesh of its own (`testnet.root.key`,
+//! `testnet.mesh.json` in the testnet dir), gives every node its identity ahead of time and a
+//! ticket for it, and bootstraps by `/p2p/<PeerId>` addresses — all through the same
+//! `fogmesh` binary, so the testnet exercises exactly what a user runs. `down` stops exactly the
 //! processes `up` recorded, by PID and start time, first with SIGTERM and then, after a grace
 //! period, SIGKILL.
 
@@ -54,6 +59,12 @@ pub enum TestnetError {
         binary: PathBuf,
         reason: String,
     },
+    #[error("`{binary} {args}` failed: {reason}")]
+    Tool {
+        binary: PathBuf,
+        args: String,
+        reason: String,
+    },
     #[error("node {index} exited during start-up; its log is {log}")]
     NodeDied { index: usize, log: PathBuf },
     #[error("testnet did not converge within {timeout:?}: {converged}/{total} nodes complete; nodes are still running (see `fogmesh testnet status --dir {dir}`)")]
@@ -82,7 +93,12 @@ pub struct UpOptions {
     pub telemetry_interval: Option<Duration>,
     pub timeout: Duration,
     pub profile: Profile,
+    /// Run without a mesh (no tickets; anyone may connect).
+    pub open: bool,
 }
+
+/// Name of the mesh a testnet creates.
+pub const MESH_NAME: &str = "testnet";
 
 /// Which devices the testnet's nodes pretend to be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -176,6 +192,39 @@ pub async fn up(
     )
     .map_err(io_err(&config))?;
 
+    let mesh = if options.open {
+        None
+    } else {
+        Some(create_mesh(options, &config)?)
+    };
+    let mut peer_ids = Vec::with_capacity(options.nodes);
+    for index in 0..options.nodes {
+        let data_dir = node_dir(dir, index);
+        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+        let peer = run_tool(options, &config, &["id", "--data-dir", &path_arg(&data_dir)])?;
+        if let Some(mesh) = &mesh {
+            run_tool(
+                options,
+                &config,
+                &[
+                    "ticket",
+                    "issue",
+                    "--mesh-key",
+                    &path_arg(&mesh.root_key),
+                    "--peer",
+                    &peer,
+                    "--roles",
+                    "worker,coordinator,submitter,writer",
+                    "--valid",
+                    "30d",
+                    "--out",
+                    &path_arg(&data_dir.join(TICKET_FILE)),
+                ],
+            )?;
+        }
+        peer_ids.push(peer);
+    }
+
     let ports = allocate_ports(options.nodes)?;
     let mut record = TestnetState {
         created_at_ms: now_ms(),
@@ -184,14 +233,23 @@ pub async fn up(
     let mut children = Vec::with_capacity(options.nodes);
     let started = Instant::now();
     for (index, (p2p_port, control_port)) in ports.iter().copied().enumerate() {
-        let bootstrap: Vec<u16> = [0, index.saturating_sub(1)]
+        let bootstrap: Vec<String> = [0, index.saturating_sub(1)]
             .into_iter()
             .filter(|&i| i < index)
             .collect::<HashSet<_>>()
             .into_iter()
-            .map(|i| ports[i].0)
+            .map(|i| format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", ports[i].0, peer_ids[i]))
             .collect();
-        match spawn_node(options, &config, index, p2p_port, control_port, &bootstrap) {
+        let spawned = spawn_node(
+            options,
+            &config,
+            mesh.as_ref(),
+            index,
+            p2p_port,
+            control_port,
+            &bootstrap,
+        );
+        match spawned {
             Ok((entry, child)) => {
                 record.nodes.push(entry);
                 children.push(child);
@@ -321,15 +379,81 @@ fn allocate_ports(n: usize) -> Result<Vec<(u16, u16)>, TestnetError> {
     Ok(out)
 }
 
+/// A node's ticket file inside its data dir.
+const TICKET_FILE: &str = "ticket";
+
+fn node_dir(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("node-{index}"))
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The testnet's own mesh.
+#[derive(Debug, Clone)]
+struct TestnetMesh {
+    root_key: PathBuf,
+    description: PathBuf,
+}
+
+fn create_mesh(options: &UpOptions, config: &Path) -> Result<TestnetMesh, TestnetError> {
+    let mesh = TestnetMesh {
+        root_key: options.dir.join(format!("{MESH_NAME}.root.key")),
+        description: options.dir.join(format!("{MESH_NAME}.mesh.json")),
+    };
+    // A testnet's mesh lives and dies with it: a new `up` makes a new one.
+    for old in [&mesh.root_key, &mesh.description] {
+        match std::fs::remove_file(old) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(old)(e)),
+            _ => {}
+        }
+    }
+    run_tool(
+        options,
+        config,
+        &["mesh", "init", "--name", MESH_NAME, "--dir", &path_arg(&options.dir)],
+    )?;
+    Ok(mesh)
+}
+
+/// Runs the fogmesh binary for a one-shot command, with the testnet's scrubbed environment;
+/// returns its trimmed standard output.
+fn run_tool(options: &UpOptions, config: &Path, args: &[&str]) -> Result<String, TestnetError> {
+    let mut cmd = Command::new(&options.binary);
+    cmd.args(args);
+    scrub_env(&mut cmd);
+    cmd.env("FOGMESH_CONFIG", config).stdin(Stdio::null());
+    let failed = |reason: String| TestnetError::Tool {
+        binary: options.binary.clone(),
+        args: args.join(" "),
+        reason,
+    };
+    let out = cmd.output().map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn scrub_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FOGMESH_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+}
+
 fn spawn_node(
     options: &UpOptions,
     config: &Path,
+    mesh: Option<&TestnetMesh>,
     index: usize,
     p2p_port: u16,
     control_port: u16,
-    bootstrap_ports: &[u16],
+    bootstrap: &[String],
 ) -> Result<(NodeEntry, Child), TestnetError> {
-    let data_dir = options.dir.join(format!("node-{index}"));
+    let data_dir = node_dir(&options.dir, index);
     std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
     let log_file = data_dir.join("node.log");
     let log = std::fs::File::create(&log_file).map_err(io_err(&log_file))?;
@@ -353,17 +477,19 @@ fn spawn_node(
             &humantime::format_duration(interval).to_string(),
         ]);
     }
-    for port in bootstrap_ports {
-        cmd.args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{port}")]);
+    for addr in bootstrap {
+        cmd.args(["--bootstrap", addr]);
+    }
+    if let Some(mesh) = mesh {
+        cmd.arg("--mesh")
+            .arg(&mesh.description)
+            .arg("--ticket")
+            .arg(data_dir.join(TICKET_FILE));
     }
     if options.profile == Profile::Mixed {
         cmd.args(mixed_profile_args(index));
     }
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FOGMESH_") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
+    scrub_env(&mut cmd);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err));

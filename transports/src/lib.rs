@@ -1,27 +1,33 @@
 //! Transport stacks for fogmesh nodes.
 //!
-//! [`build_transport`] composes what a node speaks on the internet side: TCP upgraded with a
-//! secure channel and yamux, plus QUIC, optionally behind DNS resolution. Everything is boxed to
+//! [`build_transport`] composes what a node speaks on the internet side: the BetaNet-style
+//! TCP path (TCP, then the [`secure`] channel — Noise XK with admission tickets — then yamux),
+//! plus QUIC in open meshes, optionally behind DNS resolution. Everything is boxed to
 //! `(PeerId, StreamMuxerBox)` so the swarm does not care which stack a connection came from.
 //!
-//! The secure channel on TCP is libp2p-noise (XX) for now; the BetaNet-style channel
-//! (Noise XK with admission tickets) replaces it here, in one place, without touching the swarm.
+//! QUIC brings its own TLS handshake, which has no place for tickets, so a node whose mesh
+//! requires tickets does not run QUIC at all: every connection it has went through the
+//! ticket check before any application protocol could send a byte.
 
+pub mod secure;
 pub mod ticket;
 
 use std::time::Duration;
 
 use futures::future::Either;
 use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{Boxed, OptionalTransport};
-use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::{dns, noise, quic, tcp, yamux, PeerId, Transport};
+use libp2p::{dns, quic, tcp, yamux, PeerId, Transport};
+
+use secure::SecureChannel;
 
 /// Which transports a node runs.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub tcp: bool,
+    /// Wanted QUIC; only honoured in an open mesh (see the module docs).
     pub quic: bool,
     /// Resolve `/dns*` multiaddrs through the system resolver when it can be read.
     pub dns: bool,
@@ -43,25 +49,29 @@ impl Default for TransportConfig {
 /// Why a transport stack could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportBuildError {
-    #[error("no transport enabled: enable at least one of tcp and quic")]
+    #[error("no transport enabled: enable at least one of tcp and quic (QUIC is off in a mesh that requires tickets)")]
     NothingEnabled,
-    #[error("secure channel setup failed: {0}")]
-    Security(#[from] noise::Error),
 }
 
 /// The boxed transport a swarm is built on.
 pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
-/// Builds the internet-side transport stack for `keypair`.
+/// Whether QUIC runs under `config` with `channel`'s admission policy.
+pub fn quic_enabled(config: &TransportConfig, channel: &SecureChannel) -> bool {
+    config.quic && !channel.policy().requires_tickets()
+}
+
+/// Builds the internet-side transport stack for `keypair`, secured by `channel`.
 pub fn build_transport(
     keypair: &Keypair,
+    channel: &SecureChannel,
     config: &TransportConfig,
 ) -> Result<BoxedTransport, TransportBuildError> {
-    if !config.tcp && !config.quic {
+    if !config.tcp && !quic_enabled(config, channel) {
         return Err(TransportBuildError::NothingEnabled);
     }
     if config.dns {
-        match dns::tokio::Transport::system(ip_stack(keypair, config)?) {
+        match dns::tokio::Transport::system(ip_stack(keypair, channel, config)) {
             Ok(with_dns) => return Ok(with_dns.boxed()),
             // A device without a readable resolver configuration (some phones, minimal
             // containers) still works with IP multiaddrs, so DNS is best effort.
@@ -70,37 +80,31 @@ pub fn build_transport(
             }
         }
     }
-    ip_stack(keypair, config)
+    Ok(ip_stack(keypair, channel, config))
 }
 
-fn ip_stack(
-    keypair: &Keypair,
-    config: &TransportConfig,
-) -> Result<BoxedTransport, TransportBuildError> {
+fn ip_stack(keypair: &Keypair, channel: &SecureChannel, config: &TransportConfig) -> BoxedTransport {
     let tcp_stack = if config.tcp {
-        let noise = noise::Config::new(keypair)?;
-        OptionalTransport::some(
-            tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise)
-                .multiplex(yamux::Config::default())
-                .timeout(config.upgrade_timeout),
-        )
+        let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+        OptionalTransport::some(TransportTimeout::new(
+            secure::upgrade_transport(tcp, channel.clone(), yamux::Config::default()),
+            config.upgrade_timeout,
+        ))
     } else {
         OptionalTransport::none()
     };
-    let quic_stack = if config.quic {
+    let quic_stack = if quic_enabled(config, channel) {
         OptionalTransport::some(quic::tokio::Transport::new(quic::Config::new(keypair)))
     } else {
         OptionalTransport::none()
     };
-    Ok(tcp_stack
+    tcp_stack
         .or_transport(quic_stack)
         .map(|either, _| match either {
-            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            Either::Left((peer, muxer)) => (peer, muxer),
             Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
         })
-        .boxed())
+        .boxed()
 }
 
 #[cfg(test)]
@@ -115,8 +119,13 @@ mod tests {
             quic: false,
             ..TransportConfig::default()
         };
+        let channel = SecureChannel::new(
+            &key,
+            secure::SecureChannelConfig::new(secure::AdmissionPolicy::open()),
+        )
+        .unwrap();
         assert!(matches!(
-            build_transport(&key, &config),
+            build_transport(&key, &channel, &config),
             Err(TransportBuildError::NothingEnabled)
         ));
     }

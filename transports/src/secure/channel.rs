@@ -1,0 +1,529 @@
+//! The I/O edge of the secure channel: runs the handshake steps over a socket, enforces the
+//! guard, counts and logs every outcome, and plugs into libp2p two ways:
+//!
+//! - [`XkUpgrade`] is an ordinary libp2p security upgrade (`/fogmesh/xk/1`) for any
+//!   transport. Noise XK must know the responder's PeerId before the first byte, and
+//!   libp2p's upgrade traits do not pass it, so the dialer's upgrade carries it.
+//! - [`upgrade_transport`] wraps a raw transport: it takes the PeerId from the `/p2p/...`
+//!   suffix the swarm puts on every address it dials, negotiates `/fogmesh/xk/1`, runs the
+//!   handshake, then negotiates yamux. Its output is what a swarm runs on.
+//!
+//! A connection that fails admission ends inside the upgrade, so no application protocol
+//! (identify, kad, gossipsub, ...) ever sees it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::{self, BoxFuture, Either};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::FutureExt;
+use libp2p::core::multiaddr::Protocol;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
+use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
+use libp2p::identity::Keypair;
+use libp2p::{yamux, PeerId, Transport};
+use multistream_select::{dialer_select_proto, listener_select_proto, Negotiated, Version};
+
+use crate::ticket::Admission;
+
+use super::admission::AdmissionPolicy;
+use super::frame::{self, TAG_LEN};
+use super::guard::{GuardConfig, HandshakeGuard};
+use super::handshake::{Established, Failure, Initiator, Responder};
+use super::keys::{KeyError, LocalKeys};
+use super::stats::{Direction, SecurityStats};
+use super::stream::{RekeyPolicy, XkStream};
+use super::HandshakeError;
+
+/// The multistream-select protocol name of this channel.
+pub const PROTOCOL: &str = "/fogmesh/xk/1";
+const YAMUX: &str = "/yamux/1.0.0";
+/// Peers whose admission is remembered (to re-check against new revocations).
+const MAX_REMEMBERED: usize = 8192;
+
+/// A connection that went through protocol negotiation here, or arrived negotiated.
+pub type Negotiable<C> = Either<Negotiated<C>, C>;
+
+#[derive(Debug, Clone)]
+pub struct SecureChannelConfig {
+    pub policy: AdmissionPolicy,
+    pub guard: GuardConfig,
+    pub rekey: RekeyPolicy,
+    /// Bound on negotiation plus handshake plus verdict.
+    pub handshake_timeout: Duration,
+}
+
+impl SecureChannelConfig {
+    pub fn new(policy: AdmissionPolicy) -> Self {
+        SecureChannelConfig {
+            policy,
+            guard: GuardConfig::default(),
+            rekey: RekeyPolicy::default(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Shared {
+    keys: LocalKeys,
+    policy: AdmissionPolicy,
+    rekey: RekeyPolicy,
+    handshake_timeout: Duration,
+    guard: Mutex<HandshakeGuard>,
+    stats: Arc<SecurityStats>,
+    admitted: Mutex<HashMap<PeerId, Admission>>,
+}
+
+/// One node's secure channel: its keys, admission policy, guard and counters. Cheap to
+/// clone; every clone shares state.
+#[derive(Clone)]
+pub struct SecureChannel {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SecureChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureChannel")
+            .field("peer_id", &self.shared.keys.peer_id())
+            .field("mesh", &self.shared.policy.mesh_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn io_error(e: std::io::Error) -> HandshakeError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        HandshakeError::Truncated
+    } else {
+        HandshakeError::Io(e)
+    }
+}
+
+async fn send<C: AsyncWrite + Unpin>(io: &mut C, body: &[u8]) -> Result<(), HandshakeError> {
+    let mut wire = Vec::with_capacity(body.len() + frame::HEADER_LEN);
+    frame::encode_into(body, &mut wire).map_err(HandshakeError::Frame)?;
+    io.write_all(&wire).await.map_err(io_error)?;
+    io.flush().await.map_err(io_error)
+}
+
+async fn receive<C: AsyncRead + Unpin>(io: &mut C, min: usize) -> Result<Vec<u8>, HandshakeError> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    io.read_exact(&mut header).await.map_err(io_error)?;
+    let len = usize::from(u16::from_be_bytes(header));
+    if len < min {
+        return Err(HandshakeError::Frame(frame::FrameError::TooShort { len, min }));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await.map_err(io_error)?;
+    Ok(body)
+}
+
+/// Sends a last message explaining a refusal, then closes; errors here change nothing.
+async fn part<C: AsyncWrite + Unpin>(io: &mut C, farewell: Option<Vec<u8>>) {
+    if let Some(message) = farewell {
+        let _ = send(io, &message).await;
+    }
+    let _ = io.close().await;
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    let work = std::pin::pin!(work);
+    match future::select(work, futures_timer::Delay::new(limit)).await {
+        Either::Left((result, _)) => result,
+        Either::Right(((), _)) => Err(HandshakeError::Timeout),
+    }
+}
+
+/// Frees an inbound pending-handshake slot even if the upgrade future is dropped midway.
+struct PendingSlot {
+    channel: SecureChannel,
+    ip: Option<IpAddr>,
+}
+
+impl PendingSlot {
+    fn finish(mut self, admitted: bool) {
+        if let Some(ip) = self.ip.take() {
+            lock(&self.channel.shared.guard).finish_inbound(Instant::now(), ip, admitted);
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip.take() {
+            lock(&self.channel.shared.guard).finish_inbound(Instant::now(), ip, false);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SecureChannel {
+    pub fn new(identity: &Keypair, config: SecureChannelConfig) -> Result<Self, KeyError> {
+        Ok(SecureChannel {
+            shared: Arc::new(Shared {
+                keys: LocalKeys::from_identity(identity)?,
+                policy: config.policy,
+                rekey: config.rekey,
+                handshake_timeout: config.handshake_timeout,
+                guard: Mutex::new(HandshakeGuard::new(config.guard)),
+                stats: Arc::default(),
+                admitted: Mutex::default(),
+            }),
+        })
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        self.shared.keys.peer_id()
+    }
+
+    pub fn policy(&self) -> &AdmissionPolicy {
+        &self.shared.policy
+    }
+
+    pub fn stats(&self) -> &Arc<SecurityStats> {
+        &self.shared.stats
+    }
+
+    /// The ticket `peer` was last admitted with, if it is remembered.
+    pub fn admission_of(&self, peer: &PeerId) -> Option<Admission> {
+        lock(&self.shared.admitted).get(peer).cloned()
+    }
+
+    /// Which of `peers` hold admissions the current revocations withdraw.
+    pub fn revoked_among<'a>(&self, peers: impl IntoIterator<Item = &'a PeerId>) -> Vec<PeerId> {
+        let admitted = lock(&self.shared.admitted);
+        peers
+            .into_iter()
+            .filter(|p| {
+                admitted
+                    .get(p)
+                    .is_some_and(|a| !self.shared.policy.still_admitted(a))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Forgets a peer that is no longer connected.
+    pub fn forget(&self, peer: &PeerId) {
+        lock(&self.shared.admitted).remove(peer);
+    }
+
+    /// The libp2p upgrade for one connection; `remote` is required when dialing.
+    pub fn upgrade(&self, remote: Option<PeerId>) -> XkUpgrade {
+        XkUpgrade {
+            channel: self.clone(),
+            remote,
+        }
+    }
+
+    fn record(
+        &self,
+        direction: Direction,
+        peer: Option<PeerId>,
+        addr: Option<&Multiaddr>,
+        outcome: Result<PeerId, &HandshakeError>,
+    ) {
+        match outcome {
+            Ok(remote) => {
+                self.shared.stats.count_admitted(direction);
+                tracing::debug!(peer = %remote, direction = direction.as_str(), "handshake complete");
+            }
+            Err(error) => {
+                let reason = error.reason();
+                self.shared.stats.count_refused(direction, reason);
+                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+                match error {
+                    // Load shedding and plain network trouble are routine; say them quietly.
+                    HandshakeError::Guard(_)
+                    | HandshakeError::Io(_)
+                    | HandshakeError::Truncated
+                    | HandshakeError::Negotiation(_) => tracing::debug!(
+                        %peer, %addr, direction = direction.as_str(), reason, %error, "handshake failed"
+                    ),
+                    _ => tracing::warn!(
+                        %peer, %addr, direction = direction.as_str(), reason, %error, "connection refused"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Dials side, on a raw connection: guard, negotiate, handshake, all under the timeout;
+    /// counted and logged.
+    pub async fn outbound<C>(
+        &self,
+        io: C,
+        remote: PeerId,
+        addr: Option<&Multiaddr>,
+        negotiate: bool,
+    ) -> Result<(PeerId, XkStream<Negotiable<C>>), HandshakeError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let checked = lock(&self.shared.guard).check_outbound(Instant::now(), remote);
+        let result = match checked {
+            Err(refusal) => Err(HandshakeError::Guard(refusal)),
+            Ok(()) => {
+                let result = with_timeout(self.shared.handshake_timeout, async {
+                    let io = if negotiate {
+                        let (_, io) = dialer_select_proto(io, [PROTOCOL], Version::V1Lazy)
+                            .await
+                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
+                        Either::Left(io)
+                    } else {
+                        Either::Right(io)
+                    };
+                    self.secure_outbound(io, remote).await
+                })
+                .await;
+                lock(&self.shared.guard).finish_outbound(Instant::now(), remote, result.is_ok());
+                result
+            }
+        };
+        self.record(Direction::Outbound, Some(remote), addr, result.as_ref().map(|(p, _)| *p));
+        result
+    }
+
+    /// Listening side, on a raw connection from `source`.
+    pub async fn inbound<C>(
+        &self,
+        io: C,
+        source: Option<IpAddr>,
+        addr: Option<&Multiaddr>,
+        negotiate: bool,
+    ) -> Result<(PeerId, XkStream<Negotiable<C>>), HandshakeError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let began = match source {
+            Some(ip) => lock(&self.shared.guard)
+                .begin_inbound(Instant::now(), ip)
+                .map(|()| PendingSlot {
+                    channel: self.clone(),
+                    ip: Some(ip),
+                }),
+            None => Ok(PendingSlot {
+                channel: self.clone(),
+                ip: None,
+            }),
+        };
+        let result = match began {
+            Err(refusal) => Err(HandshakeError::Guard(refusal)),
+            Ok(slot) => {
+                let result = with_timeout(self.shared.handshake_timeout, async {
+                    let io = if negotiate {
+                        let (_, io) = listener_select_proto(io, [PROTOCOL])
+                            .await
+                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
+                        Either::Left(io)
+                    } else {
+                        Either::Right(io)
+                    };
+                    self.secure_inbound(io).await
+                })
+                .await;
+                slot.finish(result.is_ok());
+                result
+            }
+        };
+        let peer = result.as_ref().ok().map(|(p, _)| *p);
+        self.record(Direction::Inbound, peer, addr, result.as_ref().map(|(p, _)| *p));
+        result
+    }
+
+    /// Runs the initiator's side on a negotiated stream.
+    pub async fn secure_outbound<C>(&self, mut io: C, remote: PeerId) -> Result<(PeerId, XkStream<C>), HandshakeError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let shared = &self.shared;
+        let (initiator, msg1) = Initiator::start(&shared.keys, remote)?;
+        send(&mut io, &msg1).await?;
+        let msg2 = receive(&mut io, 1).await?;
+        let (awaiting, msg3) = match initiator.on_responder_hello(&msg2, &shared.keys, &shared.policy, unix_now()) {
+            Ok(next) => next,
+            Err(Failure { error, farewell }) => {
+                part(&mut io, farewell).await;
+                return Err(error);
+            }
+        };
+        send(&mut io, &msg3).await?;
+        let verdict = receive(&mut io, TAG_LEN).await?;
+        let established = awaiting.on_verdict(&verdict)?;
+        self.finish(io, established)
+    }
+
+    /// Runs the responder's side on a negotiated stream.
+    pub async fn secure_inbound<C>(&self, mut io: C) -> Result<(PeerId, XkStream<C>), HandshakeError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let shared = &self.shared;
+        let mut responder = Responder::new(&shared.keys)?;
+        let msg1 = receive(&mut io, 1).await?;
+        let msg2 = responder.on_opening(&msg1, &shared.policy)?;
+        send(&mut io, &msg2).await?;
+        let msg3 = receive(&mut io, 1).await?;
+        match responder.on_initiator_hello(&msg3, &shared.policy, unix_now()) {
+            Ok((established, verdict)) => {
+                send(&mut io, &verdict).await?;
+                self.finish(io, established)
+            }
+            Err(Failure { error, farewell }) => {
+                part(&mut io, farewell).await;
+                Err(error)
+            }
+        }
+    }
+
+    fn finish<C>(&self, io: C, established: Established) -> Result<(PeerId, XkStream<C>), HandshakeError> {
+        let remote = established.remote;
+        // Returned to the caller, who records it; keep the admission for revocation checks.
+        if let Some(admission) = established.admission {
+            let mut admitted = lock(&self.shared.admitted);
+            if admitted.len() < MAX_REMEMBERED || admitted.contains_key(&remote) {
+                admitted.insert(remote, admission);
+            }
+        }
+        let stream = XkStream::new(io, established.session, self.shared.rekey, self.shared.stats.clone());
+        Ok((remote, stream))
+    }
+}
+
+/// `/fogmesh/xk/1` as a libp2p security upgrade. The dialing side must name its remote
+/// ([`SecureChannel::upgrade`]); see the module docs for why.
+#[derive(Debug, Clone)]
+pub struct XkUpgrade {
+    channel: SecureChannel,
+    remote: Option<PeerId>,
+}
+
+impl UpgradeInfo for XkUpgrade {
+    type Info = &'static str;
+    type InfoIter = std::iter::Once<Self::Info>;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        std::iter::once(PROTOCOL)
+    }
+}
+
+impl<C> InboundConnectionUpgrade<C> for XkUpgrade
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = (PeerId, XkStream<Negotiable<C>>);
+    type Error = HandshakeError;
+    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn upgrade_inbound(self, socket: C, _: Self::Info) -> Self::Future {
+        async move { self.channel.inbound(socket, None, None, false).await }.boxed()
+    }
+}
+
+impl<C> OutboundConnectionUpgrade<C> for XkUpgrade
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = (PeerId, XkStream<Negotiable<C>>);
+    type Error = HandshakeError;
+    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn upgrade_outbound(self, socket: C, _: Self::Info) -> Self::Future {
+        async move {
+            let remote = self.remote.ok_or(HandshakeError::NoRemotePeerId)?;
+            self.channel.outbound(socket, remote, None, false).await
+        }
+        .boxed()
+    }
+}
+
+fn dialed_peer(address: &Multiaddr) -> Option<PeerId> {
+    match address.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+fn source_ip(address: &Multiaddr) -> Option<IpAddr> {
+    address.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Secures every connection of `transport` with `channel`, then multiplexes it with yamux.
+pub fn upgrade_transport<T>(
+    transport: T,
+    channel: SecureChannel,
+    yamux_config: yamux::Config,
+) -> Boxed<(PeerId, StreamMuxerBox)>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    transport
+        .and_then(move |io, endpoint: ConnectedPoint| {
+            let channel = channel.clone();
+            let yamux_config = yamux_config.clone();
+            async move {
+                match endpoint {
+                    ConnectedPoint::Dialer {
+                        address,
+                        role_override: Endpoint::Dialer,
+                        ..
+                    } => {
+                        let Some(remote) = dialed_peer(&address) else {
+                            let error = HandshakeError::NoRemotePeerId;
+                            channel.record(Direction::Outbound, None, Some(&address), Err(&error));
+                            return Err(error);
+                        };
+                        let (peer, stream) = channel.outbound(io, remote, Some(&address), true).await?;
+                        let (_, negotiated) = dialer_select_proto(stream, [YAMUX], Version::V1Lazy)
+                            .await
+                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
+                        let muxer = yamux_config
+                            .upgrade_outbound(negotiated, YAMUX)
+                            .await
+                            .map_err(HandshakeError::Muxer)?;
+                        Ok((peer, StreamMuxerBox::new(muxer)))
+                    }
+                    endpoint => {
+                        let address = endpoint.get_remote_address().clone();
+                        let source = source_ip(&address);
+                        let (peer, stream) = channel.inbound(io, source, Some(&address), true).await?;
+                        let (_, negotiated) = listener_select_proto(stream, [YAMUX])
+                            .await
+                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
+                        let muxer = yamux_config
+                            .upgrade_inbound(negotiated, YAMUX)
+                            .await
+                            .map_err(HandshakeError::Muxer)?;
+                        Ok((peer, StreamMuxerBox::new(muxer)))
+                    }
+                }
+            }
+            .boxed()
+        })
+        .boxed()
+}
