@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::body::Bytes;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -306,10 +306,16 @@ async fn device(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
     }
 }
 
-async fn submit_revocation(State(state): State<Arc<SharedState>>, body: Bytes) -> impl IntoResponse {
+async fn submit_revocation(
+    State(state): State<Arc<SharedState>>,
+    body: Bytes,
+) -> impl IntoResponse {
     let error = |code: StatusCode, text: String| (code, Json(serde_json::json!({ "error": text })));
     if body.len() > fogmesh_transports::ticket::MAX_TICKET_LEN {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "revocation too large".into()));
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "revocation too large".into(),
+        ));
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let command = ControlCommand::Revoke {
@@ -317,12 +323,18 @@ async fn submit_revocation(State(state): State<Arc<SharedState>>, body: Bytes) -
         reply,
     };
     if state.commands.try_send(command).is_err() {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "node busy; try again".into()));
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node busy; try again".into(),
+        ));
     }
     match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
         Ok(Ok(Ok(outcome))) => Ok(Json(outcome)),
         Ok(Ok(Err(reason))) => Err(error(StatusCode::BAD_REQUEST, reason)),
-        _ => Err(error(StatusCode::SERVICE_UNAVAILABLE, "node did not answer".into())),
+        _ => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node did not answer".into(),
+        )),
     }
 }
 

@@ -257,7 +257,11 @@ fn mesh_line(s: &StatusView) -> String {
         a.mesh_id.as_deref().unwrap_or("?"),
         a.roles.join(", "),
         a.revocations,
-        if a.quic { "on" } else { "off (tickets need TCP)" },
+        if a.quic {
+            "on"
+        } else {
+            "off (tickets need TCP)"
+        },
     )
 }
 

@@ -619,12 +619,30 @@ mod tests {
 
     #[test]
     fn env_lists_are_comma_separated() {
-        let layer = load_env(env(&[(
-            "FOGMESH_BOOTSTRAP",
-            "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2",
-        )]))
-        .unwrap();
+        let (p1, p2) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let value = format!("/ip4/127.0.0.1/tcp/1/p2p/{p1}, /ip4/127.0.0.1/tcp/2/p2p/{p2}");
+        let layer = load_env(env(&[("FOGMESH_BOOTSTRAP", &value)])).unwrap();
         assert_eq!(layer.bootstrap.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bootstrap_addresses_must_name_their_peer() {
+        let err = load_env(env(&[("FOGMESH_BOOTSTRAP", "/ip4/127.0.0.1/tcp/1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/p2p/<PeerId>"), "{err}");
+    }
+
+    #[test]
+    fn mesh_and_ticket_come_together() {
+        let flags = ConfigLayer {
+            mesh: Some("home.mesh.json".into()),
+            ..ConfigLayer::default()
+        };
+        let err = Settings::load(None, Vec::new(), flags)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ticket"), "{err}");
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub enum MembershipError {
     OwnTicket {
         path: PathBuf,
         mesh: MeshId,
-        peer: PeerId,
+        /// Boxed: a PeerId is large and errors travel by value.
+        peer: Box<PeerId>,
         error: TicketError,
     },
 }
@@ -89,14 +90,15 @@ pub fn load(
         clock_skew: DEFAULT_CLOCK_SKEW_S,
         revocations: &revocations,
     };
-    let admission = verifier
-        .verify(&ticket, &peer)
-        .map_err(|error| MembershipError::OwnTicket {
-            path: files.ticket.clone(),
-            mesh: mesh_id,
-            peer,
-            error,
-        })?;
+    let admission =
+        verifier
+            .verify(&ticket, &peer)
+            .map_err(|error| MembershipError::OwnTicket {
+                path: files.ticket.clone(),
+                mesh: mesh_id,
+                peer: Box::new(peer),
+                error,
+            })?;
     Ok((
         Membership {
             name: info.name,
@@ -157,7 +159,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let peer = PeerId::random();
         let f = files(dir.path(), peer, Duration::from_secs(3600));
-        let err = load(&f, PeerId::random(), |_| RevocationSet::default(), mesh::now_s()).unwrap_err();
+        let err = load(
+            &f,
+            PeerId::random(),
+            |_| RevocationSet::default(),
+            mesh::now_s(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("issued to another peer"), "{err}");
         let later = mesh::now_s() + 7200;
         let err = load(&f, peer, |_| RevocationSet::default(), later).unwrap_err();

@@ -216,7 +216,9 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
     };
     let quic = quic_enabled(&transport_config, &channel);
     if settings.quic && !quic {
-        tracing::info!("QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only");
+        tracing::info!(
+            "QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only"
+        );
     }
     let transport = build_transport(&keypair, &channel, &transport_config)?;
     let behaviour = build_behaviour(&keypair, &settings)?;
@@ -362,7 +364,10 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
 
 /// The stored revocations that verify against `root`; others (another mesh's, corrupt) are
 /// skipped with a warning.
-fn stored_revocations(table: &Table<StoredRevocation>, root: &libp2p::identity::PublicKey) -> RevocationSet {
+fn stored_revocations(
+    table: &Table<StoredRevocation>,
+    root: &libp2p::identity::PublicKey,
+) -> RevocationSet {
     let mut set = RevocationSet::default();
     let mut skipped = 0usize;
     for entry in table.entries() {
@@ -1137,7 +1142,9 @@ impl EventLoop {
     fn on_command(&mut self, command: ControlCommand) {
         match command {
             ControlCommand::Revoke { revocation, reply } => {
-                let outcome = self.apply_revocation(&revocation).map_err(|e| e.to_string());
+                let outcome = self
+                    .apply_revocation(&revocation)
+                    .map_err(|e| e.to_string());
                 if let (Ok(outcome), Some(topic)) = (&outcome, &self.revocation_topic) {
                     if outcome.new {
                         let published = self

@@ -14,11 +14,13 @@ use fogmesh_node::client::ControlClient;
 use fogmesh_node::envelope::{self, MessageKind, MAX_ENVELOPE_LEN};
 use fogmesh_node::telemetry::{TelemetryRecord, TELEMETRY_TOPIC};
 use fogmesh_store::codec;
+use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
+use fogmesh_transports::{build_transport, TransportConfig};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, Swarm};
+use libp2p::Swarm;
 
 fn record(key: &Keypair) -> Vec<u8> {
     record_with_uptime(key, 1)
@@ -44,11 +46,19 @@ fn record_with_uptime(key: &Keypair, uptime_s: u64) -> Vec<u8> {
 fn attacker(key: &Keypair) -> Swarm<gossipsub::Behaviour> {
     libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|k| {
+            // The node's own secure channel, open policy: a hostile peer that got past
+            // admission (or an open mesh) is exactly what this test is about.
+            let channel = SecureChannel::new(k, SecureChannelConfig::new(AdmissionPolicy::open()))?;
+            let config = TransportConfig {
+                quic: false,
+                dns: false,
+                ..TransportConfig::default()
+            };
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(build_transport(
+                k, &channel, &config,
+            )?)
+        })
         .unwrap()
         .with_behaviour(|k| {
             let config = gossipsub::ConfigBuilder::default()

@@ -201,7 +201,11 @@ pub async fn up(
     for index in 0..options.nodes {
         let data_dir = node_dir(dir, index);
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
-        let peer = run_tool(options, &config, &["id", "--data-dir", &path_arg(&data_dir)])?;
+        let peer = run_tool(
+            options,
+            &config,
+            &["id", "--data-dir", &path_arg(&data_dir)],
+        )?;
         if let Some(mesh) = &mesh {
             run_tool(
                 options,
@@ -412,7 +416,14 @@ fn create_mesh(options: &UpOptions, config: &Path) -> Result<TestnetMesh, Testne
     run_tool(
         options,
         config,
-        &["mesh", "init", "--name", MESH_NAME, "--dir", &path_arg(&options.dir)],
+        &[
+            "mesh",
+            "init",
+            "--name",
+            MESH_NAME,
+            "--dir",
+            &path_arg(&options.dir),
+        ],
     )?;
     Ok(mesh)
 }
@@ -431,7 +442,9 @@ fn run_tool(options: &UpOptions, config: &Path, args: &[&str]) -> Result<String,
     };
     let out = cmd.output().map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
-        return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

@@ -83,7 +83,11 @@ pub fn build_transport(
     Ok(ip_stack(keypair, channel, config))
 }
 
-fn ip_stack(keypair: &Keypair, channel: &SecureChannel, config: &TransportConfig) -> BoxedTransport {
+fn ip_stack(
+    keypair: &Keypair,
+    channel: &SecureChannel,
+    config: &TransportConfig,
+) -> BoxedTransport {
     let tcp_stack = if config.tcp {
         let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
         OptionalTransport::some(TransportTimeout::new(

@@ -16,7 +16,10 @@ use libp2p::tcp::tokio::TcpStream;
 use libp2p::PeerId;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn grant(from: u64, to: u64) -> Grant {
@@ -46,7 +49,14 @@ impl Mesh {
 
     fn ticket(&self, peer: &Keypair) -> Vec<u8> {
         let t = now();
-        ticket::issue(&self.root, self.id(), peer.public().to_peer_id(), &grant(t - 60, t + 3600), None).unwrap()
+        ticket::issue(
+            &self.root,
+            self.id(),
+            peer.public().to_peer_id(),
+            &grant(t - 60, t + 3600),
+            None,
+        )
+        .unwrap()
     }
 
     fn policy(&self, ticket: Vec<u8>) -> AdmissionPolicy {
@@ -80,7 +90,11 @@ const LOOPBACK: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 type Outcome = Result<PeerId, HandshakeError>;
 
 /// Runs one handshake: `dialer` dials `listener`, expecting `expected` (its PeerId by default).
-async fn handshake(dialer: &SecureChannel, listener: &SecureChannel, expected: Option<PeerId>) -> (Outcome, Outcome) {
+async fn handshake(
+    dialer: &SecureChannel,
+    listener: &SecureChannel,
+    expected: Option<PeerId>,
+) -> (Outcome, Outcome) {
     let (a, b) = socket_pair().await;
     let remote = expected.unwrap_or_else(|| listener.local_peer_id());
     let (out, inn) = tokio::join!(
@@ -120,7 +134,10 @@ async fn members_of_one_mesh_connect_and_exchange_data() {
     assert_eq!(peer_b, kb.public().to_peer_id());
     assert_eq!(peer_a, ka.public().to_peer_id());
     // Each side remembers the other's verified ticket.
-    assert_eq!(b.admission_of(&peer_a).unwrap().roles, vec!["worker".to_string()]);
+    assert_eq!(
+        b.admission_of(&peer_a).unwrap().roles,
+        vec!["worker".to_string()]
+    );
     assert!(a.admission_of(&peer_b).is_some());
 
     let message: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -188,18 +205,31 @@ async fn each_bad_ticket_is_refused_with_its_reason_on_both_sides() {
     .unwrap();
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("expired", ticket::issue(&mesh.root, mesh.id(), me, &grant(t - 7200, t - 3600), None).unwrap()),
-        ("not_yet_valid", ticket::issue(&mesh.root, mesh.id(), me, &grant(t + 3600, t + 7200), None).unwrap()),
+        (
+            "expired",
+            ticket::issue(&mesh.root, mesh.id(), me, &grant(t - 7200, t - 3600), None).unwrap(),
+        ),
+        (
+            "not_yet_valid",
+            ticket::issue(&mesh.root, mesh.id(), me, &grant(t + 3600, t + 7200), None).unwrap(),
+        ),
         ("wrong_mesh", other_mesh.ticket(&dialer_key)),
         ("wrong_subject", mesh.ticket(&Keypair::generate_ed25519())),
         ("bad_signature", tampered),
-        ("unknown_issuer", ticket::issue(&stranger, mesh.id(), me, &grant(t - 60, t + 3600), None).unwrap()),
+        (
+            "unknown_issuer",
+            ticket::issue(&stranger, mesh.id(), me, &grant(t - 60, t + 3600), None).unwrap(),
+        ),
         ("revoked", revoked),
     ];
     // The dialer's own policy trusts its (bad) ticket blindly: it is the listener that judges.
     for (expected, bad_ticket) in cases {
         if expected == "revoked" {
-            mesh.revocations.write().unwrap().add(&revocation, &mesh.root.public()).unwrap();
+            mesh.revocations
+                .write()
+                .unwrap()
+                .add(&revocation, &mesh.root.public())
+                .unwrap();
         }
         let dialer = channel(&dialer_key, mesh.policy(bad_ticket));
         let (out, inn) = handshake(&dialer, &listener, None).await;
@@ -207,8 +237,20 @@ async fn each_bad_ticket_is_refused_with_its_reason_on_both_sides() {
         assert_eq!(remote_reason(&out), expected, "dialer side");
     }
     let refused = listener.stats().snapshot().refused;
-    for reason in ["expired", "not_yet_valid", "wrong_mesh", "wrong_subject", "bad_signature", "unknown_issuer", "revoked"] {
-        assert_eq!(refused.get(&format!("inbound.{reason}")), Some(&1), "{reason}");
+    for reason in [
+        "expired",
+        "not_yet_valid",
+        "wrong_mesh",
+        "wrong_subject",
+        "bad_signature",
+        "unknown_issuer",
+        "revoked",
+    ] {
+        assert_eq!(
+            refused.get(&format!("inbound.{reason}")),
+            Some(&1),
+            "{reason}"
+        );
     }
 }
 
@@ -219,7 +261,14 @@ async fn a_dialer_refuses_a_listener_with_a_bad_ticket_and_tells_it_why() {
     let dialer = channel(&kd, pd);
     let kl = Keypair::generate_ed25519();
     let t = now();
-    let expired = ticket::issue(&mesh.root, mesh.id(), kl.public().to_peer_id(), &grant(t - 7200, t - 3600), None).unwrap();
+    let expired = ticket::issue(
+        &mesh.root,
+        mesh.id(),
+        kl.public().to_peer_id(),
+        &grant(t - 7200, t - 3600),
+        None,
+    )
+    .unwrap();
     let listener = channel(&kl, mesh.policy(expired));
     let (out, inn) = handshake(&dialer, &listener, None).await;
     assert_eq!(reason(&out), "expired");
@@ -246,7 +295,10 @@ async fn truncated_oversized_and_garbage_handshakes_are_refused() {
         // A zero-length message.
         ("bad_frame", vec![0, 0]),
         // A maximum-size message of garbage.
-        ("decrypt_failed", [vec![0xff, 0xff], vec![7u8; 65_535]].concat()),
+        (
+            "decrypt_failed",
+            [vec![0xff, 0xff], vec![7u8; 65_535]].concat(),
+        ),
         // A plausible-length message of garbage.
         ("decrypt_failed", [vec![0, 48], vec![9u8; 48]].concat()),
     ];
@@ -264,11 +316,17 @@ async fn truncated_oversized_and_garbage_handshakes_are_refused() {
 async fn tampered_ciphertext_and_garbage_after_the_handshake_end_the_stream() {
     let ka = Keypair::generate_ed25519();
     let kb = Keypair::generate_ed25519();
-    let (a, b) = (channel(&ka, AdmissionPolicy::open()), channel(&kb, AdmissionPolicy::open()));
+    let (a, b) = (
+        channel(&ka, AdmissionPolicy::open()),
+        channel(&kb, AdmissionPolicy::open()),
+    );
 
     // Garbage after the handshake: a frame that does not decrypt.
     let (sa, sb) = socket_pair().await;
-    let (out, inn) = tokio::join!(a.outbound(sa, b.local_peer_id(), None, false), b.inbound(sb, LOOPBACK, None, false));
+    let (out, inn) = tokio::join!(
+        a.outbound(sa, b.local_peer_id(), None, false),
+        b.inbound(sb, LOOPBACK, None, false)
+    );
     let (_, mut to_b) = out.unwrap();
     let (_, mut to_a) = inn.unwrap();
     to_b.write_all(b"hello").await.unwrap();
@@ -285,11 +343,17 @@ async fn tampered_ciphertext_and_garbage_after_the_handshake_end_the_stream() {
 
     // A frame too short to hold a tag.
     let (sa, sb) = socket_pair().await;
-    let (out, inn) = tokio::join!(a.outbound(sa, b.local_peer_id(), None, false), b.inbound(sb, LOOPBACK, None, false));
+    let (out, inn) = tokio::join!(
+        a.outbound(sa, b.local_peer_id(), None, false),
+        b.inbound(sb, LOOPBACK, None, false)
+    );
     let (_, mut to_b) = out.unwrap();
     let (_, mut to_a) = inn.unwrap();
     to_b.get_mut().write_all(&[0, 3, 1, 2, 3]).await.unwrap();
-    assert_eq!(to_a.read(&mut buf).await.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    assert_eq!(
+        to_a.read(&mut buf).await.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidData
+    );
 }
 
 #[tokio::test]
@@ -303,9 +367,15 @@ async fn rekeying_keeps_traffic_flowing_in_both_directions() {
         c.rekey = rekey;
         channel_with(key, c)
     };
-    let (a, b) = (config(&Keypair::generate_ed25519()), config(&Keypair::generate_ed25519()));
+    let (a, b) = (
+        config(&Keypair::generate_ed25519()),
+        config(&Keypair::generate_ed25519()),
+    );
     let (sa, sb) = socket_pair().await;
-    let (out, inn) = tokio::join!(a.outbound(sa, b.local_peer_id(), None, false), b.inbound(sb, LOOPBACK, None, false));
+    let (out, inn) = tokio::join!(
+        a.outbound(sa, b.local_peer_id(), None, false),
+        b.inbound(sb, LOOPBACK, None, false)
+    );
     let (_, mut to_b) = out.unwrap();
     let (_, mut to_a) = inn.unwrap();
     for round in 0..100u32 {
@@ -343,7 +413,9 @@ async fn a_silent_dialer_times_out_and_frees_its_slot() {
     let second = async {
         // Starts while the first handshake holds the only slot.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        listener.inbound(accepted_second, LOOPBACK, None, false).await
+        listener
+            .inbound(accepted_second, LOOPBACK, None, false)
+            .await
     };
     let (first, second) = tokio::join!(first, second);
     assert_eq!(reason(&first.map(|(p, _)| p)), "timeout");
@@ -371,9 +443,19 @@ async fn a_peer_failing_admission_repeatedly_is_backed_off() {
         );
         reasons.push(reason(&inn.map(|(p, _)| p)));
     }
-    assert_eq!(reasons, ["missing_ticket", "missing_ticket", "missing_ticket", "backed_off"]);
+    assert_eq!(
+        reasons,
+        [
+            "missing_ticket",
+            "missing_ticket",
+            "missing_ticket",
+            "backed_off"
+        ]
+    );
     // The dialer, refused three times, backs off dialing that peer too.
     let (a, _b) = socket_pair().await;
-    let out = dialer.outbound(a, listener.local_peer_id(), None, false).await;
+    let out = dialer
+        .outbound(a, listener.local_peer_id(), None, false)
+        .await;
     assert_eq!(reason(&out.map(|(p, _)| p)), "backed_off");
 }

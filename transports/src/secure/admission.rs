@@ -110,6 +110,10 @@ impl AdmissionPolicy {
             .revocations
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .revokes(&admission.ticket_id, &admission.subject, admission.not_before)
+            .revokes(
+                &admission.ticket_id,
+                &admission.subject,
+                admission.not_before,
+            )
     }
 }

@@ -121,7 +121,10 @@ async fn receive<C: AsyncRead + Unpin>(io: &mut C, min: usize) -> Result<Vec<u8>
     io.read_exact(&mut header).await.map_err(io_error)?;
     let len = usize::from(u16::from_be_bytes(header));
     if len < min {
-        return Err(HandshakeError::Frame(frame::FrameError::TooShort { len, min }));
+        return Err(HandshakeError::Frame(frame::FrameError::TooShort {
+            len,
+            min,
+        }));
     }
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await.map_err(io_error)?;
@@ -144,6 +147,17 @@ async fn with_timeout<T>(
     match future::select(work, futures_timer::Delay::new(limit)).await {
         Either::Left((result, _)) => result,
         Either::Right(((), _)) => Err(HandshakeError::Timeout),
+    }
+}
+
+async fn with_timeout_proven<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, (HandshakeError, Option<PeerId>)>>,
+) -> Result<T, (HandshakeError, Option<PeerId>)> {
+    let work = std::pin::pin!(work);
+    match future::select(work, futures_timer::Delay::new(limit)).await {
+        Either::Left((result, _)) => result,
+        Either::Right(((), _)) => Err((HandshakeError::Timeout, None)),
     }
 }
 
@@ -297,7 +311,12 @@ impl SecureChannel {
                 result
             }
         };
-        self.record(Direction::Outbound, Some(remote), addr, result.as_ref().map(|(p, _)| *p));
+        self.record(
+            Direction::Outbound,
+            Some(remote),
+            addr,
+            result.as_ref().map(|(p, _)| *p),
+        );
         result
     }
 
@@ -324,14 +343,16 @@ impl SecureChannel {
                 ip: None,
             }),
         };
+        // The remote's identity, once the handshake proved it (for logs).
+        let mut peer = None;
         let result = match began {
-            Err(refusal) => Err(HandshakeError::Guard(refusal)),
+            Err(refusal) => Err((HandshakeError::Guard(refusal), None)),
             Ok(slot) => {
-                let result = with_timeout(self.shared.handshake_timeout, async {
+                let result = with_timeout_proven(self.shared.handshake_timeout, async {
                     let io = if negotiate {
                         let (_, io) = listener_select_proto(io, [PROTOCOL])
                             .await
-                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
+                            .map_err(|e| (HandshakeError::Negotiation(e.to_string()), None))?;
                         Either::Left(io)
                     } else {
                         Either::Right(io)
@@ -343,13 +364,25 @@ impl SecureChannel {
                 result
             }
         };
-        let peer = result.as_ref().ok().map(|(p, _)| *p);
-        self.record(Direction::Inbound, peer, addr, result.as_ref().map(|(p, _)| *p));
+        let result = result.map_err(|(error, proven)| {
+            peer = proven;
+            error
+        });
+        self.record(
+            Direction::Inbound,
+            peer,
+            addr,
+            result.as_ref().map(|(p, _)| *p),
+        );
         result
     }
 
     /// Runs the initiator's side on a negotiated stream.
-    pub async fn secure_outbound<C>(&self, mut io: C, remote: PeerId) -> Result<(PeerId, XkStream<C>), HandshakeError>
+    async fn secure_outbound<C>(
+        &self,
+        mut io: C,
+        remote: PeerId,
+    ) -> Result<(PeerId, XkStream<C>), HandshakeError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -357,43 +390,64 @@ impl SecureChannel {
         let (initiator, msg1) = Initiator::start(&shared.keys, remote)?;
         send(&mut io, &msg1).await?;
         let msg2 = receive(&mut io, 1).await?;
-        let (awaiting, msg3) = match initiator.on_responder_hello(&msg2, &shared.keys, &shared.policy, unix_now()) {
-            Ok(next) => next,
-            Err(Failure { error, farewell }) => {
-                part(&mut io, farewell).await;
-                return Err(error);
-            }
-        };
+        let (awaiting, msg3) =
+            match initiator.on_responder_hello(&msg2, &shared.keys, &shared.policy, unix_now()) {
+                Ok(next) => next,
+                Err(failure) => {
+                    let Failure {
+                        error, farewell, ..
+                    } = *failure;
+                    part(&mut io, farewell).await;
+                    return Err(error);
+                }
+            };
         send(&mut io, &msg3).await?;
         let verdict = receive(&mut io, TAG_LEN).await?;
         let established = awaiting.on_verdict(&verdict)?;
         self.finish(io, established)
     }
 
-    /// Runs the responder's side on a negotiated stream.
-    pub async fn secure_inbound<C>(&self, mut io: C) -> Result<(PeerId, XkStream<C>), HandshakeError>
+    /// Runs the responder's side on a negotiated stream. Errors carry the remote's PeerId
+    /// when it was proven before the failure.
+    async fn secure_inbound<C>(
+        &self,
+        mut io: C,
+    ) -> Result<(PeerId, XkStream<C>), (HandshakeError, Option<PeerId>)>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let shared = &self.shared;
-        let mut responder = Responder::new(&shared.keys)?;
-        let msg1 = receive(&mut io, 1).await?;
-        let msg2 = responder.on_opening(&msg1, &shared.policy)?;
-        send(&mut io, &msg2).await?;
-        let msg3 = receive(&mut io, 1).await?;
+        let anonymous = |e: HandshakeError| (e, None);
+        let mut responder = Responder::new(&shared.keys).map_err(anonymous)?;
+        let msg1 = receive(&mut io, 1).await.map_err(anonymous)?;
+        let msg2 = responder
+            .on_opening(&msg1, &shared.policy)
+            .map_err(anonymous)?;
+        send(&mut io, &msg2).await.map_err(anonymous)?;
+        let msg3 = receive(&mut io, 1).await.map_err(anonymous)?;
         match responder.on_initiator_hello(&msg3, &shared.policy, unix_now()) {
             Ok((established, verdict)) => {
-                send(&mut io, &verdict).await?;
-                self.finish(io, established)
+                let remote = Some(established.remote);
+                send(&mut io, &verdict).await.map_err(|e| (e, remote))?;
+                self.finish(io, established).map_err(|e| (e, remote))
             }
-            Err(Failure { error, farewell }) => {
+            Err(failure) => {
+                let Failure {
+                    error,
+                    farewell,
+                    remote,
+                } = *failure;
                 part(&mut io, farewell).await;
-                Err(error)
+                Err((error, remote))
             }
         }
     }
 
-    fn finish<C>(&self, io: C, established: Established) -> Result<(PeerId, XkStream<C>), HandshakeError> {
+    fn finish<C>(
+        &self,
+        io: C,
+        established: Established,
+    ) -> Result<(PeerId, XkStream<C>), HandshakeError> {
         let remote = established.remote;
         // Returned to the caller, who records it; keep the admission for revocation checks.
         if let Some(admission) = established.admission {
@@ -402,7 +456,12 @@ impl SecureChannel {
                 admitted.insert(remote, admission);
             }
         }
-        let stream = XkStream::new(io, established.session, self.shared.rekey, self.shared.stats.clone());
+        let stream = XkStream::new(
+            io,
+            established.session,
+            self.shared.rekey,
+            self.shared.stats.clone(),
+        );
         Ok((remote, stream))
     }
 }
@@ -498,7 +557,8 @@ where
                             channel.record(Direction::Outbound, None, Some(&address), Err(&error));
                             return Err(error);
                         };
-                        let (peer, stream) = channel.outbound(io, remote, Some(&address), true).await?;
+                        let (peer, stream) =
+                            channel.outbound(io, remote, Some(&address), true).await?;
                         let (_, negotiated) = dialer_select_proto(stream, [YAMUX], Version::V1Lazy)
                             .await
                             .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
@@ -511,7 +571,8 @@ where
                     endpoint => {
                         let address = endpoint.get_remote_address().clone();
                         let source = source_ip(&address);
-                        let (peer, stream) = channel.inbound(io, source, Some(&address), true).await?;
+                        let (peer, stream) =
+                            channel.inbound(io, source, Some(&address), true).await?;
                         let (_, negotiated) = listener_select_proto(stream, [YAMUX])
                             .await
                             .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;

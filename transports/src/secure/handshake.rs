@@ -77,14 +77,17 @@ pub struct Established {
 pub struct Failure {
     pub error: HandshakeError,
     pub farewell: Option<Vec<u8>>,
+    /// Who the remote proved to be, when the handshake got that far.
+    pub remote: Option<PeerId>,
 }
 
-impl From<HandshakeError> for Failure {
+impl From<HandshakeError> for Box<Failure> {
     fn from(error: HandshakeError) -> Self {
-        Failure {
+        Box::new(Failure {
             error,
             farewell: None,
-        }
+            remote: None,
+        })
     }
 }
 
@@ -141,7 +144,10 @@ impl std::fmt::Debug for Initiator {
 
 impl Initiator {
     /// Starts a handshake with `remote`, returning msg1.
-    pub fn start(local: &LocalKeys, remote: PeerId) -> Result<(Initiator, Vec<u8>), HandshakeError> {
+    pub fn start(
+        local: &LocalKeys,
+        remote: PeerId,
+    ) -> Result<(Initiator, Vec<u8>), HandshakeError> {
         let remote_static = keys::static_key_of(&remote).map_err(HandshakeError::RemoteKey)?;
         let mut state = builder()?
             .local_private_key(local.static_secret())
@@ -159,7 +165,7 @@ impl Initiator {
         local: &LocalKeys,
         policy: &AdmissionPolicy,
         now: u64,
-    ) -> Result<(AwaitingVerdict, Vec<u8>), Failure> {
+    ) -> Result<(AwaitingVerdict, Vec<u8>), Box<Failure>> {
         let payload = read(&mut self.state, msg2)?;
         let hello: ResponderHello = decode(&payload)?;
         let mut reply = InitiatorHello {
@@ -186,10 +192,12 @@ impl Initiator {
             Err(error) => {
                 reply.ticket = None;
                 reply.refusal = Some(error.reason().to_owned());
-                let farewell = encode(&reply)
-                    .and_then(|p| write(&mut self.state, &p))
-                    .ok();
-                Err(Failure { error, farewell })
+                let farewell = encode(&reply).and_then(|p| write(&mut self.state, &p)).ok();
+                Err(Box::new(Failure {
+                    error,
+                    farewell,
+                    remote: Some(self.remote),
+                }))
             }
         }
     }
@@ -270,7 +278,7 @@ impl Responder {
         msg3: &[u8],
         policy: &AdmissionPolicy,
         now: u64,
-    ) -> Result<(Established, Vec<u8>), Failure> {
+    ) -> Result<(Established, Vec<u8>), Box<Failure>> {
         let payload = read(&mut self.state, msg3)?;
         let hello: InitiatorHello = decode(&payload)?;
         if let Some(reason) = hello.refusal {
@@ -288,10 +296,17 @@ impl Responder {
             return Err(HandshakeError::IdentityMismatch.into());
         }
         let remote = keys::peer_id_of(&identity).map_err(HandshakeError::RemoteKey)?;
+        let proven = |error: HandshakeError| {
+            Box::new(Failure {
+                error,
+                farewell: None,
+                remote: Some(remote),
+            })
+        };
         let mut session = self
             .state
             .into_transport_mode()
-            .map_err(HandshakeError::Noise)?;
+            .map_err(|e| proven(HandshakeError::Noise(e)))?;
         let decision = policy.check(hello.ticket.as_deref(), &remote, now);
         let verdict = match &decision {
             Ok(_) => Verdict {
@@ -303,11 +318,11 @@ impl Responder {
                 reason: Some(error.reason().to_owned()),
             },
         };
-        let plain = encode(&verdict)?;
+        let plain = encode(&verdict).map_err(proven)?;
         let mut frame = vec![0u8; plain.len() + TAG_LEN];
         let n = session
             .write_message(&plain, &mut frame)
-            .map_err(HandshakeError::Noise)?;
+            .map_err(|e| proven(HandshakeError::Noise(e)))?;
         frame.truncate(n);
         match decision {
             Ok(admission) => Ok((
@@ -318,10 +333,11 @@ impl Responder {
                 },
                 frame,
             )),
-            Err(error) => Err(Failure {
+            Err(error) => Err(Box::new(Failure {
                 error,
                 farewell: Some(frame),
-            }),
+                remote: Some(remote),
+            })),
         }
     }
 }

@@ -130,10 +130,8 @@ mod tests {
             let from_peer_id = static_key_of(&id.public().to_peer_id()).unwrap();
             assert_eq!(&from_peer_id, local.static_public());
             // The private half really is the private key of that public key.
-            let public = x25519_dalek::x25519(
-                *local.static_secret(),
-                x25519_dalek::X25519_BASEPOINT_BYTES,
-            );
+            let public =
+                x25519_dalek::x25519(*local.static_secret(), x25519_dalek::X25519_BASEPOINT_BYTES);
             assert_eq!(public, from_peer_id);
             assert_eq!(
                 peer_id_of(local.identity_public()).unwrap(),

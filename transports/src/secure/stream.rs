@@ -218,11 +218,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                         this.rend -= this.rstart;
                         this.rstart = 0;
                         if need > this.rbuf.len() {
-                            let size = need.max(READ_CHUNK).min(HEADER_LEN + MAX_FRAME_LEN);
+                            let size = need.clamp(READ_CHUNK, HEADER_LEN + MAX_FRAME_LEN);
                             this.rbuf.resize(size, 0);
                         }
                     }
-                    let n = ready!(Pin::new(&mut this.io).poll_read(cx, &mut this.rbuf[this.rend..]))?;
+                    let n =
+                        ready!(Pin::new(&mut this.io).poll_read(cx, &mut this.rbuf[this.rend..]))?;
                     if n == 0 {
                         if this.rstart == this.rend {
                             return Poll::Ready(Ok(0));
