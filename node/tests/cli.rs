@@ -408,4 +408,37 @@ fn mesh_init_and_ticket_issue_show_revoke() {
     ]);
     assert!(!garbage.status.success());
     assert!(stderr_of(&garbage).contains("malformed"));
+
+    // A node given someone else's ticket refuses to start, and says why.
+    let other = dir.path().join("other");
+    let out = fogmesh(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        other.to_str().unwrap(),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
+        "--mesh",
+        dir.path().join("home.mesh.json").to_str().unwrap(),
+        "--ticket",
+        ticket.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("issued to another peer") && err.contains("t.bin"),
+        "{err}"
+    );
+    // A mesh without a ticket is a configuration error.
+    let out = fogmesh(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--mesh",
+        dir.path().join("home.mesh.json").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("ticket"), "{}", stderr_of(&out));
 }

@@ -104,6 +104,20 @@ async fn handshake(
     (out.map(|(p, _)| p), inn.map(|(p, _)| p))
 }
 
+type Stream = fogmesh_transports::secure::XkStream<
+    fogmesh_transports::secure::channel::Negotiable<TcpStream>,
+>;
+
+/// `a` dials `b`; both handshakes must succeed.
+async fn connected(a: &SecureChannel, b: &SecureChannel) -> ((PeerId, Stream), (PeerId, Stream)) {
+    let (sa, sb) = socket_pair().await;
+    let (out, inn) = tokio::join!(
+        a.outbound(sa, b.local_peer_id(), None, false),
+        b.inbound(sb, LOOPBACK, None, false)
+    );
+    (out.unwrap(), inn.unwrap())
+}
+
 fn reason(outcome: &Outcome) -> &'static str {
     match outcome {
         Ok(_) => "ok",
@@ -124,13 +138,7 @@ async fn members_of_one_mesh_connect_and_exchange_data() {
     let (ka, pa) = mesh.member();
     let (kb, pb) = mesh.member();
     let (a, b) = (channel(&ka, pa), channel(&kb, pb));
-    let (sa, sb) = socket_pair().await;
-    let (out, inn) = tokio::join!(
-        a.outbound(sa, b.local_peer_id(), None, false),
-        b.inbound(sb, LOOPBACK, None, false)
-    );
-    let (peer_b, mut to_b) = out.unwrap();
-    let (peer_a, mut to_a) = inn.unwrap();
+    let ((peer_b, mut to_b), (peer_a, mut to_a)) = connected(&a, &b).await;
     assert_eq!(peer_b, kb.public().to_peer_id());
     assert_eq!(peer_a, ka.public().to_peer_id());
     // Each side remembers the other's verified ticket.
@@ -322,13 +330,7 @@ async fn tampered_ciphertext_and_garbage_after_the_handshake_end_the_stream() {
     );
 
     // Garbage after the handshake: a frame that does not decrypt.
-    let (sa, sb) = socket_pair().await;
-    let (out, inn) = tokio::join!(
-        a.outbound(sa, b.local_peer_id(), None, false),
-        b.inbound(sb, LOOPBACK, None, false)
-    );
-    let (_, mut to_b) = out.unwrap();
-    let (_, mut to_a) = inn.unwrap();
+    let ((_, mut to_b), (_, mut to_a)) = connected(&a, &b).await;
     to_b.write_all(b"hello").await.unwrap();
     to_b.flush().await.unwrap();
     let mut buf = [0u8; 5];
@@ -342,13 +344,7 @@ async fn tampered_ciphertext_and_garbage_after_the_handshake_end_the_stream() {
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
 
     // A frame too short to hold a tag.
-    let (sa, sb) = socket_pair().await;
-    let (out, inn) = tokio::join!(
-        a.outbound(sa, b.local_peer_id(), None, false),
-        b.inbound(sb, LOOPBACK, None, false)
-    );
-    let (_, mut to_b) = out.unwrap();
-    let (_, mut to_a) = inn.unwrap();
+    let ((_, mut to_b), (_, mut to_a)) = connected(&a, &b).await;
     to_b.get_mut().write_all(&[0, 3, 1, 2, 3]).await.unwrap();
     assert_eq!(
         to_a.read(&mut buf).await.unwrap_err().kind(),
@@ -371,13 +367,7 @@ async fn rekeying_keeps_traffic_flowing_in_both_directions() {
         config(&Keypair::generate_ed25519()),
         config(&Keypair::generate_ed25519()),
     );
-    let (sa, sb) = socket_pair().await;
-    let (out, inn) = tokio::join!(
-        a.outbound(sa, b.local_peer_id(), None, false),
-        b.inbound(sb, LOOPBACK, None, false)
-    );
-    let (_, mut to_b) = out.unwrap();
-    let (_, mut to_a) = inn.unwrap();
+    let ((_, mut to_b), (_, mut to_a)) = connected(&a, &b).await;
     for round in 0..100u32 {
         let message = format!("round {round} ").repeat(1 + round as usize);
         to_b.write_all(message.as_bytes()).await.unwrap();
