@@ -250,6 +250,8 @@ pub struct Admission {
     pub not_after: u64,
     /// The delegated issuer, or None when the root signed the ticket itself.
     pub delegated_issuer: Option<PeerId>,
+    /// The delegation's own validity window, when there is one.
+    pub delegation_window: Option<(u64, u64)>,
     pub ticket_id: [u8; 32],
 }
 
@@ -336,8 +338,8 @@ impl Verifier<'_> {
         if &subject != peer {
             return Err(TicketError::WrongSubject);
         }
-        let delegated_issuer = if issuer == *self.root {
-            None
+        let (delegated_issuer, delegation_window) = if issuer == *self.root {
+            (None, None)
         } else {
             let delegation = body.delegation.as_ref().ok_or(TicketError::UnknownIssuer)?;
             let d: DelegationBody =
@@ -356,7 +358,7 @@ impl Verifier<'_> {
             if let Some(role) = body.roles.iter().find(|r| !d.roles.contains(r)) {
                 return Err(TicketError::RoleNotDelegated(role.clone()));
             }
-            Some(issuer.to_peer_id())
+            (Some(issuer.to_peer_id()), Some((d.not_before, d.not_after)))
         };
         window(self.now, body.not_before, body.not_after, self.clock_skew)?;
         let id = ticket_id(bytes);
@@ -370,8 +372,35 @@ impl Verifier<'_> {
             not_before: body.not_before,
             not_after: body.not_after,
             delegated_issuer,
+            delegation_window,
             ticket_id: id,
         })
+    }
+
+    /// Re-checks an earlier verified admission for the same ticket bytes: everything that
+    /// can change since (who presents it, the time, revocations), without the signatures.
+    pub fn recheck(&self, admission: &Admission, peer: &PeerId) -> Result<(), TicketError> {
+        if &admission.subject != peer {
+            return Err(TicketError::WrongSubject);
+        }
+        if let Some((from, to)) = admission.delegation_window {
+            window(self.now, from, to, self.clock_skew)
+                .map_err(|_| TicketError::DelegationNotValid)?;
+        }
+        window(
+            self.now,
+            admission.not_before,
+            admission.not_after,
+            self.clock_skew,
+        )?;
+        if self.revocations.revokes(
+            &admission.ticket_id,
+            &admission.subject,
+            admission.not_before,
+        ) {
+            return Err(TicketError::Revoked);
+        }
+        Ok(())
     }
 }
 

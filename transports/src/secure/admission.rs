@@ -1,13 +1,22 @@
 //! Who may complete a handshake: the mesh's root key, this node's own ticket, and the
 //! revocations in force. An open policy (no mesh configured) admits everyone and presents
 //! no ticket; it exists for development and the node warns loudly when it runs one.
+//!
+//! Verified tickets are remembered by ticket id (SHA-256 of the exact bytes): peers reconnect
+//! with the same ticket, and its signatures cannot have changed, so a repeat presentation
+//! re-checks only what can (presenter, time, revocations). At most [`VERIFIED_CACHE`] are
+//! kept; when full, the cache is cleared and refills from live handshakes.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use libp2p::identity::PublicKey;
 use libp2p::PeerId;
 
-use crate::ticket::{Admission, MeshId, RevocationSet, Verifier, DEFAULT_CLOCK_SKEW_S};
+use crate::ticket::{self, Admission, MeshId, RevocationSet, Verifier, DEFAULT_CLOCK_SKEW_S};
+
+/// Verified tickets remembered.
+pub const VERIFIED_CACHE: usize = 1024;
 
 use super::HandshakeError;
 
@@ -24,6 +33,7 @@ pub struct AdmissionPolicy {
     mesh: Option<Mesh>,
     revocations: Arc<RwLock<RevocationSet>>,
     clock_skew: u64,
+    verified: Arc<Mutex<HashMap<[u8; 32], Admission>>>,
 }
 
 impl AdmissionPolicy {
@@ -33,6 +43,7 @@ impl AdmissionPolicy {
             mesh: None,
             revocations: Arc::default(),
             clock_skew: DEFAULT_CLOCK_SKEW_S,
+            verified: Arc::default(),
         }
     }
 
@@ -50,6 +61,7 @@ impl AdmissionPolicy {
             }),
             revocations,
             clock_skew: DEFAULT_CLOCK_SKEW_S,
+            verified: Arc::default(),
         }
     }
 
@@ -98,10 +110,22 @@ impl AdmissionPolicy {
             clock_skew: self.clock_skew,
             revocations: &revocations,
         };
-        verifier
+        let id = ticket::ticket_id(ticket);
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = verified.get(&id) {
+            verifier
+                .recheck(known, peer)
+                .map_err(HandshakeError::Ticket)?;
+            return Ok(Some(known.clone()));
+        }
+        let admission = verifier
             .verify(ticket, peer)
-            .map(Some)
-            .map_err(HandshakeError::Ticket)
+            .map_err(HandshakeError::Ticket)?;
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(id, admission.clone());
+        Ok(Some(admission))
     }
 
     /// Whether an earlier admission still stands against the current revocations.
@@ -115,5 +139,61 @@ impl AdmissionPolicy {
                 &admission.subject,
                 admission.not_before,
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ticket::{Grant, RevocationTarget};
+    use libp2p::identity::Keypair;
+
+    const NOW: u64 = 1_800_000_000;
+
+    /// A ticket verified once is re-checked from the cache: the presenter, the time and
+    /// revocations still decide.
+    #[test]
+    fn remembered_tickets_are_still_rechecked() {
+        let root = Keypair::generate_ed25519();
+        let member = Keypair::generate_ed25519();
+        let peer = member.public().to_peer_id();
+        let grant = Grant {
+            roles: vec!["worker".into()],
+            not_before: NOW - 60,
+            not_after: NOW + 3600,
+        };
+        let mesh = MeshId::of_root(&root.public());
+        let t = ticket::issue(&root, mesh, peer, &grant, None).unwrap();
+        let policy = AdmissionPolicy::closed(root.public(), Vec::new(), Arc::default());
+        let reason = |r: Result<Option<Admission>, HandshakeError>| match r {
+            Ok(_) => "ok",
+            Err(HandshakeError::Ticket(e)) => e.reason(),
+            Err(_) => "other",
+        };
+        assert_eq!(reason(policy.check(Some(&t), &peer, NOW)), "ok");
+        assert_eq!(reason(policy.check(Some(&t), &peer, NOW)), "ok");
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        assert_eq!(
+            reason(policy.check(Some(&t), &stranger, NOW)),
+            "wrong_subject"
+        );
+        assert_eq!(reason(policy.check(Some(&t), &peer, NOW + 7200)), "expired");
+        let revocation = ticket::revoke(
+            &root,
+            RevocationTarget::Ticket(ticket::ticket_id(&t).to_vec()),
+            NOW,
+        )
+        .unwrap();
+        policy
+            .revocations()
+            .write()
+            .unwrap()
+            .add(&revocation, &root.public())
+            .unwrap();
+        assert_eq!(reason(policy.check(Some(&t), &peer, NOW)), "revoked");
+        assert!(matches!(
+            policy.check(None, &peer, NOW),
+            Err(HandshakeError::MissingTicket)
+        ));
     }
 }

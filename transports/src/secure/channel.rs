@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::future::{self, BoxFuture, Either};
+use futures::future::{BoxFuture, Either};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::FutureExt;
 use libp2p::core::multiaddr::Protocol;
@@ -116,19 +116,51 @@ async fn send<C: AsyncWrite + Unpin>(io: &mut C, body: &[u8]) -> Result<(), Hand
     io.flush().await.map_err(io_error)
 }
 
-async fn receive<C: AsyncRead + Unpin>(io: &mut C, min: usize) -> Result<Vec<u8>, HandshakeError> {
-    let mut header = [0u8; frame::HEADER_LEN];
-    io.read_exact(&mut header).await.map_err(io_error)?;
-    let len = usize::from(u16::from_be_bytes(header));
-    if len < min {
-        return Err(HandshakeError::Frame(frame::FrameError::TooShort {
-            len,
-            min,
-        }));
+/// Reads handshake frames with as few reads as the peer's writes allow. Whatever arrives
+/// after the last handshake frame belongs to the encrypted stream and is handed to it.
+#[derive(Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbox {
+    async fn frame<C: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut C,
+        min: usize,
+    ) -> Result<Vec<u8>, HandshakeError> {
+        loop {
+            let peeked = frame::peek(&self.buf[self.start..self.end], min);
+            match peeked.map_err(HandshakeError::Frame)? {
+                frame::Peek::Frame { body } => {
+                    let out = self.buf[self.start + body.start..self.start + body.end].to_vec();
+                    self.start += body.end;
+                    return Ok(out);
+                }
+                frame::Peek::Incomplete { need } => {
+                    if self.start + need > self.buf.len() {
+                        self.buf.copy_within(self.start..self.end, 0);
+                        self.end -= self.start;
+                        self.start = 0;
+                        if need > self.buf.len() {
+                            self.buf.resize(need.max(1024), 0);
+                        }
+                    }
+                    let n = io.read(&mut self.buf[self.end..]).await.map_err(io_error)?;
+                    if n == 0 {
+                        return Err(HandshakeError::Truncated);
+                    }
+                    self.end += n;
+                }
+            }
+        }
     }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await.map_err(io_error)?;
-    Ok(body)
+
+    fn leftover(self) -> Vec<u8> {
+        self.buf[self.start..self.end].to_vec()
+    }
 }
 
 /// Sends a last message explaining a refusal, then closes; errors here change nothing.
@@ -143,22 +175,18 @@ async fn with_timeout<T>(
     limit: Duration,
     work: impl std::future::Future<Output = Result<T, HandshakeError>>,
 ) -> Result<T, HandshakeError> {
-    let work = std::pin::pin!(work);
-    match future::select(work, futures_timer::Delay::new(limit)).await {
-        Either::Left((result, _)) => result,
-        Either::Right(((), _)) => Err(HandshakeError::Timeout),
-    }
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
 }
 
 async fn with_timeout_proven<T>(
     limit: Duration,
     work: impl std::future::Future<Output = Result<T, (HandshakeError, Option<PeerId>)>>,
 ) -> Result<T, (HandshakeError, Option<PeerId>)> {
-    let work = std::pin::pin!(work);
-    match future::select(work, futures_timer::Delay::new(limit)).await {
-        Either::Left((result, _)) => result,
-        Either::Right(((), _)) => Err((HandshakeError::Timeout, None)),
-    }
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err((HandshakeError::Timeout, None)))
 }
 
 /// Frees an inbound pending-handshake slot even if the upgrade future is dropped midway.
@@ -387,9 +415,10 @@ impl SecureChannel {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let shared = &self.shared;
+        let mut inbox = Inbox::default();
         let (initiator, msg1) = Initiator::start(&shared.keys, remote)?;
         send(&mut io, &msg1).await?;
-        let msg2 = receive(&mut io, 1).await?;
+        let msg2 = inbox.frame(&mut io, 1).await?;
         let (awaiting, msg3) =
             match initiator.on_responder_hello(&msg2, &shared.keys, &shared.policy, unix_now()) {
                 Ok(next) => next,
@@ -402,9 +431,9 @@ impl SecureChannel {
                 }
             };
         send(&mut io, &msg3).await?;
-        let verdict = receive(&mut io, TAG_LEN).await?;
+        let verdict = inbox.frame(&mut io, TAG_LEN).await?;
         let established = awaiting.on_verdict(&verdict)?;
-        self.finish(io, established)
+        self.finish(io, established, inbox)
     }
 
     /// Runs the responder's side on a negotiated stream. Errors carry the remote's PeerId
@@ -419,17 +448,18 @@ impl SecureChannel {
         let shared = &self.shared;
         let anonymous = |e: HandshakeError| (e, None);
         let mut responder = Responder::new(&shared.keys).map_err(anonymous)?;
-        let msg1 = receive(&mut io, 1).await.map_err(anonymous)?;
+        let mut inbox = Inbox::default();
+        let msg1 = inbox.frame(&mut io, 1).await.map_err(anonymous)?;
         let msg2 = responder
             .on_opening(&msg1, &shared.policy)
             .map_err(anonymous)?;
         send(&mut io, &msg2).await.map_err(anonymous)?;
-        let msg3 = receive(&mut io, 1).await.map_err(anonymous)?;
+        let msg3 = inbox.frame(&mut io, 1).await.map_err(anonymous)?;
         match responder.on_initiator_hello(&msg3, &shared.policy, unix_now()) {
             Ok((established, verdict)) => {
                 let remote = Some(established.remote);
                 send(&mut io, &verdict).await.map_err(|e| (e, remote))?;
-                self.finish(io, established).map_err(|e| (e, remote))
+                self.finish(io, established, inbox).map_err(|e| (e, remote))
             }
             Err(failure) => {
                 let Failure {
@@ -447,6 +477,7 @@ impl SecureChannel {
         &self,
         io: C,
         established: Established,
+        inbox: Inbox,
     ) -> Result<(PeerId, XkStream<C>), HandshakeError> {
         let remote = established.remote;
         // Returned to the caller, who records it; keep the admission for revocation checks.
@@ -456,11 +487,12 @@ impl SecureChannel {
                 admitted.insert(remote, admission);
             }
         }
-        let stream = XkStream::new(
+        let stream = XkStream::with_pending(
             io,
             established.session,
             self.shared.rekey,
             self.shared.stats.clone(),
+            inbox.leftover(),
         );
         Ok((remote, stream))
     }

@@ -90,14 +90,26 @@ impl<S> XkStream<S> {
         rekey: RekeyPolicy,
         stats: Arc<SecurityStats>,
     ) -> Self {
+        Self::with_pending(io, session, rekey, stats, Vec::new())
+    }
+
+    /// Like [`Self::new`], with ciphertext already read from `io` (after the handshake).
+    pub fn with_pending(
+        io: S,
+        session: TransportState,
+        rekey: RekeyPolicy,
+        stats: Arc<SecurityStats>,
+        pending: Vec<u8>,
+    ) -> Self {
+        let rend = pending.len();
         XkStream {
             io,
             session,
             rekey,
             stats,
-            rbuf: Vec::new(),
+            rbuf: pending,
             rstart: 0,
-            rend: 0,
+            rend,
             plain: Vec::new(),
             ppos: 0,
             plen: 0,
