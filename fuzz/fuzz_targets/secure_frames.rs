@@ -70,7 +70,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // 2. An established session: some valid frames, then the arbitrary bytes.
+    // 2. An established session: some valid frames, then the arbitrary bytes. Setting up a
+    // session costs a whole handshake, so only inputs whose first byte has the top bit set
+    // take this path; the rest run part 1 fast.
+    if mode & 0x80 == 0 {
+        return;
+    }
     let (initiator, msg1) = Initiator::start(&f.initiator, f.responder.peer_id()).expect("start");
     let mut responder = Responder::new(&f.responder).expect("responder");
     let msg2 = responder.on_opening(&msg1, &f.responder_policy).expect("msg2");

@@ -116,6 +116,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_mesh_that_requires_tickets_runs_no_quic() {
+        let key = Keypair::generate_ed25519();
+        let config = TransportConfig::default();
+        let open = SecureChannel::new(
+            &key,
+            secure::SecureChannelConfig::new(secure::AdmissionPolicy::open()),
+        )
+        .unwrap();
+        assert!(quic_enabled(&config, &open));
+        let root = Keypair::generate_ed25519();
+        let closed = SecureChannel::new(
+            &key,
+            secure::SecureChannelConfig::new(secure::AdmissionPolicy::closed(
+                root.public(),
+                Vec::new(),
+                Default::default(),
+            )),
+        )
+        .unwrap();
+        assert!(!quic_enabled(&config, &closed));
+        // With TCP off too, nothing is left to run.
+        let tcp_off = TransportConfig {
+            tcp: false,
+            ..TransportConfig::default()
+        };
+        assert!(matches!(
+            build_transport(&key, &closed, &tcp_off),
+            Err(TransportBuildError::NothingEnabled)
+        ));
+    }
+
+    #[test]
     fn refuses_an_empty_stack() {
         let key = Keypair::generate_ed25519();
         let config = TransportConfig {

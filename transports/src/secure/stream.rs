@@ -309,3 +309,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for XkStream<S> {
         Pin::new(&mut self.get_mut().io).poll_close(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rekey_is_due_on_either_budget() {
+        let policy = RekeyPolicy {
+            max_frames: 10,
+            max_age: Duration::from_secs(60),
+        };
+        assert!(!policy.due(9, Duration::from_secs(59)));
+        assert!(policy.due(10, Duration::ZERO));
+        assert!(policy.due(0, Duration::from_secs(60)));
+    }
+}
