@@ -42,7 +42,9 @@ use super::HandshakeError;
 /// The multistream-select protocol name of this channel.
 pub const PROTOCOL: &str = "/fogmesh/xk/1";
 const YAMUX: &str = "/yamux/1.0.0";
-/// Peers whose admission is remembered (to re-check against new revocations).
+/// Peers whose admission is remembered (to re-check live connections against new
+/// revocations). Far above any connection limit; should it fill, further peers are not
+/// remembered, so a revocation reaches their live connection only when it reconnects.
 const MAX_REMEMBERED: usize = 8192;
 
 /// A connection that went through protocol negotiation here, or arrived negotiated.
@@ -480,7 +482,7 @@ impl SecureChannel {
         inbox: Inbox,
     ) -> Result<(PeerId, XkStream<C>), HandshakeError> {
         let remote = established.remote;
-        // Returned to the caller, who records it; keep the admission for revocation checks.
+        // Keep the admission for re-checking this live connection against new revocations.
         if let Some(admission) = established.admission {
             let mut admitted = lock(&self.shared.admitted);
             if admitted.len() < MAX_REMEMBERED || admitted.contains_key(&remote) {
