@@ -3,7 +3,9 @@
 //!
 //! - [`XkUpgrade`] is an ordinary libp2p security upgrade (`/fogmesh/xk/1`) for any
 //!   transport. Noise XK must know the responder's PeerId before the first byte, and
-//!   libp2p's upgrade traits do not pass it, so the dialer's upgrade carries it.
+//!   libp2p's upgrade traits do not pass it, so the dialer's upgrade carries it. The traits
+//!   do not pass the remote address either, so through this path the per-address rate limit
+//!   and the pending-handshake cap do not apply (the timeout and per-PeerId backoff do).
 //! - [`upgrade_transport`] wraps a raw transport: it takes the PeerId from the `/p2p/...`
 //!   suffix the swarm puts on every address it dials, negotiates `/fogmesh/xk/1`, runs the
 //!   handshake, then negotiates yamux. Its output is what a swarm runs on.
