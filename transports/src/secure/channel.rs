@@ -175,22 +175,15 @@ async fn part<C: AsyncWrite + Unpin>(io: &mut C, farewell: Option<Vec<u8>>) {
     let _ = io.close().await;
 }
 
-async fn with_timeout<T>(
+/// Runs `work` for at most `limit`; past it, the result is `on_timeout`.
+async fn with_timeout<T, E>(
     limit: Duration,
-    work: impl std::future::Future<Output = Result<T, HandshakeError>>,
-) -> Result<T, HandshakeError> {
+    on_timeout: E,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     tokio::time::timeout(limit, work)
         .await
-        .unwrap_or(Err(HandshakeError::Timeout))
-}
-
-async fn with_timeout_proven<T>(
-    limit: Duration,
-    work: impl std::future::Future<Output = Result<T, (HandshakeError, Option<PeerId>)>>,
-) -> Result<T, (HandshakeError, Option<PeerId>)> {
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or(Err((HandshakeError::Timeout, None)))
+        .unwrap_or(Err(on_timeout))
 }
 
 /// Frees an inbound pending-handshake slot even if the upgrade future is dropped midway.
@@ -327,17 +320,21 @@ impl SecureChannel {
         let result = match checked {
             Err(refusal) => Err(HandshakeError::Guard(refusal)),
             Ok(()) => {
-                let result = with_timeout(self.shared.handshake_timeout, async {
-                    let io = if negotiate {
-                        let (_, io) = dialer_select_proto(io, [PROTOCOL], Version::V1Lazy)
-                            .await
-                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
-                        Either::Left(io)
-                    } else {
-                        Either::Right(io)
-                    };
-                    self.secure_outbound(io, remote).await
-                })
+                let result = with_timeout(
+                    self.shared.handshake_timeout,
+                    HandshakeError::Timeout,
+                    async {
+                        let io = if negotiate {
+                            let (_, io) = dialer_select_proto(io, [PROTOCOL], Version::V1Lazy)
+                                .await
+                                .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
+                            Either::Left(io)
+                        } else {
+                            Either::Right(io)
+                        };
+                        self.secure_outbound(io, remote).await
+                    },
+                )
                 .await;
                 lock(&self.shared.guard).finish_outbound(Instant::now(), remote, result.is_ok());
                 result
@@ -380,7 +377,8 @@ impl SecureChannel {
         let result = match began {
             Err(refusal) => Err((HandshakeError::Guard(refusal), None)),
             Ok(slot) => {
-                let result = with_timeout_proven(self.shared.handshake_timeout, async {
+                let timeout = (HandshakeError::Timeout, None);
+                let result = with_timeout(self.shared.handshake_timeout, timeout, async {
                     let io = if negotiate {
                         let (_, io) = listener_select_proto(io, [PROTOCOL])
                             .await
