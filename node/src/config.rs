@@ -335,16 +335,19 @@ fn default_listen() -> Vec<Multiaddr> {
     vec![tcp, quic]
 }
 
+/// Whether `addr` is a QUIC address.
+pub fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+}
+
 impl Settings {
     /// Resolves a merged layer against the defaults.
     pub fn resolve(layer: ConfigLayer) -> Settings {
         let quic = layer.quic.unwrap_or(true);
         let mut listen = layer.listen.unwrap_or_else(default_listen);
         if !quic {
-            listen.retain(|a| {
-                !a.iter()
-                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
-            });
+            listen.retain(|a| !is_quic(a));
         }
         Settings {
             data_dir: layer.data_dir.unwrap_or_else(default_data_dir),

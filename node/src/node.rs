@@ -37,7 +37,7 @@ use crate::api::{
     SharedState, StatusView,
 };
 use crate::bootstrap::BootstrapDialer;
-use crate::config::Settings;
+use crate::config::{self, Settings};
 use crate::connection_budget::{self, Candidate};
 use crate::device::{self, DeviceMonitor, DeviceView};
 use crate::envelope::{self, MessageKind};
@@ -180,7 +180,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
                 files,
                 peer_id,
                 |root| stored_revocations(&tables.revocations, root),
-                now_ms() / 1000,
+                crate::mesh::now_s(),
             )?;
             let policy = AdmissionPolicy::closed(
                 membership.root.clone(),
@@ -245,11 +245,11 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
     }
 
     let mut listeners = HashSet::new();
-    let is_quic = |a: &Multiaddr| {
-        a.iter()
-            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
-    };
-    for addr in settings.listen.iter().filter(|a| quic || !is_quic(a)) {
+    for addr in settings
+        .listen
+        .iter()
+        .filter(|a| quic || !config::is_quic(a))
+    {
         let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| StartError::Listen {
