@@ -52,6 +52,9 @@ pub struct StatusView {
     pub stale_nodes: usize,
     pub telemetry_interval_ms: u64,
     pub telemetry_published: u64,
+    /// Publications that found no subscribed peer to send to.
+    #[serde(default)]
+    pub telemetry_unsent: u64,
     pub telemetry_accepted: u64,
     pub telemetry_rejected: RejectionCounters,
     pub store_errors: u64,
@@ -61,6 +64,9 @@ pub struct StatusView {
     pub device: Option<DeviceSummary>,
     /// Mesh membership, handshake and revocation counters.
     pub admission: AdmissionView,
+    /// Control API connections closed at once because the connection cap was reached.
+    #[serde(default)]
+    pub control_api_refused: u64,
 }
 
 /// One row of `/v1/peers`.
@@ -170,6 +176,8 @@ pub struct SharedState {
     pub device: RwLock<Option<DeviceView>>,
     /// Requests for the event loop (bounded; a full queue answers 503).
     pub commands: tokio::sync::mpsc::Sender<ControlCommand>,
+    /// What the API server's bounds turned away.
+    pub api_limits: Arc<crate::api_server::ApiLimits>,
 }
 
 /// Most control commands queued for the event loop.

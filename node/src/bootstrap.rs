@@ -31,6 +31,24 @@ struct Entry {
     failures: u32,
 }
 
+/// A bootstrap dial that failed, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedDial {
+    pub addr: Multiaddr,
+    /// Consecutive failures of this address so far.
+    pub failures: u32,
+    /// When the next attempt is due.
+    pub retry_in: Duration,
+}
+
+impl FailedDial {
+    /// Whether a person should hear of this failure: the first three, then at the 4th, 8th,
+    /// 16th, ... so a bootstrap peer that stays away is reported, but ever more rarely.
+    pub fn worth_logging(&self) -> bool {
+        self.failures <= 3 || self.failures.is_power_of_two()
+    }
+}
+
 /// A dial the swarm loop should start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueDial {
@@ -88,19 +106,24 @@ impl BootstrapDialer {
     }
 
     /// A dial could not start or its connection failed.
-    pub fn dial_failed(&mut self, index: usize, now_ms: u64, jitter: f64) {
-        if let Some(e) = self.entries.get_mut(index) {
-            schedule_retry(e, now_ms, jitter);
-        }
+    pub fn dial_failed(&mut self, index: usize, now_ms: u64, jitter: f64) -> Option<FailedDial> {
+        let e = self.entries.get_mut(index)?;
+        Some(schedule_retry(e, now_ms, jitter))
     }
 
-    /// An outgoing connection attempt failed; matched by its id.
-    pub fn connection_failed(&mut self, connection: ConnectionId, now_ms: u64, jitter: f64) {
-        for e in &mut self.entries {
-            if e.state == (EntryState::Dialing { connection }) {
-                schedule_retry(e, now_ms, jitter);
-            }
-        }
+    /// An outgoing connection attempt failed; matched by its id. Returns the bootstrap
+    /// address it was for, if it was a bootstrap dial.
+    pub fn connection_failed(
+        &mut self,
+        connection: ConnectionId,
+        now_ms: u64,
+        jitter: f64,
+    ) -> Option<FailedDial> {
+        let e = self
+            .entries
+            .iter_mut()
+            .find(|e| e.state == (EntryState::Dialing { connection }))?;
+        Some(schedule_retry(e, now_ms, jitter))
     }
 
     /// A connection to `peer` was established (by us or by them).
@@ -140,13 +163,18 @@ impl BootstrapDialer {
     }
 }
 
-fn schedule_retry(e: &mut Entry, now_ms: u64, jitter: f64) {
+fn schedule_retry(e: &mut Entry, now_ms: u64, jitter: f64) -> FailedDial {
     let delay = backoff(e.failures, jitter);
     e.failures = e.failures.saturating_add(1);
     let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     e.state = EntryState::Due {
         at_ms: now_ms.saturating_add(delay_ms),
     };
+    FailedDial {
+        addr: e.addr.clone(),
+        failures: e.failures,
+        retry_in: delay,
+    }
 }
 
 /// The peer a multiaddr names with a trailing `/p2p/...`, if any.
@@ -197,6 +225,26 @@ mod tests {
         // Success reset the failure count: back to the base delay.
         assert!(d.due(10_999).is_empty());
         assert_eq!(d.due(11_000).len(), 1);
+    }
+
+    #[test]
+    fn failures_name_the_address_and_are_reported_ever_more_rarely() {
+        let mut d = BootstrapDialer::new([addr(1)], 0);
+        let other = ConnectionId::new_unchecked(99);
+        // A failed dial that was not a bootstrap dial is not reported as one.
+        assert_eq!(d.connection_failed(other, 0, 0.0), None);
+        let mut logged = Vec::new();
+        for round in 1..=20u32 {
+            let c = ConnectionId::new_unchecked(round as usize);
+            d.dial_started(0, c);
+            let failed = d.connection_failed(c, 0, 0.0).unwrap();
+            assert_eq!(failed.addr, addr(1));
+            assert_eq!(failed.failures, round);
+            if failed.worth_logging() {
+                logged.push(round);
+            }
+        }
+        assert_eq!(logged, vec![1, 2, 3, 4, 8, 16]);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum ClientError {
 pub struct ControlClient {
     addr: SocketAddr,
     http: reqwest::Client,
+    /// The control file this address came from, to name it when it turns out stale.
+    control_file: Option<PathBuf>,
 }
 
 impl ControlClient {
@@ -45,7 +47,11 @@ impl ControlClient {
             .no_proxy()
             .build()
             .unwrap_or_default();
-        Self { addr, http }
+        Self {
+            addr,
+            http,
+            control_file: None,
+        }
     }
 
     /// Finds the node that runs with `data_dir` through its control file.
@@ -68,18 +74,46 @@ impl ControlClient {
         };
         let file: ControlFile =
             serde_json::from_slice(&bytes).map_err(|e| ClientError::BadControlFile {
-                path,
+                path: path.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Self::new(file.addr))
+        Ok(Self {
+            control_file: Some(path),
+            ..Self::new(file.addr)
+        })
+    }
+
+    /// Why a request got no answer, in terms a person can act on.
+    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        let reason = if e.is_connect() {
+            match &self.control_file {
+                Some(file) => format!(
+                    "nothing listens there: the node is not running, and {} is stale (a node \
+                     stopped by a crash or kill -9 leaves it behind; starting the node replaces it)",
+                    file.display()
+                ),
+                None => "nothing listens there: is the node running?".to_owned(),
+            }
+        } else if e.is_timeout() {
+            "no answer within 5 s: the node is overloaded or stuck".to_owned()
+        } else {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                text = inner.to_string();
+                source = inner.source();
+            }
+            text
+        };
+        ClientError::Unreachable {
+            addr: self.addr,
+            reason,
+        }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("http://{}{}", self.addr, path);
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            addr: self.addr,
-            reason: e.to_string(),
-        };
+        let unreachable = |e: reqwest::Error| self.unreachable(e);
         let response = self.http.get(url).send().await.map_err(unreachable)?;
         if !response.status().is_success() {
             return Err(ClientError::Status {
@@ -117,10 +151,7 @@ impl ControlClient {
         revocation: Vec<u8>,
     ) -> Result<RevocationOutcome, ClientError> {
         let path = "/v1/revocations";
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            addr: self.addr,
-            reason: e.to_string(),
-        };
+        let unreachable = |e: reqwest::Error| self.unreachable(e);
         let response = self
             .http
             .post(format!("http://{}{}", self.addr, path))
@@ -196,7 +227,11 @@ pub fn render_status(s: &StatusView) -> String {
                 s.phase_reason
             ),
         ),
-        ("uptime", age(s.uptime_s * 1000)),
+        // From the same clock as the phase's age, so the two agree.
+        (
+            "uptime",
+            age(crate::api::now_ms().saturating_sub(s.started_at_ms)),
+        ),
         ("data dir", s.data_dir.display().to_string()),
         ("listening on", s.listen_addrs.join("\n")),
         (
@@ -214,11 +249,11 @@ pub fn render_status(s: &StatusView) -> String {
         (
             "telemetry",
             format!(
-                "{} nodes ({} stale), every {}, {} published, {} accepted",
-                s.telemetry_nodes,
+                "{} ({} stale), every {}, {}, {} accepted",
+                plural(s.telemetry_nodes as u64, "node", "nodes"),
                 s.stale_nodes,
                 humantime::format_duration(Duration::from_millis(s.telemetry_interval_ms)),
-                s.telemetry_published,
+                published_text(s),
                 s.telemetry_accepted
             ),
         ),
@@ -239,6 +274,26 @@ pub fn render_status(s: &StatusView) -> String {
     t.to_string()
 }
 
+/// "1 node", "2 nodes".
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Published telemetry, and why none went out when none did.
+fn published_text(s: &StatusView) -> String {
+    match (s.telemetry_published, s.telemetry_unsent) {
+        (published, 0) => format!("{published} published"),
+        (published, unsent) => format!(
+            "{published} published, {unsent} not sent ({}; it tries again every interval)",
+            if s.connected_peers == 0 {
+                "no peer connected"
+            } else {
+                "no connected peer has subscribed yet"
+            }
+        ),
+    }
+}
+
 fn mesh_line(s: &StatusView) -> String {
     let a = &s.admission;
     if a.open {
@@ -252,11 +307,11 @@ fn mesh_line(s: &StatusView) -> String {
         })
         .unwrap_or_default();
     format!(
-        "{} ({})\nroles {}, ticket valid until {expires}\n{} revocations, QUIC {}",
+        "{} ({})\nroles {}, ticket valid until {expires}\n{}, QUIC {}",
         a.mesh_name.as_deref().unwrap_or("?"),
         a.mesh_id.as_deref().unwrap_or("?"),
         a.roles.join(", "),
-        a.revocations,
+        plural(a.revocations as u64, "revocation", "revocations"),
         if a.quic {
             "on"
         } else {

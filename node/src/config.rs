@@ -51,6 +51,9 @@ pub struct ConfigLayer {
     pub mesh: Option<PathBuf>,
     /// This node's ticket for that mesh.
     pub ticket: Option<PathBuf>,
+    /// Exempt handshakes from 127.0.0.0/8 and ::1 from the per-address rate limit and
+    /// backoff. For local testnets, where every node dials from 127.0.0.1.
+    pub exempt_loopback: Option<bool>,
 }
 
 impl ConfigLayer {
@@ -73,7 +76,8 @@ impl ConfigLayer {
             log_format,
             sense_interval,
             mesh,
-            ticket
+            ticket,
+            exempt_loopback
         );
         self.simulate = match (self.simulate, other.simulate) {
             (Some(mine), Some(theirs)) => Some(mine.overlay(theirs)),
@@ -112,7 +116,8 @@ pub fn load_file(path: &Path) -> Result<ConfigLayer, ConfigError> {
     })?;
     let layer: ConfigLayer = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
         path: path.to_path_buf(),
-        reason: e.to_string().trim().replace('\n', " "),
+        // toml's message carries the offending line with a caret under the spot: keep it.
+        reason: format!("\n{}", e.to_string().trim_end()),
     })?;
     validate(&layer, &format!("config file {}", path.display()))?;
     Ok(layer)
@@ -134,6 +139,7 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_SENSE_INTERVAL",
     "FOGMESH_MESH",
     "FOGMESH_TICKET",
+    "FOGMESH_EXEMPT_LOOPBACK",
 ];
 
 /// Reads `FOGMESH_*` variables from `vars`. Lists are comma-separated. An unknown
@@ -172,6 +178,9 @@ pub fn load_env(
             "FOGMESH_LOG" => layer.log = Some(value.clone()),
             "FOGMESH_MESH" => layer.mesh = Some(PathBuf::from(&value)),
             "FOGMESH_TICKET" => layer.ticket = Some(PathBuf::from(&value)),
+            "FOGMESH_EXEMPT_LOOPBACK" => {
+                layer.exempt_loopback = Some(parse_bool(&value).map_err(err)?)
+            }
             "FOGMESH_SENSE_INTERVAL" => {
                 layer.sense_interval =
                     Some(humantime::parse_duration(&value).map_err(|e| err(e.to_string()))?)
@@ -301,6 +310,8 @@ pub struct Settings {
     pub simulate: Option<SimulateConfig>,
     /// Mesh description and own ticket, or None for an open mesh.
     pub mesh: Option<MeshFiles>,
+    /// Loopback handshakes skip the per-address rate limit and backoff (testnets only).
+    pub exempt_loopback: bool,
 }
 
 /// Where a node finds its mesh's public description and its own ticket.
@@ -367,6 +378,7 @@ impl Settings {
                 (Some(mesh), Some(ticket)) => Some(MeshFiles { mesh, ticket }),
                 _ => None,
             },
+            exempt_loopback: layer.exempt_loopback.unwrap_or(false),
         }
     }
 
@@ -444,6 +456,11 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 
 # Most simultaneous connections (incoming plus outgoing).
 # max_connections = 128
+
+# Let handshakes from this machine (127.0.0.0/8, ::1) skip the per-address rate limit and
+# backoff. Only for local testnets, where every node dials from 127.0.0.1: with it on, a local
+# process can flood the node's handshake slots (it still gets at most a quarter of them).
+# exempt_loopback = false
 
 # Connections kept when more are open: above target + 4, surplus peers outside the gossip
 # mesh (and not bootstrap peers) are disconnected, youngest first.

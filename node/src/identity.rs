@@ -25,6 +25,16 @@ pub enum IdentityError {
 /// Loads the identity from `data_dir`, creating it if there is none.
 pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
     let path = data_dir.join(IDENTITY_FILE);
+    if data_dir.is_file() {
+        // Reading through it would only say "Not a directory (os error 20)".
+        return Err(IdentityError::Unreadable {
+            reason: format!(
+                "the data dir {} is a file, not a directory",
+                data_dir.display()
+            ),
+            path,
+        });
+    }
     match std::fs::read(&path) {
         Ok(bytes) => decode(&path, &bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path),
@@ -36,9 +46,18 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
 }
 
 fn decode(path: &Path, bytes: &[u8]) -> Result<Keypair, IdentityError> {
-    let keypair = Keypair::from_protobuf_encoding(bytes).map_err(|e| IdentityError::Corrupt {
+    // libp2p's own decode errors talk about its cargo features (`rsa`, ...), which means
+    // nothing to a person holding a damaged file: say what the file is instead.
+    let keypair = Keypair::from_protobuf_encoding(bytes).map_err(|_| IdentityError::Corrupt {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: if bytes.is_empty() {
+            "the file is empty".into()
+        } else {
+            format!(
+                "its {} bytes are not a protobuf-encoded Ed25519 key pair",
+                bytes.len()
+            )
+        },
     })?;
     if keypair.clone().try_into_ed25519().is_err() {
         return Err(IdentityError::Corrupt {
@@ -71,6 +90,13 @@ pub fn write_keypair(path: &Path, keypair: &Keypair) -> Result<(), IdentityError
         reason: e.to_string(),
     };
     if let Some(dir) = path.parent() {
+        if dir.is_file() {
+            // create_dir_all would only say "File exists (os error 17)".
+            return Err(IdentityError::Create {
+                path: path.to_path_buf(),
+                reason: format!("{} is a file, not a directory", dir.display()),
+            });
+        }
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }

@@ -1,6 +1,7 @@
 //! The fogmesh node library: everything the `fogmesh` binary runs, usable from tests.
 
 pub mod api;
+pub mod api_server;
 pub mod bootstrap;
 pub mod client;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod logging;
 pub mod membership;
 pub mod mesh;
 pub mod node;
+pub mod store_report;
 pub mod telemetry;

@@ -9,7 +9,9 @@ pub fn init(filter: &str, format: LogFormat) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")));
+        .unwrap_or_else(|| {
+            EnvFilter::try_new(with_quiet_swarm(filter)).unwrap_or_else(|_| EnvFilter::new("info"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -18,4 +20,18 @@ pub fn init(filter: &str, format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// libp2p-swarm says the local PeerId at info when a swarm is built; the node says it once
+/// itself (`node started`), so the swarm is kept to warnings unless the filter names it or
+/// asks for debug detail anyway.
+fn with_quiet_swarm(filter: &str) -> String {
+    if ["libp2p_swarm", "debug", "trace"]
+        .iter()
+        .any(|word| filter.contains(word))
+    {
+        filter.to_owned()
+    } else {
+        format!("{filter},libp2p_swarm=warn")
+    }
 }

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use fogmesh_node::client::{self, ControlClient};
 use fogmesh_node::config::{self, ConfigLayer, LogFormat, Settings};
 use fogmesh_node::device::{DeviceClass, DeviceMonitor, SimulateConfig};
-use fogmesh_node::{identity, logging, mesh, node};
+use fogmesh_node::{identity, logging, mesh, node, store_report};
 use fogmesh_testnet as testnet;
 use libp2p::Multiaddr;
 
@@ -55,6 +55,24 @@ enum Command {
     /// Admission tickets: issue, explain, revoke.
     #[command(subcommand)]
     Ticket(TicketCommand),
+    /// The node's on-disk store: check it, repair a damaged one.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check the store (the node must be stopped): every acknowledged write present, every
+    /// value readable. Exits 1 if it is damaged.
+    Check {
+        #[command(flatten)]
+        select: NodeSelect,
+        /// Repair a damaged store: keep everything readable, move the damaged store aside.
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +177,10 @@ struct RunArgs {
     /// Turn off QUIC (TCP only).
     #[arg(long)]
     no_quic: bool,
+    /// Let handshakes from this machine skip the per-address rate limit and backoff (local
+    /// testnets, where every node dials from 127.0.0.1).
+    #[arg(long)]
+    exempt_loopback: bool,
     /// How often to publish telemetry, e.g. 30s or 1s.
     #[arg(long, value_parser = humantime::parse_duration)]
     telemetry_interval: Option<Duration>,
@@ -238,6 +260,7 @@ impl RunArgs {
             simulate: self.simulate.layer(),
             mesh: self.mesh.clone(),
             ticket: self.ticket.clone(),
+            exempt_loopback: self.exempt_loopback.then_some(true),
         }
     }
 }
@@ -444,7 +467,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             select,
         })) => {
             let target = match (ticket, peer) {
-                (Some(file), _) => mesh::RevokeTarget::Ticket(mesh::read_blob(&file)?),
+                (Some(file), _) => mesh::RevokeTarget::Ticket {
+                    bytes: mesh::read_blob(&file)?,
+                    path: file,
+                },
                 (None, Some(peer)) => mesh::RevokeTarget::Peer(peer),
                 (None, None) => bail!("give --ticket FILE or --peer PEERID"),
             };
@@ -458,6 +484,34 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Ticket(TicketCommand::Publish { file, select })) => {
             publish_revocation(&select, mesh::read_blob(&file)?).await
         }
+        Some(Command::Store(StoreCommand::Check {
+            select,
+            repair,
+            json,
+        })) => store_check(&select, repair, json),
+    }
+}
+
+fn store_check(select: &NodeSelect, repair: bool, json: bool) -> Result<()> {
+    use fogmesh_store::integrity;
+    let settings = select.settings(ConfigLayer::default())?;
+    let dir = node::store_dir(&settings.data_dir);
+    if !repair {
+        let report = integrity::check(&dir)?;
+        print_out(json, &report, || store_report::render_check(&report))?;
+        if !report.healthy() {
+            bail!("the store is damaged; `fogmesh store check --repair` keeps what is readable");
+        }
+        return Ok(());
+    }
+    match integrity::repair(&dir)? {
+        None => {
+            let report = integrity::check(&dir)?;
+            print_out(json, &report, || {
+                format!("{}\nnothing to repair", store_report::render_check(&report))
+            })
+        }
+        Some(report) => print_out(json, &report, || store_report::render_repair(&report)),
     }
 }
 
@@ -549,7 +603,8 @@ async fn run(args: RunArgs) -> Result<()> {
         tracing::debug!("mDNS off; peers come from bootstrap addresses only");
     }
     let node = node::start(settings).await?;
-    tracing::info!(peer_id = %node.peer_id, control = %node.control_addr, "ready; Ctrl-C stops the node");
+    // `node started` already named the PeerId and control address.
+    tracing::info!("ready; Ctrl-C stops the node");
     let stopped_by_itself = tokio::select! {
         signal = shutdown_signal() => { signal?; false }
         _ = wait_finished(&node) => true,

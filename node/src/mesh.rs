@@ -31,6 +31,46 @@ pub enum MeshError {
     UnknownRole(String),
     #[error("{0} is neither a ticket file nor hex text")]
     Unreadable(PathBuf),
+    #[error("mesh root key {path} is unusable ({reason}); give the `<name>.root.key` file that `fogmesh mesh init` wrote")]
+    RootKey { path: PathBuf, reason: String },
+    #[error("{path} is not a ticket: {reason}")]
+    NotATicket { path: PathBuf, reason: String },
+    #[error("that ticket belongs to mesh {ticket_mesh}, but this root key is mesh {root_mesh}'s")]
+    ForeignTicket {
+        ticket_mesh: String,
+        root_mesh: String,
+    },
+    #[error("mesh name {0:?} is not usable: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'")]
+    BadName(String),
+}
+
+/// A mesh name becomes part of file names, so it must be a plain file name: no separators,
+/// no `..`, nothing hidden.
+fn check_name(name: &str) -> Result<(), MeshError> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        Ok(())
+    } else {
+        Err(MeshError::BadName(name.to_owned()))
+    }
+}
+
+/// Reads a mesh root key, with errors that speak of a root key (not a node identity).
+fn read_root_key(path: &Path) -> Result<Keypair, MeshError> {
+    identity::read_keypair(path).map_err(|e| MeshError::RootKey {
+        path: path.to_path_buf(),
+        reason: match e {
+            IdentityError::Unreadable { reason, .. } | IdentityError::Corrupt { reason, .. } => {
+                reason
+            }
+            other => other.to_string(),
+        },
+    })
 }
 
 /// The public description of a mesh.
@@ -51,6 +91,7 @@ fn file_err(path: &Path) -> impl Fn(std::io::Error) -> MeshError + '_ {
 
 /// Creates a mesh root in `dir`: `<name>.root.key` and `<name>.mesh.json`.
 pub fn init(dir: &Path, name: &str) -> Result<(MeshInfo, PathBuf, PathBuf), MeshError> {
+    check_name(name)?;
     let key_path = dir.join(format!("{name}.root.key"));
     let info_path = dir.join(format!("{name}.mesh.json"));
     if key_path.exists() {
@@ -91,7 +132,7 @@ pub fn issue(
     {
         return Err(MeshError::UnknownRole(unknown.clone()));
     }
-    let root = identity::read_keypair(root_key)?;
+    let root = read_root_key(root_key)?;
     let now = now_s();
     let grant = Grant {
         roles: roles.to_vec(),
@@ -159,10 +200,26 @@ pub fn show(bytes: &[u8]) -> Result<String, MeshError> {
 }
 
 /// A root-signed revocation of a ticket file or of every ticket of a peer issued until now.
+///
+/// A ticket must be one (signed, decodable) and of this root's mesh: revoking the hash of
+/// anything else would be a revocation that matches nothing, reported as success.
 pub fn revoke(root_key: &Path, target: RevokeTarget) -> Result<Vec<u8>, MeshError> {
-    let root = identity::read_keypair(root_key)?;
+    let root = read_root_key(root_key)?;
     let target = match target {
-        RevokeTarget::Ticket(bytes) => RevocationTarget::Ticket(ticket::ticket_id(&bytes).to_vec()),
+        RevokeTarget::Ticket { path, bytes } => {
+            let body = ticket::inspect(&bytes).map_err(|e| MeshError::NotATicket {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let root_mesh = MeshId::of_root(&root.public());
+            if body.mesh_id.as_slice() != root_mesh.0.as_slice() {
+                return Err(MeshError::ForeignTicket {
+                    ticket_mesh: hex::encode(&body.mesh_id),
+                    root_mesh: root_mesh.to_string(),
+                });
+            }
+            RevocationTarget::Ticket(ticket::ticket_id(&bytes).to_vec())
+        }
         RevokeTarget::Peer(peer) => RevocationTarget::Subject(peer.to_bytes()),
     };
     Ok(ticket::revoke(&root, target, now_s())?)
@@ -170,7 +227,7 @@ pub fn revoke(root_key: &Path, target: RevokeTarget) -> Result<Vec<u8>, MeshErro
 
 #[derive(Debug)]
 pub enum RevokeTarget {
-    Ticket(Vec<u8>),
+    Ticket { path: PathBuf, bytes: Vec<u8> },
     Peer(PeerId),
 }
 
@@ -220,7 +277,14 @@ mod tests {
             revocations: &set,
         };
         assert!(v.verify(&t, &peer).is_ok());
-        let r = revoke(&key, RevokeTarget::Ticket(t.clone())).unwrap();
+        let r = revoke(
+            &key,
+            RevokeTarget::Ticket {
+                path: file.clone(),
+                bytes: t.clone(),
+            },
+        )
+        .unwrap();
         assert!(set.add(&r, &root).unwrap());
         let v = Verifier {
             root: &root,
@@ -243,5 +307,56 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("admin"));
+    }
+
+    #[test]
+    fn revoking_something_that_is_not_this_meshs_ticket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, key, _) = init(dir.path(), "a").unwrap();
+        let (_, other_key, _) = init(dir.path(), "b").unwrap();
+        let garbage = RevokeTarget::Ticket {
+            path: "g".into(),
+            bytes: b"not a ticket at all".to_vec(),
+        };
+        assert!(matches!(
+            revoke(&key, garbage),
+            Err(MeshError::NotATicket { .. })
+        ));
+        let foreign = issue(&other_key, PeerId::random(), &[], Duration::from_secs(60)).unwrap();
+        let foreign = RevokeTarget::Ticket {
+            path: "f".into(),
+            bytes: foreign,
+        };
+        assert!(matches!(
+            revoke(&key, foreign),
+            Err(MeshError::ForeignTicket { .. })
+        ));
+    }
+
+    #[test]
+    fn a_garbage_root_key_is_named_as_a_root_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("x.root.key");
+        std::fs::write(&key, b"garbage").unwrap();
+        let err = issue(&key, PeerId::random(), &[], Duration::from_secs(60)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("mesh root key") && !text.contains("move it away"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn mesh_names_must_be_plain_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../../x", "a/b", "", ".hidden", "..", "x y"] {
+            assert!(
+                matches!(init(dir.path(), bad), Err(MeshError::BadName(_))),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(init(dir.path(), "home-lab_2.test").is_ok());
+        // Nothing was written outside the directory.
+        assert!(!dir.path().parent().unwrap().join("x.root.key").exists());
     }
 }

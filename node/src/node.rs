@@ -82,6 +82,11 @@ const REVOCATION_REPUBLISH_EVERY: Duration = Duration::from_secs(300);
 /// Most stored revocations re-gossiped per round (the newest).
 const REVOCATION_REPUBLISH_MAX: usize = 256;
 
+/// Where a node's store lives inside its data dir.
+pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("store")
+}
+
 /// A revocation as stored: the signed bytes, exactly as received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredRevocation {
@@ -117,7 +122,8 @@ pub enum StartError {
     DataDir { path: PathBuf, reason: String },
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error("cannot open the store: {0}")]
+    // The store's errors name the store and say what to do; a prefix would only repeat them.
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot build transports: {0}")]
     Transport(#[from] TransportBuildError),
@@ -160,13 +166,19 @@ impl RunningNode {
 /// Starts a node with `settings` on the current tokio runtime.
 pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
     let data_dir = settings.data_dir.clone();
+    if data_dir.is_file() {
+        return Err(StartError::DataDir {
+            path: data_dir,
+            reason: "it is a file, not a directory".into(),
+        });
+    }
     std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir {
         path: data_dir.clone(),
         reason: e.to_string(),
     })?;
     let keypair = identity::load_or_create(&data_dir)?;
     let peer_id = keypair.public().to_peer_id();
-    let store = Store::open(&data_dir.join("store"), &StoreOptions::default())?;
+    let store = Store::open(&store_dir(&data_dir), &StoreOptions::default())?;
     let tables = Tables {
         peers: store.table(TABLE_PEERS)?,
         telemetry: store.table(TABLE_TELEMETRY)?,
@@ -204,11 +216,11 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
             (None, AdmissionPolicy::open())
         }
     };
-    let channel = SecureChannel::new(&keypair, SecureChannelConfig::new(policy)).map_err(|e| {
-        StartError::Setup {
-            what: "secure channel",
-            reason: e.to_string(),
-        }
+    let mut channel_config = SecureChannelConfig::new(policy);
+    channel_config.guard.exempt_loopback = settings.exempt_loopback;
+    let channel = SecureChannel::new(&keypair, channel_config).map_err(|e| StartError::Setup {
+        what: "secure channel",
+        reason: e.to_string(),
     })?;
     let transport_config = TransportConfig {
         quic: settings.quic,
@@ -250,6 +262,10 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         .iter()
         .filter(|a| quic || !config::is_quic(a))
     {
+        ensure_port_free(addr).map_err(|reason| StartError::Listen {
+            addr: addr.clone(),
+            reason,
+        })?;
         let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| StartError::Listen {
@@ -297,6 +313,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         receipts: Mutex::new(api::ReceiptLog::default()),
         device: RwLock::new(None),
         commands: commands_tx,
+        api_limits: Arc::default(),
     });
 
     let control_file = api::control_file_path(&data_dir);
@@ -316,16 +333,12 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
 
     let (api_stop_tx, api_stop_rx) = oneshot::channel::<()>();
     let router = api::router(shared.clone());
-    let api_task = tokio::spawn(async move {
-        let served = axum::serve(control_listener, router)
-            .with_graceful_shutdown(async {
-                let _ = api_stop_rx.await;
-            })
-            .await;
-        if let Err(error) = served {
-            tracing::warn!(%error, "control API stopped");
-        }
-    });
+    let api_task = tokio::spawn(crate::api_server::serve(
+        control_listener,
+        router,
+        shared.api_limits.clone(),
+        api_stop_rx,
+    ));
 
     let mut event_loop = EventLoop::new(EventLoopParts {
         swarm,
@@ -387,21 +400,79 @@ fn stored_revocations(
     set
 }
 
+/// Says at info why a bootstrap peer is unreachable, ever more rarely while it stays away
+/// (see [`crate::bootstrap::FailedDial::worth_logging`]).
+fn log_bootstrap_failure(failed: &crate::bootstrap::FailedDial, error: &dyn std::error::Error) {
+    if failed.worth_logging() {
+        tracing::info!(
+            addr = %failed.addr,
+            failures = failed.failures,
+            retry_in_s = failed.retry_in.as_secs_f32(),
+            error = %root_cause(error),
+            "bootstrap peer unreachable"
+        );
+    }
+}
+
+/// The innermost error: "Connection refused" rather than "Failed to negotiate transport".
+fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    text
+}
+
+/// Refuses a listen address whose port another socket holds.
+///
+/// libp2p-tcp (and QUIC's UDP socket) set SO_REUSEPORT on listeners, so a second node on the
+/// same port would bind happily and the kernel would split inbound connections between the
+/// two. A probe bound *without* SO_REUSEPORT fails with "Address already in use" when anyone
+/// holds the port, which turns that into a start-up error. Port 0 (any free port) needs no
+/// probe. Another process could still take the port between probe and listen; that window
+/// is microseconds at start-up, and the listener itself then still works.
+fn ensure_port_free(addr: &Multiaddr) -> Result<(), String> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut socket = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+            Protocol::Tcp(port) => socket = Some((false, port)),
+            Protocol::Udp(port) => socket = Some((true, port)),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some((udp, port))) = (ip, socket) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    let at = SocketAddr::new(ip, port);
+    let probe = if udp {
+        std::net::UdpSocket::bind(at).map(drop)
+    } else {
+        std::net::TcpListener::bind(at).map(drop)
+    };
+    probe.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "port {port} is already in use (is another fogmesh node running? give it another port with --listen)"
+        ),
+        _ => e.to_string(),
+    })
+}
+
 fn transport_error_text<E: std::error::Error>(e: &libp2p::TransportError<E>) -> String {
     match e {
         libp2p::TransportError::MultiaddrNotSupported(addr) => {
             format!("no transport supports {addr}")
         }
-        libp2p::TransportError::Other(inner) => {
-            // Walk to the root cause: "Address already in use" is what a person needs.
-            let mut text = inner.to_string();
-            let mut source = inner.source();
-            while let Some(s) = source {
-                text = s.to_string();
-                source = s.source();
-            }
-            text
-        }
+        // "Address already in use" is what a person needs.
+        libp2p::TransportError::Other(inner) => root_cause(inner),
     }
 }
 
@@ -431,11 +502,12 @@ fn build_behaviour(keypair: &Keypair, settings: &Settings) -> Result<Behaviour, 
         gossip_config,
     )
     .map_err(|e| setup("gossipsub")(e.to_string()))?;
-    let mut kad = kad::Behaviour::with_config(
-        peer_id,
-        kad::store::MemoryStore::new(peer_id),
-        kad::Config::new(KAD_PROTOCOL),
-    );
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    // kad's own periodic walk fires at once, before any peer is known, and warns "No known
+    // peers" at every start; the event loop runs its own walks once it has peers.
+    kad_config.set_periodic_bootstrap_interval(None);
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
     kad.set_mode(Some(kad::Mode::Server));
     let mdns = if settings.mdns {
         Some(
@@ -486,6 +558,7 @@ fn initial_status(
         stale_nodes: 0,
         telemetry_interval_ms: settings.telemetry_interval.as_millis() as u64,
         telemetry_published: 0,
+        telemetry_unsent: 0,
         telemetry_accepted: 0,
         telemetry_rejected: RejectionCounters::default(),
         store_errors: 0,
@@ -496,6 +569,7 @@ fn initial_status(
         },
         device: None,
         admission: AdmissionView::default(),
+        control_api_refused: 0,
     }
 }
 
@@ -555,6 +629,8 @@ struct EventLoop {
     mdns_known: HashSet<PeerId>,
     last_seq: u64,
     published: u64,
+    /// Publications with nobody subscribed to send them to.
+    unsent: u64,
     accepted: u64,
     rejected: RejectionCounters,
     store_errors: u64,
@@ -602,6 +678,7 @@ impl EventLoop {
             mdns_known: HashSet::new(),
             last_seq: 0,
             published: 0,
+            unsent: 0,
             accepted: 0,
             rejected: RejectionCounters::default(),
             store_errors: 0,
@@ -733,7 +810,7 @@ impl EventLoop {
             tracing::info!(
                 mode = %view.decision.mode,
                 class = %view.class,
-                score = view.score,
+                score = %format_args!("{:.3}", view.score),
                 reasons = %view.decision.reasons.join("; "),
                 simulated = view.simulated,
                 "power mode"
@@ -797,9 +874,10 @@ impl EventLoop {
                     self.bootstrap.dial_failed(due.index, now, jitter);
                 }
                 Err(error) => {
-                    tracing::warn!(addr = %due.addr, %error, "cannot dial bootstrap peer");
                     let jitter = self.rng.gen();
-                    self.bootstrap.dial_failed(due.index, now, jitter);
+                    if let Some(failed) = self.bootstrap.dial_failed(due.index, now, jitter) {
+                        log_bootstrap_failure(&failed, &error);
+                    }
                 }
             }
         }
@@ -903,6 +981,7 @@ impl EventLoop {
                 tracing::debug!(seq, "telemetry published");
             }
             Err(PublishError::NoPeersSubscribedToTopic) => {
+                self.unsent += 1;
                 tracing::debug!(seq, "telemetry not published: no subscribed peers yet");
             }
             Err(error) => tracing::warn!(%error, seq, "telemetry publish failed"),
@@ -992,10 +1071,16 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
-                tracing::debug!(peer_id = ?peer_id, %error, "outgoing connection failed");
                 let jitter = self.rng.gen();
-                self.bootstrap
-                    .connection_failed(connection_id, now_ms(), jitter);
+                match self
+                    .bootstrap
+                    .connection_failed(connection_id, now_ms(), jitter)
+                {
+                    Some(failed) => log_bootstrap_failure(&failed, &error),
+                    None => {
+                        tracing::debug!(peer_id = ?peer_id, %error, "outgoing connection failed")
+                    }
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -1353,6 +1438,7 @@ impl EventLoop {
             s.telemetry_nodes = telemetry_nodes;
             s.stale_nodes = stale;
             s.telemetry_published = self.published;
+            s.telemetry_unsent = self.unsent;
             s.telemetry_accepted = self.accepted;
             s.telemetry_rejected = self.rejected.clone();
             s.store_errors = self.store_errors;
@@ -1367,6 +1453,11 @@ impl EventLoop {
                 .unwrap_or_default();
             s.admission.revocations_rejected = self.revocations_rejected.clone();
             s.admission.handshakes = self.channel.stats().snapshot();
+            s.control_api_refused = self
+                .shared
+                .api_limits
+                .refused_connections
+                .load(std::sync::atomic::Ordering::Relaxed);
         });
         peers.sort_by(|a, b| {
             b.connected

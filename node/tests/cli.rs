@@ -242,10 +242,10 @@ fn bad_inputs_are_clear_errors() {
         file.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
+    let err = stderr_of(&out);
     assert!(
-        stderr_of(&out).contains("plain-file"),
-        "{}",
-        stderr_of(&out)
+        err.contains("plain-file") && err.contains("not a directory") && !err.contains("os error"),
+        "{err}"
     );
 
     // A corrupt identity is named and left alone.
@@ -441,4 +441,54 @@ fn mesh_init_and_ticket_issue_show_revoke() {
     ]);
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("ticket"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn store_check_finds_damage_and_repair_keeps_what_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let config = config.to_str().unwrap();
+    let data = dir.path().join("data");
+    let store_dir = data.join("store");
+    {
+        let store = fogmesh_store::Store::open(&store_dir, &fogmesh_store::StoreOptions::default())
+            .unwrap();
+        let table = store.table::<Vec<u8>>("revocations").unwrap();
+        for i in 0..10u8 {
+            table.put_durable(&format!("r{i}"), &vec![i; 16]).unwrap();
+        }
+    }
+    let check = |extra: &[&str]| {
+        let mut args = vec!["store", "check", "--config", config, "--data-dir"];
+        args.push(data.to_str().unwrap());
+        args.extend_from_slice(extra);
+        fogmesh(&args)
+    };
+    let out = check(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"));
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(store_dir.join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let out = check(&[]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Depending on where the damage is, sled refuses the log or opens an older one; either
+    // way the check must call it damaged.
+    assert!(stdout.contains("DAMAGED"), "{stdout}");
+    assert!(stderr_of(&out).contains("--repair"), "{}", stderr_of(&out));
+
+    let out = check(&["--repair"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("lost: ") && stdout.contains("store.damaged-"),
+        "{stdout}"
+    );
+    let out = check(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
 }

@@ -46,6 +46,12 @@ pub fn decode_bounded<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Resu
     serde_cbor::from_slice(bytes).map_err(|e| CodecError::Malformed(e.to_string()))
 }
 
+/// Checks that `bytes` is one well-formed value of at most [`MAX_DECODE_LEN`] bytes, without
+/// knowing its type (for store checks).
+pub fn check_well_formed(bytes: &[u8]) -> Result<(), CodecError> {
+    decode::<serde::de::IgnoredAny>(bytes).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,11 +7,20 @@
 //! [`Store::flush`]); [`Table::put_durable`] flushes before it returns and is what callers use
 //! for anything they report as done. sled 0.34 has crash-corruption reports, so the node's
 //! integration tests kill -9 a node and check that flushed data is still there.
+//!
+//! Damage: sled silently opens a damaged log as an older or empty database. Every durable
+//! commit therefore advances a [`generation`] recorded both in sled and in a marker file, and
+//! [`Store::open`] refuses a store that holds less than was acknowledged
+//! ([`StoreError::Damaged`]). [`integrity`] checks a store and repairs one by keeping what
+//! is readable (`fogmesh store check --repair`).
 
 pub mod codec;
+pub mod generation;
+pub mod integrity;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -23,6 +32,10 @@ pub use codec::CodecError;
 pub enum StoreError {
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error("the store at {path} is damaged: {reason}; run `fogmesh store check --repair` (see docs/operations.md, \"Store damage\")")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("the store's generation marker {path} is unusable: {reason}; run `fogmesh store check --repair`")]
+    Marker { path: PathBuf, reason: String },
     #[error("store I/O failed: {0}")]
     Io(String),
     #[error("stored value for key {key:?} in table {table} is unreadable: {source}")]
@@ -68,26 +81,21 @@ impl Default for StoreOptions {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    generation: Arc<generation::Generation>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// A store that holds fewer durable commits than its marker records is refused with
+    /// [`StoreError::Damaged`] rather than opened as if it were new.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
-        let flush_ms = u64::try_from(options.flush_every.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(Some(flush_ms))
-            .open()
-            .map_err(|e| StoreError::Open {
-                path: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let db = open_sled(dir, options)?;
+        let generation = generation::Generation::open(&db, dir)?;
         Ok(Self {
             db,
             path: dir.to_path_buf(),
+            generation: Arc::new(generation),
         })
     }
 
@@ -101,14 +109,43 @@ impl Store {
         Ok(Table {
             tree: self.db.open_tree(name)?,
             name,
+            generation: self.generation.clone(),
             _value: PhantomData,
         })
     }
 
     /// Writes every buffered change to disk; returns when it is durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.generation.commit()?;
         Ok(())
+    }
+}
+
+/// Opens sled itself, with the error naming the directory and, for a held lock, the likely
+/// cause.
+pub(crate) fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, StoreError> {
+    let flush_ms = u64::try_from(options.flush_every.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(options.cache_capacity_bytes)
+        .flush_every_ms(Some(flush_ms))
+        .open()
+        .map_err(|e| StoreError::Open {
+            path: dir.to_path_buf(),
+            reason: open_error_text(&e),
+        })
+}
+
+fn open_error_text(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            "it is in use by another process (is a node running with this data dir?)".into()
+        }
+        sled::Error::Io(io) => io.to_string(),
+        sled::Error::Corruption { .. } => "sled reports corruption in its log".into(),
+        other => other.to_string(),
     }
 }
 
@@ -117,6 +154,7 @@ impl Store {
 pub struct Table<V> {
     tree: sled::Tree,
     name: &'static str,
+    generation: Arc<generation::Generation>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -125,6 +163,7 @@ impl<V> Clone for Table<V> {
         Self {
             tree: self.tree.clone(),
             name: self.name,
+            generation: self.generation.clone(),
             _value: PhantomData,
         }
     }
@@ -150,7 +189,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// Stores `value` under `key` and returns once it is on disk.
     pub fn put_durable(&self, key: &str, value: &V) -> Result<(), StoreError> {
         self.put(key, value)?;
-        self.tree.flush()?;
+        self.generation.commit()?;
         Ok(())
     }
 

@@ -483,7 +483,7 @@ fn spawn_node(
             &format!("/ip4/127.0.0.1/udp/{p2p_port}/quic-v1"),
         ])
         .args(["--control-port", &control_port.to_string()])
-        .args(["--no-mdns", "--log", "info"]);
+        .args(["--no-mdns", "--exempt-loopback", "--log", "info"]);
     if let Some(interval) = options.telemetry_interval {
         cmd.args([
             "--telemetry-interval",

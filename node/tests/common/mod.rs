@@ -19,6 +19,8 @@ pub fn settings(dir: &Path, bootstrap: Vec<Multiaddr>, interval: Duration) -> Se
         mdns: Some(false),
         quic: Some(false),
         telemetry_interval: Some(interval),
+        // Every test node dials from 127.0.0.1, like a testnet's.
+        exempt_loopback: Some(true),
         ..ConfigLayer::default()
     })
 }

@@ -80,6 +80,7 @@ struct Shared {
     guard: Mutex<HandshakeGuard>,
     stats: Arc<SecurityStats>,
     admitted: Mutex<HashMap<PeerId, Admission>>,
+    log_limit: Mutex<super::log_limit::LogLimiter>,
 }
 
 /// One node's secure channel: its keys, admission policy, guard and counters. Cheap to
@@ -221,6 +222,7 @@ impl SecureChannel {
                 rekey: config.rekey,
                 handshake_timeout: config.handshake_timeout,
                 guard: Mutex::new(HandshakeGuard::new(config.guard)),
+                log_limit: Mutex::default(),
                 stats: Arc::default(),
                 admitted: Mutex::default(),
             }),
@@ -286,18 +288,29 @@ impl SecureChannel {
             Err(error) => {
                 let reason = error.reason();
                 self.shared.stats.count_refused(direction, reason);
-                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
-                let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+                let key = (direction.as_str(), reason);
+                let Some(held_back) = lock(&self.shared.log_limit).admit(Instant::now(), key)
+                else {
+                    return;
+                };
+                // Before the handshake names the peer, its address is all there is to say.
+                let remote = match (peer, addr) {
+                    (Some(peer), _) => peer.to_string(),
+                    (None, Some(addr)) => addr.to_string(),
+                    (None, None) => "unknown".into(),
+                };
+                let direction = direction.as_str();
                 match error {
-                    // Load shedding and plain network trouble are routine; say them quietly.
+                    // Load shedding and plain network trouble are routine.
                     HandshakeError::Guard(_)
                     | HandshakeError::Io(_)
                     | HandshakeError::Truncated
-                    | HandshakeError::Negotiation(_) => tracing::debug!(
-                        %peer, %addr, direction = direction.as_str(), reason, %error, "handshake failed"
+                    | HandshakeError::Timeout
+                    | HandshakeError::Negotiation(_) => tracing::info!(
+                        %remote, direction, reason, %error, held_back, "handshake failed"
                     ),
                     _ => tracing::warn!(
-                        %peer, %addr, direction = direction.as_str(), reason, %error, "connection refused"
+                        %remote, direction, reason, %error, held_back, "connection refused"
                     ),
                 }
             }

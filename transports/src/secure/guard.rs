@@ -1,6 +1,8 @@
 //! Abuse limits on handshakes, as a pure state machine (time is passed in).
 //!
 //! - At most `max_pending` inbound handshakes run at once; more are dropped on arrival.
+//! - At most `max_pending_per_source` of them from one source address, so a flood from one
+//!   address (loopback included) cannot take every slot and starve everybody else.
 //! - At most `per_source_per_minute` inbound handshakes per source address in each fixed
 //!   one-minute window (IPv4 address, or IPv6 /64, since one host usually owns a whole /64).
 //! - A source (inbound: its address; outbound: the PeerId we dial) that fails
@@ -10,8 +12,10 @@
 //!   the least recently seen; an attacker cycling through many addresses can therefore push
 //!   an old offender out early, which costs that offender nothing it didn't already have.
 //!
-//! Loopback sources are exempt from the rate limit and backoff by default: every node of a
-//! local testnet dials from 127.0.0.1, and local processes already run as the user.
+//! Loopback sources can be exempted from the rate limit and backoff (`exempt_loopback`, off
+//! by default): every node of a local testnet dials from 127.0.0.1, so testnets turn it on.
+//! The per-source share of the pending slots applies even then. The exemption concerns
+//! inbound handshakes only; outbound backoff is by PeerId and applies to every peer.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +26,8 @@ use libp2p::PeerId;
 #[derive(Debug, Clone)]
 pub struct GuardConfig {
     pub max_pending: usize,
+    /// Pending handshakes one source may hold (a quarter of `max_pending` by default).
+    pub max_pending_per_source: usize,
     pub per_source_per_minute: u32,
     pub failures_before_backoff: u32,
     pub backoff_base: Duration,
@@ -34,12 +40,13 @@ impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
             max_pending: 64,
+            max_pending_per_source: 16,
             per_source_per_minute: 30,
             failures_before_backoff: 3,
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(15 * 60),
             max_tracked: 4096,
-            exempt_loopback: true,
+            exempt_loopback: false,
         }
     }
 }
@@ -49,6 +56,8 @@ impl Default for GuardConfig {
 pub enum GuardRefusal {
     #[error("too many handshakes in progress")]
     TooManyPending,
+    #[error("too many handshakes in progress from this address")]
+    SourceBusy,
     #[error("too many handshakes from this address in the last minute")]
     RateLimited,
     #[error("backed off after repeated failed handshakes (for {0:?} more)")]
@@ -59,6 +68,7 @@ impl GuardRefusal {
     pub fn reason(&self) -> &'static str {
         match self {
             GuardRefusal::TooManyPending => "too_many_pending",
+            GuardRefusal::SourceBusy => "source_busy",
             GuardRefusal::RateLimited => "rate_limited",
             GuardRefusal::BackedOff(_) => "backed_off",
         }
@@ -87,6 +97,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 pub struct HandshakeGuard {
     config: GuardConfig,
     pending: usize,
+    /// In-flight handshakes per source; at most `max_pending` entries.
+    pending_by_source: HashMap<Source, usize>,
     tracks: HashMap<Source, Track>,
 }
 
@@ -109,6 +121,7 @@ impl HandshakeGuard {
         HandshakeGuard {
             config,
             pending: 0,
+            pending_by_source: HashMap::new(),
             tracks: HashMap::new(),
         }
     }
@@ -131,9 +144,14 @@ impl HandshakeGuard {
         if self.pending >= self.config.max_pending {
             return Err(GuardRefusal::TooManyPending);
         }
+        let source = source_of(ip);
+        let held = self.pending_by_source.get(&source).copied().unwrap_or(0);
+        if held >= self.config.max_pending_per_source {
+            return Err(GuardRefusal::SourceBusy);
+        }
         if !self.exempt(ip) {
             let limit = self.config.per_source_per_minute;
-            let track = self.track(now, source_of(ip));
+            let track = self.track(now, source);
             blocked(track, now)?;
             if now.saturating_duration_since(track.window_start) >= WINDOW {
                 track.window_start = now;
@@ -145,11 +163,19 @@ impl HandshakeGuard {
             track.in_window += 1;
         }
         self.pending += 1;
+        *self.pending_by_source.entry(source).or_default() += 1;
         Ok(())
     }
 
     pub fn finish_inbound(&mut self, now: Instant, ip: IpAddr, admitted: bool) {
         self.pending = self.pending.saturating_sub(1);
+        let source = source_of(ip);
+        if let Some(held) = self.pending_by_source.get_mut(&source) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.pending_by_source.remove(&source);
+            }
+        }
         if !self.exempt(ip) {
             self.outcome(now, source_of(ip), admitted);
         }
@@ -323,18 +349,51 @@ mod tests {
     }
 
     #[test]
-    fn loopback_is_exempt_by_default() {
+    fn loopback_is_limited_by_default_and_exempt_only_when_asked() {
         let t0 = Instant::now();
-        let mut g = HandshakeGuard::new(GuardConfig {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut limited = HandshakeGuard::new(GuardConfig {
             per_source_per_minute: 1,
             ..GuardConfig::default()
         });
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        limited.begin_inbound(t0, lo).unwrap();
+        limited.finish_inbound(t0, lo, true);
+        assert_eq!(
+            limited.begin_inbound(t0, lo),
+            Err(GuardRefusal::RateLimited)
+        );
+
+        let mut exempt = HandshakeGuard::new(GuardConfig {
+            per_source_per_minute: 1,
+            exempt_loopback: true,
+            ..GuardConfig::default()
+        });
         for _ in 0..10 {
-            g.begin_inbound(t0, lo).unwrap();
-            g.finish_inbound(t0, lo, false);
+            exempt.begin_inbound(t0, lo).unwrap();
+            exempt.finish_inbound(t0, lo, false);
         }
-        assert_eq!(g.tracked(), 0);
+        assert_eq!(exempt.tracked(), 0);
+    }
+
+    #[test]
+    fn one_source_cannot_take_every_pending_slot_even_when_exempt() {
+        let t0 = Instant::now();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut g = HandshakeGuard::new(GuardConfig {
+            max_pending: 8,
+            max_pending_per_source: 3,
+            exempt_loopback: true,
+            ..GuardConfig::default()
+        });
+        for _ in 0..3 {
+            g.begin_inbound(t0, lo).unwrap();
+        }
+        assert_eq!(g.begin_inbound(t0, lo), Err(GuardRefusal::SourceBusy));
+        // Everybody else still gets in, and a finished handshake frees the flooder's slot.
+        g.begin_inbound(t0, ip(7)).unwrap();
+        g.finish_inbound(t0, lo, false);
+        g.begin_inbound(t0, lo).unwrap();
+        assert_eq!(g.pending(), 4);
     }
 
     proptest! {
@@ -347,6 +406,7 @@ mod tests {
         ) {
             let config = GuardConfig {
                 max_pending: 8,
+                max_pending_per_source: 3,
                 per_source_per_minute: 5,
                 max_tracked: 16,
                 ..strict()
@@ -370,6 +430,10 @@ mod tests {
                 }
                 prop_assert_eq!(g.pending(), open.len());
                 prop_assert!(g.pending() <= config.max_pending);
+                let fair = open.iter().all(|a| {
+                    open.iter().filter(|b| *b == a).count() <= config.max_pending_per_source
+                });
+                prop_assert!(fair);
                 prop_assert!(g.tracked() <= config.max_tracked);
             }
             // Windows are fixed, so any sliding minute spans at most two of them. Eviction

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod guard;
 pub mod handshake;
 pub mod keys;
+pub mod log_limit;
 pub mod stats;
 pub mod stream;
 
