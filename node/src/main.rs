@@ -358,6 +358,32 @@ enum TestnetCommand {
         #[arg(long)]
         clean: bool,
     },
+    /// Stop one node for fault tests (default SIGKILL); it stays in the testnet for `restart`.
+    Kill {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Index of the node (the `#` column of `testnet status`).
+        #[arg(long)]
+        node: usize,
+        /// `kill` (SIGKILL, like a crash) or `term` (SIGTERM, a clean shutdown).
+        #[arg(long, value_enum, default_value = "kill")]
+        signal: testnet::KillSignal,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start one node again with its recorded command line (stopping it first if it runs).
+    Restart {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Index of the node (the `#` column of `testnet status`).
+        #[arg(long)]
+        node: usize,
+        /// Give up waiting for the node's control API after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure convergence, propagation latency, memory and CPU on testnets.
     Bench {
         #[command(flatten)]
@@ -694,8 +720,26 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             print_out(json, &table, || testnet::render_status(&table))
         }
         TestnetCommand::Down { dir, clean } => {
-            let report = testnet::down(&dir.dir, clean)?;
+            let report = testnet::down(&dir.dir, clean).await?;
             print_line(&report.to_string())
+        }
+        TestnetCommand::Kill {
+            dir,
+            node,
+            signal,
+            json,
+        } => {
+            let report = testnet::kill(&dir.dir, node, signal).await?;
+            print_out(json, &report, || report.to_string())
+        }
+        TestnetCommand::Restart {
+            dir,
+            node,
+            timeout,
+            json,
+        } => {
+            let report = testnet::restart(&dir.dir, node, timeout).await?;
+            print_out(json, &report, || report.to_string())
         }
         TestnetCommand::Bench {
             dir,

@@ -131,19 +131,97 @@ fn testnet_up_status_down_leaves_nothing_running() {
         assert_eq!(node["status"]["telemetry_nodes"], 2);
     }
 
+    let peer_1 = status["nodes"][1]["status"]["peer_id"].clone();
+
     // A second `up` in the same directory refuses to start another testnet.
     let again = fogmesh(&["testnet", "up", "--nodes", "2", "--dir", tn_arg]);
     assert!(!again.status.success());
     assert!(stderr_of(&again).contains("already running"));
 
+    // Fault test: SIGKILL node 1. Its control.json stays behind, stale, and must not fool status.
+    let node_1 = tn.join("node-1");
+    let killed = fogmesh(&["testnet", "kill", "--node", "1", "--dir", tn_arg]);
+    assert!(killed.status.success(), "{}", stderr_of(&killed));
+    assert!(!pid_alive(pids[1]));
+    assert!(node_1.join("control.json").exists());
+    let status = testnet_status(tn_arg);
+    assert_eq!(status["nodes"][1]["alive"], false);
+    assert_eq!(status["nodes"][1]["killed"]["signal"], "SIGKILL");
+    assert_eq!(status["nodes"][0]["alive"], true);
+
+    // Restart runs the recorded command line: same identity, log appended, new PID recorded.
+    let log_before = std::fs::read(node_1.join("node.log")).unwrap();
+    let restarted = fogmesh(&[
+        "testnet", "restart", "--node", "1", "--dir", tn_arg, "--json",
+    ]);
+    assert!(restarted.status.success(), "{}", stderr_of(&restarted));
+    let report: serde_json::Value = serde_json::from_slice(&restarted.stdout).unwrap();
+    let restarted_pid = report["pid"].as_u64().unwrap() as u32;
+    assert!(pid_alive(restarted_pid));
+    let log_after = std::fs::read(node_1.join("node.log")).unwrap();
+    assert!(log_after.len() > log_before.len() && log_after.starts_with(&log_before));
+    let status = testnet_status(tn_arg);
+    assert_eq!(status["nodes"][1]["alive"], true);
+    assert_eq!(status["nodes"][1]["pid"], restarted_pid);
+    assert_eq!(status["nodes"][1]["killed"], serde_json::Value::Null);
+    assert_eq!(status["nodes"][1]["status"]["peer_id"], peer_1);
+
+    // Killed again and restarted by hand: the state file does not know the new PID, but the
+    // node's control.json and command line tie it to the testnet, so status and down find it.
+    let killed = fogmesh(&["testnet", "kill", "--node", "1", "--dir", tn_arg]);
+    assert!(killed.status.success(), "{}", stderr_of(&killed));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tn.join("testnet.json")).unwrap()).unwrap();
+    let command: Vec<&str> = state["nodes"][1]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let mut by_hand = Command::new(command[0])
+        .args(&command[1..])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let control_names_it = || {
+        std::fs::read(node_1.join("control.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|c| c["pid"] == by_hand.id())
+    };
+    let started = Instant::now();
+    while !control_names_it() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no control.json"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = testnet_status(tn_arg);
+    assert_eq!(status["nodes"][1]["alive"], true);
+    assert_eq!(status["nodes"][1]["pid"], by_hand.id());
+    assert_eq!(status["nodes"][1]["found_by"], "control_file");
+
     let down = fogmesh(&["testnet", "down", "--dir", tn_arg]);
     assert!(down.status.success(), "{}", stderr_of(&down));
     assert!(String::from_utf8_lossy(&down.stdout).contains("3 stopped cleanly"));
+    assert!(wait_exit(&mut by_hand, Duration::from_secs(5)).is_some());
     assert!(
-        pids.iter().all(|p| !pid_alive(*p)),
+        pids.iter()
+            .chain([&restarted_pid, &by_hand.id()])
+            .all(|p| !pid_alive(*p)),
         "a testnet process survived down"
     );
     assert!(!tn.join("testnet.json").exists());
+}
+
+fn testnet_status(dir: &str) -> serde_json::Value {
+    let out = fogmesh(&["testnet", "status", "--dir", dir, "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

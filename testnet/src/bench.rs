@@ -231,7 +231,7 @@ pub async fn bench(
             ))
         }
         .await;
-        let stopped = down(&dir, true);
+        let stopped = down(&dir, true).await;
         let (mut up_report, mut size_result) = result?;
         stopped?;
         for child in &mut up_report.children {
@@ -267,7 +267,7 @@ pub async fn bench(
             Ok::<_, TestnetError>((up_report, idle))
         }
         .await;
-        let stopped = down(&dir, true);
+        let stopped = down(&dir, true).await;
         let (mut up_report, idle) = result?;
         stopped?;
         for child in &mut up_report.children {

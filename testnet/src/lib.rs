@@ -12,6 +12,10 @@
 //! `fogmesh` binary, so the testnet exercises exactly what a user runs. `down` stops exactly the
 //! processes `up` recorded, by PID and start time, first with SIGTERM and then, after a grace
 //! period, SIGKILL.
+//!
+//! `kill` and `restart` act on one node for fault tests. The state file records each node's full
+//! command line, so `restart` needs nothing but the testnet dir. A node restarted by other means
+//! is still found through its data dir's `control.json` (see [`procs::choose`]).
 
 pub mod bench;
 pub mod probe;
@@ -20,6 +24,7 @@ pub mod state;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,12 +36,15 @@ use serde::{Deserialize, Serialize};
 
 pub use bench::{bench, BenchOptions, BenchReport};
 use probe::Prober;
-use state::{NodeEntry, TestnetState};
+use procs::{FoundBy, NodeClues, NodeProcess};
+use state::{KillMark, NodeEntry, TestnetState};
 
 /// Largest testnet `up` starts.
 pub const MAX_NODES: usize = 200;
 /// How long `down` waits for SIGTERM to work before SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(8);
+/// How long to wait for a SIGKILLed process to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(2);
 const POLL_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,26 @@ pub enum TestnetError {
     },
     #[error("node {index} exited during start-up; its log is {log}")]
     NodeDied { index: usize, log: PathBuf },
+    #[error("the testnet in {dir} has no node {index} (it has {count})")]
+    NoSuchNode {
+        dir: PathBuf,
+        index: usize,
+        count: usize,
+    },
+    #[error("node {index} is not running")]
+    NotRunning { index: usize },
+    #[error("node {index} has no recorded command line ({state} was written by an older fogmesh); restart the whole testnet with `testnet down` and `testnet up`")]
+    NoCommand { index: usize, state: PathBuf },
+    #[error(
+        "node {index} (PID {pid}) survived SIGKILL; not starting a second process on its data dir"
+    )]
+    Unkillable { index: usize, pid: u32 },
+    #[error("node {index} did not answer its control API within {timeout:?}; it is still running, its log is {log}")]
+    NotAnswering {
+        index: usize,
+        timeout: Duration,
+        log: PathBuf,
+    },
     #[error("testnet did not converge within {timeout:?}: {converged}/{total} nodes complete; nodes are still running (see `fogmesh testnet status --dir {dir}`)")]
     Timeout {
         timeout: Duration,
@@ -169,14 +197,15 @@ pub async fn up(
     if options.nodes == 0 || options.nodes > MAX_NODES {
         return Err(TestnetError::BadSize(options.nodes));
     }
+    std::fs::create_dir_all(&options.dir).map_err(io_err(&options.dir))?;
+    // Recorded command lines must not depend on the directory `restart` is run from.
+    let options = &UpOptions {
+        dir: std::path::absolute(&options.dir).map_err(io_err(&options.dir))?,
+        ..options.clone()
+    };
     let dir = &options.dir;
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     if let Some(old) = state::load(dir)? {
-        if old
-            .nodes
-            .iter()
-            .any(|n| procs::is_ours_and_alive(n.pid, n.start_time))
-        {
+        if old.nodes.iter().any(|n| locate(n).is_some()) {
             return Err(TestnetError::AlreadyRunning(dir.clone()));
         }
         // A previous testnet that is gone: start from clean node directories.
@@ -195,7 +224,7 @@ pub async fn up(
     let mesh = if options.open {
         None
     } else {
-        Some(create_mesh(options, &config)?)
+        Some(create_mesh(options, &config).await?)
     };
     let mut peer_ids = Vec::with_capacity(options.nodes);
     for index in 0..options.nodes {
@@ -205,7 +234,8 @@ pub async fn up(
             options,
             &config,
             &["id", "--data-dir", &path_arg(&data_dir)],
-        )?;
+        )
+        .await?;
         if let Some(mesh) = &mesh {
             run_tool(
                 options,
@@ -224,7 +254,8 @@ pub async fn up(
                     "--out",
                     &path_arg(&data_dir.join(TICKET_FILE)),
                 ],
-            )?;
+            )
+            .await?;
         }
         peer_ids.push(peer);
     }
@@ -261,7 +292,7 @@ pub async fn up(
             }
             Err(e) => {
                 state::save(dir, &record)?;
-                let _ = down(dir, false);
+                let _ = down(dir, false).await;
                 return Err(e);
             }
         }
@@ -401,7 +432,7 @@ struct TestnetMesh {
     description: PathBuf,
 }
 
-fn create_mesh(options: &UpOptions, config: &Path) -> Result<TestnetMesh, TestnetError> {
+async fn create_mesh(options: &UpOptions, config: &Path) -> Result<TestnetMesh, TestnetError> {
     let mesh = TestnetMesh {
         root_key: options.dir.join(format!("{MESH_NAME}.root.key")),
         description: options.dir.join(format!("{MESH_NAME}.mesh.json")),
@@ -424,23 +455,30 @@ fn create_mesh(options: &UpOptions, config: &Path) -> Result<TestnetMesh, Testne
             "--dir",
             &path_arg(&options.dir),
         ],
-    )?;
+    )
+    .await?;
     Ok(mesh)
 }
 
 /// Runs the fogmesh binary for a one-shot command, with the testnet's scrubbed environment;
 /// returns its trimmed standard output.
-fn run_tool(options: &UpOptions, config: &Path, args: &[&str]) -> Result<String, TestnetError> {
-    let mut cmd = Command::new(&options.binary);
+async fn run_tool(
+    options: &UpOptions,
+    config: &Path,
+    args: &[&str],
+) -> Result<String, TestnetError> {
+    let mut cmd = tokio::process::Command::new(&options.binary);
     cmd.args(args);
-    scrub_env(&mut cmd);
+    for key in scrubbed_env() {
+        cmd.env_remove(key);
+    }
     cmd.env("FOGMESH_CONFIG", config).stdin(Stdio::null());
     let failed = |reason: String| TestnetError::Tool {
         binary: options.binary.clone(),
         args: args.join(" "),
         reason,
     };
-    let out = cmd.output().map_err(|e| failed(e.to_string()))?;
+    let out = cmd.output().await.map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
         return Err(failed(
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -449,12 +487,11 @@ fn run_tool(options: &UpOptions, config: &Path, args: &[&str]) -> Result<String,
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn scrub_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FOGMESH_") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
+/// The caller's variables a testnet process must not see: its own config must not leak in.
+fn scrubbed_env() -> impl Iterator<Item = String> {
+    std::env::vars_os()
+        .filter_map(|(key, _)| key.into_string().ok())
+        .filter(|key| key.starts_with("FOGMESH_") || key == "RUST_LOG")
 }
 
 fn spawn_node(
@@ -469,54 +506,46 @@ fn spawn_node(
     let data_dir = node_dir(&options.dir, index);
     std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
     let log_file = data_dir.join("node.log");
-    let log = std::fs::File::create(&log_file).map_err(io_err(&log_file))?;
-    let log_err = log.try_clone().map_err(io_err(&log_file))?;
-    let mut cmd = Command::new(&options.binary);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
-        .args([
-            "--listen",
-            &format!("/ip4/127.0.0.1/udp/{p2p_port}/quic-v1"),
-        ])
-        .args(["--control-port", &control_port.to_string()])
-        .args(["--no-mdns", "--exempt-loopback", "--log", "info"]);
+    let mut command: Vec<String> = vec![
+        path_arg(&options.binary),
+        "run".into(),
+        "--config".into(),
+        path_arg(config),
+        "--data-dir".into(),
+        path_arg(&data_dir),
+        "--listen".into(),
+        format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+        "--listen".into(),
+        format!("/ip4/127.0.0.1/udp/{p2p_port}/quic-v1"),
+        "--control-port".into(),
+        control_port.to_string(),
+        "--no-mdns".into(),
+        // Every testnet node dials from 127.0.0.1: per-address limits would throttle the mesh.
+        "--exempt-loopback".into(),
+        "--log".into(),
+        "info".into(),
+    ];
     if let Some(interval) = options.telemetry_interval {
-        cmd.args([
-            "--telemetry-interval",
-            &humantime::format_duration(interval).to_string(),
+        command.extend([
+            "--telemetry-interval".to_owned(),
+            humantime::format_duration(interval).to_string(),
         ]);
     }
     for addr in bootstrap {
-        cmd.args(["--bootstrap", addr]);
+        command.extend(["--bootstrap".to_owned(), addr.clone()]);
     }
     if let Some(mesh) = mesh {
-        cmd.arg("--mesh")
-            .arg(&mesh.description)
-            .arg("--ticket")
-            .arg(data_dir.join(TICKET_FILE));
+        command.extend([
+            "--mesh".to_owned(),
+            path_arg(&mesh.description),
+            "--ticket".to_owned(),
+            path_arg(&data_dir.join(TICKET_FILE)),
+        ]);
     }
     if options.profile == Profile::Mixed {
-        cmd.args(mixed_profile_args(index));
+        command.extend(mixed_profile_args(index));
     }
-    scrub_env(&mut cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err));
-    #[cfg(unix)]
-    {
-        // Own process group: Ctrl-C in the shell that ran `up` does not reach the nodes.
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    let child = cmd.spawn().map_err(|e| TestnetError::Spawn {
-        index,
-        binary: options.binary.clone(),
-        reason: e.to_string(),
-    })?;
+    let child = start_node(index, &command, &log_file, false)?;
     let pid = child.id();
     Ok((
         NodeEntry {
@@ -527,17 +556,100 @@ fn spawn_node(
             log_file,
             p2p_port,
             control_port,
+            command: Some(command),
+            started_at_ms: Some(now_ms()),
+            killed: None,
         },
         child,
     ))
 }
 
+/// Starts a node process from its full command line, logging to `log_file`; `append` keeps
+/// the log of earlier runs (restarts) instead of starting it afresh.
+fn start_node(
+    index: usize,
+    command: &[String],
+    log_file: &Path,
+    append: bool,
+) -> Result<Child, TestnetError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(TestnetError::Spawn {
+            index,
+            binary: PathBuf::new(),
+            reason: "empty command line".into(),
+        });
+    };
+    let log = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log_file)
+        .map_err(io_err(log_file))?;
+    let log_err = log.try_clone().map_err(io_err(log_file))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for key in scrubbed_env() {
+        cmd.env_remove(key);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err));
+    #[cfg(unix)]
+    {
+        // Own process group: Ctrl-C in the shell that ran `up` does not reach the nodes.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    cmd.spawn().map_err(|e| TestnetError::Spawn {
+        index,
+        binary: PathBuf::from(program),
+        reason: e.to_string(),
+    })
+}
+
+/// The live process of `node`, if one can be tied to it: the recorded one, or the one its
+/// data dir's control file names with a matching command line.
+pub fn locate(node: &NodeEntry) -> Option<NodeProcess> {
+    let control = read_control(&node.data_dir);
+    procs::choose(
+        &NodeClues {
+            recorded_pid: node.pid,
+            recorded_start: node.start_time,
+            control_pid: control.map(|c| c.pid),
+            data_dir: &node.data_dir,
+            binary: node.binary(),
+        },
+        procs::proc_info,
+    )
+}
+
+/// The fields of a node's `control.json` the testnet uses.
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct ControlInfo {
+    pid: u32,
+    addr: SocketAddr,
+}
+
+fn read_control(data_dir: &Path) -> Option<ControlInfo> {
+    let bytes = std::fs::read(data_dir.join(CONTROL_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The node's control file, written by every running node into its data dir.
+const CONTROL_FILE: &str = "control.json";
+
 /// One node of `testnet status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRow {
     pub index: usize,
+    /// The live process if one was found, else the recorded one.
     pub pid: u32,
     pub alive: bool,
+    /// How the live process was found (`None` when there is none).
+    pub found_by: Option<FoundBy>,
+    /// Set when `testnet kill` stopped the node.
+    pub killed: Option<KillMark>,
     pub p2p_port: u16,
     pub control_port: u16,
     pub rss_bytes: Option<u64>,
@@ -556,23 +668,31 @@ pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
     let prober = Prober::new();
     let mut rows = Vec::with_capacity(record.nodes.len());
     for node in &record.nodes {
-        let alive = procs::is_ours_and_alive(node.pid, node.start_time);
-        let status = if alive {
-            prober.status(node.control_port).await
-        } else {
-            None
+        let live = locate(node);
+        // A node started by hand may have been given another control port.
+        let control_port = match live.map(|p| p.found_by) {
+            Some(FoundBy::ControlFile) => read_control(&node.data_dir)
+                .map(|c| c.addr.port())
+                .unwrap_or(node.control_port),
+            _ => node.control_port,
+        };
+        let status = match live {
+            Some(_) => prober.status(control_port).await,
+            None => None,
         };
         rows.push(NodeRow {
             index: node.index,
-            pid: node.pid,
-            alive,
-            p2p_port: node.p2p_port,
-            control_port: node.control_port,
-            rss_bytes: if alive {
-                procs::rss_bytes(node.pid)
-            } else {
+            pid: live.map(|p| p.pid).unwrap_or(node.pid),
+            alive: live.is_some(),
+            found_by: live.map(|p| p.found_by),
+            killed: if live.is_some() {
                 None
+            } else {
+                node.killed.clone()
             },
+            p2p_port: node.p2p_port,
+            control_port,
+            rss_bytes: live.and_then(|p| procs::rss_bytes(p.pid)),
             status,
         });
     }
@@ -608,15 +728,23 @@ pub fn render_status(s: &TestnetStatus) -> String {
             ),
             None => (
                 "?".into(),
-                if n.alive { "not answering" } else { "stopped" }.into(),
+                match (&n.killed, n.alive) {
+                    (_, true) => "not answering".into(),
+                    (Some(mark), false) => format!("killed ({})", mark.signal),
+                    (None, false) => "stopped".into(),
+                },
                 String::new(),
                 String::new(),
                 String::new(),
             ),
         };
+        let pid = match n.found_by {
+            Some(FoundBy::ControlFile) => format!("{}*", n.pid),
+            _ => n.pid.to_string(),
+        };
         t.add_row(vec![
             n.index.to_string(),
-            n.pid.to_string(),
+            pid,
             peer,
             phase,
             peers,
@@ -629,7 +757,14 @@ pub fn render_status(s: &TestnetStatus) -> String {
                 .unwrap_or_default(),
         ]);
     }
-    t.to_string()
+    let mut out = t.to_string();
+    if s.nodes
+        .iter()
+        .any(|n| n.found_by == Some(FoundBy::ControlFile))
+    {
+        out.push_str("\n* not the recorded process: found through the node's control.json");
+    }
+    out
 }
 
 fn short(id: &str) -> String {
@@ -637,6 +772,55 @@ fn short(id: &str) -> String {
         format!("{}…{}", &id[..6], &id[id.len() - 6..])
     } else {
         id.to_owned()
+    }
+}
+
+/// Which of the given processes stopped on SIGTERM and which had to be SIGKILLed.
+#[derive(Debug, Default)]
+struct Stopped {
+    cleanly: Vec<NodeProcess>,
+    killed: Vec<NodeProcess>,
+    /// Still there after SIGKILL (e.g. stuck in uninterruptible sleep).
+    survivors: Vec<NodeProcess>,
+}
+
+/// SIGTERM to every process, SIGKILL to those still there after `grace`.
+async fn terminate(processes: Vec<NodeProcess>, grace: Duration) -> Stopped {
+    let mut out = Stopped::default();
+    let mut signalled = Vec::new();
+    for p in processes {
+        match procs::signal(p.pid, Signal::SIGTERM) {
+            Ok(()) => signalled.push(p),
+            // Gone between finding and signalling it.
+            Err(_) => out.cleanly.push(p),
+        }
+    }
+    wait_gone(&signalled, grace).await;
+    let mut killed = Vec::new();
+    for p in signalled {
+        if p.is_alive() {
+            let _ = procs::signal(p.pid, Signal::SIGKILL);
+            killed.push(p);
+        } else {
+            out.cleanly.push(p);
+        }
+    }
+    wait_gone(&killed, KILL_WAIT).await;
+    for p in killed {
+        if p.is_alive() {
+            out.survivors.push(p);
+        } else {
+            out.killed.push(p);
+        }
+    }
+    out
+}
+
+/// Waits until none of `processes` is alive, or `within` has passed.
+async fn wait_gone(processes: &[NodeProcess], within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && processes.iter().any(NodeProcess::is_alive) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -648,6 +832,9 @@ pub struct DownReport {
     pub already_gone: usize,
     /// PIDs that now belong to another process and were left alone.
     pub not_ours: Vec<u32>,
+    /// PIDs still running after SIGKILL.
+    #[serde(default)]
+    pub survivors: Vec<u32>,
     pub removed_dir: bool,
 }
 
@@ -668,6 +855,9 @@ impl fmt::Display for DownReport {
                 self.not_ours
             )?;
         }
+        if !self.survivors.is_empty() {
+            write!(f, "; still running after SIGKILL: {:?}", self.survivors)?;
+        }
         if self.removed_dir {
             write!(f, "; testnet directory removed")?;
         }
@@ -675,58 +865,222 @@ impl fmt::Display for DownReport {
     }
 }
 
-/// Stops exactly the processes recorded in `dir`'s state file.
-pub fn down(dir: &Path, clean: bool) -> Result<DownReport, TestnetError> {
+/// Stops every node of the testnet in `dir`: the recorded processes, and processes found
+/// through a node's control file (see [`locate`]). Nothing else is signalled.
+pub async fn down(dir: &Path, clean: bool) -> Result<DownReport, TestnetError> {
     let record = state::load(dir)?.ok_or_else(|| TestnetError::NotFound(dir.to_path_buf()))?;
     let mut report = DownReport::default();
-    let mut signalled = Vec::new();
+    let mut live = Vec::new();
     for node in &record.nodes {
-        if !procs::is_ours_and_alive(node.pid, node.start_time) {
-            let current = procs::start_time(node.pid);
-            if current.is_some() && node.start_time.is_some() && current != node.start_time {
-                report.not_ours.push(node.pid);
-            } else {
-                report.already_gone += 1;
-            }
+        if let Some(p) = locate(node) {
+            live.push(p);
             continue;
         }
-        match procs::signal(node.pid, Signal::SIGTERM) {
-            Ok(()) => signalled.push(node),
-            Err(_) => report.already_gone += 1,
-        }
-    }
-    let deadline = Instant::now() + TERM_GRACE;
-    while Instant::now() < deadline
-        && signalled
-            .iter()
-            .any(|n| procs::is_ours_and_alive(n.pid, n.start_time))
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut killed = Vec::new();
-    for node in signalled {
-        if procs::is_ours_and_alive(node.pid, node.start_time) {
-            let _ = procs::signal(node.pid, Signal::SIGKILL);
-            killed.push(node);
+        let current = procs::start_time(node.pid);
+        if current.is_some() && node.start_time.is_some() && current != node.start_time {
+            report.not_ours.push(node.pid);
         } else {
-            report.stopped += 1;
+            report.already_gone += 1;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline
-        && killed
-            .iter()
-            .any(|n| procs::is_ours_and_alive(n.pid, n.start_time))
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    report.killed = killed.len();
+    let stopped = terminate(live, TERM_GRACE).await;
+    report.stopped = stopped.cleanly.len();
+    report.killed = stopped.killed.len();
+    report.survivors = stopped.survivors.iter().map(|p| p.pid).collect();
     state::remove(dir)?;
     if clean {
         std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
         report.removed_dir = true;
     }
     Ok(report)
+}
+
+/// The signal `testnet kill` sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KillSignal {
+    /// SIGKILL: the node gets no chance to flush or say goodbye (a crash, a power cut).
+    #[default]
+    Kill,
+    /// SIGTERM: the node shuts down cleanly.
+    Term,
+}
+
+impl KillSignal {
+    fn signal(self) -> Signal {
+        match self {
+            Self::Kill => Signal::SIGKILL,
+            Self::Term => Signal::SIGTERM,
+        }
+    }
+}
+
+/// What `kill` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillReport {
+    pub index: usize,
+    pub pid: u32,
+    pub signal: String,
+    /// False if the process was still there when `kill` stopped waiting.
+    pub exited: bool,
+}
+
+impl fmt::Display for KillReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "node {} (PID {}): sent {}",
+            self.index, self.pid, self.signal
+        )?;
+        if self.exited {
+            write!(f, ", it exited")
+        } else {
+            write!(f, ", it is still running")
+        }
+    }
+}
+
+fn load_node(dir: &Path, index: usize) -> Result<(TestnetState, usize), TestnetError> {
+    let record = state::load(dir)?.ok_or_else(|| TestnetError::NotFound(dir.to_path_buf()))?;
+    let at = record
+        .nodes
+        .iter()
+        .position(|n| n.index == index)
+        .ok_or_else(|| TestnetError::NoSuchNode {
+            dir: dir.to_path_buf(),
+            index,
+            count: record.nodes.len(),
+        })?;
+    Ok((record, at))
+}
+
+/// Sends `signal` to node `index` of the testnet in `dir` and waits (briefly for SIGKILL, up
+/// to the SIGTERM grace period otherwise) for it to exit. The node stays in the state file,
+/// marked as killed, for `restart`.
+pub async fn kill(
+    dir: &Path,
+    index: usize,
+    signal: KillSignal,
+) -> Result<KillReport, TestnetError> {
+    let (mut record, at) = load_node(dir, index)?;
+    let node = &mut record.nodes[at];
+    let live = locate(node).ok_or(TestnetError::NotRunning { index })?;
+    let signal = signal.signal();
+    procs::signal(live.pid, signal).map_err(|_| TestnetError::NotRunning { index })?;
+    let wait = if signal == Signal::SIGKILL {
+        KILL_WAIT
+    } else {
+        TERM_GRACE
+    };
+    wait_gone(&[live], wait).await;
+    node.killed = Some(KillMark {
+        signal: signal.as_str().to_owned(),
+        at_ms: now_ms(),
+    });
+    state::save(dir, &record)?;
+    Ok(KillReport {
+        index,
+        pid: live.pid,
+        signal: signal.as_str().to_owned(),
+        exited: !live.is_alive(),
+    })
+}
+
+/// What `restart` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestartReport {
+    pub index: usize,
+    /// The process stopped first, if the node was running.
+    pub stopped_pid: Option<u32>,
+    pub pid: u32,
+    /// From the spawn until the control API answered.
+    pub answered_after_ms: u64,
+    pub log_file: PathBuf,
+}
+
+impl fmt::Display for RestartReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {} ", self.index)?;
+        if let Some(old) = self.stopped_pid {
+            write!(f, "stopped (PID {old}) and ")?;
+        }
+        write!(
+            f,
+            "restarted as PID {}; its control API answered after {:.2}s; log {}",
+            self.pid,
+            self.answered_after_ms as f64 / 1000.0,
+            self.log_file.display()
+        )
+    }
+}
+
+/// Starts node `index` again with its recorded command line and environment policy, appending
+/// to its log; a running node is stopped first (SIGTERM, then SIGKILL after the grace period).
+/// Records the new process and waits up to `timeout` until its control API answers.
+pub async fn restart(
+    dir: &Path,
+    index: usize,
+    timeout: Duration,
+) -> Result<RestartReport, TestnetError> {
+    let (mut record, at) = load_node(dir, index)?;
+    let command = record.nodes[at]
+        .command
+        .clone()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| TestnetError::NoCommand {
+            index,
+            state: state::path(dir),
+        })?;
+    let stopped_pid = match locate(&record.nodes[at]) {
+        Some(live) => {
+            let stopped = terminate(vec![live], TERM_GRACE).await;
+            if !stopped.survivors.is_empty() {
+                return Err(TestnetError::Unkillable {
+                    index,
+                    pid: live.pid,
+                });
+            }
+            Some(live.pid)
+        }
+        None => None,
+    };
+    let node = &mut record.nodes[at];
+    let mut child = start_node(index, &command, &node.log_file, true)?;
+    let started = Instant::now();
+    node.pid = child.id();
+    node.start_time = procs::start_time(node.pid);
+    node.started_at_ms = Some(now_ms());
+    node.killed = None;
+    let (pid, control_port, log_file) = (node.pid, node.control_port, node.log_file.clone());
+    state::save(dir, &record)?;
+    tracing::info!(index, pid, "testnet node restarted");
+
+    let prober = Prober::new();
+    loop {
+        if prober.status(control_port).await.is_some() {
+            return Ok(RestartReport {
+                index,
+                stopped_pid,
+                pid,
+                answered_after_ms: started.elapsed().as_millis() as u64,
+                log_file,
+            });
+        }
+        if !matches!(child.try_wait(), Ok(None)) {
+            return Err(TestnetError::NodeDied {
+                index,
+                log: log_file,
+            });
+        }
+        if started.elapsed() > timeout {
+            return Err(TestnetError::NotAnswering {
+                index,
+                timeout,
+                log: log_file,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn now_ms() -> u64 {
