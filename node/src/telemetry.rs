@@ -77,6 +77,28 @@ pub enum Rejection {
     Replayed { seq: u64, last: u64 },
 }
 
+impl Rejection {
+    /// The counter this rejection is counted under (a field of [`RejectionCounters`]), as
+    /// named in `docs/telemetry.md` and the test vectors.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Oversized => "oversized",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::SenderMismatch { .. } => "sender_mismatch",
+            Rejection::Stale { .. } => "stale",
+            Rejection::FromFuture { .. } => "from_future",
+            Rejection::Replayed { .. } => "replayed",
+        }
+    }
+
+    /// Whether gossipsub should drop the message without penalising the peer that sent it:
+    /// late and repeated copies reach honest relays too.
+    pub fn is_ignorable(&self) -> bool {
+        matches!(self, Rejection::Stale { .. } | Rejection::Replayed { .. })
+    }
+}
+
 impl From<EnvelopeError> for Rejection {
     fn from(e: EnvelopeError) -> Self {
         match e {
@@ -408,6 +430,54 @@ mod tests {
             validator().check(NOW, author(&key), &vec![0u8; 70_000]),
             Err(Rejection::Oversized)
         );
+    }
+
+    #[test]
+    fn relay_reencoding_is_rejected_and_counted_as_malformed() {
+        let key = Keypair::generate_ed25519();
+        let honest = message(&key, 1, NOW);
+        // An extra key appended by a relay: the signature still verifies over the signed
+        // fields, but the bytes (and the message id) differ from what the origin sent.
+        let mut relayed = honest.clone();
+        relayed[0] += 1;
+        relayed.extend([0x65, b'r', b'e', b'l', b'a', b'y', 0x01]);
+        let mut v = validator();
+        let mut counters = RejectionCounters::default();
+        let rejection = v.check(NOW, author(&key), &relayed).unwrap_err();
+        counters.count(&rejection);
+        assert_eq!(rejection.reason(), "malformed");
+        assert_eq!(counters.malformed, 1);
+        assert_eq!(counters.total(), 1);
+        // The refused copy leaves no trace: the honest one is still accepted.
+        assert!(v.check(NOW, author(&key), &honest).is_ok());
+    }
+
+    #[test]
+    fn reasons_are_the_counter_names() {
+        let all = [
+            Rejection::Oversized,
+            Rejection::Malformed(String::new()),
+            Rejection::BadSignature,
+            Rejection::SenderMismatch {
+                origin: String::new(),
+                author: String::new(),
+            },
+            Rejection::Stale { age_ms: 0 },
+            Rejection::FromFuture { ahead_ms: 0 },
+            Rejection::Replayed { seq: 0, last: 0 },
+        ];
+        let mut counters = RejectionCounters::default();
+        for r in &all {
+            counters.count(r);
+        }
+        let json = serde_json::to_value(&counters).unwrap();
+        let fields = json.as_object().unwrap();
+        assert_eq!(fields.len(), all.len());
+        for r in &all {
+            assert_eq!(fields[r.reason()], 1, "{}", r.reason());
+        }
+        let ignorable: Vec<_> = all.iter().filter(|r| r.is_ignorable()).collect();
+        assert_eq!(ignorable.len(), 2);
     }
 
     #[test]
