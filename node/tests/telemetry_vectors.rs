@@ -121,6 +121,9 @@ fn cbor_bytes(b: &[u8]) -> Vec<u8> {
     [head(2, b.len() as u64), b.to_vec()].concat()
 }
 
+/// CBOR map entries: text key, encoded value.
+type Entries = Vec<(String, Vec<u8>)>;
+
 /// An envelope's fields as raw parts, encodable in the canonical way or any other.
 #[derive(Clone)]
 struct Parts {
@@ -134,7 +137,7 @@ struct Parts {
 }
 
 impl Parts {
-    fn entries(&self) -> Vec<(String, Vec<u8>)> {
+    fn entries(&self) -> Entries {
         vec![
             ("version".into(), head(0, self.version)),
             ("kind".into(), head(0, self.kind)),
@@ -337,7 +340,7 @@ fn generate() -> Vectors {
     let full_body = codec::encode(&full_record(&origin)).unwrap();
     let valid = parts_for(&origin, full_body.clone(), seq, PUBLISHED_MS);
     let at = |ts: u64| parts_for(&origin, full_body.clone(), seq, ts).encode();
-    let entries_with = |f: &dyn Fn(&mut Vec<(String, Vec<u8>)>)| {
+    let entries_with = |f: &dyn Fn(&mut Entries)| {
         let mut entries = valid.entries();
         f(&mut entries);
         map(&entries)
