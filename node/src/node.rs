@@ -490,8 +490,13 @@ fn build_behaviour(keypair: &Keypair, settings: &Settings) -> Result<Behaviour, 
         .validation_mode(gossipsub::ValidationMode::Permissive)
         .validate_messages()
         .message_id_fn(|message: &gossipsub::Message| {
-            use sha2::Digest;
-            gossipsub::MessageId::from(sha2::Sha256::digest(&message.data).to_vec())
+            // Topic and author too, not only the data: see `envelope::message_id`.
+            let id = envelope::message_id(
+                message.topic.as_str(),
+                message.source.as_ref(),
+                &message.data,
+            );
+            gossipsub::MessageId::from(id.to_vec())
         })
         .flood_publish(false)
         .max_transmit_size(envelope::MAX_ENVELOPE_LEN + 1024)

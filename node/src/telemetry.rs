@@ -77,6 +77,28 @@ pub enum Rejection {
     Replayed { seq: u64, last: u64 },
 }
 
+impl Rejection {
+    /// The counter this rejection is counted under (a field of [`RejectionCounters`]), as
+    /// named in `docs/telemetry.md` and the test vectors.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Oversized => "oversized",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::SenderMismatch { .. } => "sender_mismatch",
+            Rejection::Stale { .. } => "stale",
+            Rejection::FromFuture { .. } => "from_future",
+            Rejection::Replayed { .. } => "replayed",
+        }
+    }
+
+    /// Whether gossipsub should drop the message without penalising the peer that sent it:
+    /// late and repeated copies reach honest relays too.
+    pub fn is_ignorable(&self) -> bool {
+        matches!(self, Rejection::Stale { .. } | Rejection::Replayed { .. })
+    }
+}
+
 impl From<EnvelopeError> for Rejection {
     fn from(e: EnvelopeError) -> Self {
         match e {
@@ -408,6 +430,145 @@ mod tests {
             validator().check(NOW, author(&key), &vec![0u8; 70_000]),
             Err(Rejection::Oversized)
         );
+    }
+
+    #[test]
+    fn relay_reencoding_is_rejected_and_counted_as_malformed() {
+        let key = Keypair::generate_ed25519();
+        let honest = message(&key, 1, NOW);
+        // An extra key appended by a relay: the signature still verifies over the signed
+        // fields, but the bytes (and the message id) differ from what the origin sent.
+        let mut relayed = honest.clone();
+        relayed[0] += 1;
+        relayed.extend([0x65, b'r', b'e', b'l', b'a', b'y', 0x01]);
+        let mut v = validator();
+        let mut counters = RejectionCounters::default();
+        let rejection = v.check(NOW, author(&key), &relayed).unwrap_err();
+        counters.count(&rejection);
+        assert_eq!(rejection.reason(), "malformed");
+        assert_eq!(counters.malformed, 1);
+        assert_eq!(counters.total(), 1);
+        // The refused copy leaves no trace: the honest one is still accepted.
+        assert!(v.check(NOW, author(&key), &honest).is_ok());
+    }
+
+    #[test]
+    fn reasons_are_the_counter_names() {
+        let all = [
+            Rejection::Oversized,
+            Rejection::Malformed(String::new()),
+            Rejection::BadSignature,
+            Rejection::SenderMismatch {
+                origin: String::new(),
+                author: String::new(),
+            },
+            Rejection::Stale { age_ms: 0 },
+            Rejection::FromFuture { ahead_ms: 0 },
+            Rejection::Replayed { seq: 0, last: 0 },
+        ];
+        let mut counters = RejectionCounters::default();
+        for r in &all {
+            counters.count(r);
+        }
+        let json = serde_json::to_value(&counters).unwrap();
+        let fields = json.as_object().unwrap();
+        assert_eq!(fields.len(), all.len());
+        for r in &all {
+            assert_eq!(fields[r.reason()], 1, "{}", r.reason());
+        }
+        let ignorable: Vec<_> = all.iter().filter(|r| r.is_ignorable()).collect();
+        assert_eq!(ignorable.len(), 2);
+    }
+
+    /// A record written by some other encoder: the body is signed, so receivers read it
+    /// leniently (docs/telemetry.md, "Telemetry record").
+    #[derive(Serialize)]
+    struct ForeignRecord {
+        interval_ms: u64,
+        zz_future_field: &'static str,
+        listen_addrs: Vec<String>,
+        peer_count: u64,
+        version: &'static str,
+        uptime_s: u64,
+        peer_id: String,
+        cpu_load_pct: f64,
+        device: ForeignDevice,
+    }
+
+    #[derive(Serialize)]
+    struct ForeignDevice {
+        transport: &'static str,
+        score: u8,
+        mode: &'static str,
+        class: &'static str,
+    }
+
+    fn foreign(key: &Keypair) -> ForeignRecord {
+        ForeignRecord {
+            interval_ms: 5000,
+            zz_future_field: "ignored",
+            listen_addrs: vec![],
+            peer_count: 3,
+            version: "other",
+            uptime_s: 9,
+            peer_id: key.public().to_peer_id().to_string(),
+            cpu_load_pct: 0.1,
+            device: ForeignDevice {
+                transport: "bitchat_only",
+                score: 2,
+                mode: "critical",
+                class: "smartphone",
+            },
+        }
+    }
+
+    fn check_body(key: &Keypair, body: Vec<u8>) -> Result<Accepted, Rejection> {
+        let bytes = seal(key, MessageKind::Telemetry, 1, NOW, body).unwrap();
+        validator().check(NOW, author(key), &bytes)
+    }
+
+    #[test]
+    fn record_is_read_leniently_as_documented() {
+        let key = Keypair::generate_ed25519();
+        let accepted = check_body(&key, codec::encode(&foreign(&key)).unwrap()).unwrap();
+        let record = accepted.telemetry.record;
+        // Keys in another order, an unknown key, a double for a float, an integer for a
+        // float, and missing nullable keys (mem_*, rss_bytes, battery_pct, ...).
+        assert_eq!(record.cpu_load_pct, Some(0.1));
+        assert_eq!(record.mem_used_bytes, None);
+        assert_eq!(record.rss_bytes, None);
+        assert_eq!(record.peer_count, 3);
+        let device = record.device.unwrap();
+        assert_eq!(device.score, 2.0);
+        assert_eq!(device.battery_pct, None);
+        assert_eq!(device.charging, None);
+    }
+
+    #[test]
+    fn record_type_errors_are_malformed() {
+        let key = Keypair::generate_ed25519();
+        let mut too_many_peers = foreign(&key);
+        too_many_peers.peer_count = u64::from(u32::MAX) + 1;
+        let mut unknown_class = foreign(&key);
+        unknown_class.device.class = "mainframe";
+        let mut duplicate = codec::encode(&foreign(&key)).unwrap();
+        // One more map entry: `version` a second time.
+        duplicate[0] += 1;
+        duplicate.extend([0x67, b'v', b'e', b'r', b's', b'i', b'o', b'n', 0x61, b'x']);
+        for (what, body) in [
+            (
+                "peer_count over u32",
+                codec::encode(&too_many_peers).unwrap(),
+            ),
+            ("unknown class", codec::encode(&unknown_class).unwrap()),
+            ("duplicate key", duplicate),
+        ] {
+            let result = check_body(&key, body);
+            assert!(
+                matches!(result, Err(Rejection::Malformed(_))),
+                "{what}: {result:?}"
+            );
+        }
     }
 
     #[test]
