@@ -83,6 +83,12 @@ fn invalid(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Er
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
+/// Counts why a stream ended on a bad frame, then builds the error that ends it.
+fn refuse(stats: &SecurityStats, reason: &'static str, error: impl std::fmt::Display) -> io::Error {
+    stats.count_stream_error(reason);
+    invalid(format!("{reason}: {error}"))
+}
+
 impl<S> XkStream<S> {
     pub fn new(
         io: S,
@@ -190,7 +196,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
             if out.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            match frame::peek(&this.rbuf[this.rstart..this.rend], TAG_LEN).map_err(invalid)? {
+            let peeked = frame::peek(&this.rbuf[this.rstart..this.rend], TAG_LEN)
+                .map_err(|e| refuse(&this.stats, "bad_frame", e))?;
+            match peeked {
                 Peek::Frame { body } => {
                     let ciphertext = &this.rbuf[this.rstart + body.start..this.rstart + body.end];
                     this.rstart += body.end;
@@ -198,7 +206,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                     if plain_len == 0 {
                         this.session
                             .read_message(ciphertext, &mut [])
-                            .map_err(|e| invalid(format!("decrypt: {e}")))?;
+                            .map_err(|e| refuse(&this.stats, "decrypt_failed", e))?;
                         this.session.rekey_incoming();
                         this.stats.count_rekey_received();
                         continue;
@@ -208,7 +216,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                         let n = this
                             .session
                             .read_message(ciphertext, out)
-                            .map_err(|e| invalid(format!("decrypt: {e}")))?;
+                            .map_err(|e| refuse(&this.stats, "decrypt_failed", e))?;
                         return Poll::Ready(Ok(n));
                     }
                     if this.plain.len() < plain_len {
@@ -217,7 +225,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                     this.plen = this
                         .session
                         .read_message(ciphertext, &mut this.plain)
-                        .map_err(|e| invalid(format!("decrypt: {e}")))?;
+                        .map_err(|e| refuse(&this.stats, "decrypt_failed", e))?;
                     this.ppos = 0;
                 }
                 Peek::Incomplete { need } => {
@@ -240,6 +248,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                         if this.rstart == this.rend {
                             return Poll::Ready(Ok(0));
                         }
+                        this.stats.count_stream_error("truncated");
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "connection closed in the middle of a frame",
