@@ -322,6 +322,69 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for XkStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secure::handshake::{Initiator, Responder};
+    use crate::secure::keys::LocalKeys;
+    use crate::secure::AdmissionPolicy;
+    use futures::executor::block_on;
+    use futures::io::{AsyncReadExt, AsyncWriteExt, Cursor};
+    use libp2p::identity::Keypair;
+
+    /// Both ends of an open-mesh handshake: (initiator's session, responder's session).
+    fn sessions() -> (TransportState, TransportState) {
+        let a = LocalKeys::from_identity(&Keypair::generate_ed25519()).unwrap();
+        let b = LocalKeys::from_identity(&Keypair::generate_ed25519()).unwrap();
+        let open = AdmissionPolicy::open();
+        let (initiator, msg1) = Initiator::start(&a, b.peer_id()).unwrap();
+        let mut responder = Responder::new(&b).unwrap();
+        let msg2 = responder.on_opening(&msg1, &open).unwrap();
+        let (awaiting, msg3) = initiator.on_responder_hello(&msg2, &a, &open, 0).unwrap();
+        let (at_b, verdict) = responder.on_initiator_hello(&msg3, &open, 0).unwrap();
+        let at_a = awaiting.on_verdict(&verdict).unwrap();
+        (at_a.session, at_b.session)
+    }
+
+    /// What a receiver makes of `wire` after one good frame: the error kind and counters.
+    fn read_after_good_frame(garbage: &[u8]) -> (io::ErrorKind, Vec<(String, u64)>) {
+        let (a, b) = sessions();
+        let mut out = XkStream::new(
+            Cursor::new(Vec::new()),
+            a,
+            RekeyPolicy::default(),
+            Arc::default(),
+        );
+        block_on(async {
+            out.write_all(b"ok").await.unwrap();
+            out.flush().await.unwrap();
+        });
+        let mut wire = out.get_mut().get_ref().clone();
+        wire.extend_from_slice(garbage);
+        let stats = Arc::new(SecurityStats::default());
+        let mut input = XkStream::new(Cursor::new(wire), b, RekeyPolicy::default(), stats.clone());
+        let mut buf = Vec::new();
+        let error = block_on(input.read_to_end(&mut buf)).unwrap_err();
+        assert_eq!(buf, b"ok");
+        (
+            error.kind(),
+            stats.snapshot().stream_errors.into_iter().collect(),
+        )
+    }
+
+    #[test]
+    fn a_bad_frame_after_admission_ends_the_stream_and_is_counted() {
+        let count = |reason: &str| vec![(reason.to_owned(), 1)];
+        assert_eq!(
+            read_after_good_frame(&[0, 3, 1, 2, 3]),
+            (io::ErrorKind::InvalidData, count("bad_frame"))
+        );
+        assert_eq!(
+            read_after_good_frame(&[[0, 20].as_slice(), &[0x5a; 20]].concat()),
+            (io::ErrorKind::InvalidData, count("decrypt_failed"))
+        );
+        assert_eq!(
+            read_after_good_frame(&[0, 40, 1, 2]),
+            (io::ErrorKind::UnexpectedEof, count("truncated"))
+        );
+    }
 
     #[test]
     fn rekey_is_due_on_either_budget() {
