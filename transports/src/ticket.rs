@@ -10,8 +10,10 @@
 //!
 //! Every signed object is `{ body: bytes, signature: bytes }` where `body` is the CBOR of the
 //! body struct and the signature covers `domain tag || body`. Verifiers check the signature
-//! over the bytes they received and only then decode the body, so no canonical re-encoding
-//! is ever needed. The exact layout is in `docs/admission.md`.
+//! over the bytes they received and only then decode the body. Every CBOR item, envelope and
+//! body alike, must be exactly the encoding this module writes: otherwise one ticket could
+//! travel as many byte strings, each with its own ticket id, and a revocation by id would
+//! catch only one of them. The exact layout is in `docs/admission.md`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -198,6 +200,48 @@ fn sign<T: Serialize>(key: &Keypair, tag: &[u8], body: &T) -> Result<Signed, Tic
     Ok(Signed { body, signature })
 }
 
+/// What a signed object is; each kind has its own signature domain tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ticket,
+    Delegation,
+    Revocation,
+}
+
+/// Signs any body as `kind`, without checking that it makes sense: for test vectors and
+/// tools that need objects the issuing functions refuse to make.
+#[doc(hidden)]
+pub fn sign_unchecked<T: Serialize>(
+    signer: &Keypair,
+    kind: Kind,
+    body: &T,
+) -> Result<Signed, TicketError> {
+    let tag = match kind {
+        Kind::Ticket => TICKET_TAG,
+        Kind::Delegation => DELEGATION_TAG,
+        Kind::Revocation => REVOCATION_TAG,
+    };
+    sign(signer, tag, body)
+}
+
+/// The bytes of a signed object (no size limit applied: tests need oversized ones too).
+#[doc(hidden)]
+pub fn encode_unchecked(signed: &Signed) -> Result<Vec<u8>, TicketError> {
+    codec::encode(signed).map_err(malformed)
+}
+
+/// Decodes `bytes` as `T`, accepting only the exact bytes the encoder writes for the
+/// result: keys in declaration order, none missing or unknown, shortest forms, no tags.
+fn decode_exact<T: serde::de::DeserializeOwned + Serialize>(
+    bytes: &[u8],
+) -> Result<T, TicketError> {
+    let value: T = codec::decode_bounded(bytes, MAX_TICKET_LEN).map_err(malformed)?;
+    if codec::encode(&value).map_err(malformed)? != bytes {
+        return Err(malformed("not the canonical CBOR encoding"));
+    }
+    Ok(value)
+}
+
 fn encode_signed(signed: &Signed) -> Result<Vec<u8>, TicketError> {
     let bytes = codec::encode(signed).map_err(malformed)?;
     if bytes.len() > MAX_TICKET_LEN {
@@ -207,7 +251,7 @@ fn encode_signed(signed: &Signed) -> Result<Vec<u8>, TicketError> {
 }
 
 /// Checks `signed` against `key` and decodes its body.
-fn open<T: serde::de::DeserializeOwned>(
+fn open<T: serde::de::DeserializeOwned + Serialize>(
     signed: &Signed,
     tag: &[u8],
     key: &PublicKey,
@@ -215,14 +259,14 @@ fn open<T: serde::de::DeserializeOwned>(
     if !key.verify(&tagged(tag, &signed.body), &signed.signature) {
         return Err(TicketError::BadSignature);
     }
-    codec::decode_bounded(&signed.body, MAX_TICKET_LEN).map_err(malformed)
+    decode_exact(&signed.body)
 }
 
 fn decode_signed(bytes: &[u8]) -> Result<Signed, TicketError> {
     if bytes.len() > MAX_TICKET_LEN {
         return Err(TicketError::Oversized(bytes.len()));
     }
-    codec::decode_bounded(bytes, MAX_TICKET_LEN).map_err(malformed)
+    decode_exact(bytes)
 }
 
 fn window(now: u64, not_before: u64, not_after: u64, skew: u64) -> Result<(), TicketError> {
@@ -302,8 +346,7 @@ pub fn issue(
 /// revocations): what `fogmesh ticket show` explains.
 pub fn inspect(bytes: &[u8]) -> Result<TicketBody, TicketError> {
     let signed = decode_signed(bytes)?;
-    let unchecked: TicketBody =
-        codec::decode_bounded(&signed.body, MAX_TICKET_LEN).map_err(malformed)?;
+    let unchecked: TicketBody = decode_exact(&signed.body)?;
     let issuer = PublicKey::try_decode_protobuf(&unchecked.issuer).map_err(malformed)?;
     open(&signed, TICKET_TAG, &issuer)
 }
@@ -323,8 +366,7 @@ impl Verifier<'_> {
         let signed = decode_signed(bytes)?;
         // The issuer is named inside the body, so peek at it, then verify before trusting
         // anything else the body says.
-        let peek: TicketBody =
-            codec::decode_bounded(&signed.body, MAX_TICKET_LEN).map_err(malformed)?;
+        let peek: TicketBody = decode_exact(&signed.body)?;
         let issuer = PublicKey::try_decode_protobuf(&peek.issuer).map_err(malformed)?;
         let body: TicketBody = open(&signed, TICKET_TAG, &issuer)?;
         if body.version != TICKET_VERSION {
@@ -761,6 +803,55 @@ mod tests {
         let other = Keypair::generate_ed25519();
         let forged = revoke(&other, RevocationTarget::Subject(peer.to_bytes()), NOW).unwrap();
         assert!(set.add(&forged, &root).is_err());
+    }
+
+    /// Re-encoding a ticket's envelope another way would give it another ticket id and so
+    /// slip past a revocation by id: every other encoding is refused.
+    #[test]
+    fn only_the_canonical_encoding_of_a_ticket_is_accepted() {
+        #[derive(Serialize)]
+        struct Reordered<'a> {
+            #[serde(with = "serde_bytes")]
+            signature: &'a [u8],
+            #[serde(with = "serde_bytes")]
+            body: &'a [u8],
+        }
+        #[derive(Serialize)]
+        struct Extra<'a> {
+            #[serde(with = "serde_bytes")]
+            body: &'a [u8],
+            #[serde(with = "serde_bytes")]
+            signature: &'a [u8],
+            note: u8,
+        }
+        let mesh = Mesh::new();
+        let peer = PeerId::random();
+        let ticket = mesh.ticket_for(peer);
+        let signed: Signed = codec::decode(&ticket).unwrap();
+        let none = RevocationSet::default();
+        assert!(mesh.verify(&ticket, &peer, &none).is_ok());
+        let reordered = codec::encode(&Reordered {
+            signature: &signed.signature,
+            body: &signed.body,
+        })
+        .unwrap();
+        let extra = codec::encode(&Extra {
+            body: &signed.body,
+            signature: &signed.signature,
+            note: 0,
+        })
+        .unwrap();
+        // The same map with a 2-byte length where 1 byte would do.
+        let mut long_form = ticket.clone();
+        assert_eq!(long_form[0], 0xa2);
+        long_form.splice(0..1, [0xb8, 0x02]);
+        for variant in [reordered, extra, long_form] {
+            assert!(matches!(
+                mesh.verify(&variant, &peer, &none),
+                Err(TicketError::Malformed(_))
+            ));
+            assert!(inspect(&variant).is_err());
+        }
     }
 
     #[test]

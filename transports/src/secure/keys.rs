@@ -26,6 +26,8 @@ pub enum KeyError {
     NotInlineKey,
     #[error("not a valid Ed25519 public key")]
     InvalidPoint,
+    #[error("not the canonical encoding of an Ed25519 public key")]
+    NonCanonical,
     #[error("low-order Ed25519 public key")]
     WeakKey,
 }
@@ -83,11 +85,17 @@ impl LocalKeys {
     }
 }
 
-/// The X25519 public key of a raw Ed25519 public key. Rejects points that do not decode
-/// and low-order points (whose DH output is predictable).
+/// The X25519 public key of a raw Ed25519 public key. Rejects encodings that do not decode,
+/// non-canonical encodings, and low-order points (whose DH output is predictable).
 pub fn montgomery(ed25519_public: &[u8; KEY_LEN]) -> Result<[u8; KEY_LEN], KeyError> {
     let key = ed25519_dalek::VerifyingKey::from_bytes(ed25519_public)
         .map_err(|_| KeyError::InvalidPoint)?;
+    // The decoder reduces y modulo p and ignores a sign bit on x = 0, so several byte
+    // strings name one point. Accepting them would let one key appear under many PeerIds;
+    // like libsodium, only the encoding the point compresses back to is accepted.
+    if key.to_edwards().compress().as_bytes() != ed25519_public {
+        return Err(KeyError::NonCanonical);
+    }
     if key.is_weak() {
         return Err(KeyError::WeakKey);
     }
@@ -111,8 +119,9 @@ pub fn static_key_of(peer: &PeerId) -> Result<[u8; KEY_LEN], KeyError> {
     montgomery(&ed25519_of(peer)?)
 }
 
-/// The PeerId of a raw Ed25519 public key.
+/// The PeerId of a raw Ed25519 public key (canonical encodings only, as [`montgomery`]).
 pub fn peer_id_of(ed25519_public: &[u8; KEY_LEN]) -> Result<PeerId, KeyError> {
+    montgomery(ed25519_public)?;
     let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(ed25519_public)
         .map_err(|_| KeyError::InvalidPoint)?;
     Ok(PublicKey::from(key).to_peer_id())
@@ -156,5 +165,24 @@ mod tests {
         let mut identity_point = [0u8; 32];
         identity_point[0] = 1;
         assert_eq!(montgomery(&identity_point), Err(KeyError::WeakKey));
+    }
+
+    #[test]
+    fn refuses_non_canonical_encodings_of_valid_points() {
+        // y = 2^255 - 19 + 18 = p + 18 with the sign bit set: decodes (to the point with
+        // y = 18), but is not how that point is written.
+        assert_eq!(montgomery(&[0xff; 32]), Err(KeyError::NonCanonical));
+        assert_eq!(peer_id_of(&[0xff; 32]), Err(KeyError::NonCanonical));
+        // The bytes of p itself: y = 0 written as p + 0.
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        assert_eq!(montgomery(&p), Err(KeyError::NonCanonical));
+        // Every honest key is canonical.
+        for _ in 0..8 {
+            let id = Keypair::generate_ed25519();
+            let local = LocalKeys::from_identity(&id).unwrap();
+            assert!(montgomery(local.identity_public()).is_ok());
+        }
     }
 }

@@ -30,6 +30,8 @@ pub struct SecurityStats {
     rekeys_received: AtomicU64,
     /// "inbound.expired" -> count. Keys are stable reason names, so the map stays small.
     refused: Mutex<BTreeMap<String, u64>>,
+    /// Admitted connections ended by a bad transport frame: reason -> count.
+    stream_errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// A point-in-time copy, as served by the control API.
@@ -40,6 +42,10 @@ pub struct SecuritySnapshot {
     pub rekeys_sent: u64,
     pub rekeys_received: u64,
     pub refused: BTreeMap<String, u64>,
+    /// Connections closed after admission because a transport frame was too short
+    /// (`bad_frame`), did not decrypt (`decrypt_failed`) or was cut off (`truncated`).
+    #[serde(default)]
+    pub stream_errors: BTreeMap<String, u64>,
 }
 
 impl SecurityStats {
@@ -56,6 +62,11 @@ impl SecurityStats {
         *refused
             .entry(format!("{}.{reason}", direction.as_str()))
             .or_default() += 1;
+    }
+
+    pub fn count_stream_error(&self, reason: &'static str) {
+        let mut errors = self.stream_errors.lock().unwrap_or_else(|p| p.into_inner());
+        *errors.entry(reason).or_default() += 1;
     }
 
     pub fn count_rekey_sent(&self) {
@@ -77,6 +88,13 @@ impl SecurityStats {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            stream_errors: self
+                .stream_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(reason, n)| ((*reason).to_owned(), *n))
+                .collect(),
         }
     }
 }

@@ -83,6 +83,12 @@ fn invalid(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Er
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
+/// Counts why a stream ended on a bad frame, then builds the error that ends it.
+fn refuse(stats: &SecurityStats, reason: &'static str, error: impl std::fmt::Display) -> io::Error {
+    stats.count_stream_error(reason);
+    invalid(format!("{reason}: {error}"))
+}
+
 impl<S> XkStream<S> {
     pub fn new(
         io: S,
@@ -190,7 +196,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
             if out.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            match frame::peek(&this.rbuf[this.rstart..this.rend], TAG_LEN).map_err(invalid)? {
+            let peeked = frame::peek(&this.rbuf[this.rstart..this.rend], TAG_LEN)
+                .map_err(|e| refuse(&this.stats, "bad_frame", e))?;
+            match peeked {
                 Peek::Frame { body } => {
                     let ciphertext = &this.rbuf[this.rstart + body.start..this.rstart + body.end];
                     this.rstart += body.end;
@@ -198,7 +206,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                     if plain_len == 0 {
                         this.session
                             .read_message(ciphertext, &mut [])
-                            .map_err(|e| invalid(format!("decrypt: {e}")))?;
+                            .map_err(|e| refuse(&this.stats, "decrypt_failed", e))?;
                         this.session.rekey_incoming();
                         this.stats.count_rekey_received();
                         continue;
@@ -208,7 +216,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                         let n = this
                             .session
                             .read_message(ciphertext, out)
-                            .map_err(|e| invalid(format!("decrypt: {e}")))?;
+                            .map_err(|e| refuse(&this.stats, "decrypt_failed", e))?;
                         return Poll::Ready(Ok(n));
                     }
                     if this.plain.len() < plain_len {
@@ -217,7 +225,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                     this.plen = this
                         .session
                         .read_message(ciphertext, &mut this.plain)
-                        .map_err(|e| invalid(format!("decrypt: {e}")))?;
+                        .map_err(|e| refuse(&this.stats, "decrypt_failed", e))?;
                     this.ppos = 0;
                 }
                 Peek::Incomplete { need } => {
@@ -240,6 +248,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for XkStream<S> {
                         if this.rstart == this.rend {
                             return Poll::Ready(Ok(0));
                         }
+                        this.stats.count_stream_error("truncated");
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "connection closed in the middle of a frame",
@@ -313,6 +322,69 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for XkStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secure::handshake::{Initiator, Responder};
+    use crate::secure::keys::LocalKeys;
+    use crate::secure::AdmissionPolicy;
+    use futures::executor::block_on;
+    use futures::io::{AsyncReadExt, AsyncWriteExt, Cursor};
+    use libp2p::identity::Keypair;
+
+    /// Both ends of an open-mesh handshake: (initiator's session, responder's session).
+    fn sessions() -> (TransportState, TransportState) {
+        let a = LocalKeys::from_identity(&Keypair::generate_ed25519()).unwrap();
+        let b = LocalKeys::from_identity(&Keypair::generate_ed25519()).unwrap();
+        let open = AdmissionPolicy::open();
+        let (initiator, msg1) = Initiator::start(&a, b.peer_id()).unwrap();
+        let mut responder = Responder::new(&b).unwrap();
+        let msg2 = responder.on_opening(&msg1, &open).unwrap();
+        let (awaiting, msg3) = initiator.on_responder_hello(&msg2, &a, &open, 0).unwrap();
+        let (at_b, verdict) = responder.on_initiator_hello(&msg3, &open, 0).unwrap();
+        let at_a = awaiting.on_verdict(&verdict).unwrap();
+        (at_a.session, at_b.session)
+    }
+
+    /// What a receiver makes of `wire` after one good frame: the error kind and counters.
+    fn read_after_good_frame(garbage: &[u8]) -> (io::ErrorKind, Vec<(String, u64)>) {
+        let (a, b) = sessions();
+        let mut out = XkStream::new(
+            Cursor::new(Vec::new()),
+            a,
+            RekeyPolicy::default(),
+            Arc::default(),
+        );
+        block_on(async {
+            out.write_all(b"ok").await.unwrap();
+            out.flush().await.unwrap();
+        });
+        let mut wire = out.get_mut().get_ref().clone();
+        wire.extend_from_slice(garbage);
+        let stats = Arc::new(SecurityStats::default());
+        let mut input = XkStream::new(Cursor::new(wire), b, RekeyPolicy::default(), stats.clone());
+        let mut buf = Vec::new();
+        let error = block_on(input.read_to_end(&mut buf)).unwrap_err();
+        assert_eq!(buf, b"ok");
+        (
+            error.kind(),
+            stats.snapshot().stream_errors.into_iter().collect(),
+        )
+    }
+
+    #[test]
+    fn a_bad_frame_after_admission_ends_the_stream_and_is_counted() {
+        let count = |reason: &str| vec![(reason.to_owned(), 1)];
+        assert_eq!(
+            read_after_good_frame(&[0, 3, 1, 2, 3]),
+            (io::ErrorKind::InvalidData, count("bad_frame"))
+        );
+        assert_eq!(
+            read_after_good_frame(&[[0, 20].as_slice(), &[0x5a; 20]].concat()),
+            (io::ErrorKind::InvalidData, count("decrypt_failed"))
+        );
+        assert_eq!(
+            read_after_good_frame(&[0, 40, 1, 2]),
+            (io::ErrorKind::UnexpectedEof, count("truncated"))
+        );
+    }
 
     #[test]
     fn rekey_is_due_on_either_budget() {
