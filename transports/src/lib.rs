@@ -156,6 +156,26 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn an_open_mesh_stack_needs_the_channels_own_identity() {
+        // XK and /noise must prove the same PeerId, or a peer would see two identities.
+        let channel = SecureChannel::new(
+            &Keypair::generate_ed25519(),
+            secure::SecureChannelConfig::new(secure::AdmissionPolicy::open()),
+        )
+        .unwrap();
+        let config = TransportConfig {
+            dns: false,
+            ..TransportConfig::default()
+        };
+        assert!(matches!(
+            build_transport(&Keypair::generate_ed25519(), &channel, &config),
+            Err(TransportBuildError::OpenMesh(
+                secure::open::OpenSetupError::IdentityMismatch { .. }
+            ))
+        ));
+    }
+
     #[test]
     fn refuses_an_empty_stack() {
         let key = Keypair::generate_ed25519();

@@ -72,7 +72,11 @@ pub enum HandshakeError {
     Libp2pNoise(libp2p::noise::Error),
     /// We dialled `/p2p/<expected>` over `/noise`, and the remote proved another identity.
     #[error("dialled {expected}, but the remote proved to be {actual}")]
-    UnexpectedPeer { expected: PeerId, actual: PeerId },
+    UnexpectedPeer {
+        // Boxed: two PeerIds would make every handshake result twice as large.
+        expected: Box<PeerId>,
+        actual: Box<PeerId>,
+    },
 }
 
 impl HandshakeError {

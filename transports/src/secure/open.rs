@@ -46,7 +46,10 @@ pub type OpenStream<C> = Either<XkStream<Negotiated<C>>, noise::Output<Negotiate
 #[derive(Debug, thiserror::Error)]
 pub enum OpenSetupError {
     #[error("the /noise identity {identity} is not the secure channel's {channel}")]
-    IdentityMismatch { identity: PeerId, channel: PeerId },
+    IdentityMismatch {
+        identity: Box<PeerId>,
+        channel: Box<PeerId>,
+    },
     #[error("libp2p-noise: {0}")]
     Noise(#[from] noise::Error),
 }
@@ -88,8 +91,8 @@ impl OpenSecurity {
         let id = identity.public().to_peer_id();
         if id != channel.local_peer_id() {
             return Err(OpenSetupError::IdentityMismatch {
-                identity: id,
-                channel: channel.local_peer_id(),
+                identity: Box::new(id),
+                channel: Box::new(channel.local_peer_id()),
             });
         }
         Ok(OpenSecurity {
@@ -198,8 +201,8 @@ impl OpenSecurity {
                             match remote {
                                 Some(expected) if expected != peer => {
                                     Err(HandshakeError::UnexpectedPeer {
-                                        expected,
-                                        actual: peer,
+                                        expected: Box::new(expected),
+                                        actual: Box::new(peer),
                                     })
                                 }
                                 _ => Ok((peer, Either::Right(stream))),
