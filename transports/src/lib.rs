@@ -8,6 +8,9 @@
 //! QUIC brings its own TLS handshake, which has no place for tickets, so a node whose mesh
 //! requires tickets does not run QUIC at all: every connection it has went through the
 //! ticket check before any application protocol could send a byte.
+//!
+//! An open mesh admits anyone, so its TCP path also speaks libp2p's own `/noise`
+//! ([`secure::open`]): stock libp2p peers connect over TCP as they do over QUIC.
 
 pub mod secure;
 pub mod ticket;
@@ -21,6 +24,7 @@ use libp2p::core::transport::{Boxed, OptionalTransport};
 use libp2p::identity::Keypair;
 use libp2p::{dns, quic, tcp, yamux, PeerId, Transport};
 
+use secure::open::OpenSecurity;
 use secure::SecureChannel;
 
 /// Which transports a node runs.
@@ -51,6 +55,8 @@ impl Default for TransportConfig {
 pub enum TransportBuildError {
     #[error("no transport enabled: enable at least one of tcp and quic (QUIC is off in a mesh that requires tickets)")]
     NothingEnabled,
+    #[error("open-mesh TCP security: {0}")]
+    OpenMesh(#[from] secure::open::OpenSetupError),
 }
 
 /// The boxed transport a swarm is built on.
@@ -71,7 +77,7 @@ pub fn build_transport(
         return Err(TransportBuildError::NothingEnabled);
     }
     if config.dns {
-        match dns::tokio::Transport::system(ip_stack(keypair, channel, config)) {
+        match dns::tokio::Transport::system(ip_stack(keypair, channel, config)?) {
             Ok(with_dns) => return Ok(with_dns.boxed()),
             // A device without a readable resolver configuration (some phones, minimal
             // containers) still works with IP multiaddrs, so DNS is best effort.
@@ -80,20 +86,23 @@ pub fn build_transport(
             }
         }
     }
-    Ok(ip_stack(keypair, channel, config))
+    ip_stack(keypair, channel, config)
 }
 
 fn ip_stack(
     keypair: &Keypair,
     channel: &SecureChannel,
     config: &TransportConfig,
-) -> BoxedTransport {
+) -> Result<BoxedTransport, TransportBuildError> {
     let tcp_stack = if config.tcp {
         let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
-        OptionalTransport::some(TransportTimeout::new(
-            secure::upgrade_transport(tcp, channel.clone(), yamux::Config::default()),
-            config.upgrade_timeout,
-        ))
+        let secured = if channel.policy().requires_tickets() {
+            secure::upgrade_transport(tcp, channel.clone(), yamux::Config::default())
+        } else {
+            let security = OpenSecurity::new(keypair, channel.clone())?;
+            secure::open::upgrade_transport(tcp, security, yamux::Config::default())
+        };
+        OptionalTransport::some(TransportTimeout::new(secured, config.upgrade_timeout))
     } else {
         OptionalTransport::none()
     };
@@ -102,13 +111,13 @@ fn ip_stack(
     } else {
         OptionalTransport::none()
     };
-    tcp_stack
+    Ok(tcp_stack
         .or_transport(quic_stack)
         .map(|either, _| match either {
             Either::Left((peer, muxer)) => (peer, muxer),
             Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
         })
-        .boxed()
+        .boxed())
 }
 
 #[cfg(test)]
@@ -144,6 +153,26 @@ mod tests {
         assert!(matches!(
             build_transport(&key, &closed, &tcp_off),
             Err(TransportBuildError::NothingEnabled)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_open_mesh_stack_needs_the_channels_own_identity() {
+        // XK and /noise must prove the same PeerId, or a peer would see two identities.
+        let channel = SecureChannel::new(
+            &Keypair::generate_ed25519(),
+            secure::SecureChannelConfig::new(secure::AdmissionPolicy::open()),
+        )
+        .unwrap();
+        let config = TransportConfig {
+            dns: false,
+            ..TransportConfig::default()
+        };
+        assert!(matches!(
+            build_transport(&Keypair::generate_ed25519(), &channel, &config),
+            Err(TransportBuildError::OpenMesh(
+                secure::open::OpenSetupError::IdentityMismatch { .. }
+            ))
         ));
     }
 

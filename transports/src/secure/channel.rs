@@ -34,7 +34,7 @@ use crate::ticket::Admission;
 
 use super::admission::AdmissionPolicy;
 use super::frame::{self, TAG_LEN};
-use super::guard::{GuardConfig, HandshakeGuard};
+use super::guard::{GuardConfig, GuardRefusal, HandshakeGuard};
 use super::handshake::{Established, Failure, Initiator, Responder};
 use super::keys::{KeyError, LocalKeys};
 use super::stats::{Direction, SecurityStats};
@@ -188,13 +188,13 @@ async fn with_timeout<T, E>(
 }
 
 /// Frees an inbound pending-handshake slot even if the upgrade future is dropped midway.
-struct PendingSlot {
+pub(crate) struct PendingSlot {
     channel: SecureChannel,
     ip: Option<IpAddr>,
 }
 
 impl PendingSlot {
-    fn finish(mut self, admitted: bool) {
+    pub(crate) fn finish(mut self, admitted: bool) {
         if let Some(ip) = self.ip.take() {
             lock(&self.channel.shared.guard).finish_inbound(Instant::now(), ip, admitted);
         }
@@ -273,7 +273,7 @@ impl SecureChannel {
         }
     }
 
-    fn record(
+    pub(crate) fn record(
         &self,
         direction: Direction,
         peer: Option<PeerId>,
@@ -373,18 +373,7 @@ impl SecureChannel {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let began = match source {
-            Some(ip) => lock(&self.shared.guard)
-                .begin_inbound(Instant::now(), ip)
-                .map(|()| PendingSlot {
-                    channel: self.clone(),
-                    ip: Some(ip),
-                }),
-            None => Ok(PendingSlot {
-                channel: self.clone(),
-                ip: None,
-            }),
-        };
+        let began = self.begin_inbound(source);
         // The remote's identity, once the handshake proved it (for logs).
         let mut peer = None;
         let result = match began {
@@ -421,7 +410,7 @@ impl SecureChannel {
     }
 
     /// Runs the initiator's side on a negotiated stream.
-    async fn secure_outbound<C>(
+    pub(crate) async fn secure_outbound<C>(
         &self,
         mut io: C,
         remote: PeerId,
@@ -453,7 +442,7 @@ impl SecureChannel {
 
     /// Runs the responder's side on a negotiated stream. Errors carry the remote's PeerId
     /// when it was proven before the failure.
-    async fn secure_inbound<C>(
+    pub(crate) async fn secure_inbound<C>(
         &self,
         mut io: C,
     ) -> Result<(PeerId, XkStream<C>), (HandshakeError, Option<PeerId>)>
@@ -560,19 +549,55 @@ where
     }
 }
 
-fn dialed_peer(address: &Multiaddr) -> Option<PeerId> {
+pub(crate) fn dialed_peer(address: &Multiaddr) -> Option<PeerId> {
     match address.iter().last() {
         Some(Protocol::P2p(peer)) => Some(peer),
         _ => None,
     }
 }
 
-fn source_ip(address: &Multiaddr) -> Option<IpAddr> {
+pub(crate) fn source_ip(address: &Multiaddr) -> Option<IpAddr> {
     address.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
         _ => None,
     })
+}
+
+/// Guard access for the open-mesh stack ([`super::open`]), which negotiates itself.
+impl SecureChannel {
+    /// Takes a pending-handshake slot for an inbound connection from `source` (rate limit and
+    /// backoff included); without a source address there is nothing to hold a slot against.
+    pub(crate) fn begin_inbound(
+        &self,
+        source: Option<IpAddr>,
+    ) -> Result<PendingSlot, GuardRefusal> {
+        match source {
+            Some(ip) => lock(&self.shared.guard)
+                .begin_inbound(Instant::now(), ip)
+                .map(|()| PendingSlot {
+                    channel: self.clone(),
+                    ip: Some(ip),
+                }),
+            None => Ok(PendingSlot {
+                channel: self.clone(),
+                ip: None,
+            }),
+        }
+    }
+
+    /// Whether `remote` may be dialled now (outbound backoff).
+    pub(crate) fn check_outbound(&self, remote: PeerId) -> Result<(), GuardRefusal> {
+        lock(&self.shared.guard).check_outbound(Instant::now(), remote)
+    }
+
+    pub(crate) fn finish_outbound(&self, remote: PeerId, admitted: bool) {
+        lock(&self.shared.guard).finish_outbound(Instant::now(), remote, admitted);
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.shared.handshake_timeout
+    }
 }
 
 /// Secures every connection of `transport` with `channel`, then multiplexes it with yamux.

@@ -8,6 +8,7 @@
 //! - [`admission`]: the mesh root, own ticket and revocations a node judges peers by.
 //! - [`guard`]: handshake abuse limits, a pure state machine.
 //! - [`channel`]: the I/O edge: runs the above over a socket and plugs into libp2p.
+//! - [`open`]: the TCP stack of an open mesh, which also speaks libp2p's `/noise`.
 //!
 //! The wire protocol is specified in `docs/secure-channel.md`.
 
@@ -19,6 +20,7 @@ pub mod guard;
 pub mod handshake;
 pub mod keys;
 pub mod log_limit;
+pub mod open;
 pub mod stats;
 pub mod stream;
 
@@ -27,6 +29,8 @@ pub use channel::{upgrade_transport, SecureChannel, SecureChannelConfig, XkUpgra
 pub use guard::{GuardConfig, GuardRefusal};
 pub use stats::{SecuritySnapshot, SecurityStats};
 pub use stream::{RekeyPolicy, XkStream};
+
+use libp2p::PeerId;
 
 use crate::ticket::TicketError;
 
@@ -64,6 +68,16 @@ pub enum HandshakeError {
     Negotiation(String),
     #[error("muxer: {0}")]
     Muxer(std::io::Error),
+    /// A `/noise` handshake (open meshes only) failed.
+    #[error("libp2p-noise: {0}")]
+    Libp2pNoise(libp2p::noise::Error),
+    /// We dialled `/p2p/<expected>` over `/noise`, and the remote proved another identity.
+    #[error("dialled {expected}, but the remote proved to be {actual}")]
+    UnexpectedPeer {
+        // Boxed: two PeerIds would make every handshake result twice as large.
+        expected: Box<PeerId>,
+        actual: Box<PeerId>,
+    },
 }
 
 impl HandshakeError {
@@ -86,6 +100,8 @@ impl HandshakeError {
             HandshakeError::Guard(g) => g.reason(),
             HandshakeError::Negotiation(_) => "negotiation",
             HandshakeError::Muxer(_) => "muxer",
+            HandshakeError::Libp2pNoise(_) => "libp2p_noise",
+            HandshakeError::UnexpectedPeer { .. } => "unexpected_peer",
         }
     }
 }

@@ -26,6 +26,8 @@ impl Direction {
 pub struct SecurityStats {
     admitted_inbound: AtomicU64,
     admitted_outbound: AtomicU64,
+    noise_inbound: AtomicU64,
+    noise_outbound: AtomicU64,
     rekeys_sent: AtomicU64,
     rekeys_received: AtomicU64,
     /// "inbound.expired" -> count. Keys are stable reason names, so the map stays small.
@@ -39,6 +41,12 @@ pub struct SecurityStats {
 pub struct SecuritySnapshot {
     pub admitted_inbound: u64,
     pub admitted_outbound: u64,
+    /// Of the admissions above, those that ran libp2p's `/noise` (open meshes) instead of
+    /// `/fogmesh/xk/1`. Absent in the JSON of older nodes.
+    #[serde(default)]
+    pub admitted_noise_inbound: u64,
+    #[serde(default)]
+    pub admitted_noise_outbound: u64,
     pub rekeys_sent: u64,
     pub rekeys_received: u64,
     pub refused: BTreeMap<String, u64>,
@@ -53,6 +61,15 @@ impl SecurityStats {
         let counter = match direction {
             Direction::Inbound => &self.admitted_inbound,
             Direction::Outbound => &self.admitted_outbound,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks one admission (counted with [`Self::count_admitted`]) as made over `/noise`.
+    pub fn count_admitted_via_noise(&self, direction: Direction) {
+        let counter = match direction {
+            Direction::Inbound => &self.noise_inbound,
+            Direction::Outbound => &self.noise_outbound,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -81,6 +98,8 @@ impl SecurityStats {
         SecuritySnapshot {
             admitted_inbound: self.admitted_inbound.load(Ordering::Relaxed),
             admitted_outbound: self.admitted_outbound.load(Ordering::Relaxed),
+            admitted_noise_inbound: self.noise_inbound.load(Ordering::Relaxed),
+            admitted_noise_outbound: self.noise_outbound.load(Ordering::Relaxed),
             rekeys_sent: self.rekeys_sent.load(Ordering::Relaxed),
             rekeys_received: self.rekeys_received.load(Ordering::Relaxed),
             refused: self
