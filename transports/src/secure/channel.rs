@@ -600,6 +600,39 @@ impl SecureChannel {
     }
 }
 
+/// Negotiates yamux on a secured stream and starts it: the dialer proposes, the listener
+/// accepts. Shared by the XK-only and the open-mesh stacks.
+pub(crate) async fn multiplex<S>(
+    stream: S,
+    dialer: bool,
+    config: yamux::Config,
+) -> Result<StreamMuxerBox, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let negotiation =
+        |e: multistream_select::NegotiationError| HandshakeError::Negotiation(e.to_string());
+    if dialer {
+        let (_, negotiated) = dialer_select_proto(stream, [YAMUX], Version::V1Lazy)
+            .await
+            .map_err(negotiation)?;
+        let muxer = config
+            .upgrade_outbound(negotiated, YAMUX)
+            .await
+            .map_err(HandshakeError::Muxer)?;
+        Ok(StreamMuxerBox::new(muxer))
+    } else {
+        let (_, negotiated) = listener_select_proto(stream, [YAMUX])
+            .await
+            .map_err(negotiation)?;
+        let muxer = config
+            .upgrade_inbound(negotiated, YAMUX)
+            .await
+            .map_err(HandshakeError::Muxer)?;
+        Ok(StreamMuxerBox::new(muxer))
+    }
+}
+
 /// Secures every connection of `transport` with `channel`, then multiplexes it with yamux.
 pub fn upgrade_transport<T>(
     transport: T,
@@ -631,28 +664,14 @@ where
                         };
                         let (peer, stream) =
                             channel.outbound(io, remote, Some(&address), true).await?;
-                        let (_, negotiated) = dialer_select_proto(stream, [YAMUX], Version::V1Lazy)
-                            .await
-                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
-                        let muxer = yamux_config
-                            .upgrade_outbound(negotiated, YAMUX)
-                            .await
-                            .map_err(HandshakeError::Muxer)?;
-                        Ok((peer, StreamMuxerBox::new(muxer)))
+                        Ok((peer, multiplex(stream, true, yamux_config).await?))
                     }
                     endpoint => {
                         let address = endpoint.get_remote_address().clone();
                         let source = source_ip(&address);
                         let (peer, stream) =
                             channel.inbound(io, source, Some(&address), true).await?;
-                        let (_, negotiated) = listener_select_proto(stream, [YAMUX])
-                            .await
-                            .map_err(|e| HandshakeError::Negotiation(e.to_string()))?;
-                        let muxer = yamux_config
-                            .upgrade_inbound(negotiated, YAMUX)
-                            .await
-                            .map_err(HandshakeError::Muxer)?;
-                        Ok((peer, StreamMuxerBox::new(muxer)))
+                        Ok((peer, multiplex(stream, false, yamux_config).await?))
                     }
                 }
             }

@@ -30,14 +30,13 @@ use libp2p::identity::Keypair;
 use libp2p::{noise, yamux, PeerId, Transport};
 use multistream_select::{dialer_select_proto, listener_select_proto, Negotiated, Version};
 
-use super::channel::{dialed_peer, source_ip, SecureChannel, PROTOCOL};
+use super::channel::{dialed_peer, multiplex, source_ip, SecureChannel, PROTOCOL};
 use super::stats::Direction;
 use super::stream::XkStream;
 use super::HandshakeError;
 
 /// The multistream-select name of libp2p-noise.
 pub const NOISE: &str = "/noise";
-const YAMUX: &str = "/yamux/1.0.0";
 
 /// A connection secured by whichever protocol was negotiated.
 pub type OpenStream<C> = Either<XkStream<Negotiated<C>>, noise::Output<Negotiated<C>>>;
@@ -267,27 +266,16 @@ where
                     } => {
                         let remote = dialed_peer(&address);
                         let (peer, stream) = security.outbound(io, remote, Some(&address)).await?;
-                        let (_, negotiated) = dialer_select_proto(stream, [YAMUX], Version::V1Lazy)
-                            .await
-                            .map_err(negotiation)?;
-                        let muxer = yamux_config
-                            .upgrade_outbound(negotiated, YAMUX)
-                            .await
-                            .map_err(HandshakeError::Muxer)?;
-                        Ok::<_, HandshakeError>((peer, StreamMuxerBox::new(muxer)))
+                        Ok::<_, HandshakeError>((
+                            peer,
+                            multiplex(stream, true, yamux_config).await?,
+                        ))
                     }
                     endpoint => {
                         let address = endpoint.get_remote_address().clone();
                         let source = source_ip(&address);
                         let (peer, stream) = security.inbound(io, source, Some(&address)).await?;
-                        let (_, negotiated) = listener_select_proto(stream, [YAMUX])
-                            .await
-                            .map_err(negotiation)?;
-                        let muxer = yamux_config
-                            .upgrade_inbound(negotiated, YAMUX)
-                            .await
-                            .map_err(HandshakeError::Muxer)?;
-                        Ok((peer, StreamMuxerBox::new(muxer)))
+                        Ok((peer, multiplex(stream, false, yamux_config).await?))
                     }
                 }
             }
