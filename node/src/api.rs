@@ -57,6 +57,9 @@ pub struct StatusView {
     pub telemetry_unsent: u64,
     pub telemetry_accepted: u64,
     pub telemetry_rejected: RejectionCounters,
+    /// Origins forgotten: silent past the expiry time, or evicted at the origin cap.
+    #[serde(default)]
+    pub telemetry_expired: u64,
     pub store_errors: u64,
     pub mdns: bool,
     pub bootstrap: BootstrapView,
@@ -178,6 +181,11 @@ pub struct SharedState {
     pub commands: tokio::sync::mpsc::Sender<ControlCommand>,
     /// What the API server's bounds turned away.
     pub api_limits: Arc<crate::api_server::ApiLimits>,
+    /// Bumped whenever the driver refreshes the views, so in-process watchers (tests, the
+    /// in-memory network) wait for a change instead of polling.
+    pub views: tokio::sync::watch::Sender<u64>,
+    /// The one metrics registry (ours under `fogmesh_`, libp2p's under `libp2p_`).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Most control commands queued for the event loop.
@@ -194,7 +202,7 @@ pub enum ControlCommand {
 }
 
 /// `POST /v1/revocations`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationOutcome {
     /// False when the node already had it.
     pub new: bool,
@@ -233,6 +241,11 @@ pub fn now_ms() -> u64 {
 }
 
 impl SharedState {
+    /// Tells in-process watchers that the views changed.
+    pub fn views_changed(&self) {
+        self.views.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     pub fn telemetry_view(&self, now: u64) -> TelemetryResponse {
         let status = read(&self.status);
         let mut nodes: Vec<TelemetryView> = read(&self.telemetry)

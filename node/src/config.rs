@@ -15,6 +15,10 @@ use crate::device::SimulateConfig;
 pub const DEFAULT_PORT: u16 = 4747;
 const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_TELEMETRY_INTERVAL: Duration = Duration::from_secs(3600);
+const MIN_EXPIRE_AFTER: Duration = Duration::from_secs(60);
+const MAX_EXPIRE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Highest accepted `telemetry_max_origins`.
+pub const MAX_TELEMETRY_ORIGINS: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +58,11 @@ pub struct ConfigLayer {
     /// Exempt handshakes from 127.0.0.0/8 and ::1 from the per-address rate limit and
     /// backoff. For local testnets, where every node dials from 127.0.0.1.
     pub exempt_loopback: Option<bool>,
+    /// Forget a node's telemetry once it has been silent this long.
+    #[serde(default, with = "humantime_serde")]
+    pub telemetry_expire_after: Option<Duration>,
+    /// Most nodes whose telemetry is kept (the one heard from longest ago makes room).
+    pub telemetry_max_origins: Option<usize>,
 }
 
 impl ConfigLayer {
@@ -77,7 +86,9 @@ impl ConfigLayer {
             sense_interval,
             mesh,
             ticket,
-            exempt_loopback
+            exempt_loopback,
+            telemetry_expire_after,
+            telemetry_max_origins
         );
         self.simulate = match (self.simulate, other.simulate) {
             (Some(mine), Some(theirs)) => Some(mine.overlay(theirs)),
@@ -140,6 +151,8 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_MESH",
     "FOGMESH_TICKET",
     "FOGMESH_EXEMPT_LOOPBACK",
+    "FOGMESH_TELEMETRY_EXPIRE_AFTER",
+    "FOGMESH_TELEMETRY_MAX_ORIGINS",
 ];
 
 /// Reads `FOGMESH_*` variables from `vars`. Lists are comma-separated. An unknown
@@ -180,6 +193,13 @@ pub fn load_env(
             "FOGMESH_TICKET" => layer.ticket = Some(PathBuf::from(&value)),
             "FOGMESH_EXEMPT_LOOPBACK" => {
                 layer.exempt_loopback = Some(parse_bool(&value).map_err(err)?)
+            }
+            "FOGMESH_TELEMETRY_EXPIRE_AFTER" => {
+                layer.telemetry_expire_after =
+                    Some(humantime::parse_duration(&value).map_err(|e| err(e.to_string()))?)
+            }
+            "FOGMESH_TELEMETRY_MAX_ORIGINS" => {
+                layer.telemetry_max_origins = Some(value.parse().map_err(|e| err(format!("{e}")))?)
             }
             "FOGMESH_SENSE_INTERVAL" => {
                 layer.sense_interval =
@@ -257,6 +277,22 @@ pub fn validate(layer: &ConfigLayer, source_name: &str) -> Result<(), ConfigErro
             reason: e.to_string(),
         })?;
     }
+    if let Some(after) = layer.telemetry_expire_after {
+        if !(MIN_EXPIRE_AFTER..=MAX_EXPIRE_AFTER).contains(&after) {
+            return Err(bad(
+                "telemetry_expire_after",
+                format!("{} is outside 1m..7d", humantime::format_duration(after)),
+            ));
+        }
+    }
+    if let Some(max) = layer.telemetry_max_origins {
+        if !(1..=MAX_TELEMETRY_ORIGINS).contains(&max) {
+            return Err(bad(
+                "telemetry_max_origins",
+                format!("{max} is outside 1..{MAX_TELEMETRY_ORIGINS}"),
+            ));
+        }
+    }
     if layer.max_connections == Some(0) {
         return Err(bad("max_connections", "must be at least 1".into()));
     }
@@ -312,6 +348,8 @@ pub struct Settings {
     pub mesh: Option<MeshFiles>,
     /// Loopback handshakes skip the per-address rate limit and backoff (testnets only).
     pub exempt_loopback: bool,
+    pub telemetry_expire_after: Duration,
+    pub telemetry_max_origins: usize,
 }
 
 /// Where a node finds its mesh's public description and its own ticket.
@@ -379,6 +417,10 @@ impl Settings {
                 _ => None,
             },
             exempt_loopback: layer.exempt_loopback.unwrap_or(false),
+            telemetry_expire_after: layer
+                .telemetry_expire_after
+                .unwrap_or(Duration::from_secs(30 * 60)),
+            telemetry_max_origins: layer.telemetry_max_origins.unwrap_or(4096),
         }
     }
 
@@ -469,6 +511,12 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 # Log filter (RUST_LOG syntax) and format ("text" or "json").
 # log = "info"
 # log_format = "text"
+
+# Forget a node's telemetry once it has been silent this long (1m..7d), and keep at most this
+# many nodes' telemetry (an open mesh lets anyone mint identities; the node heard from longest
+# ago makes room for a new one).
+# telemetry_expire_after = "30m"
+# telemetry_max_origins = 4096
 
 # How often the device (battery, temperature, load) is re-sensed; every 5 s at most while the
 # battery is low or the device is warm.

@@ -1,53 +1,52 @@
-//! The running node: swarm composition and the event loop that drives it.
+//! Start-up: composes a node from its settings and hands it to the driver.
 //!
 //! Start-up does everything that can fail for a person to see (data dir, identity, store,
 //! transports, binding every listen address and the control API) before it returns, so a
 //! port in use or an unreadable data dir is an error at the prompt, not a log line later.
-//! The event loop then owns the swarm and all protocol state; the control API only reads
-//! views the loop publishes into [`SharedState`].
+//! The [`crate::driver`] then owns the swarm and runs the services; the control API only
+//! reads views the driver publishes into [`SharedState`]. `docs/architecture.md` explains
+//! how the parts fit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fogmesh_store::{codec, Store, StoreError, StoreOptions, Table};
+use fogmesh_store::{Store, StoreError, StoreOptions, Table};
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
-use fogmesh_transports::ticket::{self, RevocationSet};
-use fogmesh_transports::{build_transport, quic_enabled, TransportBuildError, TransportConfig};
-use futures::StreamExt;
-use libp2p::core::transport::ListenerId;
-use libp2p::core::ConnectedPoint;
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
+use fogmesh_transports::ticket::RevocationSet;
+use fogmesh_transports::{
+    build_memory_transport, build_transport, quic_enabled, BoxedTransport, TransportBuildError,
+    TransportConfig,
+};
+use libp2p::gossipsub;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    connection_limits, identify, kad, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm,
-};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{connection_limits, identify, kad, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::api::{
-    self, now_ms, BootstrapView, ControlCommand, ControlFile, PeerView, RevocationOutcome,
-    SharedState, StatusView,
-};
-use crate::bootstrap::BootstrapDialer;
+use crate::api::{self, now_ms, BootstrapView, ControlFile, SharedState, StatusView};
 use crate::config::{self, Settings};
-use crate::connection_budget::{self, Candidate};
-use crate::device::{self, DeviceMonitor, DeviceView};
-use crate::envelope::{self, MessageKind};
+use crate::device::DeviceMonitor;
+use crate::driver::{Driver, DriverParts, Services};
+use crate::envelope;
+use crate::events::EventBus;
 use crate::identity::{self, IdentityError};
-use crate::lifecycle::{Lifecycle, LifecycleInput, Phase};
-use crate::membership::{self, AdmissionView, Membership, MembershipError};
-use crate::telemetry::{
-    next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
-    TelemetryValidator, TELEMETRY_TOPIC,
+use crate::lifecycle::Lifecycle;
+use crate::membership::{self, AdmissionView, MembershipError};
+use crate::peer_manager::{PeerManager, PeerManagerConfig, PeerMetrics};
+use crate::services::device::{DeviceMetrics, DeviceService};
+use crate::services::revocations::{MeshAuthority, RevocationMetrics, RevocationService};
+use crate::services::telemetry::{
+    TelemetryConfig, TelemetryLimits, TelemetryMetrics, TelemetryService,
 };
+use crate::storage::{self, NodeStorage, Tables};
+use crate::telemetry::{FreshnessPolicy, RejectionCounters};
 
 /// The version every node reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -57,30 +56,10 @@ const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/kad/1.0.0");
 
 /// Peers remembered in the registry; the least recently seen is forgotten beyond this.
 pub const MAX_KNOWN_PEERS: usize = 1024;
-/// Addresses remembered per peer.
-const MAX_ADDRS_PER_PEER: usize = 8;
 /// Known peers redialled at start-up, most recently seen first.
 const REDIAL_ON_START: usize = 16;
 /// Most time a clean shutdown may take before the process gives up waiting.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
-const KAD_BOOTSTRAP_EVERY: Duration = Duration::from_secs(300);
-/// First Kademlia walk after start, plus up to the same again in jitter. Bootstrap peers
-/// already make the mesh connected; waiting keeps a fleet of nodes starting together from
-/// dialling each other all at once.
-const KAD_FIRST_BOOTSTRAP: Duration = Duration::from_secs(20);
-/// Quickest re-announcement of our telemetry when new subscribers appear.
-const ANNOUNCE_MIN_GAP: Duration = Duration::from_secs(1);
-const ANNOUNCE_DELAY: Duration = Duration::from_millis(200);
-
-const TABLE_PEERS: &str = "peers";
-const TABLE_TELEMETRY: &str = "telemetry";
-const TABLE_META: &str = "meta";
-const TABLE_REVOCATIONS: &str = "revocations";
-const META_TELEMETRY_SEQ: &str = "telemetry_seq";
-/// How often a node re-gossips the revocations it holds, so nodes that were away catch up.
-const REVOCATION_REPUBLISH_EVERY: Duration = Duration::from_secs(300);
-/// Most stored revocations re-gossiped per round (the newest).
-const REVOCATION_REPUBLISH_MAX: usize = 256;
 
 /// Where a node's store lives inside its data dir.
 pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
@@ -105,14 +84,41 @@ pub struct PeerRecord {
     pub agent: Option<String>,
 }
 
+/// The swarm's behaviours: the peer manager beside the protocols.
 #[derive(NetworkBehaviour)]
-struct Behaviour {
-    limits: connection_limits::Behaviour,
-    gossipsub: gossipsub::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    mdns: Toggle<mdns::tokio::Behaviour>,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) peers: PeerManager,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+}
+
+/// Which transports a node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// TCP with the secure channel (and QUIC in open meshes): what a real node runs.
+    #[default]
+    Internet,
+    /// The in-process memory transport (`/memory/<port>` addresses) with the same secure
+    /// channel and yamux on top: for tests and simulations with many nodes in one process.
+    Memory,
+}
+
+impl Network {
+    fn build(
+        self,
+        keypair: &Keypair,
+        channel: &SecureChannel,
+        config: &TransportConfig,
+    ) -> Result<BoxedTransport, TransportBuildError> {
+        match self {
+            Network::Internet => build_transport(keypair, channel, config),
+            Network::Memory => build_memory_transport(keypair, channel, config),
+        }
+    }
 }
 
 /// Why a node could not start.
@@ -163,8 +169,13 @@ impl RunningNode {
     }
 }
 
-/// Starts a node with `settings` on the current tokio runtime.
+/// Starts a node with `settings` on the current tokio runtime, on the internet transports.
 pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
+    start_on(settings, Network::Internet).await
+}
+
+/// Starts a node on the given transports.
+pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNode, StartError> {
     let data_dir = settings.data_dir.clone();
     if data_dir.is_file() {
         return Err(StartError::DataDir {
@@ -179,12 +190,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
     let keypair = identity::load_or_create(&data_dir)?;
     let peer_id = keypair.public().to_peer_id();
     let store = Store::open(&store_dir(&data_dir), &StoreOptions::default())?;
-    let tables = Tables {
-        peers: store.table(TABLE_PEERS)?,
-        telemetry: store.table(TABLE_TELEMETRY)?,
-        meta: store.table(TABLE_META)?,
-        revocations: store.table(TABLE_REVOCATIONS)?,
-    };
+    let tables = Tables::open(&store)?;
 
     let (membership, policy) = match &settings.mesh {
         Some(files) => {
@@ -223,38 +229,31 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         reason: e.to_string(),
     })?;
     let transport_config = TransportConfig {
-        quic: settings.quic,
+        quic: settings.quic && network == Network::Internet,
         ..TransportConfig::default()
     };
     let quic = quic_enabled(&transport_config, &channel);
-    if settings.quic && !quic {
+    if settings.quic && !quic && network == Network::Internet {
         tracing::info!(
             "QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only"
         );
     }
-    let transport = build_transport(&keypair, &channel, &transport_config)?;
-    let behaviour = build_behaviour(&keypair, &settings)?;
-    let mut swarm = Swarm::new(
+    let transport = network.build(&keypair, &channel, &transport_config)?;
+
+    let mut registry = Registry::default();
+    let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
+    let ours = registry.sub_registry_with_prefix("fogmesh");
+    let peer_metrics = PeerMetrics::default();
+    peer_metrics.register(ours);
+    let behaviour = build_behaviour(&keypair, &settings, peer_metrics)?;
+    let swarm = Swarm::new(
         transport,
         behaviour,
         peer_id,
         libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(600)),
     );
-    let topic = IdentTopic::new(TELEMETRY_TOPIC);
-    let revocation_topic = membership
-        .as_ref()
-        .map(|m| IdentTopic::new(membership::revocation_topic(&m.mesh_id)));
-    for t in std::iter::once(&topic).chain(revocation_topic.as_ref()) {
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(t)
-            .map_err(|e| StartError::Setup {
-                what: "gossipsub",
-                reason: e.to_string(),
-            })?;
-    }
+    let mut swarm = swarm;
 
     let mut listeners = HashSet::new();
     for addr in settings
@@ -305,15 +304,68 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         quic,
         ..AdmissionView::default()
     };
+
+    // Services, seeded from the store.
+    let restored = storage::restore(&tables);
+    let telemetry_metrics = TelemetryMetrics::default();
+    telemetry_metrics.register(ours);
+    let mut telemetry = TelemetryService::new(
+        keypair.clone(),
+        TelemetryConfig {
+            base_interval: settings.telemetry_interval,
+            limits: TelemetryLimits {
+                max_origins: settings.telemetry_max_origins,
+                expire_after: settings.telemetry_expire_after,
+            },
+            freshness: FreshnessPolicy::default(),
+            version: VERSION.into(),
+            started_at_ms,
+        },
+        telemetry_metrics,
+    );
+    let over_cap = telemetry.restore(restored.own_seq, restored.telemetry);
+    let revocation_metrics = RevocationMetrics::default();
+    revocation_metrics.register(ours);
+    let mut revocations = RevocationService::new(
+        membership.as_ref().map(|m| MeshAuthority {
+            root: m.root.clone(),
+            own_admission: m.admission.clone(),
+            topic: membership::revocation_topic(&m.mesh_id),
+        }),
+        channel.clone(),
+        revocation_metrics,
+    );
+    revocations.restore(restored.revocations);
+    let device_metrics = DeviceMetrics::default();
+    device_metrics.register(ours);
+    let device = DeviceService::new(settings.sense_interval, device_metrics);
+    swarm.behaviour_mut().peers.restore(restored.peers);
+    let (storage, storage_reports) = NodeStorage::new(store, tables);
+    let gossip_unrouted = prometheus_client::metrics::counter::Counter::default();
+    ours.register(
+        "gossip_unrouted",
+        "Gossip messages on a topic no service owns (rejected)",
+        gossip_unrouted.clone(),
+    );
+    let events = EventBus::default();
+
     let shared = Arc::new(SharedState {
         status: RwLock::new(status),
         peers: RwLock::new(Vec::new()),
-        telemetry: RwLock::new(BTreeMap::new()),
+        telemetry: RwLock::new(
+            telemetry
+                .latest()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
         own_telemetry: RwLock::new(None),
         receipts: Mutex::new(api::ReceiptLog::default()),
         device: RwLock::new(None),
         commands: commands_tx,
         api_limits: Arc::default(),
+        views: tokio::sync::watch::channel(0).0,
+        metrics: Arc::new(registry),
     });
 
     let control_file = api::control_file_path(&data_dir);
@@ -340,29 +392,39 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         api_stop_rx,
     ));
 
-    let mut event_loop = EventLoop::new(EventLoopParts {
+    let mut driver = Driver::new(DriverParts {
         swarm,
-        keypair,
-        settings,
-        store,
-        tables,
+        services: Services {
+            telemetry,
+            revocations,
+            device,
+        },
+        storage,
+        storage_reports,
         shared: shared.clone(),
+        events,
         lifecycle,
         listeners,
-        topic,
-        started_at_ms,
         control_file,
         channel,
-        membership,
-        revocation_topic,
         commands,
-    });
-    event_loop.restore();
+        device_monitor: DeviceMonitor::new(&settings.data_dir, settings.simulate.clone()),
+        started_at_ms,
+        gossip_unrouted,
+        libp2p_metrics,
+    })
+    .map_err(|e| StartError::Setup {
+        what: "gossipsub",
+        reason: e.to_string(),
+    })?;
+    for origin in over_cap {
+        driver.forget_stored_telemetry(origin);
+    }
     tracing::info!(%peer_id, %control_addr, "node started");
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
-        event_loop.run(shutdown_rx).await;
+        driver.run(shutdown_rx).await;
         let _ = api_stop_tx.send(());
         let _ = api_task.await;
     });
@@ -400,22 +462,8 @@ fn stored_revocations(
     set
 }
 
-/// Says at info why a bootstrap peer is unreachable, ever more rarely while it stays away
-/// (see [`crate::bootstrap::FailedDial::worth_logging`]).
-fn log_bootstrap_failure(failed: &crate::bootstrap::FailedDial, error: &dyn std::error::Error) {
-    if failed.worth_logging() {
-        tracing::info!(
-            addr = %failed.addr,
-            failures = failed.failures,
-            retry_in_s = failed.retry_in.as_secs_f32(),
-            error = %root_cause(error),
-            "bootstrap peer unreachable"
-        );
-    }
-}
-
 /// The innermost error: "Connection refused" rather than "Failed to negotiate transport".
-fn root_cause(error: &dyn std::error::Error) -> String {
+pub(crate) fn root_cause(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
@@ -476,7 +524,11 @@ fn transport_error_text<E: std::error::Error>(e: &libp2p::TransportError<E>) -> 
     }
 }
 
-fn build_behaviour(keypair: &Keypair, settings: &Settings) -> Result<Behaviour, StartError> {
+fn build_behaviour(
+    keypair: &Keypair,
+    settings: &Settings,
+    peer_metrics: PeerMetrics,
+) -> Result<Behaviour, StartError> {
     let peer_id = keypair.public().to_peer_id();
     let setup = |what: &'static str| move |e: String| StartError::Setup { what, reason: e };
     // Every message we publish is an envelope signed by its origin, and receivers check that
@@ -509,7 +561,7 @@ fn build_behaviour(keypair: &Keypair, settings: &Settings) -> Result<Behaviour, 
     .map_err(|e| setup("gossipsub")(e.to_string()))?;
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     // kad's own periodic walk fires at once, before any peer is known, and warns "No known
-    // peers" at every start; the event loop runs its own walks once it has peers.
+    // peers" at every start; the driver runs its own walks once it has peers.
     kad_config.set_periodic_bootstrap_interval(None);
     let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
@@ -527,8 +579,18 @@ fn build_behaviour(keypair: &Keypair, settings: &Settings) -> Result<Behaviour, 
         .with_max_established_per_peer(Some(2))
         .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64));
+    let peers = PeerManager::new(
+        PeerManagerConfig {
+            bootstrap: settings.bootstrap.clone(),
+            target_peers: settings.target_peers as usize,
+            max_known_peers: MAX_KNOWN_PEERS,
+            redial_on_start: REDIAL_ON_START,
+        },
+        peer_metrics,
+    );
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
+        peers,
         gossipsub,
         kad,
         mdns: Toggle::from(mdns),
@@ -566,6 +628,7 @@ fn initial_status(
         telemetry_unsent: 0,
         telemetry_accepted: 0,
         telemetry_rejected: RejectionCounters::default(),
+        telemetry_expired: 0,
         store_errors: 0,
         mdns: settings.mdns,
         bootstrap: BootstrapView {
@@ -578,930 +641,3 @@ fn initial_status(
     }
 }
 
-struct Tables {
-    peers: Table<PeerRecord>,
-    telemetry: Table<ReceivedTelemetry>,
-    meta: Table<u64>,
-    revocations: Table<StoredRevocation>,
-}
-
-struct EventLoopParts {
-    swarm: Swarm<Behaviour>,
-    keypair: Keypair,
-    settings: Settings,
-    store: Store,
-    tables: Tables,
-    shared: Arc<SharedState>,
-    lifecycle: Lifecycle,
-    listeners: HashSet<ListenerId>,
-    topic: IdentTopic,
-    started_at_ms: u64,
-    control_file: PathBuf,
-    channel: SecureChannel,
-    membership: Option<Membership>,
-    revocation_topic: Option<IdentTopic>,
-    commands: mpsc::Receiver<ControlCommand>,
-}
-
-/// What we know of a connected peer.
-#[derive(Debug, Clone)]
-struct LivePeer {
-    addr: Multiaddr,
-    dialer: bool,
-    rtt: Option<Duration>,
-    since: Instant,
-}
-
-struct EventLoop {
-    swarm: Swarm<Behaviour>,
-    keypair: Keypair,
-    peer_id: PeerId,
-    settings: Settings,
-    store: Store,
-    tables: Tables,
-    shared: Arc<SharedState>,
-    lifecycle: Lifecycle,
-    listeners: HashSet<ListenerId>,
-    listen_addrs: Vec<Multiaddr>,
-    topic: IdentTopic,
-    started_at_ms: u64,
-    started: Instant,
-    control_file: PathBuf,
-    validator: TelemetryValidator,
-    bootstrap: BootstrapDialer,
-    registry: HashMap<PeerId, PeerRecord>,
-    live: HashMap<PeerId, LivePeer>,
-    mdns_known: HashSet<PeerId>,
-    last_seq: u64,
-    published: u64,
-    /// Publications with nobody subscribed to send them to.
-    unsent: u64,
-    accepted: u64,
-    rejected: RejectionCounters,
-    store_errors: u64,
-    device: DeviceMonitor,
-    device_view: Option<DeviceView>,
-    next_sense_at: tokio::time::Instant,
-    rng: StdRng,
-    next_publish_at: tokio::time::Instant,
-    last_publish: Option<tokio::time::Instant>,
-    next_kad_bootstrap: Instant,
-    channel: SecureChannel,
-    membership: Option<Membership>,
-    revocation_topic: Option<IdentTopic>,
-    commands: mpsc::Receiver<ControlCommand>,
-    revocations_rejected: BTreeMap<String, u64>,
-    next_revocation_republish: Instant,
-}
-
-impl EventLoop {
-    fn new(p: EventLoopParts) -> Self {
-        let now = now_ms();
-        let mut rng = StdRng::from_entropy();
-        let kad_jitter = KAD_FIRST_BOOTSTRAP.mul_f64(rng.gen::<f64>());
-        let peer_id = *p.swarm.local_peer_id();
-        let device = DeviceMonitor::new(&p.settings.data_dir, p.settings.simulate.clone());
-        Self {
-            peer_id,
-            keypair: p.keypair,
-            bootstrap: BootstrapDialer::new(p.settings.bootstrap.clone(), now),
-            settings: p.settings,
-            swarm: p.swarm,
-            store: p.store,
-            tables: p.tables,
-            shared: p.shared,
-            lifecycle: p.lifecycle,
-            listeners: p.listeners,
-            listen_addrs: Vec::new(),
-            topic: p.topic,
-            started_at_ms: p.started_at_ms,
-            started: Instant::now(),
-            control_file: p.control_file,
-            validator: TelemetryValidator::new(FreshnessPolicy::default()),
-            registry: HashMap::new(),
-            live: HashMap::new(),
-            mdns_known: HashSet::new(),
-            last_seq: 0,
-            published: 0,
-            unsent: 0,
-            accepted: 0,
-            rejected: RejectionCounters::default(),
-            store_errors: 0,
-            device,
-            device_view: None,
-            next_sense_at: tokio::time::Instant::now(),
-            rng,
-            next_publish_at: tokio::time::Instant::now(),
-            last_publish: None,
-            next_kad_bootstrap: Instant::now() + KAD_FIRST_BOOTSTRAP + kad_jitter,
-            channel: p.channel,
-            membership: p.membership,
-            revocation_topic: p.revocation_topic,
-            commands: p.commands,
-            revocations_rejected: BTreeMap::new(),
-            next_revocation_republish: Instant::now() + REVOCATION_REPUBLISH_EVERY,
-        }
-    }
-
-    /// Loads what the store remembers: peers (redialled), telemetry (replay state and views)
-    /// and our own last sequence number.
-    fn restore(&mut self) {
-        let mut corrupt = 0usize;
-        for entry in self.tables.peers.entries() {
-            match entry {
-                Ok((key, record)) => match key.parse::<PeerId>() {
-                    Ok(peer) => {
-                        self.registry.insert(peer, record);
-                    }
-                    Err(_) => corrupt += 1,
-                },
-                Err(error) => {
-                    corrupt += 1;
-                    tracing::warn!(%error, "skipping unreadable stored peer");
-                }
-            }
-        }
-        let mut restored = BTreeMap::new();
-        for entry in self.tables.telemetry.entries() {
-            match entry {
-                Ok((key, telemetry)) => match key.parse::<PeerId>() {
-                    Ok(peer) => {
-                        self.validator
-                            .remember(peer, telemetry.seq, telemetry.received_at_ms);
-                        restored.insert(key, telemetry);
-                    }
-                    Err(_) => corrupt += 1,
-                },
-                Err(error) => {
-                    corrupt += 1;
-                    tracing::warn!(%error, "skipping unreadable stored telemetry");
-                }
-            }
-        }
-        match self.tables.meta.get(META_TELEMETRY_SEQ) {
-            Ok(seq) => self.last_seq = seq.unwrap_or(0),
-            Err(error) => {
-                tracing::warn!(%error, "own telemetry sequence unreadable; continuing from the clock")
-            }
-        }
-        tracing::info!(
-            known_peers = self.registry.len(),
-            telemetry_nodes = restored.len(),
-            corrupt,
-            "restored from store"
-        );
-        api::write(&self.shared.telemetry, |t| *t = restored);
-
-        let mut recent: Vec<(PeerId, PeerRecord)> = self
-            .registry
-            .iter()
-            .filter(|(_, r)| !r.addrs.is_empty())
-            .map(|(p, r)| (*p, r.clone()))
-            .collect();
-        recent.sort_by_key(|(_, r)| std::cmp::Reverse(r.last_seen_ms));
-        for (peer, record) in recent.into_iter().take(REDIAL_ON_START) {
-            let addrs: Vec<Multiaddr> =
-                record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            for addr in &addrs {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer, addr.clone());
-            }
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(error) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, %error, "redial of known peer not started");
-            }
-        }
-        self.publish_views();
-    }
-
-    async fn run(&mut self, mut shutdown: oneshot::Receiver<()>) {
-        // Sense before the first publication, so the first telemetry carries the device.
-        self.sense_device();
-        let mut maintenance = tokio::time::interval(Duration::from_secs(1));
-        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            // Local work (timers) before remote work (swarm events).
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                _ = maintenance.tick() => self.maintain(),
-                _ = tokio::time::sleep_until(self.next_sense_at) => self.sense_device(),
-                _ = tokio::time::sleep_until(self.next_publish_at) => self.publish_telemetry(),
-                Some(command) = self.commands.recv() => self.on_command(command),
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-            }
-        }
-        self.drain();
-    }
-
-    /// The telemetry interval the power policy allows now.
-    fn telemetry_interval(&self) -> Duration {
-        let multiplier = self
-            .device_view
-            .as_ref()
-            .map_or(1, |v| v.decision.limits.telemetry_multiplier);
-        self.settings.telemetry_interval.saturating_mul(multiplier)
-    }
-
-    fn sense_device(&mut self) {
-        let view = self.device.pass(now_ms());
-        let previous_mode = self.device_view.as_ref().map(|v| v.decision.mode);
-        if previous_mode != Some(view.decision.mode) {
-            tracing::info!(
-                mode = %view.decision.mode,
-                class = %view.class,
-                score = %format_args!("{:.3}", view.score),
-                reasons = %view.decision.reasons.join("; "),
-                simulated = view.simulated,
-                "power mode"
-            );
-        }
-        let base = self.settings.sense_interval;
-        self.next_sense_at =
-            tokio::time::Instant::now() + device::next_sense_interval(base, &view.decision);
-        let old_interval = self.telemetry_interval();
-        api::write(&self.shared.device, |d| *d = Some(view.clone()));
-        self.device_view = Some(view);
-        let new_interval = self.telemetry_interval();
-        if new_interval != old_interval {
-            // Re-plan the next publication on the new cadence.
-            let base_instant = self.last_publish.unwrap_or_else(tokio::time::Instant::now);
-            self.next_publish_at = base_instant + new_interval;
-        }
-    }
-
-    fn drain(&mut self) {
-        self.apply_lifecycle(LifecycleInput::ShutdownRequested);
-        for id in self.listeners.drain() {
-            self.swarm.remove_listener(id);
-        }
-        self.persist_registry_snapshot();
-        if let Err(error) = self.store.flush() {
-            tracing::error!(%error, "final store flush failed");
-        }
-        let _ = std::fs::remove_file(&self.control_file);
-        self.publish_views();
-        tracing::info!(peer_id = %self.peer_id, "node stopped");
-    }
-
-    fn maintain(&mut self) {
-        let now = now_ms();
-        for due in self.bootstrap.due(now) {
-            let opts = match due.peer {
-                Some(peer) => DialOpts::peer_id(peer)
-                    .addresses(vec![due.addr.clone()])
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build(),
-                None => DialOpts::unknown_peer_id()
-                    .address(due.addr.clone())
-                    .build(),
-            };
-            let connection = opts.connection_id();
-            match self.swarm.dial(opts) {
-                Ok(()) => {
-                    tracing::debug!(addr = %due.addr, "dialling bootstrap peer");
-                    self.bootstrap.dial_started(due.index, connection);
-                }
-                Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
-                    // Already connected or dialling: nothing to do until it is lost.
-                    if let Some(peer) = due.peer {
-                        if self.swarm.is_connected(&peer) {
-                            self.bootstrap.connected(connection, peer);
-                            continue;
-                        }
-                    }
-                    let jitter = self.rng.gen();
-                    self.bootstrap.dial_failed(due.index, now, jitter);
-                }
-                Err(error) => {
-                    let jitter = self.rng.gen();
-                    if let Some(failed) = self.bootstrap.dial_failed(due.index, now, jitter) {
-                        log_bootstrap_failure(&failed, &error);
-                    }
-                }
-            }
-        }
-        self.keep_connection_budget();
-        if Instant::now() >= self.next_revocation_republish {
-            self.next_revocation_republish = Instant::now() + REVOCATION_REPUBLISH_EVERY;
-            self.republish_revocations();
-        }
-        if Instant::now() >= self.next_kad_bootstrap && !self.live.is_empty() {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
-            self.next_kad_bootstrap = Instant::now() + KAD_BOOTSTRAP_EVERY;
-        }
-        self.publish_views();
-    }
-
-    /// Disconnects surplus peers above `target_peers` (see `connection_budget`).
-    fn keep_connection_budget(&mut self) {
-        let target = self.settings.target_peers as usize;
-        if self.live.len() <= target + connection_budget::SLACK {
-            return;
-        }
-        let mesh: HashSet<PeerId> = self
-            .swarm
-            .behaviour()
-            .gossipsub
-            .all_mesh_peers()
-            .copied()
-            .collect();
-        let candidates: Vec<Candidate> = self
-            .live
-            .iter()
-            .map(|(peer, live)| Candidate {
-                peer: *peer,
-                connected_for: live.since.elapsed(),
-                protected: mesh.contains(peer) || self.bootstrap.is_bootstrap_peer(peer),
-            })
-            .collect();
-        for peer in connection_budget::choose_prunes(&candidates, target) {
-            tracing::debug!(%peer, connected = self.live.len(), target, "pruning surplus connection");
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
-    }
-
-    fn publish_telemetry(&mut self) {
-        if matches!(self.lifecycle.phase(), Phase::SafeMode | Phase::Draining) {
-            return;
-        }
-        let interval = self.telemetry_interval();
-        self.next_publish_at = tokio::time::Instant::now() + interval;
-        let now = now_ms();
-        let seq = next_seq(self.last_seq, now);
-        let readings = self.device_view.as_ref().map(|v| v.readings);
-        let record = TelemetryRecord {
-            peer_id: self.peer_id.to_string(),
-            version: VERSION.into(),
-            uptime_s: self.started.elapsed().as_secs(),
-            cpu_load_pct: readings.and_then(|r| r.cpu_load_pct),
-            mem_used_bytes: readings
-                .and_then(|r| Some(r.mem_total_bytes?.saturating_sub(r.mem_available_bytes?))),
-            mem_total_bytes: readings.and_then(|r| r.mem_total_bytes),
-            rss_bytes: self.device.rss_bytes(),
-            peer_count: self.live.len() as u32,
-            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
-            interval_ms: interval.as_millis() as u64,
-            device: self.device_view.as_ref().map(DeviceView::summary),
-        };
-        let sealed = codec::encode(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|body| {
-                envelope::seal(&self.keypair, MessageKind::Telemetry, seq, now, body)
-                    .map_err(|e| e.to_string())
-            });
-        let bytes = match sealed {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::error!(%error, "cannot seal own telemetry");
-                return;
-            }
-        };
-        self.last_seq = seq;
-        self.last_publish = Some(tokio::time::Instant::now());
-        if let Err(error) = self.tables.meta.put(META_TELEMETRY_SEQ, &seq) {
-            self.store_failed(error);
-        }
-        api::write(&self.shared.own_telemetry, |own| {
-            *own = Some(ReceivedTelemetry {
-                seq,
-                timestamp_ms: now,
-                received_at_ms: now,
-                record,
-            })
-        });
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), bytes)
-        {
-            Ok(_) => {
-                self.published += 1;
-                tracing::debug!(seq, "telemetry published");
-            }
-            Err(PublishError::NoPeersSubscribedToTopic) => {
-                self.unsent += 1;
-                tracing::debug!(seq, "telemetry not published: no subscribed peers yet");
-            }
-            Err(error) => tracing::warn!(%error, seq, "telemetry publish failed"),
-        }
-    }
-
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        match event {
-            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
-            SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "listening");
-                if !self.listen_addrs.contains(&address) {
-                    self.listen_addrs.push(address);
-                }
-                self.apply_lifecycle(LifecycleInput::Listening);
-            }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                tracing::info!(%address, "no longer listening");
-                self.listen_addrs.retain(|a| a != &address);
-            }
-            SwarmEvent::ListenerClosed {
-                listener_id,
-                reason,
-                ..
-            } => {
-                self.listeners.remove(&listener_id);
-                if let Err(error) = reason {
-                    tracing::error!(%error, "listener closed");
-                    if self.listeners.is_empty() {
-                        self.apply_lifecycle(LifecycleInput::ListenFailed(error.to_string()));
-                    }
-                }
-            }
-            SwarmEvent::ListenerError { error, .. } => {
-                tracing::warn!(%error, "listener error");
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                num_established,
-                ..
-            } => {
-                let (addr, dialer) = match &endpoint {
-                    ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
-                    ConnectedPoint::Listener { send_back_addr, .. } => {
-                        (send_back_addr.clone(), false)
-                    }
-                };
-                if num_established.get() == 1 {
-                    tracing::info!(%peer_id, %addr, dialer, "peer connected");
-                }
-                self.live.entry(peer_id).or_insert(LivePeer {
-                    addr: addr.clone(),
-                    dialer,
-                    rtt: None,
-                    since: Instant::now(),
-                });
-                // Only an address we dialled is known to reach the peer; the far end of an
-                // inbound connection is usually an ephemeral port.
-                let learned = if dialer { vec![addr] } else { Vec::new() };
-                self.note_peer(peer_id, learned, None);
-                self.bootstrap.connected(connection_id, peer_id);
-                self.apply_lifecycle(LifecycleInput::PeerCount(self.live.len()));
-                self.publish_views();
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                cause,
-                ..
-            } => {
-                let cause = cause
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "closed".into());
-                tracing::info!(%peer_id, %cause, "peer disconnected");
-                self.live.remove(&peer_id);
-                self.channel.forget(&peer_id);
-                self.note_peer(peer_id, Vec::new(), None);
-                let jitter = self.rng.gen();
-                self.bootstrap.disconnected(peer_id, now_ms(), jitter);
-                self.apply_lifecycle(LifecycleInput::PeerCount(self.live.len()));
-                self.publish_views();
-            }
-            SwarmEvent::OutgoingConnectionError {
-                connection_id,
-                peer_id,
-                error,
-            } => {
-                let jitter = self.rng.gen();
-                match self
-                    .bootstrap
-                    .connection_failed(connection_id, now_ms(), jitter)
-                {
-                    Some(failed) => log_bootstrap_failure(&failed, &error),
-                    None => {
-                        tracing::debug!(peer_id = ?peer_id, %error, "outgoing connection failed")
-                    }
-                }
-            }
-            SwarmEvent::IncomingConnectionError {
-                send_back_addr,
-                error,
-                ..
-            } => {
-                tracing::debug!(%send_back_addr, %error, "incoming connection failed");
-            }
-            _ => {}
-        }
-    }
-
-    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
-        match event {
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            }) => {
-                let acceptance = self.on_gossip_message(propagation_source, message);
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
-            }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
-                if topic == self.topic.hash() {
-                    tracing::debug!(%peer_id, "peer subscribed to telemetry");
-                    self.schedule_announce();
-                }
-            }
-            BehaviourEvent::Gossipsub(_) => {}
-            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
-                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
-                for (peer, addr) in found {
-                    by_peer.entry(peer).or_default().push(addr);
-                }
-                for (peer, addrs) in by_peer {
-                    if self.mdns_known.len() < MAX_KNOWN_PEERS && self.mdns_known.insert(peer) {
-                        tracing::info!(peer_id = %peer, "peer found via mDNS");
-                    }
-                    for addr in &addrs {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer, addr.clone());
-                    }
-                    if !self.swarm.is_connected(&peer) {
-                        let opts = DialOpts::peer_id(peer)
-                            .addresses(addrs)
-                            .condition(PeerCondition::DisconnectedAndNotDialing)
-                            .build();
-                        let _ = self.swarm.dial(opts);
-                    }
-                }
-            }
-            BehaviourEvent::Mdns(mdns::Event::Expired(lost)) => {
-                for (peer, _) in lost {
-                    if self.mdns_known.remove(&peer) {
-                        tracing::info!(peer_id = %peer, "peer lost from mDNS");
-                    }
-                }
-            }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                for addr in &info.listen_addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, addr.clone());
-                }
-                self.note_peer(peer_id, info.listen_addrs, Some(info.agent_version));
-            }
-            BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
-                if let (Ok(rtt), Some(live)) = (result, self.live.get_mut(&peer)) {
-                    live.rtt = Some(rtt);
-                }
-            }
-            BehaviourEvent::Kad(_) => {}
-            BehaviourEvent::Limits(never) => match never {},
-        }
-    }
-
-    fn on_gossip_message(
-        &mut self,
-        propagation_source: PeerId,
-        message: gossipsub::Message,
-    ) -> MessageAcceptance {
-        let now = now_ms();
-        if let Some(revocations) = &self.revocation_topic {
-            if message.topic == revocations.hash() {
-                return self.on_gossiped_revocation(propagation_source, &message.data);
-            }
-        }
-        if message.topic != self.topic.hash() {
-            self.rejected
-                .count(&Rejection::Malformed("unexpected topic".into()));
-            return MessageAcceptance::Reject;
-        }
-        match self.validator.check(now, message.source, &message.data) {
-            Ok(accepted) => {
-                self.accepted += 1;
-                let telemetry = accepted.telemetry;
-                // The validator checked that the record names its origin, so this string is
-                // the origin's PeerId without encoding it again.
-                let origin = telemetry.record.peer_id.clone();
-                if let Ok(mut log) = self.shared.receipts.lock() {
-                    log.push(&origin, telemetry.seq, telemetry.timestamp_ms, now);
-                }
-                if self.lifecycle.phase() != Phase::SafeMode {
-                    if let Err(error) = self.tables.telemetry.put(&origin, &telemetry) {
-                        self.store_failed(error);
-                    }
-                }
-                tracing::trace!(origin = %origin, seq = telemetry.seq, "telemetry accepted");
-                let mut nodes = 0;
-                api::write(&self.shared.telemetry, |t| {
-                    t.insert(origin, telemetry);
-                    nodes = t.len();
-                });
-                api::write(&self.shared.status, |s| {
-                    s.telemetry_nodes = nodes;
-                    s.telemetry_accepted = self.accepted;
-                });
-                MessageAcceptance::Accept
-            }
-            Err(rejection) => {
-                self.rejected.count(&rejection);
-                api::write(&self.shared.status, |s| {
-                    s.telemetry_rejected = self.rejected.clone()
-                });
-                tracing::debug!(%propagation_source, reason = %rejection, "telemetry rejected");
-                match rejection {
-                    // Late or reordered copies can come from honest relays: drop without penalty.
-                    Rejection::Replayed { .. } | Rejection::Stale { .. } => {
-                        MessageAcceptance::Ignore
-                    }
-                    _ => MessageAcceptance::Reject,
-                }
-            }
-        }
-    }
-
-    fn on_command(&mut self, command: ControlCommand) {
-        match command {
-            ControlCommand::Revoke { revocation, reply } => {
-                let outcome = self
-                    .apply_revocation(&revocation)
-                    .map_err(|e| e.to_string());
-                if let (Ok(outcome), Some(topic)) = (&outcome, &self.revocation_topic) {
-                    if outcome.new {
-                        let published = self
-                            .swarm
-                            .behaviour_mut()
-                            .gossipsub
-                            .publish(topic.clone(), revocation);
-                        if let Err(error) = published {
-                            tracing::warn!(%error, "revocation applied here but not gossiped yet; it is re-gossiped every 5 minutes");
-                        }
-                    }
-                }
-                let _ = reply.send(outcome);
-                self.publish_views();
-            }
-        }
-    }
-
-    fn on_gossiped_revocation(&mut self, source: PeerId, bytes: &[u8]) -> MessageAcceptance {
-        match self.apply_revocation(bytes) {
-            Ok(outcome) if outcome.new => MessageAcceptance::Accept,
-            // Known already: do not forward it again.
-            Ok(_) => MessageAcceptance::Ignore,
-            Err(error) => {
-                tracing::debug!(%source, %error, "revocation rejected");
-                MessageAcceptance::Reject
-            }
-        }
-    }
-
-    /// Verifies a revocation against the mesh root, stores it, and closes connections whose
-    /// admission it withdraws.
-    fn apply_revocation(&mut self, bytes: &[u8]) -> Result<RevocationOutcome, String> {
-        let Some((root, own)) = self
-            .membership
-            .as_ref()
-            .map(|m| (m.root.clone(), m.admission.clone()))
-        else {
-            return Err("this node runs an open mesh; revocations need a mesh root".into());
-        };
-        let added = {
-            let mut set = self
-                .channel
-                .policy()
-                .revocations()
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            set.add(bytes, &root)
-        };
-        let added = match added {
-            Ok(added) => added,
-            Err(error) => {
-                *self
-                    .revocations_rejected
-                    .entry(error.reason().to_owned())
-                    .or_default() += 1;
-                return Err(format!("revocation refused: {error}"));
-            }
-        };
-        if !added {
-            return Ok(RevocationOutcome {
-                new: false,
-                disconnected: Vec::new(),
-            });
-        }
-        let key = hex::encode(ticket::ticket_id(bytes));
-        let stored = StoredRevocation {
-            bytes: bytes.to_vec(),
-            received_at_ms: now_ms(),
-        };
-        if let Err(error) = self.tables.revocations.put_durable(&key, &stored) {
-            self.store_failed(error);
-        }
-        if !self.channel.policy().still_admitted(&own) {
-            tracing::error!("this node's own ticket has been revoked: peers will refuse new connections from it");
-        }
-        let revoked = self.channel.revoked_among(self.live.keys());
-        for peer in &revoked {
-            tracing::warn!(%peer, "closing connections: ticket revoked");
-            let _ = self.swarm.disconnect_peer_id(*peer);
-        }
-        tracing::info!(disconnected = revoked.len(), "revocation applied");
-        Ok(RevocationOutcome {
-            new: true,
-            disconnected: revoked.iter().map(|p| p.to_string()).collect(),
-        })
-    }
-
-    fn republish_revocations(&mut self) {
-        let Some(topic) = self.revocation_topic.clone() else {
-            return;
-        };
-        let mut stored: Vec<StoredRevocation> = self
-            .tables
-            .revocations
-            .entries()
-            .filter_map(|e| e.ok().map(|(_, r)| r))
-            .collect();
-        stored.sort_by_key(|r| std::cmp::Reverse(r.received_at_ms));
-        for revocation in stored.into_iter().take(REVOCATION_REPUBLISH_MAX) {
-            // Duplicates of what gossipsub sent recently are refused by it; that is fine.
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .publish(topic.clone(), revocation.bytes);
-        }
-    }
-
-    /// Brings the next publication forward so new subscribers hear from us soon.
-    fn schedule_announce(&mut self) {
-        let now = tokio::time::Instant::now();
-        let earliest = self
-            .last_publish
-            .map(|t| t + ANNOUNCE_MIN_GAP)
-            .unwrap_or(now);
-        let at = earliest.max(now + ANNOUNCE_DELAY);
-        if at < self.next_publish_at {
-            self.next_publish_at = at;
-        }
-    }
-
-    /// Records that `peer` was seen now, with newly learned addresses and agent.
-    fn note_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, agent: Option<String>) {
-        let now = now_ms();
-        if !self.registry.contains_key(&peer) && self.registry.len() >= MAX_KNOWN_PEERS {
-            self.forget_oldest_peer();
-        }
-        let record = self.registry.entry(peer).or_insert_with(|| PeerRecord {
-            addrs: Vec::new(),
-            first_seen_ms: now,
-            last_seen_ms: now,
-            agent: None,
-        });
-        record.last_seen_ms = now;
-        for addr in addrs.into_iter().rev() {
-            let text = addr.to_string();
-            record.addrs.retain(|a| a != &text);
-            record.addrs.insert(0, text);
-        }
-        record.addrs.truncate(MAX_ADDRS_PER_PEER);
-        if agent.is_some() {
-            record.agent = agent;
-        }
-        let record = record.clone();
-        if self.lifecycle.phase() != Phase::SafeMode {
-            if let Err(error) = self.tables.peers.put(&peer.to_string(), &record) {
-                self.store_failed(error);
-            }
-        }
-    }
-
-    fn forget_oldest_peer(&mut self) {
-        let oldest = self
-            .registry
-            .iter()
-            .filter(|(p, _)| !self.live.contains_key(p))
-            .min_by_key(|(_, r)| r.last_seen_ms)
-            .map(|(p, _)| *p);
-        if let Some(peer) = oldest {
-            self.registry.remove(&peer);
-            if let Err(error) = self.tables.peers.remove(&peer.to_string()) {
-                self.store_failed(error);
-            }
-        }
-    }
-
-    /// Stamps every connected peer as seen now, so a restart knows who was there last.
-    fn persist_registry_snapshot(&mut self) {
-        let connected: Vec<PeerId> = self.live.keys().copied().collect();
-        for peer in connected {
-            self.note_peer(peer, Vec::new(), None);
-        }
-    }
-
-    fn store_failed(&mut self, error: StoreError) {
-        self.store_errors += 1;
-        tracing::error!(%error, "store write failed; entering safe mode");
-        self.apply_lifecycle(LifecycleInput::StoreFailed(error.to_string()));
-    }
-
-    fn apply_lifecycle(&mut self, input: LifecycleInput) {
-        if let Some(t) = self.lifecycle.apply(now_ms(), input) {
-            tracing::info!(from = %t.from, to = %t.to, reason = %t.reason, "lifecycle transition");
-            self.publish_views();
-        }
-    }
-
-    fn publish_views(&self) {
-        let now = now_ms();
-        // Read the telemetry map in place: it can hold thousands of records.
-        let (telemetry_nodes, stale, mut peers) =
-            api::inspect(&self.shared.telemetry, |telemetry| {
-                let stale = telemetry.values().filter(|t| t.is_stale(now)).count();
-                (telemetry.len(), stale, self.peer_views(telemetry, now))
-            });
-        api::write(&self.shared.status, |s| {
-            s.phase = self.lifecycle.phase();
-            s.phase_since_ms = self.lifecycle.since_ms();
-            s.phase_reason = self.lifecycle.reason().to_owned();
-            s.transitions = self.lifecycle.history().cloned().collect();
-            s.uptime_s = now.saturating_sub(self.started_at_ms) / 1000;
-            s.listen_addrs = self.listen_addrs.iter().map(|a| a.to_string()).collect();
-            s.connected_peers = self.live.len();
-            s.known_peers = self.registry.len();
-            s.telemetry_nodes = telemetry_nodes;
-            s.stale_nodes = stale;
-            s.telemetry_published = self.published;
-            s.telemetry_unsent = self.unsent;
-            s.telemetry_accepted = self.accepted;
-            s.telemetry_rejected = self.rejected.clone();
-            s.store_errors = self.store_errors;
-            s.bootstrap.connected = self.bootstrap.connected_count();
-            s.device = self.device_view.as_ref().map(DeviceView::summary);
-            s.admission.revocations = self
-                .channel
-                .policy()
-                .revocations()
-                .read()
-                .map(|r| r.len())
-                .unwrap_or_default();
-            s.admission.revocations_rejected = self.revocations_rejected.clone();
-            s.admission.handshakes = self.channel.stats().snapshot();
-            s.control_api_refused = self
-                .shared
-                .api_limits
-                .refused_connections
-                .load(std::sync::atomic::Ordering::Relaxed);
-        });
-        peers.sort_by(|a, b| {
-            b.connected
-                .cmp(&a.connected)
-                .then(b.last_seen_ms.cmp(&a.last_seen_ms))
-                .then(a.peer_id.cmp(&b.peer_id))
-        });
-        api::write(&self.shared.peers, |p| *p = peers);
-    }
-
-    fn peer_views(
-        &self,
-        telemetry: &BTreeMap<String, ReceivedTelemetry>,
-        now: u64,
-    ) -> Vec<PeerView> {
-        self.registry
-            .iter()
-            .map(|(peer, record)| {
-                let live = self.live.get(peer);
-                let peer_id = peer.to_string();
-                let device = telemetry
-                    .get(&peer_id)
-                    .and_then(|t| t.record.device.clone());
-                PeerView {
-                    device,
-                    peer_id,
-                    connected: live.is_some(),
-                    connection_addr: live.map(|l| l.addr.to_string()),
-                    direction: live.map(|l| if l.dialer { "out" } else { "in" }.to_owned()),
-                    rtt_ms: live.and_then(|l| l.rtt).map(|d| d.as_secs_f64() * 1000.0),
-                    agent: record.agent.clone(),
-                    known_addrs: record.addrs.clone(),
-                    last_seen_ms: if live.is_some() {
-                        now
-                    } else {
-                        record.last_seen_ms
-                    },
-                }
-            })
-            .collect()
-    }
-}

@@ -206,6 +206,16 @@ impl TelemetryValidator {
         );
     }
 
+    /// Drops an origin's replay state (the origin expired or was evicted).
+    pub fn forget(&mut self, origin: &PeerId) {
+        self.origins.remove(origin);
+    }
+
+    /// How many origins' replay state is held.
+    pub fn tracked(&self) -> usize {
+        self.origins.len()
+    }
+
     /// Validates one message. `author` is the gossipsub-signed source of the message.
     pub fn check(
         &mut self,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::future::Either;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::timeout::TransportTimeout;
-use libp2p::core::transport::{Boxed, OptionalTransport};
+use libp2p::core::transport::{Boxed, MemoryTransport, OptionalTransport};
 use libp2p::identity::Keypair;
 use libp2p::{dns, quic, tcp, yamux, PeerId, Transport};
 
@@ -89,6 +89,47 @@ pub fn build_transport(
     ip_stack(keypair, channel, config)
 }
 
+/// Puts the node's security and multiplexing on any byte-stream transport: XK with tickets
+/// in a closed mesh, XK beside libp2p's `/noise` in an open one (see the module docs), then
+/// yamux, all within `upgrade_timeout`. TCP goes through here, and so do the in-memory
+/// transport of tests and the coming BLE links: one admission path for every link.
+pub fn secure_transport<T>(
+    keypair: &Keypair,
+    channel: &SecureChannel,
+    base: T,
+    upgrade_timeout: Duration,
+) -> Result<BoxedTransport, TransportBuildError>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    let secured = if channel.policy().requires_tickets() {
+        secure::upgrade_transport(base, channel.clone(), yamux::Config::default())
+    } else {
+        let security = OpenSecurity::new(keypair, channel.clone())?;
+        secure::open::upgrade_transport(base, security, yamux::Config::default())
+    };
+    Ok(TransportTimeout::new(secured, upgrade_timeout).boxed())
+}
+
+/// The in-process transport (`/memory/<port>` addresses) with the real secure channel and
+/// yamux on top: what the in-memory test network runs on. Ports are process-wide.
+pub fn build_memory_transport(
+    keypair: &Keypair,
+    channel: &SecureChannel,
+    config: &TransportConfig,
+) -> Result<BoxedTransport, TransportBuildError> {
+    secure_transport(
+        keypair,
+        channel,
+        MemoryTransport::default(),
+        config.upgrade_timeout,
+    )
+}
+
 fn ip_stack(
     keypair: &Keypair,
     channel: &SecureChannel,
@@ -96,13 +137,12 @@ fn ip_stack(
 ) -> Result<BoxedTransport, TransportBuildError> {
     let tcp_stack = if config.tcp {
         let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
-        let secured = if channel.policy().requires_tickets() {
-            secure::upgrade_transport(tcp, channel.clone(), yamux::Config::default())
-        } else {
-            let security = OpenSecurity::new(keypair, channel.clone())?;
-            secure::open::upgrade_transport(tcp, security, yamux::Config::default())
-        };
-        OptionalTransport::some(TransportTimeout::new(secured, config.upgrade_timeout))
+        OptionalTransport::some(secure_transport(
+            keypair,
+            channel,
+            tcp,
+            config.upgrade_timeout,
+        )?)
     } else {
         OptionalTransport::none()
     };

@@ -163,6 +163,23 @@ pub enum TicketError {
 }
 
 impl TicketError {
+    /// Every name [`TicketError::reason`] gives, for counters that list them all.
+    pub const REASONS: [&'static str; 13] = [
+        "oversized",
+        "malformed",
+        "unsupported_version",
+        "bad_signature",
+        "wrong_mesh",
+        "wrong_subject",
+        "unknown_issuer",
+        "not_yet_valid",
+        "expired",
+        "delegation_not_valid",
+        "role_not_delegated",
+        "revoked",
+        "revocation_list_full",
+    ];
+
     /// A short stable name for counters and logs.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -81,6 +81,18 @@ struct Shared {
     stats: Arc<SecurityStats>,
     admitted: Mutex<HashMap<PeerId, Admission>>,
     log_limit: Mutex<super::log_limit::LogLimiter>,
+    /// Where refusals are reported as they happen, once someone asks (see
+    /// [`SecureChannel::watch_refusals`]).
+    refusal_sink: std::sync::OnceLock<tokio::sync::mpsc::Sender<Refusal>>,
+}
+
+/// A handshake that did not admit the remote, as reported to [`SecureChannel::watch_refusals`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub direction: Direction,
+    /// The remote's PeerId when the handshake got that far, else its address.
+    pub remote: String,
+    pub reason: &'static str,
 }
 
 /// One node's secure channel: its keys, admission policy, guard and counters. Cheap to
@@ -223,10 +235,19 @@ impl SecureChannel {
                 handshake_timeout: config.handshake_timeout,
                 guard: Mutex::new(HandshakeGuard::new(config.guard)),
                 log_limit: Mutex::default(),
+                refusal_sink: std::sync::OnceLock::new(),
                 stats: Arc::default(),
                 admitted: Mutex::default(),
             }),
         })
+    }
+
+    /// Reports every refused handshake from now on, up to `capacity` unread (more are not
+    /// queued; the refusal counters still count them). Only the first caller gets a
+    /// receiver.
+    pub fn watch_refusals(&self, capacity: usize) -> Option<tokio::sync::mpsc::Receiver<Refusal>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        self.shared.refusal_sink.set(tx).ok().map(|()| rx)
     }
 
     pub fn local_peer_id(&self) -> PeerId {
@@ -288,17 +309,26 @@ impl SecureChannel {
             Err(error) => {
                 let reason = error.reason();
                 self.shared.stats.count_refused(direction, reason);
+                // Before the handshake names the peer, its address is all there is to say.
+                let remote = || match (peer, addr) {
+                    (Some(peer), _) => peer.to_string(),
+                    (None, Some(addr)) => addr.to_string(),
+                    (None, None) => "unknown".into(),
+                };
+                if let Some(sink) = self.shared.refusal_sink.get() {
+                    // Full: the watcher is behind; the counters above still have it.
+                    let _ = sink.try_send(Refusal {
+                        direction,
+                        remote: remote(),
+                        reason,
+                    });
+                }
                 let key = (direction.as_str(), reason);
                 let Some(held_back) = lock(&self.shared.log_limit).admit(Instant::now(), key)
                 else {
                     return;
                 };
-                // Before the handshake names the peer, its address is all there is to say.
-                let remote = match (peer, addr) {
-                    (Some(peer), _) => peer.to_string(),
-                    (None, Some(addr)) => addr.to_string(),
-                    (None, None) => "unknown".into(),
-                };
+                let remote = remote();
                 let direction = direction.as_str();
                 match error {
                     // Load shedding and plain network trouble are routine.

@@ -1,0 +1,728 @@
+//! The telemetry service: our own publications and everyone else's latest record.
+//!
+//! It owns the authoritative "latest telemetry per origin" table; the control API's view is
+//! a projection the driver keeps from [`ViewUpdate::Telemetry`] effects. Publishing follows
+//! the power policy's cadence (base interval × the policy's multiplier), and is brought
+//! forward when a new peer subscribes so it hears from us soon.
+//!
+//! Bounds: an open mesh lets anyone mint identities, so origins are capped
+//! ([`TelemetryLimits::max_origins`]; a new origin beyond the cap evicts the one heard from
+//! longest ago) and expire once silent for [`TelemetryLimits::expire_after`]. Expiry removes
+//! an origin from the table, the store, the API view and the validator's replay state — the
+//! validator's freshness window (60 s) already refuses anything older, so forgetting a
+//! replay counter long after that window reopens nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{Effect, GossipIn, Notice, Outbox, PublishOutcome, Service, StoreOp, Timer, ViewUpdate};
+use crate::device::{DeviceReadings, DeviceView};
+use crate::envelope::{self, MessageKind};
+use crate::events::NodeEvent;
+use crate::lifecycle::Phase;
+use super::ReasonLabel;
+use crate::telemetry::{
+    next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
+    TelemetryValidator, TELEMETRY_TOPIC,
+};
+use fogmesh_store::codec;
+
+/// Quickest re-announcement of our telemetry when new subscribers appear.
+pub const ANNOUNCE_MIN_GAP: Duration = Duration::from_secs(1);
+/// Delay before that re-announcement, so a burst of subscriptions makes one publication.
+pub const ANNOUNCE_DELAY: Duration = Duration::from_millis(200);
+/// Latest first publication when the first device pass is slow to come.
+pub const FIRST_PUBLISH_FALLBACK: Duration = Duration::from_secs(1);
+/// How often silent origins are looked for.
+pub const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// How much of the mesh this node remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryLimits {
+    /// Most origins kept; the one heard from longest ago is evicted for a new one.
+    pub max_origins: usize,
+    /// An origin silent this long is forgotten.
+    pub expire_after: Duration,
+}
+
+impl Default for TelemetryLimits {
+    fn default() -> Self {
+        Self {
+            max_origins: TelemetryValidator::MAX_TRACKED_ORIGINS,
+            expire_after: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// The service's counters, registered once and read by the status view.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryMetrics {
+    pub published: Counter,
+    pub unsent: Counter,
+    pub accepted: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub expired: Counter,
+    pub evicted: Counter,
+    pub origins: Gauge,
+}
+
+impl TelemetryMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("telemetry");
+        r.register(
+            "published",
+            "Own telemetry records gossiped",
+            self.published.clone(),
+        );
+        r.register(
+            "unsent",
+            "Own telemetry records not gossiped because no subscribed peer was connected",
+            self.unsent.clone(),
+        );
+        r.register(
+            "accepted",
+            "Telemetry messages accepted from other nodes",
+            self.accepted.clone(),
+        );
+        r.register(
+            "rejected",
+            "Telemetry messages refused, by reason",
+            self.rejected.clone(),
+        );
+        r.register(
+            "expired",
+            "Origins forgotten after being silent for the expiry time",
+            self.expired.clone(),
+        );
+        r.register(
+            "evicted",
+            "Origins forgotten because the origin cap was reached",
+            self.evicted.clone(),
+        );
+        r.register(
+            "origins",
+            "Origins whose latest telemetry this node holds",
+            self.origins.clone(),
+        );
+    }
+
+    /// The rejection counters in the shape `/v1/status` has always shown.
+    pub fn rejections(&self) -> RejectionCounters {
+        let get = |reason: &'static str| self.rejected.get_or_create(&ReasonLabel { reason }).get();
+        RejectionCounters {
+            oversized: get("oversized"),
+            malformed: get("malformed"),
+            bad_signature: get("bad_signature"),
+            sender_mismatch: get("sender_mismatch"),
+            stale: get("stale"),
+            from_future: get("from_future"),
+            replayed: get("replayed"),
+        }
+    }
+}
+
+/// Everything the service needs to know about its node at construction.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub base_interval: Duration,
+    pub limits: TelemetryLimits,
+    pub freshness: FreshnessPolicy,
+    pub version: String,
+    pub started_at_ms: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct TelemetryService {
+    keypair: Keypair,
+    own_id: String,
+    config: TelemetryConfig,
+    validator: TelemetryValidator,
+    latest: HashMap<String, ReceivedTelemetry>,
+    last_seq: u64,
+    last_publish_ms: Option<u64>,
+    next_publish_ms: u64,
+    multiplier: u32,
+    readings: Option<DeviceReadings>,
+    device: Option<crate::device::DeviceSummary>,
+    rss_bytes: Option<u64>,
+    connected_peers: usize,
+    listen_addrs: Vec<String>,
+    phase: Phase,
+    metrics: TelemetryMetrics,
+}
+
+impl TelemetryService {
+    pub fn new(keypair: Keypair, config: TelemetryConfig, metrics: TelemetryMetrics) -> Self {
+        let own_id = keypair.public().to_peer_id().to_string();
+        Self {
+            keypair,
+            own_id,
+            validator: TelemetryValidator::new(config.freshness),
+            config,
+            latest: HashMap::new(),
+            last_seq: 0,
+            last_publish_ms: None,
+            next_publish_ms: 0,
+            multiplier: 1,
+            readings: None,
+            device: None,
+            rss_bytes: None,
+            connected_peers: 0,
+            listen_addrs: Vec::new(),
+            phase: Phase::Booting,
+            metrics,
+        }
+    }
+
+    /// Seeds state from the store: our last sequence number and what others last sent.
+    /// Over the cap, the most recently received records are kept.
+    pub fn restore(
+        &mut self,
+        own_seq: u64,
+        stored: impl IntoIterator<Item = (String, ReceivedTelemetry)>,
+    ) -> Vec<String> {
+        self.last_seq = own_seq;
+        let mut records: Vec<(String, ReceivedTelemetry)> = stored
+            .into_iter()
+            .filter(|(origin, _)| origin.parse::<PeerId>().is_ok() && *origin != self.own_id)
+            .collect();
+        records.sort_by_key(|(_, t)| std::cmp::Reverse(t.received_at_ms));
+        let dropped: Vec<String> = records
+            .split_off(records.len().min(self.config.limits.max_origins))
+            .into_iter()
+            .map(|(origin, _)| origin)
+            .collect();
+        for (origin, telemetry) in records {
+            if let Ok(peer) = origin.parse::<PeerId>() {
+                self.validator
+                    .remember(peer, telemetry.seq, telemetry.received_at_ms);
+            }
+            self.latest.insert(origin, telemetry);
+        }
+        self.metrics.origins.set(self.latest.len() as i64);
+        dropped
+    }
+
+    /// The latest record per origin (the authoritative table).
+    pub fn latest(&self) -> &HashMap<String, ReceivedTelemetry> {
+        &self.latest
+    }
+
+    pub fn stale_count(&self, now_ms: u64) -> usize {
+        self.latest.values().filter(|t| t.is_stale(now_ms)).count()
+    }
+
+    pub fn metrics(&self) -> &TelemetryMetrics {
+        &self.metrics
+    }
+
+    /// The interval the power policy allows now.
+    pub fn interval(&self) -> Duration {
+        self.config.base_interval.saturating_mul(self.multiplier)
+    }
+
+    fn interval_ms(&self) -> u64 {
+        duration_ms(self.interval())
+    }
+
+    fn schedule_publish(&mut self, at_ms: u64, out: &mut Outbox) {
+        self.next_publish_ms = at_ms;
+        out.timer(at_ms, Timer::TelemetryPublish);
+    }
+
+    fn publish(&mut self, now_ms: u64, out: &mut Outbox) {
+        let interval_ms = self.interval_ms();
+        self.schedule_publish(now_ms.saturating_add(interval_ms), out);
+        if matches!(self.phase, Phase::SafeMode | Phase::Draining) {
+            return;
+        }
+        let seq = next_seq(self.last_seq, now_ms);
+        let readings = self.readings;
+        let record = TelemetryRecord {
+            peer_id: self.own_id.clone(),
+            version: self.config.version.clone(),
+            uptime_s: now_ms.saturating_sub(self.config.started_at_ms) / 1000,
+            cpu_load_pct: readings.and_then(|r| r.cpu_load_pct),
+            mem_used_bytes: readings
+                .and_then(|r| Some(r.mem_total_bytes?.saturating_sub(r.mem_available_bytes?))),
+            mem_total_bytes: readings.and_then(|r| r.mem_total_bytes),
+            rss_bytes: self.rss_bytes,
+            peer_count: u32::try_from(self.connected_peers).unwrap_or(u32::MAX),
+            listen_addrs: self.listen_addrs.clone(),
+            interval_ms,
+            device: self.device.clone(),
+        };
+        let sealed = codec::encode(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                envelope::seal(&self.keypair, MessageKind::Telemetry, seq, now_ms, body)
+                    .map_err(|e| e.to_string())
+            });
+        let data = match sealed {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::error!(%error, "cannot seal own telemetry");
+                return;
+            }
+        };
+        self.last_seq = seq;
+        self.last_publish_ms = Some(now_ms);
+        out.push(Effect::Persist(StoreOp::PutOwnSeq(seq)));
+        out.push(Effect::View(ViewUpdate::OwnTelemetry(Box::new(
+            ReceivedTelemetry {
+                seq,
+                timestamp_ms: now_ms,
+                received_at_ms: now_ms,
+                record,
+            },
+        ))));
+        out.push(Effect::Publish {
+            topic: TELEMETRY_TOPIC.into(),
+            data,
+        });
+    }
+
+    /// Brings the next publication forward so new subscribers hear from us soon.
+    fn announce(&mut self, now_ms: u64, out: &mut Outbox) {
+        let earliest = self
+            .last_publish_ms
+            .map_or(now_ms, |t| t.saturating_add(duration_ms(ANNOUNCE_MIN_GAP)));
+        let at = earliest.max(now_ms.saturating_add(duration_ms(ANNOUNCE_DELAY)));
+        if at < self.next_publish_ms {
+            self.schedule_publish(at, out);
+        }
+    }
+
+    fn accept(&mut self, now_ms: u64, telemetry: ReceivedTelemetry, out: &mut Outbox) {
+        self.metrics.accepted.inc();
+        // The validator checked that the record names its origin.
+        let origin = telemetry.record.peer_id.clone();
+        if !self.latest.contains_key(&origin) && self.latest.len() >= self.config.limits.max_origins
+        {
+            self.evict_oldest(out);
+        }
+        out.push(Effect::View(ViewUpdate::Receipt {
+            origin: origin.clone(),
+            seq: telemetry.seq,
+            published_ms: telemetry.timestamp_ms,
+            received_ms: now_ms,
+        }));
+        out.event(NodeEvent::TelemetryReceived {
+            origin: origin.clone(),
+            seq: telemetry.seq,
+            latency_ms: now_ms.saturating_sub(telemetry.timestamp_ms),
+        });
+        if self.phase != Phase::SafeMode {
+            out.push(Effect::Persist(StoreOp::PutTelemetry {
+                origin: origin.clone(),
+                telemetry: Box::new(telemetry.clone()),
+            }));
+        }
+        out.push(Effect::View(ViewUpdate::Telemetry {
+            origin: origin.clone(),
+            telemetry: Some(Box::new(telemetry.clone())),
+        }));
+        self.latest.insert(origin, telemetry);
+        self.metrics.origins.set(self.latest.len() as i64);
+    }
+
+    fn evict_oldest(&mut self, out: &mut Outbox) {
+        let oldest = self
+            .latest
+            .iter()
+            .min_by_key(|(_, t)| t.received_at_ms)
+            .map(|(origin, _)| origin.clone());
+        if let Some(origin) = oldest {
+            self.metrics.evicted.inc();
+            self.forget(origin, out);
+        }
+    }
+
+    fn forget(&mut self, origin: String, out: &mut Outbox) {
+        self.latest.remove(&origin);
+        if let Ok(peer) = origin.parse::<PeerId>() {
+            self.validator.forget(&peer);
+        }
+        out.push(Effect::Persist(StoreOp::RemoveTelemetry {
+            origin: origin.clone(),
+        }));
+        out.push(Effect::View(ViewUpdate::Telemetry {
+            origin,
+            telemetry: None,
+        }));
+        self.metrics.origins.set(self.latest.len() as i64);
+    }
+
+    fn expire(&mut self, now_ms: u64, out: &mut Outbox) {
+        out.timer(
+            now_ms.saturating_add(duration_ms(EXPIRY_SWEEP_EVERY)),
+            Timer::TelemetryExpire,
+        );
+        let cutoff = now_ms.saturating_sub(duration_ms(self.config.limits.expire_after));
+        let silent: Vec<String> = self
+            .latest
+            .iter()
+            .filter(|(_, t)| t.received_at_ms < cutoff)
+            .map(|(origin, _)| origin.clone())
+            .collect();
+        for origin in silent {
+            tracing::debug!(%origin, "telemetry origin expired");
+            self.metrics.expired.inc();
+            out.event(NodeEvent::TelemetryExpired {
+                origin: origin.clone(),
+            });
+            self.forget(origin, out);
+        }
+    }
+
+    fn device_changed(&mut self, now_ms: u64, view: &DeviceView, out: &mut Outbox) {
+        self.readings = Some(view.readings);
+        self.device = Some(view.summary());
+        let multiplier = view.decision.limits.telemetry_multiplier.max(1);
+        if self.last_publish_ms.is_none() {
+            self.multiplier = multiplier;
+            self.schedule_publish(now_ms, out);
+        } else if multiplier != self.multiplier {
+            self.multiplier = multiplier;
+            // Re-plan the next publication on the new cadence.
+            let base = self.last_publish_ms.unwrap_or(now_ms);
+            self.schedule_publish(base.saturating_add(self.interval_ms()), out);
+        }
+    }
+}
+
+impl Service for TelemetryService {
+    fn name(&self) -> &'static str {
+        "telemetry"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![TELEMETRY_TOPIC.into()]
+    }
+
+    fn on_start(&mut self, now_ms: u64, out: &mut Outbox) {
+        // The first publication waits for the first device pass (started at once), so it
+        // carries the device; if sensing is slow, it goes out without after a second.
+        self.schedule_publish(
+            now_ms.saturating_add(duration_ms(FIRST_PUBLISH_FALLBACK)),
+            out,
+        );
+        out.timer(now_ms, Timer::TelemetryExpire);
+    }
+
+    fn on_gossip(&mut self, now_ms: u64, msg: GossipIn<'_>, out: &mut Outbox) -> MessageAcceptance {
+        match self.validator.check(now_ms, msg.author, msg.data) {
+            Ok(accepted) => {
+                self.accept(now_ms, accepted.telemetry, out);
+                MessageAcceptance::Accept
+            }
+            Err(rejection) => {
+                self.metrics
+                    .rejected
+                    .get_or_create(&ReasonLabel {
+                        reason: rejection.reason(),
+                    })
+                    .inc();
+                tracing::debug!(propagation_source = %msg.propagation_source, reason = %rejection, "telemetry rejected");
+                if rejection.is_ignorable() {
+                    // Late or reordered copies come from honest relays too: no penalty.
+                    MessageAcceptance::Ignore
+                } else {
+                    MessageAcceptance::Reject
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, now_ms: u64, timer: Timer, out: &mut Outbox) {
+        match timer {
+            Timer::TelemetryPublish => self.publish(now_ms, out),
+            Timer::TelemetryExpire => self.expire(now_ms, out),
+            _ => {}
+        }
+    }
+
+    fn on_notice(&mut self, now_ms: u64, notice: &Notice, out: &mut Outbox) {
+        match notice {
+            Notice::PeerSubscribed { topic, .. } if topic == TELEMETRY_TOPIC => {
+                self.announce(now_ms, out)
+            }
+            Notice::Local {
+                connected_peers,
+                listen_addrs,
+            } => {
+                self.connected_peers = *connected_peers;
+                self.listen_addrs.clone_from(listen_addrs);
+            }
+            Notice::DeviceSensed { rss_bytes, .. } => self.rss_bytes = *rss_bytes,
+            Notice::DeviceChanged(view) => self.device_changed(now_ms, view, out),
+            Notice::Phase(phase) => self.phase = *phase,
+            _ => {}
+        }
+    }
+
+    fn on_publish_result(&mut self, _topic: &str, outcome: PublishOutcome) {
+        match outcome {
+            PublishOutcome::Sent => self.metrics.published.inc(),
+            PublishOutcome::NoSubscribers => self.metrics.unsent.inc(),
+            PublishOutcome::Failed => 0,
+        };
+    }
+}
+
+/// A rejection's counter name; kept here so tests read the same label the service writes.
+pub fn rejection_label(rejection: &Rejection) -> ReasonLabel {
+    ReasonLabel {
+        reason: rejection.reason(),
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn service(limits: TelemetryLimits) -> TelemetryService {
+        TelemetryService::new(
+            Keypair::generate_ed25519(),
+            TelemetryConfig {
+                base_interval: Duration::from_secs(1),
+                limits,
+                freshness: FreshnessPolicy::default(),
+                version: "test".into(),
+                started_at_ms: T0,
+            },
+            TelemetryMetrics::default(),
+        )
+    }
+
+    /// Another node's next publication, as bytes on the wire.
+    fn publication(from: &mut TelemetryService, now_ms: u64) -> (PeerId, Vec<u8>) {
+        let mut out = Outbox::default();
+        from.publish(now_ms, &mut out);
+        let data = out
+            .drain()
+            .find_map(|e| match e {
+                Effect::Publish { data, .. } => Some(data),
+                _ => None,
+            })
+            .unwrap();
+        (from.keypair.public().to_peer_id(), data)
+    }
+
+    fn deliver(to: &mut TelemetryService, now_ms: u64, author: PeerId, data: &[u8]) -> (MessageAcceptance, Outbox) {
+        let mut out = Outbox::default();
+        let verdict = to.on_gossip(
+            now_ms,
+            GossipIn {
+                topic: TELEMETRY_TOPIC,
+                propagation_source: author,
+                author: Some(author),
+                data,
+            },
+            &mut out,
+        );
+        (verdict, out)
+    }
+
+    fn timers(out: &Outbox) -> Vec<(u64, Timer)> {
+        out.effects()
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Timer { at_ms, timer } => Some((*at_ms, *timer)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn publishes_on_its_cadence_and_persists_its_sequence() {
+        let mut s = service(TelemetryLimits::default());
+        let mut out = Outbox::default();
+        s.on_start(T0, &mut out);
+        assert!(timers(&out).contains(&(T0 + 1000, Timer::TelemetryPublish)));
+        // The first device pass brings it forward: the first record carries the device.
+        let (view, _) =
+            crate::device::assess(DeviceReadings::default(), None, Duration::ZERO, None);
+        let mut out = Outbox::default();
+        s.on_notice(T0 + 3, &Notice::DeviceChanged(Box::new(view)), &mut out);
+        assert_eq!(timers(&out), vec![(T0 + 3, Timer::TelemetryPublish)]);
+        let mut out = Outbox::default();
+        s.on_timer(T0, Timer::TelemetryPublish, &mut out);
+        assert_eq!(timers(&out), vec![(T0 + 1000, Timer::TelemetryPublish)]);
+        let seq = out
+            .effects()
+            .iter()
+            .find_map(|e| match e {
+                Effect::Persist(StoreOp::PutOwnSeq(seq)) => Some(*seq),
+                _ => None,
+            })
+            .unwrap();
+        assert!(seq >= T0, "sequence follows the clock");
+        assert!(out
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { topic, .. } if topic == TELEMETRY_TOPIC)));
+        s.on_publish_result(TELEMETRY_TOPIC, PublishOutcome::NoSubscribers);
+        assert_eq!(s.metrics().unsent.get(), 1);
+    }
+
+    #[test]
+    fn stays_quiet_in_safe_mode_but_keeps_its_timer() {
+        let mut s = service(TelemetryLimits::default());
+        s.on_notice(T0, &Notice::Phase(Phase::SafeMode), &mut Outbox::default());
+        let mut out = Outbox::default();
+        s.on_timer(T0, Timer::TelemetryPublish, &mut out);
+        assert_eq!(timers(&out), vec![(T0 + 1000, Timer::TelemetryPublish)]);
+        assert!(!out.effects().iter().any(|e| matches!(e, Effect::Publish { .. })));
+    }
+
+    #[test]
+    fn a_new_subscriber_brings_the_next_publication_forward_once() {
+        let mut s = service(TelemetryLimits {
+            max_origins: 10,
+            expire_after: Duration::from_secs(60),
+        });
+        s.config.base_interval = Duration::from_secs(30);
+        let mut out = Outbox::default();
+        s.on_timer(T0, Timer::TelemetryPublish, &mut out);
+        let subscribed = Notice::PeerSubscribed {
+            peer: PeerId::random(),
+            topic: TELEMETRY_TOPIC.into(),
+        };
+        let mut out = Outbox::default();
+        s.on_notice(T0 + 100, &subscribed, &mut out);
+        // No sooner than a second after the last publication.
+        assert_eq!(timers(&out), vec![(T0 + 1000, Timer::TelemetryPublish)]);
+        let mut out = Outbox::default();
+        s.on_notice(T0 + 200, &subscribed, &mut out);
+        assert!(timers(&out).is_empty(), "already planned that early");
+    }
+
+    #[test]
+    fn accepts_stores_and_shows_others_and_refuses_replays() {
+        let mut a = service(TelemetryLimits::default());
+        let mut b = service(TelemetryLimits::default());
+        let (author, data) = publication(&mut b, T0);
+        let (verdict, out) = deliver(&mut a, T0 + 5, author, &data);
+        assert_eq!(verdict, MessageAcceptance::Accept);
+        assert!(out.effects().iter().any(|e| matches!(e, Effect::Persist(StoreOp::PutTelemetry { .. }))));
+        assert!(out.effects().iter().any(|e| matches!(
+            e,
+            Effect::Event(NodeEvent::TelemetryReceived { latency_ms: 5, .. })
+        )));
+        assert_eq!(a.latest().len(), 1);
+        let (verdict, _) = deliver(&mut a, T0 + 6, author, &data);
+        assert_eq!(verdict, MessageAcceptance::Ignore);
+        assert_eq!(a.metrics().rejections().replayed, 1);
+        // Forged: another author claims the record.
+        let (verdict, _) = deliver(&mut a, T0 + 7, PeerId::random(), &data);
+        assert_eq!(verdict, MessageAcceptance::Reject);
+        assert_eq!(a.metrics().rejections().sender_mismatch, 1);
+    }
+
+    #[test]
+    fn silent_origins_expire_from_table_store_view_and_validator() {
+        let expire_after = Duration::from_secs(120);
+        let mut a = service(TelemetryLimits {
+            max_origins: 100,
+            expire_after,
+        });
+        let mut b = service(TelemetryLimits::default());
+        let (author, data) = publication(&mut b, T0);
+        deliver(&mut a, T0, author, &data);
+        let mut out = Outbox::default();
+        a.on_timer(T0 + 119_000, Timer::TelemetryExpire, &mut out);
+        assert_eq!(a.latest().len(), 1, "not silent long enough yet");
+        assert_eq!(timers(&out), vec![(T0 + 129_000, Timer::TelemetryExpire)]);
+        let mut out = Outbox::default();
+        a.on_timer(T0 + 121_000, Timer::TelemetryExpire, &mut out);
+        assert!(a.latest().is_empty());
+        assert!(out.effects().iter().any(|e| matches!(e, Effect::Persist(StoreOp::RemoveTelemetry { .. }))));
+        assert!(out.effects().iter().any(|e| matches!(e, Effect::View(ViewUpdate::Telemetry { telemetry: None, .. }))));
+        assert!(out.effects().iter().any(|e| matches!(e, Effect::Event(NodeEvent::TelemetryExpired { .. }))));
+        assert_eq!(a.metrics().expired.get(), 1);
+        // It comes back when it speaks again.
+        let (author, data) = publication(&mut b, T0 + 122_000);
+        let (verdict, _) = deliver(&mut a, T0 + 122_000, author, &data);
+        assert_eq!(verdict, MessageAcceptance::Accept);
+    }
+
+    #[test]
+    fn many_minted_identities_stay_within_the_cap() {
+        let cap = 50;
+        let mut a = service(TelemetryLimits {
+            max_origins: cap,
+            expire_after: Duration::from_secs(600),
+        });
+        for i in 0..400u64 {
+            let mut minted = service(TelemetryLimits::default());
+            let now = T0 + i * 10;
+            let (author, data) = publication(&mut minted, now);
+            let (verdict, _) = deliver(&mut a, now, author, &data);
+            assert_eq!(verdict, MessageAcceptance::Accept);
+            assert!(a.latest().len() <= cap);
+            assert!(a.validator.tracked() <= TelemetryValidator::MAX_TRACKED_ORIGINS);
+        }
+        assert_eq!(a.latest().len(), cap);
+        assert_eq!(a.metrics().evicted.get(), 400 - cap as u64);
+        assert_eq!(a.metrics().origins.get(), cap as i64);
+        // The newest stay.
+        let newest = a.latest().values().map(|t| t.received_at_ms).min().unwrap();
+        assert_eq!(newest, T0 + (400 - cap as u64) * 10);
+    }
+
+    #[test]
+    fn a_stricter_power_mode_slows_publication() {
+        let mut s = service(TelemetryLimits::default());
+        let mut out = Outbox::default();
+        s.on_timer(T0, Timer::TelemetryPublish, &mut out);
+        let (mut view, _) = crate::device::assess(
+            DeviceReadings::default(),
+            None,
+            Duration::ZERO,
+            None,
+        );
+        view.decision.limits.telemetry_multiplier = 4;
+        let mut out = Outbox::default();
+        s.on_notice(T0 + 10, &Notice::DeviceChanged(Box::new(view)), &mut out);
+        assert_eq!(timers(&out), vec![(T0 + 4000, Timer::TelemetryPublish)]);
+        assert_eq!(s.interval(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn restore_keeps_the_newest_within_the_cap() {
+        let mut a = service(TelemetryLimits {
+            max_origins: 2,
+            expire_after: Duration::from_secs(600),
+        });
+        let mut stored = Vec::new();
+        for i in 0..3u64 {
+            let mut b = service(TelemetryLimits::default());
+            let (author, data) = publication(&mut b, T0 + i);
+            let mut probe = service(TelemetryLimits::default());
+            deliver(&mut probe, T0 + i, author, &data);
+            let (origin, t) = probe.latest().iter().next().unwrap();
+            stored.push((origin.clone(), t.clone()));
+        }
+        let dropped = a.restore(7, stored.clone());
+        assert_eq!(dropped, vec![stored[0].0.clone()]);
+        assert_eq!(a.latest().len(), 2);
+        assert_eq!(a.last_seq, 7);
+    }
+}
