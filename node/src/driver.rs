@@ -635,16 +635,27 @@ impl Driver {
 
     fn apply_view(&mut self, update: ViewUpdate) {
         match update {
-            ViewUpdate::Telemetry { origin, telemetry } => api::write(&self.shared.telemetry, |t| {
-                match telemetry {
-                    Some(record) => {
-                        t.insert(origin, *record);
+            ViewUpdate::Telemetry { origin, telemetry } => {
+                let mut nodes = 0;
+                api::write(&self.shared.telemetry, |t| {
+                    match telemetry {
+                        Some(record) => {
+                            t.insert(origin, *record);
+                        }
+                        None => {
+                            t.remove(&origin);
+                        }
                     }
-                    None => {
-                        t.remove(&origin);
-                    }
-                }
-            }),
+                    nodes = t.len();
+                });
+                // The status counts follow at once; the rest of the status every second.
+                let accepted = self.services.telemetry.metrics().accepted.get();
+                api::write(&self.shared.status, |s| {
+                    s.telemetry_nodes = nodes;
+                    s.telemetry_accepted = accepted;
+                });
+                self.shared.views_changed();
+            }
             ViewUpdate::OwnTelemetry(own) => {
                 api::write(&self.shared.own_telemetry, |o| *o = Some(*own))
             }

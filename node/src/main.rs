@@ -261,6 +261,9 @@ impl RunArgs {
             mesh: self.mesh.clone(),
             ticket: self.ticket.clone(),
             exempt_loopback: self.exempt_loopback.then_some(true),
+            // Config file and FOGMESH_* only: tuning, not something to type per run.
+            telemetry_expire_after: None,
+            telemetry_max_origins: None,
         }
     }
 }
