@@ -102,8 +102,54 @@ pub(crate) struct DriverParts {
     pub commands: mpsc::Receiver<ControlCommand>,
     pub device_monitor: DeviceMonitor,
     pub started_at_ms: u64,
-    pub gossip_unrouted: prometheus_client::metrics::counter::Counter,
+    pub metrics: DriverMetrics,
     pub libp2p_metrics: libp2p::metrics::Metrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+/// The driver's own counters: routing failures and the lifecycle phase.
+#[derive(Debug, Clone, Default)]
+pub struct DriverMetrics {
+    pub gossip_unrouted: prometheus_client::metrics::counter::Counter,
+    /// 1 for the current phase, 0 for the others.
+    pub phase: prometheus_client::metrics::family::Family<
+        PhaseLabel,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+impl DriverMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "gossip_unrouted",
+            "Gossip messages on a topic no service owns (rejected)",
+            self.gossip_unrouted.clone(),
+        );
+        registry.register(
+            "lifecycle_phase",
+            "The node's lifecycle phase (1 for the current one)",
+            self.phase.clone(),
+        );
+    }
+
+    fn set_phase(&self, from: Option<Phase>, to: Phase) {
+        if let Some(from) = from {
+            self.phase
+                .get_or_create(&PhaseLabel {
+                    phase: from.to_string(),
+                })
+                .set(0);
+        }
+        self.phase
+            .get_or_create(&PhaseLabel {
+                phase: to.to_string(),
+            })
+            .set(1);
+    }
 }
 
 type SensePass = JoinHandle<(DeviceMonitor, DeviceView, Option<u64>)>;
@@ -132,7 +178,7 @@ pub struct Driver {
     work: VecDeque<(ServiceId, Effect)>,
     next_kad_walk: tokio::time::Instant,
     started_at_ms: u64,
-    gossip_unrouted: prometheus_client::metrics::counter::Counter,
+    metrics: DriverMetrics,
     libp2p_metrics: libp2p::metrics::Metrics,
 }
 
@@ -158,6 +204,7 @@ impl Driver {
             }
         }
         let jitter = KAD_FIRST_WALK.mul_f64(rand::random::<f64>());
+        p.metrics.set_phase(None, p.lifecycle.phase());
         Ok(Self {
             refusals: p.channel.watch_refusals(REFUSAL_QUEUE),
             swarm,
@@ -181,7 +228,7 @@ impl Driver {
             work: VecDeque::new(),
             next_kad_walk: tokio::time::Instant::now() + KAD_FIRST_WALK + jitter,
             started_at_ms: p.started_at_ms,
-            gossip_unrouted: p.gossip_unrouted,
+            metrics: p.metrics,
             libp2p_metrics: p.libp2p_metrics,
         })
     }
@@ -462,7 +509,7 @@ impl Driver {
                         verdict
                     }
                     None => {
-                        self.gossip_unrouted.inc();
+                        self.metrics.gossip_unrouted.inc();
                         MessageAcceptance::Reject
                     }
                 };
@@ -598,6 +645,7 @@ impl Driver {
     fn apply_lifecycle(&mut self, input: LifecycleInput) {
         if let Some(t) = self.lifecycle.apply(now_ms(), input) {
             tracing::info!(from = %t.from, to = %t.to, reason = %t.reason, "lifecycle transition");
+            self.metrics.set_phase(Some(t.from), t.to);
             self.events.publish(NodeEvent::Lifecycle {
                 from: t.from,
                 to: t.to,

@@ -9,6 +9,7 @@ pub mod connection_budget;
 pub mod device;
 pub mod driver;
 pub mod envelope;
+pub mod handshake_metrics;
 pub mod events;
 pub mod identity;
 pub mod lifecycle;

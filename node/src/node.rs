@@ -341,12 +341,11 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
     let device = DeviceService::new(settings.sense_interval, device_metrics);
     swarm.behaviour_mut().peers.restore(restored.peers);
     let (storage, storage_reports) = NodeStorage::new(store, tables);
-    let gossip_unrouted = prometheus_client::metrics::counter::Counter::default();
-    ours.register(
-        "gossip_unrouted",
-        "Gossip messages on a topic no service owns (rejected)",
-        gossip_unrouted.clone(),
-    );
+    let driver_metrics = crate::driver::DriverMetrics::default();
+    driver_metrics.register(ours);
+    ours.register_collector(Box::new(crate::handshake_metrics::HandshakeCollector::new(
+        channel.stats().clone(),
+    )));
     let events = EventBus::default();
 
     let shared = Arc::new(SharedState {
@@ -410,7 +409,7 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
         commands,
         device_monitor: DeviceMonitor::new(&settings.data_dir, settings.simulate.clone()),
         started_at_ms,
-        gossip_unrouted,
+        metrics: driver_metrics,
         libp2p_metrics,
     })
     .map_err(|e| StartError::Setup {

@@ -28,7 +28,9 @@ use libp2p::swarm::{
     NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -83,6 +85,27 @@ pub struct PeerMetrics {
     pub revoked_disconnects: Counter,
     pub bootstrap_dial_failures: Counter,
     pub mdns_discovered: Counter,
+    pub connections: Family<TransportLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
+/// The transport a connection runs on, from its address.
+pub fn transport_of(addr: &Multiaddr) -> &'static str {
+    use libp2p::multiaddr::Protocol;
+    let mut transport = "other";
+    for p in addr.iter() {
+        transport = match p {
+            Protocol::Tcp(_) => "tcp",
+            Protocol::QuicV1 | Protocol::Quic => "quic",
+            Protocol::Memory(_) => "memory",
+            _ => continue,
+        };
+    }
+    transport
 }
 
 impl PeerMetrics {
@@ -114,6 +137,11 @@ impl PeerMetrics {
             "bootstrap_dial_failures",
             "Failed dials of bootstrap peers",
             self.bootstrap_dial_failures.clone(),
+        );
+        r.register(
+            "connections",
+            "Open connections, by transport",
+            self.connections.clone(),
         );
         r.register(
             "mdns_discovered",
@@ -380,6 +408,12 @@ impl PeerManager {
 
     fn on_established(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
         self.metrics.connections_opened.inc();
+        self.metrics
+            .connections
+            .get_or_create(&TransportLabel {
+                transport: transport_of(endpoint.get_remote_address()),
+            })
+            .inc();
         let (addr, dialer) = match endpoint {
             ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
             ConnectedPoint::Listener { send_back_addr, .. } => (send_back_addr.clone(), false),
@@ -407,8 +441,20 @@ impl PeerManager {
         self.emit(PeerManagerEvent::Connected { peer, addr, dialer });
     }
 
-    fn on_closed(&mut self, peer: PeerId, remaining: usize, cause: Option<String>) {
+    fn on_closed(
+        &mut self,
+        peer: PeerId,
+        endpoint: &ConnectedPoint,
+        remaining: usize,
+        cause: Option<String>,
+    ) {
         self.metrics.connections_closed.inc();
+        self.metrics
+            .connections
+            .get_or_create(&TransportLabel {
+                transport: transport_of(endpoint.get_remote_address()),
+            })
+            .dec();
         if remaining > 0 {
             if let Some(live) = self.live.get_mut(&peer) {
                 live.connections = remaining;
@@ -495,6 +541,7 @@ impl NetworkBehaviour for PeerManager {
             }
             FromSwarm::ConnectionClosed(e) => self.on_closed(
                 e.peer_id,
+                e.endpoint,
                 e.remaining_established,
                 e.cause.map(|c| c.to_string()),
             ),
