@@ -138,8 +138,18 @@ pub struct ReceiptLog {
     receipts: VecDeque<Receipt>,
 }
 
+/// Most distinct origins the receipt log names before it drops those no kept receipt uses.
+/// Twice the receipts, so a compaction frees at least half and its cost is amortised.
+pub const MAX_RECEIPT_ORIGINS: usize = 2 * MAX_RECEIPTS;
+
 impl ReceiptLog {
     pub fn push(&mut self, origin: &str, seq: u64, published_ms: u64, received_ms: u64) {
+        if self.receipts.len() == MAX_RECEIPTS {
+            self.receipts.pop_front();
+        }
+        if !self.index.contains_key(origin) && self.origins.len() >= MAX_RECEIPT_ORIGINS {
+            self.compact();
+        }
         let origin_index = match self.index.get(origin) {
             Some(i) => *i,
             None => {
@@ -149,15 +159,33 @@ impl ReceiptLog {
                 i
             }
         };
-        if self.receipts.len() == MAX_RECEIPTS {
-            self.receipts.pop_front();
-        }
         self.receipts.push_back(Receipt {
             origin_index,
             seq,
             published_ms,
             received_ms,
         });
+    }
+
+    /// Keeps only the origins that receipts still held refer to, renumbered. Receipts are
+    /// bounded, so this bounds the origins too (an open mesh lets anyone mint identities).
+    fn compact(&mut self) {
+        let mut origins = Vec::new();
+        let mut index = BTreeMap::new();
+        for receipt in &mut self.receipts {
+            let name = &self.origins[receipt.origin_index as usize];
+            let new_index = *index.entry(name.clone()).or_insert_with(|| {
+                origins.push(name.clone());
+                (origins.len() - 1) as u32
+            });
+            receipt.origin_index = new_index;
+        }
+        self.origins = origins;
+        self.index = index;
+    }
+
+    pub fn origin_count(&self) -> usize {
+        self.origins.len()
     }
 
     pub fn view(&self) -> ReceiptsResponse {
@@ -208,6 +236,26 @@ pub struct RevocationOutcome {
     pub new: bool,
     /// Connections closed because of it.
     pub disconnected: Vec<String>,
+}
+
+#[cfg(test)]
+mod receipt_tests {
+    use super::*;
+
+    #[test]
+    fn the_receipt_log_stays_bounded_under_many_origins() {
+        let mut log = ReceiptLog::default();
+        for i in 0..(3 * MAX_RECEIPTS) {
+            log.push(&format!("origin-{i}"), i as u64, 1, 2);
+            assert!(log.origin_count() <= MAX_RECEIPT_ORIGINS);
+        }
+        let view = log.view();
+        assert_eq!(view.receipts.len(), MAX_RECEIPTS);
+        // Every receipt still names its own origin after compaction.
+        for r in &view.receipts {
+            assert_eq!(view.origins[r.origin_index as usize], format!("origin-{}", r.seq));
+        }
+    }
 }
 
 /// Reads a lock even if a panicking writer poisoned it: views are plain data.
