@@ -305,6 +305,9 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         quic,
         ..AdmissionView::default()
     };
+    let mut metrics = crate::metrics::MetricsRegistry::new();
+    let events = crate::events::EventBus::default();
+    events.register_metrics(metrics.fogmesh());
     let shared = Arc::new(SharedState {
         status: RwLock::new(status),
         peers: RwLock::new(Vec::new()),
@@ -314,6 +317,8 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         device: RwLock::new(None),
         commands: commands_tx,
         api_limits: Arc::default(),
+        events,
+        metrics: metrics.freeze(),
     });
 
     let control_file = api::control_file_path(&data_dir);
