@@ -32,6 +32,8 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Largest ring accepted; far beyond any useful backlog, and small enough that tokio's
 /// broadcast channel (which rounds up to a power of two) accepts it.
 const MAX_CAPACITY: usize = 1 << 20;
+/// Consecutive losses folded into one lagged marker at most.
+const MAX_LOSSES_FOLDED: usize = 16;
 /// Largest stream cap accepted (tokio's semaphore panics far above this).
 const MAX_STREAMS_LIMIT: usize = 1 << 16;
 
@@ -271,6 +273,7 @@ impl EventBus {
         Ok(EventSubscription {
             receiver,
             last_seq,
+            after_loss: None,
             _slot: StreamSlot {
                 _permit: permit,
                 open_streams: self.shared.open_streams.clone(),
@@ -314,6 +317,8 @@ pub struct EventSubscription {
     receiver: broadcast::Receiver<Arc<StampedEvent>>,
     /// The seq of the last event delivered or accounted for as lost.
     last_seq: u64,
+    /// The event that came right after a loss, held back while the marker goes first.
+    after_loss: Option<Arc<StampedEvent>>,
     _slot: StreamSlot,
     lagged: Counter,
 }
@@ -322,6 +327,9 @@ impl EventSubscription {
     /// The next event, or a lagged marker in place of the events this subscription lost;
     /// `None` once the bus is gone.
     pub async fn next(&mut self) -> Option<Arc<StampedEvent>> {
+        if let Some(event) = self.after_loss.take() {
+            return Some(self.delivered(event));
+        }
         match self.receiver.recv().await {
             Ok(event) => Some(self.delivered(event)),
             Err(RecvError::Lagged(missed)) => Some(self.lost(missed)),
@@ -331,6 +339,9 @@ impl EventSubscription {
 
     /// Like [`EventSubscription::next`], without waiting: `None` when nothing is pending.
     pub fn try_next(&mut self) -> Option<Arc<StampedEvent>> {
+        if let Some(event) = self.after_loss.take() {
+            return Some(self.delivered(event));
+        }
         match self.receiver.try_recv() {
             Ok(event) => Some(self.delivered(event)),
             Err(TryRecvError::Lagged(missed)) => Some(self.lost(missed)),
@@ -343,7 +354,19 @@ impl EventSubscription {
         event
     }
 
-    fn lost(&mut self, missed: u64) -> Arc<StampedEvent> {
+    fn lost(&mut self, mut missed: u64) -> Arc<StampedEvent> {
+        // A stream lapped again while it catches up says so in one marker, not a run of them.
+        // The bound only keeps a publisher faster than this loop from holding it forever.
+        for _ in 0..MAX_LOSSES_FOLDED {
+            match self.receiver.try_recv() {
+                Err(TryRecvError::Lagged(more)) => missed = missed.saturating_add(more),
+                Ok(event) => {
+                    self.after_loss = Some(event);
+                    break;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
         self.lagged.inc_by(missed);
         // Every event published while this receiver existed went into the ring in seq order,
         // so the lost ones are exactly the next `missed` seqs.
