@@ -1,8 +1,10 @@
 //! The control API: HTTP + JSON on 127.0.0.1 only. The CLI subcommands are its clients.
 //!
 //! Handlers never touch the swarm: the event loop publishes views into [`SharedState`] and
-//! handlers read them under short, non-async locks. The port is written to
-//! `<data_dir>/control.json` so `fogmesh status` finds a node from its data dir alone.
+//! handlers read them under short, non-async locks; `/v1/events` reads the event bus and
+//! `/metrics` the frozen registry, neither of which the event loop ever waits on. The port is
+//! written to `<data_dir>/control.json` so `fogmesh status` finds a node from its data dir
+//! alone.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
