@@ -1,25 +1,33 @@
 //! The control API: HTTP + JSON on 127.0.0.1 only. The CLI subcommands are its clients.
 //!
 //! Handlers never touch the swarm: the event loop publishes views into [`SharedState`] and
-//! handlers read them under short, non-async locks. The port is written to
-//! `<data_dir>/control.json` so `fogmesh status` finds a node from its data dir alone.
+//! handlers read them under short, non-async locks; `/v1/events` reads the event bus and
+//! `/metrics` the frozen registry, neither of which the event loop ever waits on. The port is
+//! written to `<data_dir>/control.json` so `fogmesh status` finds a node from its data dir
+//! alone.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+use crate::api_server::ServerStopping;
 use crate::device::{DeviceSummary, DeviceView};
+use crate::events::{EventBus, EventSubscription, StampedEvent};
 use crate::lifecycle::{Phase, Transition};
 use crate::membership::AdmissionView;
+use crate::metrics::FrozenMetrics;
 use crate::telemetry::{ReceivedTelemetry, RejectionCounters, TelemetryRecord};
 
 pub const CONTROL_FILE: &str = "control.json";
@@ -212,8 +220,10 @@ pub struct SharedState {
     /// Bumped whenever the driver refreshes the views, so in-process watchers (tests, the
     /// in-memory network) wait for a change instead of polling.
     pub views: tokio::sync::watch::Sender<u64>,
-    /// The one metrics registry (ours under `fogmesh_`, libp2p's under `libp2p_`).
-    pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The live event stream behind `GET /v1/events`.
+    pub events: EventBus,
+    /// The registry behind `GET /metrics`.
+    pub metrics: Arc<FrozenMetrics>,
 }
 
 /// Most control commands queued for the event loop.
@@ -294,6 +304,54 @@ impl SharedState {
         self.views.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// A state with placeholder views and no event loop behind it (revocations answer 503),
+    /// for serving the router in tests.
+    #[doc(hidden)]
+    pub fn for_tests(events: EventBus, metrics: Arc<FrozenMetrics>) -> Arc<Self> {
+        let (commands, _) = tokio::sync::mpsc::channel(1);
+        let status = StatusView {
+            peer_id: String::new(),
+            version: String::new(),
+            phase: Phase::Idle,
+            phase_since_ms: 0,
+            phase_reason: String::new(),
+            transitions: Vec::new(),
+            started_at_ms: now_ms(),
+            uptime_s: 0,
+            data_dir: PathBuf::new(),
+            listen_addrs: Vec::new(),
+            connected_peers: 0,
+            known_peers: 0,
+            telemetry_nodes: 0,
+            stale_nodes: 0,
+            telemetry_interval_ms: 0,
+            telemetry_published: 0,
+            telemetry_unsent: 0,
+            telemetry_accepted: 0,
+            telemetry_rejected: RejectionCounters::default(),
+            telemetry_expired: 0,
+            store_errors: 0,
+            mdns: false,
+            bootstrap: BootstrapView::default(),
+            device: None,
+            admission: AdmissionView::default(),
+            control_api_refused: 0,
+        };
+        Arc::new(Self {
+            status: RwLock::new(status),
+            peers: RwLock::default(),
+            telemetry: RwLock::default(),
+            own_telemetry: RwLock::default(),
+            receipts: Mutex::default(),
+            device: RwLock::default(),
+            commands,
+            api_limits: Arc::default(),
+            views: tokio::sync::watch::channel(0).0,
+            events,
+            metrics,
+        })
+    }
+
     pub fn telemetry_view(&self, now: u64) -> TelemetryResponse {
         let status = read(&self.status);
         let mut nodes: Vec<TelemetryView> = read(&self.telemetry)
@@ -333,6 +391,8 @@ pub fn router(state: Arc<SharedState>) -> Router {
         .route("/v1/receipts", get(receipts))
         .route("/v1/device", get(device))
         .route("/v1/revocations", post(submit_revocation))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -413,6 +473,97 @@ async fn receipts(State(state): State<Arc<SharedState>>) -> Json<ReceiptsRespons
         Err(poisoned) => poisoned.into_inner().view(),
     };
     Json(view)
+}
+
+async fn metrics(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+}
+
+/// `GET /v1/events`: server-sent events, one JSON object per `data:` line.
+async fn events(
+    State(state): State<Arc<SharedState>>,
+    stopping: Option<Extension<ServerStopping>>,
+) -> Response {
+    let subscription = match state.events.subscribe() {
+        Ok(subscription) => subscription,
+        Err(full) => {
+            tracing::debug!(max_streams = full.max_streams, "event stream refused");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": full.to_string() })),
+            )
+                .into_response();
+        }
+    };
+    let keep_alive = KeepAlive::new()
+        .interval(state.events.config().keep_alive)
+        .text("keep-alive");
+    let capacity = state.events.config().capacity;
+    let stopping = stopping.map(|Extension(signal)| signal);
+    Sse::new(sse_events(subscription, stopping, capacity))
+        .keep_alive(keep_alive)
+        .into_response()
+}
+
+/// Where an event stream is in its life.
+#[derive(Debug)]
+enum StreamPhase {
+    Live,
+    /// The server is stopping: deliver at most this many more pending events, then end.
+    Draining(usize),
+}
+
+/// The subscription as SSE events. hyper polls it only when it has room to write, so a client
+/// that stops reading leaves events in the bus's fixed ring, where it loses the oldest.
+fn sse_events(
+    subscription: EventSubscription,
+    stopping: Option<ServerStopping>,
+    capacity: usize,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let start = (subscription, stopping, StreamPhase::Live);
+    futures::stream::unfold(start, move |(mut subscription, mut stopping, phase)| {
+        async move {
+            let (next, phase) = match phase {
+                StreamPhase::Live => {
+                    tokio::select! {
+                        event = subscription.next() => (event, StreamPhase::Live),
+                        () = server_stopped(&mut stopping) => {
+                            (subscription.try_next(), StreamPhase::Draining(capacity))
+                        }
+                    }
+                }
+                // A bus that keeps publishing cannot hold the shutdown open: the budget ends it.
+                StreamPhase::Draining(0) => (None, StreamPhase::Draining(0)),
+                StreamPhase::Draining(left) => {
+                    (subscription.try_next(), StreamPhase::Draining(left - 1))
+                }
+            };
+            let event = sse_event(next?.as_ref());
+            Some((Ok(event), (subscription, stopping, phase)))
+        }
+    })
+}
+
+async fn server_stopped(stopping: &mut Option<ServerStopping>) {
+    match stopping {
+        Some(signal) => signal.stopped().await,
+        // Served without the bounded server (some tests): nothing to wait for.
+        None => std::future::pending().await,
+    }
+}
+
+fn sse_event(event: &StampedEvent) -> Event {
+    match serde_json::to_string(event) {
+        Ok(json) => Event::default().data(json),
+        Err(error) => {
+            // Our own types always encode; should one not, the stream says so and goes on.
+            tracing::warn!(%error, seq = event.seq, "event not encodable");
+            Event::default().comment(format!("event {} not encodable", event.seq))
+        }
+    }
 }
 
 /// Contents of `<data_dir>/control.json`.

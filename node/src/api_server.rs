@@ -7,21 +7,28 @@
 //! [`REQUEST_TIMEOUT`] to be read and answered, and at most [`MAX_CONNECTIONS`] connections
 //! are served at once. A connection beyond the cap is accepted and closed at once: refusing
 //! is cheaper than queueing, and the CLI's retry is a person pressing enter again.
+//!
+//! Long-lived responses (the event stream) are not cut by these bounds: the request deadline
+//! ends when the handler returns the response head, and hyper waits for no request head while
+//! it writes a response body. They are bounded instead by hyper's write buffer
+//! ([`MAX_BUF`]: the body is polled only when there is room) and by the event stream's own
+//! cap. When the server stops, it tells such streams through [`ServerStopping`] so they end
+//! and the connections close, instead of holding shutdown for the whole grace period.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 /// Most control API connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -29,8 +36,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a request has to be read (body included) and answered.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head or buffered body chunk.
-const MAX_BUF: usize = 64 * 1024;
+/// Largest request head, and most response bytes buffered per connection.
+pub const MAX_BUF: usize = 64 * 1024;
 /// How long a stopping node waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -41,19 +48,67 @@ pub struct ApiLimits {
     pub refused_connections: AtomicU64,
 }
 
+/// The server's time and connection bounds; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerBounds {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerBounds {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Handed to every request as an extension: fires when the server starts to stop, so
+/// responses that would otherwise never end (the event stream) can end.
+#[derive(Debug, Clone)]
+pub struct ServerStopping(watch::Receiver<bool>);
+
+impl ServerStopping {
+    /// Resolves once the server is stopping.
+    pub async fn stopped(&mut self) {
+        // An error means the server is gone altogether: stopped too.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
+
 /// Serves `router` on `listener` until `stop` fires (or its sender is dropped).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Arc<ApiLimits>,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
 ) {
-    let router = router.layer(middleware::from_fn(request_deadline));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, router, limits, stop, ServerBounds::default()).await
+}
+
+/// [`serve`] with other bounds.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: Arc<ApiLimits>,
+    mut stop: oneshot::Receiver<()>,
+    bounds: ServerBounds,
+) {
+    let (stopping, stopping_signal) = watch::channel(false);
+    let router = router
+        .layer(middleware::from_fn_with_state(
+            bounds.request_timeout,
+            request_deadline,
+        ))
+        .layer(Extension(ServerStopping(stopping_signal)));
+    let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(bounds.header_read_timeout)
         .max_buf_size(MAX_BUF);
     loop {
         let accepted = tokio::select! {
@@ -82,11 +137,17 @@ pub async fn serve(
             drop(permit);
         });
     }
+    let _ = stopping.send(true);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
 }
 
-async fn request_deadline(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+/// Bounds the time to the response head; a streamed body goes on after it.
+async fn request_deadline(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => (StatusCode::REQUEST_TIMEOUT, "request took too long").into_response(),
     }

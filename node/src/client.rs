@@ -1,5 +1,6 @@
 //! The CLI side of the control API: find a node, ask it, print readable tables.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,14 @@ use crate::api::{
     TelemetryResponse,
 };
 use crate::device::{DeviceSummary, DeviceView};
+use crate::events::{NodeEvent, StampedEvent};
+
+/// How long an event stream may stay silent before the client gives up on the node: three
+/// of the node's keep-alive intervals.
+pub const STREAM_IDLE_LIMIT: Duration = Duration::from_secs(45);
+/// Longest SSE line (and longest event) the client accepts, so a confused server cannot
+/// make it buffer without end.
+pub const MAX_SSE_LINE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -29,6 +38,10 @@ pub enum ClientError {
         path: String,
         status: u16,
     },
+    #[error("node control API at {addr} is busy: {reason}")]
+    Busy { addr: SocketAddr, reason: String },
+    #[error("the event stream from {addr} broke: {reason}")]
+    StreamBroken { addr: SocketAddr, reason: String },
 }
 
 /// A client of one node's control API.
@@ -80,6 +93,59 @@ impl ControlClient {
         Ok(Self {
             control_file: Some(path),
             ..Self::new(file.addr)
+        })
+    }
+
+    /// The control API address this client talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Opens the node's live event stream (`GET /v1/events`).
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        let path = "/v1/events";
+        // The stream lives as long as the node: no total timeout, only one for connecting
+        // and, in `EventStream`, one for silence.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        let request = http.get(format!("http://{}{}", self.addr, path)).send();
+        let response = match tokio::time::timeout(Duration::from_secs(5), request).await {
+            Ok(sent) => sent.map_err(|e| self.unreachable(e))?,
+            Err(_) => {
+                return Err(ClientError::Unreachable {
+                    addr: self.addr,
+                    reason: "no answer within 5 s: the node is overloaded or stuck".to_owned(),
+                })
+            }
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            let reason = response
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "it refused the event stream (503)".to_owned());
+            return Err(ClientError::Busy {
+                addr: self.addr,
+                reason,
+            });
+        }
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                addr: self.addr,
+                path: path.to_owned(),
+                status: status.as_u16(),
+            });
+        }
+        Ok(EventStream {
+            addr: self.addr,
+            response,
+            parser: SseParser::default(),
+            ready: VecDeque::new(),
         })
     }
 
@@ -177,6 +243,281 @@ impl ControlClient {
             }),
         }
     }
+}
+
+/// An open `GET /v1/events` stream.
+#[derive(Debug)]
+pub struct EventStream {
+    addr: SocketAddr,
+    response: reqwest::Response,
+    parser: SseParser,
+    /// Frames parsed from the last chunk and not yet handed out.
+    ready: VecDeque<SseFrame>,
+}
+
+impl EventStream {
+    /// The next frame: an event's data or a keep-alive comment. `None` when the node ended
+    /// the stream (it is stopping).
+    pub async fn next_frame(&mut self) -> Result<Option<SseFrame>, ClientError> {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Ok(Some(frame));
+            }
+            let chunk = match tokio::time::timeout(STREAM_IDLE_LIMIT, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => return Err(self.broken(root_cause(&e))),
+                Err(_) => {
+                    return Err(self.broken(format!(
+                        "nothing for {} s, not even a keep-alive: the node is stuck or gone",
+                        STREAM_IDLE_LIMIT.as_secs()
+                    )))
+                }
+            };
+            let frames = self
+                .parser
+                .feed(&chunk)
+                .map_err(|e| self.broken(e.to_string()))?;
+            self.ready.extend(frames);
+        }
+    }
+
+    /// The next event's JSON text, skipping comments; `None` when the stream ended.
+    pub async fn next_data(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            match self.next_frame().await? {
+                Some(SseFrame::Message { data, .. }) => return Ok(Some(data)),
+                Some(SseFrame::Comment(_)) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    fn broken(&self, reason: String) -> ClientError {
+        ClientError::StreamBroken {
+            addr: self.addr,
+            reason,
+        }
+    }
+}
+
+/// The innermost error's text: reqwest's outer ones say only "error decoding response body".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = e;
+    while let Some(inner) = innermost.source() {
+        innermost = inner;
+    }
+    innermost.to_string()
+}
+
+/// One unit of a server-sent event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseFrame {
+    /// A dispatched event: its `data:` lines joined by newlines, and its `event:` type if any.
+    Message { event: Option<String>, data: String },
+    /// A comment line (`: keep-alive`), without the colon and one leading space.
+    Comment(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    #[error("a line of the event stream is longer than {limit} bytes")]
+    LineTooLong { limit: usize },
+    #[error("an event of the event stream is longer than {limit} bytes")]
+    EventTooLong { limit: usize },
+}
+
+/// Splits a server-sent event stream (the WHATWG `text/event-stream` format) into frames,
+/// whatever the chunk boundaries: lines end in LF, CR or CRLF (a CR at the end of one chunk
+/// and the LF at the start of the next are one line break), an empty line dispatches the
+/// event, a line starting with `:` is a comment, `id` and `retry` are ignored, and an event
+/// not ended by an empty line when the stream ends is discarded.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    /// The last line ended in CR, so a LF next is part of that line break.
+    after_cr: bool,
+    /// A byte-order mark is stripped from the first line only.
+    seen_first_line: bool,
+    data: String,
+    has_data: bool,
+    event: Option<String>,
+}
+
+impl SseParser {
+    /// Feeds the next chunk of the stream; returns the frames it completed.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<SseFrame>, SseError> {
+        let mut frames = Vec::new();
+        for &byte in chunk {
+            let after_cr = std::mem::take(&mut self.after_cr);
+            match byte {
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => {
+                    self.after_cr = byte == b'\r';
+                    let line = std::mem::take(&mut self.line);
+                    if let Some(frame) = self.end_line(&line)? {
+                        frames.push(frame);
+                    }
+                }
+                _ if self.line.len() >= MAX_SSE_LINE => {
+                    return Err(SseError::LineTooLong {
+                        limit: MAX_SSE_LINE,
+                    })
+                }
+                _ => self.line.push(byte),
+            }
+        }
+        Ok(frames)
+    }
+
+    fn end_line(&mut self, raw: &[u8]) -> Result<Option<SseFrame>, SseError> {
+        let text = String::from_utf8_lossy(raw);
+        let mut line: &str = &text;
+        if !self.seen_first_line {
+            self.seen_first_line = true;
+            line = line.strip_prefix('\u{feff}').unwrap_or(line);
+        }
+        if line.is_empty() {
+            let event = self.event.take();
+            if !std::mem::take(&mut self.has_data) {
+                return Ok(None);
+            }
+            return Ok(Some(SseFrame::Message {
+                event,
+                data: std::mem::take(&mut self.data),
+            }));
+        }
+        if let Some(comment) = line.strip_prefix(':') {
+            let comment = comment.strip_prefix(' ').unwrap_or(comment);
+            return Ok(Some(SseFrame::Comment(comment.to_owned())));
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.data.len() + value.len() + 1 > MAX_SSE_LINE {
+                    return Err(SseError::EventTooLong {
+                        limit: MAX_SSE_LINE,
+                    });
+                }
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            // `id` and `retry` matter to reconnecting browsers, not to a terminal.
+            _ => {}
+        }
+        Ok(None)
+    }
+}
+
+/// The time of day (UTC, like the node's log) of a millisecond timestamp: `12:03:04.512`.
+fn time_of_day(at_ms: u64) -> String {
+    let ms_of_day = at_ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
+}
+
+/// A PeerId shortened, anything else (an address) as it is.
+fn peer_or_addr(remote: &str) -> String {
+    if remote.parse::<libp2p::PeerId>().is_ok() {
+        short_id(remote)
+    } else {
+        remote.to_owned()
+    }
+}
+
+/// One line of `fogmesh watch` for an event's JSON: time, what happened, the key fields.
+/// An event this version does not know is shown by its type and raw fields.
+pub fn render_event(json: &str) -> String {
+    let Ok(stamped) = serde_json::from_str::<StampedEvent>(json) else {
+        return render_unknown_event(json);
+    };
+    let what = match &stamped.event {
+        NodeEvent::PeerConnected {
+            peer_id,
+            addr,
+            direction,
+        } => format!("peer connected      {} {direction} {addr}", short_id(peer_id)),
+        NodeEvent::PeerDisconnected { peer_id, cause } => {
+            format!("peer disconnected   {} ({cause})", short_id(peer_id))
+        }
+        NodeEvent::TelemetryReceived {
+            origin,
+            seq,
+            latency_ms,
+        } => format!(
+            "telemetry           from {} seq {seq}, {latency_ms} ms after it was sent",
+            short_id(origin)
+        ),
+        NodeEvent::TelemetryExpired { origin } => {
+            format!("telemetry expired   {}", short_id(origin))
+        }
+        NodeEvent::AdmissionRefused {
+            remote,
+            direction,
+            reason,
+        } => format!(
+            "admission refused   {} {direction}: {reason}",
+            peer_or_addr(remote)
+        ),
+        NodeEvent::RevocationApplied {
+            ticket_id,
+            disconnected,
+        } => {
+            let closed = if disconnected.is_empty() {
+                "no connection closed".to_owned()
+            } else {
+                let peers: Vec<String> = disconnected.iter().map(|p| short_id(p)).collect();
+                format!("closed {}", peers.join(", "))
+            };
+            format!("revocation applied  ticket {ticket_id}, {closed}")
+        }
+        NodeEvent::Lifecycle { from, to, reason } => {
+            format!("lifecycle           {from} -> {to} ({reason})")
+        }
+        NodeEvent::PowerMode {
+            from,
+            to,
+            score,
+            reasons,
+        } => format!(
+            "power mode          {} -> {to}, score {score:.3} ({})",
+            from.as_deref().unwrap_or("none"),
+            reasons.join("; ")
+        ),
+        NodeEvent::Lagged { missed } => format!(
+            "LAGGED              {missed} events missed: this client read too slowly and the node dropped them"
+        ),
+    };
+    format!("{} {what}", time_of_day(stamped.at_ms))
+}
+
+fn render_unknown_event(json: &str) -> String {
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(json) else {
+        return format!("(not an event) {json}");
+    };
+    let at = fields
+        .remove("at_ms")
+        .and_then(|v| v.as_u64())
+        .map(time_of_day)
+        .unwrap_or_else(|| "??:??:??.???".to_owned());
+    let kind = match fields.remove("type") {
+        Some(serde_json::Value::String(kind)) => kind,
+        _ => "unknown".to_owned(),
+    };
+    fields.remove("seq");
+    format!("{at} {kind:<19} {}", serde_json::Value::Object(fields))
 }
 
 fn table(header: &[&str]) -> Table {
@@ -548,4 +889,199 @@ pub fn render_telemetry(r: &TelemetryResponse) -> String {
         ]);
     }
     t.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn message(data: &str) -> SseFrame {
+        SseFrame::Message {
+            event: None,
+            data: data.to_owned(),
+        }
+    }
+
+    fn feed_all(chunks: &[&[u8]]) -> Vec<SseFrame> {
+        let mut parser = SseParser::default();
+        chunks
+            .iter()
+            .flat_map(|chunk| parser.feed(chunk).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn events_and_comments_in_one_chunk() {
+        let frames = feed_all(&[b"data: {\"a\":1}\n\n: keep-alive\n\ndata: {\"b\":2}\n\n"]);
+        assert_eq!(
+            frames,
+            vec![
+                message("{\"a\":1}"),
+                SseFrame::Comment("keep-alive".into()),
+                message("{\"b\":2}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_split_across_chunks_is_one_line() {
+        let frames = feed_all(&[b"da", b"ta: {\"seq\":", b"1}", b"\n", b"\n"]);
+        assert_eq!(frames, vec![message("{\"seq\":1}")]);
+    }
+
+    #[test]
+    fn an_event_is_dispatched_only_by_its_blank_line() {
+        let mut parser = SseParser::default();
+        assert!(parser.feed(b"data: x\n").unwrap().is_empty());
+        assert_eq!(parser.feed(b"\n").unwrap(), vec![message("x")]);
+        // Cut off before its blank line: never dispatched.
+        assert!(parser.feed(b"data: half").unwrap().is_empty());
+    }
+
+    #[test]
+    fn crlf_split_between_chunks_is_one_line_break() {
+        let frames = feed_all(&[b"data: a\r", b"\n\r", b"\ndata: b\r\r"]);
+        assert_eq!(frames, vec![message("a"), message("b")]);
+    }
+
+    #[test]
+    fn multi_line_data_event_types_and_ignored_fields() {
+        let frames = feed_all(&[
+            b"\xEF\xBB\xBFevent: lagged\nid: 7\nretry: 100\ndata: one\ndata:two\ndata\n\n",
+        ]);
+        assert_eq!(
+            frames,
+            vec![SseFrame::Message {
+                event: Some("lagged".into()),
+                data: "one\ntwo\n".into(),
+            }]
+        );
+        // A blank line with no data dispatches nothing; a colon-less unknown field is ignored.
+        assert!(feed_all(&[b"id: 3\n\nbogus\n\n"]).is_empty());
+    }
+
+    #[test]
+    fn a_multibyte_character_split_across_chunks_survives() {
+        let text = "data: caf\u{e9} \u{2603}\n\n".as_bytes();
+        let (a, b) = text.split_at(10); // inside the two-byte é
+        assert_eq!(feed_all(&[a, b]), vec![message("caf\u{e9} \u{2603}")]);
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        let mut parser = SseParser::default();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut result = Ok(Vec::new());
+        for _ in 0..=(MAX_SSE_LINE / chunk.len()) {
+            result = parser.feed(&chunk);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(
+            result.unwrap_err(),
+            SseError::LineTooLong {
+                limit: MAX_SSE_LINE
+            }
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn chunk_boundaries_do_not_change_the_frames(
+            cuts in proptest::collection::vec(0usize..200, 0..12),
+            crlf in any::<bool>(),
+        ) {
+            let newline = if crlf { "\r\n" } else { "\n" };
+            let stream = [
+                "data: {\"seq\":1}", "", ": keep-alive", "", "data: {\"seq\":2,\"x\":\"\u{e9}\"}",
+                "data: second line", "", "event: e", "data: 3", "",
+            ]
+            .join(newline);
+            let stream = format!("{stream}{newline}").into_bytes();
+            let whole = feed_all(&[&stream]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                chunks.push(&stream[start..cut]);
+                start = cut;
+            }
+            chunks.push(&stream[start..]);
+            prop_assert_eq!(feed_all(&chunks), whole.clone());
+            prop_assert_eq!(whole.len(), 4);
+        }
+    }
+
+    #[test]
+    fn time_of_day_is_utc_with_milliseconds() {
+        // 2024-01-02T12:03:04.512Z
+        assert_eq!(time_of_day(1_704_196_984_512), "12:03:04.512");
+        assert_eq!(time_of_day(0), "00:00:00.000");
+    }
+
+    #[test]
+    fn every_event_renders_on_one_line_with_its_key_fields() {
+        let peer = "12D3KooWGzh8Ju3mwdD8ZoJAn9Zu4N4jR7vm1Gxd7nrXKhXpUzfJ";
+        let at = 1_704_196_984_512u64;
+        let cases = [
+            (
+                serde_json::json!({"type":"peer_connected","peer_id":peer,"addr":"/ip4/127.0.0.1/tcp/4001","direction":"in"}),
+                "12:03:04.512 peer connected      12D3Ko…XpUzfJ in /ip4/127.0.0.1/tcp/4001",
+            ),
+            (
+                serde_json::json!({"type":"peer_disconnected","peer_id":peer,"cause":"connection reset"}),
+                "12:03:04.512 peer disconnected   12D3Ko…XpUzfJ (connection reset)",
+            ),
+            (
+                serde_json::json!({"type":"telemetry_received","origin":peer,"telemetry_seq":42,"latency_ms":12}),
+                "12:03:04.512 telemetry           from 12D3Ko…XpUzfJ seq 42, 12 ms after it was sent",
+            ),
+            (
+                serde_json::json!({"type":"telemetry_expired","origin":peer}),
+                "12:03:04.512 telemetry expired   12D3Ko…XpUzfJ",
+            ),
+            (
+                serde_json::json!({"type":"admission_refused","remote":"/ip4/10.0.0.9/tcp/5123","direction":"in","reason":"ticket_expired"}),
+                "12:03:04.512 admission refused   /ip4/10.0.0.9/tcp/5123 in: ticket_expired",
+            ),
+            (
+                serde_json::json!({"type":"admission_refused","remote":peer,"direction":"out","reason":"revoked"}),
+                "12:03:04.512 admission refused   12D3Ko…XpUzfJ out: revoked",
+            ),
+            (
+                serde_json::json!({"type":"revocation_applied","ticket_id":"ab12","disconnected":[peer]}),
+                "12:03:04.512 revocation applied  ticket ab12, closed 12D3Ko…XpUzfJ",
+            ),
+            (
+                serde_json::json!({"type":"revocation_applied","ticket_id":"ab12","disconnected":[]}),
+                "12:03:04.512 revocation applied  ticket ab12, no connection closed",
+            ),
+            (
+                serde_json::json!({"type":"lifecycle","from":"idle","to":"active","reason":"1 peer connected"}),
+                "12:03:04.512 lifecycle           idle -> active (1 peer connected)",
+            ),
+            (
+                serde_json::json!({"type":"power_mode","from":"normal","to":"saver","score":0.42,"reasons":["battery 15 %","discharging"]}),
+                "12:03:04.512 power mode          normal -> saver, score 0.420 (battery 15 %; discharging)",
+            ),
+            (
+                serde_json::json!({"type":"lagged","missed":37}),
+                "12:03:04.512 LAGGED              37 events missed: this client read too slowly and the node dropped them",
+            ),
+            (
+                serde_json::json!({"type":"task_started","task":"t1"}),
+                "12:03:04.512 task_started        {\"task\":\"t1\"}",
+            ),
+        ];
+        for (mut fields, expected) in cases {
+            fields["seq"] = 5.into();
+            fields["at_ms"] = at.into();
+            assert_eq!(render_event(&fields.to_string()), expected);
+        }
+        assert_eq!(render_event("[1]"), "(not an event) [1]");
+    }
 }

@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod membership;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod peer_manager;
 pub mod services;

@@ -43,6 +43,9 @@ enum Command {
     Telemetry(QueryArgs),
     /// What the node detected about its device, its power mode, limits and score.
     Device(DeviceArgs),
+    /// Follow the running node's events as they happen: peers, telemetry, refused
+    /// handshakes, revocations, lifecycle and power-mode changes.
+    Watch(WatchArgs),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -293,12 +296,29 @@ struct QueryArgs {
 
 impl QueryArgs {
     fn client(&self) -> Result<ControlClient> {
-        if let Some(addr) = self.api {
-            return Ok(ControlClient::new(addr));
-        }
-        let settings = self.select.settings(ConfigLayer::default())?;
-        Ok(ControlClient::for_data_dir(&settings.data_dir)?)
+        control_client(&self.select, self.api)
     }
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    select: NodeSelect,
+    /// Control API address to ask instead of finding it through the data dir.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Print each event as the node sends it: one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The node at `api`, or the one running with the selected data dir.
+fn control_client(select: &NodeSelect, api: Option<SocketAddr>) -> Result<ControlClient> {
+    if let Some(addr) = api {
+        return Ok(ControlClient::new(addr));
+    }
+    let settings = select.settings(ConfigLayer::default())?;
+    Ok(ControlClient::for_data_dir(&settings.data_dir)?)
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,6 +478,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print_out(q.json, &t, || client::render_telemetry(&t))
         }
         Some(Command::Device(args)) => device_command(args).await,
+        Some(Command::Watch(args)) => watch(args).await,
         Some(Command::Config(ConfigCommand::Init { path, force })) => {
             let path = path.unwrap_or_else(config::default_config_path);
             config::write_default(&path, force)?;
@@ -592,6 +613,35 @@ fn print_line(text: &str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// `fogmesh watch`: one line per event until the node ends the stream.
+async fn watch(args: WatchArgs) -> Result<()> {
+    use std::io::Write;
+    let client = control_client(&args.select, args.api)?;
+    let mut stream = client.events().await?;
+    if !args.json {
+        eprintln!(
+            "watching the node at {} (times in UTC); Ctrl-C stops",
+            client.addr()
+        );
+    }
+    while let Some(data) = stream.next_data().await? {
+        let line = if args.json {
+            data
+        } else {
+            client::render_event(&data)
+        };
+        // stdout is line-buffered, so every event shows at once, also through a pipe.
+        match writeln!(std::io::stdout().lock(), "{line}") {
+            Ok(()) => {}
+            // `fogmesh watch | head`: the reader is done, and so are we.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    eprintln!("the node ended the stream: it is shutting down");
+    Ok(())
 }
 
 /// `fogmesh device`: the running node's view, or one local sensing pass.

@@ -25,7 +25,6 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{connection_limits, identify, kad, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
-use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -240,9 +239,9 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
     }
     let transport = network.build(&keypair, &channel, &transport_config)?;
 
-    let mut registry = Registry::default();
-    let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
-    let ours = registry.sub_registry_with_prefix("fogmesh");
+    let mut metrics = crate::metrics::MetricsRegistry::new();
+    let libp2p_metrics = metrics.libp2p();
+    let ours = metrics.fogmesh();
     let peer_metrics = PeerMetrics::default();
     peer_metrics.register(ours);
     let behaviour = build_behaviour(&keypair, &settings, peer_metrics)?;
@@ -347,6 +346,7 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
         channel.stats().clone(),
     )));
     let events = EventBus::default();
+    events.register_metrics(ours);
 
     let shared = Arc::new(SharedState {
         status: RwLock::new(status),
@@ -364,7 +364,8 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
         commands: commands_tx,
         api_limits: Arc::default(),
         views: tokio::sync::watch::channel(0).0,
-        metrics: Arc::new(registry),
+        events: events.clone(),
+        metrics: metrics.freeze(),
     });
 
     let control_file = api::control_file_path(&data_dir);
