@@ -52,6 +52,12 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    pub(crate) fn from_io(e: std::io::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Io(e.to_string())
@@ -118,6 +124,12 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.generation.commit()?;
         Ok(())
+    }
+
+    /// The latest durable generation: every write applied before it was acknowledged is on
+    /// disk. It only grows, by one per durable commit.
+    pub fn durable_generation(&self) -> u64 {
+        self.generation.sealed()
     }
 }
 
