@@ -14,9 +14,11 @@
 //! ([`StoreError::Damaged`]). [`integrity`] checks a store and repairs one by keeping what
 //! is readable (`fogmesh store check --repair`).
 
+pub mod batch;
 pub mod codec;
 pub mod generation;
 pub mod integrity;
+pub mod ordered;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -25,10 +27,12 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use batch::Batch;
 pub use codec::CodecError;
+pub use ordered::{OrderedIter, OrderedTable, Scope};
 
 /// What went wrong in the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: PathBuf, reason: String },
@@ -50,6 +54,12 @@ pub enum StoreError {
         key: String,
         source: CodecError,
     },
+    #[error("a scope of {len} bytes is longer than the {max} bytes an ordered key can hold")]
+    ScopeTooLong { len: usize, max: usize },
+    #[error("table {table} belongs to another store than the rest of the batch")]
+    ForeignTable { table: &'static str },
+    #[error("the batch holds tables of another store than {path}")]
+    ForeignBatch { path: PathBuf },
 }
 
 impl StoreError {
@@ -120,16 +130,51 @@ impl Store {
         })
     }
 
+    /// A table of `V` values keyed by `(scope, u64)` in numeric order. `name` must be a
+    /// `'static` identifier, one per value type, and never also used for a [`Table`].
+    pub fn ordered_table<V>(&self, name: &'static str) -> Result<OrderedTable<V>, StoreError> {
+        Ok(OrderedTable::new(
+            self.db.open_tree(name)?,
+            name,
+            self.generation.clone(),
+        ))
+    }
+
     /// Writes every buffered change to disk; returns when it is durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.generation.commit()?;
         Ok(())
     }
 
+    /// Applies `batch` all-or-nothing; buffered like [`Table::put`]. Blocks on sled.
+    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        self.check_owner(&batch)?;
+        batch::apply(&batch).map(|_| ())
+    }
+
+    /// Applies `batch` all-or-nothing and returns once it is on disk, with the durable
+    /// generation that covers it.
+    pub fn apply_durable(&self, batch: Batch) -> Result<u64, StoreError> {
+        self.check_owner(&batch)?;
+        batch::apply(&batch)?;
+        self.generation.commit()
+    }
+
     /// The latest durable generation: every write applied before it was acknowledged is on
     /// disk. It only grows, by one per durable commit.
     pub fn durable_generation(&self) -> u64 {
         self.generation.sealed()
+    }
+
+    /// Refuses a batch built from another store's tables: applying it would write there
+    /// while this store's generation claimed it durable.
+    pub(crate) fn check_owner(&self, batch: &Batch) -> Result<(), StoreError> {
+        match batch.store() {
+            Some(owner) if !Arc::ptr_eq(owner, &self.generation) => Err(StoreError::ForeignBatch {
+                path: self.path.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
