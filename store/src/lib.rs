@@ -19,6 +19,7 @@ pub mod codec;
 pub mod generation;
 pub mod integrity;
 pub mod ordered;
+pub mod task;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use batch::Batch;
 pub use codec::CodecError;
 pub use ordered::{OrderedIter, OrderedTable, Scope};
+pub use task::{
+    DurableAck, StorageConfig, StorageError, StorageHandle, StorageStats, TryWriteError,
+};
 
 /// What went wrong in the store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,7 +150,8 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `batch` all-or-nothing; buffered like [`Table::put`]. Blocks on sled.
+    /// Applies `batch` all-or-nothing; buffered like [`Table::put`]. Blocks on sled: from
+    /// async code, write through a [`StorageHandle`] instead.
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         self.check_owner(&batch)?;
         batch::apply(&batch).map(|_| ())
@@ -175,6 +180,15 @@ impl Store {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// sled itself, for the storage task.
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub(crate) fn generation(&self) -> &Arc<generation::Generation> {
+        &self.generation
     }
 }
 
