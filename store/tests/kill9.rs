@@ -24,6 +24,7 @@ const CHILD_MODE: &str = "FOGMESH_KILL9_CHILD_MODE";
 const BUFFERED_FLUSH_EVERY: Duration = Duration::from_millis(100);
 const LOG: &str = "log";
 const BUFFERED: &str = "buffered";
+const DIRECT: &str = "direct";
 const BATCHES: &str = "batches";
 /// Entries per batched durable write.
 const BATCH: u64 = 10;
@@ -64,10 +65,11 @@ fn kill9_child() {
         .enable_all()
         .build()
         .unwrap();
-    if std::env::var(CHILD_MODE).as_deref() == Ok("buffered") {
-        runtime.block_on(write_buffered_until_killed(Path::new(&dir)));
-    } else {
-        runtime.block_on(write_until_killed(Path::new(&dir), round));
+    match std::env::var(CHILD_MODE).as_deref() {
+        Ok(mode @ ("task" | "direct")) => {
+            runtime.block_on(write_buffered_until_killed(Path::new(&dir), mode))
+        }
+        _ => runtime.block_on(write_until_killed(Path::new(&dir), round)),
     }
 }
 
@@ -79,25 +81,35 @@ fn unix_ms() -> u64 {
 }
 
 /// Buffered writes only, about one a millisecond, each printed with the time it was
-/// accepted; sled's own flusher is the only thing that writes them out.
-async fn write_buffered_until_killed(dir: &Path) {
+/// accepted: through the storage task (`task`), or straight into a string-keyed table
+/// with `Table::put` (`direct`), which is not a sled transaction.
+async fn write_buffered_until_killed(dir: &Path, mode: &str) {
     let options = StoreOptions {
         flush_every: BUFFERED_FLUSH_EVERY,
         ..StoreOptions::default()
     };
     let store = Store::open(dir, &options).unwrap();
     let buffered = store.ordered_table::<Vec<u8>>(BUFFERED).unwrap();
+    let direct = store.table::<Vec<u8>>(DIRECT).unwrap();
     let handle = StorageHandle::spawn(store.clone(), StorageConfig::default()).unwrap();
     let scope = scope(0);
     for index in 0..20_000 {
-        let mut batch = Batch::new();
-        batch
-            .put_ordered(&buffered, &scope, index, &value(0, index))
-            .unwrap();
-        handle.write(batch).await.unwrap();
+        if mode == "direct" {
+            direct.put(&direct_key(index), &value(0, index)).unwrap();
+        } else {
+            let mut batch = Batch::new();
+            batch
+                .put_ordered(&buffered, &scope, index, &value(0, index))
+                .unwrap();
+            handle.write(batch).await.unwrap();
+        }
         println!("BUF {index} {}", unix_ms());
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+fn direct_key(index: u64) -> String {
+    format!("{index:08}")
 }
 
 async fn write_until_killed(dir: &Path, round: u64) {
@@ -371,64 +383,81 @@ fn acknowledged_writes_survive_kill_9() {
     }
 }
 
-/// What kill -9 costs buffered writes: they are only as durable as sled's periodic flush.
-/// Everything accepted well before the kill (ten flush intervals) must be there, the lost
-/// ones must be the newest (sled recovers a prefix of its log), and none may be damaged.
+/// What kill -9 costs buffered writes, through the storage task and with a plain
+/// `Table::put`: everything accepted well before the kill (ten of sled's flush intervals)
+/// must be there, the lost ones must be the newest (sled recovers a prefix of its log),
+/// and none may be damaged.
 #[test]
 fn buffered_writes_lost_to_kill_9_are_only_the_newest() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("store");
-    let mut started = None;
-    let lines = spawn_child(&dir, 0, "buffered").kill_when(|_| {
-        started.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(1200)
-    });
-    let killed_at = unix_ms();
-    let accepted: Vec<(u64, u64)> = lines
-        .iter()
-        .filter_map(|line| {
-            let mut words = line.strip_prefix("BUF ")?.split_whitespace();
-            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
-        })
-        .collect();
-    assert!(
-        accepted.len() > 100,
-        "only {} writes accepted",
-        accepted.len()
-    );
-
-    let store = Store::open(&dir, &StoreOptions::default()).unwrap();
-    let buffered = store.ordered_table::<Vec<u8>>(BUFFERED).unwrap();
-    let present: BTreeSet<u64> = buffered
-        .range(&scope(0), ..)
-        .map(|entry| {
-            let (i, v) = entry.unwrap();
-            assert_eq!(v, value(0, i), "index {i}: wrong value");
-            i
-        })
-        .collect();
-    let lost: Vec<&(u64, u64)> = accepted
-        .iter()
-        .filter(|(i, _)| !present.contains(i))
-        .collect();
-    let margin = BUFFERED_FLUSH_EVERY.as_millis() as u64 * 10;
-    for (i, at) in &lost {
+    for mode in ["task", "direct"] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let mut started = None;
+        let lines = spawn_child(&dir, 0, mode).kill_when(|_| {
+            started.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(800)
+        });
+        let killed_at = unix_ms();
+        let accepted: Vec<(u64, u64)> = lines
+            .iter()
+            .filter_map(|line| {
+                let mut words = line.strip_prefix("BUF ")?.split_whitespace();
+                Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+            })
+            .collect();
         assert!(
-            killed_at - at < margin,
-            "write {i}, accepted {} ms before the kill, was lost",
-            killed_at - at
+            accepted.len() > 100,
+            "{mode}: only {} writes",
+            accepted.len()
+        );
+
+        let store = Store::open(&dir, &StoreOptions::default()).unwrap();
+        let present: BTreeSet<u64> = if mode == "direct" {
+            let table = store.table::<Vec<u8>>(DIRECT).unwrap();
+            table
+                .entries()
+                .map(|entry| {
+                    let (key, v) = entry.unwrap();
+                    let i: u64 = key.parse().unwrap();
+                    assert_eq!(v, value(0, i), "{mode} index {i}: wrong value");
+                    i
+                })
+                .collect()
+        } else {
+            let table = store.ordered_table::<Vec<u8>>(BUFFERED).unwrap();
+            table
+                .range(&scope(0), ..)
+                .map(|entry| {
+                    let (i, v) = entry.unwrap();
+                    assert_eq!(v, value(0, i), "{mode} index {i}: wrong value");
+                    i
+                })
+                .collect()
+        };
+        let lost: Vec<&(u64, u64)> = accepted
+            .iter()
+            .filter(|(i, _)| !present.contains(i))
+            .collect();
+        let margin = BUFFERED_FLUSH_EVERY.as_millis() as u64 * 10;
+        for (i, at) in &lost {
+            assert!(
+                killed_at - at < margin,
+                "{mode}: write {i}, accepted {} ms before the kill, was lost",
+                killed_at - at
+            );
+        }
+        let oldest_lost = lost.iter().map(|(_, at)| killed_at - at).max().unwrap_or(0);
+        let suffix = lost.iter().all(|(i, _)| present.iter().all(|p| p < i));
+        eprintln!(
+            "kill9 buffered ({mode}): {} accepted, {} lost, the oldest lost accepted \
+             {oldest_lost} ms before the kill (flush_every {} ms); lost ones are the newest: \
+             {suffix}",
+            accepted.len(),
+            lost.len(),
+            BUFFERED_FLUSH_EVERY.as_millis()
+        );
+        assert!(
+            suffix,
+            "{mode}: an older write was lost while a newer one survived"
         );
     }
-    let oldest_lost = lost.iter().map(|(_, at)| killed_at - at).max().unwrap_or(0);
-    let suffix = lost.iter().all(|(i, _)| present.iter().all(|p| p < i));
-    eprintln!(
-        "kill9 buffered: {} accepted, {} lost, the oldest lost accepted {oldest_lost} ms \
-         before the kill (flush_every {} ms); lost ones are the newest: {suffix}",
-        accepted.len(),
-        lost.len(),
-        BUFFERED_FLUSH_EVERY.as_millis()
-    );
-    assert!(
-        suffix,
-        "an older buffered write was lost while a newer one survived"
-    );
 }
