@@ -162,10 +162,10 @@ impl Batch {
 
     /// Removes every entry of `scope` in `range` (log truncation, compaction).
     ///
-    /// sled transactions cannot scan, so the range is resolved to the keys present when the
-    /// batch is applied, just before its transaction; a key another thread inserts into the
-    /// range in between survives. The storage task applies batches one at a time, so
-    /// writers that all go through it never see that.
+    /// sled transactions cannot scan, so the range is resolved when the batch is applied,
+    /// just before its transaction, to the keys stored then plus those put earlier in this
+    /// batch. A key another thread inserts into the range in between survives; writers that
+    /// all go through the storage task never see that, as it is the only one applying.
     pub fn remove_range<V>(
         &mut self,
         table: &OrderedTable<V>,

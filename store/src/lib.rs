@@ -1,12 +1,18 @@
 //! Everything a fogmesh node persists, on one sled database, behind a typed API.
 //!
-//! No sled type leaves this crate: callers see [`Store`] and typed [`Table`]s whose values go
-//! through the one [`codec`]. Tables are named sled trees; keys are strings (a PeerId, a name).
+//! No sled type leaves this crate: callers see [`Store`], typed [`Table`]s keyed by string,
+//! [`OrderedTable`]s keyed by `(scope, u64)` in numeric order (a Raft log, per-origin
+//! sequences), and [`Batch`]es that change several tables atomically. Values go through the
+//! one [`codec`]. Services write through the storage task ([`task`]): sled work off the
+//! swarm task, behind a bounded queue, with durable writes acknowledged only once on disk.
 //!
-//! Durability: [`Table::put`] is buffered (sled writes it out within `flush_every` and at
-//! [`Store::flush`]); [`Table::put_durable`] flushes before it returns and is what callers use
-//! for anything they report as done. sled 0.34 has crash-corruption reports, so the node's
-//! integration tests kill -9 a node and check that flushed data is still there.
+//! Durability (the full statement, measured, is in `docs/storage.md`): sled 0.34's own
+//! flush only calls `sync_file_range` on its log, which survives kill -9 but neither
+//! persists the log file's metadata nor flushes the disk's write cache. A durable commit
+//! here ([`Table::put_durable`], [`Store::apply_durable`], [`Store::flush`],
+//! [`StorageHandle::write_durable`]) therefore also fdatasyncs the log and fsyncs sled's
+//! blob files before it is acknowledged. Buffered writes reach the disk within
+//! `flush_every` (sled's flusher fsyncs); kill -9 loses at most the newest of them.
 //!
 //! Damage: sled silently opens a damaged log as an older or empty database. Every durable
 //! commit therefore advances a [`generation`] recorded both in sled and in a marker file, and

@@ -1,13 +1,13 @@
 //! The storage task: sled writes off the caller's task, behind a bounded queue.
 //!
 //! A [`StorageHandle`] feeds [`Batch`]es to one worker on its own OS thread. The worker
-//! takes everything queued (up to the queue's capacity) as one group, applies the group's
-//! batches in queue order in one sled transaction, and makes them durable together: when
-//! it finds durable writes in the group, it advances
-//! the store's generation, awaits sled's `flush_async`, fsyncs sled's files, replaces the
-//! generation marker, and only then acknowledges them, in order. Writes that queue up while
-//! a commit is in progress are taken together next time and share one flush (group
-//! commit), which is where batched throughput comes from.
+//! takes everything queued (up to the queue's capacity) as one group and applies its
+//! batches in queue order, in as few sled transactions as possible (each batch stays
+//! atomic). If the group holds durable writes, it then advances the store's generation,
+//! awaits sled's `flush_async`, fsyncs sled's files, replaces the generation marker, and
+//! only then acknowledges them, in order. Writes that queue up while a commit is in
+//! progress form the next group and share its flush (group commit), which is where the
+//! throughput of concurrent writers comes from.
 //!
 //! Queue full: [`StorageHandle::write`] and [`StorageHandle::write_durable`] wait for room
 //! (counted as a backpressure wait) and never drop a write; [`StorageHandle::try_write`]
@@ -16,12 +16,17 @@
 //! Reads do not go through the task: sled is safe to read from any thread, so callers read
 //! the tables directly ([`StorageHandle::store`]). A read sees a write once the worker has
 //! applied it; a durable ack means it was applied, and [`StorageHandle::flush`] waits for
-//! everything queued before it.
+//! everything queued before it. A read is a B-tree lookup in sled's cache (microseconds)
+//! or a disk read on a miss; it can also wait for as long as one sled flush when it comes
+//! while the worker's transaction waits for sled's periodic flusher (sled's transactions
+//! take a process-wide lock that its flushes hold shared). Keep scans on latency-sensitive
+//! tasks bounded (`.take(n)`).
 //!
 //! Shutdown: [`StorageHandle::close`] (or dropping the last handle) lets the worker apply
 //! everything already queued, make it durable and stop. Afterwards every call returns
 //! [`StorageError::Closed`]; a caller never hangs on a task that is gone, including one
-//! that panicked (its reply channels are dropped, which reads as `Closed`).
+//! that panicked (its reply channels are dropped, which reads as `Closed`). Dropping does
+//! not wait for that final commit, so a process about to exit awaits `close` instead.
 
 use std::fmt;
 use std::sync::Arc;
