@@ -14,7 +14,7 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const MAX_DECODE_LEN: usize = 1024 * 1024;
 
 /// Why a value could not be encoded or decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CodecError {
     #[error("input of {len} bytes exceeds the limit of {max} bytes")]
     TooLong { len: usize, max: usize },

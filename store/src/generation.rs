@@ -12,7 +12,9 @@
 //! generation bump that followed it, so the check catches loss anywhere in the log, not
 //! just at its end.
 
-use std::fs::{self, File};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -24,6 +26,10 @@ pub(crate) const TREE: &str = "__fogmesh_generation";
 const KEY: &[u8] = b"generation";
 /// The marker file in the store directory.
 pub const MARKER_FILE: &str = "fogmesh.generation";
+/// sled 0.34's log, configuration file and blob directory inside the store directory.
+const LOG_FILE: &str = "db";
+const CONF_FILE: &str = "conf";
+const BLOB_DIR: &str = "blobs";
 
 /// The generation as sled holds it (0 for a store that never committed durably).
 pub(crate) fn read_from_db(tree: &sled::Tree, store: &Path) -> Result<u64, StoreError> {
@@ -84,13 +90,34 @@ pub(crate) fn write_marker(store: &Path, generation: u64) -> Result<(), StoreErr
     File::open(store).and_then(|d| d.sync_all()).map_err(err)
 }
 
-/// Bumps and records the generation for one durable commit at a time.
+/// Advances and records the generation; makes sled's files durable on the way.
+///
+/// A commit has three steps: [`advance`](Self::advance) writes the next generation into
+/// sled after the data it covers, a sled flush makes both stable, and
+/// [`seal`](Self::seal) fsyncs sled's files and replaces the marker. The steps are split so
+/// the storage task can await `flush_async` between them without holding a lock; the two
+/// mutexes keep generations unique and the marker monotonic when commits overlap.
 #[derive(Debug)]
 pub(crate) struct Generation {
     db: sled::Db,
     tree: sled::Tree,
     dir: PathBuf,
-    current: Mutex<u64>,
+    /// The latest generation written into sled (durable or not).
+    written: Mutex<u64>,
+    /// What the marker records, and the file handles used to fsync sled's files.
+    sealed: Mutex<Sealed>,
+}
+
+#[derive(Debug)]
+struct Sealed {
+    marked: u64,
+    /// sled's log. sled itself only calls `sync_file_range` on it, which neither persists
+    /// the file's metadata (its size as the log grows) nor flushes the disk's write cache;
+    /// an fsync through our own descriptor does both (flock locks are per descriptor, so
+    /// holding a second one does not disturb sled's lock).
+    log: File,
+    /// Blob files already fsynced, pruned to the ones still present.
+    synced_blobs: BTreeSet<OsString>,
 }
 
 impl Generation {
@@ -114,22 +141,100 @@ impl Generation {
         if recorded != Some(found) {
             write_marker(dir, found)?;
         }
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(LOG_FILE))
+            .map_err(|e| StoreError::Open {
+                path: dir.to_path_buf(),
+                reason: format!("cannot open sled's log file to fsync it: {e}"),
+            })?;
+        // sled writes its `conf` once, without fsync; make it durable before the first
+        // acknowledgement can depend on it.
+        if let Ok(conf) = File::open(dir.join(CONF_FILE)) {
+            conf.sync_all().map_err(StoreError::from_io)?;
+        }
         Ok(Self {
             db: db.clone(),
             tree,
             dir: dir.to_path_buf(),
-            current: Mutex::new(found),
+            written: Mutex::new(found),
+            sealed: Mutex::new(Sealed {
+                marked: found,
+                log,
+                synced_blobs: BTreeSet::new(),
+            }),
         })
     }
 
     /// Makes everything written so far durable and records it; returns the new generation.
     pub(crate) fn commit(&self) -> Result<u64, StoreError> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let next = *current + 1;
-        self.tree.insert(KEY, &next.to_be_bytes())?;
+        let next = self.advance()?;
         self.db.flush()?;
-        write_marker(&self.dir, next)?;
-        *current = next;
+        self.seal(next)?;
         Ok(next)
     }
+
+    /// Writes the next generation into sled, after everything already written; returns it.
+    /// Not durable until a sled flush completes and [`seal`](Self::seal) has run.
+    pub(crate) fn advance(&self) -> Result<u64, StoreError> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let next = *written + 1;
+        self.tree.insert(KEY, &next.to_be_bytes())?;
+        *written = next;
+        Ok(next)
+    }
+
+    /// After a sled flush that started once `generation` was advanced: fsyncs sled's files
+    /// and moves the marker to `generation` (never backwards).
+    pub(crate) fn seal(&self, generation: u64) -> Result<(), StoreError> {
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        // A later generation already sealed came from a flush that started after ours was
+        // advanced, so that flush and its fsync covered our data too.
+        if sealed.marked >= generation {
+            return Ok(());
+        }
+        sealed.log.sync_data().map_err(StoreError::from_io)?;
+        sync_new_blobs(&self.dir, &mut sealed.synced_blobs)?;
+        write_marker(&self.dir, generation)?;
+        sealed.marked = generation;
+        Ok(())
+    }
+
+    /// The generation the marker records: every write applied before it is durable.
+    pub(crate) fn sealed(&self) -> u64 {
+        self.sealed.lock().unwrap_or_else(|p| p.into_inner()).marked
+    }
+}
+
+/// sled writes values too large for its log (nodes over about 128 KiB) to files in
+/// `blobs/`, with no fsync at all; fsyncs the ones not yet synced, then the directory.
+fn sync_new_blobs(dir: &Path, synced: &mut BTreeSet<OsString>) -> Result<(), StoreError> {
+    let blobs = dir.join(BLOB_DIR);
+    let entries = match fs::read_dir(&blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::from_io(e)),
+    };
+    let mut present = BTreeSet::new();
+    let mut added = false;
+    for entry in entries {
+        let name = entry.map_err(StoreError::from_io)?.file_name();
+        if !synced.contains(&name) {
+            match File::open(blobs.join(&name)).and_then(|f| f.sync_data()) {
+                Ok(()) => added = true,
+                // sled removes blobs it no longer needs; one gone now needs no fsync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::from_io(e)),
+            }
+        }
+        present.insert(name);
+    }
+    *synced = present;
+    if added {
+        File::open(&blobs)
+            .and_then(|d| d.sync_all())
+            .map_err(StoreError::from_io)?;
+    }
+    Ok(())
 }

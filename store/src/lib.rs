@@ -1,12 +1,18 @@
 //! Everything a fogmesh node persists, on one sled database, behind a typed API.
 //!
-//! No sled type leaves this crate: callers see [`Store`] and typed [`Table`]s whose values go
-//! through the one [`codec`]. Tables are named sled trees; keys are strings (a PeerId, a name).
+//! No sled type leaves this crate: callers see [`Store`], typed [`Table`]s keyed by string,
+//! [`OrderedTable`]s keyed by `(scope, u64)` in numeric order (a Raft log, per-origin
+//! sequences), and [`Batch`]es that change several tables atomically. Values go through the
+//! one [`codec`]. Services write through the storage task ([`task`]): sled work off the
+//! swarm task, behind a bounded queue, with durable writes acknowledged only once on disk.
 //!
-//! Durability: [`Table::put`] is buffered (sled writes it out within `flush_every` and at
-//! [`Store::flush`]); [`Table::put_durable`] flushes before it returns and is what callers use
-//! for anything they report as done. sled 0.34 has crash-corruption reports, so the node's
-//! integration tests kill -9 a node and check that flushed data is still there.
+//! Durability (the full statement, measured, is in `docs/storage.md`): sled 0.34's own
+//! flush only calls `sync_file_range` on its log, which survives kill -9 but neither
+//! persists the log file's metadata nor flushes the disk's write cache. A durable commit
+//! here ([`Table::put_durable`], [`Store::apply_durable`], [`Store::flush`],
+//! [`StorageHandle::write_durable`]) therefore also fdatasyncs the log and fsyncs sled's
+//! blob files before it is acknowledged. Buffered writes reach the disk within
+//! `flush_every` (sled's flusher fsyncs); kill -9 loses at most the newest of them.
 //!
 //! Damage: sled silently opens a damaged log as an older or empty database. Every durable
 //! commit therefore advances a [`generation`] recorded both in sled and in a marker file, and
@@ -14,9 +20,12 @@
 //! ([`StoreError::Damaged`]). [`integrity`] checks a store and repairs one by keeping what
 //! is readable (`fogmesh store check --repair`).
 
+pub mod batch;
 pub mod codec;
 pub mod generation;
 pub mod integrity;
+pub mod ordered;
+pub mod task;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -25,10 +34,15 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use batch::Batch;
 pub use codec::CodecError;
+pub use ordered::{OrderedIter, OrderedTable, Scope};
+pub use task::{
+    DurableAck, StorageConfig, StorageError, StorageHandle, StorageStats, TryWriteError,
+};
 
 /// What went wrong in the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: PathBuf, reason: String },
@@ -50,6 +64,18 @@ pub enum StoreError {
         key: String,
         source: CodecError,
     },
+    #[error("a scope of {len} bytes is longer than the {max} bytes an ordered key can hold")]
+    ScopeTooLong { len: usize, max: usize },
+    #[error("table {table} belongs to another store than the rest of the batch")]
+    ForeignTable { table: &'static str },
+    #[error("the batch holds tables of another store than {path}")]
+    ForeignBatch { path: PathBuf },
+}
+
+impl StoreError {
+    pub(crate) fn from_io(e: std::io::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
 }
 
 impl From<sled::Error> for StoreError {
@@ -114,10 +140,61 @@ impl Store {
         })
     }
 
+    /// A table of `V` values keyed by `(scope, u64)` in numeric order. `name` must be a
+    /// `'static` identifier, one per value type, and never also used for a [`Table`].
+    pub fn ordered_table<V>(&self, name: &'static str) -> Result<OrderedTable<V>, StoreError> {
+        Ok(OrderedTable::new(
+            self.db.open_tree(name)?,
+            name,
+            self.generation.clone(),
+        ))
+    }
+
     /// Writes every buffered change to disk; returns when it is durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.generation.commit()?;
         Ok(())
+    }
+
+    /// Applies `batch` all-or-nothing; buffered like [`Table::put`]. Blocks on sled: from
+    /// async code, write through a [`StorageHandle`] instead.
+    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        self.check_owner(&batch)?;
+        batch::apply(&batch).map(|_| ())
+    }
+
+    /// Applies `batch` all-or-nothing and returns once it is on disk, with the durable
+    /// generation that covers it.
+    pub fn apply_durable(&self, batch: Batch) -> Result<u64, StoreError> {
+        self.check_owner(&batch)?;
+        batch::apply(&batch)?;
+        self.generation.commit()
+    }
+
+    /// The latest durable generation: every write applied before it was acknowledged is on
+    /// disk. It only grows, by one per durable commit.
+    pub fn durable_generation(&self) -> u64 {
+        self.generation.sealed()
+    }
+
+    /// Refuses a batch built from another store's tables: applying it would write there
+    /// while this store's generation claimed it durable.
+    pub(crate) fn check_owner(&self, batch: &Batch) -> Result<(), StoreError> {
+        match batch.store() {
+            Some(owner) if !Arc::ptr_eq(owner, &self.generation) => Err(StoreError::ForeignBatch {
+                path: self.path.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// sled itself, for the storage task.
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub(crate) fn generation(&self) -> &Arc<generation::Generation> {
+        &self.generation
     }
 }
 
