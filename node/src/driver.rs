@@ -243,6 +243,13 @@ impl Driver {
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.next_timer_instant();
+            if self.storage.backlogged() {
+                // The storage task's queue is full: hand it the backlog before taking any
+                // more input that could write (backpressure, see `NodeStorage`). Awaited
+                // here rather than raced in the select, so no batch is ever dropped half-way.
+                self.storage.drain_backlog().await;
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,

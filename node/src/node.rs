@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use fogmesh_store::task::{StorageConfig, StorageHandle};
 use fogmesh_store::{Store, StoreError, StoreOptions, Table};
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
 use fogmesh_transports::ticket::RevocationSet;
@@ -339,7 +340,9 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
     device_metrics.register(ours);
     let device = DeviceService::new(settings.sense_interval, device_metrics);
     swarm.behaviour_mut().peers.restore(restored.peers);
-    let (storage, storage_reports) = NodeStorage::new(store, tables);
+    let storage_task = StorageHandle::spawn(store, StorageConfig::default())?;
+    storage_task.register_metrics(ours);
+    let (storage, storage_reports) = NodeStorage::new(storage_task, tables);
     let driver_metrics = crate::driver::DriverMetrics::default();
     driver_metrics.register(ours);
     ours.register_collector(Box::new(crate::handshake_metrics::HandshakeCollector::new(

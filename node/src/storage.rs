@@ -1,15 +1,19 @@
 //! The node's side of the store: where each [`StoreOp`] goes, and how completions come back.
 //!
-//! Services say what to persist; this module knows the tables. Durable writes report back
-//! through a channel ([`StorageReport`]) that the driver reads like any other input, so a
-//! service is told "it is on disk" only once it is.
+//! Services say what to persist; this module knows the tables and turns each op into a
+//! [`Batch`] for the storage task ([`fogmesh_store::task`]), which does all sled writing on
+//! its own thread, off the swarm task. Durable writes report back through a channel
+//! ([`StorageReport`]) that the driver reads like any other input, so a service is told "it
+//! is on disk" only once the task's group commit has flushed it (see `docs/storage.md` for
+//! what that guarantees).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use fogmesh_store::{Store, StoreError, Table};
+use fogmesh_store::task::{StorageError, StorageHandle, StorageStats, TryWriteError};
+use fogmesh_store::{Batch, Store, StoreError, Table};
 use libp2p::PeerId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::driver::ServiceId;
 use crate::node::{PeerRecord, StoredRevocation};
@@ -58,102 +62,133 @@ pub enum StorageReport {
     Failed(String),
 }
 
-/// Storage counters, read by the status view.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StorageStats {
-    pub errors: u64,
-}
+/// Durable writes in flight at once; each waits in a small task of its own for its ack.
+/// Only root-signed revocations (bounded by `MAX_REVOCATIONS`) write durably today.
+const MAX_DURABLE_IN_FLIGHT: usize = 256;
 
 /// See the module docs.
+///
+/// Backpressure: buffered writes go to the storage task with `try_write`. When its queue is
+/// full, the batch waits here, in order, and the driver stops taking remote input until the
+/// task has taken the backlog ([`NodeStorage::backlogged`], [`NodeStorage::drain_backlog`]):
+/// the service that writes is slowed down through its inputs; nothing is dropped. Each
+/// such stall is counted (`fogmesh_storage_backpressure_waits_total`).
 #[derive(Debug)]
 pub struct NodeStorage {
-    store: Store,
+    handle: StorageHandle,
     tables: Tables,
     reports: mpsc::Sender<StorageReport>,
-    errors: Arc<AtomicU64>,
+    backlog: VecDeque<Batch>,
+    durable_slots: Arc<Semaphore>,
 }
 
 impl NodeStorage {
-    pub fn new(store: Store, tables: Tables) -> (Self, mpsc::Receiver<StorageReport>) {
+    pub fn new(handle: StorageHandle, tables: Tables) -> (Self, mpsc::Receiver<StorageReport>) {
         let (reports, rx) = mpsc::channel(REPORT_QUEUE);
         (
             Self {
-                store,
+                handle,
                 tables,
                 reports,
-                errors: Arc::default(),
+                backlog: VecDeque::new(),
+                durable_slots: Arc::new(Semaphore::new(MAX_DURABLE_IN_FLIGHT)),
             },
             rx,
         )
     }
 
     pub fn stats(&self) -> StorageStats {
-        StorageStats {
-            errors: self.errors.load(Ordering::Relaxed),
-        }
+        self.handle.stats()
     }
 
-    fn write(&self, op: &StoreOp, durable: bool) -> Result<(), StoreError> {
-        fn put<V: serde::Serialize + serde::de::DeserializeOwned>(
-            table: &Table<V>,
-            key: &str,
-            value: &V,
-            durable: bool,
-        ) -> Result<(), StoreError> {
-            if durable {
-                table.put_durable(key, value)
-            } else {
-                table.put(key, value)
-            }
-        }
+    fn batch(&self, op: &StoreOp) -> Result<Batch, StoreError> {
+        let mut batch = Batch::new();
         match op {
             StoreOp::PutTelemetry { origin, telemetry } => {
-                put(&self.tables.telemetry, origin, telemetry, durable)
+                batch.put(&self.tables.telemetry, origin, telemetry)?
             }
-            StoreOp::RemoveTelemetry { origin } => self.tables.telemetry.remove(origin).map(drop),
-            StoreOp::PutOwnSeq(seq) => {
-                put(&self.tables.meta, META_TELEMETRY_SEQ, seq, durable)
-            }
+            StoreOp::RemoveTelemetry { origin } => batch.remove(&self.tables.telemetry, origin),
+            StoreOp::PutOwnSeq(seq) => batch.put(&self.tables.meta, META_TELEMETRY_SEQ, seq)?,
             StoreOp::PutRevocation {
                 ticket_id,
                 revocation,
-            } => put(&self.tables.revocations, ticket_id, revocation, durable),
+            } => batch.put(&self.tables.revocations, ticket_id, revocation)?,
             StoreOp::PutPeer { peer, record } => {
-                put(&self.tables.peers, &peer.to_string(), record, durable)
+                batch.put(&self.tables.peers, &peer.to_string(), record)?
             }
-            StoreOp::RemovePeer(peer) => self.tables.peers.remove(&peer.to_string()).map(drop),
+            StoreOp::RemovePeer(peer) => batch.remove(&self.tables.peers, &peer.to_string()),
         }
+        Ok(batch)
     }
 
-    fn failed(&self, error: &StoreError) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+    fn failed(&self, error: String) {
         tracing::error!(%error, "store write failed");
+        let _ = self.reports.try_send(StorageReport::Failed(error));
     }
 
     /// A buffered write: on disk within the store's flush interval.
     pub fn persist(&mut self, op: StoreOp) {
-        if let Err(error) = self.write(&op, false) {
-            self.failed(&error);
-            let _ = self.reports.try_send(StorageReport::Failed(error.to_string()));
+        let batch = match self.batch(&op) {
+            Ok(batch) => batch,
+            Err(error) => return self.failed(error.to_string()),
+        };
+        if !self.backlog.is_empty() {
+            // Keep the order: nothing overtakes what already waits.
+            self.backlog.push_back(batch);
+            return;
+        }
+        match self.handle.try_write(batch) {
+            Ok(()) => {}
+            Err(TryWriteError::Full(batch)) => self.backlog.push_back(batch),
+            Err(error) => self.failed(error.to_string()),
+        }
+    }
+
+    /// Whether buffered writes wait for room in the storage task's queue.
+    pub fn backlogged(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Hands the backlog to the storage task, waiting for room (the backpressure).
+    pub async fn drain_backlog(&mut self) {
+        while let Some(batch) = self.backlog.pop_front() {
+            if let Err(error) = self.handle.write(batch).await {
+                self.failed(error.to_string());
+            }
         }
     }
 
     /// A durable write: `service` hears of it with `token` once it is on disk.
     pub fn persist_durable(&mut self, op: StoreOp, service: ServiceId, token: DurableToken) {
-        let result = self.write(&op, true).map_err(|error| {
-            self.failed(&error);
-            error.to_string()
-        });
-        let _ = self.reports.try_send(StorageReport::Durable {
-            service,
-            token,
-            result,
+        let reports = self.reports.clone();
+        let batch = self.batch(&op);
+        let handle = self.handle.clone();
+        let slots = self.durable_slots.clone();
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let result = match batch {
+                Ok(batch) => handle
+                    .write_durable(batch)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            // The driver reads reports before remote work; if it is gone, so is the node.
+            let _ = reports
+                .send(StorageReport::Durable {
+                    service,
+                    token,
+                    result,
+                })
+                .await;
         });
     }
 
-    /// Flushes everything and stops.
-    pub async fn close(&mut self) -> Result<(), StoreError> {
-        self.store.flush()
+    /// Writes what waits, flushes everything and stops the storage task.
+    pub async fn close(&mut self) -> Result<(), StorageError> {
+        self.drain_backlog().await;
+        self.handle.close().await
     }
 }
 
