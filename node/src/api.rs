@@ -263,7 +263,10 @@ mod receipt_tests {
         assert_eq!(view.receipts.len(), MAX_RECEIPTS);
         // Every receipt still names its own origin after compaction.
         for r in &view.receipts {
-            assert_eq!(view.origins[r.origin_index as usize], format!("origin-{}", r.seq));
+            assert_eq!(
+                view.origins[r.origin_index as usize],
+                format!("origin-{}", r.seq)
+            );
         }
     }
 }

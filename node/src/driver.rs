@@ -35,8 +35,7 @@ use crate::services::device::DeviceService;
 use crate::services::revocations::RevocationService;
 use crate::services::telemetry::TelemetryService;
 use crate::services::{
-    Effect, GossipIn, Notice, Outbox, PublishOutcome, Reply, Service, Timer,
-    ViewUpdate,
+    Effect, GossipIn, Notice, Outbox, PublishOutcome, Reply, Service, Timer, ViewUpdate,
 };
 use crate::storage::{NodeStorage, StorageReport};
 
@@ -58,7 +57,11 @@ pub enum ServiceId {
 }
 
 impl ServiceId {
-    pub const ALL: [ServiceId; 3] = [ServiceId::Telemetry, ServiceId::Revocations, ServiceId::Device];
+    pub const ALL: [ServiceId; 3] = [
+        ServiceId::Telemetry,
+        ServiceId::Revocations,
+        ServiceId::Device,
+    ];
 
     fn owning(timer: Timer) -> ServiceId {
         match timer {
@@ -385,7 +388,10 @@ impl Driver {
         }));
     }
 
-    fn on_sensed(&mut self, pass: Result<(DeviceMonitor, DeviceView, Option<u64>), tokio::task::JoinError>) {
+    fn on_sensed(
+        &mut self,
+        pass: Result<(DeviceMonitor, DeviceView, Option<u64>), tokio::task::JoinError>,
+    ) {
         self.sensing = None;
         match pass {
             Ok((monitor, view, rss_bytes)) => {
@@ -605,7 +611,8 @@ impl Driver {
             }
             PeerManagerEvent::Forgotten(peer) => {
                 if self.lifecycle.phase() != Phase::SafeMode {
-                    self.storage.persist(crate::services::StoreOp::RemovePeer(peer));
+                    self.storage
+                        .persist(crate::services::StoreOp::RemovePeer(peer));
                 }
             }
         }
@@ -744,7 +751,8 @@ impl Driver {
             s.known_peers = peers_behaviour.registry().len();
             s.telemetry_nodes = telemetry.latest().len();
             s.stale_nodes = telemetry.stale_count(now);
-            s.telemetry_interval_ms = u64::try_from(telemetry.interval().as_millis()).unwrap_or(u64::MAX);
+            s.telemetry_interval_ms =
+                u64::try_from(telemetry.interval().as_millis()).unwrap_or(u64::MAX);
             let m = telemetry.metrics();
             s.telemetry_published = m.published.get();
             s.telemetry_unsent = m.unsent.get();
@@ -817,7 +825,9 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn poll_opt<T>(handle: &mut Option<JoinHandle<T>>) -> Option<Result<T, tokio::task::JoinError>> {
+async fn poll_opt<T>(
+    handle: &mut Option<JoinHandle<T>>,
+) -> Option<Result<T, tokio::task::JoinError>> {
     match handle {
         Some(h) => Some(h.await),
         None => futures::future::pending().await,

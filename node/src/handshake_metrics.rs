@@ -34,8 +34,17 @@ impl Collector for HandshakeCollector {
             MetricType::Counter,
         )?;
         for (direction, protocol, n) in [
-            ("inbound", "xk", s.admitted_inbound.saturating_sub(s.admitted_noise_inbound)),
-            ("outbound", "xk", s.admitted_outbound.saturating_sub(s.admitted_noise_outbound)),
+            (
+                "inbound",
+                "xk",
+                s.admitted_inbound.saturating_sub(s.admitted_noise_inbound),
+            ),
+            (
+                "outbound",
+                "xk",
+                s.admitted_outbound
+                    .saturating_sub(s.admitted_noise_outbound),
+            ),
             ("inbound", "noise", s.admitted_noise_inbound),
             ("outbound", "noise", s.admitted_noise_outbound),
         ] {

@@ -25,7 +25,9 @@ use libp2p::gossipsub;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{connection_limits, identify, kad, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{
+    connection_limits, identify, kad, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -643,4 +645,3 @@ fn initial_status(
         control_api_refused: 0,
     }
 }
-

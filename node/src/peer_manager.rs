@@ -24,8 +24,8 @@ use libp2p::core::transport::PortUse;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{
-    dummy, CloseConnection, ConnectionDenied, ConnectionId, DialError, FromSwarm,
-    NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    dummy, CloseConnection, ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -111,7 +111,11 @@ pub fn transport_of(addr: &Multiaddr) -> &'static str {
 impl PeerMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("peers");
-        r.register("connected", "Peers with at least one connection", self.connected.clone());
+        r.register(
+            "connected",
+            "Peers with at least one connection",
+            self.connected.clone(),
+        );
         r.register("known", "Peers in the address book", self.known.clone());
         r.register(
             "connections_opened",
@@ -273,8 +277,7 @@ impl PeerManager {
             by_peer.entry(peer).or_default().push(addr);
         }
         for (peer, addrs) in by_peer {
-            if self.mdns_known.len() < self.config.max_known_peers && self.mdns_known.insert(peer)
-            {
+            if self.mdns_known.len() < self.config.max_known_peers && self.mdns_known.insert(peer) {
                 self.metrics.mdns_discovered.inc();
                 tracing::info!(peer_id = %peer, "peer found via mDNS");
             }
@@ -372,7 +375,9 @@ impl PeerManager {
                     .addresses(vec![due.addr.clone()])
                     .condition(PeerCondition::DisconnectedAndNotDialing)
                     .build(),
-                None => DialOpts::unknown_peer_id().address(due.addr.clone()).build(),
+                None => DialOpts::unknown_peer_id()
+                    .address(due.addr.clone())
+                    .build(),
             };
             tracing::debug!(addr = %due.addr, "dialling bootstrap peer");
             self.bootstrap.dial_started(due.index, opts.connection_id());
@@ -406,7 +411,12 @@ impl PeerManager {
         }
     }
 
-    fn on_established(&mut self, peer: PeerId, connection: ConnectionId, endpoint: &ConnectedPoint) {
+    fn on_established(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) {
         self.metrics.connections_opened.inc();
         self.metrics
             .connections
@@ -436,7 +446,11 @@ impl PeerManager {
         self.metrics.connected.set(self.live.len() as i64);
         // Only an address we dialled is known to reach the peer; the far end of an inbound
         // connection is usually an ephemeral port.
-        let learned = if dialer { vec![addr.clone()] } else { Vec::new() };
+        let learned = if dialer {
+            vec![addr.clone()]
+        } else {
+            Vec::new()
+        };
         self.note_peer(peer, learned, None);
         self.emit(PeerManagerEvent::Connected { peer, addr, dialer });
     }
@@ -474,7 +488,12 @@ impl PeerManager {
         });
     }
 
-    fn on_dial_failure(&mut self, peer: Option<PeerId>, connection: ConnectionId, error: &DialError) {
+    fn on_dial_failure(
+        &mut self,
+        peer: Option<PeerId>,
+        connection: ConnectionId,
+        error: &DialError,
+    ) {
         if let (DialError::DialPeerConditionFalse(_), Some(peer)) = (error, peer) {
             if self.live.contains_key(&peer) {
                 // Already connected: nothing to do until it is lost.
@@ -483,7 +502,10 @@ impl PeerManager {
             }
         }
         let jitter = self.rng.gen();
-        match self.bootstrap.connection_failed(connection, now_ms(), jitter) {
+        match self
+            .bootstrap
+            .connection_failed(connection, now_ms(), jitter)
+        {
             Some(failed) => {
                 self.metrics.bootstrap_dial_failures.inc();
                 if !matches!(error, DialError::DialPeerConditionFalse(_)) {
@@ -633,7 +655,10 @@ mod tests {
     }
 
     /// Drives all swarms until `done` holds or 10 s pass.
-    async fn drive(swarms: &mut [Swarm<PeerManager>], mut done: impl FnMut(&[Swarm<PeerManager>]) -> bool) -> bool {
+    async fn drive(
+        swarms: &mut [Swarm<PeerManager>],
+        mut done: impl FnMut(&[Swarm<PeerManager>]) -> bool,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline {
             if done(swarms) {
@@ -676,7 +701,9 @@ mod tests {
         let pb = *b.local_peer_id();
         let mut swarms = [a, b];
         assert!(drive(&mut swarms, |s| s[0].behaviour().live().contains_key(&pb)).await);
-        swarms[0].behaviour_mut().disconnect(&[pb], "ticket revoked");
+        swarms[0]
+            .behaviour_mut()
+            .disconnect(&[pb], "ticket revoked");
         assert!(drive(&mut swarms, |s| s[0].behaviour().live().is_empty()).await);
         assert_eq!(swarms[0].behaviour().metrics().revoked_disconnects.get(), 1);
         // The record stays in the address book.
@@ -689,7 +716,9 @@ mod tests {
         // a protected peer. The grace period makes this wait at least 10 s.
         let mut hub = swarm(config(Vec::new(), 1, 64));
         let addr = listen(&mut hub).await;
-        let spokes: Vec<_> = (0..7).map(|_| swarm(config(vec![addr.clone()], 8, 16))).collect();
+        let spokes: Vec<_> = (0..7)
+            .map(|_| swarm(config(vec![addr.clone()], 8, 16)))
+            .collect();
         let keep = *spokes[0].local_peer_id();
         hub.behaviour_mut().set_protected([keep]);
         let mut swarms = vec![hub];
@@ -698,12 +727,22 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut pruned = false;
         while tokio::time::Instant::now() < deadline && !pruned {
-            pruned = drive(&mut swarms, |s| s[0].behaviour().metrics().pruned.get() >= 6).await;
+            pruned = drive(&mut swarms, |s| {
+                s[0].behaviour().metrics().pruned.get() >= 6
+            })
+            .await;
         }
         assert!(pruned, "surplus peers were pruned");
         let hub = swarms[0].behaviour();
-        assert_eq!(hub.metrics().pruned.get(), 6, "all six unprotected, in one round");
-        assert!(hub.live().contains_key(&keep), "the protected peer is never pruned");
+        assert_eq!(
+            hub.metrics().pruned.get(),
+            6,
+            "all six unprotected, in one round"
+        );
+        assert!(
+            hub.live().contains_key(&keep),
+            "the protected peer is never pruned"
+        );
     }
 
     #[test]
@@ -744,7 +783,11 @@ mod tests {
         pm.restore(stored.clone());
         assert_eq!(pm.registry().len(), 2);
         assert!(pm.registry().contains_key(&stored[3].0));
-        let dials = pm.queue.iter().filter(|e| matches!(e, ToSwarm::Dial { .. })).count();
+        let dials = pm
+            .queue
+            .iter()
+            .filter(|e| matches!(e, ToSwarm::Dial { .. }))
+            .count();
         assert_eq!(dials, 2);
     }
 }

@@ -36,7 +36,13 @@ fn settings(dir: &Path, bootstrap: Vec<Multiaddr>, mesh: Option<MeshFiles>) -> S
 
 fn admit(root_key: &Path, description: &Path, dir: &Path) -> MeshFiles {
     let peer = identity::load_or_create(dir).unwrap().public().to_peer_id();
-    let ticket = mesh::issue(root_key, peer, &["worker".into()], Duration::from_secs(3600)).unwrap();
+    let ticket = mesh::issue(
+        root_key,
+        peer,
+        &["worker".into()],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
     let path = dir.join("ticket");
     std::fs::write(&path, ticket).unwrap();
     MeshFiles {
@@ -102,9 +108,12 @@ async fn events_and_metrics_follow_a_scripted_scenario_in_order() {
     let a_files = admit(&root_key, &description, dirs[0].path());
     let b_files = admit(&root_key, &description, dirs[1].path());
 
-    let a = start_on(settings(dirs[0].path(), vec![], Some(a_files)), Network::Memory)
-        .await
-        .unwrap();
+    let a = start_on(
+        settings(dirs[0].path(), vec![], Some(a_files)),
+        Network::Memory,
+    )
+    .await
+    .unwrap();
     let a_addr = dial_addr(&a).await;
     let mut stream = ControlClient::new(a.control_addr).events().await.unwrap();
     let mut seen = Vec::new();
@@ -117,16 +126,22 @@ async fn events_and_metrics_follow_a_scripted_scenario_in_order() {
     .await
     .unwrap();
     let b_id = b.peer_id.to_string();
-    until(&mut stream, &mut seen, |e| is(e, "peer_connected") && e["peer_id"] == b_id).await;
+    until(&mut stream, &mut seen, |e| {
+        is(e, "peer_connected") && e["peer_id"] == b_id
+    })
+    .await;
     until(&mut stream, &mut seen, |e| {
         is(e, "telemetry_received") && e["origin"] == b_id
     })
     .await;
 
     // X has no ticket: A refuses it.
-    let x = start_on(settings(dirs[2].path(), vec![a_addr], None), Network::Memory)
-        .await
-        .unwrap();
+    let x = start_on(
+        settings(dirs[2].path(), vec![a_addr], None),
+        Network::Memory,
+    )
+    .await
+    .unwrap();
     until(&mut stream, &mut seen, |e| {
         is(e, "admission_refused") && e["direction"] == "inbound"
     })
@@ -144,7 +159,10 @@ async fn events_and_metrics_follow_a_scripted_scenario_in_order() {
         is(e, "peer_disconnected") && e["peer_id"] == b_id
     })
     .await;
-    until(&mut stream, &mut seen, |e| is(e, "lifecycle") && e["to"] == "idle").await;
+    until(&mut stream, &mut seen, |e| {
+        is(e, "lifecycle") && e["to"] == "idle"
+    })
+    .await;
 
     // The order of what matters, other events (more telemetry, power mode) in between.
     let position = |pred: &dyn Fn(&Value) -> bool| seen.iter().position(pred).unwrap();
@@ -198,7 +216,11 @@ async fn events_and_metrics_follow_a_scripted_scenario_in_order() {
         m.value("fogmesh_peers_revoked_disconnects_total", &[]),
         Some(1.0)
     );
-    assert!(m.value("fogmesh_storage_durable_writes_total", &[]).unwrap() >= 1.0);
+    assert!(
+        m.value("fogmesh_storage_durable_writes_total", &[])
+            .unwrap()
+            >= 1.0
+    );
     assert!(
         m.family("libp2p_swarm_connections_established").is_some(),
         "libp2p's own metrics are in the same registry"

@@ -38,7 +38,11 @@ pub struct DeviceMetrics {
 impl DeviceMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("device");
-        r.register("sense_passes", "Device sensing passes run", self.passes.clone());
+        r.register(
+            "sense_passes",
+            "Device sensing passes run",
+            self.passes.clone(),
+        );
         r.register(
             "power_mode",
             "The power mode the policy chose (1 for the current one)",
@@ -129,7 +133,9 @@ impl DeviceService {
             Timer::DeviceSense,
         );
         out.push(Effect::View(ViewUpdate::Device(Box::new(view.clone()))));
-        out.push(Effect::Notice(Notice::DeviceChanged(Box::new(view.clone()))));
+        out.push(Effect::Notice(Notice::DeviceChanged(Box::new(
+            view.clone(),
+        ))));
         self.view = Some(view.clone());
     }
 }
@@ -203,7 +209,9 @@ mod tests {
             at_ms: T0 + 5 + 30_000,
             timer: Timer::DeviceSense
         }));
-        assert!(effects.iter().any(|e| matches!(e, Effect::View(ViewUpdate::Device(_)))));
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::View(ViewUpdate::Device(_)))));
         assert!(effects
             .iter()
             .any(|e| matches!(e, Effect::Notice(Notice::DeviceChanged(_)))));
@@ -220,9 +228,17 @@ mod tests {
     #[test]
     fn a_low_battery_changes_mode_once_and_senses_sooner() {
         let mut s = DeviceService::new(Duration::from_secs(30), DeviceMetrics::default());
-        s.on_notice(T0, &sensed(view_with(Some(90.0), Some(true))), &mut Outbox::default());
+        s.on_notice(
+            T0,
+            &sensed(view_with(Some(90.0), Some(true))),
+            &mut Outbox::default(),
+        );
         let mut out = Outbox::default();
-        s.on_notice(T0 + 10, &sensed(view_with(Some(5.0), Some(false))), &mut out);
+        s.on_notice(
+            T0 + 10,
+            &sensed(view_with(Some(5.0), Some(false))),
+            &mut out,
+        );
         let changes: Vec<_> = out
             .effects()
             .iter()
@@ -236,7 +252,11 @@ mod tests {
         assert_eq!(s.metrics.mode_changes.get(), 1);
         // The same mode again is no change.
         let mut out = Outbox::default();
-        s.on_notice(T0 + 20, &sensed(view_with(Some(5.0), Some(false))), &mut out);
+        s.on_notice(
+            T0 + 20,
+            &sensed(view_with(Some(5.0), Some(false))),
+            &mut out,
+        );
         assert!(!out.effects().iter().any(|e| matches!(e, Effect::Event(_))));
     }
 }

@@ -187,7 +187,10 @@ pub enum Notice {
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
     /// A peer subscribed to a topic we know.
-    PeerSubscribed { peer: PeerId, topic: String },
+    PeerSubscribed {
+        peer: PeerId,
+        topic: String,
+    },
     /// How many peers are connected and on which addresses we listen, for our own telemetry.
     Local {
         connected_peers: usize,
@@ -219,7 +222,12 @@ pub trait Service {
 
     /// A message on one of [`Service::topics`]. The answer is reported to gossipsub:
     /// `Accept` forwards it, `Ignore` drops it, `Reject` drops it and penalises the sender.
-    fn on_gossip(&mut self, _now_ms: u64, _msg: GossipIn<'_>, _out: &mut Outbox) -> MessageAcceptance {
+    fn on_gossip(
+        &mut self,
+        _now_ms: u64,
+        _msg: GossipIn<'_>,
+        _out: &mut Outbox,
+    ) -> MessageAcceptance {
         MessageAcceptance::Ignore
     }
 

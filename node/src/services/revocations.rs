@@ -23,12 +23,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{
-    DurableToken, Effect, GossipIn, Notice, Outbox, Reply, Service, StoreOp, Timer,
-};
+use super::ReasonLabel;
+use super::{DurableToken, Effect, GossipIn, Notice, Outbox, Reply, Service, StoreOp, Timer};
 use crate::api::RevocationOutcome;
 use crate::events::NodeEvent;
-use super::ReasonLabel;
 use crate::node::StoredRevocation;
 
 /// How often held revocations are gossiped again.
@@ -54,7 +52,11 @@ impl RevocationMetrics {
             "Revocations received again after being applied",
             self.duplicates.clone(),
         );
-        r.register("rejected", "Revocations refused, by reason", self.rejected.clone());
+        r.register(
+            "rejected",
+            "Revocations refused, by reason",
+            self.rejected.clone(),
+        );
         r.register("held", "Revocations in force", self.held.clone());
     }
 }
@@ -327,9 +329,7 @@ fn lock_read(set: &Arc<RwLock<RevocationSet>>) -> std::sync::RwLockReadGuard<'_,
     set.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_write(
-    set: &Arc<RwLock<RevocationSet>>,
-) -> std::sync::RwLockWriteGuard<'_, RevocationSet> {
+fn lock_write(set: &Arc<RwLock<RevocationSet>>) -> std::sync::RwLockWriteGuard<'_, RevocationSet> {
     set.write().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -404,20 +404,34 @@ mod tests {
                 _ => None,
             })
             .expect("persisted durably");
-        assert!(out.effects().iter().any(|e| matches!(e, Effect::Publish { .. })));
-        assert!(!out.effects().iter().any(|e| matches!(e, Effect::Reply { .. })), "no answer before the disk");
+        assert!(out
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { .. })));
+        assert!(
+            !out.effects()
+                .iter()
+                .any(|e| matches!(e, Effect::Reply { .. })),
+            "no answer before the disk"
+        );
         let mut out = Outbox::default();
         m.service.on_durable(T0, token, Ok(()), &mut out);
         assert!(matches!(
             out.effects(),
-            [Effect::Reply { token: 7, reply: Reply::Revocation(Ok(RevocationOutcome { new: true, .. })) }]
+            [Effect::Reply {
+                token: 7,
+                reply: Reply::Revocation(Ok(RevocationOutcome { new: true, .. }))
+            }]
         ));
         // Again: known, answered at once, not new.
         let mut out = Outbox::default();
         m.service.submit(T0, 8, bytes, &mut out);
         assert!(matches!(
             out.effects(),
-            [Effect::Reply { token: 8, reply: Reply::Revocation(Ok(RevocationOutcome { new: false, .. })) }]
+            [Effect::Reply {
+                token: 8,
+                reply: Reply::Revocation(Ok(RevocationOutcome { new: false, .. }))
+            }]
         ));
         assert_eq!(m.service.metrics().duplicates.get(), 1);
     }
@@ -446,15 +460,19 @@ mod tests {
     #[test]
     fn republishes_the_newest_from_memory_on_its_timer() {
         let mut m = mesh();
-        m.service.restore((0..REPUBLISH_MAX as u64 + 10).map(|i| StoredRevocation {
-            bytes: vec![i as u8],
-            received_at_ms: i,
-        }));
+        m.service
+            .restore((0..REPUBLISH_MAX as u64 + 10).map(|i| StoredRevocation {
+                bytes: vec![i as u8],
+                received_at_ms: i,
+            }));
         let mut out = Outbox::default();
         m.service.on_start(T0, &mut out);
         assert!(matches!(
             out.effects(),
-            [Effect::Timer { timer: Timer::RevocationRepublish, .. }]
+            [Effect::Timer {
+                timer: Timer::RevocationRepublish,
+                ..
+            }]
         ));
         let mut out = Outbox::default();
         m.service.on_timer(T0, Timer::RevocationRepublish, &mut out);
@@ -481,7 +499,10 @@ mod tests {
         s.submit(T0, 1, vec![1, 2, 3], &mut out);
         assert!(matches!(
             out.effects(),
-            [Effect::Reply { reply: Reply::Revocation(Err(_)), .. }]
+            [Effect::Reply {
+                reply: Reply::Revocation(Err(_)),
+                ..
+            }]
         ));
     }
 }

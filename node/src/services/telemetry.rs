@@ -23,12 +23,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{Effect, GossipIn, Notice, Outbox, PublishOutcome, Service, StoreOp, Timer, ViewUpdate};
+use super::ReasonLabel;
+use super::{
+    Effect, GossipIn, Notice, Outbox, PublishOutcome, Service, StoreOp, Timer, ViewUpdate,
+};
 use crate::device::{DeviceReadings, DeviceView};
 use crate::envelope::{self, MessageKind};
 use crate::events::NodeEvent;
 use crate::lifecycle::Phase;
-use super::ReasonLabel;
 use crate::telemetry::{
     next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
     TelemetryValidator, TELEMETRY_TOPIC,
@@ -525,7 +527,12 @@ mod tests {
         (from.keypair.public().to_peer_id(), data)
     }
 
-    fn deliver(to: &mut TelemetryService, now_ms: u64, author: PeerId, data: &[u8]) -> (MessageAcceptance, Outbox) {
+    fn deliver(
+        to: &mut TelemetryService,
+        now_ms: u64,
+        author: PeerId,
+        data: &[u8],
+    ) -> (MessageAcceptance, Outbox) {
         let mut out = Outbox::default();
         let verdict = to.on_gossip(
             now_ms,
@@ -589,7 +596,10 @@ mod tests {
         let mut out = Outbox::default();
         s.on_timer(T0, Timer::TelemetryPublish, &mut out);
         assert_eq!(timers(&out), vec![(T0 + 1000, Timer::TelemetryPublish)]);
-        assert!(!out.effects().iter().any(|e| matches!(e, Effect::Publish { .. })));
+        assert!(!out
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { .. })));
     }
 
     #[test]
@@ -621,7 +631,10 @@ mod tests {
         let (author, data) = publication(&mut b, T0);
         let (verdict, out) = deliver(&mut a, T0 + 5, author, &data);
         assert_eq!(verdict, MessageAcceptance::Accept);
-        assert!(out.effects().iter().any(|e| matches!(e, Effect::Persist(StoreOp::PutTelemetry { .. }))));
+        assert!(out
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(StoreOp::PutTelemetry { .. }))));
         assert!(out.effects().iter().any(|e| matches!(
             e,
             Effect::Event(NodeEvent::TelemetryReceived { latency_ms: 5, .. })
@@ -653,9 +666,21 @@ mod tests {
         let mut out = Outbox::default();
         a.on_timer(T0 + 121_000, Timer::TelemetryExpire, &mut out);
         assert!(a.latest().is_empty());
-        assert!(out.effects().iter().any(|e| matches!(e, Effect::Persist(StoreOp::RemoveTelemetry { .. }))));
-        assert!(out.effects().iter().any(|e| matches!(e, Effect::View(ViewUpdate::Telemetry { telemetry: None, .. }))));
-        assert!(out.effects().iter().any(|e| matches!(e, Effect::Event(NodeEvent::TelemetryExpired { .. }))));
+        assert!(out
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(StoreOp::RemoveTelemetry { .. }))));
+        assert!(out.effects().iter().any(|e| matches!(
+            e,
+            Effect::View(ViewUpdate::Telemetry {
+                telemetry: None,
+                ..
+            })
+        )));
+        assert!(out
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Event(NodeEvent::TelemetryExpired { .. }))));
         assert_eq!(a.metrics().expired.get(), 1);
         // It comes back when it speaks again.
         let (author, data) = publication(&mut b, T0 + 122_000);
@@ -692,12 +717,8 @@ mod tests {
         let mut s = service(TelemetryLimits::default());
         let mut out = Outbox::default();
         s.on_timer(T0, Timer::TelemetryPublish, &mut out);
-        let (mut view, _) = crate::device::assess(
-            DeviceReadings::default(),
-            None,
-            Duration::ZERO,
-            None,
-        );
+        let (mut view, _) =
+            crate::device::assess(DeviceReadings::default(), None, Duration::ZERO, None);
         view.decision.limits.telemetry_multiplier = 4;
         let mut out = Outbox::default();
         s.on_notice(T0 + 10, &Notice::DeviceChanged(Box::new(view)), &mut out);

@@ -25,7 +25,9 @@ pub mod stats;
 pub mod stream;
 
 pub use admission::AdmissionPolicy;
-pub use channel::{upgrade_transport, Refusal, SecureChannel, SecureChannelConfig, XkUpgrade, PROTOCOL};
+pub use channel::{
+    upgrade_transport, Refusal, SecureChannel, SecureChannelConfig, XkUpgrade, PROTOCOL,
+};
 pub use guard::{GuardConfig, GuardRefusal};
 pub use stats::{SecuritySnapshot, SecurityStats};
 pub use stream::{RekeyPolicy, XkStream};
