@@ -80,6 +80,40 @@ pub struct StatusView {
     pub control_api_refused: u64,
 }
 
+impl StatusView {
+    /// The status of a node that has just started: nothing counted yet.
+    pub fn starting(peer_id: String, data_dir: PathBuf, started_at_ms: u64) -> Self {
+        StatusView {
+            peer_id,
+            version: String::new(),
+            phase: Phase::Booting,
+            phase_since_ms: started_at_ms,
+            phase_reason: String::new(),
+            transitions: Vec::new(),
+            started_at_ms,
+            uptime_s: 0,
+            data_dir,
+            listen_addrs: Vec::new(),
+            connected_peers: 0,
+            known_peers: 0,
+            telemetry_nodes: 0,
+            stale_nodes: 0,
+            telemetry_interval_ms: 0,
+            telemetry_published: 0,
+            telemetry_unsent: 0,
+            telemetry_accepted: 0,
+            telemetry_rejected: RejectionCounters::default(),
+            telemetry_expired: 0,
+            store_errors: 0,
+            mdns: false,
+            bootstrap: BootstrapView::default(),
+            device: None,
+            admission: AdmissionView::default(),
+            control_api_refused: 0,
+        }
+    }
+}
+
 /// One row of `/v1/peers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerView {
@@ -312,34 +346,7 @@ impl SharedState {
     #[doc(hidden)]
     pub fn for_tests(events: EventBus, metrics: Arc<FrozenMetrics>) -> Arc<Self> {
         let (commands, _) = tokio::sync::mpsc::channel(1);
-        let status = StatusView {
-            peer_id: String::new(),
-            version: String::new(),
-            phase: Phase::Idle,
-            phase_since_ms: 0,
-            phase_reason: String::new(),
-            transitions: Vec::new(),
-            started_at_ms: now_ms(),
-            uptime_s: 0,
-            data_dir: PathBuf::new(),
-            listen_addrs: Vec::new(),
-            connected_peers: 0,
-            known_peers: 0,
-            telemetry_nodes: 0,
-            stale_nodes: 0,
-            telemetry_interval_ms: 0,
-            telemetry_published: 0,
-            telemetry_unsent: 0,
-            telemetry_accepted: 0,
-            telemetry_rejected: RejectionCounters::default(),
-            telemetry_expired: 0,
-            store_errors: 0,
-            mdns: false,
-            bootstrap: BootstrapView::default(),
-            device: None,
-            admission: AdmissionView::default(),
-            control_api_refused: 0,
-        };
+        let status = StatusView::starting(String::new(), PathBuf::new(), now_ms());
         Arc::new(Self {
             status: RwLock::new(status),
             peers: RwLock::default(),

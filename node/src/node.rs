@@ -48,7 +48,7 @@ use crate::services::telemetry::{
     TelemetryConfig, TelemetryLimits, TelemetryMetrics, TelemetryService,
 };
 use crate::storage::{self, NodeStorage, Tables};
-use crate::telemetry::{FreshnessPolicy, RejectionCounters};
+use crate::telemetry::FreshnessPolicy;
 
 /// The version every node reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -614,34 +614,20 @@ fn initial_status(
     started_at_ms: u64,
 ) -> StatusView {
     StatusView {
-        peer_id: peer_id.to_string(),
         version: VERSION.into(),
         phase: lifecycle.phase(),
         phase_since_ms: lifecycle.since_ms(),
         phase_reason: lifecycle.reason().into(),
-        transitions: Vec::new(),
-        started_at_ms,
-        uptime_s: 0,
-        data_dir: settings.data_dir.clone(),
-        listen_addrs: Vec::new(),
-        connected_peers: 0,
-        known_peers: 0,
-        telemetry_nodes: 0,
-        stale_nodes: 0,
         telemetry_interval_ms: settings.telemetry_interval.as_millis() as u64,
-        telemetry_published: 0,
-        telemetry_unsent: 0,
-        telemetry_accepted: 0,
-        telemetry_rejected: RejectionCounters::default(),
-        telemetry_expired: 0,
-        store_errors: 0,
         mdns: settings.mdns,
         bootstrap: BootstrapView {
             configured: settings.bootstrap.len(),
             connected: 0,
         },
-        device: None,
-        admission: AdmissionView::default(),
-        control_api_refused: 0,
+        ..StatusView::starting(
+            peer_id.to_string(),
+            settings.data_dir.clone(),
+            started_at_ms,
+        )
     }
 }

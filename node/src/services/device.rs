@@ -129,7 +129,7 @@ impl DeviceService {
         self.metrics.score.set(view.score);
         let next = device::next_sense_interval(self.base_interval, &view.decision);
         out.timer(
-            now_ms.saturating_add(u64::try_from(next.as_millis()).unwrap_or(u64::MAX)),
+            now_ms.saturating_add(super::duration_ms(next)),
             Timer::DeviceSense,
         );
         out.push(Effect::View(ViewUpdate::Device(Box::new(view.clone()))));

@@ -33,6 +33,11 @@ use crate::events::NodeEvent;
 use crate::node::{PeerRecord, StoredRevocation};
 use crate::telemetry::ReceivedTelemetry;
 
+/// Milliseconds of `d`, saturating: the unit services count time in.
+pub fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The label of counters kept per reason (`reason="bad_signature"`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct ReasonLabel {

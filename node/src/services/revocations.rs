@@ -24,7 +24,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::ReasonLabel;
-use super::{DurableToken, Effect, GossipIn, Notice, Outbox, Reply, Service, StoreOp, Timer};
+use super::{
+    duration_ms, DurableToken, Effect, GossipIn, Notice, Outbox, Reply, Service, StoreOp, Timer,
+};
 use crate::api::RevocationOutcome;
 use crate::events::NodeEvent;
 use crate::node::StoredRevocation;
@@ -331,10 +333,6 @@ fn lock_read(set: &Arc<RwLock<RevocationSet>>) -> std::sync::RwLockReadGuard<'_,
 
 fn lock_write(set: &Arc<RwLock<RevocationSet>>) -> std::sync::RwLockWriteGuard<'_, RevocationSet> {
     set.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

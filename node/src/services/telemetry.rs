@@ -25,7 +25,8 @@ use prometheus_client::registry::Registry;
 
 use super::ReasonLabel;
 use super::{
-    Effect, GossipIn, Notice, Outbox, PublishOutcome, Service, StoreOp, Timer, ViewUpdate,
+    duration_ms, Effect, GossipIn, Notice, Outbox, PublishOutcome, Service, StoreOp, Timer,
+    ViewUpdate,
 };
 use crate::device::{DeviceReadings, DeviceView};
 use crate::envelope::{self, MessageKind};
@@ -486,10 +487,6 @@ pub fn rejection_label(rejection: &Rejection) -> ReasonLabel {
     ReasonLabel {
         reason: rejection.reason(),
     }
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
