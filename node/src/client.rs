@@ -590,12 +590,16 @@ pub fn render_status(s: &StatusView) -> String {
         (
             "telemetry",
             format!(
-                "{} ({} stale), every {}, {}, {} accepted",
+                "{} ({} stale), every {}, {}, {} accepted{}",
                 plural(s.telemetry_nodes as u64, "node", "nodes"),
                 s.stale_nodes,
                 humantime::format_duration(Duration::from_millis(s.telemetry_interval_ms)),
                 published_text(s),
-                s.telemetry_accepted
+                s.telemetry_accepted,
+                match s.telemetry_expired {
+                    0 => String::new(),
+                    n => format!(", {n} forgotten (silent too long or over the cap)"),
+                }
             ),
         ),
         (
