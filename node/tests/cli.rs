@@ -32,6 +32,15 @@ fn fogmesh(args: &[&str]) -> Output {
         .expect("fogmesh runs")
 }
 
+/// Runs `fogmesh testnet down` on drop, so a failing assertion leaves no node running.
+struct TestnetGuard(String);
+
+impl Drop for TestnetGuard {
+    fn drop(&mut self) {
+        let _ = fogmesh(&["testnet", "down", "--dir", &self.0]);
+    }
+}
+
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -108,6 +117,8 @@ fn testnet_up_status_down_leaves_nothing_running() {
         "--timeout",
         "90s",
     ]);
+    // Whatever fails below, the testnet's processes do not outlive the test.
+    let _down = TestnetGuard(tn_arg.to_owned());
     assert!(up.status.success(), "up failed: {}", stderr_of(&up));
     let table = String::from_utf8_lossy(&up.stdout);
     assert!(table.contains("converged in"), "{table}");
