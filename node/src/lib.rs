@@ -14,6 +14,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod logging;
 pub mod membership;
+pub mod memnet;
 pub mod mesh;
 pub mod node;
 pub mod peer_manager;
