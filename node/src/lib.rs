@@ -15,6 +15,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod logging;
 pub mod membership;
+pub mod memnet;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

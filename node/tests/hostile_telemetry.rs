@@ -1,6 +1,7 @@
 //! A hostile peer publishes malformed, oversized, forged, stale, future and replayed
 //! telemetry to a live node. Each is rejected and counted by reason; the node goes on and
-//! still accepts honest telemetry afterwards.
+//! still accepts honest telemetry afterwards. The node runs on the in-memory network and the
+//! attacker dials it over a memory link with the node's own secure channel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,14 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{dial_addr, start, wait_until};
 use fogmesh_node::api::now_ms;
-use fogmesh_node::client::ControlClient;
 use fogmesh_node::envelope::{self, MessageKind, MAX_ENVELOPE_LEN};
 use fogmesh_node::telemetry::{TelemetryRecord, TELEMETRY_TOPIC};
 use fogmesh_store::codec;
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
-use fogmesh_transports::{build_transport, TransportConfig};
+use fogmesh_transports::{build_memory_transport, TransportConfig};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::identity::Keypair;
@@ -50,13 +49,10 @@ fn attacker(key: &Keypair) -> Swarm<gossipsub::Behaviour> {
             // The node's own secure channel, open policy: a hostile peer that got past
             // admission (or an open mesh) is exactly what this test is about.
             let channel = SecureChannel::new(k, SecureChannelConfig::new(AdmissionPolicy::open()))?;
-            let config = TransportConfig {
-                quic: false,
-                dns: false,
-                ..TransportConfig::default()
-            };
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(build_transport(
-                k, &channel, &config,
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(build_memory_transport(
+                k,
+                &channel,
+                &TransportConfig::default(),
             )?)
         })
         .unwrap()
@@ -83,11 +79,31 @@ async fn drive(swarm: &mut Swarm<gossipsub::Behaviour>, d: Duration) {
     .await;
 }
 
+/// Drives the swarm until `done` finishes: the attacker must keep its connection serviced
+/// while the node processes what it sent.
+async fn drive_until<T>(
+    swarm: &mut Swarm<gossipsub::Behaviour>,
+    done: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            out = &mut done => return out,
+            _ = swarm.select_next_some() => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_telemetry_is_rejected_counted_and_survived() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path(), vec![], Duration::from_secs(1)).await;
-    let addr = dial_addr(&node).await;
+    let net = common::memnet(dir.path(), Duration::from_secs(1))
+        .nodes(1)
+        .start()
+        .await
+        .unwrap();
+    let node_id = net.peer_id(0).unwrap();
+    let addr = net.dial_addr(0).unwrap();
 
     let key = Keypair::generate_ed25519();
     let mut swarm = attacker(&key);
@@ -100,7 +116,7 @@ async fn bad_telemetry_is_rejected_counted_and_survived() {
             if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) =
                 swarm.select_next_some().await
             {
-                if peer_id == node.peer_id {
+                if peer_id == node_id {
                     break;
                 }
             }
@@ -168,13 +184,9 @@ async fn bad_telemetry_is_rejected_counted_and_survived() {
         drive(&mut swarm, Duration::from_millis(150)).await;
     }
 
-    let client = ControlClient::new(node.control_addr);
-    let counted = wait_until(Duration::from_secs(20), || {
-        let client = client.clone();
-        async move {
-            let Ok(s) = client.status().await else {
-                return false;
-            };
+    let counted = net.wait_for(
+        |n| {
+            let s = n.status(0).unwrap();
             let r = s.telemetry_rejected;
             r.malformed >= 1
                 && r.oversized >= 1
@@ -184,13 +196,13 @@ async fn bad_telemetry_is_rejected_counted_and_survived() {
                 && r.from_future >= 1
                 && r.replayed >= 1
                 && s.telemetry_accepted == 1
-        }
-    });
-    // The attacker must keep its connection serviced while the node processes.
-    let (counted, _) = tokio::join!(counted, drive(&mut swarm, Duration::from_secs(2)));
-    let status = client.status().await.unwrap();
+        },
+        Duration::from_secs(20),
+    );
+    let counted = drive_until(&mut swarm, counted).await;
+    let status = net.status(0).unwrap();
     assert!(
-        counted,
+        counted.is_ok(),
         "rejections not counted as expected: {:?}",
         status.telemetry_rejected
     );
@@ -199,18 +211,14 @@ async fn bad_telemetry_is_rejected_counted_and_survived() {
     // The node goes on: an honest next message is still accepted.
     let next = envelope::seal(&key, MessageKind::Telemetry, 102, now_ms(), record(&key)).unwrap();
     swarm.behaviour_mut().publish(topic.clone(), next).unwrap();
-    drive(&mut swarm, Duration::from_millis(500)).await;
-    let accepted_again = wait_until(Duration::from_secs(10), || {
-        let client = client.clone();
-        async move {
-            client
-                .status()
-                .await
-                .map(|s| s.telemetry_accepted == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
-    assert!(accepted_again, "node stopped accepting honest telemetry");
-    node.shutdown().await;
+    let accepted_again = net.wait_for(
+        |n| n.status(0).unwrap().telemetry_accepted == 2,
+        Duration::from_secs(10),
+    );
+    let accepted_again = drive_until(&mut swarm, accepted_again).await;
+    assert!(
+        accepted_again.is_ok(),
+        "node stopped accepting honest telemetry"
+    );
+    net.shutdown().await;
 }

@@ -1,5 +1,6 @@
-//! Several nodes in one process on loopback: telemetry reaches everyone, restarts keep
-//! identity and stored data.
+//! Nodes on the in-memory network: restarts keep identity and stored data, and a lost
+//! bootstrap peer is dialled again when it comes back. (Convergence of many nodes is in
+//! `memnet.rs`; the same over real processes and TCP is in `cli.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,158 +8,80 @@ mod common;
 
 use std::time::Duration;
 
-use common::{dial_addr, start, telemetry_from, wait_until};
-use fogmesh_node::client::ControlClient;
-use fogmesh_node::lifecycle::Phase;
+use fogmesh_node::memnet::Topology;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_nodes_each_receive_telemetry_from_all_others() {
-    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
-    let interval = Duration::from_millis(500);
-    let first = start(dirs[0].path(), vec![], interval).await;
-    let first_addr = dial_addr(&first).await;
-    let mut nodes = vec![first];
-    for dir in &dirs[1..] {
-        nodes.push(start(dir.path(), vec![first_addr.clone()], interval).await);
-    }
-    let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
-
-    let converged = wait_until(Duration::from_secs(60), || {
-        let nodes = &nodes;
-        let ids = &ids;
-        async move {
-            for (i, node) in nodes.iter().enumerate() {
-                let have = telemetry_from(node).await;
-                let others = ids.iter().enumerate().filter(|(j, _)| *j != i);
-                if !others.into_iter().all(|(_, id)| have.contains(id)) {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
-    assert!(converged, "not every node got telemetry from all 4 others");
-
-    for node in &nodes {
-        let status = ControlClient::new(node.control_addr)
-            .status()
-            .await
-            .unwrap();
-        assert_eq!(status.phase, Phase::Active);
-        assert_eq!(
-            status.telemetry_rejected.total(),
-            0,
-            "honest mesh rejects nothing"
-        );
-        assert!(status.telemetry_accepted >= 4);
-    }
-    for node in nodes {
-        tokio::time::timeout(Duration::from_secs(5), node.shutdown())
-            .await
-            .expect("shutdown within 5 s");
-    }
-}
+const INTERVAL: Duration = Duration::from_millis(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_identity_peers_and_telemetry() {
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    let interval = Duration::from_millis(300);
-    let a = start(dir_a.path(), vec![], interval).await;
-    let a_addr = dial_addr(&a).await;
-    let b = start(dir_b.path(), vec![a_addr], interval).await;
-    let a_id = a.peer_id.to_string();
-    let b_id = b.peer_id;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            let b = &b;
-            let a_id = &a_id;
-            async move { telemetry_from(b).await.contains(a_id) }
-        })
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), INTERVAL)
+        .nodes(2)
+        .topology(Topology::Star)
+        .start()
         .await
-    );
-    b.shutdown().await;
+        .unwrap();
+    let (a, b) = (0, 1);
+    let a_id = net.peer_id(a).unwrap().to_string();
+    let b_id = net.peer_id(b).unwrap();
+    net.wait_for(|n| n.has_fresh_telemetry(b, a), Duration::from_secs(30))
+        .await
+        .expect("b hears a");
 
     // Restart B with no bootstrap at all: what it knows must come from its store.
-    let b2 = start(dir_b.path(), vec![], interval).await;
-    assert_eq!(b2.peer_id, b_id, "identity survives a restart");
-    let client = ControlClient::new(b2.control_addr);
-    let telemetry = client.telemetry().await.unwrap();
+    net.restart_with(b, |s| s.bootstrap.clear()).await.unwrap();
+    assert_eq!(
+        net.node(b).unwrap().peer_id,
+        b_id,
+        "identity survives a restart"
+    );
+    let state = net.state(b).unwrap().clone();
+    // Restored before the node runs, so there is nothing to wait for.
     assert!(
-        telemetry
-            .nodes
-            .iter()
-            .any(|n| n.peer_id == a_id && !n.local),
+        state.telemetry.read().unwrap().contains_key(&a_id),
         "stored telemetry of A is back"
     );
-    let peers = client.peers().await.unwrap();
-    assert!(
-        peers.peers.iter().any(|p| p.peer_id == a_id),
-        "A is a known peer"
-    );
+    net.wait_for(
+        |n| n.peers(b).iter().any(|p| p.peer_id == a_id),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("A is a known peer");
     // And B redials A from its registry.
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            let client = client.clone();
-            async move {
-                client
-                    .peers()
-                    .await
-                    .map(|p| p.peers.iter().any(|p| p.connected))
-                    .unwrap_or(false)
-            }
-        })
-        .await,
-        "restarted node reconnects to a stored peer"
-    );
-    b2.shutdown().await;
-    a.shutdown().await;
+    net.wait_for(|n| n.connected(b, a), Duration::from_secs(30))
+        .await
+        .expect("restarted node reconnects to a stored peer");
+    net.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_bootstrap_peer_is_redialled() {
-    let dir_a = tempfile::tempdir().unwrap();
-    let dir_b = tempfile::tempdir().unwrap();
-    // A fixed port for A, so it can come back at the same address.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let a_settings = || {
-        let mut s = common::settings(dir_a.path(), vec![], Duration::from_millis(300));
-        s.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
-        s
-    };
-    let a = fogmesh_node::node::start(a_settings()).await.unwrap();
-    let a_addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", a.peer_id)
-        .parse()
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), INTERVAL)
+        .nodes(2)
+        .topology(Topology::Star)
+        .start()
+        .await
         .unwrap();
-    let b = start(dir_b.path(), vec![a_addr], Duration::from_millis(300)).await;
-    let client = ControlClient::new(b.control_addr);
-    let connected = |want: usize| {
-        let client = client.clone();
-        move || {
-            let client = client.clone();
-            async move {
-                client
-                    .status()
-                    .await
-                    .map(|s| s.bootstrap.connected == want && s.connected_peers == want)
-                    .unwrap_or(false)
-            }
+    let (a, b) = (0, 1);
+    let bootstrap_connected = |want: usize| {
+        move |n: &fogmesh_node::memnet::MemNet| {
+            n.status(b)
+                .is_some_and(|s| s.bootstrap.connected == want && s.connected_peers == want)
         }
     };
-    assert!(wait_until(Duration::from_secs(30), connected(1)).await);
-    a.shutdown().await;
-    assert!(wait_until(Duration::from_secs(30), connected(0)).await);
-    // A returns; B's backoff (1 s, 2 s, 4 s, ... capped at 60 s) brings it back.
-    let a2 = fogmesh_node::node::start(a_settings()).await.unwrap();
-    assert!(
-        wait_until(Duration::from_secs(60), connected(1)).await,
-        "bootstrap peer was not redialled"
-    );
-    b.shutdown().await;
-    a2.shutdown().await;
+    net.wait_for(bootstrap_connected(1), Duration::from_secs(30))
+        .await
+        .expect("b reaches its bootstrap peer");
+    net.stop(a).await.unwrap();
+    net.wait_for(bootstrap_connected(0), Duration::from_secs(30))
+        .await
+        .expect("b notices a is gone");
+    // A returns at the same address; B's backoff (1 s, 2 s, 4 s, ... capped at 60 s) brings
+    // it back.
+    net.restart(a).await.unwrap();
+    net.wait_for(bootstrap_connected(1), Duration::from_secs(60))
+        .await
+        .expect("bootstrap peer was not redialled");
+    net.shutdown().await;
 }

@@ -7,57 +7,66 @@ mod common;
 
 use std::time::Duration;
 
-use common::dial_addr;
-use fogmesh_node::client::ControlClient;
 use fogmesh_node::device::simulate::BatteryCurve;
 use fogmesh_node::device::{DeviceClass, PowerMode, SimulateConfig, TransportPreference};
+use fogmesh_node::memnet::NodeSpec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_phone_changes_mode_and_peers_see_it() {
-    let observer_dir = tempfile::tempdir().unwrap();
-    let phone_dir = tempfile::tempdir().unwrap();
-    let observer = common::start(observer_dir.path(), vec![], Duration::from_millis(300)).await;
-    let addr = dial_addr(&observer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), Duration::from_millis(300))
+        .nodes(1)
+        .start()
+        .await
+        .unwrap();
+    let observer = 0;
+    let phone = net
+        .add_node(NodeSpec::new().bootstrap([observer]).settings(|s| {
+            s.sense_interval = Duration::from_millis(200);
+            // 24 % draining 4 points a second: normal, then low (<= 20 %) after ~1 s, then
+            // critical (<= 10 %) after ~3.5 s.
+            s.simulate = Some(SimulateConfig {
+                device: Some(DeviceClass::Smartphone),
+                temperature: Some(30.0),
+                battery_curve: Some(BatteryCurve {
+                    start: 24.0,
+                    drain_per_minute: 240.0,
+                    charge_per_minute: 0.0,
+                    charging_windows: vec![],
+                }),
+                ..SimulateConfig::default()
+            });
+        }))
+        .await
+        .unwrap();
+    let phone_id = net.peer_id(phone).unwrap().to_string();
 
-    let mut settings = common::settings(phone_dir.path(), vec![addr], Duration::from_millis(300));
-    settings.sense_interval = Duration::from_millis(200);
-    // 24 % draining 4 points a second: normal, then low (<= 20 %) after ~1 s, then critical
-    // (<= 10 %) after ~3.5 s.
-    settings.simulate = Some(SimulateConfig {
-        device: Some(DeviceClass::Smartphone),
-        temperature: Some(30.0),
-        battery_curve: Some(BatteryCurve {
-            start: 24.0,
-            drain_per_minute: 240.0,
-            charge_per_minute: 0.0,
-            charging_windows: vec![],
-        }),
-        ..SimulateConfig::default()
-    });
-    let phone = fogmesh_node::node::start(settings).await.unwrap();
-    let phone_id = phone.peer_id.to_string();
-
-    // Watch the phone through the observer's eyes.
-    let client = ControlClient::new(observer.control_addr);
+    // Watch the phone through the observer's eyes: every record of it the observer accepts.
     let mut seen = Vec::new();
-    let started = std::time::Instant::now();
-    let mut reached_critical = false;
-    while !reached_critical && started.elapsed() < Duration::from_secs(60) {
-        if let Ok(t) = client.telemetry().await {
-            if let Some(d) = t
-                .nodes
-                .into_iter()
-                .find(|n| n.peer_id == phone_id)
-                .and_then(|n| n.record.device)
-            {
-                reached_critical = d.mode == PowerMode::Critical;
-                seen.push(d);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut last_seq = None;
+    let reached_critical = net
+        .wait_for(
+            |n| {
+                let record = n.state(observer).and_then(|s| {
+                    s.telemetry
+                        .read()
+                        .unwrap()
+                        .get(&phone_id)
+                        .map(|t| (t.seq, t.record.device.clone()))
+                });
+                if let Some((seq, Some(device))) = record {
+                    if last_seq != Some(seq) {
+                        last_seq = Some(seq);
+                        seen.push(device);
+                    }
+                }
+                seen.last().is_some_and(|d| d.mode == PowerMode::Critical)
+            },
+            Duration::from_secs(60),
+        )
+        .await;
     assert!(
-        reached_critical,
+        reached_critical.is_ok(),
         "observer never saw the phone in critical mode: {seen:?}"
     );
     assert!(seen.iter().all(|d| d.class == DeviceClass::Smartphone));
@@ -76,19 +85,12 @@ async fn draining_phone_changes_mode_and_peers_see_it() {
     assert!(seen.windows(2).all(|w| w[1].mode >= w[0].mode));
 
     // The phone's own view agrees, and its telemetry slowed down (x4 in critical).
-    let view = ControlClient::new(phone.control_addr)
-        .device()
-        .await
-        .unwrap();
+    let state = net.state(phone).unwrap();
+    let view = state.device.read().unwrap().clone().unwrap();
     assert_eq!(view.decision.mode, PowerMode::Critical);
     assert!(view.simulated);
-    let status = ControlClient::new(phone.control_addr)
-        .telemetry()
-        .await
-        .unwrap();
-    let own = status.nodes.iter().find(|n| n.local).unwrap();
+    let own = state.own_telemetry.read().unwrap().clone().unwrap();
     assert_eq!(own.record.interval_ms, 1200);
 
-    phone.shutdown().await;
-    observer.shutdown().await;
+    net.shutdown().await;
 }

@@ -1,4 +1,8 @@
 //! Helpers shared by the node's integration tests.
+//!
+//! Tests of several nodes talking run on the in-memory network
+//! ([`fogmesh_node::memnet::MemNet`]) and wait on views; the loopback TCP helpers below are
+//! for the tests that are about real sockets (ports, the control API, processes).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -7,8 +11,22 @@ use std::time::{Duration, Instant};
 
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
+use fogmesh_node::memnet::{MemNet, MemNetBuilder};
 use fogmesh_node::node::{self, RunningNode};
 use libp2p::Multiaddr;
+
+/// An in-memory network under `dir` with telemetry every `interval` (no nodes yet: say
+/// `.nodes(n)`).
+pub fn memnet(dir: &Path, interval: Duration) -> MemNetBuilder {
+    MemNet::builder(dir).telemetry_interval(interval)
+}
+
+/// The value of a handshake refusal counter (`inbound.missing_ticket`, ...) of a node.
+pub fn refused(net: &MemNet, node: usize, key: &str) -> u64 {
+    net.status(node)
+        .and_then(|s| s.admission.handshakes.refused.get(key).copied())
+        .unwrap_or(0)
+}
 
 /// Settings for a loopback test node: TCP on a free port, no mDNS, fast telemetry.
 pub fn settings(dir: &Path, bootstrap: Vec<Multiaddr>, interval: Duration) -> Settings {

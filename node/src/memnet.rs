@@ -1,0 +1,744 @@
+//! The in-memory network: many real nodes in one process, talking over the memory transport.
+//!
+//! Every node is a full node ([`crate::node::start_on`] with [`Network::Memory`]): its own
+//! data dir, identity, store, services and driver, and the real secure channel and yamux over
+//! `/memory/<port>` links. Only the sockets are missing, so tests that need "several nodes
+//! talking" run in one process without ports, processes or HTTP, and a few hundred nodes fit
+//! on a laptop.
+//!
+//! Tests wait for conditions instead of polling: [`MemNet::wait_for`] re-checks a condition
+//! whenever any node's views change (the driver bumps [`SharedState::views`]), under one
+//! overall timeout.
+//!
+//! Data dirs: the caller gives a base dir (a temp dir in tests) and each node lives in
+//! `<base>/node-<index>`; the library itself creates and deletes nothing else, so it needs
+//! no temp-dir dependency and a caller can keep the dirs to look at after a failure.
+//!
+//! Addresses: each node listens on a memory port the network picks before the node starts,
+//! and its identity is created before it starts too, so every dial address
+//! (`/memory/<port>/p2p/<peer id>`) is known up front: bootstrap lists need no waiting, and
+//! a restarted node comes back at the same address.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use rand::rngs::StdRng;
+use rand::seq::index;
+use rand::SeedableRng;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::api::{self, now_ms, PeerView, SharedState, StatusView};
+use crate::config::{ConfigLayer, MeshFiles, Settings};
+use crate::device::{DeviceClass, SimulateConfig};
+use crate::identity::{self, IdentityError};
+use crate::mesh::{self, MeshError};
+use crate::node::{self, Network, RunningNode, StartError};
+
+/// Telemetry interval of nodes unless the builder says otherwise: fast enough that a small
+/// network converges in a second or two, slow enough that a few dozen nodes on one core do
+/// not spend their time on each other's telemetry.
+pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Most often [`MemNet::wait_for`] re-checks its condition. Views change thousands of times
+/// a second in a big network, and a condition over every pair of nodes costs O(N²), so
+/// checks are spaced out rather than run on every change.
+pub const CHECK_GAP: Duration = Duration::from_millis(10);
+/// How long a ticket issued by [`MeshRoot::admit`] is valid: longer than any test.
+pub const TICKET_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// Why the network (or one of its nodes) could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MemNetError {
+    #[error("node {index} did not start: {source}")]
+    Start {
+        index: usize,
+        #[source]
+        source: StartError,
+    },
+    #[error("cannot prepare {path}: {reason}")]
+    Prepare { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    #[error("there is no node {0}")]
+    NoSuchNode(usize),
+}
+
+/// A condition that did not hold in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("condition not met within {waited:?}")]
+pub struct TimedOut {
+    pub waited: Duration,
+}
+
+/// Who a node dials at start (its bootstrap list), by index of earlier nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// Every node dials node 0. Past ~100 nodes node 0's connection budget (target 24 peers)
+    /// prunes most of them, so use [`Topology::Random`] for large networks.
+    Star,
+    /// Node i dials node i-1: the longest paths, for propagation over many hops.
+    Line,
+    /// Node i dials `links` distinct earlier nodes, picked by an RNG seeded with `seed`, so
+    /// the same seed gives the same graph. Connected, with short paths and no hub.
+    Random { links: usize, seed: u64 },
+    /// Nobody dials anybody; tests connect nodes themselves (e.g. with [`NodeSpec`]).
+    Isolated,
+}
+
+impl Topology {
+    /// The bootstrap targets of node `index` (all earlier than `index`).
+    pub fn bootstrap_of(&self, index: usize) -> Vec<usize> {
+        match self {
+            Topology::Isolated => Vec::new(),
+            _ if index == 0 => Vec::new(),
+            Topology::Star => vec![0],
+            Topology::Line => vec![index - 1],
+            Topology::Random { links, seed } => {
+                // One RNG per node (seed and index), so node i's links do not depend on how
+                // many nodes were started before it with another topology.
+                let mut rng = StdRng::seed_from_u64(
+                    seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                let mut picked = index::sample(&mut rng, index, (*links).min(index)).into_vec();
+                picked.sort_unstable();
+                picked
+            }
+        }
+    }
+}
+
+/// A mesh root for closed-mesh networks: its key, public description, and tickets for nodes.
+#[derive(Debug)]
+pub struct MeshRoot {
+    root_key: PathBuf,
+    description: PathBuf,
+}
+
+impl MeshRoot {
+    /// Creates a mesh root named `name` in `dir` (`<name>.root.key`, `<name>.mesh.json`).
+    pub fn create(dir: &Path, name: &str) -> Result<MeshRoot, MemNetError> {
+        ensure_dir(dir)?;
+        let (_, root_key, description) = mesh::init(dir, name)?;
+        Ok(MeshRoot {
+            root_key,
+            description,
+        })
+    }
+
+    /// The root key file, as `fogmesh ticket issue|revoke` take it.
+    pub fn root_key(&self) -> &Path {
+        &self.root_key
+    }
+
+    /// Gives the node in `data_dir` its identity now and writes a ticket for it (role
+    /// `worker`) to `<data_dir>/ticket`.
+    pub fn admit(&self, data_dir: &Path) -> Result<MeshFiles, MemNetError> {
+        self.admit_as(data_dir, &["worker".to_owned()], TICKET_VALIDITY)
+    }
+
+    /// Like [`MeshRoot::admit`], with the roles and validity given.
+    pub fn admit_as(
+        &self,
+        data_dir: &Path,
+        roles: &[String],
+        valid: Duration,
+    ) -> Result<MeshFiles, MemNetError> {
+        ensure_dir(data_dir)?;
+        let peer = identity::load_or_create(data_dir)?.public().to_peer_id();
+        let ticket = mesh::issue(&self.root_key, peer, roles, valid)?;
+        let ticket_path = data_dir.join("ticket");
+        std::fs::write(&ticket_path, ticket).map_err(|e| MemNetError::Prepare {
+            path: ticket_path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(MeshFiles {
+            mesh: self.description.clone(),
+            ticket: ticket_path,
+        })
+    }
+
+    /// A root-signed revocation of every ticket `peer` holds.
+    pub fn revoke(&self, peer: PeerId) -> Result<Vec<u8>, MemNetError> {
+        Ok(mesh::revoke(
+            &self.root_key,
+            mesh::RevokeTarget::Peer(peer),
+        )?)
+    }
+}
+
+/// Which mesh a node joins.
+#[derive(Debug, Clone, Default)]
+pub enum Admission {
+    /// No mesh: anyone connects.
+    #[default]
+    Open,
+    /// A closed mesh: the node gets a ticket from this root.
+    Member(Arc<MeshRoot>),
+}
+
+type Tweak = Box<dyn FnOnce(&mut Settings) + Send>;
+type EveryNode = Arc<dyn Fn(usize, &mut Settings) + Send + Sync>;
+
+/// A node added to a running network with [`MemNet::add_node`].
+#[derive(Default)]
+pub struct NodeSpec {
+    bootstrap: Vec<usize>,
+    admission: Option<Admission>,
+    tweak: Option<Tweak>,
+}
+
+impl std::fmt::Debug for NodeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSpec")
+            .field("bootstrap", &self.bootstrap)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeSpec {
+    pub fn new() -> NodeSpec {
+        NodeSpec::default()
+    }
+
+    /// Nodes (by index) this one dials at start.
+    pub fn bootstrap(mut self, to: impl IntoIterator<Item = usize>) -> NodeSpec {
+        self.bootstrap = to.into_iter().collect();
+        self
+    }
+
+    /// Joins another mesh than the network's (or none), e.g. to play an intruder.
+    pub fn admission(mut self, admission: Admission) -> NodeSpec {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// Changes the node's settings last, after the network's own.
+    pub fn settings(mut self, tweak: impl FnOnce(&mut Settings) + Send + 'static) -> NodeSpec {
+        self.tweak = Some(Box::new(tweak));
+        self
+    }
+}
+
+/// Builds a [`MemNet`]; see [`MemNet::builder`].
+pub struct MemNetBuilder {
+    base_dir: PathBuf,
+    nodes: usize,
+    topology: Topology,
+    telemetry_interval: Duration,
+    admission: Admission,
+    every_node: Option<EveryNode>,
+}
+
+impl std::fmt::Debug for MemNetBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemNetBuilder")
+            .field("base_dir", &self.base_dir)
+            .field("nodes", &self.nodes)
+            .field("topology", &self.topology)
+            .field("telemetry_interval", &self.telemetry_interval)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemNetBuilder {
+    /// How many nodes start with the network (more can be added later).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = topology;
+        self
+    }
+
+    pub fn telemetry_interval(mut self, interval: Duration) -> Self {
+        self.telemetry_interval = interval;
+        self
+    }
+
+    /// The mesh every node joins unless its [`NodeSpec`] says otherwise.
+    pub fn admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Creates a closed mesh named `name` under the base dir and admits every node to it.
+    pub fn closed_mesh(self, name: &str) -> Result<Self, MemNetError> {
+        let root = MeshRoot::create(&self.base_dir.join("mesh"), name)?;
+        Ok(self.admission(Admission::Member(Arc::new(root))))
+    }
+
+    /// Changes each node's settings (given its index) after the network's defaults.
+    pub fn settings(mut self, f: impl Fn(usize, &mut Settings) + Send + Sync + 'static) -> Self {
+        self.every_node = Some(Arc::new(f));
+        self
+    }
+
+    /// Starts the nodes, in index order, each dialling its topology's earlier nodes.
+    pub async fn start(self) -> Result<MemNet, MemNetError> {
+        ensure_dir(&self.base_dir)?;
+        let mut net = MemNet {
+            base_dir: self.base_dir,
+            telemetry_interval: self.telemetry_interval,
+            admission: self.admission,
+            every_node: self.every_node,
+            slots: Vec::with_capacity(self.nodes),
+            changed: Arc::new(Notify::new()),
+        };
+        for index in 0..self.nodes {
+            let spec = NodeSpec::new().bootstrap(self.topology.bootstrap_of(index));
+            if let Err(error) = net.add_node(spec).await {
+                // The caller gets no network to stop, so the nodes already up stop here.
+                net.shutdown().await;
+                return Err(error);
+            }
+        }
+        Ok(net)
+    }
+}
+
+/// One node of the network, running or stopped.
+#[derive(Debug)]
+struct Slot {
+    dir: PathBuf,
+    peer_id: PeerId,
+    /// The peer id as the views key it.
+    id: String,
+    port: u64,
+    settings: Settings,
+    running: Option<RunningNode>,
+    /// The views of the current (or last) run; kept after a stop, so tests can read them.
+    state: Arc<SharedState>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl Slot {
+    fn dial_addr(&self) -> Multiaddr {
+        memory_addr(self.port).with(Protocol::P2p(self.peer_id))
+    }
+}
+
+/// See the module docs. Dropping it without [`MemNet::shutdown`] leaves the nodes running
+/// until the runtime ends.
+pub struct MemNet {
+    base_dir: PathBuf,
+    telemetry_interval: Duration,
+    admission: Admission,
+    every_node: Option<EveryNode>,
+    slots: Vec<Slot>,
+    /// Woken whenever any node's views change.
+    changed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for MemNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemNet")
+            .field("base_dir", &self.base_dir)
+            .field("telemetry_interval", &self.telemetry_interval)
+            .field("admission", &self.admission)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemNet {
+    /// A network whose nodes live under `base_dir`: open mesh, [`Topology::Random`] with two
+    /// links per node, [`DEFAULT_TELEMETRY_INTERVAL`], no nodes until [`MemNetBuilder::nodes`].
+    pub fn builder(base_dir: &Path) -> MemNetBuilder {
+        MemNetBuilder {
+            base_dir: base_dir.to_path_buf(),
+            nodes: 0,
+            topology: Topology::Random { links: 2, seed: 1 },
+            telemetry_interval: DEFAULT_TELEMETRY_INTERVAL,
+            admission: Admission::Open,
+            every_node: None,
+        }
+    }
+
+    /// Starts one more node; returns its index.
+    pub async fn add_node(&mut self, spec: NodeSpec) -> Result<usize, MemNetError> {
+        let index = self.slots.len();
+        let dir = self.base_dir.join(format!("node-{index}"));
+        ensure_dir(&dir)?;
+        let peer_id = identity::load_or_create(&dir)?.public().to_peer_id();
+        let port = next_port();
+        let mut bootstrap = Vec::with_capacity(spec.bootstrap.len());
+        for to in &spec.bootstrap {
+            bootstrap.push(self.slot(*to)?.dial_addr());
+        }
+        let mut settings = Settings::resolve(ConfigLayer {
+            data_dir: Some(dir.clone()),
+            listen: Some(vec![memory_addr(port)]),
+            bootstrap: Some(bootstrap),
+            mdns: Some(false),
+            quic: Some(false),
+            telemetry_interval: Some(self.telemetry_interval),
+            // The host's own battery and temperature would make the power mode (and with it
+            // the telemetry cadence) differ from machine to machine; a mains-powered desktop
+            // at a comfortable temperature keeps every node in the same mode everywhere.
+            simulate: Some(SimulateConfig {
+                device: Some(DeviceClass::Desktop),
+                temperature: Some(40.0),
+                ..SimulateConfig::default()
+            }),
+            ..ConfigLayer::default()
+        });
+        settings.mesh = match spec.admission.as_ref().unwrap_or(&self.admission) {
+            Admission::Open => None,
+            Admission::Member(root) => Some(root.admit(&dir)?),
+        };
+        if let Some(every) = &self.every_node {
+            every(index, &mut settings);
+        }
+        if let Some(tweak) = spec.tweak {
+            tweak(&mut settings);
+        }
+        let running = node::start_on(settings.clone(), Network::Memory)
+            .await
+            .map_err(|source| MemNetError::Start { index, source })?;
+        tracing::debug!(index, %peer_id, port, "in-memory node started");
+        let state = running.state.clone();
+        self.slots.push(Slot {
+            dir,
+            id: peer_id.to_string(),
+            peer_id,
+            port,
+            settings,
+            watcher: Some(self.watch(&state)),
+            running: Some(running),
+            state,
+        });
+        Ok(index)
+    }
+
+    /// Forwards one node's view changes to the network's wake-up.
+    fn watch(&self, state: &SharedState) -> JoinHandle<()> {
+        let mut views = state.views.subscribe();
+        let changed = self.changed.clone();
+        tokio::spawn(async move {
+            while views.changed().await.is_ok() {
+                changed.notify_waiters();
+            }
+        })
+    }
+
+    fn slot(&self, index: usize) -> Result<&Slot, MemNetError> {
+        self.slots.get(index).ok_or(MemNetError::NoSuchNode(index))
+    }
+
+    /// Nodes ever started (running or stopped).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Indexes of the nodes running now.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|i| self.slots[*i].running.is_some())
+            .collect()
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.slots.get(index).is_some_and(|s| s.running.is_some())
+    }
+
+    /// The running node at `index`.
+    pub fn node(&self, index: usize) -> Option<&RunningNode> {
+        self.slots.get(index)?.running.as_ref()
+    }
+
+    /// The views of the node at `index`: of its current run, or of its last one if stopped.
+    pub fn state(&self, index: usize) -> Option<&Arc<SharedState>> {
+        self.slots.get(index).map(|s| &s.state)
+    }
+
+    pub fn peer_id(&self, index: usize) -> Option<PeerId> {
+        self.slots.get(index).map(|s| s.peer_id)
+    }
+
+    /// The node's data dir.
+    pub fn dir(&self, index: usize) -> Option<&Path> {
+        self.slots.get(index).map(|s| s.dir.as_path())
+    }
+
+    /// The settings the node was (last) started with.
+    pub fn settings(&self, index: usize) -> Option<&Settings> {
+        self.slots.get(index).map(|s| &s.settings)
+    }
+
+    /// `/memory/<port>/p2p/<peer id>`: where others dial the node.
+    pub fn dial_addr(&self, index: usize) -> Option<Multiaddr> {
+        self.slots.get(index).map(Slot::dial_addr)
+    }
+
+    /// The node's status view (as `/v1/status` would show it, uptime aside).
+    pub fn status(&self, index: usize) -> Option<StatusView> {
+        self.slots.get(index).map(|s| api::read(&s.state.status))
+    }
+
+    /// The node's peers view (as `/v1/peers` would show it).
+    pub fn peers(&self, index: usize) -> Vec<PeerView> {
+        self.slots
+            .get(index)
+            .map(|s| api::read(&s.state.peers))
+            .unwrap_or_default()
+    }
+
+    /// Whether node `from` has a live connection to node `to`, by `from`'s views.
+    pub fn connected(&self, from: usize, to: usize) -> bool {
+        let (Some(a), Some(b)) = (self.slots.get(from), self.slots.get(to)) else {
+            return false;
+        };
+        a.running.is_some()
+            && api::inspect(&a.state.peers, |peers| {
+                peers.iter().any(|p| p.connected && p.peer_id == b.id)
+            })
+    }
+
+    /// Whether node `holder` holds fresh (not stale) telemetry from node `origin`.
+    pub fn has_fresh_telemetry(&self, holder: usize, origin: usize) -> bool {
+        let (Some(h), Some(o)) = (self.slots.get(holder), self.slots.get(origin)) else {
+            return false;
+        };
+        let now = now_ms();
+        api::inspect(&h.state.telemetry, |t| {
+            t.get(&o.id).is_some_and(|r| !r.is_stale(now))
+        })
+    }
+
+    /// Peer ids whose fresh telemetry node `holder` holds (its own excluded).
+    pub fn fresh_telemetry(&self, holder: usize) -> Vec<String> {
+        let Some(h) = self.slots.get(holder) else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        api::inspect(&h.state.telemetry, |t| {
+            t.iter()
+                .filter(|(_, r)| !r.is_stale(now))
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+    }
+
+    /// Running nodes that hold fresh telemetry from every other running node.
+    pub fn converged_nodes(&self) -> usize {
+        let now = now_ms();
+        let running: Vec<&Slot> = self.slots.iter().filter(|s| s.running.is_some()).collect();
+        running
+            .iter()
+            .filter(|holder| {
+                api::inspect(&holder.state.telemetry, |t| {
+                    // Cheap first: a node missing records cannot have them all fresh.
+                    t.len() + 1 >= running.len()
+                        && running.iter().all(|o| {
+                            o.id == holder.id || t.get(&o.id).is_some_and(|r| !r.is_stale(now))
+                        })
+                })
+            })
+            .count()
+    }
+
+    /// Pairs (holder, origin) of distinct running nodes where the holder has the origin's
+    /// fresh telemetry; full convergence is n·(n−1) pairs.
+    pub fn fresh_pairs(&self) -> usize {
+        let now = now_ms();
+        let running: Vec<&Slot> = self.slots.iter().filter(|s| s.running.is_some()).collect();
+        running
+            .iter()
+            .map(|holder| {
+                api::inspect(&holder.state.telemetry, |t| {
+                    running
+                        .iter()
+                        .filter(|o| {
+                            o.id != holder.id && t.get(&o.id).is_some_and(|r| !r.is_stale(now))
+                        })
+                        .count()
+                })
+            })
+            .sum()
+    }
+
+    /// Every running node holds fresh telemetry from every other running node.
+    pub fn converged(&self) -> bool {
+        self.converged_nodes() == self.slots.iter().filter(|s| s.running.is_some()).count()
+    }
+
+    /// Waits until `condition` holds, re-checking it whenever a node's views change (and at
+    /// most every [`CHECK_GAP`]). Returns how long it took.
+    ///
+    /// The driver refreshes every node's views at least once a second, so conditions that
+    /// turn true with time alone (staleness) are seen within about a second too.
+    pub async fn wait_for(
+        &self,
+        mut condition: impl FnMut(&MemNet) -> bool,
+        timeout: Duration,
+    ) -> Result<Duration, TimedOut> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            // Registered before the check, so a change during the check is not missed.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if condition(self) {
+                return Ok(started.elapsed());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(TimedOut {
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(CHECK_GAP).await;
+        }
+    }
+
+    /// Waits for full telemetry convergence ([`MemNet::converged`]).
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<Duration, TimedOut> {
+        self.wait_for(MemNet::converged, timeout).await
+    }
+
+    /// Stops node `index` cleanly (its store flushed); its dir, identity and port are kept
+    /// for [`MemNet::restart`]. Stopping a stopped node does nothing.
+    pub async fn stop(&mut self, index: usize) -> Result<(), MemNetError> {
+        let slot = self
+            .slots
+            .get_mut(index)
+            .ok_or(MemNetError::NoSuchNode(index))?;
+        if let Some(running) = slot.running.take() {
+            running.shutdown().await;
+        }
+        if let Some(watcher) = slot.watcher.take() {
+            watcher.abort();
+        }
+        // Waiters may be waiting for this node to be gone.
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Starts node `index` again with its dir, identity, address and settings (stopping it
+    /// first if it runs).
+    pub async fn restart(&mut self, index: usize) -> Result<(), MemNetError> {
+        self.restart_with(index, |_| {}).await
+    }
+
+    /// Like [`MemNet::restart`], with its settings changed by `tweak` first (kept for later
+    /// restarts).
+    pub async fn restart_with(
+        &mut self,
+        index: usize,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Result<(), MemNetError> {
+        self.stop(index).await?;
+        let slot = self
+            .slots
+            .get_mut(index)
+            .ok_or(MemNetError::NoSuchNode(index))?;
+        tweak(&mut slot.settings);
+        let running = node::start_on(slot.settings.clone(), Network::Memory)
+            .await
+            .map_err(|source| MemNetError::Start { index, source })?;
+        let state = running.state.clone();
+        tracing::debug!(index, peer_id = %slot.peer_id, "in-memory node restarted");
+        slot.running = Some(running);
+        slot.state = state.clone();
+        let watcher = self.watch(&state);
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.watcher = Some(watcher);
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Stops every node, all at once.
+    pub async fn shutdown(mut self) {
+        let stopping: Vec<_> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.running.take())
+            .map(RunningNode::shutdown)
+            .collect();
+        futures::future::join_all(stopping).await;
+    }
+}
+
+impl Drop for MemNet {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(watcher) = slot.watcher.take() {
+                watcher.abort();
+            }
+        }
+    }
+}
+
+fn memory_addr(port: u64) -> Multiaddr {
+    Multiaddr::empty().with(Protocol::Memory(port))
+}
+
+/// A memory port no other network in this process uses.
+///
+/// Memory ports are process-wide, and test binaries run tests in parallel: ports count up
+/// from a random base far above where tests that pick their own ports (small numbers) live,
+/// so two networks in one process never meet by accident.
+fn next_port() -> u64 {
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| (1 << 40) + (rand::random::<u64>() >> 24));
+    base + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), MemNetError> {
+    std::fs::create_dir_all(dir).map_err(|e| MemNetError::Prepare {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn random_topology_is_reproducible_and_links_only_earlier_nodes() {
+        let t = Topology::Random { links: 3, seed: 42 };
+        for i in 0..200 {
+            let links = t.bootstrap_of(i);
+            assert_eq!(links, t.bootstrap_of(i), "same seed, same links");
+            assert_eq!(links.len(), 3.min(i));
+            assert!(links.iter().all(|l| *l < i));
+            assert!(links.windows(2).all(|w| w[0] < w[1]), "distinct: {links:?}");
+        }
+        let other = Topology::Random { links: 3, seed: 43 };
+        assert!((10..50).any(|i| other.bootstrap_of(i) != t.bootstrap_of(i)));
+    }
+
+    #[test]
+    fn star_line_and_isolated_link_as_named() {
+        assert_eq!(Topology::Star.bootstrap_of(0), Vec::<usize>::new());
+        assert_eq!(Topology::Star.bootstrap_of(7), vec![0]);
+        assert_eq!(Topology::Line.bootstrap_of(7), vec![6]);
+        assert!(Topology::Isolated.bootstrap_of(7).is_empty());
+    }
+
+    #[test]
+    fn ports_are_never_handed_out_twice() {
+        let ports: std::collections::HashSet<u64> = (0..1000).map(|_| next_port()).collect();
+        assert_eq!(ports.len(), 1000);
+    }
+}

@@ -1,0 +1,118 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The in-memory network itself: many real nodes in one process converge, gossip crosses
+//! many hops, and its waits end when the condition holds or the timeout passes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use fogmesh_node::lifecycle::Phase;
+use fogmesh_node::memnet::{MemNet, Topology};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_four_nodes_reach_full_telemetry_convergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let net = common::memnet(dir.path(), Duration::from_millis(500))
+        .nodes(24)
+        .topology(Topology::Random { links: 2, seed: 24 })
+        .start()
+        .await
+        .unwrap();
+    let took = net
+        .wait_converged(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {} of 24 nodes converged, {} of {} pairs fresh",
+                net.converged_nodes(),
+                net.fresh_pairs(),
+                24 * 23
+            )
+        });
+    eprintln!(
+        "24 nodes: started in {:?}, converged {took:?} later",
+        started.elapsed() - took
+    );
+
+    for i in 0..net.len() {
+        let status = net.status(i).unwrap();
+        assert_eq!(status.phase, Phase::Active, "node {i}");
+        assert_eq!(
+            status.telemetry_rejected.total(),
+            0,
+            "an honest mesh rejects nothing (node {i})"
+        );
+        assert!(status.telemetry_accepted >= 23, "node {i}");
+        assert_eq!(net.fresh_telemetry(i).len(), 23, "node {i}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), net.shutdown())
+        .await
+        .expect("24 nodes shut down within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_crosses_every_hop_of_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = common::memnet(dir.path(), Duration::from_millis(300))
+        .nodes(8)
+        .topology(Topology::Line)
+        .start()
+        .await
+        .unwrap();
+    net.wait_converged(Duration::from_secs(60))
+        .await
+        .expect("both ends of an 8-node line hear each other");
+    // A line stays a line: the ends hear each other through six relays, not directly.
+    assert!(!net.connected(0, 7));
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_end_at_their_timeout_and_stopped_nodes_leave_the_convergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), Duration::from_millis(300))
+        .nodes(3)
+        .topology(Topology::Star)
+        .start()
+        .await
+        .unwrap();
+    let waited = net
+        .wait_for(|_| false, Duration::from_millis(300))
+        .await
+        .unwrap_err()
+        .waited;
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    net.wait_converged(Duration::from_secs(30)).await.unwrap();
+
+    // Node 2 stops: convergence is about the nodes still running.
+    let gone = net.peer_id(2).unwrap().to_string();
+    net.stop(2).await.unwrap();
+    assert_eq!(net.running(), vec![0, 1]);
+    assert!(net.converged());
+    // Its telemetry goes stale at the others after three intervals of silence.
+    net.wait_for(
+        |n| !n.fresh_telemetry(0).contains(&gone),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("a stopped node's telemetry goes stale");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_reports_a_node_that_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where node 1's data dir would be.
+    std::fs::write(dir.path().join("node-1"), b"not a directory").unwrap();
+    let err = MemNet::builder(dir.path())
+        .nodes(2)
+        .start()
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert!(err.to_string().contains("node-1"), "{err}");
+}
