@@ -572,6 +572,25 @@ impl MemNet {
             .sum()
     }
 
+    /// Pairs (holder, origin) of distinct running nodes where the holder lacks the origin's
+    /// fresh telemetry: what stands between the network and convergence.
+    pub fn missing_pairs(&self) -> Vec<(usize, usize)> {
+        let now = now_ms();
+        let running = self.running();
+        let mut missing = Vec::new();
+        for &h in &running {
+            api::inspect(&self.slots[h].state.telemetry, |t| {
+                for &o in &running {
+                    let fresh = t.get(&self.slots[o].id).is_some_and(|r| !r.is_stale(now));
+                    if h != o && !fresh {
+                        missing.push((h, o));
+                    }
+                }
+            });
+        }
+        missing
+    }
+
     /// Every running node holds fresh telemetry from every other running node.
     pub fn converged(&self) -> bool {
         self.converged_nodes() == self.slots.iter().filter(|s| s.running.is_some()).count()
