@@ -9,7 +9,6 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
 use fogmesh_node::memnet::{MemNet, MemNetBuilder};
 use fogmesh_node::node::{self, RunningNode};
@@ -63,32 +62,4 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
-}
-
-/// The node's first listen address, with its PeerId, once it listens.
-pub async fn dial_addr(node: &RunningNode) -> Multiaddr {
-    let client = ControlClient::new(node.control_addr);
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
-        if let Ok(s) = client.status().await {
-            if let Some(a) = s.listen_addrs.first() {
-                return format!("{a}/p2p/{}", node.peer_id).parse().unwrap();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node never reported a listen address");
-}
-
-/// Peer ids whose fresh telemetry `node` holds (its own excluded).
-pub async fn telemetry_from(node: &RunningNode) -> Vec<String> {
-    match ControlClient::new(node.control_addr).telemetry().await {
-        Ok(t) => t
-            .nodes
-            .into_iter()
-            .filter(|n| !n.local && !n.stale)
-            .map(|n| n.peer_id)
-            .collect(),
-        Err(_) => Vec::new(),
-    }
 }
