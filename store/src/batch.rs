@@ -1,8 +1,8 @@
 //! Atomic batches of puts and removes across tables of one store.
 //!
-//! A [`Batch`] is applied in one sled transaction over every tree it touches, so after a
-//! crash either all of it is there or none of it is (sled seals a transaction's log records
-//! as one unit). Values are encoded when they are added, so a value that cannot be encoded
+//! A [`Batch`] is applied through the store's redo record ([`crate::redo`]), so after a
+//! crash either all of it is there or none of it is, without sled transactions. Values are
+//! encoded when they are added, so a value that cannot be encoded
 //! is reported to the caller at once, and it also poisons the batch: applying a poisoned
 //! batch applies nothing, even if the caller ignored the error.
 
@@ -12,12 +12,11 @@ use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::IVec;
 
 use crate::generation::Generation;
 use crate::ordered::{OrderedTable, Scope};
-use crate::{codec, CodecError, StoreError, Table};
+use crate::{codec, redo, CodecError, StoreError, Table};
 
 /// Puts and removes on tables of one store, applied all-or-nothing.
 ///
@@ -50,19 +49,8 @@ enum Op {
         low: Vec<u8>,
         high: Vec<u8>,
     },
-    /// Aborts the transaction at this point, after the earlier operations were staged.
+    /// Makes the batch (and the group it is applied in) fail before anything is written.
     FailForTest,
-}
-
-impl Op {
-    fn tree(&self) -> Option<&sled::Tree> {
-        match self {
-            Op::Put { tree, .. } | Op::Remove { tree, .. } | Op::RemoveRange { tree, .. } => {
-                Some(tree)
-            }
-            Op::FailForTest => None,
-        }
-    }
 }
 
 impl fmt::Debug for Batch {
@@ -162,9 +150,8 @@ impl Batch {
 
     /// Removes every entry of `scope` in `range` (log truncation, compaction).
     ///
-    /// sled transactions cannot scan, so the range is resolved when the batch is applied,
-    /// just before its transaction, to the keys stored then plus those put earlier in this
-    /// batch. A key another thread inserts into the range in between survives; writers that
+    /// The range is resolved when the batch is applied, in the store's writer turn, to the
+    /// keys stored then plus those put earlier in this batch. A key another thread inserts into the range in between survives; writers that
     /// all go through the storage task never see that, as it is the only one applying.
     pub fn remove_range<V>(
         &mut self,
@@ -184,8 +171,8 @@ impl Batch {
         }
     }
 
-    /// Makes applying this batch fail inside its transaction, after the operations added so
-    /// far were staged; for tests of atomicity.
+    /// Makes applying this batch fail once its operations were resolved, before anything is
+    /// written; a group it is applied in fails the same way. For tests of atomicity.
     #[doc(hidden)]
     pub fn fail_for_test(&mut self) {
         self.ops.push(Op::FailForTest);
@@ -246,136 +233,88 @@ impl Batch {
     }
 }
 
-/// One resolved write: an index into the transaction's trees, a key, and a value or none.
-struct Write {
-    tree: usize,
-    key: IVec,
-    value: Option<IVec>,
-}
-
-/// Applies `batch` in one sled transaction (not flushed: durable within `flush_every`, or
-/// at the next durable commit).
+/// Applies `batch` (not flushed: durable within `flush_every`, or at the next durable
+/// commit).
 pub(crate) fn apply(batch: &Batch) -> Result<Applied, StoreError> {
     apply_all(std::slice::from_ref(batch))
 }
 
-/// Applies `batches` in order, all in one sled transaction: all of them or none.
+/// Applies `batches` in order as one group: after a crash, all of them or none.
 ///
-/// One transaction per group rather than per batch because sled seals and writes its log
-/// buffer at the start and end of every transaction (two `pwrite` + `sync_file_range` each),
-/// so the number of transactions, not of entries, bounds the write rate.
+/// The group's operations are resolved to plain puts and removes (range removals read the
+/// keys they cover) and handed to the store's [`crate::redo`] record, all in one writer
+/// turn, so no other batch of the store lands between the resolution and the writes.
+/// Nothing is written when a batch is poisoned or its test hook fails.
 pub(crate) fn apply_all(batches: &[Batch]) -> Result<Applied, StoreError> {
     if let Some(error) = batches.iter().find_map(|b| b.poison.as_ref()) {
         return Err(error.clone());
     }
+    let Some(store) = batches.iter().find_map(|b| b.store.clone()) else {
+        // No operation on any table: nothing to write.
+        return Ok(Applied::default());
+    };
+    let mut turn = store.redo.lock();
     let mut applied = Applied::default();
-    let mut trees: Vec<sled::Tree> = Vec::new();
-    let mut writes = Vec::with_capacity(batches.iter().map(Batch::len).sum());
+    let mut writes: Vec<redo::Write> = Vec::with_capacity(batches.iter().map(Batch::len).sum());
     // Keys already written, and whether they are present after those writes, so a range
     // removal also covers entries put earlier in the same batch (or group).
-    let mut overlay: BTreeMap<(usize, IVec), bool> = BTreeMap::new();
-    let mut fail_at = None;
+    let mut overlay: BTreeMap<(IVec, IVec), bool> = BTreeMap::new();
     for op in batches.iter().flat_map(|b| &b.ops) {
-        let tree = match op.tree() {
-            Some(tree) => tree_index(&mut trees, tree),
-            None => {
-                fail_at.get_or_insert(writes.len());
-                continue;
-            }
-        };
         match op {
-            Op::Put { key, value, .. } => {
-                overlay.insert((tree, key.clone()), true);
-                writes.push(Write {
-                    tree,
-                    key: key.clone(),
-                    value: Some(value.clone()),
+            Op::Put { tree, key, value } => {
+                let name = tree.name();
+                overlay.insert((name.clone(), key.clone()), true);
+                writes.push(redo::Write {
+                    tree: name.to_vec(),
+                    key: key.to_vec(),
+                    value: Some(value.to_vec()),
                 });
             }
-            Op::Remove { key, .. } => {
-                overlay.insert((tree, key.clone()), false);
-                writes.push(Write {
-                    tree,
-                    key: key.clone(),
+            Op::Remove { tree, key } => {
+                let name = tree.name();
+                overlay.insert((name.clone(), key.clone()), false);
+                writes.push(redo::Write {
+                    tree: name.to_vec(),
+                    key: key.to_vec(),
                     value: None,
                 });
             }
-            Op::RemoveRange { low, high, .. } => {
+            Op::RemoveRange { tree, low, high } => {
+                let name = tree.name();
                 let (low, high) = (IVec::from(low.as_slice()), IVec::from(high.as_slice()));
                 let mut doomed = BTreeMap::new();
-                for key in trees[tree].range(low.clone()..=high.clone()).keys() {
+                for key in tree.range(low.clone()..=high.clone()).keys() {
                     let key = key?;
-                    let present = overlay.get(&(tree, key.clone())).copied().unwrap_or(true);
+                    let present = overlay
+                        .get(&(name.clone(), key.clone()))
+                        .copied()
+                        .unwrap_or(true);
                     doomed.insert(key, present);
                 }
-                for ((_, key), present) in overlay.range((tree, low)..=(tree, high)) {
+                for ((_, key), present) in overlay.range((name.clone(), low)..=(name.clone(), high))
+                {
                     doomed.insert(key.clone(), *present);
                 }
                 for (key, present) in doomed {
                     applied.removed_by_ranges += usize::from(present);
-                    overlay.insert((tree, key.clone()), false);
-                    writes.push(Write {
-                        tree,
-                        key,
+                    overlay.insert((name.clone(), key.clone()), false);
+                    writes.push(redo::Write {
+                        tree: name.to_vec(),
+                        key: key.to_vec(),
                         value: None,
                     });
                 }
             }
-            Op::FailForTest => {}
+            Op::FailForTest => {
+                return Err(StoreError::Io(
+                    "the batch was aborted by its test hook".into(),
+                ))
+            }
         }
     }
     applied.entries = writes.len();
-    if trees.is_empty() {
-        return Ok(applied);
-    }
-    // One write is atomic by itself, and a plain insert rides sled's buffered log instead of
-    // writing the log out as every transaction does: the common case of a quiet queue (one
-    // buffered write per group) costs no syscall until the next flush.
-    if let ([write], None) = (writes.as_slice(), fail_at) {
-        let tree = &trees[write.tree];
-        match &write.value {
-            Some(value) => tree.insert(write.key.clone(), value.clone())?,
-            None => tree.remove(write.key.clone())?,
-        };
-        return Ok(applied);
-    }
-    trees
-        .as_slice()
-        .transaction(|txs| {
-            for (i, write) in writes.iter().enumerate() {
-                if fail_at == Some(i) {
-                    return Err(ConflictableTransactionError::Abort(()));
-                }
-                let tx = &txs[write.tree];
-                match &write.value {
-                    Some(value) => tx.insert(write.key.clone(), value.clone())?,
-                    None => tx.remove(write.key.clone())?,
-                };
-            }
-            if fail_at == Some(writes.len()) {
-                return Err(ConflictableTransactionError::Abort(()));
-            }
-            Ok(())
-        })
-        .map_err(|e| match e {
-            TransactionError::Abort(()) => {
-                StoreError::Io("the batch was aborted by its test hook".into())
-            }
-            TransactionError::Storage(e) => StoreError::from(e),
-        })?;
+    turn.apply(&writes)?;
     Ok(applied)
-}
-
-/// The position of `tree` in `trees`, adding it if absent. sled hands out one shared tree
-/// per name and database, so the same tree is the same allocation.
-fn tree_index(trees: &mut Vec<sled::Tree>, tree: &sled::Tree) -> usize {
-    match trees.iter().position(|t| std::ptr::eq(&**t, &**tree)) {
-        Some(i) => i,
-        None => {
-            trees.push(tree.clone());
-            trees.len() - 1
-        }
-    }
 }
 
 #[cfg(test)]
@@ -464,7 +403,7 @@ mod tests {
         assert!(names.is_empty());
         assert_eq!(log.range(&scope, ..).count(), 1);
         assert_eq!(log.get(&scope, 1).unwrap(), Some(1));
-        // In a group, one failing batch takes the whole group's transaction down with it.
+        // In a group, one failing batch takes the whole group down with it.
         let mut good = Batch::new();
         good.put(&names, "c", &"c".into()).unwrap();
         let mut bad = Batch::new();

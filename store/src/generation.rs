@@ -19,6 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::redo::Redo;
 use crate::StoreError;
 
 /// The sled tree holding the generation; never a user table.
@@ -106,6 +107,9 @@ pub(crate) struct Generation {
     written: Mutex<u64>,
     /// What the marker records, and the file handles used to fsync sled's files.
     sealed: Mutex<Sealed>,
+    /// How batches of this store are applied. It lives here because every table and batch
+    /// already holds the store's `Generation` as the store's identity.
+    pub(crate) redo: Redo,
 }
 
 #[derive(Debug)]
@@ -164,6 +168,7 @@ impl Generation {
                 log,
                 synced_blobs: BTreeSet::new(),
             }),
+            redo: Redo::open(db)?,
         })
     }
 

@@ -25,6 +25,7 @@ pub mod codec;
 pub mod generation;
 pub mod integrity;
 pub mod ordered;
+mod redo;
 pub mod task;
 
 use std::marker::PhantomData;
@@ -117,6 +118,7 @@ impl Store {
     /// [`StoreError::Damaged`] rather than opened as if it were new.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let db = open_sled(dir, options)?;
+        redo::recover(&db, dir)?;
         let generation = generation::Generation::open(&db, dir)?;
         Ok(Self {
             db,

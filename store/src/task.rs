@@ -2,8 +2,8 @@
 //!
 //! A [`StorageHandle`] feeds [`Batch`]es to one worker on its own OS thread. The worker
 //! takes everything queued (up to the queue's capacity) as one group and applies its
-//! batches in queue order, in as few sled transactions as possible (each batch stays
-//! atomic). If the group holds durable writes, it then advances the store's generation,
+//! batches in queue order, in as few atomic groups as possible (each batch stays atomic;
+//! see [`crate::redo`]). If the group holds durable writes, it then advances the store's generation,
 //! awaits sled's `flush_async`, fsyncs sled's files, replaces the generation marker, and
 //! only then acknowledges them, in order. Writes that queue up while a commit is in
 //! progress form the next group and share its flush (group commit), which is where the
@@ -17,10 +17,8 @@
 //! the tables directly ([`StorageHandle::store`]). A read sees a write once the worker has
 //! applied it; a durable ack means it was applied, and [`StorageHandle::flush`] waits for
 //! everything queued before it. A read is a B-tree lookup in sled's cache (microseconds)
-//! or a disk read on a miss; it can also wait for as long as one sled flush when it comes
-//! while the worker's transaction waits for sled's periodic flusher (sled's transactions
-//! take a process-wide lock that its flushes hold shared). Keep scans on latency-sensitive
-//! tasks bounded (`.take(n)`).
+//! or a disk read on a miss; it never waits for a writer (no sled transactions, so no
+//! sled-wide lock). Keep scans on latency-sensitive tasks bounded (`.take(n)`).
 //!
 //! Shutdown: [`StorageHandle::close`] (or dropping the last handle) lets the worker apply
 //! everything already queued, make it durable and stop. Afterwards every call returns
@@ -73,7 +71,8 @@ pub enum StorageError {
     /// applied.
     #[error("the batch was refused: {0}")]
     Rejected(StoreError),
-    /// sled refused the batch's transaction: nothing of it was applied.
+    /// sled failed while applying the batch (I/O). Nothing of it was applied, or, if sled
+    /// failed part-way, the store finishes it before its next write and when next opened.
     #[error("applying the batch failed: {0}")]
     Apply(StoreError),
     /// The batch was applied but the commit that should have made it durable failed, so it
@@ -428,11 +427,9 @@ impl StorageHandle {
     }
 }
 
-/// Most operations applied in one sled transaction. Batches are grouped into as few
-/// transactions as this allows: sled seals and writes its log buffer for every transaction,
-/// but a transaction also holds sled's global write lock, stalling reads on other threads
-/// while it runs, so it must stay short.
-const MAX_TRANSACTION_OPS: usize = 1024;
+/// Most operations applied as one atomic group. A group of several writes is written twice
+/// (its redo record, then the writes), so the bound keeps that record small.
+const MAX_GROUP_OPS: usize = 1024;
 
 /// A durable write applied and waiting for its group's commit.
 struct Waiting {
@@ -576,15 +573,15 @@ impl Worker {
         }
     }
 
-    /// Applies the group's batches, in order, in as few transactions as
-    /// [`MAX_TRANSACTION_OPS`] allows. Returns one result per batch.
+    /// Applies the group's batches, in order, in as few atomic groups as
+    /// [`MAX_GROUP_OPS`] allows. Returns one result per batch.
     fn apply(&mut self, batches: &[Batch]) -> Vec<Result<(), StoreError>> {
         let mut results = Vec::with_capacity(batches.len());
         let mut start = 0;
         while start < batches.len() {
             let mut end = start + 1;
             let mut ops = batches[start].len();
-            while end < batches.len() && ops + batches[end].len() <= MAX_TRANSACTION_OPS {
+            while end < batches.len() && ops + batches[end].len() <= MAX_GROUP_OPS {
                 ops += batches[end].len();
                 end += 1;
             }
@@ -594,7 +591,7 @@ impl Worker {
         results
     }
 
-    /// Applies `batches` in one transaction; if that fails, one by one, so only the batch
+    /// Applies `batches` as one atomic group; if that fails, one by one, so only the batch
     /// at fault fails.
     fn apply_together(&mut self, batches: &[Batch]) -> Vec<Result<(), StoreError>> {
         match batch::apply_all(batches) {
@@ -607,7 +604,7 @@ impl Worker {
                 tracing::debug!(
                     %error,
                     batches = batches.len(),
-                    "storage: a group's transaction failed; applying its batches one by one"
+                    "storage: a group failed; applying its batches one by one"
                 );
                 batches
                     .iter()
