@@ -12,6 +12,7 @@
 //! An open mesh admits anyone, so its TCP path also speaks libp2p's own `/noise`
 //! ([`secure::open`]): stock libp2p peers connect over TCP as they do over QUIC.
 
+pub mod ble;
 pub mod secure;
 pub mod ticket;
 
