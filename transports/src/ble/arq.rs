@@ -10,7 +10,7 @@
 //! - **Fragmentation**: bytes are cut into data frames of at most `max_datagram - 5` bytes,
 //!   or the power policy's chunk size if smaller ([`ArqConfig::max_payload`]).
 //! - **Selective repeat**: every data frame has a sequence number; the receiver acks
-//!   cumulatively and with a 32-frame selective-ack bitmap, keeps frames that arrive out of
+//!   cumulatively and with a selective-ack bitmap of up to 128 frames, keeps frames that arrive out of
 //!   order (within its window) and delivers bytes in order. The sender retransmits a frame
 //!   when its retransmission timeout passes (RTT estimated as in RFC 6298, Karn's rule,
 //!   backoff doubling per retry), or early when three later frames were acked past it.
@@ -31,10 +31,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::frame::{Frame, FrameError, ResetReason, DATA_HEADER, MIN_DATAGRAM};
+use super::frame::{
+    Frame, FrameError, ResetReason, ACK_HEADER, DATA_HEADER, MAX_SACK_BYTES, MIN_DATAGRAM,
+};
 
-/// Frames a selective ack can describe beyond the cumulative ack.
-const SACK_BITS: u32 = 32;
 /// Acked-past count that triggers an early retransmission.
 const FAST_RETRANSMIT_AFTER: u32 = 3;
 
@@ -69,7 +69,7 @@ impl Default for ArqConfig {
         Self {
             max_datagram: 182,
             max_payload: None,
-            window: 64,
+            window: 128,
             send_buffer: 64 * 1024,
             recv_buffer: 64 * 1024,
             rto_initial: Duration::from_millis(500),
@@ -84,6 +84,18 @@ impl Default for ArqConfig {
 }
 
 impl ArqConfig {
+    /// Frames a selective ack fits, past the cumulative ack (bounded by the datagram).
+    fn sack_bits(&self) -> u32 {
+        let bytes = (self.max_datagram.max(MIN_DATAGRAM) - ACK_HEADER).min(MAX_SACK_BYTES);
+        bytes as u32 * 8
+    }
+
+    /// Frames in flight at most: the configured window, cut to what one ack can describe
+    /// (frames an ack cannot mention would be retransmitted for nothing).
+    pub fn effective_window(&self) -> u32 {
+        self.window.clamp(1, self.sack_bits() + 1)
+    }
+
     /// Payload bytes per data frame.
     pub fn payload_per_frame(&self) -> usize {
         let by_datagram = self.max_datagram.max(MIN_DATAGRAM) - DATA_HEADER;
@@ -116,6 +128,8 @@ pub enum DeadReason {
     ProtocolViolation,
     #[error("the link used up its sequence numbers")]
     SequenceExhausted,
+    #[error("the radio link under the stream broke")]
+    LinkLost,
 }
 
 /// What [`Arq::read`] found.
@@ -153,8 +167,10 @@ struct InFlight {
     payload: Option<Vec<u8>>,
     sent_at: Instant,
     retransmits: u32,
-    /// Later frames acked past this one since it was last sent.
+    /// Acks, since this frame was last sent, of frames sent after it.
     passed: u32,
+    /// When it was last sent, in transmissions of this link (orders acks against sends).
+    order: u64,
     /// Waiting to be sent again.
     lost: bool,
 }
@@ -180,6 +196,8 @@ pub struct Arq {
     fin_wanted: bool,
     fin_sent: bool,
     next_seq: u32,
+    /// Data and fin transmissions so far, retransmissions included.
+    transmissions: u64,
     in_flight: BTreeMap<u32, InFlight>,
     in_flight_bytes: usize,
     peer_window: u32,
@@ -212,6 +230,7 @@ impl Arq {
             fin_wanted: false,
             fin_sent: false,
             next_seq: 0,
+            transmissions: 0,
             in_flight: BTreeMap::new(),
             in_flight_bytes: 0,
             peer_window,
@@ -276,6 +295,13 @@ impl Arq {
         }
     }
 
+    /// The link under the stream broke: nothing more can be sent or received.
+    pub fn link_lost(&mut self) {
+        if self.state == LinkState::Open {
+            self.state = LinkState::Dead(DeadReason::LinkLost);
+        }
+    }
+
     /// True once everything written, the fin included, is acknowledged.
     pub fn finished_sending(&self) -> bool {
         self.fin_sent && self.in_flight.is_empty()
@@ -330,7 +356,7 @@ impl Arq {
         match frame {
             Frame::Data { seq, payload } => self.on_data(now, seq, Received::Data(payload)),
             Frame::Fin { seq } => self.on_data(now, seq, Received::Fin),
-            Frame::Ack { next, window, sack } => self.on_ack(now, next, window, sack),
+            Frame::Ack { next, window, sack } => self.on_ack(now, next, window, &sack),
             Frame::Probe => self.ack_owed = self.ack_owed.max(2),
             Frame::Reset { reason } => {
                 self.state = LinkState::Dead(DeadReason::ResetByPeer(reason))
@@ -432,8 +458,9 @@ impl Arq {
             self.ack_owed = self.ack_owed.max(2);
             return;
         }
-        if offset >= self.config.window || self.out_of_order.contains_key(&seq) {
-            if offset < self.config.window {
+        let window = self.config.effective_window();
+        if offset >= window || self.out_of_order.contains_key(&seq) {
+            if offset < window {
                 self.stats.duplicates_received += 1;
             } else {
                 self.stats.beyond_window_received += 1;
@@ -485,7 +512,7 @@ impl Arq {
         }
     }
 
-    fn on_ack(&mut self, now: Instant, next: u32, window: u16, sack: u32) {
+    fn on_ack(&mut self, now: Instant, next: u32, window: u16, sack: &[u8]) {
         self.peer_window = u32::from(window);
         let outstanding = self.next_seq.wrapping_sub(self.lowest_unacked());
         let acked_count = next.wrapping_sub(self.lowest_unacked());
@@ -500,15 +527,20 @@ impl Arq {
             .copied()
             .filter(|&seq| seq_lt(seq, next))
             .collect();
-        for bit in 0..SACK_BITS {
-            if sack & (1 << bit) != 0 {
-                let seq = next.wrapping_add(1 + bit);
-                if self.in_flight.contains_key(&seq) {
-                    newly_acked.push(seq);
+        for (byte_index, byte) in sack.iter().enumerate() {
+            for bit in 0..8u32 {
+                if byte & (1 << bit) != 0 {
+                    let seq = next.wrapping_add(1 + byte_index as u32 * 8 + bit);
+                    if self.in_flight.contains_key(&seq) {
+                        newly_acked.push(seq);
+                    }
                 }
             }
         }
-        let mut highest_acked = None;
+        // The latest transmission acked now: a frame still in flight that was sent before
+        // it was lost (no reordering on the link) or is about to be acked; three such acks
+        // make it lost. Frames sent after it are not judged by it.
+        let mut latest_acked = None;
         for seq in newly_acked {
             if let Some(frame) = self.in_flight.remove(&seq) {
                 let len = frame.payload.as_ref().map_or(0, Vec::len);
@@ -517,14 +549,12 @@ impl Arq {
                 if frame.retransmits == 0 && !frame.lost {
                     self.sample_rtt(now.saturating_duration_since(frame.sent_at));
                 }
-                if highest_acked.is_none_or(|h| seq_lt(h, seq)) {
-                    highest_acked = Some(seq);
-                }
+                latest_acked = latest_acked.max(Some(frame.order));
             }
         }
-        if let Some(highest) = highest_acked {
-            for (&seq, frame) in self.in_flight.iter_mut() {
-                if seq_lt(seq, highest) && !frame.lost {
+        if let Some(latest) = latest_acked {
+            for frame in self.in_flight.values_mut() {
+                if frame.order < latest && !frame.lost {
                     frame.passed += 1;
                     if frame.passed >= FAST_RETRANSMIT_AFTER
                         && frame.retransmits < self.config.max_retransmits
@@ -560,6 +590,8 @@ impl Arq {
         frame.retransmits += 1;
         frame.passed = 0;
         frame.sent_at = now;
+        frame.order = self.transmissions;
+        self.transmissions += 1;
         self.stats.retransmissions += 1;
         let out = match &frame.payload {
             Some(payload) => Frame::Data {
@@ -572,7 +604,7 @@ impl Arq {
     }
 
     fn next_new_frame(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let window = self.config.window.min(self.peer_window);
+        let window = self.config.effective_window().min(self.peer_window);
         let in_flight = self.next_seq.wrapping_sub(self.lowest_unacked());
         if in_flight >= window {
             return None;
@@ -611,9 +643,11 @@ impl Arq {
                 sent_at: now,
                 retransmits: 0,
                 passed: 0,
+                order: self.transmissions,
                 lost: false,
             },
         );
+        self.transmissions += 1;
         Some(self.sent(out))
     }
 
@@ -634,11 +668,16 @@ impl Arq {
     fn ack_frame(&mut self) -> Vec<u8> {
         self.ack_owed = 0;
         self.ack_due = None;
-        let mut sack = 0u32;
+        let bits = self.config.sack_bits();
+        let mut sack = Vec::new();
         for &seq in self.out_of_order.keys() {
             let offset = seq.wrapping_sub(self.recv_next);
-            if (1..=SACK_BITS).contains(&offset) {
-                sack |= 1 << (offset - 1);
+            if (1..=bits).contains(&offset) {
+                let bit = (offset - 1) as usize;
+                if sack.len() <= bit / 8 {
+                    sack.resize(bit / 8 + 1, 0);
+                }
+                sack[bit / 8] |= 1 << (bit % 8);
             }
         }
         let window = u16::try_from(self.advertised_window()).unwrap_or(u16::MAX);
@@ -656,7 +695,7 @@ impl Arq {
         let frames = free / self.config.payload_per_frame();
         u32::try_from(frames)
             .unwrap_or(u32::MAX)
-            .min(self.config.window)
+            .min(self.config.effective_window())
     }
 
     fn lowest_unacked(&self) -> u32 {

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `0x01` data | seq u32, payload (1 byte or more) | the next piece of the byte stream |
 //! | `0x02` fin | seq u32 | the stream ends here (takes a sequence number, so it is ordered) |
-//! | `0x03` ack | next u32, window u16, sack u32 | everything below `next` arrived; `window` more frames fit; bit i of `sack`: `next + 1 + i` arrived too |
+//! | `0x03` ack | next u32, window u16, sack (0–16 bytes) | everything below `next` arrived; `window` more frames fit; bit i of `sack` (byte i / 8, least significant bit first): `next + 1 + i` arrived too |
 //! | `0x04` probe | — | "are you there, and how much room have you?": answered by an ack |
 //! | `0x05` reset | reason u8 | the sender gave the link up |
 //!
@@ -16,8 +16,13 @@
 /// Bytes a data frame spends before its payload.
 pub const DATA_HEADER: usize = 5;
 /// The smallest datagram a link may have: BLE's default ATT MTU of 23 leaves 20 bytes for a
-/// write, which must hold a header and at least one payload byte (and an ack, 11 bytes).
+/// write, which must hold a header and at least one payload byte, and an ack.
 pub const MIN_DATAGRAM: usize = 20;
+
+/// Bytes an ack spends before its selective-ack bitmap.
+pub const ACK_HEADER: usize = 7;
+/// Longest selective-ack bitmap: 128 frames past the cumulative ack.
+pub const MAX_SACK_BYTES: usize = 16;
 
 const KIND_DATA: u8 = 0x01;
 const KIND_FIN: u8 = 0x02;
@@ -28,11 +33,22 @@ const KIND_RESET: u8 = 0x05;
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Data { seq: u32, payload: Vec<u8> },
-    Fin { seq: u32 },
-    Ack { next: u32, window: u16, sack: u32 },
+    Data {
+        seq: u32,
+        payload: Vec<u8>,
+    },
+    Fin {
+        seq: u32,
+    },
+    Ack {
+        next: u32,
+        window: u16,
+        sack: Vec<u8>,
+    },
     Probe,
-    Reset { reason: ResetReason },
+    Reset {
+        reason: ResetReason,
+    },
 }
 
 /// Why a link was reset by its peer.
@@ -103,7 +119,7 @@ impl Frame {
         match self {
             Frame::Data { payload, .. } => DATA_HEADER + payload.len(),
             Frame::Fin { .. } => 5,
-            Frame::Ack { .. } => 11,
+            Frame::Ack { sack, .. } => ACK_HEADER + sack.len(),
             Frame::Probe => 1,
             Frame::Reset { .. } => 2,
         }
@@ -130,7 +146,7 @@ impl Frame {
                 out.push(KIND_ACK);
                 out.extend_from_slice(&next.to_be_bytes());
                 out.extend_from_slice(&window.to_be_bytes());
-                out.extend_from_slice(&sack.to_be_bytes());
+                out.extend_from_slice(sack);
             }
             Frame::Probe => out.push(KIND_PROBE),
             Frame::Reset { reason } => {
@@ -178,11 +194,17 @@ impl Frame {
                 Ok(Frame::Fin { seq: u32_at(0) })
             }
             KIND_ACK => {
-                exact(11)?;
+                if !(ACK_HEADER..=ACK_HEADER + MAX_SACK_BYTES).contains(&bytes.len()) {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: bytes.len(),
+                        expected: ACK_HEADER,
+                    });
+                }
                 Ok(Frame::Ack {
                     next: u32_at(0),
                     window: u16::from_be_bytes([rest[4], rest[5]]),
-                    sack: u32_at(6),
+                    sack: rest[6..].to_vec(),
                 })
             }
             KIND_PROBE => {
@@ -210,7 +232,11 @@ mod tests {
             (any::<u32>(), proptest::collection::vec(any::<u8>(), 1..600))
                 .prop_map(|(seq, payload)| Frame::Data { seq, payload }),
             any::<u32>().prop_map(|seq| Frame::Fin { seq }),
-            (any::<u32>(), any::<u16>(), any::<u32>())
+            (
+                any::<u32>(),
+                any::<u16>(),
+                proptest::collection::vec(any::<u8>(), 0..=MAX_SACK_BYTES)
+            )
                 .prop_map(|(next, window, sack)| Frame::Ack { next, window, sack }),
             Just(Frame::Probe),
             any::<u8>().prop_map(|b| Frame::Reset {

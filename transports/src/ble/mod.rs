@@ -2,4 +2,8 @@
 //! driver contract, the simulated radio and the libp2p transport over it.
 
 pub mod arq;
+pub mod driver;
 pub mod frame;
+pub mod sim;
+pub mod stream;
+pub mod transport;

@@ -354,7 +354,7 @@ fn garbage_is_counted_and_changes_nothing() {
         &Frame::Ack {
             next: 500,
             window: 10,
-            sack: 0,
+            sack: Vec::new(),
         }
         .encode(),
     )
