@@ -15,11 +15,14 @@ use std::time::Duration;
 
 use fogmesh_store::task::{StorageConfig, StorageHandle};
 use fogmesh_store::{Store, StoreError, StoreOptions, Table};
+use fogmesh_transports::ble::arq::ArqConfig;
+use fogmesh_transports::ble::sim::SimDevice;
+use fogmesh_transports::ble::transport::BleTransport;
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
 use fogmesh_transports::ticket::RevocationSet;
 use fogmesh_transports::{
-    build_memory_transport, build_transport, quic_enabled, BoxedTransport, TransportBuildError,
-    TransportConfig,
+    build_memory_transport, build_transport, quic_enabled, secure_transport, BoxedTransport,
+    TransportBuildError, TransportConfig,
 };
 use libp2p::gossipsub;
 use libp2p::identity::Keypair;
@@ -99,7 +102,7 @@ pub(crate) struct Behaviour {
 }
 
 /// Which transports a node runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub enum Network {
     /// TCP with the secure channel (and QUIC in open meshes): what a real node runs.
     #[default]
@@ -107,11 +110,15 @@ pub enum Network {
     /// The in-process memory transport (`/memory/<port>` addresses) with the same secure
     /// channel and yamux on top: for tests and simulations with many nodes in one process.
     Memory,
+    /// Bluetooth LE only (`/unix/ble-<device>` addresses), on a device of the simulated
+    /// radio, with the same secure channel and yamux: offline mode as tests run it. No
+    /// internet socket is opened and mDNS stays off whatever the settings say.
+    Radio(SimDevice),
 }
 
 impl Network {
     fn build(
-        self,
+        &self,
         keypair: &Keypair,
         channel: &SecureChannel,
         config: &TransportConfig,
@@ -119,7 +126,21 @@ impl Network {
         match self {
             Network::Internet => build_transport(keypair, channel, config),
             Network::Memory => build_memory_transport(keypair, channel, config),
+            Network::Radio(device) => secure_transport(
+                keypair,
+                channel,
+                BleTransport::new(device.clone(), ArqConfig::default()),
+                config.upgrade_timeout,
+            ),
         }
+    }
+
+    fn is_internet(&self) -> bool {
+        matches!(self, Network::Internet)
+    }
+
+    fn is_offline(&self) -> bool {
+        matches!(self, Network::Radio(_))
     }
 }
 
@@ -178,6 +199,11 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
 
 /// Starts a node on the given transports.
 pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNode, StartError> {
+    let mut settings = settings;
+    if network.is_offline() {
+        // mDNS is a UDP socket on every interface: not for a node that is offline.
+        settings.mdns = false;
+    }
     let data_dir = settings.data_dir.clone();
     if data_dir.is_file() {
         return Err(StartError::DataDir {
@@ -231,11 +257,11 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
         reason: e.to_string(),
     })?;
     let transport_config = TransportConfig {
-        quic: settings.quic && network == Network::Internet,
+        quic: settings.quic && network.is_internet(),
         ..TransportConfig::default()
     };
     let quic = quic_enabled(&transport_config, &channel);
-    if settings.quic && !quic && network == Network::Internet {
+    if settings.quic && !quic && network.is_internet() {
         tracing::info!(
             "QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only"
         );

@@ -102,6 +102,7 @@ pub fn transport_of(addr: &Multiaddr) -> &'static str {
             Protocol::Tcp(_) => "tcp",
             Protocol::QuicV1 | Protocol::Quic => "quic",
             Protocol::Memory(_) => "memory",
+            Protocol::Unix(name) if name.starts_with("ble-") => "ble",
             _ => continue,
         };
     }
