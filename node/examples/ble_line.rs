@@ -1,0 +1,171 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Telemetry over a line of BLE-only nodes on the simulated radio: latency by hop count and
+//! delivery across the whole line. Stops by itself.
+//!
+//! ```text
+//! cargo run --release -p fogmesh --example ble_line -- [nodes=8] [loss=0.0] [seconds=20]
+//! ```
+//!
+//! Nodes sit 8 apart with a radio range of 10, so each hears only its neighbours; links run
+//! at 1 Mbit/s with 30 ms latency (MTU 185). Every node publishes telemetry each second and
+//! gossipsub relays it. After convergence, for `seconds` the example samples every node's
+//! latest telemetry from every other: latency is `received_at − timestamp` (one process, one
+//! clock), grouped by hop count; delivery counts the messages node N−1 received from node 0
+//! against those node 0 published in the window.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use fogmesh_node::api::{self, now_ms};
+use fogmesh_node::config::{ConfigLayer, Settings};
+use fogmesh_node::identity;
+use fogmesh_node::node::{self, Network, RunningNode};
+use fogmesh_transports::ble::driver::DeviceId;
+use fogmesh_transports::ble::sim::{LinkParams, SimConfig, SimRadio};
+use fogmesh_transports::ble::transport::device_addr;
+use libp2p::multiaddr::Protocol;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(8);
+    let loss: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0.0);
+    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let radio = SimRadio::new(SimConfig {
+        link: LinkParams {
+            loss,
+            ..LinkParams::default()
+        },
+        range: 10.0,
+        seed: 11,
+        ..SimConfig::default()
+    });
+    let base = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for i in 0..n {
+        let dir = base.path().join(format!("node-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let peer = identity::load_or_create(&dir)
+            .unwrap()
+            .public()
+            .to_peer_id();
+        let device = radio.add_device(DeviceId::of_peer(&peer), (8.0 * i as f64, 0.0));
+        let bootstrap =
+            nodes
+                .last()
+                .map(|prev| {
+                    vec![device_addr(DeviceId::of_peer(&prev.peer_id))
+                        .with(Protocol::P2p(prev.peer_id))]
+                })
+                .unwrap_or_default();
+        let settings = Settings::resolve(ConfigLayer {
+            data_dir: Some(dir),
+            listen: Some(vec!["/unix/ble".parse().unwrap()]),
+            bootstrap: Some(bootstrap),
+            mdns: Some(false),
+            quic: Some(false),
+            telemetry_interval: Some(Duration::from_secs(1)),
+            ..ConfigLayer::default()
+        });
+        nodes.push(
+            node::start_on(settings, Network::Radio(device))
+                .await
+                .unwrap(),
+        );
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
+    let started = tokio::time::Instant::now();
+    let converged = |nodes: &[RunningNode]| {
+        let now = now_ms();
+        nodes.iter().enumerate().all(|(i, node)| {
+            api::inspect(&node.state.telemetry, |t| {
+                ids.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .all(|(_, id)| t.get(id).is_some_and(|r| !r.is_stale(now)))
+            })
+        })
+    };
+    while !converged(&nodes) {
+        if started.elapsed() > Duration::from_secs(60) {
+            println!("NOT CONVERGED within 60 s; links {:?}", radio.links().len());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "{n} nodes in a line, loss {:.0} %: converged {:.1} s after start",
+        loss * 100.0,
+        started.elapsed().as_secs_f64()
+    );
+    // (hops) -> latencies in ms, one per (holder, origin, seq).
+    let mut by_hops: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    let mut seen: BTreeSet<(usize, usize, u64)> = BTreeSet::new();
+    let first_seq = |i: usize, origin: &str| {
+        api::inspect(&nodes[i].state.telemetry, |t| t.get(origin).map(|r| r.seq))
+    };
+    let far = n - 1;
+    let seq_from = first_seq(far, &ids[0]).unwrap_or(0);
+    let published =
+        |nodes: &[RunningNode]| api::inspect(&nodes[0].state.status, |s| s.telemetry_published);
+    let published_before = published(&nodes);
+    let window = tokio::time::Instant::now();
+    let (window_from_ms, mut window_to_ms) = (now_ms(), u64::MAX);
+    let mut expected = 0;
+    // After the window, two more seconds of sampling let messages still on their way arrive.
+    let grace = Duration::from_secs(2);
+    let mut far_from_first: BTreeMap<u64, u64> = BTreeMap::new();
+    while window.elapsed() < Duration::from_secs(seconds) + grace {
+        if window_to_ms == u64::MAX && window.elapsed() >= Duration::from_secs(seconds) {
+            window_to_ms = now_ms();
+            expected = published(&nodes).saturating_sub(published_before);
+        }
+        api::inspect(&nodes[far].state.telemetry, |t| {
+            if let Some(r) = t.get(&ids[0]) {
+                far_from_first.insert(r.seq, r.timestamp_ms);
+            }
+        });
+        for (i, node) in nodes.iter().enumerate() {
+            api::inspect(&node.state.telemetry, |t| {
+                for (j, id) in ids.iter().enumerate() {
+                    if let Some(r) = t.get(id) {
+                        if seen.insert((i, j, r.seq)) {
+                            by_hops
+                                .entry(i.abs_diff(j))
+                                .or_default()
+                                .push(r.received_at_ms.saturating_sub(r.timestamp_ms));
+                        }
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Node 0's messages published in the window, and those of them node N−1 received.
+    let received = far_from_first
+        .iter()
+        .filter(|(seq, ts)| **seq > seq_from && (window_from_ms..window_to_ms).contains(*ts))
+        .count();
+    println!("| hops | samples | latency p50 | p90 | max |");
+    println!("|---|---|---|---|---|");
+    for (hops, mut lat) in by_hops {
+        if hops == 0 {
+            continue;
+        }
+        lat.sort_unstable();
+        let at = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+        println!(
+            "| {hops} | {} | {} ms | {} ms | {} ms |",
+            lat.len(),
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        );
+    }
+    println!(
+        "delivery across {far} hops (node {far} from node 0): {received} of {expected} telemetry messages published in {seconds} s"
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
