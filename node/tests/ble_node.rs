@@ -34,7 +34,8 @@ async fn offline_node(
         // Asked for, and still not run: an offline node opens no mDNS socket.
         mdns: Some(true),
         quic: Some(false),
-        telemetry_interval: Some(Duration::from_millis(300)),
+        // Fresh for three intervals: room for a loaded machine.
+        telemetry_interval: Some(Duration::from_secs(1)),
         ..ConfigLayer::default()
     });
     node::start_on(settings, Network::Radio(device))

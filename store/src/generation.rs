@@ -96,7 +96,7 @@ pub(crate) fn write_marker(store: &Path, generation: u64) -> Result<(), StoreErr
 /// A commit has three steps: [`advance`](Self::advance) writes the next generation into
 /// sled after the data it covers, a sled flush makes both stable, and
 /// [`seal`](Self::seal) fsyncs sled's files and replaces the marker. The steps are split so
-/// the storage task can await `flush_async` between them without holding a lock; the two
+/// the storage task can flush between them without holding a lock; the two
 /// mutexes keep generations unique and the marker monotonic when commits overlap.
 #[derive(Debug)]
 pub(crate) struct Generation {

@@ -4,7 +4,7 @@
 //! takes everything queued (up to the queue's capacity) as one group and applies its
 //! batches in queue order, in as few atomic groups as possible (each batch stays atomic;
 //! see [`crate::redo`]). If the group holds durable writes, it then advances the store's generation,
-//! awaits sled's `flush_async`, fsyncs sled's files, replaces the generation marker, and
+//! runs sled's flush (on its own thread), fsyncs sled's files, replaces the generation marker, and
 //! only then acknowledges them, in order. Writes that queue up while a commit is in
 //! progress form the next group and share its flush (group commit), which is where the
 //! throughput of concurrent writers comes from.
@@ -212,8 +212,8 @@ impl StorageHandle {
         let (tx, rx) = mpsc::channel(capacity);
         let (stopped_tx, stopped) = watch::channel(None);
         let metrics = Metrics::new(capacity);
-        // The worker blocks in sled calls, so it gets its own thread and a runtime of its own
-        // only to await the queue and sled's flush; the caller's runtime is never blocked.
+        // The worker blocks in sled calls, flushes included, so it gets its own thread and a
+        // runtime of its own only to await the queue; the caller's runtime is never blocked.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(StoreError::from_io)?;
@@ -633,7 +633,10 @@ impl Worker {
             }
         }
         let generation = self.store.generation().advance()?;
-        self.store.db().flush_async().await?;
+        // The blocking flush, on this worker's own thread: `flush_async` would run it on
+        // sled's shared thread pool, and with many stores in a process (the in-memory
+        // network) flushes filled that pool while waiting for log writes queued on it.
+        self.store.db().flush()?;
         self.store.generation().seal(generation)?;
         self.metrics.commits.inc();
         self.dirty = false;
