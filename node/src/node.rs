@@ -198,8 +198,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
 }
 
 /// Starts a node on the given transports.
-pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNode, StartError> {
-    let mut settings = settings;
+pub async fn start_on(mut settings: Settings, network: Network) -> Result<RunningNode, StartError> {
     if network.is_offline() {
         // mDNS is a UDP socket on every interface: not for a node that is offline.
         settings.mdns = false;

@@ -258,26 +258,18 @@ pub(crate) fn apply_all(batches: &[Batch]) -> Result<Applied, StoreError> {
     let mut writes: Vec<redo::Write> = Vec::with_capacity(batches.iter().map(Batch::len).sum());
     // Keys already written, and whether they are present after those writes, so a range
     // removal also covers entries put earlier in the same batch (or group).
-    let mut overlay: BTreeMap<(IVec, IVec), bool> = BTreeMap::new();
+    let mut overlay = Overlay::new();
     for op in batches.iter().flat_map(|b| &b.ops) {
         match op {
-            Op::Put { tree, key, value } => {
-                let name = tree.name();
-                overlay.insert((name.clone(), key.clone()), true);
-                writes.push(redo::Write {
-                    tree: name.to_vec(),
-                    key: key.to_vec(),
-                    value: Some(value.to_vec()),
-                });
-            }
+            Op::Put { tree, key, value } => push_write(
+                &mut overlay,
+                &mut writes,
+                tree,
+                key.clone(),
+                Some(value.clone()),
+            ),
             Op::Remove { tree, key } => {
-                let name = tree.name();
-                overlay.insert((name.clone(), key.clone()), false);
-                writes.push(redo::Write {
-                    tree: name.to_vec(),
-                    key: key.to_vec(),
-                    value: None,
-                });
+                push_write(&mut overlay, &mut writes, tree, key.clone(), None)
             }
             Op::RemoveRange { tree, low, high } => {
                 let name = tree.name();
@@ -297,12 +289,7 @@ pub(crate) fn apply_all(batches: &[Batch]) -> Result<Applied, StoreError> {
                 }
                 for (key, present) in doomed {
                     applied.removed_by_ranges += usize::from(present);
-                    overlay.insert((name.clone(), key.clone()), false);
-                    writes.push(redo::Write {
-                        tree: name.to_vec(),
-                        key: key.to_vec(),
-                        value: None,
-                    });
+                    push_write(&mut overlay, &mut writes, tree, key, None);
                 }
             }
             Op::FailForTest => {
@@ -315,6 +302,25 @@ pub(crate) fn apply_all(batches: &[Batch]) -> Result<Applied, StoreError> {
     applied.entries = writes.len();
     turn.apply(&writes)?;
     Ok(applied)
+}
+
+/// Keys already written in a group, by tree name, and whether each is present after them.
+type Overlay = BTreeMap<(IVec, IVec), bool>;
+
+/// Adds one resolved write to the group and notes its effect in the overlay.
+fn push_write(
+    overlay: &mut Overlay,
+    writes: &mut Vec<redo::Write>,
+    tree: &sled::Tree,
+    key: IVec,
+    value: Option<IVec>,
+) {
+    overlay.insert((tree.name(), key.clone()), value.is_some());
+    writes.push(redo::Write {
+        tree: tree.clone(),
+        key,
+        value,
+    });
 }
 
 #[cfg(test)]

@@ -40,26 +40,48 @@ pub(crate) const TREE: &str = "__fogmesh_redo";
 /// One store applies one group at a time, so one key is enough.
 const KEY: &[u8] = b"pending";
 
-/// One write of a group: a tree by name, a key, and the new value or none (a removal).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One write of a group: a tree, a key, and the new value or none (a removal).
+#[derive(Debug, Clone)]
 pub(crate) struct Write {
+    pub(crate) tree: sled::Tree,
+    pub(crate) key: IVec,
+    pub(crate) value: Option<IVec>,
+}
+
+/// A write as the record stores it: the tree by name.
+#[derive(Serialize, Deserialize)]
+struct RecordedWrite {
     #[serde(with = "serde_bytes")]
-    pub(crate) tree: Vec<u8>,
+    tree: Vec<u8>,
     #[serde(with = "serde_bytes")]
-    pub(crate) key: Vec<u8>,
+    key: Vec<u8>,
     #[serde(with = "serde_bytes")]
-    pub(crate) value: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Record {
-    writes: Vec<Write>,
+    writes: Vec<RecordedWrite>,
+}
+
+impl Record {
+    fn of(writes: &[Write]) -> Self {
+        Record {
+            writes: writes
+                .iter()
+                .map(|w| RecordedWrite {
+                    tree: w.tree.name().to_vec(),
+                    key: w.key.to_vec(),
+                    value: w.value.as_ref().map(|v| v.to_vec()),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The redo record of one store and the lock that makes its writers take turns.
 #[derive(Debug)]
 pub(crate) struct Redo {
-    db: sled::Db,
     tree: sled::Tree,
     /// A group whose writes failed part-way (sled I/O error): its record is still stored,
     /// and it is finished before any other group may replace the record.
@@ -75,7 +97,6 @@ pub(crate) struct Turn<'a> {
 impl Redo {
     pub(crate) fn open(db: &sled::Db) -> Result<Self, StoreError> {
         Ok(Self {
-            db: db.clone(),
             tree: db.open_tree(TREE)?,
             unfinished: Mutex::new(None),
         })
@@ -93,10 +114,9 @@ impl Redo {
     }
 
     fn write(&self, write: &Write) -> Result<(), StoreError> {
-        let tree = self.db.open_tree(&write.tree)?;
         match &write.value {
-            Some(value) => tree.insert(IVec::from(write.key.as_slice()), value.as_slice())?,
-            None => tree.remove(write.key.as_slice())?,
+            Some(value) => write.tree.insert(write.key.clone(), value.clone())?,
+            None => write.tree.remove(&write.key)?,
         };
         Ok(())
     }
@@ -127,10 +147,8 @@ impl Turn<'_> {
             // One insert or removal is atomic by itself.
             [write] => self.redo.write(write),
             _ => {
-                let record = codec::encode(&Record {
-                    writes: writes.to_vec(),
-                })
-                .map_err(|e| StoreError::Io(format!("cannot encode a redo record: {e}")))?;
+                let record = codec::encode(&Record::of(writes))
+                    .map_err(|e| StoreError::Io(format!("cannot encode a redo record: {e}")))?;
                 self.redo.tree.insert(KEY, record)?;
                 self.redo.write_all(writes).inspect_err(|_| {
                     *self.unfinished = Some(writes.to_vec());
@@ -153,12 +171,23 @@ pub(crate) fn recover(db: &sled::Db, dir: &std::path::Path) -> Result<usize, Sto
             path: dir.to_path_buf(),
             reason: format!("the record of an interrupted batch is unreadable ({e})"),
         })?;
-    redo.write_all(&record.writes)?;
+    let writes = record
+        .writes
+        .into_iter()
+        .map(|w| {
+            Ok(Write {
+                tree: db.open_tree(&w.tree)?,
+                key: IVec::from(w.key),
+                value: w.value.map(IVec::from),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    redo.write_all(&writes)?;
     tracing::info!(
-        writes = record.writes.len(),
+        writes = writes.len(),
         "store: finished a batch a crash interrupted"
     );
-    Ok(record.writes.len())
+    Ok(writes.len())
 }
 
 #[cfg(test)]
@@ -166,8 +195,8 @@ mod tests {
     use super::*;
     use crate::{Batch, Store, StoreOptions};
 
-    fn write(tree: &str, key: &str, value: Option<&str>) -> Write {
-        Write {
+    fn write(tree: &str, key: &str, value: Option<&str>) -> RecordedWrite {
+        RecordedWrite {
             tree: tree.as_bytes().to_vec(),
             key: key.as_bytes().to_vec(),
             value: value.map(|v| codec::encode(&v.to_owned()).unwrap()),

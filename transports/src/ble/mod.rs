@@ -7,3 +7,11 @@ pub mod frame;
 pub mod sim;
 pub mod stream;
 pub mod transport;
+
+/// Sleeps until `at`, or forever without a deadline (a `select!` arm that never fires).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

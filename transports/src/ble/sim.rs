@@ -407,7 +407,7 @@ async fn carry(
         tokio::select! {
             biased;
             _ = broken.changed() => break,
-            _ = sleep_until_opt(head), if head.is_some() => {
+            _ = super::sleep_until(head), if head.is_some() => {
                 if let Some((_, datagram)) = in_flight.pop_front() {
                     tokio::select! {
                         sent = deliver.send(datagram) => if sent.is_err() { break },
@@ -441,13 +441,6 @@ async fn carry(
         }
     }
     radio.link_ended(key, serial);
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// One device on a [`SimRadio`]: its [`BleDriver`].

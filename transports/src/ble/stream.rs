@@ -272,7 +272,7 @@ async fn drive(inner: Arc<Inner>, mut link: BleLink) {
                 }
                 shared.wake();
             }
-            _ = sleep_until_opt(deadline) => {}
+            _ = super::sleep_until(deadline) => {}
             _ = inner.poke.notified() => {}
             permit = link.tx.reserve(), if wants_send => {
                 if let Ok(permit) = permit {
@@ -286,12 +286,5 @@ async fn drive(inner: Arc<Inner>, mut link: BleLink) {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

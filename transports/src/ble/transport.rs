@@ -64,6 +64,8 @@ struct Listener {
 /// The BLE transport over any [`BleDriver`].
 pub struct BleTransport<D> {
     driver: Arc<D>,
+    /// This device's address, reported by every listener event.
+    local_addr: Multiaddr,
     config: ArqConfig,
     listener: Option<Listener>,
     events: VecDeque<TransportEvent<Ready<Result<BleStream, BleError>>, BleError>>,
@@ -81,6 +83,7 @@ impl<D> std::fmt::Debug for BleTransport<D> {
 impl<D: BleDriver> BleTransport<D> {
     pub fn new(driver: D, config: ArqConfig) -> Self {
         Self {
+            local_addr: device_addr(driver.local()),
             driver: Arc::new(driver),
             config,
             listener: None,
@@ -91,7 +94,7 @@ impl<D: BleDriver> BleTransport<D> {
 
     /// This device's BLE address.
     pub fn local_addr(&self) -> Multiaddr {
-        device_addr(self.driver.local())
+        self.local_addr.clone()
     }
 
     fn wake(&mut self) {
@@ -157,28 +160,28 @@ impl<D: BleDriver> Transport for BleTransport<D> {
     }
 
     fn poll(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
-        if let Some(event) = self.events.pop_front() {
+        let this = self.get_mut();
+        if let Some(event) = this.events.pop_front() {
             return Poll::Ready(event);
         }
-        let own = self.local_addr();
-        let config = self.config.clone();
-        if let Some(listener) = self.listener.as_mut() {
+        if let Some(listener) = this.listener.as_mut() {
             match listener.links.poll_recv(cx) {
                 Poll::Ready(Some(link)) => {
                     let send_back_addr = device_addr(link.peer);
+                    let stream = BleStream::spawn(link, this.config.clone());
                     return Poll::Ready(TransportEvent::Incoming {
                         listener_id: listener.id,
-                        upgrade: futures::future::ready(Ok(BleStream::spawn(link, config))),
-                        local_addr: own,
+                        upgrade: futures::future::ready(Ok(stream)),
+                        local_addr: this.local_addr.clone(),
                         send_back_addr,
                     });
                 }
                 Poll::Ready(None) => {
                     let id = listener.id;
-                    self.listener = None;
+                    this.listener = None;
                     return Poll::Ready(TransportEvent::ListenerClosed {
                         listener_id: id,
                         reason: Err(BleError::RadioGone),
@@ -187,7 +190,7 @@ impl<D: BleDriver> Transport for BleTransport<D> {
                 Poll::Pending => {}
             }
         }
-        self.waker = Some(cx.waker().clone());
+        this.waker = Some(cx.waker().clone());
         Poll::Pending
     }
 }

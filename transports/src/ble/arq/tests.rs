@@ -269,6 +269,21 @@ fn a_link_that_goes_silent_is_dead_within_the_bound() {
     assert!(out.received[1].is_empty());
 }
 
+/// One step of a lossless, instant link: everything each end has to send is delivered,
+/// then 20 ms pass. Returns the new time.
+fn exchange(a: &mut Arq, b: &mut Arq, now: Instant) -> Instant {
+    while let Some(d) = a.poll_transmit(now) {
+        b.handle_datagram(now, &d).unwrap();
+    }
+    while let Some(d) = b.poll_transmit(now) {
+        a.handle_datagram(now, &d).unwrap();
+    }
+    let now = now + Duration::from_millis(20);
+    a.handle_timeout(now);
+    b.handle_timeout(now);
+    now
+}
+
 #[test]
 fn a_slow_reader_holds_the_writer_back_without_loss() {
     // The receiver never reads: the writer fills the receiver's buffer and its own, then
@@ -286,15 +301,7 @@ fn a_slow_reader_holds_the_writer_back_without_loss() {
     let mut now = start;
     for _ in 0..2000 {
         written += a.write(&data[written..]);
-        while let Some(d) = a.poll_transmit(now) {
-            b.handle_datagram(now, &d).unwrap();
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            a.handle_datagram(now, &d).unwrap();
-        }
-        now += Duration::from_millis(20);
-        a.handle_timeout(now);
-        b.handle_timeout(now);
+        now = exchange(&mut a, &mut b, now);
     }
     assert_eq!(a.state(), LinkState::Open);
     assert_eq!(b.state(), LinkState::Open);
@@ -329,15 +336,7 @@ fn a_slow_reader_holds_the_writer_back_without_loss() {
         if ended {
             break;
         }
-        while let Some(d) = a.poll_transmit(now) {
-            b.handle_datagram(now, &d).unwrap();
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            a.handle_datagram(now, &d).unwrap();
-        }
-        now += Duration::from_millis(20);
-        a.handle_timeout(now);
-        b.handle_timeout(now);
+        now = exchange(&mut a, &mut b, now);
     }
     assert!(got == data, "{} of {} bytes", got.len(), data.len());
 }
