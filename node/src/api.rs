@@ -247,6 +247,8 @@ pub struct SharedState {
     pub own_telemetry: RwLock<Option<ReceivedTelemetry>>,
     pub receipts: Mutex<ReceiptLog>,
     pub device: RwLock<Option<DeviceView>>,
+    /// Inbox and sent messages of the relay service.
+    pub messages: RwLock<crate::relay::MessagesView>,
     /// Requests for the event loop (bounded; a full queue answers 503).
     pub commands: tokio::sync::mpsc::Sender<ControlCommand>,
     /// What the API server's bounds turned away.
@@ -266,6 +268,14 @@ pub const COMMAND_QUEUE: usize = 16;
 /// A request the event loop answers.
 #[derive(Debug)]
 pub enum ControlCommand {
+    /// Store and send a message (directed when `to` is set, else a broadcast); answered
+    /// with its id once it is on disk.
+    SendMessage {
+        to: Option<libp2p::PeerId>,
+        app: String,
+        data: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
     /// Apply, persist and gossip a root-signed revocation.
     Revoke {
         revocation: Vec<u8>,
@@ -354,6 +364,7 @@ impl SharedState {
             own_telemetry: RwLock::default(),
             receipts: Mutex::default(),
             device: RwLock::default(),
+            messages: RwLock::default(),
             commands,
             api_limits: Arc::default(),
             views: tokio::sync::watch::channel(0).0,
@@ -401,6 +412,8 @@ pub fn router(state: Arc<SharedState>) -> Router {
         .route("/v1/receipts", get(receipts))
         .route("/v1/device", get(device))
         .route("/v1/revocations", post(submit_revocation))
+        .route("/v1/messages", get(messages).post(send_message))
+        .route("/v1/messages/{id}", get(message))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -442,6 +455,87 @@ async fn device(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
     match read(&state.device) {
         Some(view) => Ok(Json(view)),
         None => Err((StatusCode::SERVICE_UNAVAILABLE, "device not sensed yet")),
+    }
+}
+
+/// `POST /v1/messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessageRequest {
+    /// The recipient's PeerId; absent for a broadcast.
+    #[serde(default)]
+    pub to: Option<String>,
+    pub text: String,
+    /// The application the message is for; `text` when absent.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// The answer to `POST /v1/messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentMessage {
+    pub id: String,
+}
+
+async fn messages(State(state): State<Arc<SharedState>>) -> Json<crate::relay::MessagesView> {
+    Json(read(&state.messages))
+}
+
+async fn message(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> impl IntoResponse {
+    let view = read(&state.messages);
+    match view.sent.into_iter().chain(view.inbox).find(|m| m.id == id) {
+        Some(found) => Ok(Json(found)),
+        None => Err((StatusCode::NOT_FOUND, "no such message")),
+    }
+}
+
+async fn send_message(
+    State(state): State<Arc<SharedState>>,
+    Json(request): Json<SendMessageRequest>,
+) -> impl IntoResponse {
+    let error = |code: StatusCode, text: String| (code, Json(serde_json::json!({ "error": text })));
+    let to = match request.to.as_deref().map(str::parse::<libp2p::PeerId>) {
+        None => None,
+        Some(Ok(peer)) => Some(peer),
+        Some(Err(e)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("`to` is not a PeerId: {e}"),
+            ))
+        }
+    };
+    if request.text.len() > crate::relay::packet::MAX_APP_DATA {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "message of {} bytes; at most {} fit in one",
+                request.text.len(),
+                crate::relay::packet::MAX_APP_DATA
+            ),
+        ));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = ControlCommand::SendMessage {
+        to,
+        app: request.app.unwrap_or_else(|| "text".into()),
+        data: request.text.into_bytes(),
+        reply,
+    };
+    if state.commands.try_send(command).is_err() {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node busy; try again".into(),
+        ));
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
+        Ok(Ok(Ok(id))) => Ok(Json(SentMessage { id })),
+        Ok(Ok(Err(reason))) => Err(error(StatusCode::BAD_REQUEST, reason)),
+        _ => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node did not answer".into(),
+        )),
     }
 }
 

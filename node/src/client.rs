@@ -211,20 +211,47 @@ impl ControlClient {
         self.get("/v1/device").await
     }
 
+    pub async fn messages(&self) -> Result<crate::relay::MessagesView, ClientError> {
+        self.get("/v1/messages").await
+    }
+
+    pub async fn message(&self, id: &str) -> Result<crate::relay::MessageView, ClientError> {
+        self.get(&format!("/v1/messages/{id}")).await
+    }
+
+    /// Hands a message to the node, which stores and sends it; answers its id.
+    pub async fn send_message(
+        &self,
+        request: &crate::api::SendMessageRequest,
+    ) -> Result<crate::api::SentMessage, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Refused(e.to_string()))?;
+        self.post("/v1/messages", body, Some("application/json"))
+            .await
+    }
+
     /// Hands a revocation to the node, which applies, stores and gossips it.
     pub async fn submit_revocation(
         &self,
         revocation: Vec<u8>,
     ) -> Result<RevocationOutcome, ClientError> {
-        let path = "/v1/revocations";
+        self.post("/v1/revocations", revocation, None).await
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<T, ClientError> {
         let unreachable = |e: reqwest::Error| self.unreachable(e);
-        let response = self
+        let mut request = self
             .http
             .post(format!("http://{}{}", self.addr, path))
-            .body(revocation)
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         if status.is_success() {
             return response.json().await.map_err(unreachable);
@@ -437,6 +464,50 @@ fn peer_or_addr(remote: &str) -> String {
     }
 }
 
+/// `fogmesh inbox`: received messages, then sent ones with their delivery status.
+pub fn render_messages(m: &crate::relay::MessagesView) -> String {
+    let mut out = String::new();
+    let when = |ms: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    };
+    out.push_str(&format!("inbox ({})\n", m.inbox.len()));
+    for msg in &m.inbox {
+        out.push_str(&format!(
+            "  {}  {} from {}{} ({} hops): {}\n",
+            when(msg.at_ms.unwrap_or(msg.created_ms)),
+            short_message_id(&msg.id),
+            msg.peer.as_deref().map(short_id).unwrap_or_default(),
+            if msg.broadcast { " (broadcast)" } else { "" },
+            msg.hops.unwrap_or(0),
+            msg.text
+        ));
+    }
+    out.push_str(&format!("sent ({})\n", m.sent.len()));
+    for msg in &m.sent {
+        out.push_str(&format!(
+            "  {}  {} to {} [{}]: {}\n",
+            when(msg.created_ms),
+            short_message_id(&msg.id),
+            msg.peer
+                .as_deref()
+                .map(short_id)
+                .unwrap_or_else(|| "everyone".into()),
+            msg.status,
+            msg.text
+        ));
+    }
+    out.push_str(&format!("held for store-and-forward: {}\n", m.held));
+    out
+}
+
+/// The first 12 hex digits of a message id: enough to tell messages apart on a screen.
+pub fn short_message_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// One line of `fogmesh watch` for an event's JSON: time, what happened, the key fields.
 /// An event this version does not know is shown by its type and raw fields.
 pub fn render_event(json: &str) -> String {
@@ -495,6 +566,23 @@ pub fn render_event(json: &str) -> String {
             "power mode          {} -> {to}, score {score:.3} ({})",
             from.as_deref().unwrap_or("none"),
             reasons.join("; ")
+        ),
+        NodeEvent::MessageReceived {
+            id,
+            from,
+            app,
+            hops,
+            broadcast,
+        } => format!(
+            "message received    {} from {} ({app}, {hops} hops{})",
+            short_message_id(id),
+            short_id(from),
+            if *broadcast { ", broadcast" } else { "" }
+        ),
+        NodeEvent::MessageDelivered { id, to, after_ms } => format!(
+            "message delivered   {} to {} after {after_ms} ms",
+            short_message_id(id),
+            short_id(to)
         ),
         NodeEvent::Lagged { missed } => format!(
             "LAGGED              {missed} events missed: this client read too slowly and the node dropped them"

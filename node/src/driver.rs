@@ -31,7 +31,10 @@ use crate::events::{EventBus, NodeEvent};
 use crate::lifecycle::{Lifecycle, LifecycleInput, Phase};
 use crate::node::{Behaviour, BehaviourEvent};
 use crate::peer_manager::PeerManagerEvent;
+use crate::relay::packet::MessageId;
+use crate::relay::protocol::{self as relay_protocol, HOP_ACCEPTED, HOP_REFUSED};
 use crate::services::device::DeviceService;
+use crate::services::relay::{HopOutcome, LinkKind, RelayService, SendRequest};
 use crate::services::revocations::RevocationService;
 use crate::services::telemetry::TelemetryService;
 use crate::services::{
@@ -54,13 +57,15 @@ pub enum ServiceId {
     Telemetry,
     Revocations,
     Device,
+    Relay,
 }
 
 impl ServiceId {
-    pub const ALL: [ServiceId; 3] = [
+    pub const ALL: [ServiceId; 4] = [
         ServiceId::Telemetry,
         ServiceId::Revocations,
         ServiceId::Device,
+        ServiceId::Relay,
     ];
 
     fn owning(timer: Timer) -> ServiceId {
@@ -68,6 +73,7 @@ impl ServiceId {
             Timer::TelemetryPublish | Timer::TelemetryExpire => ServiceId::Telemetry,
             Timer::RevocationRepublish => ServiceId::Revocations,
             Timer::DeviceSense => ServiceId::Device,
+            Timer::RelayForward | Timer::RelaySweep => ServiceId::Relay,
         }
     }
 }
@@ -78,6 +84,7 @@ pub struct Services {
     pub telemetry: TelemetryService,
     pub revocations: RevocationService,
     pub device: DeviceService,
+    pub relay: RelayService,
 }
 
 impl Services {
@@ -86,6 +93,7 @@ impl Services {
             ServiceId::Telemetry => &mut self.telemetry,
             ServiceId::Revocations => &mut self.revocations,
             ServiceId::Device => &mut self.device,
+            ServiceId::Relay => &mut self.relay,
         }
     }
 }
@@ -174,7 +182,9 @@ pub struct Driver {
     channel: SecureChannel,
     refusals: Option<mpsc::Receiver<Refusal>>,
     commands: mpsc::Receiver<ControlCommand>,
-    replies: HashMap<u64, oneshot::Sender<Result<RevocationOutcome, String>>>,
+    replies: HashMap<u64, PendingReply>,
+    /// Relay packets sent and not answered yet: which neighbour, which message.
+    relay_hops: HashMap<libp2p::request_response::OutboundRequestId, (PeerId, MessageId)>,
     next_request: u64,
     device_monitor: Option<DeviceMonitor>,
     sensing: Option<SensePass>,
@@ -225,6 +235,7 @@ impl Driver {
             channel: p.channel,
             commands: p.commands,
             replies: HashMap::new(),
+            relay_hops: HashMap::new(),
             next_request: 0,
             device_monitor: Some(p.device_monitor),
             sensing: None,
@@ -334,13 +345,25 @@ impl Driver {
                 self.swarm.behaviour_mut().peers.disconnect(&peers, reason)
             }
             Effect::SenseDevice => self.start_sensing(),
-            Effect::Reply { token, reply } => match reply {
-                Reply::Revocation(outcome) => {
-                    if let Some(tx) = self.replies.remove(&token) {
-                        let _ = tx.send(outcome);
-                    }
+            Effect::Reply { token, reply } => match (self.replies.remove(&token), reply) {
+                (Some(PendingReply::Revocation(tx)), Reply::Revocation(outcome)) => {
+                    let _ = tx.send(outcome);
+                }
+                (Some(PendingReply::Message(tx)), Reply::Message(outcome)) => {
+                    let _ = tx.send(outcome);
+                }
+                (pending, reply) => {
+                    tracing::error!(
+                        ?reply,
+                        waiting = pending.is_some(),
+                        "reply of the wrong kind"
+                    );
                 }
             },
+            Effect::RelaySend { peer, id, packet } => {
+                let request = self.swarm.behaviour_mut().relay.send_request(&peer, packet);
+                self.relay_hops.insert(request, (peer, id));
+            }
             Effect::Notice(notice) => {
                 let now = now_ms();
                 for other in ServiceId::ALL {
@@ -433,10 +456,28 @@ impl Driver {
 
     fn on_command(&mut self, command: ControlCommand) {
         match command {
+            ControlCommand::SendMessage {
+                to,
+                app,
+                data,
+                reply,
+            } => {
+                self.next_request += 1;
+                let request = self.next_request;
+                self.replies.insert(request, PendingReply::Message(reply));
+                let now = now_ms();
+                let mut out = Outbox::default();
+                self.services
+                    .relay
+                    .submit(now, request, SendRequest { to, app, data }, &mut out);
+                self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
+                self.execute_all();
+            }
             ControlCommand::Revoke { revocation, reply } => {
                 self.next_request += 1;
                 let request = self.next_request;
-                self.replies.insert(request, reply);
+                self.replies
+                    .insert(request, PendingReply::Revocation(reply));
                 let now = now_ms();
                 // A typed entry point: the control API speaks to this service by name.
                 let mut out = Outbox::default();
@@ -577,14 +618,82 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(_) => {}
+            BehaviourEvent::Relay(event) => self.on_relay_event(event),
             BehaviourEvent::Limits(never) => match never {},
         }
+    }
+
+    fn on_relay_event(&mut self, event: relay_protocol::Event) {
+        use libp2p::request_response::{Event, Message};
+        let now = now_ms();
+        let mut out = Outbox::default();
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let accepted = self.services.relay.on_packet(now, peer, &request, &mut out);
+                let answer = if accepted { HOP_ACCEPTED } else { HOP_REFUSED };
+                // The neighbour may have gone meanwhile: nothing to answer then.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .relay
+                    .send_response(channel, answer);
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((peer, id)) = self.relay_hops.remove(&request_id) {
+                    let outcome = if response == HOP_ACCEPTED {
+                        HopOutcome::Accepted
+                    } else {
+                        HopOutcome::Failed
+                    };
+                    self.services.relay.hop_result(&peer, &id, outcome);
+                }
+            }
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, id)) = self.relay_hops.remove(&request_id) {
+                    tracing::debug!(peer_id = %peer, %error, "relay hop failed");
+                    self.services
+                        .relay
+                        .hop_result(&peer, &id, HopOutcome::Failed);
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer_id = %peer, %error, "relay packet not read");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+        self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
+        self.execute_all();
     }
 
     fn on_peer_event(&mut self, event: PeerManagerEvent) {
         match event {
             PeerManagerEvent::Connected { peer, addr, dialer } => {
                 tracing::info!(peer_id = %peer, %addr, dialer, "peer connected");
+                let kind = if crate::peer_manager::transport_of(&addr) == "ble" {
+                    LinkKind::Radio
+                } else {
+                    LinkKind::Internet
+                };
+                let mut out = Outbox::default();
+                self.services.relay.link_up(now_ms(), peer, kind, &mut out);
+                self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
+                self.execute_all();
                 self.events.publish(NodeEvent::PeerConnected {
                     peer_id: peer.to_string(),
                     addr: addr.to_string(),
@@ -687,6 +796,11 @@ impl Driver {
         tracing::info!(peer_id = %self.swarm.local_peer_id(), "node stopped");
     }
 
+    /// A write decided at start-up, before the driver runs.
+    pub fn persist(&mut self, op: crate::services::StoreOp) {
+        self.storage.persist(op);
+    }
+
     /// Removes a stored origin the telemetry service did not keep (over its cap at start).
     pub fn forget_stored_telemetry(&mut self, origin: String) {
         self.storage
@@ -732,6 +846,10 @@ impl Driver {
                 }
             }
             ViewUpdate::Device(view) => api::write(&self.shared.device, |d| *d = Some(*view)),
+            ViewUpdate::Messages(view) => {
+                api::write(&self.shared.messages, |m| *m = *view);
+                self.shared.views_changed();
+            }
         }
     }
 
@@ -816,6 +934,13 @@ fn peer_views(
             }
         })
         .collect()
+}
+
+/// A control request waiting for its service's answer.
+#[derive(Debug)]
+enum PendingReply {
+    Revocation(oneshot::Sender<Result<RevocationOutcome, String>>),
+    Message(oneshot::Sender<Result<String, String>>),
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

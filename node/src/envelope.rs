@@ -31,6 +31,12 @@ const DOMAIN_TAG: &[u8] = b"fogmesh/envelope/v1\0";
 #[serde(into = "u8", try_from = "u8")]
 pub enum MessageKind {
     Telemetry = 1,
+    /// A relayed message for one recipient, its payload encrypted to them (`relay::packet`).
+    RelayDirect = 2,
+    /// A relayed message for every node in range of the flood.
+    RelayBroadcast = 3,
+    /// A recipient's signed acknowledgement of a directed message.
+    RelayAck = 4,
 }
 
 impl From<MessageKind> for u8 {
@@ -44,6 +50,9 @@ impl TryFrom<u8> for MessageKind {
     fn try_from(value: u8) -> Result<Self, Self::Error> {
         match value {
             1 => Ok(MessageKind::Telemetry),
+            2 => Ok(MessageKind::RelayDirect),
+            3 => Ok(MessageKind::RelayBroadcast),
+            4 => Ok(MessageKind::RelayAck),
             other => Err(format!("unknown message kind {other}")),
         }
     }
@@ -162,6 +171,19 @@ pub fn seal(
 /// Decodes `bytes` and checks its encoding, version, kind and signature. Freshness and replay
 /// are the caller's business: they need state (see `telemetry::TelemetryValidator`).
 pub fn open(bytes: &[u8], expected: MessageKind) -> Result<VerifiedEnvelope, EnvelopeError> {
+    let opened = open_any(bytes)?;
+    if opened.kind != expected {
+        return Err(EnvelopeError::WrongKind {
+            expected,
+            got: opened.kind,
+        });
+    }
+    Ok(opened)
+}
+
+/// As [`open`], for a caller that accepts several kinds and dispatches on
+/// [`VerifiedEnvelope::kind`].
+pub fn open_any(bytes: &[u8]) -> Result<VerifiedEnvelope, EnvelopeError> {
     if bytes.len() > MAX_ENVELOPE_LEN {
         return Err(EnvelopeError::Oversized(bytes.len()));
     }
@@ -177,12 +199,6 @@ pub fn open(bytes: &[u8], expected: MessageKind) -> Result<VerifiedEnvelope, Env
     }
     if envelope.version != ENVELOPE_VERSION {
         return Err(EnvelopeError::UnsupportedVersion(envelope.version));
-    }
-    if envelope.kind != expected {
-        return Err(EnvelopeError::WrongKind {
-            expected,
-            got: envelope.kind,
-        });
     }
     let key = PublicKey::try_decode_protobuf(&envelope.origin_key)
         .map_err(|e| EnvelopeError::Malformed(format!("origin key: {e}")))?;

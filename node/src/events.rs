@@ -85,6 +85,18 @@ pub enum NodeEvent {
         score: f64,
         reasons: Vec<String>,
     },
+    MessageReceived {
+        id: String,
+        from: String,
+        app: String,
+        hops: u8,
+        broadcast: bool,
+    },
+    MessageDelivered {
+        id: String,
+        to: String,
+        after_ms: u64,
+    },
     /// Produced by a stream that fell behind, in place of the events it lost; never published.
     Lagged {
         missed: u64,
@@ -103,6 +115,8 @@ impl NodeEvent {
             NodeEvent::RevocationApplied { .. } => "revocation_applied",
             NodeEvent::Lifecycle { .. } => "lifecycle",
             NodeEvent::PowerMode { .. } => "power_mode",
+            NodeEvent::MessageReceived { .. } => "message_received",
+            NodeEvent::MessageDelivered { .. } => "message_delivered",
             NodeEvent::Lagged { .. } => "lagged",
         }
     }

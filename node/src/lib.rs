@@ -20,6 +20,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod peer_manager;
+pub mod relay;
 pub mod services;
 pub mod storage;
 pub mod store_report;

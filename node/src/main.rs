@@ -46,6 +46,11 @@ enum Command {
     /// Follow the running node's events as they happen: peers, telemetry, refused
     /// handshakes, revocations, lifecycle and power-mode changes.
     Watch(WatchArgs),
+    /// Send a message through the mesh: to one node (end-to-end encrypted, relayed over up
+    /// to 7 hops, kept and delivered later if the node is out of reach), or to everyone.
+    Send(SendArgs),
+    /// Messages this node received, and those it sent with their delivery status.
+    Inbox(QueryArgs),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -283,6 +288,22 @@ struct DeviceArgs {
 }
 
 #[derive(Debug, Args)]
+struct SendArgs {
+    #[command(flatten)]
+    query: QueryArgs,
+    /// To every node in range of the flood instead of one node (no acknowledgement).
+    #[arg(long)]
+    broadcast: bool,
+    /// Wait for the recipient's acknowledgement, at most this long (default 60s). Exits 1
+    /// if it has not come by then; the message stays held and may still be delivered.
+    #[arg(long, num_args = 0..=1, default_missing_value = "60s", value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
+    /// The recipient's PeerId, then the text (without --broadcast); the text (with it).
+    #[arg(required = true, num_args = 1..)]
+    words: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 struct QueryArgs {
     #[command(flatten)]
     select: NodeSelect,
@@ -478,6 +499,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print_out(q.json, &t, || client::render_telemetry(&t))
         }
         Some(Command::Device(args)) => device_command(args).await,
+        Some(Command::Send(args)) => send_command(args).await,
+        Some(Command::Inbox(q)) => {
+            let m = q.client()?.messages().await?;
+            print_out(q.json, &m, || client::render_messages(&m))
+        }
         Some(Command::Watch(args)) => watch(args).await,
         Some(Command::Config(ConfigCommand::Init { path, force })) => {
             let path = path.unwrap_or_else(config::default_config_path);
@@ -612,6 +638,70 @@ fn print_line(text: &str) -> Result<()> {
     match writeln!(out, "{text}") {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
+    }
+}
+
+/// `fogmesh send`.
+async fn send_command(args: SendArgs) -> Result<()> {
+    let mut words = args.words.into_iter();
+    let to = if args.broadcast {
+        None
+    } else {
+        let peer = words.next().unwrap_or_default();
+        Some(
+            peer.parse::<libp2p::PeerId>()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{peer:?} is not a PeerId ({e}); to send to everyone, use --broadcast"
+                    )
+                })?
+                .to_string(),
+        )
+    };
+    let text = words.collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        anyhow::bail!("nothing to send: give the text after the PeerId");
+    }
+    let client = args.query.client()?;
+    let sent = client
+        .send_message(&fogmesh_node::api::SendMessageRequest {
+            to: to.clone(),
+            text,
+            app: None,
+        })
+        .await?;
+    let Some(wait) = args.wait.filter(|_| to.is_some()) else {
+        if args.query.json {
+            return print_line(&serde_json::to_string_pretty(&sent)?);
+        }
+        return print_line(&format!(
+            "sent {} ({})",
+            sent.id,
+            if to.is_some() { "pending" } else { "broadcast" }
+        ));
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let view = client.message(&sent.id).await?;
+        if view.status == "delivered" || tokio::time::Instant::now() >= deadline {
+            if args.query.json {
+                print_line(&serde_json::to_string_pretty(&view)?)?;
+            } else {
+                let after = view
+                    .at_ms
+                    .map(|at| format!(" after {} ms", at.saturating_sub(view.created_ms)))
+                    .unwrap_or_default();
+                print_line(&format!("{} {}{after}", view.id, view.status))?;
+            }
+            if view.status != "delivered" {
+                anyhow::bail!(
+                    "not acknowledged within {}: the message stays held and is delivered when a path to the recipient appears",
+                    humantime::format_duration(wait)
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

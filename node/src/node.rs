@@ -24,6 +24,7 @@ use fogmesh_transports::{
     build_memory_transport, build_transport, quic_enabled, secure_transport, BoxedTransport,
     TransportBuildError, TransportConfig,
 };
+use libp2p::core::Transport as _;
 use libp2p::gossipsub;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -46,6 +47,7 @@ use crate::lifecycle::Lifecycle;
 use crate::membership::{self, AdmissionView, MembershipError};
 use crate::peer_manager::{PeerManager, PeerManagerConfig, PeerMetrics};
 use crate::services::device::{DeviceMetrics, DeviceService};
+use crate::services::relay::{RelayConfig, RelayMetrics, RelayService};
 use crate::services::revocations::{MeshAuthority, RevocationMetrics, RevocationService};
 use crate::services::telemetry::{
     TelemetryConfig, TelemetryLimits, TelemetryMetrics, TelemetryService,
@@ -99,6 +101,7 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
+    pub(crate) relay: crate::relay::protocol::Behaviour,
 }
 
 /// Which transports a node runs on.
@@ -114,6 +117,9 @@ pub enum Network {
     /// radio, with the same secure channel and yamux: offline mode as tests run it. No
     /// internet socket is opened and mDNS stays off whatever the settings say.
     Radio(SimDevice),
+    /// The memory transport and a device of the simulated radio together: a gateway as
+    /// tests run it, bridging a radio island and the (in-process) internet mesh.
+    MemoryAndRadio(SimDevice),
 }
 
 impl Network {
@@ -132,6 +138,13 @@ impl Network {
                 BleTransport::new(device.clone(), ArqConfig::default()),
                 config.upgrade_timeout,
             ),
+            Network::MemoryAndRadio(device) => secure_transport(
+                keypair,
+                channel,
+                libp2p::core::transport::MemoryTransport::default()
+                    .or_transport(BleTransport::new(device.clone(), ArqConfig::default())),
+                config.upgrade_timeout,
+            ),
         }
     }
 
@@ -139,8 +152,9 @@ impl Network {
         matches!(self, Network::Internet)
     }
 
-    fn is_offline(&self) -> bool {
-        matches!(self, Network::Radio(_))
+    /// Whether mDNS may run: only beside real internet transports.
+    fn allows_mdns(&self) -> bool {
+        matches!(self, Network::Internet)
     }
 }
 
@@ -199,8 +213,9 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
 
 /// Starts a node on the given transports.
 pub async fn start_on(mut settings: Settings, network: Network) -> Result<RunningNode, StartError> {
-    if network.is_offline() {
-        // mDNS is a UDP socket on every interface: not for a node that is offline.
+    if !network.allows_mdns() {
+        // mDNS is a UDP socket on every interface: not for a node that is offline, nor for
+        // in-process networks.
         settings.mdns = false;
     }
     let data_dir = settings.data_dir.clone();
@@ -366,6 +381,31 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
     let device_metrics = DeviceMetrics::default();
     device_metrics.register(ours);
     let device = DeviceService::new(settings.sense_interval, device_metrics);
+    let relay_metrics = RelayMetrics::default();
+    relay_metrics.register(ours);
+    let mut relay = RelayService::new(
+        keypair.clone(),
+        RelayConfig {
+            // In a closed mesh the ticket says who bridges radio and internet; an open mesh
+            // has nobody to say it, so any node with both links does.
+            gateway: membership
+                .as_ref()
+                .is_none_or(|m| m.admission.roles.iter().any(|r| r == "gateway")),
+            ..RelayConfig::default()
+        },
+        rand::SeedableRng::from_entropy(),
+        relay_metrics,
+    )
+    .map_err(|reason| StartError::Setup {
+        what: "relay",
+        reason,
+    })?;
+    let relay_cleanup = relay.restore(
+        started_at_ms,
+        restored.relay_held,
+        restored.relay_inbox,
+        restored.relay_sent,
+    );
     swarm.behaviour_mut().peers.restore(restored.peers);
     let storage_task = StorageHandle::spawn(store, StorageConfig::default())?;
     storage_task.register_metrics(ours);
@@ -391,6 +431,7 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         own_telemetry: RwLock::new(None),
         receipts: Mutex::new(api::ReceiptLog::default()),
         device: RwLock::new(None),
+        messages: RwLock::new(relay.view()),
         commands: commands_tx,
         api_limits: Arc::default(),
         views: tokio::sync::watch::channel(0).0,
@@ -428,6 +469,7 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
             telemetry,
             revocations,
             device,
+            relay,
         },
         storage,
         storage_reports,
@@ -449,6 +491,9 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
     })?;
     for origin in over_cap {
         driver.forget_stored_telemetry(origin);
+    }
+    for op in relay_cleanup {
+        driver.persist(op);
     }
     tracing::info!(%peer_id, %control_addr, "node started");
 
@@ -629,6 +674,7 @@ fn build_behaviour(
                 .with_agent_version(format!("fogmesh/{VERSION}")),
         ),
         ping: ping::Behaviour::new(ping::Config::new()),
+        relay: crate::relay::protocol::behaviour(),
     })
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::driver::ServiceId;
 use crate::node::{PeerRecord, StoredRevocation};
+use crate::relay::{HeldRecord, InboxRecord, SentRecord};
 use crate::services::{DurableToken, StoreOp};
 use crate::telemetry::ReceivedTelemetry;
 
@@ -24,6 +25,9 @@ pub const TABLE_PEERS: &str = "peers";
 pub const TABLE_TELEMETRY: &str = "telemetry";
 pub const TABLE_META: &str = "meta";
 pub const TABLE_REVOCATIONS: &str = "revocations";
+pub const TABLE_RELAY_HELD: &str = "relay_held";
+pub const TABLE_RELAY_INBOX: &str = "relay_inbox";
+pub const TABLE_RELAY_SENT: &str = "relay_sent";
 pub const META_TELEMETRY_SEQ: &str = "telemetry_seq";
 /// Completions waiting for the driver. Each durable write yields one; the driver reads them
 /// before remote work, so the queue stays short.
@@ -36,6 +40,9 @@ pub struct Tables {
     pub telemetry: Table<ReceivedTelemetry>,
     pub meta: Table<u64>,
     pub revocations: Table<StoredRevocation>,
+    pub relay_held: Table<HeldRecord>,
+    pub relay_inbox: Table<InboxRecord>,
+    pub relay_sent: Table<SentRecord>,
 }
 
 impl Tables {
@@ -45,6 +52,9 @@ impl Tables {
             telemetry: store.table(TABLE_TELEMETRY)?,
             meta: store.table(TABLE_META)?,
             revocations: store.table(TABLE_REVOCATIONS)?,
+            relay_held: store.table(TABLE_RELAY_HELD)?,
+            relay_inbox: store.table(TABLE_RELAY_INBOX)?,
+            relay_sent: store.table(TABLE_RELAY_SENT)?,
         })
     }
 }
@@ -117,6 +127,12 @@ impl NodeStorage {
                 batch.put(&self.tables.peers, &peer.to_string(), record)?
             }
             StoreOp::RemovePeer(peer) => batch.remove(&self.tables.peers, &peer.to_string()),
+            StoreOp::PutHeld { id, record } => batch.put(&self.tables.relay_held, id, record)?,
+            StoreOp::RemoveHeld { id } => batch.remove(&self.tables.relay_held, id),
+            StoreOp::PutInbox { id, record } => batch.put(&self.tables.relay_inbox, id, record)?,
+            StoreOp::RemoveInbox { id } => batch.remove(&self.tables.relay_inbox, id),
+            StoreOp::PutSent { id, record } => batch.put(&self.tables.relay_sent, id, record)?,
+            StoreOp::RemoveSent { id } => batch.remove(&self.tables.relay_sent, id),
         }
         Ok(batch)
     }
@@ -199,6 +215,9 @@ pub struct Restored {
     pub telemetry: Vec<(String, ReceivedTelemetry)>,
     pub own_seq: u64,
     pub revocations: Vec<StoredRevocation>,
+    pub relay_held: Vec<(String, HeldRecord)>,
+    pub relay_inbox: Vec<InboxRecord>,
+    pub relay_sent: Vec<SentRecord>,
     /// Rows that could not be read (counted and logged, never silently dropped).
     pub unreadable: usize,
 }
@@ -237,6 +256,23 @@ pub fn restore(tables: &Tables) -> Restored {
             }
         }
     }
+    restored.relay_held = read_rows(
+        &tables.relay_held,
+        "held relay packet",
+        &mut restored.unreadable,
+    );
+    restored.relay_inbox = read_rows(
+        &tables.relay_inbox,
+        "inbox message",
+        &mut restored.unreadable,
+    )
+    .into_iter()
+    .map(|(_, r)| r)
+    .collect();
+    restored.relay_sent = read_rows(&tables.relay_sent, "sent message", &mut restored.unreadable)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     match tables.meta.get(META_TELEMETRY_SEQ) {
         Ok(seq) => restored.own_seq = seq.unwrap_or(0),
         Err(error) => {
@@ -252,4 +288,22 @@ pub fn restore(tables: &Tables) -> Restored {
         "restored from store"
     );
     restored
+}
+
+fn read_rows<V: serde::Serialize + serde::de::DeserializeOwned>(
+    table: &Table<V>,
+    what: &str,
+    unreadable: &mut usize,
+) -> Vec<(String, V)> {
+    let mut rows = Vec::new();
+    for entry in table.entries() {
+        match entry {
+            Ok(row) => rows.push(row),
+            Err(error) => {
+                *unreadable += 1;
+                tracing::warn!(%error, what, "skipping an unreadable stored row");
+            }
+        }
+    }
+    rows
 }

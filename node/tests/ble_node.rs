@@ -5,10 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fogmesh_node::api::{self, now_ms};
+use fogmesh_node::api::{self, now_ms, SendMessageRequest};
+use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
 use fogmesh_node::identity;
 use fogmesh_node::node::{self, Network, RunningNode};
+use fogmesh_node::relay::MessagesView;
 use fogmesh_transports::ble::driver::DeviceId;
 use fogmesh_transports::ble::sim::{SimConfig, SimRadio};
 use fogmesh_transports::ble::transport::device_addr;
@@ -89,4 +91,239 @@ async fn telemetry_crosses_two_radio_hops_with_no_internet() {
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+/// Starts offline nodes in a line on `radio`, `spacing` apart (range 10: neighbours only),
+/// each bootstrapping to the one before.
+async fn offline_line(radio: &SimRadio, dirs: &[tempfile::TempDir]) -> Vec<RunningNode> {
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let bootstrap = nodes
+            .last()
+            .map(|prev| vec![ble_addr(prev.peer_id)])
+            .unwrap_or_default();
+        nodes.push(offline_node(radio, dir.path(), 8.0 * i as f64, bootstrap).await);
+    }
+    nodes
+}
+
+fn line_radio(seed: u64) -> SimRadio {
+    SimRadio::new(SimConfig {
+        range: 10.0,
+        seed,
+        ..SimConfig::default()
+    })
+}
+
+async fn send(from: &RunningNode, to: PeerId, text: &str) -> String {
+    ControlClient::new(from.control_addr)
+        .send_message(&SendMessageRequest {
+            to: Some(to.to_string()),
+            text: text.into(),
+            app: None,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// Waits until `check` holds on a node's messages view, or fails after `within`.
+async fn wait_messages(
+    node: &RunningNode,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&MessagesView) -> bool,
+) -> MessagesView {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let view = api::inspect(&node.state.messages, |m| m.clone());
+        if check(&view) {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}; view {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_of(view: &MessagesView, id: &str) -> String {
+    view.sent
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.status.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_crosses_seven_radio_hops_and_its_ack_comes_back() {
+    let radio = line_radio(5);
+    let dirs: Vec<_> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = offline_line(&radio, &dirs).await;
+    let (first, last) = (&nodes[0], &nodes[7]);
+    let id = send(first, last.peer_id, "seven hops, no internet").await;
+    let inbox = wait_messages(last, Duration::from_secs(60), "delivery", |m| {
+        m.inbox.iter().any(|r| r.id == id)
+    })
+    .await;
+    let got = inbox.inbox.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(got.text, "seven hops, no internet");
+    assert_eq!(
+        got.peer.as_deref(),
+        Some(first.peer_id.to_string().as_str())
+    );
+    assert_eq!(got.hops, Some(7), "one TTL step per hop");
+    wait_messages(first, Duration::from_secs(60), "the ack", |m| {
+        status_of(m, &id) == "delivered"
+    })
+    .await;
+    // Nobody in between can read it.
+    for middle in &nodes[1..7] {
+        let view = api::inspect(&middle.state.messages, |m| m.clone());
+        assert!(view.inbox.is_empty());
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_holds_a_message_and_the_heal_delivers_it() {
+    let radio = line_radio(6);
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = offline_line(&radio, &dirs).await;
+    let devices: Vec<DeviceId> = nodes
+        .iter()
+        .map(|n| DeviceId::of_peer(&n.peer_id))
+        .collect();
+    // Wait for the line to form, then split it in the middle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while radio.links().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "line did not form");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    radio.partition(&devices[..2], &devices[2..]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api::inspect(&nodes[1].state.status, |s| s.connected_peers) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partition did not cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = send(&nodes[0], nodes[3].peer_id, "after the heal").await;
+    // Held on this side, not delivered.
+    wait_messages(
+        &nodes[1],
+        Duration::from_secs(30),
+        "held by the relay",
+        |m| m.held >= 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = api::inspect(&nodes[3].state.messages, |m| m.clone());
+    assert!(view.inbox.is_empty(), "delivered across a partition?");
+    assert_eq!(
+        status_of(&api::inspect(&nodes[0].state.messages, |m| m.clone()), &id),
+        "pending"
+    );
+    radio.heal();
+    wait_messages(
+        &nodes[3],
+        Duration::from_secs(90),
+        "delivery after the heal",
+        |m| m.inbox.iter().any(|r| r.id == id),
+    )
+    .await;
+    wait_messages(
+        &nodes[0],
+        Duration::from_secs(60),
+        "the ack after the heal",
+        |m| status_of(m, &id) == "delivered",
+    )
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_bridge_two_radio_islands_through_the_internet_mesh() {
+    // Two islands far apart on one medium: nobody on one hears anybody on the other.
+    let radio = line_radio(7);
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let port_a: u64 = 40_000 + u64::from(rand::random::<u16>());
+    let gateway_a = gateway_node(&radio, dirs[0].path(), 0.0, port_a, vec![]).await;
+    let gateway_b = gateway_node(
+        &radio,
+        dirs[1].path(),
+        1000.0,
+        port_a + 1,
+        vec![format!("/memory/{port_a}/p2p/{}", gateway_a.peer_id)
+            .parse()
+            .unwrap()],
+    )
+    .await;
+    let island_a = offline_node(
+        &radio,
+        dirs[2].path(),
+        8.0,
+        vec![ble_addr(gateway_a.peer_id)],
+    )
+    .await;
+    let island_b = offline_node(
+        &radio,
+        dirs[3].path(),
+        1008.0,
+        vec![ble_addr(gateway_b.peer_id)],
+    )
+    .await;
+    let id = send(&island_a, island_b.peer_id, "over the bridge").await;
+    let view = wait_messages(
+        &island_b,
+        Duration::from_secs(60),
+        "bridged delivery",
+        |m| m.inbox.iter().any(|r| r.id == id),
+    )
+    .await;
+    assert_eq!(view.inbox[0].hops, Some(3), "radio, internet, radio");
+    wait_messages(&island_a, Duration::from_secs(60), "the bridged ack", |m| {
+        status_of(m, &id) == "delivered"
+    })
+    .await;
+    // The islands never shared a radio link.
+    let (a, b) = (
+        DeviceId::of_peer(&island_a.peer_id),
+        DeviceId::of_peer(&island_b.peer_id),
+    );
+    assert!(radio.neighbours_of(a).iter().all(|d| *d != b));
+    for node in [island_a, island_b, gateway_a, gateway_b] {
+        node.shutdown().await;
+    }
+}
+
+async fn gateway_node(
+    radio: &SimRadio,
+    dir: &Path,
+    x: f64,
+    memory_port: u64,
+    bootstrap: Vec<Multiaddr>,
+) -> RunningNode {
+    let peer = identity::load_or_create(dir).unwrap().public().to_peer_id();
+    let device = radio.add_device(DeviceId::of_peer(&peer), (x, 0.0));
+    let settings = Settings::resolve(ConfigLayer {
+        data_dir: Some(dir.to_path_buf()),
+        listen: Some(vec![
+            "/unix/ble".parse().unwrap(),
+            format!("/memory/{memory_port}").parse().unwrap(),
+        ]),
+        bootstrap: Some(bootstrap),
+        quic: Some(false),
+        telemetry_interval: Some(Duration::from_secs(1)),
+        ..ConfigLayer::default()
+    });
+    node::start_on(settings, Network::MemoryAndRadio(device))
+        .await
+        .unwrap()
 }

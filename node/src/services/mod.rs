@@ -22,6 +22,7 @@
 //!   comes back as an input.
 
 pub mod device;
+pub mod relay;
 pub mod revocations;
 pub mod telemetry;
 
@@ -51,6 +52,8 @@ pub enum Timer {
     TelemetryExpire,
     RevocationRepublish,
     DeviceSense,
+    RelayForward,
+    RelaySweep,
 }
 
 /// A write a service wants persisted. Services name what to store; the driver knows where.
@@ -73,6 +76,27 @@ pub enum StoreOp {
         record: PeerRecord,
     },
     RemovePeer(PeerId),
+    PutHeld {
+        id: String,
+        record: crate::relay::HeldRecord,
+    },
+    RemoveHeld {
+        id: String,
+    },
+    PutInbox {
+        id: String,
+        record: crate::relay::InboxRecord,
+    },
+    RemoveInbox {
+        id: String,
+    },
+    PutSent {
+        id: String,
+        record: crate::relay::SentRecord,
+    },
+    RemoveSent {
+        id: String,
+    },
 }
 
 /// Which durable write finished; handed back with its outcome.
@@ -93,6 +117,7 @@ pub enum ViewUpdate {
         received_ms: u64,
     },
     Device(Box<DeviceView>),
+    Messages(Box<crate::relay::MessagesView>),
 }
 
 /// What a service asks the driver to do.
@@ -121,6 +146,13 @@ pub enum Effect {
     SenseDevice,
     /// Answer the control request `token` (see [`crate::api::ControlCommand`]).
     Reply { token: u64, reply: Reply },
+    /// Send one relay packet to one neighbour; the hop's answer comes back to the relay
+    /// service (`RelayService::hop_result`).
+    RelaySend {
+        peer: PeerId,
+        id: crate::relay::packet::MessageId,
+        packet: Vec<u8>,
+    },
     /// Tell every service (including this one) about something.
     Notice(Notice),
     /// The store failed: the node goes to safe mode.
@@ -131,6 +163,8 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     Revocation(Result<crate::api::RevocationOutcome, String>),
+    /// A message was stored and sent: its id (hex), or why not.
+    Message(Result<String, String>),
 }
 
 /// Where a service writes its effects during one input.

@@ -1,0 +1,1134 @@
+//! The relay service: directed and broadcast messages across several links, with
+//! store-and-forward. A pure state machine; `docs/relay.md` describes the protocol.
+//!
+//! Inputs: a packet from a neighbour ([`RelayService::on_packet`]), a neighbour's link
+//! coming up or going down, the answer of a hop, a send request from the control API,
+//! timers. Outputs: [`Effect::RelaySend`] (one packet to one neighbour), writes, replies,
+//! events, views.
+//!
+//! Routing is a flood bounded by TTL (BitChat's scheme), with these rules:
+//! - a packet is handled once per node (the [`SeenCache`]); later copies are dropped;
+//! - a node forwards after a random delay (`jitter_ms`), so neighbours that heard the same
+//!   packet do not all transmit at once on a shared radio;
+//! - with more than `full_fanout_upto` candidate neighbours, only
+//!   `full_fanout_upto + (n - full_fanout_upto) / 2` of them (random) get a copy;
+//! - a directed packet whose recipient is a neighbour goes to it alone;
+//! - a node without the gateway role forwards only between links of the same kind (radio to
+//!   radio, internet to internet); a gateway bridges them;
+//! - directed packets are also *held* (persisted, bounded, expiring: [`HeldStore`]) and
+//!   offered to every neighbour that connects later, until the recipient's signed ack is
+//!   seen or they expire. That is the store-and-forward: a partition heals, a phone walks
+//!   into range, and the held copies flow on.
+//!
+//! The recipient stores the message durably and only then floods its ack, so an ack means
+//! "on the recipient's disk". Acks clear held copies on every node they cross.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fogmesh_transports::secure::keys::LocalKeys;
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use zeroize::Zeroizing;
+
+use super::{DurableToken, Effect, Notice, Outbox, ReasonLabel, Reply, Service, StoreOp, Timer};
+use crate::events::NodeEvent;
+use crate::relay::held::{HeldLimits, HeldStore};
+use crate::relay::packet::{self, AppPayload, Content, MessageId, RelayPacket, MAX_TTL};
+use crate::relay::seen::SeenCache;
+use crate::relay::{sealed, HeldRecord, InboxRecord, MessagesView, SentRecord};
+
+/// How often held packets and the duplicate filter are swept for age.
+const SWEEP_EVERY_MS: u64 = 60_000;
+/// A delivered message is acknowledged again at most this often when copies keep coming.
+const REACK_AFTER_MS: u64 = 30_000;
+/// Packets in flight to one neighbour (sent, hop not answered); more wait for the next
+/// offer (held packets) or are dropped and counted (floods).
+const MAX_IN_FLIGHT_PER_PEER: usize = 32;
+
+/// The kind of link a neighbour is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    Radio,
+    Internet,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Forwarding delay, uniform in `[min, max]` ms (BitChat: 10–220 ms per hop).
+    pub jitter_ms: (u64, u64),
+    pub full_fanout_upto: usize,
+    pub seen_capacity: usize,
+    pub seen_ttl_ms: u64,
+    /// Packets older than this (by the origin's clock) are refused, and held ones dropped.
+    pub max_age_ms: u64,
+    /// Packets dated further ahead than this are refused (clock skew allowance).
+    pub max_future_ms: u64,
+    pub held_per_recipient: usize,
+    pub held_total: usize,
+    pub inbox_capacity: usize,
+    pub sent_capacity: usize,
+    /// Forwards waiting for their jitter to pass; beyond it new floods are dropped (counted).
+    pub forward_queue: usize,
+    /// Per neighbour: a bucket of `burst` packets refilled at `per_second`.
+    pub neighbour_burst: f64,
+    pub neighbour_per_second: f64,
+    /// Refused packets from one neighbour within `strike_window_ms` before it is dropped.
+    pub strikes_to_disconnect: u32,
+    pub strike_window_ms: u64,
+    /// Bridges radio and internet links.
+    pub gateway: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            jitter_ms: (10, 220),
+            full_fanout_upto: 4,
+            seen_capacity: 8192,
+            seen_ttl_ms: 30 * 60_000,
+            max_age_ms: 24 * 3_600_000,
+            max_future_ms: 5 * 60_000,
+            held_per_recipient: 32,
+            held_total: 1024,
+            inbox_capacity: 1000,
+            sent_capacity: 1000,
+            forward_queue: 4096,
+            neighbour_burst: 200.0,
+            neighbour_per_second: 50.0,
+            strikes_to_disconnect: 16,
+            strike_window_ms: 10 * 60_000,
+            gateway: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RelayMetrics {
+    pub received: Counter,
+    pub duplicates: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub forwarded: Counter,
+    pub forward_dropped: Family<ReasonLabel, Counter>,
+    pub delivered: Counter,
+    pub acks_received: Counter,
+    pub held: Gauge,
+    pub held_evicted: Counter,
+    pub held_expired: Counter,
+    pub neighbours_dropped: Counter,
+    pub hop_failures: Counter,
+}
+
+impl RelayMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("relay");
+        r.register(
+            "received",
+            "Relay packets received from neighbours",
+            self.received.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Relay packets seen before (dropped)",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "rejected",
+            "Relay packets refused, by reason",
+            self.rejected.clone(),
+        );
+        r.register(
+            "forwarded",
+            "Relay packets sent on to a neighbour",
+            self.forwarded.clone(),
+        );
+        r.register(
+            "forward_dropped",
+            "Forwards not made, by reason",
+            self.forward_dropped.clone(),
+        );
+        r.register(
+            "delivered",
+            "Messages delivered to this node",
+            self.delivered.clone(),
+        );
+        r.register(
+            "acks_received",
+            "Delivery acks for this node's messages",
+            self.acks_received.clone(),
+        );
+        r.register(
+            "held",
+            "Packets held for store-and-forward",
+            self.held.clone(),
+        );
+        r.register(
+            "held_evicted",
+            "Held packets pushed out by the bounds",
+            self.held_evicted.clone(),
+        );
+        r.register(
+            "held_expired",
+            "Held packets past their age",
+            self.held_expired.clone(),
+        );
+        r.register(
+            "neighbours_dropped",
+            "Neighbours disconnected for sending too many bad packets",
+            self.neighbours_dropped.clone(),
+        );
+        r.register(
+            "hop_failures",
+            "Packets a neighbour did not take",
+            self.hop_failures.clone(),
+        );
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    fn drop_forward(&self, reason: &'static str) {
+        self.forward_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// A send request from the control API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    /// `None`: a broadcast.
+    pub to: Option<PeerId>,
+    pub app: String,
+    pub data: Vec<u8>,
+}
+
+/// What the hop answer tells a sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopOutcome {
+    Accepted,
+    /// The neighbour refused it, or the link failed before it answered.
+    Failed,
+}
+
+#[derive(Debug)]
+struct Neighbour {
+    kind: LinkKind,
+    tokens: f64,
+    refilled_ms: u64,
+    strikes: u32,
+    strikes_since_ms: u64,
+    in_flight: usize,
+}
+
+#[derive(Debug)]
+struct Forward {
+    id: MessageId,
+    frame: Vec<u8>,
+    targets: Vec<PeerId>,
+}
+
+#[derive(Debug)]
+enum Durable {
+    /// The message is in our inbox on disk: ack it.
+    Delivered { to: PeerId, message: MessageId },
+    /// Our own message is on disk: answer the request, then send.
+    Sent { request: u64, id: MessageId },
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct RelayService {
+    keypair: Keypair,
+    local: LocalKeys,
+    local_id: PeerId,
+    config: RelayConfig,
+    rng: StdRng,
+    seq: u64,
+    neighbours: HashMap<PeerId, Neighbour>,
+    seen: SeenCache,
+    held: HeldStore,
+    forwards: BTreeMap<(u64, u64), Forward>,
+    next_forward: u64,
+    inbox: BTreeMap<(u64, String), InboxRecord>,
+    sent: BTreeMap<(u64, String), SentRecord>,
+    sent_index: HashMap<String, (u64, String)>,
+    last_ack_ms: HashMap<MessageId, u64>,
+    durable: HashMap<DurableToken, Durable>,
+    /// Our broadcasts waiting for their sent record to reach the disk (bounded by the
+    /// durable writes in flight).
+    pending_broadcasts: HashMap<MessageId, Vec<u8>>,
+    next_token: DurableToken,
+    metrics: RelayMetrics,
+}
+
+/// Hex of a message id.
+pub fn hex_id(id: &MessageId) -> String {
+    hex::encode(id)
+}
+
+impl RelayService {
+    pub fn new(
+        keypair: Keypair,
+        config: RelayConfig,
+        rng: StdRng,
+        metrics: RelayMetrics,
+    ) -> Result<Self, String> {
+        let local = LocalKeys::from_identity(&keypair).map_err(|e| e.to_string())?;
+        Ok(Self {
+            local_id: keypair.public().to_peer_id(),
+            local,
+            seen: SeenCache::new(config.seen_capacity, config.seen_ttl_ms),
+            held: HeldStore::new(HeldLimits {
+                per_recipient: config.held_per_recipient,
+                total: config.held_total,
+                max_age_ms: config.max_age_ms,
+            }),
+            keypair,
+            config,
+            rng,
+            seq: 0,
+            neighbours: HashMap::new(),
+            forwards: BTreeMap::new(),
+            next_forward: 0,
+            inbox: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            sent_index: HashMap::new(),
+            last_ack_ms: HashMap::new(),
+            durable: HashMap::new(),
+            pending_broadcasts: HashMap::new(),
+            next_token: 0,
+            metrics,
+        })
+    }
+
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.metrics
+    }
+
+    /// Seeds the service from the store. Held packets that no longer decode or are past
+    /// their age are returned for removal.
+    pub fn restore(
+        &mut self,
+        now_ms: u64,
+        held: Vec<(String, HeldRecord)>,
+        inbox: Vec<InboxRecord>,
+        sent: Vec<SentRecord>,
+    ) -> Vec<StoreOp> {
+        let mut removals = Vec::new();
+        for (key, record) in held {
+            let decoded = packet::encode(record.ttl.max(1), &record.envelope)
+                .and_then(|frame| packet::decode(&frame));
+            match decoded {
+                Ok(p) if hex_id(&p.id) == key => {
+                    let Some(recipient) = p.content.addressee().copied() else {
+                        removals.push(StoreOp::RemoveHeld { id: key });
+                        continue;
+                    };
+                    if now_ms.saturating_sub(p.created_ms) >= self.config.max_age_ms {
+                        removals.push(StoreOp::RemoveHeld { id: key });
+                        continue;
+                    }
+                    self.seen.first_time(now_ms, &p.id);
+                    let added = self.held.add(p.id, recipient, p.created_ms, record);
+                    removals.extend(
+                        added
+                            .evicted
+                            .iter()
+                            .map(|id| StoreOp::RemoveHeld { id: hex_id(id) }),
+                    );
+                }
+                _ => removals.push(StoreOp::RemoveHeld { id: key }),
+            }
+        }
+        for record in inbox {
+            self.inbox
+                .insert((record.received_ms, record.id.clone()), record);
+        }
+        while self.inbox.len() > self.config.inbox_capacity {
+            if let Some((_, old)) = self.inbox.pop_first() {
+                removals.push(StoreOp::RemoveInbox { id: old.id });
+            }
+        }
+        for record in sent {
+            self.insert_sent(record);
+        }
+        while self.sent.len() > self.config.sent_capacity {
+            if let Some(old) = self.pop_oldest_sent() {
+                removals.push(StoreOp::RemoveSent { id: old.id });
+            }
+        }
+        self.metrics.held.set(self.held.len() as i64);
+        removals
+    }
+
+    fn insert_sent(&mut self, record: SentRecord) {
+        let key = (record.created_ms, record.id.clone());
+        self.sent_index.insert(record.id.clone(), key.clone());
+        self.sent.insert(key, record);
+    }
+
+    fn pop_oldest_sent(&mut self) -> Option<SentRecord> {
+        let (_, old) = self.sent.pop_first()?;
+        self.sent_index.remove(&old.id);
+        Some(old)
+    }
+
+    /// What `GET /v1/messages` shows.
+    pub fn view(&self) -> MessagesView {
+        MessagesView {
+            inbox: self.inbox.values().rev().map(InboxRecord::view).collect(),
+            sent: self.sent.values().rev().map(SentRecord::view).collect(),
+            held: self.held.len(),
+        }
+    }
+
+    fn publish_view(&self, out: &mut Outbox) {
+        self.metrics.held.set(self.held.len() as i64);
+        out.push(Effect::View(super::ViewUpdate::Messages(Box::new(
+            self.view(),
+        ))));
+    }
+
+    fn next_seq(&mut self, now_ms: u64) -> u64 {
+        self.seq = (self.seq + 1).max(now_ms);
+        self.seq
+    }
+
+    // ---- neighbours ----
+
+    /// A link to `peer` is up.
+    pub fn link_up(&mut self, now_ms: u64, peer: PeerId, kind: LinkKind, out: &mut Outbox) {
+        let config = &self.config;
+        self.neighbours.entry(peer).or_insert(Neighbour {
+            kind,
+            tokens: config.neighbour_burst,
+            refilled_ms: now_ms,
+            strikes: 0,
+            strikes_since_ms: now_ms,
+            in_flight: 0,
+        });
+        // Store-and-forward: everything held that this neighbour may carry on.
+        let offers: Vec<(MessageId, Vec<u8>)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.sent_to.contains(&peer))
+            .filter(|(_, h)| h.record.local || self.crosses(h.record.from_radio, kind))
+            .filter(|(_, h)| h.recipient == peer || h.record.ttl > 0)
+            .filter_map(|(id, h)| {
+                packet::encode(h.record.ttl.max(1), &h.record.envelope)
+                    .ok()
+                    .map(|frame| (*id, frame))
+            })
+            .collect();
+        for (id, frame) in offers {
+            self.send_to(peer, id, frame, out);
+        }
+    }
+
+    /// The last link to `peer` went down.
+    pub fn link_down(&mut self, peer: &PeerId) {
+        self.neighbours.remove(peer);
+        self.held.forget_peer(peer);
+    }
+
+    /// Whether a packet that came in over the radio (or not) may go out on a `kind` link.
+    fn crosses(&self, from_radio: bool, kind: LinkKind) -> bool {
+        self.config.gateway || from_radio == (kind == LinkKind::Radio)
+    }
+
+    fn send_to(&mut self, peer: PeerId, id: MessageId, frame: Vec<u8>, out: &mut Outbox) -> bool {
+        let Some(n) = self.neighbours.get_mut(&peer) else {
+            return false;
+        };
+        if n.in_flight >= MAX_IN_FLIGHT_PER_PEER {
+            self.metrics.drop_forward("neighbour_busy");
+            return false;
+        }
+        n.in_flight += 1;
+        self.held.mark_sent(&id, peer);
+        self.metrics.forwarded.inc();
+        out.push(Effect::RelaySend {
+            peer,
+            id,
+            packet: frame,
+        });
+        true
+    }
+
+    /// A neighbour answered a packet (or the link failed first).
+    pub fn hop_result(&mut self, peer: &PeerId, id: &MessageId, outcome: HopOutcome) {
+        if let Some(n) = self.neighbours.get_mut(peer) {
+            n.in_flight = n.in_flight.saturating_sub(1);
+        }
+        if outcome == HopOutcome::Failed {
+            self.metrics.hop_failures.inc();
+            // Offered again when the neighbour next connects.
+            if let Some(sent_to) = self.held.sent_to_mut(id) {
+                sent_to.remove(peer);
+            }
+        }
+    }
+
+    /// Counts a refusal against a neighbour; true if it crossed the line.
+    fn strike(&mut self, now_ms: u64, peer: &PeerId) -> bool {
+        let Some(n) = self.neighbours.get_mut(peer) else {
+            return false;
+        };
+        if now_ms.saturating_sub(n.strikes_since_ms) > self.config.strike_window_ms {
+            n.strikes = 0;
+            n.strikes_since_ms = now_ms;
+        }
+        n.strikes += 1;
+        if n.strikes >= self.config.strikes_to_disconnect {
+            n.strikes = 0;
+            return true;
+        }
+        false
+    }
+
+    fn take_token(&mut self, now_ms: u64, peer: &PeerId) -> bool {
+        let Some(n) = self.neighbours.get_mut(peer) else {
+            // A packet from a peer whose link the driver has not reported: allow it.
+            return true;
+        };
+        let elapsed_s = now_ms.saturating_sub(n.refilled_ms) as f64 / 1000.0;
+        n.tokens = (n.tokens + elapsed_s * self.config.neighbour_per_second)
+            .min(self.config.neighbour_burst);
+        n.refilled_ms = now_ms;
+        if n.tokens < 1.0 {
+            return false;
+        }
+        n.tokens -= 1.0;
+        true
+    }
+
+    // ---- packets from neighbours ----
+
+    /// A packet from neighbour `from`. Returns whether it was accepted (the hop answer).
+    pub fn on_packet(&mut self, now_ms: u64, from: PeerId, bytes: &[u8], out: &mut Outbox) -> bool {
+        self.metrics.received.inc();
+        if !self.take_token(now_ms, &from) {
+            self.refuse(now_ms, from, "flood", true, out);
+            return false;
+        }
+        let packet = match packet::decode(bytes) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::debug!(peer_id = %from, %error, "relay packet refused");
+                self.refuse(now_ms, from, error.reason(), true, out);
+                return false;
+            }
+        };
+        if packet.ttl == 0 {
+            self.refuse(now_ms, from, "ttl_exhausted", true, out);
+            return false;
+        }
+        if now_ms.saturating_sub(packet.created_ms) >= self.config.max_age_ms {
+            // Old, not necessarily hostile (a long-held packet): no strike.
+            self.refuse(now_ms, from, "expired", false, out);
+            return false;
+        }
+        if packet.created_ms > now_ms + self.config.max_future_ms {
+            self.refuse(now_ms, from, "from_future", false, out);
+            return false;
+        }
+        if packet.origin == self.local_id {
+            // Our own packet coming back around: nothing to do.
+            self.seen.first_time(now_ms, &packet.id);
+            self.metrics.duplicates.inc();
+            return true;
+        }
+        let first = self.seen.first_time(now_ms, &packet.id);
+        let for_me = packet.content.addressee() == Some(&self.local_id);
+        if for_me {
+            self.handle_mine(now_ms, &packet, first, out);
+            return true;
+        }
+        if !first {
+            self.metrics.duplicates.inc();
+            return true;
+        }
+        if let Content::Broadcast(payload) = &packet.content {
+            self.deliver(now_ms, &packet, payload.clone(), true, out);
+        }
+        if let Content::Ack { message, .. } = &packet.content {
+            // The recipient has it: copies held for it can go.
+            if self
+                .held
+                .get(message)
+                .is_some_and(|h| h.recipient == packet.origin)
+            {
+                self.held.remove(message);
+                out.push(Effect::Persist(StoreOp::RemoveHeld {
+                    id: hex_id(message),
+                }));
+                self.publish_view(out);
+            }
+        }
+        let from_radio = self
+            .neighbours
+            .get(&from)
+            .is_some_and(|n| n.kind == LinkKind::Radio);
+        let remaining = packet.ttl - 1;
+        // Directed packets and acks are held for store-and-forward: an ack lost to a
+        // partition would otherwise leave its message pending at the origin for good
+        // (relays drop the origin's later copies as duplicates).
+        if let Some(addressee) = packet.content.addressee() {
+            self.hold(
+                now_ms, &packet, *addressee, remaining, from_radio, from, out,
+            );
+        }
+        if remaining > 0 {
+            self.schedule_forward(now_ms, &packet, remaining, from, from_radio, out);
+        }
+        true
+    }
+
+    fn refuse(
+        &mut self,
+        now_ms: u64,
+        from: PeerId,
+        reason: &'static str,
+        hostile: bool,
+        out: &mut Outbox,
+    ) {
+        self.metrics.reject(reason);
+        if hostile && self.strike(now_ms, &from) {
+            tracing::warn!(peer_id = %from, reason, "relay: too many bad packets; disconnecting");
+            self.metrics.neighbours_dropped.inc();
+            out.push(Effect::Disconnect {
+                peers: vec![from],
+                reason: "relay_abuse",
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &mut self,
+        now_ms: u64,
+        packet: &RelayPacket,
+        recipient: PeerId,
+        remaining: u8,
+        from_radio: bool,
+        from: PeerId,
+        out: &mut Outbox,
+    ) {
+        let record = HeldRecord {
+            envelope: packet.envelope.clone(),
+            ttl: remaining,
+            own: false,
+            local: false,
+            from_radio,
+            held_since_ms: now_ms,
+        };
+        let added = self
+            .held
+            .add(packet.id, recipient, packet.created_ms, record.clone());
+        for id in &added.evicted {
+            self.metrics.held_evicted.inc();
+            out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(id) }));
+        }
+        if added.added {
+            // The neighbour it came from has it.
+            self.held.mark_sent(&packet.id, from);
+            out.push(Effect::Persist(StoreOp::PutHeld {
+                id: hex_id(&packet.id),
+                record,
+            }));
+            self.publish_view(out);
+        } else {
+            self.metrics.drop_forward("held_full");
+        }
+    }
+
+    fn schedule_forward(
+        &mut self,
+        now_ms: u64,
+        packet: &RelayPacket,
+        remaining: u8,
+        from: PeerId,
+        from_radio: bool,
+        out: &mut Outbox,
+    ) {
+        let mut candidates: Vec<PeerId> = self
+            .neighbours
+            .iter()
+            .filter(|(p, _)| **p != from && **p != packet.origin)
+            .filter(|(_, n)| self.crosses(from_radio, n.kind))
+            .map(|(p, _)| *p)
+            .collect();
+        candidates.sort();
+        if let Some(addressee) = packet.content.addressee() {
+            if candidates.contains(addressee) {
+                candidates = vec![*addressee];
+            }
+        }
+        let limit = self.fanout(candidates.len());
+        if candidates.len() > limit {
+            candidates.shuffle(&mut self.rng);
+            candidates.truncate(limit);
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        if self.forwards.len() >= self.config.forward_queue {
+            self.metrics.drop_forward("queue_full");
+            return;
+        }
+        let frame = match packet::encode(remaining, &packet.envelope) {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let (lo, hi) = self.config.jitter_ms;
+        let delay = if hi > lo {
+            self.rng.gen_range(lo..=hi)
+        } else {
+            lo
+        };
+        self.next_forward += 1;
+        self.forwards.insert(
+            (now_ms + delay, self.next_forward),
+            Forward {
+                id: packet.id,
+                frame,
+                targets: candidates,
+            },
+        );
+        self.arm_forward_timer(out);
+    }
+
+    fn fanout(&self, candidates: usize) -> usize {
+        let full = self.config.full_fanout_upto;
+        if candidates <= full {
+            candidates
+        } else {
+            full + (candidates - full) / 2
+        }
+    }
+
+    fn arm_forward_timer(&self, out: &mut Outbox) {
+        if let Some(((due, _), _)) = self.forwards.first_key_value() {
+            out.timer(*due, Timer::RelayForward);
+        }
+    }
+
+    fn run_due_forwards(&mut self, now_ms: u64, out: &mut Outbox) {
+        while let Some(entry) = self.forwards.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let forward = entry.remove();
+            // Acked meanwhile (its held copy went): a directed packet need not go on.
+            for peer in forward.targets {
+                if self
+                    .held
+                    .get(&forward.id)
+                    .is_some_and(|h| h.sent_to.contains(&peer))
+                {
+                    continue;
+                }
+                self.send_to(peer, forward.id, forward.frame.clone(), out);
+            }
+        }
+        self.arm_forward_timer(out);
+    }
+
+    // ---- delivery to this node ----
+
+    fn handle_mine(&mut self, now_ms: u64, packet: &RelayPacket, first: bool, out: &mut Outbox) {
+        match &packet.content {
+            Content::Direct { sealed, .. } => {
+                let id = hex_id(&packet.id);
+                let delivered = self.inbox.values().any(|r| r.id == id);
+                if delivered {
+                    // A copy of something we have: the origin may have missed our ack.
+                    let due = self
+                        .last_ack_ms
+                        .get(&packet.id)
+                        .is_none_or(|at| now_ms.saturating_sub(*at) >= REACK_AFTER_MS);
+                    if due {
+                        self.send_ack(now_ms, packet.origin, packet.id, out);
+                    }
+                    self.metrics.duplicates.inc();
+                    return;
+                }
+                if !first && self.durable.values().any(|d| matches!(d, Durable::Delivered { message, .. } if *message == packet.id)) {
+                    self.metrics.duplicates.inc();
+                    return;
+                }
+                let payload = sealed::open(&self.local, &packet.origin, sealed)
+                    .map_err(|e| e.to_string())
+                    .and_then(|plain| packet::decode_payload(&plain).map_err(|e| e.to_string()));
+                match payload {
+                    Ok(payload) => self.deliver(now_ms, packet, payload, false, out),
+                    Err(error) => {
+                        tracing::debug!(origin = %packet.origin, %error, "undecryptable message");
+                        self.metrics.reject("undecryptable");
+                    }
+                }
+            }
+            Content::Ack { message, .. } => {
+                if !first {
+                    self.metrics.duplicates.inc();
+                    return;
+                }
+                self.on_ack(now_ms, packet.origin, message, out);
+            }
+            Content::Broadcast(_) => {}
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        now_ms: u64,
+        packet: &RelayPacket,
+        payload: AppPayload,
+        broadcast: bool,
+        out: &mut Outbox,
+    ) {
+        let record = InboxRecord {
+            id: hex_id(&packet.id),
+            from: packet.origin.to_string(),
+            app: payload.app,
+            data: payload.data,
+            broadcast,
+            hops: MAX_TTL + 1 - packet.ttl,
+            created_ms: packet.created_ms,
+            received_ms: now_ms,
+        };
+        self.metrics.delivered.inc();
+        tracing::info!(
+            origin = %packet.origin,
+            id = %record.id,
+            app = %record.app,
+            hops = record.hops,
+            broadcast,
+            "message received"
+        );
+        out.event(NodeEvent::MessageReceived {
+            id: record.id.clone(),
+            from: record.from.clone(),
+            app: record.app.clone(),
+            hops: record.hops,
+            broadcast,
+        });
+        let op = StoreOp::PutInbox {
+            id: record.id.clone(),
+            record: record.clone(),
+        };
+        if broadcast {
+            out.push(Effect::Persist(op));
+        } else {
+            // Acked only once on disk.
+            self.next_token += 1;
+            self.durable.insert(
+                self.next_token,
+                Durable::Delivered {
+                    to: packet.origin,
+                    message: packet.id,
+                },
+            );
+            out.push(Effect::PersistDurable {
+                op,
+                token: self.next_token,
+            });
+        }
+        self.inbox.insert((now_ms, record.id.clone()), record);
+        while self.inbox.len() > self.config.inbox_capacity {
+            if let Some((_, old)) = self.inbox.pop_first() {
+                out.push(Effect::Persist(StoreOp::RemoveInbox { id: old.id }));
+            }
+        }
+        self.publish_view(out);
+    }
+
+    fn send_ack(&mut self, now_ms: u64, to: PeerId, message: MessageId, out: &mut Outbox) {
+        let seq = self.next_seq(now_ms);
+        let envelope = match packet::ack(&self.keypair, seq, now_ms, &to, &message) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::error!(%error, "cannot sign an ack");
+                return;
+            }
+        };
+        let id = packet::message_id(&envelope);
+        let record = HeldRecord {
+            envelope: envelope.clone(),
+            ttl: MAX_TTL,
+            own: false,
+            local: true,
+            from_radio: false,
+            held_since_ms: now_ms,
+        };
+        let added = self.held.add(id, to, now_ms, record.clone());
+        for old in &added.evicted {
+            self.metrics.held_evicted.inc();
+            out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(old) }));
+        }
+        if added.added {
+            out.push(Effect::Persist(StoreOp::PutHeld {
+                id: hex_id(&id),
+                record,
+            }));
+        }
+        self.seen.first_time(now_ms, &id);
+        self.last_ack_ms.insert(message, now_ms);
+        if self.last_ack_ms.len() > self.config.inbox_capacity * 2 {
+            let horizon = now_ms.saturating_sub(REACK_AFTER_MS);
+            self.last_ack_ms.retain(|_, at| *at >= horizon);
+        }
+        self.flood_own(now_ms, &envelope, Some(to), out);
+    }
+
+    fn on_ack(&mut self, now_ms: u64, acker: PeerId, message: &MessageId, out: &mut Outbox) {
+        let id = hex_id(message);
+        let Some(key) = self.sent_index.get(&id).cloned() else {
+            return;
+        };
+        let Some(record) = self.sent.get_mut(&key) else {
+            return;
+        };
+        if record.to.as_deref() != Some(acker.to_string().as_str()) || record.delivered_ms.is_some()
+        {
+            return;
+        }
+        record.delivered_ms = Some(now_ms);
+        let record = record.clone();
+        self.metrics.acks_received.inc();
+        tracing::info!(id = %id, to = %acker, after_ms = now_ms.saturating_sub(record.created_ms), "message delivered");
+        out.event(NodeEvent::MessageDelivered {
+            id: id.clone(),
+            to: acker.to_string(),
+            after_ms: now_ms.saturating_sub(record.created_ms),
+        });
+        out.push(Effect::Persist(StoreOp::PutSent {
+            id: id.clone(),
+            record,
+        }));
+        if self.held.remove(message).is_some() {
+            out.push(Effect::Persist(StoreOp::RemoveHeld { id }));
+        }
+        self.publish_view(out);
+    }
+
+    // ---- sending ----
+
+    /// A send request from the control API; answered with [`Reply::Message`] once the
+    /// message is on disk (then it goes out).
+    pub fn submit(&mut self, now_ms: u64, request: u64, send: SendRequest, out: &mut Outbox) {
+        let result = self.prepare(now_ms, send);
+        match result {
+            Ok((id, held, sent)) => {
+                let key = hex_id(&id);
+                if let Some((recipient, record)) = held {
+                    let added = self.held.add(id, recipient, now_ms, record.clone());
+                    for old in &added.evicted {
+                        self.metrics.held_evicted.inc();
+                        out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(old) }));
+                    }
+                    if !added.added {
+                        out.push(Effect::Reply {
+                            token: request,
+                            reply: Reply::Message(Err(format!(
+                                "outbox full: {} messages to that node already wait for delivery",
+                                self.config.held_per_recipient
+                            ))),
+                        });
+                        return;
+                    }
+                    out.push(Effect::Persist(StoreOp::PutHeld {
+                        id: key.clone(),
+                        record,
+                    }));
+                }
+                self.seen.first_time(now_ms, &id);
+                self.insert_sent(sent.clone());
+                while self.sent.len() > self.config.sent_capacity {
+                    if let Some(old) = self.pop_oldest_sent() {
+                        out.push(Effect::Persist(StoreOp::RemoveSent { id: old.id }));
+                    }
+                }
+                self.next_token += 1;
+                self.durable
+                    .insert(self.next_token, Durable::Sent { request, id });
+                out.push(Effect::PersistDurable {
+                    op: StoreOp::PutSent {
+                        id: key,
+                        record: sent,
+                    },
+                    token: self.next_token,
+                });
+                self.publish_view(out);
+            }
+            Err(reason) => out.push(Effect::Reply {
+                token: request,
+                reply: Reply::Message(Err(reason)),
+            }),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &mut self,
+        now_ms: u64,
+        send: SendRequest,
+    ) -> Result<(MessageId, Option<(PeerId, HeldRecord)>, SentRecord), String> {
+        let payload = AppPayload {
+            app: send.app,
+            data: send.data,
+        };
+        let seq = self.next_seq(now_ms);
+        let envelope = match send.to {
+            Some(to) if to == self.local_id => return Err("that is this node".into()),
+            Some(to) => {
+                let plaintext = packet::seal_payload(&payload).map_err(|e| e.to_string())?;
+                let mut ephemeral = Zeroizing::new([0u8; 32]);
+                self.rng.fill(&mut ephemeral[..]);
+                let sealed = sealed::seal(&self.local_id, &to, ephemeral, &plaintext)
+                    .map_err(|e| e.to_string())?;
+                packet::direct(&self.keypair, seq, now_ms, &to, sealed)
+                    .map_err(|e| e.to_string())?
+            }
+            None => packet::broadcast(&self.keypair, seq, now_ms, &payload)
+                .map_err(|e| e.to_string())?,
+        };
+        // Refuse what could not travel, before promising anything.
+        packet::encode(MAX_TTL, &envelope).map_err(|e| e.to_string())?;
+        let id = packet::message_id(&envelope);
+        let held = send.to.map(|to| {
+            (
+                to,
+                HeldRecord {
+                    envelope: envelope.clone(),
+                    ttl: MAX_TTL,
+                    own: true,
+                    local: true,
+                    from_radio: false,
+                    held_since_ms: now_ms,
+                },
+            )
+        });
+        let sent = SentRecord {
+            id: hex_id(&id),
+            to: send.to.map(|p| p.to_string()),
+            app: payload.app,
+            data: payload.data,
+            created_ms: now_ms,
+            delivered_ms: None,
+        };
+        if held.is_none() {
+            // A broadcast is not held: keep its envelope for the send after the write.
+            self.pending_broadcasts.insert(id, envelope);
+        }
+        Ok((id, held, sent))
+    }
+
+    /// Sends one of our own packets to every neighbour (or only to the addressee when it is
+    /// one), at once: jitter is for relays.
+    fn flood_own(&mut self, _now_ms: u64, envelope: &[u8], to: Option<PeerId>, out: &mut Outbox) {
+        let Ok(frame) = packet::encode(MAX_TTL, envelope) else {
+            return;
+        };
+        let id = packet::message_id(envelope);
+        let mut targets: Vec<PeerId> = self.neighbours.keys().copied().collect();
+        targets.sort();
+        if let Some(to) = to {
+            if targets.contains(&to) {
+                targets = vec![to];
+            }
+        }
+        for peer in targets {
+            self.send_to(peer, id, frame.clone(), out);
+        }
+    }
+}
+
+impl Service for RelayService {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn on_start(&mut self, now_ms: u64, out: &mut Outbox) {
+        out.timer(now_ms + SWEEP_EVERY_MS, Timer::RelaySweep);
+        self.publish_view(out);
+    }
+
+    fn on_timer(&mut self, now_ms: u64, timer: Timer, out: &mut Outbox) {
+        match timer {
+            Timer::RelayForward => self.run_due_forwards(now_ms, out),
+            Timer::RelaySweep => {
+                self.seen.expire(now_ms);
+                let expired = self.held.expire(now_ms);
+                for id in &expired {
+                    self.metrics.held_expired.inc();
+                    out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(id) }));
+                }
+                if !expired.is_empty() {
+                    self.publish_view(out);
+                }
+                out.timer(now_ms + SWEEP_EVERY_MS, Timer::RelaySweep);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_notice(&mut self, _now_ms: u64, notice: &Notice, _out: &mut Outbox) {
+        if let Notice::PeerDisconnected(peer) = notice {
+            self.link_down(peer);
+        }
+    }
+
+    fn on_durable(
+        &mut self,
+        now_ms: u64,
+        token: DurableToken,
+        result: Result<(), String>,
+        out: &mut Outbox,
+    ) {
+        let Some(done) = self.durable.remove(&token) else {
+            return;
+        };
+        match (done, result) {
+            (Durable::Delivered { to, message }, Ok(())) => self.send_ack(now_ms, to, message, out),
+            // Not on disk, so not acked: the origin keeps it and offers it again.
+            (Durable::Delivered { .. }, Err(_)) => {}
+            (Durable::Sent { request, id }, Ok(())) => {
+                out.push(Effect::Reply {
+                    token: request,
+                    reply: Reply::Message(Ok(hex_id(&id))),
+                });
+                let held = self
+                    .held
+                    .get(&id)
+                    .map(|h| (h.record.envelope.clone(), h.recipient));
+                match held {
+                    Some((envelope, to)) => self.flood_own(now_ms, &envelope, Some(to), out),
+                    None => {
+                        if let Some(envelope) = self.pending_broadcasts.remove(&id) {
+                            self.flood_own(now_ms, &envelope, None, out);
+                        }
+                    }
+                }
+            }
+            (Durable::Sent { request, id }, Err(error)) => {
+                self.pending_broadcasts.remove(&id);
+                out.push(Effect::Reply {
+                    token: request,
+                    reply: Reply::Message(Err(format!("could not store the message: {error}"))),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
