@@ -460,14 +460,14 @@ mod tests {
         let mut k256 = canonical.clone();
         k256[1].1 = head(0, 256);
         let mut k2 = canonical.clone();
-        k2[1].1 = head(0, 2);
+        k2[1].1 = head(0, 9);
         let mut negative = canonical.clone();
         negative[3].1 = vec![0x20];
         for (what, bytes) in [
             ("missing signature", missing),
             ("version 256", map(&v256)),
             ("kind 256", map(&k256)),
-            ("unknown kind 2", map(&k2)),
+            ("unknown kind 9", map(&k2)),
             ("negative seq", map(&negative)),
         ] {
             let result = open(&bytes, MessageKind::Telemetry);
