@@ -194,25 +194,24 @@ async fn relay_messages(nodes: &[RunningNode], count: usize) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (mut one_way, mut acked) = (Vec::new(), Vec::new());
-    loop {
+    let (one_way, acked) = loop {
         let inbox = api::inspect(&last.state.messages, |m| m.inbox.clone());
         let sent = api::inspect(&first.state.messages, |m| m.sent.clone());
-        one_way = inbox
+        let one_way = inbox
             .iter()
             .filter(|m| ids.contains(&m.id))
             .map(|m| m.at_ms.unwrap_or(0).saturating_sub(m.created_ms))
             .collect::<Vec<u64>>();
-        acked = sent
+        let acked = sent
             .iter()
             .filter(|m| ids.contains(&m.id))
             .filter_map(|m| m.at_ms.map(|at| at.saturating_sub(m.created_ms)))
             .collect::<Vec<u64>>();
         if acked.len() == count || tokio::time::Instant::now() > deadline {
-            break;
+            break (one_way, acked);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let summary = |mut v: Vec<u64>| {
         v.sort_unstable();
         if v.is_empty() {

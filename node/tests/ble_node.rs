@@ -327,3 +327,56 @@ async fn gateway_node(
         .await
         .unwrap()
 }
+
+/// The inet sockets this process holds: (protocol, local address as in /proc/net, remote).
+fn own_inet_sockets() -> Vec<(String, String, String)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut found = Vec::new();
+    for proto in ["tcp", "tcp6", "udp", "udp6"] {
+        let Ok(table) = std::fs::read_to_string(format!("/proc/net/{proto}")) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && inodes.contains(cols[9]) {
+                found.push((proto.to_owned(), cols[1].to_owned(), cols[2].to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_node_opens_no_socket_but_its_loopback_control_api() {
+    // Every node this test binary starts is offline or on the memory transport, so any inet
+    // socket of the process must be a loopback one (control APIs and their clients).
+    let radio = line_radio(8);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = offline_line(&radio, &dirs).await;
+    let id = send(&nodes[0], nodes[1].peer_id, "over the radio only").await;
+    wait_messages(&nodes[1], Duration::from_secs(30), "delivery", |m| {
+        m.inbox.iter().any(|r| r.id == id)
+    })
+    .await;
+    let sockets = own_inet_sockets();
+    assert!(!sockets.is_empty(), "the control API listens on a socket");
+    // 0100007F is 127.0.0.1 as /proc/net/tcp writes it; no UDP socket at all (mDNS, QUIC).
+    for (proto, local, _) in &sockets {
+        assert!(
+            proto == "tcp" && local.starts_with("0100007F:"),
+            "{proto} {local}"
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -178,6 +178,21 @@ fn peer_from(bytes: &[u8], what: &str) -> Result<PeerId, PacketError> {
     PeerId::from_bytes(bytes).map_err(|e| PacketError::Body(format!("{what}: {e}")))
 }
 
+/// The TTL and id of a packet, without checking its signature: enough to drop a copy of a
+/// packet already handled (the id hashes the exact envelope that was verified then) at the
+/// cost of a hash instead of a signature check.
+pub fn peek(bytes: &[u8]) -> Result<(u8, MessageId), PacketError> {
+    if bytes.len() > MAX_PACKET_LEN {
+        return Err(PacketError::Oversized(bytes.len()));
+    }
+    let frame: Frame = codec::decode_bounded(bytes, MAX_PACKET_LEN)
+        .map_err(|e| PacketError::Malformed(e.to_string()))?;
+    if frame.ttl > MAX_TTL {
+        return Err(PacketError::TtlTooHigh(frame.ttl));
+    }
+    Ok((frame.ttl, message_id(&frame.envelope)))
+}
+
 /// Decodes and verifies a packet: its size, TTL, envelope signature and body.
 /// Freshness, duplicates and rates need state: the relay service checks those.
 pub fn decode(bytes: &[u8]) -> Result<RelayPacket, PacketError> {

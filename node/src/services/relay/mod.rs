@@ -258,6 +258,8 @@ pub struct RelayService {
     forwards: BTreeMap<(u64, u64), Forward>,
     next_forward: u64,
     inbox: BTreeMap<(u64, String), InboxRecord>,
+    /// Inbox message id (hex) → its origin, for acking copies that keep coming.
+    inbox_from: HashMap<String, PeerId>,
     sent: BTreeMap<(u64, String), SentRecord>,
     sent_index: HashMap<String, (u64, String)>,
     last_ack_ms: HashMap<MessageId, u64>,
@@ -299,6 +301,7 @@ impl RelayService {
             forwards: BTreeMap::new(),
             next_forward: 0,
             inbox: BTreeMap::new(),
+            inbox_from: HashMap::new(),
             sent: BTreeMap::new(),
             sent_index: HashMap::new(),
             last_ack_ms: HashMap::new(),
@@ -349,13 +352,10 @@ impl RelayService {
             }
         }
         for record in inbox {
-            self.inbox
-                .insert((record.received_ms, record.id.clone()), record);
+            self.insert_inbox(record);
         }
-        while self.inbox.len() > self.config.inbox_capacity {
-            if let Some((_, old)) = self.inbox.pop_first() {
-                removals.push(StoreOp::RemoveInbox { id: old.id });
-            }
+        while let Some(old) = self.pop_inbox_over_capacity() {
+            removals.push(StoreOp::RemoveInbox { id: old.id });
         }
         for record in sent {
             self.insert_sent(record);
@@ -367,6 +367,23 @@ impl RelayService {
         }
         self.metrics.held.set(self.held.len() as i64);
         removals
+    }
+
+    fn insert_inbox(&mut self, record: InboxRecord) {
+        if let Ok(from) = record.from.parse::<PeerId>() {
+            self.inbox_from.insert(record.id.clone(), from);
+        }
+        self.inbox
+            .insert((record.received_ms, record.id.clone()), record);
+    }
+
+    fn pop_inbox_over_capacity(&mut self) -> Option<InboxRecord> {
+        if self.inbox.len() <= self.config.inbox_capacity {
+            return None;
+        }
+        let (_, old) = self.inbox.pop_first()?;
+        self.inbox_from.remove(&old.id);
+        Some(old)
     }
 
     fn insert_sent(&mut self, record: SentRecord) {
@@ -519,8 +536,21 @@ impl RelayService {
             self.refuse(now_ms, from, "flood", true, out);
             return false;
         }
-        let packet = match packet::decode(bytes) {
-            Ok(p) => p,
+        // Most packets in a flood are copies of one already handled: recognise them by
+        // their id before paying for a signature check.
+        let checked = packet::peek(bytes).and_then(|(_, id)| {
+            if self.seen.contains(&id) {
+                Ok(Err(id))
+            } else {
+                packet::decode(bytes).map(Ok)
+            }
+        });
+        let packet = match checked {
+            Ok(Ok(p)) => p,
+            Ok(Err(copy_of)) => {
+                self.on_copy(now_ms, copy_of, out);
+                return true;
+            }
             Err(error) => {
                 tracing::debug!(peer_id = %from, %error, "relay packet refused");
                 self.refuse(now_ms, from, error.reason(), true, out);
@@ -744,21 +774,27 @@ impl RelayService {
 
     // ---- delivery to this node ----
 
+    /// A copy of a packet already handled. If it is a message we hold in our inbox, its
+    /// origin may have missed our ack: ack again (at most every [`REACK_AFTER_MS`]).
+    fn on_copy(&mut self, now_ms: u64, id: MessageId, out: &mut Outbox) {
+        self.metrics.duplicates.inc();
+        let Some(origin) = self.inbox_from.get(&hex_id(&id)).copied() else {
+            return;
+        };
+        let due = self
+            .last_ack_ms
+            .get(&id)
+            .is_none_or(|at| now_ms.saturating_sub(*at) >= REACK_AFTER_MS);
+        if due {
+            self.send_ack(now_ms, origin, id, out);
+        }
+    }
+
     fn handle_mine(&mut self, now_ms: u64, packet: &RelayPacket, first: bool, out: &mut Outbox) {
         match &packet.content {
             Content::Direct { sealed, .. } => {
-                let id = hex_id(&packet.id);
-                let delivered = self.inbox.values().any(|r| r.id == id);
-                if delivered {
-                    // A copy of something we have: the origin may have missed our ack.
-                    let due = self
-                        .last_ack_ms
-                        .get(&packet.id)
-                        .is_none_or(|at| now_ms.saturating_sub(*at) >= REACK_AFTER_MS);
-                    if due {
-                        self.send_ack(now_ms, packet.origin, packet.id, out);
-                    }
-                    self.metrics.duplicates.inc();
+                if self.inbox_from.contains_key(&hex_id(&packet.id)) {
+                    self.on_copy(now_ms, packet.id, out);
                     return;
                 }
                 if !first && self.durable.values().any(|d| matches!(d, Durable::Delivered { message, .. } if *message == packet.id)) {
@@ -842,11 +878,9 @@ impl RelayService {
                 token: self.next_token,
             });
         }
-        self.inbox.insert((now_ms, record.id.clone()), record);
-        while self.inbox.len() > self.config.inbox_capacity {
-            if let Some((_, old)) = self.inbox.pop_first() {
-                out.push(Effect::Persist(StoreOp::RemoveInbox { id: old.id }));
-            }
+        self.insert_inbox(record);
+        while let Some(old) = self.pop_inbox_over_capacity() {
+            out.push(Effect::Persist(StoreOp::RemoveInbox { id: old.id }));
         }
         self.publish_view(out);
     }

@@ -120,12 +120,16 @@ impl Sim {
     }
 
     fn connect(&mut self, a: usize, b: usize) {
+        self.connect_by(a, b, LinkKind::Radio);
+    }
+
+    fn connect_by(&mut self, a: usize, b: usize, kind: LinkKind) {
         self.links.insert((a, b));
         self.links.insert((b, a));
         for (x, y) in [(a, b), (b, a)] {
             let mut out = Outbox::default();
             let peer = self.ids[y];
-            self.nodes[x].link_up(self.now, peer, LinkKind::Radio, &mut out);
+            self.nodes[x].link_up(self.now, peer, kind, &mut out);
             self.apply(x, out);
         }
     }
@@ -529,4 +533,86 @@ fn held_packets_survive_a_restart_and_are_offered_again() {
     sim.connect(0, 1);
     sim.run_for(5_000);
     assert_eq!(sim.sent_status(0, &id), "delivered");
+}
+
+#[test]
+fn only_a_gateway_carries_radio_traffic_onto_the_internet() {
+    for gateway in [false, true] {
+        // 0 ~radio~ 1 —internet— 2 —internet— 3 ~radio~ 4, with 1 and 3 the would-be gateways.
+        let mut sim = Sim::new(5, 2, RelayConfig::default());
+        for g in [1, 3] {
+            sim.nodes[g].config.gateway = gateway;
+        }
+        sim.connect_by(0, 1, LinkKind::Radio);
+        sim.connect_by(1, 2, LinkKind::Internet);
+        sim.connect_by(2, 3, LinkKind::Internet);
+        sim.connect_by(3, 4, LinkKind::Radio);
+        let id = sim.send(0, Some(4), "island to island");
+        sim.send(0, None, "to everyone");
+        sim.run_for(10_000);
+        let reached: Vec<usize> = (1..5).filter(|n| !sim.inbox_of(*n).is_empty()).collect();
+        if gateway {
+            assert_eq!(reached, vec![1, 2, 3, 4]);
+            assert_eq!(sim.sent_status(0, &id), "delivered");
+        } else {
+            // The broadcast stays on the radio side; the directed message waits.
+            assert_eq!(reached, vec![1]);
+            assert_eq!(sim.sent_status(0, &id), "pending");
+        }
+    }
+}
+
+#[test]
+fn copies_of_a_delivered_message_are_acked_again_at_a_bounded_rate() {
+    let sender = Keypair::generate_ed25519();
+    let from = sender.public().to_peer_id();
+    let recipient_key = Keypair::generate_ed25519();
+    let to = recipient_key.public().to_peer_id();
+    let mut recipient = RelayService::new(
+        recipient_key,
+        RelayConfig::default(),
+        StdRng::seed_from_u64(1),
+        RelayMetrics::default(),
+    )
+    .unwrap();
+    let now = 1_700_000_000_000;
+    let mut out = Outbox::default();
+    recipient.link_up(now, from, LinkKind::Radio, &mut out);
+    let plaintext = packet::seal_payload(&AppPayload {
+        app: "text".into(),
+        data: b"did you get this?".to_vec(),
+    })
+    .unwrap();
+    let sealed = sealed::seal(&from, &to, Zeroizing::new([9; 32]), &plaintext).unwrap();
+    let frame = packet::encode(7, &packet::direct(&sender, 1, now, &to, sealed).unwrap()).unwrap();
+    let acks = |out: &Outbox| {
+        out.effects()
+            .iter()
+            .filter(|e| matches!(e, Effect::RelaySend { peer, .. } if *peer == from))
+            .count()
+    };
+    let mut out = Outbox::default();
+    assert!(recipient.on_packet(now, from, &frame, &mut out));
+    // No ack before the message is on disk.
+    assert_eq!(acks(&out), 0);
+    let token = out
+        .effects()
+        .iter()
+        .find_map(|e| match e {
+            Effect::PersistDurable { token, .. } => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    let mut out = Outbox::default();
+    recipient.on_durable(now + 5, token, Ok(()), &mut out);
+    assert_eq!(acks(&out), 1);
+    // The origin offers it again (it missed the ack): soon after, no second ack...
+    let mut out = Outbox::default();
+    assert!(recipient.on_packet(now + 1_000, from, &frame, &mut out));
+    assert_eq!(acks(&out), 0);
+    // ...later, one.
+    let mut out = Outbox::default();
+    assert!(recipient.on_packet(now + REACK_AFTER_MS + 10, from, &frame, &mut out));
+    assert_eq!(acks(&out), 1);
+    assert_eq!(recipient.view().inbox.len(), 1, "delivered once");
 }
