@@ -659,7 +659,9 @@ impl Driver {
                     } else {
                         HopOutcome::Failed
                     };
-                    self.services.relay.hop_result(&peer, &id, outcome);
+                    self.services
+                        .relay
+                        .hop_result(&peer, &id, outcome, &mut out);
                 }
             }
             Event::OutboundFailure {
@@ -669,7 +671,7 @@ impl Driver {
                     tracing::debug!(peer_id = %peer, %error, "relay hop failed");
                     self.services
                         .relay
-                        .hop_result(&peer, &id, HopOutcome::Failed);
+                        .hop_result(&peer, &id, HopOutcome::Failed, &mut out);
                 }
             }
             Event::InboundFailure { peer, error, .. } => {

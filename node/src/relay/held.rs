@@ -83,6 +83,13 @@ impl HeldStore {
         self.packets.iter()
     }
 
+    /// Packets in the order they were held, oldest first.
+    pub fn iter_oldest_first(&self) -> impl Iterator<Item = (&MessageId, &Held)> {
+        self.order
+            .keys()
+            .filter_map(|(_, id)| self.packets.get_key_value(id))
+    }
+
     pub fn own_count(&self) -> usize {
         self.packets.values().filter(|h| h.record.own).count()
     }

@@ -432,13 +432,27 @@ impl RelayService {
             strikes_since_ms: now_ms,
             in_flight: 0,
         });
-        // Store-and-forward: everything held that this neighbour may carry on.
+        self.offer_held(peer, out);
+    }
+
+    /// Store-and-forward: offers `peer` the held packets it may carry on and has not taken
+    /// yet, oldest first, as many as its in-flight budget allows. Called when the link comes
+    /// up and again whenever a hop answers, so a long backlog drains at the link's pace.
+    fn offer_held(&mut self, peer: PeerId, out: &mut Outbox) {
+        let Some(n) = self.neighbours.get(&peer) else {
+            return;
+        };
+        let (kind, room) = (n.kind, MAX_IN_FLIGHT_PER_PEER.saturating_sub(n.in_flight));
+        if room == 0 {
+            return;
+        }
         let offers: Vec<(MessageId, Vec<u8>)> = self
             .held
-            .iter()
+            .iter_oldest_first()
             .filter(|(_, h)| !h.sent_to.contains(&peer))
             .filter(|(_, h)| h.record.local || self.crosses(h.record.from_radio, kind))
             .filter(|(_, h)| h.recipient == peer || h.record.ttl > 0)
+            .take(room)
             .filter_map(|(id, h)| {
                 packet::encode(h.record.ttl.max(1), &h.record.envelope)
                     .ok()
@@ -481,16 +495,25 @@ impl RelayService {
     }
 
     /// A neighbour answered a packet (or the link failed first).
-    pub fn hop_result(&mut self, peer: &PeerId, id: &MessageId, outcome: HopOutcome) {
+    pub fn hop_result(
+        &mut self,
+        peer: &PeerId,
+        id: &MessageId,
+        outcome: HopOutcome,
+        out: &mut Outbox,
+    ) {
         if let Some(n) = self.neighbours.get_mut(peer) {
             n.in_flight = n.in_flight.saturating_sub(1);
         }
-        if outcome == HopOutcome::Failed {
-            self.metrics.hop_failures.inc();
-            // Offered again when the neighbour next connects.
-            if let Some(sent_to) = self.held.sent_to_mut(id) {
-                sent_to.remove(peer);
+        match outcome {
+            HopOutcome::Failed => {
+                self.metrics.hop_failures.inc();
+                // Offered again when the neighbour next connects.
+                if let Some(sent_to) = self.held.sent_to_mut(id) {
+                    sent_to.remove(peer);
+                }
             }
+            HopOutcome::Accepted => self.offer_held(*peer, out),
         }
     }
 

@@ -208,7 +208,9 @@ impl Sim {
                 } => {
                     let from_id = self.ids[from];
                     if !self.links.contains(&(from, to)) {
-                        self.nodes[from].hop_result(&self.ids[to], &id, HopOutcome::Failed);
+                        let to_id = self.ids[to];
+                        self.nodes[from].hop_result(&to_id, &id, HopOutcome::Failed, &mut out);
+                        self.apply(from, out);
                         continue;
                     }
                     if let Ok(p) = packet::decode(&bytes) {
@@ -222,7 +224,9 @@ impl Sim {
                         HopOutcome::Failed
                     };
                     let to_id = self.ids[to];
-                    self.nodes[from].hop_result(&to_id, &id, outcome);
+                    let mut out = Outbox::default();
+                    self.nodes[from].hop_result(&to_id, &id, outcome, &mut out);
+                    self.apply(from, out);
                     continue;
                 }
                 Ev::Timer { node, timer, at } => {
@@ -615,4 +619,28 @@ fn copies_of_a_delivered_message_are_acked_again_at_a_bounded_rate() {
     assert!(recipient.on_packet(now + REACK_AFTER_MS + 10, from, &frame, &mut out));
     assert_eq!(acks(&out), 1);
     assert_eq!(recipient.view().inbox.len(), 1, "delivered once");
+}
+
+#[test]
+fn a_backlog_larger_than_the_in_flight_budget_drains_after_a_heal() {
+    // 0 - 1   2: node 0 sends many messages to 2 while 1 and 2 are apart.
+    let config = RelayConfig {
+        held_per_recipient: 200,
+        ..RelayConfig::default()
+    };
+    let mut sim = Sim::new(3, 6, config);
+    sim.connect(0, 1);
+    let n = 3 * MAX_IN_FLIGHT_PER_PEER;
+    for i in 0..n {
+        sim.send(0, Some(2), &format!("backlog {i}"));
+    }
+    sim.run_for(5_000);
+    assert!(sim.nodes[1].view().held >= n);
+    sim.connect(1, 2);
+    sim.run_for(30_000);
+    assert_eq!(
+        sim.inbox_of(2).len(),
+        n,
+        "every held message crossed after the heal"
+    );
 }
