@@ -258,3 +258,97 @@ async fn mesh_members_connect_over_ble_with_the_secure_channel_and_outsiders_do_
     assert!(!refused.contains("timed out"), "{refused}");
     let _: PeerId = *c.local_peer_id();
 }
+
+// ---- The same contract on the cross-process medium (loopback UDP) --------------------
+
+mod medium {
+    use super::*;
+    use fogmesh_transports::ble::medium::{DeviceEntry, MediumFile, MediumLink, MediumRadio};
+
+    fn free_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn file(xs: &[(DeviceId, f64)], loss: f64) -> MediumFile {
+        MediumFile {
+            range: 10.0,
+            max_links: 7,
+            link: MediumLink {
+                loss,
+                ..MediumLink::default()
+            },
+            devices: xs
+                .iter()
+                .map(|(id, x)| {
+                    let entry = DeviceEntry {
+                        addr: ([127, 0, 0, 1], free_port()).into(),
+                        x: *x,
+                        y: 0.0,
+                        peer_id: None,
+                    };
+                    (id.to_string(), entry)
+                })
+                .collect(),
+            cuts: vec![],
+            joined: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn links_across_the_medium_carry_a_stream_and_break_when_moved_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("radio.json");
+        let mut medium = file(&[(id(1), 0.0), (id(2), 5.0), (id(3), 30.0)], 0.05);
+        medium.save(&path).unwrap();
+        let a = MediumRadio::open(&path, id(1), 1).await.unwrap();
+        let b = MediumRadio::open(&path, id(2), 2).await.unwrap();
+        let c = MediumRadio::open(&path, id(3), 3).await.unwrap();
+        let mut accepted = b.listen().unwrap();
+        let _c_listens = c.listen().unwrap();
+        assert_eq!(b.listen().unwrap_err(), BleError::AlreadyListening);
+        assert_eq!(
+            a.neighbours().iter().map(|d| d.device).collect::<Vec<_>>(),
+            vec![id(2)]
+        );
+        assert_eq!(
+            a.connect(id(3)).await.unwrap_err(),
+            BleError::NotInRange(id(3))
+        );
+        let out = a.connect(id(2)).await.unwrap();
+        let inn = accepted.recv().await.unwrap();
+        assert_eq!((out.peer, inn.peer, out.max_datagram), (id(2), id(1), 182));
+        // A reliable stream over 5 % loss, across two "processes" (sockets).
+        let (mut out, mut inn) = (
+            BleStream::spawn(out, ArqConfig::default()),
+            BleStream::spawn(inn, ArqConfig::default()),
+        );
+        let big: Vec<u8> = (0..60_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            out.write_all(&sent).await.unwrap();
+            out.flush().await.unwrap();
+            out
+        });
+        let mut got = vec![0u8; big.len()];
+        tokio::time::timeout(Duration::from_secs(30), inn.read_exact(&mut got))
+            .await
+            .expect("the stream delivers")
+            .unwrap();
+        assert!(got == big);
+        let mut out = writer.await.unwrap();
+        // Moving b out of range (an edit of the file) breaks the link on both sides.
+        medium.devices.get_mut(&id(2).to_string()).unwrap().x = 50.0;
+        medium.save(&path).unwrap();
+        let mut buf = [0u8; 8];
+        let ended = tokio::time::timeout(Duration::from_secs(15), inn.read(&mut buf))
+            .await
+            .expect("the link break is noticed");
+        assert!(matches!(ended, Ok(0) | Err(_)));
+        let _ = out.write_all(b"x").await;
+        assert!(a.neighbours().is_empty());
+    }
+}

@@ -4,6 +4,7 @@
 pub mod arq;
 pub mod driver;
 pub mod frame;
+pub mod medium;
 pub mod sim;
 pub mod stream;
 pub mod transport;
