@@ -98,8 +98,37 @@ impl Services {
     }
 }
 
+/// Radio neighbour discovery: the devices in range that advertise an identity, dialled by
+/// the side with the lower device id (so two neighbours make one link, not two).
+pub(crate) struct RadioScan {
+    radio: fogmesh_transports::ble::medium::MediumRadio,
+}
+
+impl RadioScan {
+    pub(crate) fn new(radio: fogmesh_transports::ble::medium::MediumRadio) -> Self {
+        Self { radio }
+    }
+
+    fn to_dial(&self) -> Vec<(PeerId, libp2p::Multiaddr)> {
+        use fogmesh_transports::ble::driver::BleDriver;
+        let local = self.radio.local();
+        self.radio
+            .advertised_neighbours()
+            .into_iter()
+            .filter(|(device, _)| local < *device)
+            .filter_map(|(device, peer)| {
+                let peer: PeerId = peer?.parse().ok()?;
+                let addr = fogmesh_transports::ble::transport::device_addr(device)
+                    .with(libp2p::multiaddr::Protocol::P2p(peer));
+                Some((peer, addr))
+            })
+            .collect()
+    }
+}
+
 /// Everything the driver is built from.
 pub(crate) struct DriverParts {
+    pub radio_scan: Option<RadioScan>,
     pub swarm: Swarm<Behaviour>,
     pub services: Services,
     pub storage: NodeStorage,
@@ -169,6 +198,7 @@ type SensePass = JoinHandle<(DeviceMonitor, DeviceView, Option<u64>)>;
 pub struct Driver {
     swarm: Swarm<Behaviour>,
     services: Services,
+    radio_scan: Option<RadioScan>,
     topics: HashMap<TopicHash, ServiceId>,
     timers: BTreeMap<Timer, u64>,
     storage: NodeStorage,
@@ -220,6 +250,7 @@ impl Driver {
         p.metrics.set_phase(None, p.lifecycle.phase());
         Ok(Self {
             refusals: p.channel.watch_refusals(REFUSAL_QUEUE),
+            radio_scan: p.radio_scan,
             swarm,
             services,
             topics,
@@ -753,6 +784,7 @@ impl Driver {
             .copied()
             .collect();
         self.swarm.behaviour_mut().peers.set_protected(mesh);
+        self.dial_radio_neighbours();
         if tokio::time::Instant::now() >= self.next_kad_walk
             && self.swarm.behaviour().peers.connected_count() > 0
         {
@@ -760,6 +792,25 @@ impl Driver {
             self.next_kad_walk = tokio::time::Instant::now() + KAD_WALK_EVERY;
         }
         self.publish_views();
+    }
+
+    fn dial_radio_neighbours(&mut self) {
+        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+        let Some(scan) = &self.radio_scan else {
+            return;
+        };
+        for (peer, addr) in scan.to_dial() {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(error) = self.swarm.dial(opts) {
+                tracing::debug!(peer_id = %peer, %error, "radio neighbour not dialled");
+            }
+        }
     }
 
     fn store_failed(&mut self, error: String) {

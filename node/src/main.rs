@@ -216,6 +216,14 @@ struct RunArgs {
     /// This node's ticket for that mesh (from `fogmesh ticket issue`).
     #[arg(long, value_name = "FILE")]
     ticket: Option<PathBuf>,
+    /// Bluetooth LE only: no internet transport, no socket but the loopback control API.
+    /// Needs a radio; today that is the simulated one of a radio testnet (--radio-medium).
+    #[arg(long)]
+    offline: bool,
+    /// The simulated radio shared by a testnet's processes (its medium file, see
+    /// docs/ble.md); this node is the device its PeerId names.
+    #[arg(long, value_name = "FILE", requires = "offline")]
+    radio_medium: Option<PathBuf>,
     #[command(flatten)]
     simulate: SimulateArgs,
 }
@@ -363,6 +371,36 @@ struct TestnetDir {
 }
 
 #[derive(Debug, Subcommand)]
+enum RadioCommand {
+    /// Put a node somewhere else (neighbours are 8 apart, the range is 10).
+    Move {
+        #[arg(long)]
+        node: usize,
+        /// x,y
+        #[arg(long, value_parser = parse_point, allow_hyphen_values = true)]
+        to: (f64, f64),
+    },
+    /// The given nodes stop hearing every other node.
+    Partition {
+        /// Node indexes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<usize>,
+    },
+    /// Lift every partition.
+    Heal,
+    /// Loss probability of links opened from now on, 0.0–1.0 (existing links keep theirs).
+    Loss { probability: f64 },
+}
+
+fn parse_point(text: &str) -> Result<(f64, f64), String> {
+    let (x, y) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?} is not x,y"))?;
+    let num = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    Ok((num(x)?, num(y)?))
+}
+
+#[derive(Debug, Subcommand)]
 enum TestnetCommand {
     /// Start N nodes on 127.0.0.1 and wait until each has every other's telemetry.
     Up {
@@ -384,8 +422,24 @@ enum TestnetCommand {
         /// Run an open mesh (no tickets) instead of creating a mesh for the testnet.
         #[arg(long)]
         open: bool,
+        /// BLE-only nodes on a simulated radio shared by the processes (needs --offline),
+        /// placed in a line, on a grid or at random; change it while it runs with
+        /// `testnet radio`.
+        #[arg(long, value_enum, requires = "offline")]
+        radio: Option<testnet::radio::Layout>,
+        /// No internet transport on any node: Bluetooth LE on the simulated radio only.
+        #[arg(long, requires = "radio")]
+        offline: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Change a radio testnet's simulated radio while it runs (every node sees the change
+    /// within a quarter of a second).
+    Radio {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[command(subcommand)]
+        change: RadioCommand,
     },
     /// Show the running testnet.
     Status {
@@ -771,7 +825,11 @@ async fn run(args: RunArgs) -> Result<()> {
     {
         tracing::debug!("mDNS off; peers come from bootstrap addresses only");
     }
-    let node = node::start(settings).await?;
+    let node = if args.offline {
+        start_offline(settings, args.radio_medium.as_deref()).await?
+    } else {
+        node::start(settings).await?
+    };
     // `node started` already named the PeerId and control address.
     tracing::info!("ready; Ctrl-C stops the node");
     let stopped_by_itself = tokio::select! {
@@ -789,6 +847,36 @@ async fn run(args: RunArgs) -> Result<()> {
             node::SHUTDOWN_BUDGET.as_secs()
         ),
     }
+}
+
+/// `fogmesh run --offline`: Bluetooth LE only.
+async fn start_offline(
+    mut settings: fogmesh_node::config::Settings,
+    medium: Option<&std::path::Path>,
+) -> Result<node::RunningNode> {
+    use fogmesh_transports::ble::driver::DeviceId;
+    use fogmesh_transports::ble::medium::MediumRadio;
+    let Some(medium) = medium else {
+        bail!(
+            "--offline needs a Bluetooth LE radio, and this build has no driver for real \
+             adapters yet; on the simulated radio of a testnet, pass --radio-medium FILE \
+             (`fogmesh testnet up --radio line --offline` does; see docs/ble.md)"
+        );
+    };
+    if let Some(addr) = settings
+        .bootstrap
+        .iter()
+        .find(|a| fogmesh_transports::ble::transport::device_of(a).is_none())
+    {
+        bail!("--offline: bootstrap address {addr} is not a BLE address (/unix/ble-<device>/p2p/<PeerId>)");
+    }
+    settings.listen = vec!["/unix/ble".parse()?];
+    settings.mdns = false;
+    settings.quic = false;
+    let key = identity::load_or_create(&settings.data_dir)?;
+    let device = DeviceId::of_peer(&key.public().to_peer_id());
+    let radio = MediumRadio::open(medium, device, rand::random()).await?;
+    Ok(node::start_on(settings, node::Network::RadioMedium(radio)).await?)
 }
 
 async fn wait_finished(node: &node::RunningNode) {
@@ -824,6 +912,8 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             timeout,
             profile,
             open,
+            radio,
+            offline: _,
             json,
         } => {
             let options = testnet::UpOptions {
@@ -834,6 +924,7 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                 timeout,
                 profile,
                 open,
+                radio,
             };
             let report = testnet::up(&options, |p| {
                 eprintln!(
@@ -883,6 +974,39 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
         } => {
             let report = testnet::restart(&dir.dir, node, timeout).await?;
             print_out(json, &report, || report.to_string())
+        }
+        TestnetCommand::Radio { dir, change } => {
+            use testnet::radio::RadioChange;
+            let state = testnet::status(&dir.dir).await?;
+            let ports: Vec<u16> = state.nodes.iter().map(|n| n.p2p_port).collect();
+            let change = match change {
+                RadioCommand::Move { node, to } => RadioChange::Move {
+                    node,
+                    x: to.0,
+                    y: to.1,
+                },
+                RadioCommand::Partition { nodes } => RadioChange::Partition { group: nodes },
+                RadioCommand::Heal => RadioChange::Heal,
+                RadioCommand::Loss { probability } => RadioChange::Loss(probability),
+            };
+            testnet::radio::apply(&dir.dir, &ports, &change)?;
+            let neighbours = testnet::radio::neighbours(&dir.dir, &ports).unwrap_or_default();
+            let lines: Vec<String> = neighbours
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let n: Vec<String> = n.iter().map(|j| j.to_string()).collect();
+                    format!(
+                        "  node {i} hears {}",
+                        if n.is_empty() {
+                            "nobody".into()
+                        } else {
+                            n.join(",")
+                        }
+                    )
+                })
+                .collect();
+            print_line(&format!("radio changed\n{}", lines.join("\n")))
         }
         TestnetCommand::Bench {
             dir,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use fogmesh_store::task::{StorageConfig, StorageHandle};
 use fogmesh_store::{Store, StoreError, StoreOptions, Table};
 use fogmesh_transports::ble::arq::ArqConfig;
+use fogmesh_transports::ble::medium::MediumRadio;
 use fogmesh_transports::ble::sim::SimDevice;
 use fogmesh_transports::ble::transport::BleTransport;
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
@@ -117,6 +118,10 @@ pub enum Network {
     /// radio, with the same secure channel and yamux: offline mode as tests run it. No
     /// internet socket is opened and mDNS stays off whatever the settings say.
     Radio(SimDevice),
+    /// Bluetooth LE only, on a device of the simulated radio shared across processes (a
+    /// radio testnet: `fogmesh run --offline --radio-medium FILE`). Radio neighbours that
+    /// advertise their identity are dialled as they come into range.
+    RadioMedium(MediumRadio),
     /// The memory transport and a device of the simulated radio together: a gateway as
     /// tests run it, bridging a radio island and the (in-process) internet mesh.
     MemoryAndRadio(SimDevice),
@@ -133,6 +138,12 @@ impl Network {
             Network::Internet => build_transport(keypair, channel, config),
             Network::Memory => build_memory_transport(keypair, channel, config),
             Network::Radio(device) => secure_transport(
+                keypair,
+                channel,
+                BleTransport::new(device.clone(), ArqConfig::default()),
+                config.upgrade_timeout,
+            ),
+            Network::RadioMedium(device) => secure_transport(
                 keypair,
                 channel,
                 BleTransport::new(device.clone(), ArqConfig::default()),
@@ -463,7 +474,12 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         api_stop_rx,
     ));
 
+    let radio_scan = match &network {
+        Network::RadioMedium(radio) => Some(crate::driver::RadioScan::new(radio.clone())),
+        _ => None,
+    };
     let mut driver = Driver::new(DriverParts {
+        radio_scan,
         swarm,
         services: Services {
             telemetry,

@@ -581,3 +581,124 @@ fn store_check_finds_damage_and_repair_keeps_what_is_readable() {
     let out = check(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
+
+/// The inet sockets process `pid` holds, as (protocol, local address in /proc/net's hex).
+fn inet_sockets_of(pid: u32) -> Vec<(String, String)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut found = Vec::new();
+    for proto in ["tcp", "tcp6", "udp", "udp6"] {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/{proto}")).unwrap_or_default();
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && inodes.contains(cols[9]) {
+                found.push((proto.to_owned(), cols[1].to_owned()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn an_offline_radio_testnet_of_12_processes_converges_and_opens_only_loopback_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let tn = dir.path().join("radio");
+    let tn_arg = tn.to_str().unwrap();
+    let up = fogmesh(&[
+        "testnet",
+        "up",
+        "--nodes",
+        "12",
+        "--radio",
+        "line",
+        "--offline",
+        "--dir",
+        tn_arg,
+        "--timeout",
+        "120s",
+    ]);
+    let _down = TestnetGuard(tn_arg.to_owned());
+    // `up` succeeds only once every node holds fresh telemetry from every other, here
+    // across up to 11 radio hops with no internet transport anywhere.
+    assert!(up.status.success(), "up failed: {}", stderr_of(&up));
+    let status = fogmesh(&["testnet", "status", "--dir", tn_arg, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 12);
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(node["status"]["telemetry_nodes"], 11, "node {i}");
+        let expected: Vec<usize> = [i.checked_sub(1), (i < 11).then_some(i + 1)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let heard: Vec<usize> = node["radio_neighbours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(heard, expected, "node {i} hears its line neighbours only");
+        // No internet socket: the control API and the simulated radio, both on loopback.
+        let pid = node["pid"].as_u64().unwrap() as u32;
+        for (proto, local) in inet_sockets_of(pid) {
+            assert!(local.starts_with("0100007F:"), "node {i}: {proto} {local}");
+        }
+    }
+    // A partition, then a message that waits for the heal (to node 6: six hops, within the
+    // relay's TTL of 7; node 11 is beyond it).
+    let radio = |args: &[&str]| {
+        let out = fogmesh(&[&["testnet", "radio", "--dir", tn_arg], args].concat());
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    };
+    radio(&["partition", "--nodes", "0,1,2"]);
+    let last = nodes[6]["status"]["peer_id"].as_str().unwrap().to_owned();
+    let first_dir = tn.join("node-0");
+    let sent = fogmesh(&[
+        "send",
+        "--data-dir",
+        first_dir.to_str().unwrap(),
+        "--json",
+        &last,
+        "held",
+        "for",
+        "later",
+    ]);
+    assert!(sent.status.success(), "{}", stderr_of(&sent));
+    radio(&["heal"]);
+    let waited = fogmesh(&[
+        "send",
+        "--data-dir",
+        first_dir.to_str().unwrap(),
+        "--wait",
+        "60s",
+        &last,
+        "after",
+        "the",
+        "heal",
+    ]);
+    assert!(waited.status.success(), "{}", stderr_of(&waited));
+    let inbox = fogmesh(&[
+        "inbox",
+        "--data-dir",
+        tn.join("node-6").to_str().unwrap(),
+        "--json",
+    ]);
+    let raw = String::from_utf8_lossy(&inbox.stdout).into_owned();
+    let inbox: serde_json::Value = serde_json::from_slice(&inbox.stdout).unwrap();
+    let texts: Vec<&str> = inbox["inbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.contains(&"held for later"), "{raw}");
+    assert!(texts.contains(&"after the heal"), "{texts:?}");
+}

@@ -161,6 +161,7 @@ pub async fn bench(
             options.busy_interval.as_millis()
         ));
         let up_options = UpOptions {
+            radio: None,
             nodes,
             dir: dir.clone(),
             binary: options.binary.clone(),
@@ -247,6 +248,7 @@ pub async fn bench(
             options.idle_nodes
         ));
         let up_options = UpOptions {
+            radio: None,
             nodes: options.idle_nodes,
             dir: dir.clone(),
             binary: options.binary.clone(),

@@ -20,6 +20,7 @@
 pub mod bench;
 pub mod probe;
 pub mod procs;
+pub mod radio;
 pub mod state;
 
 use std::collections::HashSet;
@@ -123,6 +124,8 @@ pub struct UpOptions {
     pub profile: Profile,
     /// Run without a mesh (no tickets; anyone may connect).
     pub open: bool,
+    /// BLE-only nodes on a simulated radio shared by the processes, placed by this layout.
+    pub radio: Option<radio::Layout>,
 }
 
 /// Name of the mesh a testnet creates.
@@ -261,6 +264,20 @@ pub async fn up(
     }
 
     let ports = allocate_ports(options.nodes)?;
+    let medium = match options.radio {
+        Some(layout) => {
+            let udp: Vec<u16> = ports.iter().map(|(p2p, _)| *p2p).collect();
+            let path = radio::medium_path(dir);
+            radio::medium_for(layout, &peer_ids, &udp, 11)
+                .save(&path)
+                .map_err(|e| TestnetError::Io {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            Some(path)
+        }
+        None => None,
+    };
     let mut record = TestnetState {
         created_at_ms: now_ms(),
         nodes: Vec::with_capacity(options.nodes),
@@ -268,11 +285,13 @@ pub async fn up(
     let mut children = Vec::with_capacity(options.nodes);
     let started = Instant::now();
     for (index, (p2p_port, control_port)) in ports.iter().copied().enumerate() {
+        // Radio nodes find their neighbours by discovery; internet ones bootstrap.
         let bootstrap: Vec<String> = [0, index.saturating_sub(1)]
             .into_iter()
             .filter(|&i| i < index)
             .collect::<HashSet<_>>()
             .into_iter()
+            .filter(|_| medium.is_none())
             .map(|i| format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", ports[i].0, peer_ids[i]))
             .collect();
         let spawned = spawn_node(
@@ -513,10 +532,6 @@ fn spawn_node(
         path_arg(config),
         "--data-dir".into(),
         path_arg(&data_dir),
-        "--listen".into(),
-        format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
-        "--listen".into(),
-        format!("/ip4/127.0.0.1/udp/{p2p_port}/quic-v1"),
         "--control-port".into(),
         control_port.to_string(),
         "--no-mdns".into(),
@@ -525,6 +540,20 @@ fn spawn_node(
         "--log".into(),
         "info".into(),
     ];
+    match options.radio {
+        // The device receives radio datagrams on the p2p port (UDP), per the medium file.
+        Some(_) => command.extend([
+            "--offline".to_owned(),
+            "--radio-medium".to_owned(),
+            path_arg(&radio::medium_path(&options.dir)),
+        ]),
+        None => command.extend([
+            "--listen".to_owned(),
+            format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+            "--listen".to_owned(),
+            format!("/ip4/127.0.0.1/udp/{p2p_port}/quic-v1"),
+        ]),
+    }
     if let Some(interval) = options.telemetry_interval {
         command.extend([
             "--telemetry-interval".to_owned(),
@@ -654,6 +683,9 @@ pub struct NodeRow {
     pub control_port: u16,
     pub rss_bytes: Option<u64>,
     pub status: Option<probe::StatusProbe>,
+    /// Radio testnets: the nodes this one hears, per the medium file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radio_neighbours: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -666,6 +698,8 @@ pub struct TestnetStatus {
 pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
     let record = state::load(dir)?.ok_or_else(|| TestnetError::NotFound(dir.to_path_buf()))?;
     let prober = Prober::new();
+    let ports: Vec<u16> = record.nodes.iter().map(|n| n.p2p_port).collect();
+    let mut radio_neighbours = radio::neighbours(dir, &ports);
     let mut rows = Vec::with_capacity(record.nodes.len());
     for node in &record.nodes {
         let live = locate(node);
@@ -694,6 +728,9 @@ pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
             control_port,
             rss_bytes: live.and_then(|p| procs::rss_bytes(p.pid)),
             status,
+            radio_neighbours: radio_neighbours
+                .as_mut()
+                .and_then(|n| n.get_mut(node.index).map(std::mem::take)),
         });
     }
     Ok(TestnetStatus {
@@ -716,6 +753,7 @@ pub fn render_status(s: &TestnetStatus) -> String {
         "p2p port",
         "api port",
         "rss",
+        "radio neighbours",
     ]);
     for n in &s.nodes {
         let (peer, phase, peers, tele, stale) = match &n.status {
@@ -754,6 +792,15 @@ pub fn render_status(s: &TestnetStatus) -> String {
             n.control_port.to_string(),
             n.rss_bytes
                 .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+                .unwrap_or_default(),
+            n.radio_neighbours
+                .as_ref()
+                .map(|ns| {
+                    ns.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .unwrap_or_default(),
         ]);
     }
