@@ -34,7 +34,9 @@ static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 fn live_heap() -> isize {
     let s = GLOBAL.stats();
-    s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated
+    // Reallocations are already in the two totals (growth as allocated, shrinking as
+    // deallocated): adding `bytes_reallocated` would count them twice.
+    s.bytes_allocated as isize - s.bytes_deallocated as isize
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
