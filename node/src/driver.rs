@@ -129,6 +129,8 @@ impl RadioScan {
 /// Everything the driver is built from.
 pub(crate) struct DriverParts {
     pub radio_scan: Option<RadioScan>,
+    /// Whether the node has a Bluetooth radio (the power policy may then restrict it to it).
+    pub has_radio: bool,
     pub swarm: Swarm<Behaviour>,
     pub services: Services,
     pub storage: NodeStorage,
@@ -199,6 +201,7 @@ pub struct Driver {
     swarm: Swarm<Behaviour>,
     services: Services,
     radio_scan: Option<RadioScan>,
+    has_radio: bool,
     topics: HashMap<TopicHash, ServiceId>,
     timers: BTreeMap<Timer, u64>,
     storage: NodeStorage,
@@ -251,6 +254,7 @@ impl Driver {
         Ok(Self {
             refusals: p.channel.watch_refusals(REFUSAL_QUEUE),
             radio_scan: p.radio_scan,
+            has_radio: p.has_radio,
             swarm,
             services,
             topics,
@@ -396,6 +400,9 @@ impl Driver {
                 self.relay_hops.insert(request, (peer, id));
             }
             Effect::Notice(notice) => {
+                if let Notice::DeviceChanged(view) = &notice {
+                    self.follow_power_policy(view);
+                }
                 let now = now_ms();
                 for other in ServiceId::ALL {
                     let mut out = Outbox::default();
@@ -792,6 +799,21 @@ impl Driver {
             self.next_kad_walk = tokio::time::Instant::now() + KAD_WALK_EVERY;
         }
         self.publish_views();
+    }
+
+    /// Transport choice follows the power policy (docs/ble.md): at `bitchat_only` a node
+    /// with a radio drops its internet links; at `bitchat_preferred` its own relay packets
+    /// go over the radio when it has radio neighbours.
+    fn follow_power_policy(&mut self, view: &DeviceView) {
+        use crate::device::policy::TransportPreference;
+        let preference = view.decision.limits.transport;
+        self.swarm
+            .behaviour_mut()
+            .peers
+            .set_radio_only(self.has_radio && preference == TransportPreference::BitchatOnly);
+        self.services
+            .relay
+            .set_prefer_radio(preference >= TransportPreference::BitchatPreferred);
     }
 
     fn dial_radio_neighbours(&mut self) {

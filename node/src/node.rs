@@ -163,6 +163,10 @@ impl Network {
         matches!(self, Network::Internet)
     }
 
+    fn has_radio(&self) -> bool {
+        !matches!(self, Network::Internet | Network::Memory)
+    }
+
     /// Whether mDNS may run: only beside real internet transports.
     fn allows_mdns(&self) -> bool {
         matches!(self, Network::Internet)
@@ -480,6 +484,7 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
     };
     let mut driver = Driver::new(DriverParts {
         radio_scan,
+        has_radio: network.has_radio(),
         swarm,
         services: Services {
             telemetry,

@@ -83,6 +83,9 @@ pub struct PeerMetrics {
     pub connections_closed: Counter,
     pub pruned: Counter,
     pub revoked_disconnects: Counter,
+    /// Internet connections closed / refused because the power policy said Bluetooth only.
+    pub policy_disconnects: Counter,
+    pub policy_refused: Counter,
     pub bootstrap_dial_failures: Counter,
     pub mdns_discovered: Counter,
     pub connections: Family<TransportLabel, Gauge>,
@@ -122,6 +125,16 @@ impl PeerMetrics {
             "connections_opened",
             "Connections established (any transport)",
             self.connections_opened.clone(),
+        );
+        r.register(
+            "policy_disconnects",
+            "Internet connections closed because the power policy said Bluetooth only",
+            self.policy_disconnects.clone(),
+        );
+        r.register(
+            "policy_refused",
+            "Internet connections refused because the power policy said Bluetooth only",
+            self.policy_refused.clone(),
         );
         r.register(
             "connections_closed",
@@ -166,6 +179,11 @@ pub struct LivePeer {
     connections: usize,
 }
 
+/// Why an internet connection was refused: the power policy wants Bluetooth only.
+#[derive(Debug, thiserror::Error)]
+#[error("the power policy allows Bluetooth LE links only (critical battery)")]
+pub struct PolicyRefusal;
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct PeerManager {
@@ -181,6 +199,9 @@ pub struct PeerManager {
     tick: Option<tokio::time::Interval>,
     rng: StdRng,
     metrics: PeerMetrics,
+    /// The power policy says Bluetooth only, and the node has a radio: internet connections
+    /// are closed and refused (see [`PeerManager::set_radio_only`]).
+    radio_only: bool,
 }
 
 impl PeerManager {
@@ -196,7 +217,44 @@ impl PeerManager {
             tick: None,
             rng: StdRng::from_entropy(),
             metrics,
+            radio_only: false,
         }
+    }
+
+    /// Bluetooth only (the power policy's `bitchat_only`, at critical battery, on a node
+    /// that has a radio): closes every connection that is not over BLE and refuses new ones
+    /// until it is lifted. A node without a radio is never told this: cutting it off from
+    /// every peer would save power by leaving the mesh.
+    pub fn set_radio_only(&mut self, on: bool) {
+        if on == self.radio_only {
+            return;
+        }
+        self.radio_only = on;
+        tracing::info!(radio_only = on, "transport choice follows the power policy");
+        if !on {
+            return;
+        }
+        let internet: Vec<PeerId> = self
+            .live
+            .iter()
+            .filter(|(_, l)| transport_of(&l.addr) != "ble")
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in internet {
+            self.metrics.policy_disconnects.inc();
+            self.queue.push_back(ToSwarm::CloseConnection {
+                peer_id: peer,
+                connection: CloseConnection::All,
+            });
+        }
+    }
+
+    fn admit(&self, addr: &Multiaddr) -> Result<(), ConnectionDenied> {
+        if self.radio_only && transport_of(addr) != "ble" {
+            self.metrics.policy_refused.inc();
+            return Err(ConnectionDenied::new(PolicyRefusal));
+        }
+        Ok(())
     }
 
     /// Loads the stored address book and redials the most recently seen peers.
@@ -541,8 +599,9 @@ impl NetworkBehaviour for PeerManager {
         _connection_id: ConnectionId,
         _peer: PeerId,
         _local_addr: &Multiaddr,
-        _remote_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit(remote_addr)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -550,10 +609,11 @@ impl NetworkBehaviour for PeerManager {
         &mut self,
         _connection_id: ConnectionId,
         _peer: PeerId,
-        _addr: &Multiaddr,
+        addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.admit(addr)?;
         Ok(dummy::ConnectionHandler)
     }
 

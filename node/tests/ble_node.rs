@@ -8,6 +8,7 @@ use std::time::Duration;
 use fogmesh_node::api::{self, now_ms, SendMessageRequest};
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
+use fogmesh_node::device::simulate::SimulateConfig;
 use fogmesh_node::identity;
 use fogmesh_node::node::{self, Network, RunningNode};
 use fogmesh_node::relay::MessagesView;
@@ -310,6 +311,17 @@ async fn gateway_node(
     memory_port: u64,
     bootstrap: Vec<Multiaddr>,
 ) -> RunningNode {
+    gateway_node_with(radio, dir, x, memory_port, bootstrap, None).await
+}
+
+async fn gateway_node_with(
+    radio: &SimRadio,
+    dir: &Path,
+    x: f64,
+    memory_port: u64,
+    bootstrap: Vec<Multiaddr>,
+    simulate: Option<SimulateConfig>,
+) -> RunningNode {
     let peer = identity::load_or_create(dir).unwrap().public().to_peer_id();
     let device = radio.add_device(DeviceId::of_peer(&peer), (x, 0.0));
     let settings = Settings::resolve(ConfigLayer {
@@ -321,6 +333,7 @@ async fn gateway_node(
         bootstrap: Some(bootstrap),
         quic: Some(false),
         telemetry_interval: Some(Duration::from_secs(1)),
+        simulate,
         ..ConfigLayer::default()
     });
     node::start_on(settings, Network::MemoryAndRadio(device))
@@ -379,4 +392,75 @@ async fn an_offline_node_opens_no_socket_but_its_loopback_control_api() {
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_critical_battery_a_node_with_a_radio_keeps_only_its_radio_links() {
+    let radio = line_radio(9);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let port: u64 = 50_000 + u64::from(rand::random::<u16>());
+    // A phone at 2 % battery: the power policy says Bluetooth only.
+    let phone = gateway_node_with(
+        &radio,
+        dirs[0].path(),
+        0.0,
+        port,
+        vec![],
+        Some(SimulateConfig {
+            battery: Some(2.0),
+            charging: Some(false),
+            ..SimulateConfig::default()
+        }),
+    )
+    .await;
+    let internet_peer = gateway_node(
+        &radio,
+        dirs[1].path(),
+        1000.0,
+        port + 1,
+        vec![format!("/memory/{port}/p2p/{}", phone.peer_id)
+            .parse()
+            .unwrap()],
+    )
+    .await;
+    let radio_peer = offline_node(&radio, dirs[2].path(), 5.0, vec![ble_addr(phone.peer_id)]).await;
+    // The radio neighbour connects and stays; the internet peer is refused (it keeps
+    // redialling its bootstrap address, and each attempt is turned away).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let radio_up = api::inspect(&radio_peer.state.status, |s| s.connected_peers) == 1;
+        let refused = counter(&phone, "fogmesh_peers_policy_refused_total") > 0.0;
+        if radio_up && refused {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "radio link up and internet refused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peers = api::inspect(&phone.state.peers, |p| p.clone());
+    let connected: Vec<String> = peers
+        .iter()
+        .filter(|p| p.connected)
+        .map(|p| p.connection_addr.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        !connected.is_empty() && connected.iter().all(|a| a.contains("/unix/ble-")),
+        "only radio links at critical battery: {connected:?}"
+    );
+    for node in [phone, internet_peer, radio_peer] {
+        node.shutdown().await;
+    }
+}
+
+/// A counter's value from the node's OpenMetrics text.
+fn counter(node: &RunningNode, name: &str) -> f64 {
+    node.state
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -268,6 +268,8 @@ pub struct RelayService {
     /// durable writes in flight).
     pending_broadcasts: HashMap<MessageId, Vec<u8>>,
     next_token: DurableToken,
+    /// The power policy prefers Bluetooth: own packets go over radio links when there are any.
+    prefer_radio: bool,
     metrics: RelayMetrics,
 }
 
@@ -308,8 +310,15 @@ impl RelayService {
             durable: HashMap::new(),
             pending_broadcasts: HashMap::new(),
             next_token: 0,
+            prefer_radio: false,
             metrics,
         })
+    }
+
+    /// The power policy prefers Bluetooth (low battery): this node's own packets go to its
+    /// radio neighbours only, when it has any. Relayed packets follow the usual rules.
+    pub fn set_prefer_radio(&mut self, on: bool) {
+        self.prefer_radio = on;
     }
 
     pub fn metrics(&self) -> &RelayMetrics {
@@ -1096,7 +1105,14 @@ impl RelayService {
             return;
         };
         let id = packet::message_id(envelope);
-        let mut targets: Vec<PeerId> = self.neighbours.keys().copied().collect();
+        let radio_only =
+            self.prefer_radio && self.neighbours.values().any(|n| n.kind == LinkKind::Radio);
+        let mut targets: Vec<PeerId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| !radio_only || n.kind == LinkKind::Radio)
+            .map(|(p, _)| *p)
+            .collect();
         targets.sort();
         if let Some(to) = to {
             if targets.contains(&to) {

@@ -644,3 +644,29 @@ fn a_backlog_larger_than_the_in_flight_budget_drains_after_a_heal() {
         "every held message crossed after the heal"
     );
 }
+
+#[test]
+fn at_low_battery_own_packets_go_over_the_radio_when_there_is_one() {
+    let mut sim = Sim::new(3, 3, RelayConfig::default());
+    sim.connect_by(0, 1, LinkKind::Radio);
+    sim.connect_by(0, 2, LinkKind::Internet);
+    sim.nodes[0].set_prefer_radio(true);
+    let id = sim.send(0, None, "sparing the battery");
+    let first_hops: Vec<usize> = sim
+        .sends
+        .iter()
+        .filter(|(from, _, i)| *from == 0 && *i == id)
+        .map(|(_, to, _)| *to)
+        .collect();
+    assert_eq!(first_hops, vec![1]);
+    sim.nodes[0].set_prefer_radio(false);
+    let id = sim.send(0, None, "plugged in again");
+    let mut first_hops: Vec<usize> = sim
+        .sends
+        .iter()
+        .filter(|(from, _, i)| *from == 0 && *i == id)
+        .map(|(_, to, _)| *to)
+        .collect();
+    first_hops.sort();
+    assert_eq!(first_hops, vec![1, 2]);
+}
