@@ -396,7 +396,16 @@ fn parse_point(text: &str) -> Result<(f64, f64), String> {
     let (x, y) = text
         .split_once(',')
         .ok_or_else(|| format!("{text:?} is not x,y"))?;
-    let num = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    let num = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .map_err(|e| format!("{v:?}: {e}"))
+            .and_then(|n| {
+                n.is_finite()
+                    .then_some(n)
+                    .ok_or_else(|| format!("{v:?} is not a finite number"))
+            })
+    };
     Ok((num(x)?, num(y)?))
 }
 

@@ -13,7 +13,8 @@ use libp2p::PeerId;
 use super::packet::MessageId;
 use super::HeldRecord;
 
-/// Neighbours remembered per packet as already having it.
+/// Neighbours remembered per packet as already having it; a packet that reached this many
+/// is not offered to more (it has spread enough, and offering it on would loop).
 const MAX_SENT_TO: usize = 64;
 
 #[derive(Debug, Clone)]
@@ -30,6 +31,12 @@ pub struct Held {
     pub created_ms: u64,
     /// Neighbours that took it (a hop answered): not offered again while connected.
     pub sent_to: HashSet<PeerId>,
+}
+
+impl Held {
+    pub fn sent_to_full(&self) -> bool {
+        self.sent_to.len() >= MAX_SENT_TO
+    }
 }
 
 /// What adding a packet did.
@@ -114,15 +121,10 @@ impl HeldStore {
         if self.packets.contains_key(&id) {
             return out;
         }
-        let own = record.own;
         if self.per_recipient.get(&recipient).copied().unwrap_or(0) >= self.limits.per_recipient {
-            // The recipient's oldest relayed packet, else (for our own) its oldest own one.
-            let victim = self
-                .oldest_where(|h| h.recipient == recipient && !h.record.own)
-                .or_else(|| {
-                    own.then(|| self.oldest_where(|h| h.recipient == recipient))
-                        .flatten()
-                });
+            // The recipient's oldest relayed packet; never one of our own (a send is
+            // refused instead, so the person hears of it).
+            let victim = self.oldest_where(|h| h.recipient == recipient && !h.record.own);
             match victim {
                 Some(victim) => {
                     self.remove(&victim);
@@ -252,6 +254,9 @@ mod tests {
         });
         assert!(own_only.add(id(1), a, 0, record(true, 1)).added);
         assert!(!own_only.add(id(2), a, 0, record(false, 2)).added);
+        // Nor can another own one: the send is refused, the first stays.
+        assert!(!own_only.add(id(3), a, 0, record(true, 3)).added);
+        assert!(own_only.contains(&id(1)));
         // Age: created at 0 and 50, max age 100.
         assert_eq!(store.expire(100), vec![id(2)]);
         let mut left: Vec<_> = store.iter().map(|(id, _)| *id).collect();

@@ -2,10 +2,10 @@
 //!
 //! A flood reaches a node once per neighbour; only the first copy is handled. An id is
 //! remembered for `ttl_ms` (longer than any flood takes to die out) and at most `capacity`
-//! ids are kept: when full, the oldest is forgotten first. A packet older than the filter's
-//! memory is refused by age before it gets here (the service's `max_age_ms` is longer than
-//! the flood, and held packets are re-seeded at start), so forgetting cannot make a node
-//! relay an old flood again.
+//! ids are kept: when full, the oldest is forgotten first. The service keeps ids as long as
+//! a packet may live (`max_age_ms`), so a copy replayed later is recognised unless the
+//! filter overflowed first: a neighbour that pushes more than `capacity` fresh packets
+//! through (at its rate limit, about 5 minutes) could then replay an older one once.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -46,6 +46,11 @@ impl SeenCache {
         self.at.insert(*id, now_ms);
         self.order.push_back((now_ms, *id));
         true
+    }
+
+    /// Forgets `id` (its handling failed: the next copy must be taken as new).
+    pub fn forget(&mut self, id: &MessageId) {
+        self.at.remove(id);
     }
 
     pub fn contains(&self, id: &MessageId) -> bool {

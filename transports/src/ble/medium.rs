@@ -313,14 +313,25 @@ impl MediumRadio {
         let (out_tx, out_rx) = mpsc::channel(WRITER_QUEUE);
         let (deliver, in_rx) = mpsc::channel(READER_QUEUE);
         let (stop, stopped) = oneshot::channel();
-        self.shared.lock().links.insert(
-            link,
-            LinkEntry {
-                peer,
-                deliver,
-                _stop: stop,
-            },
-        );
+        {
+            // Checked again under the lock: both sides may have dialled each other at once,
+            // or the slots filled while the dial waited for its answer.
+            let mut state = self.shared.lock();
+            if state.links.contains_key(&link)
+                || state.links.values().any(|l| l.peer == peer)
+                || state.links.len() >= state.file.max_links
+            {
+                return None;
+            }
+            state.links.insert(
+                link,
+                LinkEntry {
+                    peer,
+                    deliver,
+                    _stop: stop,
+                },
+            );
+        }
         tokio::spawn(transmit(
             Arc::downgrade(&self.shared),
             link,
@@ -398,13 +409,26 @@ impl BleDriver for MediumRadio {
                 state.connecting.insert(link, tx);
                 (to, link, rx)
             };
+            // Removes the pending dial however this future ends (answered, timed out, or
+            // dropped by a caller that gave up).
+            struct Pending(Arc<Shared>, u64);
+            impl Drop for Pending {
+                fn drop(&mut self) {
+                    self.0.lock().connecting.remove(&self.1);
+                }
+            }
+            let _pending = Pending(this.shared.clone(), link);
             this.shared.send_raw(to, CONNECT, link, &[]);
             let accepted = tokio::time::timeout(CONNECT_TIMEOUT, answer).await;
-            this.shared.lock().connecting.remove(&link);
             match accepted {
-                Ok(Ok(true)) => this
-                    .new_link(device, link, true)
-                    .ok_or(BleError::NotInRange(device)),
+                Ok(Ok(true)) => match this.new_link(device, link, true) {
+                    Some(ble) => Ok(ble),
+                    None => {
+                        // The other side made a link for it: take it down there too.
+                        this.shared.send_raw(to, CLOSE, link, &[]);
+                        Err(BleError::AlreadyLinked(device))
+                    }
+                },
                 Ok(Ok(false)) => Err(BleError::LinkLimit(device)),
                 _ => Err(BleError::NotInRange(device)),
             }
@@ -497,6 +521,10 @@ fn handle(device: &MediumRadio, kind: u8, from: DeviceId, link: u64, payload: &[
     let shared = &device.shared;
     match kind {
         CONNECT => {
+            if shared.lock().links.contains_key(&link) {
+                // A repeated or forged connect for a live link: the link stays as it is.
+                return;
+            }
             let (ok, acceptor) = {
                 let state = shared.lock();
                 let ok = state.file.in_range(shared.local, from)

@@ -10,8 +10,10 @@
 //! - a packet is handled once per node (the [`SeenCache`]); later copies are dropped;
 //! - a node forwards after a random delay (`jitter_ms`), so neighbours that heard the same
 //!   packet do not all transmit at once on a shared radio;
-//! - with more than `full_fanout_upto` candidate neighbours, only
-//!   `full_fanout_upto + (n - full_fanout_upto) / 2` of them (random) get a copy;
+//! - with more than `full_fanout_upto` (8) candidate neighbours, only
+//!   `full_fanout_upto + (n - full_fanout_upto) / 2` of them (random) get a copy: a hub
+//!   thins its fanout, trusting the dense mesh around it; a leaf hanging off such a hub may
+//!   miss a broadcast (directed packets are held and offered again, so they do not);
 //! - a directed packet whose recipient is a neighbour goes to it alone;
 //! - a node without the gateway role forwards only between links of the same kind (radio to
 //!   radio, internet to internet); a gateway bridges them;
@@ -90,9 +92,12 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             jitter_ms: (10, 220),
-            full_fanout_upto: 4,
-            seen_capacity: 8192,
-            seen_ttl_ms: 30 * 60_000,
+            // Above a phone's link limit (7): on the radio every neighbour gets a copy; only
+            // well-connected nodes (internet hubs) thin their fanout.
+            full_fanout_upto: 8,
+            seen_capacity: 16_384,
+            // As long as a packet may live: a copy replayed later is still recognised.
+            seen_ttl_ms: 24 * 3_600_000,
             max_age_ms: 24 * 3_600_000,
             max_future_ms: 5 * 60_000,
             held_per_recipient: 32,
@@ -237,8 +242,12 @@ struct Forward {
 
 #[derive(Debug)]
 enum Durable {
-    /// The message is in our inbox on disk: ack it.
-    Delivered { to: PeerId, message: MessageId },
+    /// The message is on disk: put it in the inbox and ack it.
+    Delivered {
+        to: PeerId,
+        message: MessageId,
+        record: Box<InboxRecord>,
+    },
     /// Our own message is on disk: answer the request, then send.
     Sent { request: u64, id: MessageId },
 }
@@ -452,14 +461,17 @@ impl RelayService {
             return;
         };
         let (kind, room) = (n.kind, MAX_IN_FLIGHT_PER_PEER.saturating_sub(n.in_flight));
+        let prefer_radio_only =
+            self.prefer_radio && self.neighbours.values().any(|n| n.kind == LinkKind::Radio);
         if room == 0 {
             return;
         }
         let offers: Vec<(MessageId, Vec<u8>)> = self
             .held
             .iter_oldest_first()
-            .filter(|(_, h)| !h.sent_to.contains(&peer))
+            .filter(|(_, h)| !h.sent_to.contains(&peer) && !h.sent_to_full())
             .filter(|(_, h)| h.record.local || self.crosses(h.record.from_radio, kind))
+            .filter(|(_, h)| !(h.record.local && prefer_radio_only && kind != LinkKind::Radio))
             .filter(|(_, h)| h.recipient == peer || h.record.ttl > 0)
             .take(room)
             .filter_map(|(id, h)| {
@@ -564,10 +576,6 @@ impl RelayService {
     /// A packet from neighbour `from`. Returns whether it was accepted (the hop answer).
     pub fn on_packet(&mut self, now_ms: u64, from: PeerId, bytes: &[u8], out: &mut Outbox) -> bool {
         self.metrics.received.inc();
-        if !self.take_token(now_ms, &from) {
-            self.refuse(now_ms, from, "flood", true, out);
-            return false;
-        }
         // Most packets in a flood are copies of one already handled: recognise them by
         // their id before paying for a signature check.
         let checked = packet::peek(bytes).and_then(|(_, id)| {
@@ -577,6 +585,13 @@ impl RelayService {
                 packet::decode(bytes).map(Ok)
             }
         });
+        // Copies cost a hash and are not charged. A neighbour over its rate is answered
+        // "refused" and retries later; it is not struck: a store-and-forward backlog after a
+        // partition legitimately arrives as fast as the link allows.
+        if matches!(checked, Ok(Ok(_))) && !self.take_token(now_ms, &from) {
+            self.refuse(now_ms, from, "flood", false, out);
+            return false;
+        }
         let packet = match checked {
             Ok(Ok(p)) => p,
             Ok(Err(copy_of)) => {
@@ -829,7 +844,9 @@ impl RelayService {
                     self.on_copy(now_ms, packet.id, out);
                     return;
                 }
-                if !first && self.durable.values().any(|d| matches!(d, Durable::Delivered { message, .. } if *message == packet.id)) {
+                if self.durable.values().any(
+                    |d| matches!(d, Durable::Delivered { message, .. } if *message == packet.id),
+                ) {
                     self.metrics.duplicates.inc();
                     return;
                 }
@@ -895,14 +912,17 @@ impl RelayService {
         };
         if broadcast {
             out.push(Effect::Persist(op));
+            self.add_to_inbox(record, out);
         } else {
-            // Acked only once on disk.
+            // In the inbox, and acked, only once on disk: until then copies are dropped and
+            // not acked, and a failed write forgets the message so the next copy is taken.
             self.next_token += 1;
             self.durable.insert(
                 self.next_token,
                 Durable::Delivered {
                     to: packet.origin,
                     message: packet.id,
+                    record: Box::new(record),
                 },
             );
             out.push(Effect::PersistDurable {
@@ -910,6 +930,9 @@ impl RelayService {
                 token: self.next_token,
             });
         }
+    }
+
+    fn add_to_inbox(&mut self, record: InboxRecord, out: &mut Outbox) {
         self.insert_inbox(record);
         while let Some(old) = self.pop_inbox_over_capacity() {
             out.push(Effect::Persist(StoreOp::RemoveInbox { id: old.id }));
@@ -1140,6 +1163,11 @@ impl Service for RelayService {
             Timer::RelayForward => self.run_due_forwards(now_ms, out),
             Timer::RelaySweep => {
                 self.seen.expire(now_ms);
+                // Packets whose hop failed on a link that stayed up are offered again.
+                let neighbours: Vec<PeerId> = self.neighbours.keys().copied().collect();
+                for peer in neighbours {
+                    self.offer_held(peer, out);
+                }
                 let expired = self.held.expire(now_ms);
                 for id in &expired {
                     self.metrics.held_expired.inc();
@@ -1171,9 +1199,20 @@ impl Service for RelayService {
             return;
         };
         match (done, result) {
-            (Durable::Delivered { to, message }, Ok(())) => self.send_ack(now_ms, to, message, out),
-            // Not on disk, so not acked: the origin keeps it and offers it again.
-            (Durable::Delivered { .. }, Err(_)) => {}
+            (
+                Durable::Delivered {
+                    to,
+                    message,
+                    record,
+                },
+                Ok(()),
+            ) => {
+                self.add_to_inbox(*record, out);
+                self.send_ack(now_ms, to, message, out);
+            }
+            // Not on disk, so not acked, and forgotten: the origin keeps it and offers it
+            // again, and that copy is taken as new.
+            (Durable::Delivered { message, .. }, Err(_)) => self.seen.forget(&message),
             (Durable::Sent { request, id }, Ok(())) => {
                 out.push(Effect::Reply {
                     token: request,

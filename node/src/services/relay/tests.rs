@@ -607,6 +607,25 @@ fn copies_of_a_delivered_message_are_acked_again_at_a_bounded_rate() {
             _ => None,
         })
         .unwrap();
+    // A copy during the write is not acked, nor is the message in the inbox yet.
+    let mut out = Outbox::default();
+    assert!(recipient.on_packet(now + 1, from, &frame, &mut out));
+    assert_eq!(acks(&out), 0);
+    assert!(recipient.view().inbox.is_empty());
+    // The write fails: no ack, and the next copy is taken as new.
+    let mut out = Outbox::default();
+    recipient.on_durable(now + 2, token, Err("disk full".into()), &mut out);
+    assert_eq!(acks(&out), 0);
+    let mut out = Outbox::default();
+    assert!(recipient.on_packet(now + 3, from, &frame, &mut out));
+    let token = out
+        .effects()
+        .iter()
+        .find_map(|e| match e {
+            Effect::PersistDurable { token, .. } => Some(*token),
+            _ => None,
+        })
+        .expect("the copy after a failed write is written again");
     let mut out = Outbox::default();
     recipient.on_durable(now + 5, token, Ok(()), &mut out);
     assert_eq!(acks(&out), 1);
