@@ -28,9 +28,20 @@ pub struct Candidate {
     pub protected: bool,
 }
 
+/// Radio links kept by the budget: a phone holds 6–8 BLE links at most (the simulated
+/// radio's limit is 7), so the node settles at 4 and prunes above [`RADIO_SLACK`] more,
+/// keeping a slot free to hear a new neighbour.
+pub const RADIO_TARGET: usize = 4;
+pub const RADIO_SLACK: usize = 2;
+
 /// The peers to disconnect to bring `candidates` back to `target`.
 pub fn choose_prunes(candidates: &[Candidate], target: usize) -> Vec<PeerId> {
-    if candidates.len() <= target.saturating_add(SLACK) {
+    choose_prunes_with(candidates, target, SLACK)
+}
+
+/// As [`choose_prunes`], with another slack (radio links use [`RADIO_SLACK`]).
+pub fn choose_prunes_with(candidates: &[Candidate], target: usize, slack: usize) -> Vec<PeerId> {
+    if candidates.len() <= target.saturating_add(slack) {
         return Vec::new();
     }
     let excess = candidates.len() - target;
@@ -55,6 +66,14 @@ mod tests {
                 protected: *protected,
             })
             .collect()
+    }
+
+    #[test]
+    fn radio_links_settle_at_their_own_lower_target() {
+        let c = candidates(&[(100, false); 6]);
+        assert!(choose_prunes_with(&c, RADIO_TARGET, RADIO_SLACK).is_empty());
+        let c = candidates(&[(100, false); 7]);
+        assert_eq!(choose_prunes_with(&c, RADIO_TARGET, RADIO_SLACK).len(), 3);
     }
 
     #[test]

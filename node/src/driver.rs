@@ -821,6 +821,10 @@ impl Driver {
         let Some(scan) = &self.radio_scan else {
             return;
         };
+        // At the radio budget, new neighbours would only be pruned again.
+        if self.swarm.behaviour().peers.radio_count() >= crate::connection_budget::RADIO_TARGET {
+            return;
+        }
         for (peer, addr) in scan.to_dial() {
             if self.swarm.is_connected(&peer) {
                 continue;

@@ -445,23 +445,38 @@ impl PeerManager {
         self.keep_budget();
     }
 
-    /// Disconnects surplus peers above the target (see `connection_budget`).
+    /// How many peers are connected over BLE.
+    pub fn radio_count(&self) -> usize {
+        self.live
+            .values()
+            .filter(|l| transport_of(&l.addr) == "ble")
+            .count()
+    }
+
+    /// Disconnects surplus peers above the target (see `connection_budget`): internet links
+    /// against `target_peers`, radio links against their own lower target.
     fn keep_budget(&mut self) {
-        let target = self.config.target_peers;
-        if self.live.len() <= target + connection_budget::SLACK {
-            return;
-        }
-        let candidates: Vec<Candidate> = self
-            .live
-            .iter()
-            .map(|(peer, live)| Candidate {
-                peer: *peer,
-                connected_for: live.since.elapsed(),
-                protected: self.protected.contains(peer) || self.bootstrap.is_bootstrap_peer(peer),
-            })
-            .collect();
-        for peer in connection_budget::choose_prunes(&candidates, target) {
-            tracing::debug!(%peer, connected = self.live.len(), target, "pruning surplus connection");
+        let candidates = |radio: bool| -> Vec<Candidate> {
+            self.live
+                .iter()
+                .filter(|(_, live)| (transport_of(&live.addr) == "ble") == radio)
+                .map(|(peer, live)| Candidate {
+                    peer: *peer,
+                    connected_for: live.since.elapsed(),
+                    protected: self.protected.contains(peer)
+                        || self.bootstrap.is_bootstrap_peer(peer),
+                })
+                .collect()
+        };
+        let internet =
+            connection_budget::choose_prunes(&candidates(false), self.config.target_peers);
+        let radio = connection_budget::choose_prunes_with(
+            &candidates(true),
+            connection_budget::RADIO_TARGET,
+            connection_budget::RADIO_SLACK,
+        );
+        for peer in internet.into_iter().chain(radio) {
+            tracing::debug!(%peer, connected = self.live.len(), "pruning surplus connection");
             self.metrics.pruned.inc();
             self.queue.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
