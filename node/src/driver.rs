@@ -329,6 +329,16 @@ impl Driver {
         result
     }
 
+    /// The same for the relay, through its typed entry points (packets, hop answers, links,
+    /// send requests) rather than the [`Service`] trait.
+    fn with_relay<R>(&mut self, input: impl FnOnce(&mut RelayService, &mut Outbox) -> R) -> R {
+        let mut out = Outbox::default();
+        let result = input(&mut self.services.relay, &mut out);
+        self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
+        self.execute_all();
+        result
+    }
+
     fn notify_all(&mut self, notice: &Notice) {
         let now = now_ms();
         for id in ServiceId::ALL {
@@ -504,12 +514,9 @@ impl Driver {
                 let request = self.next_request;
                 self.replies.insert(request, PendingReply::Message(reply));
                 let now = now_ms();
-                let mut out = Outbox::default();
-                self.services
-                    .relay
-                    .submit(now, request, SendRequest { to, app, data }, &mut out);
-                self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
-                self.execute_all();
+                self.with_relay(|relay, out| {
+                    relay.submit(now, request, SendRequest { to, app, data }, out)
+                });
             }
             ControlCommand::Revoke { revocation, reply } => {
                 self.next_request += 1;
@@ -664,7 +671,6 @@ impl Driver {
     fn on_relay_event(&mut self, event: relay_protocol::Event) {
         use libp2p::request_response::{Event, Message};
         let now = now_ms();
-        let mut out = Outbox::default();
         match event {
             Event::Message {
                 peer,
@@ -674,7 +680,8 @@ impl Driver {
                     },
                 ..
             } => {
-                let accepted = self.services.relay.on_packet(now, peer, &request, &mut out);
+                let accepted =
+                    self.with_relay(|relay, out| relay.on_packet(now, peer, &request, out));
                 let answer = if accepted { HOP_ACCEPTED } else { HOP_REFUSED };
                 // The neighbour may have gone meanwhile: nothing to answer then.
                 let _ = self
@@ -697,9 +704,7 @@ impl Driver {
                     } else {
                         HopOutcome::Failed
                     };
-                    self.services
-                        .relay
-                        .hop_result(&peer, &id, outcome, &mut out);
+                    self.with_relay(|relay, out| relay.hop_result(&peer, &id, outcome, out));
                 }
             }
             Event::OutboundFailure {
@@ -707,9 +712,9 @@ impl Driver {
             } => {
                 if let Some((peer, id)) = self.relay_hops.remove(&request_id) {
                     tracing::debug!(peer_id = %peer, %error, "relay hop failed");
-                    self.services
-                        .relay
-                        .hop_result(&peer, &id, HopOutcome::Failed, &mut out);
+                    self.with_relay(|relay, out| {
+                        relay.hop_result(&peer, &id, HopOutcome::Failed, out)
+                    });
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -717,8 +722,6 @@ impl Driver {
             }
             Event::ResponseSent { .. } => {}
         }
-        self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
-        self.execute_all();
     }
 
     fn on_peer_event(&mut self, event: PeerManagerEvent) {
@@ -730,10 +733,7 @@ impl Driver {
                 } else {
                     LinkKind::Internet
                 };
-                let mut out = Outbox::default();
-                self.services.relay.link_up(now_ms(), peer, kind, &mut out);
-                self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
-                self.execute_all();
+                self.with_relay(|relay, out| relay.link_up(now_ms(), peer, kind, out));
                 self.events.publish(NodeEvent::PeerConnected {
                     peer_id: peer.to_string(),
                     addr: addr.to_string(),

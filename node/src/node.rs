@@ -137,23 +137,16 @@ impl Network {
         match self {
             Network::Internet => build_transport(keypair, channel, config),
             Network::Memory => build_memory_transport(keypair, channel, config),
-            Network::Radio(device) => secure_transport(
-                keypair,
-                channel,
-                BleTransport::new(device.clone(), ArqConfig::default()),
-                config.upgrade_timeout,
-            ),
-            Network::RadioMedium(device) => secure_transport(
-                keypair,
-                channel,
-                BleTransport::new(device.clone(), ArqConfig::default()),
-                config.upgrade_timeout,
-            ),
+            Network::Radio(device) => {
+                secure_transport(keypair, channel, ble(device), config.upgrade_timeout)
+            }
+            Network::RadioMedium(device) => {
+                secure_transport(keypair, channel, ble(device), config.upgrade_timeout)
+            }
             Network::MemoryAndRadio(device) => secure_transport(
                 keypair,
                 channel,
-                libp2p::core::transport::MemoryTransport::default()
-                    .or_transport(BleTransport::new(device.clone(), ArqConfig::default())),
+                libp2p::core::transport::MemoryTransport::default().or_transport(ble(device)),
                 config.upgrade_timeout,
             ),
         }
@@ -171,6 +164,11 @@ impl Network {
     fn allows_mdns(&self) -> bool {
         matches!(self, Network::Internet)
     }
+}
+
+/// The BLE transport on a radio device, with the link settings every node uses.
+fn ble<D: fogmesh_transports::ble::driver::BleDriver + Clone>(device: &D) -> BleTransport<D> {
+    BleTransport::new(device.clone(), ArqConfig::default())
 }
 
 /// Why a node could not start.

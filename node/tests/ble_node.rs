@@ -2,6 +2,8 @@
 //! Real nodes with Bluetooth LE only, on the simulated radio: telemetry crosses hops from
 //! node to node with no internet transport at all.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -341,33 +343,6 @@ async fn gateway_node_with(
         .unwrap()
 }
 
-/// The inet sockets this process holds: (protocol, local address as in /proc/net, remote).
-fn own_inet_sockets() -> Vec<(String, String, String)> {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy().into_owned();
-            t.strip_prefix("socket:[")?
-                .strip_suffix(']')
-                .map(str::to_owned)
-        })
-        .collect();
-    let mut found = Vec::new();
-    for proto in ["tcp", "tcp6", "udp", "udp6"] {
-        let Ok(table) = std::fs::read_to_string(format!("/proc/net/{proto}")) else {
-            continue;
-        };
-        for line in table.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9 && inodes.contains(cols[9]) {
-                found.push((proto.to_owned(), cols[1].to_owned(), cols[2].to_owned()));
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_node_opens_no_socket_but_its_loopback_control_api() {
     // Every node this test binary starts is offline or on the memory transport, so any inet
@@ -380,10 +355,10 @@ async fn an_offline_node_opens_no_socket_but_its_loopback_control_api() {
         m.inbox.iter().any(|r| r.id == id)
     })
     .await;
-    let sockets = own_inet_sockets();
+    let sockets = common::inet_sockets_of(std::process::id());
     assert!(!sockets.is_empty(), "the control API listens on a socket");
     // 0100007F is 127.0.0.1 as /proc/net/tcp writes it; no UDP socket at all (mDNS, QUIC).
-    for (proto, local, _) in &sockets {
+    for (proto, local) in &sockets {
         assert!(
             proto == "tcp" && local.starts_with("0100007F:"),
             "{proto} {local}"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::wait_until;
+use common::{inet_sockets_of, wait_until};
 use fogmesh_node::client::ControlClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -580,31 +580,6 @@ fn store_check_finds_damage_and_repair_keeps_what_is_readable() {
     );
     let out = check(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-}
-
-/// The inet sockets process `pid` holds, as (protocol, local address in /proc/net's hex).
-fn inet_sockets_of(pid: u32) -> Vec<(String, String)> {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|t| {
-            let t = t.to_string_lossy().into_owned();
-            t.strip_prefix("socket:[")?
-                .strip_suffix(']')
-                .map(str::to_owned)
-        })
-        .collect();
-    let mut found = Vec::new();
-    for proto in ["tcp", "tcp6", "udp", "udp6"] {
-        let table = std::fs::read_to_string(format!("/proc/{pid}/net/{proto}")).unwrap_or_default();
-        for line in table.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9 && inodes.contains(cols[9]) {
-                found.push((proto.to_owned(), cols[1].to_owned()));
-            }
-        }
-    }
-    found
 }
 
 #[test]

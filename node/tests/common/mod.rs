@@ -63,3 +63,28 @@ where
     }
     false
 }
+
+/// The inet sockets process `pid` holds, as (protocol, local address in /proc/net's hex).
+pub fn inet_sockets_of(pid: u32) -> Vec<(String, String)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut found = Vec::new();
+    for proto in ["tcp", "tcp6", "udp", "udp6"] {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/{proto}")).unwrap_or_default();
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && inodes.contains(cols[9]) {
+                found.push((proto.to_owned(), cols[1].to_owned()));
+            }
+        }
+    }
+    found
+}

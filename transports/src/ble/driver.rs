@@ -52,6 +52,12 @@ impl fmt::Display for DeviceId {
 }
 
 /// A device seen by a scan.
+/// The signal strength a simulated radio reports at `distance`: free-space path loss,
+/// roughly, from −40 dBm at 1 m.
+pub fn simulated_rssi(distance: f64) -> i16 {
+    (-40.0 - 20.0 * distance.max(1.0).log10()) as i16
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Discovery {
     pub device: DeviceId,

@@ -379,7 +379,7 @@ impl BleDriver for MediumRadio {
                 let other = state.file.device(d)?;
                 Some(Discovery {
                     device: d,
-                    rssi: (-40.0 - 20.0 * distance(me, other).max(1.0).log10()) as i16,
+                    rssi: super::driver::simulated_rssi(distance(me, other)),
                 })
             })
             .collect()

@@ -486,8 +486,7 @@ impl BleDriver for SimDevice {
             .filter(|(&id, _)| medium.in_range(self.id, id))
             .map(|(&device, d)| Discovery {
                 device,
-                // Free-space path loss, roughly: −40 dBm at 1 m.
-                rssi: (-40.0 - 20.0 * (distance(me.position, d.position).max(1.0)).log10()) as i16,
+                rssi: super::driver::simulated_rssi(distance(me.position, d.position)),
             })
             .collect()
     }

@@ -330,6 +330,12 @@ impl RelayService {
         self.prefer_radio = on;
     }
 
+    /// Whether this node's own packets stay on radio links now (the preference is set and
+    /// there is a radio neighbour to take them).
+    fn own_packets_radio_only(&self) -> bool {
+        self.prefer_radio && self.neighbours.values().any(|n| n.kind == LinkKind::Radio)
+    }
+
     pub fn metrics(&self) -> &RelayMetrics {
         &self.metrics
     }
@@ -461,8 +467,7 @@ impl RelayService {
             return;
         };
         let (kind, room) = (n.kind, MAX_IN_FLIGHT_PER_PEER.saturating_sub(n.in_flight));
-        let prefer_radio_only =
-            self.prefer_radio && self.neighbours.values().any(|n| n.kind == LinkKind::Radio);
+        let prefer_radio_only = self.own_packets_radio_only();
         if room == 0 {
             return;
         }
@@ -623,14 +628,10 @@ impl RelayService {
             self.metrics.duplicates.inc();
             return true;
         }
-        let first = self.seen.first_time(now_ms, &packet.id);
-        let for_me = packet.content.addressee() == Some(&self.local_id);
-        if for_me {
-            self.handle_mine(now_ms, &packet, first, out);
-            return true;
-        }
-        if !first {
-            self.metrics.duplicates.inc();
+        // New by construction: copies were recognised above.
+        self.seen.first_time(now_ms, &packet.id);
+        if packet.content.addressee() == Some(&self.local_id) {
+            self.handle_mine(now_ms, &packet, out);
             return true;
         }
         if let Content::Broadcast(payload) = &packet.content {
@@ -643,10 +644,7 @@ impl RelayService {
                 .get(message)
                 .is_some_and(|h| h.recipient == packet.origin)
             {
-                self.held.remove(message);
-                out.push(Effect::Persist(StoreOp::RemoveHeld {
-                    id: hex_id(message),
-                }));
+                self.drop_held(message, out);
                 self.publish_view(out);
             }
         }
@@ -707,23 +705,43 @@ impl RelayService {
             from_radio,
             held_since_ms: now_ms,
         };
-        let added = self
-            .held
-            .add(packet.id, recipient, packet.created_ms, record.clone());
-        for id in &added.evicted {
-            self.metrics.held_evicted.inc();
-            out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(id) }));
-        }
-        if added.added {
+        if self.keep_held(packet.id, recipient, packet.created_ms, record, out) {
             // The neighbour it came from has it.
             self.held.mark_sent(&packet.id, from);
-            out.push(Effect::Persist(StoreOp::PutHeld {
-                id: hex_id(&packet.id),
-                record,
-            }));
             self.publish_view(out);
         } else {
             self.metrics.drop_forward("held_full");
+        }
+    }
+
+    /// Adds a packet to the held store and the table, removing what it pushed out; false if
+    /// the bounds left no room for it.
+    fn keep_held(
+        &mut self,
+        id: MessageId,
+        recipient: PeerId,
+        created_ms: u64,
+        record: HeldRecord,
+        out: &mut Outbox,
+    ) -> bool {
+        let added = self.held.add(id, recipient, created_ms, record.clone());
+        for old in &added.evicted {
+            self.metrics.held_evicted.inc();
+            out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(old) }));
+        }
+        if added.added {
+            out.push(Effect::Persist(StoreOp::PutHeld {
+                id: hex_id(&id),
+                record,
+            }));
+        }
+        added.added
+    }
+
+    /// Removes a held packet from the store and the table, if held.
+    fn drop_held(&mut self, id: &MessageId, out: &mut Outbox) {
+        if self.held.remove(id).is_some() {
+            out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(id) }));
         }
     }
 
@@ -837,7 +855,7 @@ impl RelayService {
         }
     }
 
-    fn handle_mine(&mut self, now_ms: u64, packet: &RelayPacket, first: bool, out: &mut Outbox) {
+    fn handle_mine(&mut self, now_ms: u64, packet: &RelayPacket, out: &mut Outbox) {
         match &packet.content {
             Content::Direct { sealed, .. } => {
                 if self.inbox_from.contains_key(&hex_id(&packet.id)) {
@@ -861,13 +879,7 @@ impl RelayService {
                     }
                 }
             }
-            Content::Ack { message, .. } => {
-                if !first {
-                    self.metrics.duplicates.inc();
-                    return;
-                }
-                self.on_ack(now_ms, packet.origin, message, out);
-            }
+            Content::Ack { message, .. } => self.on_ack(now_ms, packet.origin, message, out),
             Content::Broadcast(_) => {}
         }
     }
@@ -958,17 +970,7 @@ impl RelayService {
             from_radio: false,
             held_since_ms: now_ms,
         };
-        let added = self.held.add(id, to, now_ms, record.clone());
-        for old in &added.evicted {
-            self.metrics.held_evicted.inc();
-            out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(old) }));
-        }
-        if added.added {
-            out.push(Effect::Persist(StoreOp::PutHeld {
-                id: hex_id(&id),
-                record,
-            }));
-        }
+        self.keep_held(id, to, now_ms, record, out);
         self.seen.first_time(now_ms, &id);
         self.last_ack_ms.insert(message, now_ms);
         if self.last_ack_ms.len() > self.config.inbox_capacity * 2 {
@@ -1003,9 +1005,7 @@ impl RelayService {
             id: id.clone(),
             record,
         }));
-        if self.held.remove(message).is_some() {
-            out.push(Effect::Persist(StoreOp::RemoveHeld { id }));
-        }
+        self.drop_held(message, out);
         self.publish_view(out);
     }
 
@@ -1019,12 +1019,7 @@ impl RelayService {
             Ok((id, held, sent)) => {
                 let key = hex_id(&id);
                 if let Some((recipient, record)) = held {
-                    let added = self.held.add(id, recipient, now_ms, record.clone());
-                    for old in &added.evicted {
-                        self.metrics.held_evicted.inc();
-                        out.push(Effect::Persist(StoreOp::RemoveHeld { id: hex_id(old) }));
-                    }
-                    if !added.added {
+                    if !self.keep_held(id, recipient, now_ms, record, out) {
                         out.push(Effect::Reply {
                             token: request,
                             reply: Reply::Message(Err(format!(
@@ -1034,10 +1029,6 @@ impl RelayService {
                         });
                         return;
                     }
-                    out.push(Effect::Persist(StoreOp::PutHeld {
-                        id: key.clone(),
-                        record,
-                    }));
                 }
                 self.seen.first_time(now_ms, &id);
                 self.insert_sent(sent.clone());
@@ -1128,8 +1119,7 @@ impl RelayService {
             return;
         };
         let id = packet::message_id(envelope);
-        let radio_only =
-            self.prefer_radio && self.neighbours.values().any(|n| n.kind == LinkKind::Radio);
+        let radio_only = self.own_packets_radio_only();
         let mut targets: Vec<PeerId> = self
             .neighbours
             .iter()

@@ -267,6 +267,18 @@ impl Sim {
         id.try_into().unwrap()
     }
 
+    /// The neighbours `node` itself sent message `id` to, sorted.
+    fn first_hops(&self, node: usize, id: &MessageId) -> Vec<usize> {
+        let mut hops: Vec<usize> = self
+            .sends
+            .iter()
+            .filter(|(from, _, i)| *from == node && i == id)
+            .map(|(_, to, _)| *to)
+            .collect();
+        hops.sort();
+        hops
+    }
+
     fn inbox_of(&self, node: usize) -> Vec<MessageView> {
         self.nodes[node].view().inbox
     }
@@ -599,14 +611,7 @@ fn copies_of_a_delivered_message_are_acked_again_at_a_bounded_rate() {
     assert!(recipient.on_packet(now, from, &frame, &mut out));
     // No ack before the message is on disk.
     assert_eq!(acks(&out), 0);
-    let token = out
-        .effects()
-        .iter()
-        .find_map(|e| match e {
-            Effect::PersistDurable { token, .. } => Some(*token),
-            _ => None,
-        })
-        .unwrap();
+    let token = durable_token(&out).unwrap();
     // A copy during the write is not acked, nor is the message in the inbox yet.
     let mut out = Outbox::default();
     assert!(recipient.on_packet(now + 1, from, &frame, &mut out));
@@ -618,14 +623,7 @@ fn copies_of_a_delivered_message_are_acked_again_at_a_bounded_rate() {
     assert_eq!(acks(&out), 0);
     let mut out = Outbox::default();
     assert!(recipient.on_packet(now + 3, from, &frame, &mut out));
-    let token = out
-        .effects()
-        .iter()
-        .find_map(|e| match e {
-            Effect::PersistDurable { token, .. } => Some(*token),
-            _ => None,
-        })
-        .expect("the copy after a failed write is written again");
+    let token = durable_token(&out).expect("the copy after a failed write is written again");
     let mut out = Outbox::default();
     recipient.on_durable(now + 5, token, Ok(()), &mut out);
     assert_eq!(acks(&out), 1);
@@ -671,21 +669,16 @@ fn at_low_battery_own_packets_go_over_the_radio_when_there_is_one() {
     sim.connect_by(0, 2, LinkKind::Internet);
     sim.nodes[0].set_prefer_radio(true);
     let id = sim.send(0, None, "sparing the battery");
-    let first_hops: Vec<usize> = sim
-        .sends
-        .iter()
-        .filter(|(from, _, i)| *from == 0 && *i == id)
-        .map(|(_, to, _)| *to)
-        .collect();
-    assert_eq!(first_hops, vec![1]);
+    assert_eq!(sim.first_hops(0, &id), vec![1]);
     sim.nodes[0].set_prefer_radio(false);
     let id = sim.send(0, None, "plugged in again");
-    let mut first_hops: Vec<usize> = sim
-        .sends
-        .iter()
-        .filter(|(from, _, i)| *from == 0 && *i == id)
-        .map(|(_, to, _)| *to)
-        .collect();
-    first_hops.sort();
-    assert_eq!(first_hops, vec![1, 2]);
+    assert_eq!(sim.first_hops(0, &id), vec![1, 2]);
+}
+
+/// The token of the durable write among `out`'s effects.
+fn durable_token(out: &Outbox) -> Option<DurableToken> {
+    out.effects().iter().find_map(|e| match e {
+        Effect::PersistDurable { token, .. } => Some(*token),
+        _ => None,
+    })
 }
