@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -217,7 +218,8 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     ticket: Option<PathBuf>,
     /// Bluetooth LE only: no internet transport, no socket but the loopback control API.
-    /// Needs a radio; today that is the simulated one of a radio testnet (--radio-medium).
+    /// Needs a radio: a Bluetooth adapter (builds with the `bluetooth` feature, Linux) or the
+    /// simulated one of a radio testnet (--radio-medium).
     #[arg(long)]
     offline: bool,
     /// The simulated radio shared by a testnet's processes (its medium file, see
@@ -863,15 +865,8 @@ async fn start_offline(
     mut settings: fogmesh_node::config::Settings,
     medium: Option<&std::path::Path>,
 ) -> Result<node::RunningNode> {
-    use fogmesh_transports::ble::driver::DeviceId;
+    use fogmesh_transports::ble::driver::{DeviceId, SharedDriver};
     use fogmesh_transports::ble::medium::MediumRadio;
-    let Some(medium) = medium else {
-        bail!(
-            "--offline needs a Bluetooth LE radio, and this build has no driver for real \
-             adapters yet; on the simulated radio of a testnet, pass --radio-medium FILE \
-             (`fogmesh testnet up --radio line --offline` does; see docs/ble.md)"
-        );
-    };
     if let Some(addr) = settings
         .bootstrap
         .iter()
@@ -883,9 +878,41 @@ async fn start_offline(
     settings.mdns = false;
     settings.quic = false;
     let key = identity::load_or_create(&settings.data_dir)?;
-    let device = DeviceId::of_peer(&key.public().to_peer_id());
-    let radio = MediumRadio::open(medium, device, rand::random()).await?;
-    Ok(node::start_on(settings, node::Network::RadioMedium(radio)).await?)
+    let peer = key.public().to_peer_id();
+    let radio: SharedDriver = match medium {
+        Some(medium) => {
+            let device = DeviceId::of_peer(&peer);
+            Arc::new(MediumRadio::open(medium, device, rand::random()).await?)
+        }
+        None => bluetooth_adapter(peer).await?,
+    };
+    Ok(node::start_on(settings, node::Network::Offline(radio)).await?)
+}
+
+/// The machine's Bluetooth adapter, through BlueZ.
+#[cfg(all(feature = "bluetooth", target_os = "linux"))]
+async fn bluetooth_adapter(
+    peer: libp2p::PeerId,
+) -> Result<fogmesh_transports::ble::driver::SharedDriver> {
+    use fogmesh_node::connection_budget::{RADIO_SLACK, RADIO_TARGET};
+    let radio = fogmesh_transports::ble::bluez::BluezRadio::open(peer, RADIO_TARGET + RADIO_SLACK)
+        .await
+        .context(
+            "--offline needs a Bluetooth LE adapter (BlueZ's bluetoothd running, an adapter \
+             present); on the simulated radio of a testnet, pass --radio-medium FILE",
+        )?;
+    Ok(Arc::new(radio))
+}
+
+#[cfg(not(all(feature = "bluetooth", target_os = "linux")))]
+async fn bluetooth_adapter(
+    _peer: libp2p::PeerId,
+) -> Result<fogmesh_transports::ble::driver::SharedDriver> {
+    bail!(
+        "--offline needs a Bluetooth LE radio, and this build has no driver for real adapters \
+         (build with `--features bluetooth`, Linux); on the simulated radio of a testnet, pass \
+         --radio-medium FILE (`fogmesh testnet up --radio line --offline` does; see docs/ble.md)"
+    )
 }
 
 async fn wait_finished(node: &node::RunningNode) {

@@ -2,8 +2,11 @@
 //! driver contract, the simulated radio and the libp2p transport over it.
 
 pub mod arq;
+#[cfg(all(feature = "bluetooth", target_os = "linux"))]
+pub mod bluez;
 pub mod driver;
 pub mod frame;
+pub mod gatt;
 pub mod medium;
 pub mod sim;
 pub mod stream;
