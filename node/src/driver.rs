@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fogmesh_transports::ble::driver::{BleDriver as _, SharedDriver};
 use fogmesh_transports::secure::{Refusal, SecureChannel};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
@@ -98,29 +99,31 @@ impl Services {
     }
 }
 
-/// Radio neighbour discovery: the devices in range that advertise an identity, dialled by
-/// the side with the lower device id (so two neighbours make one link, not two).
-pub(crate) struct RadioScan {
-    radio: fogmesh_transports::ble::medium::MediumRadio,
+/// The node's Bluetooth radio, as the driver sees it: the power policy sets its duty cycle,
+/// and (when `discovers`) the devices it hears are dialled.
+pub(crate) struct Radio {
+    pub driver: SharedDriver,
+    /// Dial the devices in range whose identity the radio learned (offline nodes). Tests on
+    /// the in-process radio dial explicitly instead.
+    pub discovers: bool,
 }
 
-impl RadioScan {
-    pub(crate) fn new(radio: fogmesh_transports::ble::medium::MediumRadio) -> Self {
-        Self { radio }
-    }
-
+impl Radio {
+    /// Neighbours to dial: those whose identity is known, by the side with the lower device
+    /// id (so two neighbours make one link, not two).
     fn to_dial(&self) -> Vec<(PeerId, libp2p::Multiaddr)> {
-        use fogmesh_transports::ble::driver::BleDriver;
-        let local = self.radio.local();
-        self.radio
-            .advertised_neighbours()
+        if !self.discovers {
+            return Vec::new();
+        }
+        let local = self.driver.local();
+        self.driver
+            .identities()
             .into_iter()
             .filter(|(device, _)| local < *device)
-            .filter_map(|(device, peer)| {
-                let peer: PeerId = peer?.parse().ok()?;
+            .map(|(device, peer)| {
                 let addr = fogmesh_transports::ble::transport::device_addr(device)
                     .with(libp2p::multiaddr::Protocol::P2p(peer));
-                Some((peer, addr))
+                (peer, addr)
             })
             .collect()
     }
@@ -128,9 +131,9 @@ impl RadioScan {
 
 /// Everything the driver is built from.
 pub(crate) struct DriverParts {
-    pub radio_scan: Option<RadioScan>,
-    /// Whether the node has a Bluetooth radio (the power policy may then restrict it to it).
-    pub has_radio: bool,
+    /// The node's Bluetooth radio, if it has one (the power policy may then restrict the
+    /// node to it).
+    pub radio: Option<Radio>,
     pub swarm: Swarm<Behaviour>,
     pub services: Services,
     pub storage: NodeStorage,
@@ -200,8 +203,7 @@ type SensePass = JoinHandle<(DeviceMonitor, DeviceView, Option<u64>)>;
 pub struct Driver {
     swarm: Swarm<Behaviour>,
     services: Services,
-    radio_scan: Option<RadioScan>,
-    has_radio: bool,
+    radio: Option<Radio>,
     topics: HashMap<TopicHash, ServiceId>,
     timers: BTreeMap<Timer, u64>,
     storage: NodeStorage,
@@ -253,8 +255,7 @@ impl Driver {
         p.metrics.set_phase(None, p.lifecycle.phase());
         Ok(Self {
             refusals: p.channel.watch_refusals(REFUSAL_QUEUE),
-            radio_scan: p.radio_scan,
-            has_radio: p.has_radio,
+            radio: p.radio,
             swarm,
             services,
             topics,
@@ -803,14 +804,19 @@ impl Driver {
 
     /// Transport choice follows the power policy (docs/ble.md): at `bitchat_only` a node
     /// with a radio drops its internet links; at `bitchat_preferred` its own relay packets
-    /// go over the radio when it has radio neighbours.
+    /// go over the radio when it has radio neighbours. The radio scans and advertises at
+    /// the policy's duty cycle.
     fn follow_power_policy(&mut self, view: &DeviceView) {
         use crate::device::policy::TransportPreference;
-        let preference = view.decision.limits.transport;
+        let limits = &view.decision.limits;
+        let preference = limits.transport;
+        if let Some(radio) = &self.radio {
+            radio.driver.set_duty_cycle(limits.ble_duty.radio_duty());
+        }
         self.swarm
             .behaviour_mut()
             .peers
-            .set_radio_only(self.has_radio && preference == TransportPreference::BitchatOnly);
+            .set_radio_only(self.radio.is_some() && preference == TransportPreference::BitchatOnly);
         self.services
             .relay
             .set_prefer_radio(preference >= TransportPreference::BitchatPreferred);
@@ -818,14 +824,14 @@ impl Driver {
 
     fn dial_radio_neighbours(&mut self) {
         use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-        let Some(scan) = &self.radio_scan else {
+        let Some(radio) = &self.radio else {
             return;
         };
         // At the radio budget, new neighbours would only be pruned again.
         if self.swarm.behaviour().peers.radio_count() >= crate::connection_budget::RADIO_TARGET {
             return;
         }
-        for (peer, addr) in scan.to_dial() {
+        for (peer, addr) in radio.to_dial() {
             if self.swarm.is_connected(&peer) {
                 continue;
             }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use fogmesh_store::task::{StorageConfig, StorageHandle};
 use fogmesh_store::{Store, StoreError, StoreOptions, Table};
 use fogmesh_transports::ble::arq::ArqConfig;
-use fogmesh_transports::ble::medium::MediumRadio;
+use fogmesh_transports::ble::driver::SharedDriver;
 use fogmesh_transports::ble::sim::SimDevice;
 use fogmesh_transports::ble::transport::BleTransport;
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
@@ -118,10 +118,11 @@ pub enum Network {
     /// radio, with the same secure channel and yamux: offline mode as tests run it. No
     /// internet socket is opened and mDNS stays off whatever the settings say.
     Radio(SimDevice),
-    /// Bluetooth LE only, on a device of the simulated radio shared across processes (a
-    /// radio testnet: `fogmesh run --offline --radio-medium FILE`). Radio neighbours that
-    /// advertise their identity are dialled as they come into range.
-    RadioMedium(MediumRadio),
+    /// Bluetooth LE only, on a radio that learns its neighbours' identities: the simulated
+    /// radio shared across processes (a radio testnet: `fogmesh run --offline
+    /// --radio-medium FILE`) or a real adapter (`fogmesh run --offline`, feature
+    /// `bluetooth`). Neighbours are dialled as they come into range.
+    Offline(SharedDriver),
     /// The memory transport and a device of the simulated radio together: a gateway as
     /// tests run it, bridging a radio island and the (in-process) internet mesh.
     MemoryAndRadio(SimDevice),
@@ -140,7 +141,7 @@ impl Network {
             Network::Radio(device) => {
                 secure_transport(keypair, channel, ble(device), config.upgrade_timeout)
             }
-            Network::RadioMedium(device) => {
+            Network::Offline(device) => {
                 secure_transport(keypair, channel, ble(device), config.upgrade_timeout)
             }
             Network::MemoryAndRadio(device) => secure_transport(
@@ -152,12 +153,25 @@ impl Network {
         }
     }
 
+    /// Whether every link the node can have is a radio one.
+    fn is_radio_only(&self) -> bool {
+        matches!(self, Network::Radio(_) | Network::Offline(_))
+    }
+
     fn is_internet(&self) -> bool {
         matches!(self, Network::Internet)
     }
 
-    fn has_radio(&self) -> bool {
-        !matches!(self, Network::Internet | Network::Memory)
+    /// The radio the driver tunes to the power policy (and, offline, discovers with).
+    fn radio(&self) -> Option<crate::driver::Radio> {
+        let (driver, discovers): (SharedDriver, bool) = match self {
+            Network::Internet | Network::Memory => return None,
+            Network::Radio(device) | Network::MemoryAndRadio(device) => {
+                (Arc::new(device.clone()), false)
+            }
+            Network::Offline(driver) => (driver.clone(), true),
+        };
+        Some(crate::driver::Radio { driver, discovers })
     }
 
     /// Whether mDNS may run: only beside real internet transports.
@@ -368,6 +382,9 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         keypair.clone(),
         TelemetryConfig {
             base_interval: settings.telemetry_interval,
+            radio_budget: network
+                .is_radio_only()
+                .then_some(crate::services::telemetry::RADIO_TELEMETRY_BUDGET),
             limits: TelemetryLimits {
                 max_origins: settings.telemetry_max_origins,
                 expire_after: settings.telemetry_expire_after,
@@ -476,13 +493,8 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         api_stop_rx,
     ));
 
-    let radio_scan = match &network {
-        Network::RadioMedium(radio) => Some(crate::driver::RadioScan::new(radio.clone())),
-        _ => None,
-    };
     let mut driver = Driver::new(DriverParts {
-        radio_scan,
-        has_radio: network.has_radio(),
+        radio: network.radio(),
         swarm,
         services: Services {
             telemetry,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use fogmesh_node::api::{self, now_ms, SendMessageRequest};
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
+use fogmesh_node::device::policy::DutyCycle;
 use fogmesh_node::device::simulate::SimulateConfig;
 use fogmesh_node::identity;
 use fogmesh_node::node::{self, Network, RunningNode};
@@ -424,6 +425,11 @@ async fn at_critical_battery_a_node_with_a_radio_keeps_only_its_radio_links() {
     assert!(
         !connected.is_empty() && connected.iter().all(|a| a.contains("/unix/ble-")),
         "only radio links at critical battery: {connected:?}"
+    );
+    // And its radio scans a thirtieth of the time: the policy's ultra-low duty cycle.
+    assert_eq!(
+        radio.duty_of(DeviceId::of_peer(&phone.peer_id)),
+        Some(DutyCycle::UltraLow.radio_duty())
     );
     for node in [phone, internet_peer, radio_peer] {
         node.shutdown().await;

@@ -5,6 +5,13 @@
 //! the power policy's cadence (base interval × the policy's multiplier), and is brought
 //! forward when a new peer subscribes so it hears from us soon.
 //!
+//! On a node whose only links are Bluetooth LE ([`TelemetryConfig::radio_budget`]), the
+//! interval also stretches with the mesh: every node's record crosses every radio link, so
+//! telemetry loads a link with about (nodes × record size ÷ interval). Such a node publishes
+//! no more often than keeps that under [`RADIO_TELEMETRY_BUDGET`] for the nodes it knows —
+//! e.g. 12 nodes with 600-byte records: every 3.6 s; 64: every 19 s. Records carry their
+//! interval, so receivers judge staleness by it.
+//!
 //! Bounds: an open mesh lets anyone mint identities, so origins are capped
 //! ([`TelemetryLimits::max_origins`]; a new origin beyond the cap evicts the one heard from
 //! longest ago) and expire once silent for [`TelemetryLimits::expire_after`]. Expiry removes
@@ -132,10 +139,18 @@ impl TelemetryMetrics {
     }
 }
 
+/// The share of a radio link's rate all the mesh's telemetry may take on a BLE-only node, in
+/// bytes per second: about an eighth of the ~15 KB/s BitChat estimates a link carries, so
+/// messages, acks and gossip control keep the rest.
+pub const RADIO_TELEMETRY_BUDGET: u64 = 2_000;
+
 /// Everything the service needs to know about its node at construction.
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
     pub base_interval: Duration,
+    /// Set (to [`RADIO_TELEMETRY_BUDGET`]) on nodes whose only links are radio ones: the
+    /// publication interval then grows with the number of nodes (see the module docs).
+    pub radio_budget: Option<u64>,
     pub limits: TelemetryLimits,
     pub freshness: FreshnessPolicy,
     pub version: String,
@@ -154,6 +169,8 @@ pub struct TelemetryService {
     last_publish_ms: Option<u64>,
     next_publish_ms: u64,
     multiplier: u32,
+    /// The size of our last publication on the wire.
+    last_record_len: usize,
     readings: Option<DeviceReadings>,
     device: Option<crate::device::DeviceSummary>,
     rss_bytes: Option<u64>,
@@ -176,6 +193,7 @@ impl TelemetryService {
             last_publish_ms: None,
             next_publish_ms: 0,
             multiplier: 1,
+            last_record_len: 0,
             readings: None,
             device: None,
             rss_bytes: None,
@@ -228,9 +246,21 @@ impl TelemetryService {
         &self.metrics
     }
 
-    /// The interval the power policy allows now.
+    /// The interval the power policy (and, on a BLE-only node, the radio budget) allows now.
     pub fn interval(&self) -> Duration {
-        self.config.base_interval.saturating_mul(self.multiplier)
+        let policy = self.config.base_interval.saturating_mul(self.multiplier);
+        match self.config.radio_budget {
+            Some(budget) => policy.max(self.radio_floor(budget)),
+            None => policy,
+        }
+    }
+
+    /// The shortest interval that keeps every known node's telemetry within `budget` bytes
+    /// per second on a link.
+    fn radio_floor(&self, budget: u64) -> Duration {
+        let nodes = self.latest.len() as u64 + 1;
+        let bytes = nodes.saturating_mul(self.last_record_len as u64);
+        Duration::from_millis(bytes.saturating_mul(1000) / budget.max(1))
     }
 
     fn interval_ms(&self) -> u64 {
@@ -279,6 +309,7 @@ impl TelemetryService {
         };
         self.last_seq = seq;
         self.last_publish_ms = Some(now_ms);
+        self.last_record_len = data.len();
         out.push(Effect::Persist(StoreOp::PutOwnSeq(seq)));
         out.push(Effect::View(ViewUpdate::OwnTelemetry(Box::new(
             ReceivedTelemetry {
@@ -501,6 +532,7 @@ mod tests {
             Keypair::generate_ed25519(),
             TelemetryConfig {
                 base_interval: Duration::from_secs(1),
+                radio_budget: None,
                 limits,
                 freshness: FreshnessPolicy::default(),
                 version: "test".into(),
@@ -721,6 +753,34 @@ mod tests {
         s.on_notice(T0 + 10, &Notice::DeviceChanged(Box::new(view)), &mut out);
         assert_eq!(timers(&out), vec![(T0 + 4000, Timer::TelemetryPublish)]);
         assert_eq!(s.interval(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_radio_only_node_stretches_its_interval_with_the_mesh() {
+        let mut radio = service(TelemetryLimits::default());
+        radio.config.radio_budget = Some(RADIO_TELEMETRY_BUDGET);
+        let mut wired = service(TelemetryLimits::default());
+        for i in 0..40 {
+            let mut peer = service(TelemetryLimits::default());
+            let (author, data) = publication(&mut peer, T0 + i);
+            deliver(&mut radio, T0 + i, author, &data);
+            deliver(&mut wired, T0 + i, author, &data);
+        }
+        let (_, own) = publication(&mut radio, T0 + 100);
+        publication(&mut wired, T0 + 100);
+        assert_eq!(radio.latest().len(), 40);
+        // 41 nodes' records at 2 KB/s, against the 1 s the policy alone allows.
+        let want = Duration::from_millis(41 * own.len() as u64 * 1000 / RADIO_TELEMETRY_BUDGET);
+        assert!(want > Duration::from_secs(5), "{want:?}");
+        assert_eq!(radio.interval(), want);
+        assert_eq!(wired.interval(), Duration::from_secs(1));
+        // The next publication is planned on it, and the record says so.
+        let mut out = Outbox::default();
+        radio.on_timer(T0 + 200, Timer::TelemetryPublish, &mut out);
+        assert_eq!(
+            timers(&out),
+            vec![(T0 + 200 + duration_ms(want), Timer::TelemetryPublish)]
+        );
     }
 
     #[test]

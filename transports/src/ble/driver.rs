@@ -18,6 +18,10 @@
 //! - the sender of a link is bounded: a full link makes `send` wait (backpressure).
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 use libp2p::PeerId;
@@ -99,7 +103,7 @@ pub enum BleError {
 }
 
 /// A BLE backend.
-pub trait BleDriver: Send + Sync + 'static {
+pub trait BleDriver: Send + Sync + fmt::Debug + 'static {
     /// The identity this device advertises.
     fn local(&self) -> DeviceId;
     /// Starts advertising and accepting links; links peers open arrive on the receiver.
@@ -109,4 +113,158 @@ pub trait BleDriver: Send + Sync + 'static {
     fn neighbours(&self) -> Vec<Discovery>;
     /// Opens a link to `device`.
     fn connect(&self, device: DeviceId) -> BoxFuture<'static, Result<BleLink, BleError>>;
+    /// Devices in range whose node identity this radio has learned (the shared medium's
+    /// file lists them; a real radio reads each device's identity characteristic once), so
+    /// the node can dial them: XK needs the responder's key. Empty by default.
+    fn identities(&self) -> Vec<(DeviceId, PeerId)> {
+        Vec::new()
+    }
+    /// Sets the scan/advertise duty cycle (the power policy's). Backends that cannot vary
+    /// it ignore it.
+    fn set_duty_cycle(&self, _duty: RadioDuty) {}
+}
+
+/// A driver shared by the transport and the node's discovery.
+pub type SharedDriver = Arc<dyn BleDriver>;
+
+impl BleDriver for SharedDriver {
+    fn local(&self) -> DeviceId {
+        (**self).local()
+    }
+    fn listen(&self) -> Result<mpsc::Receiver<BleLink>, BleError> {
+        (**self).listen()
+    }
+    fn neighbours(&self) -> Vec<Discovery> {
+        (**self).neighbours()
+    }
+    fn connect(&self, device: DeviceId) -> BoxFuture<'static, Result<BleLink, BleError>> {
+        (**self).connect(device)
+    }
+    fn identities(&self) -> Vec<(DeviceId, PeerId)> {
+        (**self).identities()
+    }
+    fn set_duty_cycle(&self, duty: RadioDuty) {
+        (**self).set_duty_cycle(duty)
+    }
+}
+
+/// How much of the time a radio scans, and how often it advertises: what the power policy's
+/// BLE duty cycle sets. A scan hears the devices in range; between scans, a radio knows only
+/// what its last scan heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RadioDuty {
+    pub scan_on: Duration,
+    pub scan_off: Duration,
+    pub advertise_every: Duration,
+}
+
+impl RadioDuty {
+    /// Always scanning, advertising every 100 ms: what a radio does until told otherwise.
+    pub const CONTINUOUS: RadioDuty = RadioDuty {
+        scan_on: Duration::from_secs(10),
+        scan_off: Duration::ZERO,
+        advertise_every: Duration::from_millis(100),
+    };
+
+    /// Whether the radio scans `elapsed` after its cycle started.
+    pub fn scanning_at(&self, elapsed: Duration) -> bool {
+        let period = self.scan_on + self.scan_off;
+        if self.scan_off.is_zero() || period.is_zero() {
+            return true;
+        }
+        let into = elapsed.as_millis() % period.as_millis();
+        into < self.scan_on.as_millis()
+    }
+}
+
+/// What a scanning radio has heard: current while it scans, the last scan's picture while it
+/// does not. Backends that model the duty cycle (the simulated radios) keep one.
+#[derive(Debug, Clone)]
+pub struct ScanWindow {
+    duty: RadioDuty,
+    started: Instant,
+    heard: Vec<Discovery>,
+}
+
+impl ScanWindow {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            duty: RadioDuty::CONTINUOUS,
+            started: now,
+            heard: Vec::new(),
+        }
+    }
+
+    /// A new duty cycle starts a new cycle, with a scan.
+    pub fn set_duty(&mut self, duty: RadioDuty, now: Instant) {
+        if duty != self.duty {
+            self.duty = duty;
+            self.started = now;
+        }
+    }
+
+    pub fn duty(&self) -> RadioDuty {
+        self.duty
+    }
+
+    /// The devices heard as of `now`: `in_range` is asked only while scanning.
+    pub fn heard(
+        &mut self,
+        now: Instant,
+        in_range: impl FnOnce() -> Vec<Discovery>,
+    ) -> Vec<Discovery> {
+        if self
+            .duty
+            .scanning_at(now.saturating_duration_since(self.started))
+        {
+            self.heard = in_range();
+        }
+        self.heard.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn duty(on: u64, off: u64) -> RadioDuty {
+        RadioDuty {
+            scan_on: Duration::from_secs(on),
+            scan_off: Duration::from_secs(off),
+            advertise_every: Duration::from_secs(1),
+        }
+    }
+
+    fn heard(devices: &[u8]) -> Vec<Discovery> {
+        devices
+            .iter()
+            .map(|&d| Discovery {
+                device: DeviceId([d; 8]),
+                rssi: -50,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_duty_cycle_scans_only_in_its_on_window() {
+        let d = duty(2, 8);
+        let at = |s: u64| d.scanning_at(Duration::from_secs(s));
+        assert!(at(0) && at(1) && !at(2) && !at(9) && at(10) && at(11) && !at(12));
+        assert!(RadioDuty::CONTINUOUS.scanning_at(Duration::from_secs(12_345)));
+    }
+
+    #[test]
+    fn between_scans_a_radio_knows_only_what_its_last_scan_heard() {
+        let start = Instant::now();
+        let mut window = ScanWindow::new(start);
+        window.set_duty(duty(2, 8), start);
+        let s = |secs: u64| start + Duration::from_secs(secs);
+        assert_eq!(window.heard(s(1), || heard(&[1])), heard(&[1]));
+        // Device 2 arrives while the radio sleeps: unheard until the next scan.
+        assert_eq!(window.heard(s(5), || heard(&[1, 2])), heard(&[1]));
+        assert_eq!(window.heard(s(10), || heard(&[1, 2])), heard(&[1, 2]));
+        // Back to continuous: heard at once.
+        window.set_duty(RadioDuty::CONTINUOUS, s(12));
+        assert_eq!(window.heard(s(13), || heard(&[3])), heard(&[3]));
+    }
 }

@@ -35,7 +35,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery};
+use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery, RadioDuty, ScanWindow};
 
 /// How often the medium file is checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
@@ -204,6 +204,7 @@ struct State {
     links: HashMap<u64, LinkEntry>,
     connecting: HashMap<u64, oneshot::Sender<bool>>,
     rng: StdRng,
+    scan: ScanWindow,
 }
 
 struct Shared {
@@ -284,22 +285,12 @@ impl MediumRadio {
                 links: HashMap::new(),
                 connecting: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
+                scan: ScanWindow::new(Instant::now()),
             }),
         });
         tokio::spawn(receive(Arc::downgrade(&shared)));
         tokio::spawn(reload(Arc::downgrade(&shared)));
         Ok(Self { shared })
-    }
-
-    /// The PeerIds the file says the devices in range advertise.
-    pub fn advertised_neighbours(&self) -> Vec<(DeviceId, Option<String>)> {
-        let state = self.shared.lock();
-        state
-            .file
-            .neighbours_of(self.shared.local)
-            .into_iter()
-            .map(|d| (d, state.file.device(d).and_then(|x| x.peer_id.clone())))
-            .collect()
     }
 
     fn new_link(&self, peer: DeviceId, link: u64, outbound: bool) -> Option<BleLink> {
@@ -367,11 +358,11 @@ impl BleDriver for MediumRadio {
     }
 
     fn neighbours(&self) -> Vec<Discovery> {
-        let state = self.shared.lock();
+        let mut state = self.shared.lock();
         let Some(me) = state.file.device(self.shared.local) else {
             return Vec::new();
         };
-        state
+        let in_range: Vec<Discovery> = state
             .file
             .neighbours_of(self.shared.local)
             .into_iter()
@@ -382,7 +373,31 @@ impl BleDriver for MediumRadio {
                     rssi: super::driver::simulated_rssi(distance(me, other)),
                 })
             })
+            .collect();
+        state.scan.heard(Instant::now(), || in_range)
+    }
+
+    /// The PeerIds the file says the devices this radio heard advertise.
+    fn identities(&self) -> Vec<(DeviceId, libp2p::PeerId)> {
+        let heard = self.neighbours();
+        let state = self.shared.lock();
+        heard
+            .into_iter()
+            .filter_map(|d| {
+                let peer = state
+                    .file
+                    .device(d.device)?
+                    .peer_id
+                    .as_ref()?
+                    .parse()
+                    .ok()?;
+                Some((d.device, peer))
+            })
             .collect()
+    }
+
+    fn set_duty_cycle(&self, duty: RadioDuty) {
+        self.shared.lock().scan.set_duty(duty, Instant::now());
     }
 
     fn connect(&self, device: DeviceId) -> BoxFuture<'static, Result<BleLink, BleError>> {

@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery};
+use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery, RadioDuty, ScanWindow};
 
 /// Datagrams waiting between the air and a link's reader.
 const READER_QUEUE: usize = 64;
@@ -102,6 +102,7 @@ fn pair(a: DeviceId, b: DeviceId) -> Pair {
 struct Device {
     position: (f64, f64),
     acceptor: Option<mpsc::Sender<BleLink>>,
+    scan: ScanWindow,
 }
 
 struct OpenLink {
@@ -218,12 +219,18 @@ impl SimRadio {
             .or_insert(Device {
                 position,
                 acceptor: None,
+                scan: ScanWindow::new(Instant::now()),
             });
         medium.break_links_out_of_range();
         SimDevice {
             id,
             radio: self.clone(),
         }
+    }
+
+    /// The duty cycle a device's driver was last set to.
+    pub fn duty_of(&self, id: DeviceId) -> Option<RadioDuty> {
+        self.lock().devices.get(&id).map(|d| d.scan.duty())
     }
 
     /// Takes a device off the radio: its links break, it is heard no more.
@@ -476,11 +483,11 @@ impl BleDriver for SimDevice {
     }
 
     fn neighbours(&self) -> Vec<Discovery> {
-        let medium = self.radio.lock();
+        let mut medium = self.radio.lock();
         let Some(me) = medium.devices.get(&self.id) else {
             return Vec::new();
         };
-        medium
+        let in_range: Vec<Discovery> = medium
             .devices
             .iter()
             .filter(|(&id, _)| medium.in_range(self.id, id))
@@ -488,7 +495,17 @@ impl BleDriver for SimDevice {
                 device,
                 rssi: super::driver::simulated_rssi(distance(me.position, d.position)),
             })
-            .collect()
+            .collect();
+        match medium.devices.get_mut(&self.id) {
+            Some(me) => me.scan.heard(Instant::now(), || in_range),
+            None => Vec::new(),
+        }
+    }
+
+    fn set_duty_cycle(&self, duty: RadioDuty) {
+        if let Some(me) = self.radio.lock().devices.get_mut(&self.id) {
+            me.scan.set_duty(duty, Instant::now());
+        }
     }
 
     fn connect(&self, device: DeviceId) -> BoxFuture<'static, Result<BleLink, BleError>> {
