@@ -9,52 +9,70 @@
 //! and link opening of [`super::gatt`] (tested on every build), and fails with a clear
 //! [`BleError::Adapter`] where there is no Bluetooth (tested in `tests/ble_bluez.rs`).
 //!
+//! BlueZ shapes the peripheral side: it keeps one write socket and one notification session
+//! per *characteristic*, not per central. So writes are taken one by one (each names the
+//! device that wrote it) and routed to that device's link, and notifications go to every
+//! subscribed central, tagged with the link they belong to ([`gatt::tagged`]); a central
+//! keeps its own. A peripheral with k centrals thus spends k times the air time on each
+//! notification — BlueZ's limit, which the radio budget's small link count keeps small.
+//!
 //! How it meets the contract:
 //! - one link per pair of devices: a device id is taken (dialling or accepted) before a link
-//!   opens, and the peripheral refuses a hello from a device it already has a link with;
+//!   opens, and the peripheral refuses a hello from a device it already has a link with. Two
+//!   devices dialling each other at the same moment may both be refused and try again; the
+//!   node's discovery avoids that (only the lower device id dials);
 //! - the link limit counts both roles;
-//! - a link breaks when the BlueZ connection drops (the central polls it every
-//!   [`LIVENESS_POLL`], the peripheral sees its sockets close) or either side drops its ends;
-//! - a link's sender is a bounded channel drained by one GATT write at a time.
+//! - a link ends when the Bluetooth connection drops (both sides poll it every
+//!   [`LIVENESS_POLL`]) or either side drops its link, which disconnects the device;
+//! - a link's sender is a bounded channel drained by one GATT operation at a time; received
+//!   datagrams that find the link's queue full are dropped (the link may lose datagrams; the
+//!   ARQ above recovers them).
 //!
-//! Discovery: scanning runs continuously (BlueZ offers no duty cycle to clients; the
-//! policy's scan-off time is applied by stopping and restarting the scan). Each fogmesh
-//! device heard is asked for its identity once (a short connection reading the identity
-//! characteristic), checked against the id it advertises and remembered for the process.
+//! Discovery: scanning runs continuously, except that the policy's scan-off time is applied
+//! by stopping and restarting the scan (BlueZ offers clients no duty cycle). A device is in
+//! range while BlueZ reports its advertisements (service data or RSSI updates) within
+//! [`HEARD_FOR`] plus the scan-off time. Each fogmesh device heard is asked for its identity
+//! once, in the background (a short connection reading the identity characteristic), checked
+//! against the id it advertises and remembered for the process.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use btleplug::api::{
-    Central as _, Characteristic, Manager as _, Peripheral as _, ScanFilter, WriteType,
+    Central as _, CentralEvent, Characteristic, Manager as _, Peripheral as _, ScanFilter,
+    ValueNotification, WriteType,
 };
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use libp2p::PeerId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery, RadioDuty};
 use super::gatt::{self, Answer};
 
-/// How often the list of advertising devices is refreshed.
-const SCAN_REFRESH: Duration = Duration::from_secs(1);
-/// A device not heard for this long is out of range.
-const HEARD_FOR: Duration = Duration::from_secs(10);
+/// How often scanning is switched and signal strengths refreshed.
+const TICK: Duration = Duration::from_secs(1);
+/// A device not heard for this long (plus the scan-off time) is out of range.
+pub const HEARD_FOR: Duration = Duration::from_secs(10);
 /// Connecting, discovering services, subscribing and the hello exchange, together.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a central checks that its connection still stands.
+/// How often each side of a link checks that its Bluetooth connection still stands.
 pub const LIVENESS_POLL: Duration = Duration::from_secs(2);
 /// A failed identity read is retried after this long.
 const IDENTITY_RETRY: Duration = Duration::from_secs(30);
-/// Centrals that subscribed or wrote but have not finished their hello.
-const MAX_HALF_OPEN: usize = 16;
-const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Devices heard, fogmesh or not, remembered at most (the oldest are forgotten).
+const MAX_HEARD: usize = 1024;
 /// Datagrams queued per link and direction.
 const LINK_QUEUE: usize = 32;
+/// Writes from all centrals waiting to be routed; beyond it they are dropped.
+const WRITE_QUEUE: usize = 256;
+/// Tagged notifications waiting for the air, all links together.
+const AIR_QUEUE: usize = 64;
 const ACCEPT_QUEUE: usize = 16;
 
 fn adapter_error(what: &str, err: impl std::fmt::Display) -> BleError {
@@ -71,22 +89,82 @@ struct Heard {
 
 struct State {
     heard: HashMap<DeviceId, Heard>,
+    /// Which fogmesh device a BlueZ device is, once its service data was seen.
+    device_of: HashMap<PeripheralId, DeviceId>,
+    /// BlueZ devices seen without fogmesh service data (not asked again until it shows).
+    not_ours: HashSet<PeripheralId>,
     /// Devices with a link open or opening, either role.
     linked: HashSet<DeviceId>,
     acceptor: Option<mpsc::Sender<BleLink>>,
     duty: RadioDuty,
+    identifying: bool,
+}
+
+impl State {
+    fn in_range_for(&self) -> Duration {
+        HEARD_FOR + self.duty.scan_off
+    }
+
+    fn heard_now(&self) -> impl Iterator<Item = (&DeviceId, &Heard)> {
+        let limit = self.in_range_for();
+        self.heard
+            .iter()
+            .filter(move |(_, h)| h.at.elapsed() < limit)
+    }
+
+    fn saw(&mut self, peripheral: PeripheralId, device: DeviceId, rssi: Option<i16>) {
+        self.not_ours.remove(&peripheral);
+        self.device_of.insert(peripheral.clone(), device);
+        let heard = self.heard.entry(device).or_insert(Heard {
+            peripheral: peripheral.clone(),
+            rssi: rssi.unwrap_or(-100),
+            at: Instant::now(),
+            identity: None,
+            identity_failed_at: None,
+        });
+        heard.peripheral = peripheral;
+        heard.at = Instant::now();
+        if let Some(rssi) = rssi {
+            heard.rssi = rssi;
+        }
+    }
+
+    /// Keeps the maps bounded: devices gone for long are forgotten.
+    fn prune(&mut self) {
+        let keep = self.in_range_for() * 6;
+        let linked = &self.linked;
+        self.heard
+            .retain(|d, h| linked.contains(d) || h.at.elapsed() < keep);
+        let heard = &self.heard;
+        self.device_of.retain(|_, d| heard.contains_key(d));
+        if self.not_ours.len() > MAX_HEARD {
+            self.not_ours.clear();
+        }
+        if self.heard.len() > MAX_HEARD {
+            let mut by_age: Vec<(DeviceId, Instant)> =
+                self.heard.iter().map(|(d, h)| (*d, h.at)).collect();
+            by_age.sort_by_key(|(_, at)| *at);
+            for (device, _) in by_age.into_iter().take(self.heard.len() - MAX_HEARD) {
+                if !self.linked.contains(&device) {
+                    self.heard.remove(&device);
+                }
+            }
+        }
+    }
 }
 
 struct Inner {
     local: DeviceId,
     max_links: usize,
     central: Adapter,
+    peripheral: PeripheralHandles,
     state: Mutex<State>,
-    /// Kept so the GATT application and the advertisement stay registered.
-    _peripheral: PeripheralHandles,
 }
 
+/// The bluer side: kept so the GATT application and the advertisement stay registered, and
+/// used to check on and disconnect centrals.
 struct PeripheralHandles {
+    adapter: bluer::Adapter,
     _session: bluer::Session,
     _app: bluer::gatt::local::ApplicationHandle,
     _advert: bluer::adv::AdvertisementHandle,
@@ -111,6 +189,20 @@ impl Inner {
             inner: Arc::downgrade(self),
             device,
         })
+    }
+
+    /// Whether a central is still connected to us.
+    async fn central_connected(&self, address: bluer::Address) -> bool {
+        match self.peripheral.adapter.device(address) {
+            Ok(device) => device.is_connected().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    async fn disconnect_central(&self, address: bluer::Address) {
+        if let Ok(device) = self.peripheral.adapter.device(address) {
+            let _ = device.disconnect().await;
+        }
     }
 }
 
@@ -142,6 +234,14 @@ impl std::fmt::Debug for BluezRadio {
     }
 }
 
+/// What the GATT server hands to the peripheral task.
+struct ServerInputs {
+    /// (writer, its ATT MTU, the value) for every write to RX.
+    writes: mpsc::Receiver<(bluer::Address, u16, Vec<u8>)>,
+    /// A new notification session on TX.
+    notifiers: mpsc::Receiver<bluer::gatt::local::CharacteristicNotifier>,
+}
+
 impl BluezRadio {
     /// Opens the default adapter: powers it on, serves the fogmesh GATT service, advertises
     /// `peer`'s device id and starts scanning. Fails with [`BleError::Adapter`] when there
@@ -158,8 +258,11 @@ impl BluezRadio {
             .into_iter()
             .next()
             .ok_or_else(|| BleError::Adapter("no Bluetooth adapter found".into()))?;
-
-        let (peripheral, rx_control, tx_control) = serve(local, &peer).await?;
+        let (peripheral, inputs) = serve(local, &peer).await?;
+        let events = central
+            .events()
+            .await
+            .map_err(|e| adapter_error("cannot follow BlueZ events", e))?;
         central
             .start_scan(ScanFilter::default())
             .await
@@ -169,17 +272,20 @@ impl BluezRadio {
             local,
             max_links,
             central,
+            peripheral,
             state: Mutex::new(State {
                 heard: HashMap::new(),
+                device_of: HashMap::new(),
+                not_ours: HashSet::new(),
                 linked: HashSet::new(),
                 acceptor: None,
                 duty: RadioDuty::CONTINUOUS,
+                identifying: false,
             }),
-            _peripheral: peripheral,
         });
-        tokio::spawn(scan(Arc::downgrade(&inner)));
+        tokio::spawn(scan(Arc::downgrade(&inner), events));
         // Links arriving before `listen` are refused (not listening).
-        tokio::spawn(accept(Arc::downgrade(&inner), rx_control, tx_control));
+        tokio::spawn(serve_links(Arc::downgrade(&inner), inputs));
         Ok(Self { inner })
     }
 }
@@ -188,17 +294,10 @@ impl BluezRadio {
 async fn serve(
     local: DeviceId,
     peer: &PeerId,
-) -> Result<
-    (
-        PeripheralHandles,
-        bluer::gatt::local::CharacteristicControl,
-        bluer::gatt::local::CharacteristicControl,
-    ),
-    BleError,
-> {
+) -> Result<(PeripheralHandles, ServerInputs), BleError> {
     use bluer::gatt::local::{
-        characteristic_control, Application, Characteristic as LocalCharacteristic,
-        CharacteristicNotify, CharacteristicNotifyMethod, CharacteristicRead, CharacteristicWrite,
+        Application, Characteristic as LocalCharacteristic, CharacteristicNotify,
+        CharacteristicNotifyMethod, CharacteristicRead, CharacteristicWrite,
         CharacteristicWriteMethod, Service,
     };
     let session = bluer::Session::new()
@@ -214,8 +313,8 @@ async fn serve(
         .map_err(|e| adapter_error("cannot power the adapter on", e))?;
 
     let identity = gatt::identity(peer);
-    let (rx_control, rx_handle) = characteristic_control();
-    let (tx_control, tx_handle) = characteristic_control();
+    let (writes_tx, writes) = mpsc::channel(WRITE_QUEUE);
+    let (notifiers_tx, notifiers) = mpsc::channel(4);
     let app = Application {
         services: vec![Service {
             uuid: Uuid::from_u128(gatt::SERVICE_UUID),
@@ -225,29 +324,42 @@ async fn serve(
                     uuid: Uuid::from_u128(gatt::RX_UUID),
                     write: Some(CharacteristicWrite {
                         write_without_response: true,
-                        method: CharacteristicWriteMethod::Io,
+                        method: CharacteristicWriteMethod::Fun(Box::new(move |value, request| {
+                            // A full queue drops the datagram: the link may lose some.
+                            let _ =
+                                writes_tx.try_send((request.device_address, request.mtu, value));
+                            async { Ok(()) }.boxed()
+                        })),
                         ..Default::default()
                     }),
-                    control_handle: rx_handle,
                     ..Default::default()
                 },
                 LocalCharacteristic {
                     uuid: Uuid::from_u128(gatt::TX_UUID),
                     notify: Some(CharacteristicNotify {
                         notify: true,
-                        method: CharacteristicNotifyMethod::Io,
+                        method: CharacteristicNotifyMethod::Fun(Box::new(move |notifier| {
+                            let notifiers_tx = notifiers_tx.clone();
+                            async move {
+                                let _ = notifiers_tx.send(notifier).await;
+                            }
+                            .boxed()
+                        })),
                         ..Default::default()
                     }),
-                    control_handle: tx_handle,
                     ..Default::default()
                 },
                 LocalCharacteristic {
                     uuid: Uuid::from_u128(gatt::IDENTITY_UUID),
                     read: Some(CharacteristicRead {
                         read: true,
-                        fun: Box::new(move |_request| {
-                            let value = identity.clone();
-                            async move { Ok(value) }.boxed()
+                        fun: Box::new(move |request| {
+                            // A long read comes in pieces, each from an offset.
+                            let piece = identity
+                                .get(usize::from(request.offset)..)
+                                .map(<[u8]>::to_vec)
+                                .unwrap_or_default();
+                            async move { Ok(piece) }.boxed()
                         }),
                         ..Default::default()
                     }),
@@ -275,26 +387,37 @@ async fn serve(
         .map_err(|e| adapter_error("cannot advertise", e))?;
     Ok((
         PeripheralHandles {
+            adapter,
             _session: session,
             _app: app,
             _advert: advert,
         },
-        rx_control,
-        tx_control,
+        ServerInputs { writes, notifiers },
     ))
 }
 
-/// Keeps the list of fogmesh devices in range, learns their identities, and applies the
-/// scan duty cycle. Ends with the radio.
-async fn scan(inner: Weak<Inner>) {
+/// Follows BlueZ's advertisement events, applies the scan duty cycle, refreshes signal
+/// strengths and starts identity reads. Ends with the radio.
+async fn scan(inner: Weak<Inner>, mut events: BoxStream<'static, CentralEvent>) {
+    let mut tick = tokio::time::interval(TICK);
     let mut cycle_start = Instant::now();
     let mut scanning = true;
     let mut last_duty = RadioDuty::CONTINUOUS;
     loop {
-        tokio::time::sleep(SCAN_REFRESH).await;
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => Some(event),
+                None => return,
+            },
+            _ = tick.tick() => None,
+        };
         let Some(radio) = inner.upgrade() else {
             return;
         };
+        if let Some(event) = event {
+            heard_event(&radio, event).await;
+            continue;
+        }
         let duty = radio.lock().duty;
         if duty != last_duty {
             last_duty = duty;
@@ -313,93 +436,133 @@ async fn scan(inner: Weak<Inner>) {
             }
         }
         if scanning {
-            refresh(&radio).await;
+            refresh_rssi(&radio).await;
         }
+        radio.lock().prune();
         if let Some((device, peripheral)) = next_unidentified(&radio) {
-            let identity = read_identity(&radio.central, &peripheral, device).await;
-            let mut state = radio.lock();
-            if let Some(heard) = state.heard.get_mut(&device) {
-                match identity {
-                    Ok(peer) => heard.identity = Some(peer),
-                    Err(err) => {
-                        tracing::debug!(%device, %err, "cannot read a device's identity");
-                        heard.identity_failed_at = Some(Instant::now());
+            radio.lock().identifying = true;
+            tokio::spawn(identify(Arc::downgrade(&radio), device, peripheral));
+        }
+    }
+}
+
+/// One advertisement (or signal-strength update) BlueZ reported.
+async fn heard_event(radio: &Inner, event: CentralEvent) {
+    let service = Uuid::from_u128(gatt::SERVICE_UUID);
+    match event {
+        CentralEvent::ServiceDataAdvertisement { id, service_data } => {
+            if let Some(device) = service_data
+                .get(&service)
+                .and_then(|d| gatt::parse_advert(d))
+            {
+                radio.lock().saw(id, device, None);
+            }
+        }
+        CentralEvent::DeviceDiscovered(id) | CentralEvent::DeviceUpdated(id) => {
+            let known = {
+                let state = radio.lock();
+                if state.not_ours.contains(&id) {
+                    return;
+                }
+                state.device_of.get(&id).copied()
+            };
+            match known {
+                Some(device) => radio.lock().saw(id, device, None),
+                None => {
+                    // A device not seen before: one look at its advertisement data.
+                    let properties = match radio.central.peripheral(&id).await {
+                        Ok(p) => p.properties().await.ok().flatten(),
+                        Err(_) => None,
+                    };
+                    let device = properties.as_ref().and_then(|p| {
+                        p.service_data
+                            .get(&service)
+                            .and_then(|d| gatt::parse_advert(d))
+                    });
+                    let mut state = radio.lock();
+                    match device {
+                        Some(device) => state.saw(id, device, properties.and_then(|p| p.rssi)),
+                        None => {
+                            state.not_ours.insert(id);
+                        }
                     }
                 }
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn refresh_rssi(radio: &Inner) {
+    let heard: Vec<(DeviceId, PeripheralId)> = radio
+        .lock()
+        .heard_now()
+        .map(|(d, h)| (*d, h.peripheral.clone()))
+        .collect();
+    for (device, id) in heard {
+        let Ok(peripheral) = radio.central.peripheral(&id).await else {
+            continue;
+        };
+        if let Ok(Some(rssi)) = peripheral
+            .properties()
+            .await
+            .map(|p| p.and_then(|p| p.rssi))
+        {
+            if let Some(h) = radio.lock().heard.get_mut(&device) {
+                h.rssi = rssi;
             }
         }
     }
 }
 
-/// Reads the advertisements BlueZ holds into the heard list.
-async fn refresh(radio: &Inner) {
-    let peripherals = match radio.central.peripherals().await {
-        Ok(p) => p,
-        Err(err) => {
-            tracing::warn!(%err, "cannot list BLE devices");
-            return;
-        }
-    };
-    let service = Uuid::from_u128(gatt::SERVICE_UUID);
-    let now = Instant::now();
-    for peripheral in peripherals {
-        let Ok(Some(properties)) = peripheral.properties().await else {
-            continue;
-        };
-        let Some(device) = properties
-            .service_data
-            .get(&service)
-            .and_then(|data| gatt::parse_advert(data))
-        else {
-            continue;
-        };
-        // BlueZ keeps devices it heard long ago; only a current RSSI means "in range now".
-        let Some(rssi) = properties.rssi else {
-            continue;
-        };
-        let mut state = radio.lock();
-        let heard = state.heard.entry(device).or_insert(Heard {
-            peripheral: peripheral.id(),
-            rssi,
-            at: now,
-            identity: None,
-            identity_failed_at: None,
-        });
-        heard.peripheral = peripheral.id();
-        heard.rssi = rssi;
-        heard.at = now;
-    }
-    radio
-        .lock()
-        .heard
-        .retain(|_, h| now.saturating_duration_since(h.at) < HEARD_FOR * 6);
-}
-
 fn next_unidentified(radio: &Inner) -> Option<(DeviceId, PeripheralId)> {
     let state = radio.lock();
-    state
-        .heard
-        .iter()
+    if state.identifying {
+        return None;
+    }
+    let next = state
+        .heard_now()
         .filter(|(device, h)| {
             h.identity.is_none()
                 && !state.linked.contains(device)
-                && h.at.elapsed() < HEARD_FOR
                 && h.identity_failed_at
                     .is_none_or(|at| at.elapsed() >= IDENTITY_RETRY)
         })
         .map(|(device, h)| (*device, h.peripheral.clone()))
-        .next()
+        .next();
+    next
+}
+
+/// Reads a device's identity, one device at a time.
+async fn identify(inner: Weak<Inner>, device: DeviceId, id: PeripheralId) {
+    let Some(radio) = inner.upgrade() else {
+        return;
+    };
+    let identity = read_identity(&radio, &id, device).await;
+    let mut state = radio.lock();
+    state.identifying = false;
+    if let Some(heard) = state.heard.get_mut(&device) {
+        match identity {
+            Ok(peer) => heard.identity = Some(peer),
+            Err(err) => {
+                tracing::debug!(%device, %err, "cannot read a device's identity");
+                heard.identity_failed_at = Some(Instant::now());
+            }
+        }
+    }
 }
 
 async fn read_identity(
-    central: &Adapter,
+    radio: &Inner,
     id: &PeripheralId,
     device: DeviceId,
 ) -> Result<PeerId, BleError> {
-    let peripheral = central
+    let peripheral = radio
+        .central
         .peripheral(id)
         .await
         .map_err(|e| adapter_error("device gone", e))?;
+    let was_connected = peripheral.is_connected().await.unwrap_or(false);
     let read = async {
         peripheral
             .connect()
@@ -420,7 +583,11 @@ async fn read_identity(
     let result = tokio::time::timeout(OPEN_TIMEOUT, read)
         .await
         .unwrap_or_else(|_| Err(BleError::Adapter("identity read timed out".into())));
-    let _ = peripheral.disconnect().await;
+    // Disconnecting drops the whole Bluetooth connection, so not if a link to the device
+    // opened meanwhile, or the connection was there before.
+    if !was_connected && !radio.lock().linked.contains(&device) {
+        let _ = peripheral.disconnect().await;
+    }
     result
 }
 
@@ -433,122 +600,179 @@ fn find(peripheral: &Peripheral, uuid: u128) -> Result<Characteristic, BleError>
         .ok_or_else(|| BleError::Adapter(format!("the device has no characteristic {uuid}")))
 }
 
-/// A central half-way through opening a link to us.
-#[derive(Default)]
-struct HalfOpen {
-    reader: Option<bluer::gatt::CharacteristicReader>,
-    writer: Option<bluer::gatt::CharacteristicWriter>,
-    since: Option<Instant>,
+/// A link a central opened to us, as the peripheral task routes it.
+struct Inbound {
+    tag: u8,
+    /// Datagrams to the link's reader; dropping it ends the link for its owner.
+    deliver: mpsc::Sender<Vec<u8>>,
+    /// Dropping it stops the link's pump.
+    _stop: oneshot::Sender<()>,
+    /// Held here, not by the pump, so a central's new hello finds its slot free at once.
+    _reservation: Reservation,
 }
 
-/// Peripheral side: pairs each central's write socket with its notify socket, then hands
-/// the pair to [`accept_link`].
-async fn accept(
-    inner: Weak<Inner>,
-    mut rx_control: bluer::gatt::local::CharacteristicControl,
-    mut tx_control: bluer::gatt::local::CharacteristicControl,
-) {
-    use bluer::gatt::local::CharacteristicControlEvent as Event;
-    let mut half_open: HashMap<bluer::Address, HalfOpen> = HashMap::new();
+/// Peripheral side: routes every central's writes to its link, opens links on hellos, and
+/// sends all links' notifications through the one notification session.
+async fn serve_links(inner: Weak<Inner>, inputs: ServerInputs) {
+    let ServerInputs {
+        mut writes,
+        notifiers,
+    } = inputs;
+    let (air_tx, air_rx) = mpsc::channel::<Vec<u8>>(AIR_QUEUE);
+    tokio::spawn(notify(air_rx, notifiers));
+    let (ended_tx, mut ended_rx) = mpsc::channel::<(bluer::Address, u8)>(ACCEPT_QUEUE);
+    let mut links: HashMap<bluer::Address, Inbound> = HashMap::new();
+    let mut next_tag: u8 = 0;
     loop {
-        let event = tokio::select! {
-            event = rx_control.next() => event,
-            event = tx_control.next() => event,
-        };
-        let Some(event) = event else {
-            return;
-        };
-        let Some(radio) = inner.upgrade() else {
-            return;
-        };
-        half_open.retain(|_, h| h.since.is_some_and(|s| s.elapsed() < HALF_OPEN_TIMEOUT));
-        let address = match &event {
-            Event::Write(request) => request.device_address(),
-            Event::Notify(writer) => writer.device_address(),
-        };
-        if !half_open.contains_key(&address) && half_open.len() >= MAX_HALF_OPEN {
-            // Dropping the request refuses it; the central times out and may retry.
-            continue;
-        }
-        let entry = half_open.entry(address).or_default();
-        entry.since.get_or_insert_with(Instant::now);
-        match event {
-            Event::Write(request) => match request.accept() {
-                Ok(reader) => entry.reader = Some(reader),
-                Err(err) => tracing::debug!(%err, %address, "cannot accept a BLE write socket"),
-            },
-            Event::Notify(writer) => entry.writer = Some(writer),
-        }
-        if entry.reader.is_some() && entry.writer.is_some() {
-            if let Some(HalfOpen {
-                reader: Some(reader),
-                writer: Some(writer),
-                ..
-            }) = half_open.remove(&address)
-            {
-                tokio::spawn(accept_link(radio, reader, writer));
+        tokio::select! {
+            write = writes.recv() => {
+                let Some((address, att_mtu, value)) = write else { return };
+                let hello = gatt::parse_hello(&value);
+                match (hello, links.get(&address)) {
+                    (None, Some(link)) => {
+                        // Full: dropped, as the air would.
+                        let _ = link.deliver.try_send(value);
+                    }
+                    (Some(central), _) => {
+                        // A central saying hello again starts over.
+                        links.remove(&address);
+                        let Some(radio) = inner.upgrade() else { return };
+                        let tag = loop {
+                            next_tag = next_tag.wrapping_add(1);
+                            if links.values().all(|l| l.tag != next_tag) {
+                                break next_tag;
+                            }
+                        };
+                        let answer = match open_inbound(&radio, address, central, att_mtu, tag, &air_tx, &ended_tx) {
+                            Ok(link) => {
+                                links.insert(address, link);
+                                Answer::Accepted { att_mtu, tag }
+                            }
+                            Err(refusal) => refusal,
+                        };
+                        let _ = air_tx.send(answer.encode(central)).await;
+                    }
+                    (None, None) => {} // not a link (yet): ignored
+                }
+            }
+            ended = ended_rx.recv() => {
+                let Some((address, tag)) = ended else { return };
+                if links.get(&address).is_some_and(|l| l.tag == tag) {
+                    links.remove(&address);
+                }
             }
         }
     }
 }
 
-/// Waits for the central's hello, answers it, and runs the accepted link.
-async fn accept_link(
-    radio: Arc<Inner>,
-    reader: bluer::gatt::CharacteristicReader,
-    writer: bluer::gatt::CharacteristicWriter,
-) {
-    let hello = tokio::time::timeout(HALF_OPEN_TIMEOUT, reader.recv()).await;
-    let Some(device) = hello
-        .ok()
-        .and_then(|r| r.ok())
-        .and_then(|d| gatt::parse_hello(&d))
-    else {
-        return;
-    };
+fn open_inbound(
+    radio: &Arc<Inner>,
+    address: bluer::Address,
+    central: DeviceId,
+    att_mtu: u16,
+    tag: u8,
+    air: &mpsc::Sender<Vec<u8>>,
+    ended: &mpsc::Sender<(bluer::Address, u8)>,
+) -> Result<Inbound, Answer> {
     let acceptor = radio.lock().acceptor.clone().filter(|a| !a.is_closed());
-    let Some(acceptor) = acceptor else {
-        let _ = writer.send(&Answer::NotListening.encode()).await;
-        return;
-    };
-    let reservation = match radio.reserve(device) {
-        Ok(r) => r,
-        Err(refusal) => {
-            let _ = writer.send(&refusal.encode()).await;
-            return;
-        }
-    };
-    let att_mtu = reader.mtu().min(writer.mtu());
-    let answer = Answer::Accepted {
-        att_mtu: u16::try_from(att_mtu).unwrap_or(gatt::MAX_ATT_MTU),
-    };
-    if writer.send(&answer.encode()).await.is_err() {
-        return;
+    let acceptor = acceptor.ok_or(Answer::NotListening)?;
+    if att_mtu < gatt::MIN_LINK_ATT_MTU {
+        return Err(Answer::MtuTooSmall);
     }
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
+    let reservation = radio.reserve(central)?;
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
     let (deliver, in_rx) = mpsc::channel(LINK_QUEUE);
     let link = BleLink {
-        peer: device,
-        max_datagram: gatt::max_datagram(att_mtu),
+        peer: central,
+        max_datagram: gatt::max_datagram(att_mtu.into()),
         outbound: false,
         tx: out_tx,
         rx: in_rx,
     };
-    if acceptor.send(link).await.is_err() {
-        return;
-    }
-    let _reservation = reservation;
+    acceptor.try_send(link).map_err(|_| Answer::LinkLimit)?;
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(run_inbound_link(
+        Arc::downgrade(radio),
+        address,
+        tag,
+        out_rx,
+        air.clone(),
+        stopped,
+        ended.clone(),
+    ));
+    Ok(Inbound {
+        tag,
+        deliver,
+        _stop: stop,
+        _reservation: reservation,
+    })
+}
+
+/// Peripheral side of an open link: its datagrams go out tagged; it ends when its owner
+/// drops it (and then disconnects the central), when the central goes, or when the
+/// peripheral task stops it (the central said hello again).
+async fn run_inbound_link(
+    inner: Weak<Inner>,
+    address: bluer::Address,
+    tag: u8,
+    mut out_rx: mpsc::Receiver<Vec<u8>>,
+    air: mpsc::Sender<Vec<u8>>,
+    mut stopped: oneshot::Receiver<()>,
+    ended: mpsc::Sender<(bluer::Address, u8)>,
+) {
+    let mut liveness = tokio::time::interval(LIVENESS_POLL);
+    let mut dropped_by_owner = false;
     loop {
         tokio::select! {
-            got = reader.recv() => match got {
-                Ok(datagram) => if deliver.send(datagram).await.is_err() { break },
-                Err(_) => break,
-            },
             next = out_rx.recv() => match next {
-                Some(datagram) => if writer.send(&datagram).await.is_err() { break },
-                None => break,
+                Some(datagram) => {
+                    if air.send(gatt::tagged(tag, &datagram)).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    dropped_by_owner = true;
+                    break;
+                }
             },
-            _ = writer.closed() => break,
+            _ = &mut stopped => break,
+            _ = liveness.tick() => {
+                let Some(radio) = inner.upgrade() else { break };
+                if !radio.central_connected(address).await {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = ended.send((address, tag)).await;
+    if dropped_by_owner {
+        if let Some(radio) = inner.upgrade() {
+            radio.disconnect_central(address).await;
+        }
+    }
+}
+
+/// The one notification session: sends tagged datagrams while a central listens.
+async fn notify(
+    mut air: mpsc::Receiver<Vec<u8>>,
+    mut notifiers: mpsc::Receiver<bluer::gatt::local::CharacteristicNotifier>,
+) {
+    let mut session: Option<bluer::gatt::local::CharacteristicNotifier> = None;
+    loop {
+        tokio::select! {
+            notifier = notifiers.recv() => match notifier {
+                Some(notifier) => session = Some(notifier),
+                None => return,
+            },
+            value = air.recv() => {
+                let Some(value) = value else { return };
+                // No session: nobody listens, and the datagram is lost like on the air.
+                if let Some(notifier) = &mut session {
+                    if notifier.notify(value).await.is_err() {
+                        session = None;
+                    }
+                }
+            }
         }
     }
 }
@@ -582,6 +806,7 @@ impl BluezRadio {
                 .map_err(|e| adapter_error("service discovery", e))?;
             let rx = find(&peripheral, gatt::RX_UUID)?;
             let tx = find(&peripheral, gatt::TX_UUID)?;
+            // Asked for before subscribing, so the answer cannot slip past.
             let mut notifications = peripheral
                 .notifications()
                 .await
@@ -595,39 +820,47 @@ impl BluezRadio {
                 .await
                 .map_err(|e| adapter_error("hello", e))?;
             let tx_uuid = Uuid::from_u128(gatt::TX_UUID);
+            // Other links' notifications reach us too; wait for the answer addressed to us.
             let answer = loop {
                 let Some(note) = notifications.next().await else {
                     return Err(BleError::LinkBroken);
                 };
-                if note.uuid == tx_uuid {
-                    break Answer::decode(&note.value);
+                if note.uuid != tx_uuid {
+                    continue;
+                }
+                if let Some((to, answer)) = Answer::decode(&note.value) {
+                    if to == local {
+                        break answer;
+                    }
                 }
             };
             match answer {
-                Some(Answer::Accepted { att_mtu }) => Ok((rx, notifications, att_mtu)),
-                Some(Answer::AlreadyLinked) => Err(BleError::AlreadyLinked(device)),
-                Some(Answer::LinkLimit) => Err(BleError::LinkLimit(device)),
-                Some(Answer::NotListening) | None => {
-                    Err(BleError::Adapter("the device refused the link".into()))
+                Answer::Accepted { att_mtu, tag } => Ok((rx, notifications, att_mtu, tag)),
+                Answer::AlreadyLinked => Err(BleError::AlreadyLinked(device)),
+                Answer::LinkLimit => Err(BleError::LinkLimit(device)),
+                Answer::NotListening | Answer::MtuTooSmall => Err(BleError::Adapter(format!(
+                    "the device refused the link ({answer:?})"
+                ))),
+            }
+        };
+        let (rx, notifications, att_mtu, tag) =
+            match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(err)) => {
+                    let _ = peripheral.disconnect().await;
+                    return Err(err);
                 }
-            }
-        };
-        let (rx, notifications, att_mtu) = match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(err)) => {
-                let _ = peripheral.disconnect().await;
-                return Err(err);
-            }
-            Err(_) => {
-                let _ = peripheral.disconnect().await;
-                return Err(BleError::Adapter("opening the link timed out".into()));
-            }
-        };
+                Err(_) => {
+                    let _ = peripheral.disconnect().await;
+                    return Err(BleError::Adapter("opening the link timed out".into()));
+                }
+            };
         let (out_tx, out_rx) = mpsc::channel(LINK_QUEUE);
         let (deliver, in_rx) = mpsc::channel(LINK_QUEUE);
-        tokio::spawn(run_central_link(
+        tokio::spawn(run_outbound_link(
             peripheral,
             rx,
+            tag,
             notifications,
             out_rx,
             deliver,
@@ -643,14 +876,14 @@ impl BluezRadio {
     }
 }
 
-/// Central side of an open link: writes go out without response, notifications come in,
-/// and the connection is checked every [`LIVENESS_POLL`].
-async fn run_central_link(
+/// Central side of an open link: writes go out without response, this link's notifications
+/// come in (others' are skipped), and the connection is checked every [`LIVENESS_POLL`]
+/// (btleplug's notification stream does not end when the device goes).
+async fn run_outbound_link(
     peripheral: Peripheral,
     rx: Characteristic,
-    mut notifications: std::pin::Pin<
-        Box<dyn futures::Stream<Item = btleplug::api::ValueNotification> + Send>,
-    >,
+    tag: u8,
+    mut notifications: std::pin::Pin<Box<dyn futures::Stream<Item = ValueNotification> + Send>>,
     mut out_rx: mpsc::Receiver<Vec<u8>>,
     deliver: mpsc::Sender<Vec<u8>>,
     _reservation: Reservation,
@@ -661,7 +894,14 @@ async fn run_central_link(
         tokio::select! {
             note = notifications.next() => match note {
                 Some(note) if note.uuid == tx_uuid => {
-                    if deliver.send(note.value).await.is_err() { break }
+                    if let Some(datagram) = gatt::untag(tag, &note.value) {
+                        // Full: dropped, as the air would; never blocks the stream.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            deliver.try_send(datagram.to_vec())
+                        {
+                            break;
+                        }
+                    }
                 }
                 Some(_) => {}
                 None => break,
@@ -700,11 +940,9 @@ impl BleDriver for BluezRadio {
     }
 
     fn neighbours(&self) -> Vec<Discovery> {
-        let state = self.inner.lock();
-        state
-            .heard
-            .iter()
-            .filter(|(_, h)| h.at.elapsed() < HEARD_FOR)
+        self.inner
+            .lock()
+            .heard_now()
             .map(|(device, h)| Discovery {
                 device: *device,
                 rssi: h.rssi,
@@ -725,11 +963,9 @@ impl BleDriver for BluezRadio {
     }
 
     fn identities(&self) -> Vec<(DeviceId, PeerId)> {
-        let state = self.inner.lock();
-        state
-            .heard
-            .iter()
-            .filter(|(_, h)| h.at.elapsed() < HEARD_FOR)
+        self.inner
+            .lock()
+            .heard_now()
             .filter_map(|(device, h)| Some((*device, h.identity?)))
             .collect()
     }

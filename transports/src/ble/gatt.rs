@@ -13,10 +13,18 @@
 //! 8-byte [`DeviceId`] (30 of the 31 bytes of a legacy advertisement, with the flags).
 //!
 //! Opening a link: the central subscribes to TX, then writes a [`hello`] (its device id) to
-//! RX; the peripheral answers on TX with an [`Answer`]: accepted with the ATT MTU it sees,
-//! or refused (already linked, at its link limit, not listening). Everything after an
-//! accepted answer is link data (ARQ frames, [`super::frame`]). Hello and answer are at most
-//! 20 bytes, so they fit the smallest ATT MTU (23).
+//! RX; the peripheral answers on TX with an [`Answer`] addressed to that device id: accepted
+//! with the ATT MTU it sees and a one-byte link tag, or refused (already linked, at its link
+//! limit, not listening, MTU too small). Everything after an accepted answer is link data
+//! (ARQ frames, [`super::frame`]). Hello and answer are at most 20 bytes, so they fit the
+//! smallest ATT MTU (23).
+//!
+//! Why a tag: BlueZ keeps one notification session per characteristic, not per central, so
+//! every notification reaches every subscribed central. The peripheral prefixes each
+//! notification with the link's tag ([`tagged`]) and a central keeps only its own
+//! ([`untag`]). Writes need no tag: BlueZ names the writing device. So a datagram is at most
+//! ATT MTU − 4 bytes ([`max_datagram`]) both ways, and a link needs an ATT MTU of at least 24
+//! (the ARQ's smallest datagram is 20); BlueZ and phones negotiate far more (185–517).
 
 use libp2p::PeerId;
 
@@ -85,56 +93,87 @@ pub fn parse_hello(data: &[u8]) -> Option<DeviceId> {
     }
 }
 
+/// The smallest ATT MTU a link may have: the ARQ's smallest datagram (20) plus the tag.
+pub const MIN_LINK_ATT_MTU: u16 = 24;
+
 /// The peripheral's reply to a hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// The link is open; datagrams may be up to `att_mtu − 3` bytes.
+    /// The link is open: datagrams up to [`max_datagram`]`(att_mtu)` bytes, notifications
+    /// for this link tagged `tag`.
     Accepted {
         att_mtu: u16,
+        tag: u8,
     },
     AlreadyLinked,
     LinkLimit,
     NotListening,
+    MtuTooSmall,
 }
 
 impl Answer {
-    pub fn encode(self) -> Vec<u8> {
-        let (code, mtu) = match self {
-            Answer::Accepted { att_mtu } => (0, att_mtu),
-            Answer::AlreadyLinked => (1, 0),
-            Answer::LinkLimit => (2, 0),
-            Answer::NotListening => (3, 0),
+    /// The answer for the central that said hello as `to`.
+    pub fn encode(self, to: DeviceId) -> Vec<u8> {
+        let (code, mtu, tag) = match self {
+            Answer::Accepted { att_mtu, tag } => (0, att_mtu, tag),
+            Answer::AlreadyLinked => (1, 0, 0),
+            Answer::LinkLimit => (2, 0, 0),
+            Answer::NotListening => (3, 0, 0),
+            Answer::MtuTooSmall => (4, 0, 0),
         };
         let mut out = vec![ANSWER, VERSION, code];
         out.extend_from_slice(&mtu.to_be_bytes());
+        out.push(tag);
+        out.extend_from_slice(&to.0);
         out
     }
 
-    /// None for anything that is not a well-formed answer, including an accepted one whose
-    /// MTU is outside 23–517.
-    pub fn decode(data: &[u8]) -> Option<Answer> {
-        let [ANSWER, VERSION, code, hi, lo] = *data else {
+    /// The central an answer is for, and the answer; None for anything that is not a
+    /// well-formed answer, including an accepted one whose MTU is outside 24–517.
+    pub fn decode(data: &[u8]) -> Option<(DeviceId, Answer)> {
+        let [ANSWER, VERSION, code, hi, lo, tag, ref to @ ..] = *data else {
             return None;
         };
-        match code {
+        let to = DeviceId(to.try_into().ok()?);
+        let answer = match code {
             0 => {
                 let att_mtu = u16::from_be_bytes([hi, lo]);
-                (MIN_ATT_MTU..=MAX_ATT_MTU)
-                    .contains(&att_mtu)
-                    .then_some(Answer::Accepted { att_mtu })
+                if !(MIN_LINK_ATT_MTU..=MAX_ATT_MTU).contains(&att_mtu) {
+                    return None;
+                }
+                Answer::Accepted { att_mtu, tag }
             }
-            1 => Some(Answer::AlreadyLinked),
-            2 => Some(Answer::LinkLimit),
-            3 => Some(Answer::NotListening),
-            _ => None,
-        }
+            1 => Answer::AlreadyLinked,
+            2 => Answer::LinkLimit,
+            3 => Answer::NotListening,
+            4 => Answer::MtuTooSmall,
+            _ => return None,
+        };
+        Some((to, answer))
     }
 }
 
-/// The largest datagram a link with this ATT MTU carries (an ATT write command or
-/// notification has a 3-byte header), clamped to the legal MTU range.
+/// A notification for the link tagged `tag`.
+pub fn tagged(tag: u8, datagram: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(datagram.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(datagram);
+    out
+}
+
+/// The datagram in a notification, if it is for the link tagged `tag`.
+pub fn untag(tag: u8, notification: &[u8]) -> Option<&[u8]> {
+    match notification {
+        [t, datagram @ ..] if *t == tag && !datagram.is_empty() => Some(datagram),
+        _ => None,
+    }
+}
+
+/// The largest datagram a link with this ATT MTU carries either way: an ATT write command or
+/// notification has a 3-byte header, and notifications carry the link tag. The MTU is
+/// clamped to the legal range first.
 pub fn max_datagram(att_mtu: usize) -> usize {
-    att_mtu.clamp(MIN_ATT_MTU.into(), MAX_ATT_MTU.into()) - 3
+    att_mtu.clamp(MIN_ATT_MTU.into(), MAX_ATT_MTU.into()) - 4
 }
 
 #[cfg(test)]
@@ -176,34 +215,61 @@ mod tests {
     #[test]
     fn hello_and_answers_fit_the_smallest_mtu() {
         let limit = usize::from(MIN_ATT_MTU) - 3;
-        assert!(hello(DeviceId([1; 8])).len() <= limit);
+        let central = DeviceId([1; 8]);
+        assert!(hello(central).len() <= limit);
         for answer in [
-            Answer::Accepted { att_mtu: 517 },
+            Answer::Accepted {
+                att_mtu: 517,
+                tag: 9,
+            },
             Answer::AlreadyLinked,
             Answer::LinkLimit,
             Answer::NotListening,
+            Answer::MtuTooSmall,
         ] {
-            assert!(answer.encode().len() <= limit);
-            assert_eq!(Answer::decode(&answer.encode()), Some(answer));
+            assert!(answer.encode(central).len() <= limit);
+            assert_eq!(
+                Answer::decode(&answer.encode(central)),
+                Some((central, answer))
+            );
         }
     }
 
     #[test]
     fn an_accepted_answer_with_an_impossible_mtu_is_refused() {
-        for mtu in [0u16, 22, 518, u16::MAX] {
-            let mut data = Answer::Accepted { att_mtu: 23 }.encode();
+        let central = DeviceId([1; 8]);
+        for mtu in [0u16, 23, 518, u16::MAX] {
+            let mut data = Answer::Accepted {
+                att_mtu: 24,
+                tag: 1,
+            }
+            .encode(central);
             data[3..5].copy_from_slice(&mtu.to_be_bytes());
             assert_eq!(Answer::decode(&data), None, "mtu {mtu}");
         }
     }
 
     #[test]
+    fn a_central_keeps_only_its_own_notifications() {
+        let note = tagged(3, b"frame");
+        assert_eq!(untag(3, &note), Some(&b"frame"[..]));
+        assert_eq!(untag(4, &note), None);
+        assert_eq!(untag(3, &[3]), None, "a tag alone carries nothing");
+        assert_eq!(untag(3, &[]), None);
+    }
+
+    #[test]
     fn datagram_size_follows_the_mtu() {
-        assert_eq!(max_datagram(23), 20);
-        assert_eq!(max_datagram(185), 182);
-        assert_eq!(max_datagram(517), 514);
-        assert_eq!(max_datagram(5), 20, "below the minimum: the minimum");
-        assert_eq!(max_datagram(4096), 514);
+        assert_eq!(
+            max_datagram(usize::from(MIN_LINK_ATT_MTU)),
+            20,
+            "the ARQ's minimum"
+        );
+        assert_eq!(max_datagram(185), 181);
+        assert_eq!(max_datagram(517), 513);
+        assert_eq!(max_datagram(4096), 513);
+        // A tagged datagram fits one notification.
+        assert_eq!(tagged(0, &vec![0; max_datagram(185)]).len(), 185 - 3);
     }
 
     proptest! {
@@ -217,10 +283,11 @@ mod tests {
             if let Some(device) = parse_advert(&data) {
                 prop_assert_eq!(advert(device), data.clone());
             }
-            if let Some(answer) = Answer::decode(&data) {
-                // Refusals carry a zero MTU; anything else decodes only from its own bytes.
-                prop_assert_eq!(answer.encode().len(), data.len());
-                prop_assert_eq!(Answer::decode(&answer.encode()), Some(answer));
+            if let Some((to, answer)) = Answer::decode(&data) {
+                // Refusals ignore their MTU and tag bytes; anything else decodes only from
+                // its own bytes.
+                prop_assert_eq!(answer.encode(to).len(), data.len());
+                prop_assert_eq!(Answer::decode(&answer.encode(to)), Some((to, answer)));
             }
             let _ = parse_identity(&data, DeviceId([0; 8]));
         }
