@@ -28,6 +28,12 @@
 //!   datagrams that find the link's queue full are dropped (the link may lose datagrams; the
 //!   ARQ above recovers them).
 //!
+//! Where it departs from the contract: datagrams from a central may reach the peripheral out
+//! of order, because bluer handles each D-Bus call in a task of its own; the ARQ puts them
+//! back in order. And it needs a BlueZ that passes the `mtu` option with GATT reads and
+//! writes (bluer requires it; BlueZ 5.58 does not send it, newer releases do): on an older
+//! one, hellos and identity reads are silently lost and no link opens.
+//!
 //! Discovery: scanning runs continuously, except that the policy's scan-off time is applied
 //! by stopping and restarting the scan (BlueZ offers clients no duty cycle). A device is in
 //! range while BlueZ reports its advertisements (service data or RSSI updates) within
@@ -637,20 +643,19 @@ async fn serve_links(inner: Weak<Inner>, inputs: ServerInputs) {
                         // A central saying hello again starts over.
                         links.remove(&address);
                         let Some(radio) = inner.upgrade() else { return };
+                        // Link tags skip the control tag, which answers use.
                         let tag = loop {
                             next_tag = next_tag.wrapping_add(1);
-                            if links.values().all(|l| l.tag != next_tag) {
+                            if next_tag != gatt::CONTROL_TAG
+                                && links.values().all(|l| l.tag != next_tag)
+                            {
                                 break next_tag;
                             }
                         };
-                        let answer = match open_inbound(&radio, address, central, att_mtu, tag, &air_tx, &ended_tx) {
-                            Ok(link) => {
-                                links.insert(address, link);
-                                Answer::Accepted { att_mtu, tag }
-                            }
-                            Err(refusal) => refusal,
-                        };
-                        let _ = air_tx.send(answer.encode(central)).await;
+                        let hello = Hello { address, central, att_mtu, tag };
+                        if let Some(link) = open_inbound(&radio, hello, &air_tx, &ended_tx).await {
+                            links.insert(address, link);
+                        }
                     }
                     (None, None) => {} // not a link (yet): ignored
                 }
@@ -665,21 +670,44 @@ async fn serve_links(inner: Weak<Inner>, inputs: ServerInputs) {
     }
 }
 
-fn open_inbound(
-    radio: &Arc<Inner>,
+/// A central's hello, as the peripheral task received it.
+struct Hello {
     address: bluer::Address,
     central: DeviceId,
     att_mtu: u16,
     tag: u8,
+}
+
+/// Answers a hello, and opens the link if it is accepted. The answer goes out before the
+/// link's first datagram can.
+async fn open_inbound(
+    radio: &Arc<Inner>,
+    hello: Hello,
     air: &mpsc::Sender<Vec<u8>>,
     ended: &mpsc::Sender<(bluer::Address, u8)>,
-) -> Result<Inbound, Answer> {
-    let acceptor = radio.lock().acceptor.clone().filter(|a| !a.is_closed());
-    let acceptor = acceptor.ok_or(Answer::NotListening)?;
-    if att_mtu < gatt::MIN_LINK_ATT_MTU {
-        return Err(Answer::MtuTooSmall);
+) -> Option<Inbound> {
+    let Hello {
+        address,
+        central,
+        att_mtu,
+        tag,
+    } = hello;
+    let answer = |answer: Answer| gatt::tagged(gatt::CONTROL_TAG, &answer.encode(central));
+    let accepted = accept_inbound(radio, central, att_mtu);
+    let (reservation, permit) = match accepted {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            let _ = air.send(answer(refusal)).await;
+            return None;
+        }
+    };
+    if air
+        .send(answer(Answer::Accepted { att_mtu, tag }))
+        .await
+        .is_err()
+    {
+        return None;
     }
-    let reservation = radio.reserve(central)?;
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
     let (deliver, in_rx) = mpsc::channel(LINK_QUEUE);
     let link = BleLink {
@@ -689,7 +717,7 @@ fn open_inbound(
         tx: out_tx,
         rx: in_rx,
     };
-    acceptor.try_send(link).map_err(|_| Answer::LinkLimit)?;
+    permit.send(link);
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(run_inbound_link(
         Arc::downgrade(radio),
@@ -700,12 +728,30 @@ fn open_inbound(
         stopped,
         ended.clone(),
     ));
-    Ok(Inbound {
+    Some(Inbound {
         tag,
         deliver,
         _stop: stop,
         _reservation: reservation,
     })
+}
+
+/// Whether a hello can be accepted: a slot for the link, and room for it at the acceptor.
+fn accept_inbound(
+    radio: &Arc<Inner>,
+    central: DeviceId,
+    att_mtu: u16,
+) -> Result<(Reservation, mpsc::OwnedPermit<BleLink>), Answer> {
+    let acceptor = radio.lock().acceptor.clone().filter(|a| !a.is_closed());
+    let acceptor = acceptor.ok_or(Answer::NotListening)?;
+    if att_mtu < gatt::MIN_LINK_ATT_MTU {
+        return Err(Answer::MtuTooSmall);
+    }
+    let reservation = radio.reserve(central)?;
+    let permit = acceptor
+        .try_reserve_owned()
+        .map_err(|_| Answer::LinkLimit)?;
+    Ok((reservation, permit))
 }
 
 /// Peripheral side of an open link: its datagrams go out tagged; it ends when its owner
@@ -760,8 +806,13 @@ async fn notify(
     let mut session: Option<bluer::gatt::local::CharacteristicNotifier> = None;
     loop {
         tokio::select! {
+            // A new session first: BlueZ starts one per subscribing central, each replacing
+            // the last (bluer handles D-Bus calls concurrently, so one may come late and
+            // already stopped: keep the live one).
+            biased;
             notifier = notifiers.recv() => match notifier {
-                Some(notifier) => session = Some(notifier),
+                Some(notifier) if !notifier.is_stopped() => session = Some(notifier),
+                Some(_) => {}
                 None => return,
             },
             value = air.recv() => {
@@ -811,10 +862,13 @@ impl BluezRadio {
                 .notifications()
                 .await
                 .map_err(|e| adapter_error("notifications", e))?;
-            peripheral
-                .subscribe(&tx)
-                .await
-                .map_err(|e| adapter_error("subscribe", e))?;
+            // BlueZ may still hold our subscription from an earlier connection to the device.
+            if let Err(err) = peripheral.subscribe(&tx).await {
+                let text = err.to_string();
+                if !(text.contains("lready") || text.contains("InProgress")) {
+                    return Err(adapter_error("subscribe", err));
+                }
+            }
             peripheral
                 .write(&rx, &gatt::hello(local), WriteType::WithoutResponse)
                 .await
@@ -828,7 +882,9 @@ impl BluezRadio {
                 if note.uuid != tx_uuid {
                     continue;
                 }
-                if let Some((to, answer)) = Answer::decode(&note.value) {
+                let addressed =
+                    gatt::untag(gatt::CONTROL_TAG, &note.value).and_then(Answer::decode);
+                if let Some((to, answer)) = addressed {
                     if to == local {
                         break answer;
                     }
@@ -847,11 +903,11 @@ impl BluezRadio {
             match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
                 Ok(Ok(opened)) => opened,
                 Ok(Err(err)) => {
-                    let _ = peripheral.disconnect().await;
+                    hang_up(&peripheral).await;
                     return Err(err);
                 }
                 Err(_) => {
-                    let _ = peripheral.disconnect().await;
+                    hang_up(&peripheral).await;
                     return Err(BleError::Adapter("opening the link timed out".into()));
                 }
             };
@@ -920,6 +976,15 @@ async fn run_outbound_link(
                 }
             }
         }
+    }
+    hang_up(&peripheral).await;
+}
+
+/// Ends a central's connection, unsubscribing first so BlueZ does not carry the
+/// subscription into the next connection to the device.
+async fn hang_up(peripheral: &Peripheral) {
+    if let Ok(tx) = find(peripheral, gatt::TX_UUID) {
+        let _ = peripheral.unsubscribe(&tx).await;
     }
     let _ = peripheral.disconnect().await;
 }

@@ -21,8 +21,8 @@
 //!
 //! Why a tag: BlueZ keeps one notification session per characteristic, not per central, so
 //! every notification reaches every subscribed central. The peripheral prefixes each
-//! notification with the link's tag ([`tagged`]) and a central keeps only its own
-//! ([`untag`]). Writes need no tag: BlueZ names the writing device. So a datagram is at most
+//! notification with the link's tag ([`tagged`]), answers with [`CONTROL_TAG`], and a
+//! central keeps only its own ([`untag`]). Writes need no tag: BlueZ names the writing device. So a datagram is at most
 //! ATT MTU − 4 bytes ([`max_datagram`]) both ways, and a link needs an ATT MTU of at least 24
 //! (the ARQ's smallest datagram is 20); BlueZ and phones negotiate far more (185–517).
 
@@ -152,6 +152,9 @@ impl Answer {
         Some((to, answer))
     }
 }
+
+/// The tag of notifications that belong to no link: answers to hellos. Links get other tags.
+pub const CONTROL_TAG: u8 = 0;
 
 /// A notification for the link tagged `tag`.
 pub fn tagged(tag: u8, datagram: &[u8]) -> Vec<u8> {
