@@ -5,12 +5,13 @@
 //! - [`capacity`]: what a member may run now, from its device and its power policy;
 //! - [`state`]: the replicated cluster state — members, the task table, assignments fenced
 //!   by the coordinator's term — and the commands that change it;
-//! - [`scheduler`]: which queued task goes where, highest (aged) priority first.
+//! - [`scheduler`]: which queued task goes where, highest (aged) priority first;
+//! - [`group`]: one member's side of the cluster's Raft group, ordering the commands.
 //!
-//! The Raft group that orders the commands, and the cluster formation around it, build on
-//! these (issue 11).
+//! Cluster formation and the node service build on these (issue 11).
 
 pub mod capacity;
+pub mod group;
 pub mod scheduler;
 pub mod state;
 pub mod task;

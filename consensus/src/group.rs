@@ -1,0 +1,305 @@
+//! One member's side of a cluster's Raft group: raft-rs's sans-io `RawNode` driving the
+//! replicated [`ClusterState`].
+//!
+//! The caller owns time and the network: it calls [`ClusterNode::tick`] every
+//! [`TICK_MS`], hands in messages from other members with [`ClusterNode::step`], proposes
+//! commands with [`ClusterNode::propose`], and sends out the messages each call returns.
+//! Every call persists what Raft needs before the messages that depend on it are returned
+//! (raft-rs's `Ready` protocol), then applies newly committed commands to the state.
+//!
+//! The coordinator is the leader; it stamps assignments with its term ([`ClusterNode::plan`]).
+//! Pre-vote and check-quorum are on, so a partitioned member does not disturb the cluster
+//! when it returns, and a leader cut off from a majority steps down. Election timeouts are
+//! in ticks: [`LAN_TIMING`] for internet links, [`RADIO_TIMING`] for Bluetooth ones.
+//!
+//! raft-rs draws its randomized election timeouts from its own thread-local generator, so a
+//! simulation's seed fixes the schedule of messages, losses and crashes but not those
+//! timeouts; the simulation checks invariants over many runs rather than replaying one.
+//!
+//! Storage: raft-rs's `MemStorage` here (a simulation keeps it across a simulated crash, as a
+//! disk would be); the node persists the same `Ready` contents in sled.
+
+use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+
+use crate::scheduler;
+use crate::state::{Applied, ClusterState, Command, Refusal};
+
+/// How often the caller ticks, in milliseconds.
+pub const TICK_MS: u64 = 100;
+
+/// Election and heartbeat timing, in ticks of [`TICK_MS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub heartbeat_ticks: usize,
+    /// Elections start after a random timeout in `[election_ticks, 2 × election_ticks)`.
+    pub election_ticks: usize,
+}
+
+/// On internet links: heartbeats every 100 ms, elections after 500–1000 ms of silence, so a
+/// dead coordinator is replaced in about a second (the target is 1.5 s).
+pub const LAN_TIMING: Timing = Timing {
+    heartbeat_ticks: 1,
+    election_ticks: 5,
+};
+
+/// On Bluetooth links (a relay hop costs ~200 ms): heartbeats every 500 ms, elections after
+/// 3–6 s of silence.
+pub const RADIO_TIMING: Timing = Timing {
+    heartbeat_ticks: 5,
+    election_ticks: 30,
+};
+
+/// Largest command a member proposes or accepts, encoded.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// Why a call did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("this member is not the coordinator")]
+    NotLeader,
+    #[error("command too large ({0} bytes)")]
+    TooLarge(usize),
+    #[error("cannot encode the command: {0}")]
+    Encode(String),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// What a call produced: messages to send (already safe to send: what they promise is
+/// persisted), and the commands newly applied, in order, with their outcomes.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub messages: Vec<Message>,
+    pub applied: Vec<(Command, Result<Applied, Refusal>)>,
+}
+
+/// One member of a cluster's Raft group.
+pub struct ClusterNode {
+    id: u64,
+    raw: RawNode<MemStorage>,
+    state: ClusterState,
+    /// Committed entries whose bytes are not a command (a member with a newer or corrupt
+    /// encoder): skipped identically on every replica, and counted.
+    skipped: u64,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("id", &self.id)
+            .field("term", &self.raw.raft.term)
+            .field("role", &self.raw.raft.state)
+            .finish()
+    }
+}
+
+/// A fresh storage for a group whose founding members are `voters`.
+pub fn founding_storage(voters: &[u64]) -> MemStorage {
+    MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])))
+}
+
+impl ClusterNode {
+    /// Starts (or restarts, from what `storage` kept) member `id`. The state machine is
+    /// rebuilt by applying the committed log again.
+    pub fn new(
+        id: u64,
+        storage: MemStorage,
+        timing: Timing,
+        logger: &slog::Logger,
+    ) -> Result<Self, GroupError> {
+        let config = Config {
+            id,
+            heartbeat_tick: timing.heartbeat_ticks,
+            election_tick: timing.election_ticks,
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 256 * 1024,
+            max_inflight_msgs: 64,
+            applied: 0,
+            ..Config::default()
+        };
+        let raw = RawNode::new(&config, storage, logger)?;
+        Ok(Self {
+            id,
+            raw,
+            state: ClusterState::default(),
+            skipped: 0,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The member this one believes leads, if any.
+    pub fn leader(&self) -> Option<u64> {
+        let leader = self.raw.raft.leader_id;
+        (leader != raft::INVALID_ID).then_some(leader)
+    }
+
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The storage, for a restart after a (simulated) crash.
+    pub fn storage(&self) -> MemStorage {
+        self.raw.store().clone()
+    }
+
+    /// Sets this member's election priority (its score): among up-to-date candidates, the
+    /// higher priority wins.
+    pub fn set_priority(&mut self, priority: i64) {
+        self.raw.set_priority(priority);
+    }
+
+    /// Hands leadership to `member` (a better-scored one); the caller applies hysteresis.
+    pub fn transfer_leader(&mut self, member: u64) -> Output {
+        self.raw.transfer_leader(member);
+        self.drain()
+    }
+
+    pub fn tick(&mut self) -> Output {
+        self.raw.tick();
+        self.drain()
+    }
+
+    /// A message from another member. Messages for another group member id, or that raft
+    /// rejects, are dropped with the error.
+    pub fn step(&mut self, message: Message) -> Result<Output, GroupError> {
+        if message.to != self.id {
+            return Err(GroupError::Raft(raft::Error::StepPeerNotFound));
+        }
+        self.raw.step(message)?;
+        Ok(self.drain())
+    }
+
+    /// Proposes a command; only the leader may.
+    pub fn propose(&mut self, command: &Command) -> Result<Output, GroupError> {
+        if !self.is_leader() {
+            return Err(GroupError::NotLeader);
+        }
+        let data =
+            fogmesh_store::codec::encode(command).map_err(|e| GroupError::Encode(e.to_string()))?;
+        if data.len() > MAX_COMMAND_BYTES {
+            return Err(GroupError::TooLarge(data.len()));
+        }
+        self.raw.propose(vec![], data)?;
+        Ok(self.drain())
+    }
+
+    /// The coordinator's placements for now, as `Assign` commands stamped with its term.
+    pub fn plan(&self, now_ms: u64, limit: usize) -> Vec<Command> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let term = self.term();
+        scheduler::plan(&self.state, now_ms, limit)
+            .into_iter()
+            .map(|p| Command::Assign {
+                task: p.task,
+                node: p.node,
+                term,
+                at_ms: now_ms,
+            })
+            .collect()
+    }
+
+    /// Runs raft-rs's `Ready` protocol: persist, then send, then apply.
+    fn drain(&mut self) -> Output {
+        let mut out = Output::default();
+        if !self.raw.has_ready() {
+            return out;
+        }
+        let store = self.raw.store().clone();
+        let mut ready = self.raw.ready();
+        // Messages in `messages()` need nothing persisted (a leader's appends go out while
+        // it writes its own copy).
+        out.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            // Snapshots are not produced yet (the log is not compacted); a follower would
+            // receive one only from a member that compacts.
+            if let Err(err) = store.wl().apply_snapshot(ready.snapshot().clone()) {
+                tracing::warn!(%err, "cannot apply a raft snapshot");
+            }
+        }
+        self.apply(ready.take_committed_entries(), &mut out);
+        if !ready.entries().is_empty() {
+            if let Err(err) = store.wl().append(ready.entries()) {
+                tracing::error!(%err, "cannot append raft entries");
+            }
+        }
+        if let Some(hard_state) = ready.hs() {
+            store.wl().set_hardstate(hard_state.clone());
+        }
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            store.wl().mut_hard_state().set_commit(commit);
+        }
+        out.messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut out);
+        self.raw.advance_apply();
+        out
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) {
+        for entry in entries {
+            if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
+                continue;
+            }
+            match fogmesh_store::codec::decode_bounded::<Command>(&entry.data, MAX_COMMAND_BYTES) {
+                Ok(command) => {
+                    let outcome = self.state.apply(command.clone());
+                    out.applied.push((command, outcome));
+                }
+                Err(err) => {
+                    self.skipped += 1;
+                    tracing::warn!(%err, index = entry.index, "committed entry is not a command; skipped");
+                }
+            }
+        }
+    }
+}
+
+/// raft-rs logs through slog; this drain hands its records to `tracing` (target `raft`).
+#[derive(Debug)]
+pub struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _values: &slog::OwnedKVList,
+    ) -> Result<Self::Ok, Self::Err> {
+        let message = record.msg().to_string();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", %message),
+            slog::Level::Warning => tracing::warn!(target: "raft", %message),
+            slog::Level::Info => tracing::debug!(target: "raft", %message),
+            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", %message),
+        }
+        Ok(())
+    }
+}
+
+/// A slog logger writing into `tracing`.
+pub fn raft_logger() -> slog::Logger {
+    slog::Logger::root(TracingDrain, slog::o!())
+}
