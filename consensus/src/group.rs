@@ -16,13 +16,17 @@
 //! simulation's seed fixes the schedule of messages, losses and crashes but not those
 //! timeouts; the simulation checks invariants over many runs rather than replaying one.
 //!
-//! Storage: raft-rs's `MemStorage` here (a simulation keeps it across a simulated crash, as a
-//! disk would be); the node persists the same `Ready` contents in sled.
+//! Storage: raft-rs's `MemStorage` in memory, and, when the member has one, a [`RaftDisk`]
+//! in sled that every `Ready` is written to (durably) before the messages that depend on it
+//! are returned ([`ClusterNode::open`]). A simulation may run without a disk and keep the
+//! `MemStorage` across a simulated crash instead. If the disk fails, the member stops: every
+//! later call returns [`GroupError::DiskFailed`], since it can no longer keep its promises.
 
 use raft::eraftpb::{ConfState, Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
+use crate::disk::{DiskError, RaftDisk};
 use crate::scheduler;
 use crate::state::{Applied, ClusterState, Command, Refusal};
 
@@ -65,6 +69,10 @@ pub enum GroupError {
     Encode(String),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error("the raft disk failed: {0}")]
+    DiskFailed(String),
+    #[error("cannot load the raft disk: {0}")]
+    Load(#[from] DiskError),
 }
 
 /// What a call produced: messages to send (already safe to send: what they promise is
@@ -83,6 +91,8 @@ pub struct ClusterNode {
     /// Committed entries whose bytes are not a command (a member with a newer or corrupt
     /// encoder): skipped identically on every replica, and counted.
     skipped: u64,
+    disk: Option<RaftDisk>,
+    disk_failed: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -126,7 +136,32 @@ impl ClusterNode {
             raw,
             state: ClusterState::default(),
             skipped: 0,
+            disk: None,
+            disk_failed: None,
         })
+    }
+
+    /// Starts (or restarts) member `id` on its disk: what the disk holds is loaded, and every
+    /// `Ready` is written to it before its messages go out. A group the disk never saw starts
+    /// with `founding_voters`.
+    pub fn open(
+        id: u64,
+        disk: RaftDisk,
+        founding_voters: &[u64],
+        timing: Timing,
+        logger: &slog::Logger,
+    ) -> Result<Self, GroupError> {
+        let storage = disk.load(founding_voters)?;
+        let mut node = Self::new(id, storage, timing, logger)?;
+        node.disk = Some(disk);
+        Ok(node)
+    }
+
+    fn check_disk(&self) -> Result<(), GroupError> {
+        match &self.disk_failed {
+            Some(reason) => Err(GroupError::DiskFailed(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -151,6 +186,11 @@ impl ClusterNode {
         (leader != raft::INVALID_ID).then_some(leader)
     }
 
+    /// Why the member stopped, if its disk failed.
+    pub fn disk_failed(&self) -> Option<&str> {
+        self.disk_failed.as_deref()
+    }
+
     pub fn skipped(&self) -> u64 {
         self.skipped
     }
@@ -172,7 +212,11 @@ impl ClusterNode {
         self.drain()
     }
 
+    /// One tick of the clock. Nothing happens once the disk failed.
     pub fn tick(&mut self) -> Output {
+        if self.disk_failed.is_some() {
+            return Output::default();
+        }
         self.raw.tick();
         self.drain()
     }
@@ -180,6 +224,7 @@ impl ClusterNode {
     /// A message from another member. Messages for another group member id, or that raft
     /// rejects, are dropped with the error.
     pub fn step(&mut self, message: Message) -> Result<Output, GroupError> {
+        self.check_disk()?;
         if message.to != self.id {
             return Err(GroupError::Raft(raft::Error::StepPeerNotFound));
         }
@@ -189,6 +234,7 @@ impl ClusterNode {
 
     /// Proposes a command; only the leader may.
     pub fn propose(&mut self, command: &Command) -> Result<Output, GroupError> {
+        self.check_disk()?;
         if !self.is_leader() {
             return Err(GroupError::NotLeader);
         }
@@ -244,6 +290,15 @@ impl ClusterNode {
         }
         if let Some(hard_state) = ready.hs() {
             store.wl().set_hardstate(hard_state.clone());
+        }
+        if let Some(disk) = &self.disk {
+            if let Err(err) = disk.persist(ready.entries(), ready.hs(), &store) {
+                // Nothing that depends on this Ready may leave: stop here, for good.
+                tracing::error!(%err, "raft disk failed; this member stops");
+                self.disk_failed = Some(err.to_string());
+                out.messages.clear();
+                return out;
+            }
         }
         out.messages.extend(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);

@@ -6,11 +6,13 @@
 //! - [`state`]: the replicated cluster state — members, the task table, assignments fenced
 //!   by the coordinator's term — and the commands that change it;
 //! - [`scheduler`]: which queued task goes where, highest (aged) priority first;
-//! - [`group`]: one member's side of the cluster's Raft group, ordering the commands.
+//! - [`group`]: one member's side of the cluster's Raft group, ordering the commands;
+//! - [`disk`]: the group's log and hard state in sled.
 //!
 //! Cluster formation and the node service build on these (issue 11).
 
 pub mod capacity;
+pub mod disk;
 pub mod group;
 pub mod scheduler;
 pub mod state;
