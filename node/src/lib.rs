@@ -10,6 +10,7 @@ pub mod device;
 pub mod driver;
 pub mod envelope;
 pub mod events;
+pub mod exec;
 pub mod handshake_metrics;
 pub mod identity;
 pub mod lifecycle;

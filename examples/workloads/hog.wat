@@ -1,0 +1,8 @@
+;; Asks for 1024 more pages (64 MiB).
+(module
+  (memory (export "memory") 1)
+  (func (export "alloc") (param $len i32) (result i32)
+    i32.const 1024)
+  (func (export "run") (param $ptr i32) (param $len i32) (result i64)
+    (drop (memory.grow (i32.const 1024)))
+    i64.const 0))
