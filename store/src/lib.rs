@@ -206,20 +206,42 @@ pub(crate) fn open_sled(dir: &Path, options: &StoreOptions) -> Result<sled::Db, 
     let flush_ms = u64::try_from(options.flush_every.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(dir)
         .cache_capacity(options.cache_capacity_bytes)
-        .flush_every_ms(Some(flush_ms))
-        .open()
-        .map_err(|e| StoreError::Open {
-            path: dir.to_path_buf(),
-            reason: open_error_text(&e),
-        })
+        .flush_every_ms(Some(flush_ms));
+    // sled releases its file lock when its background flusher has stopped, a moment after
+    // the last handle is dropped: a store closed and reopened in one process (check, then
+    // repair; a restart in tests) can find it still held. Such a lock goes within a second;
+    // one held by another process stays, and is reported after that second.
+    let mut attempts = 0;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) && attempts < LOCK_RETRIES => {
+                attempts += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: dir.to_path_buf(),
+                    reason: open_error_text(&e),
+                })
+            }
+        }
+    }
+}
+
+const LOCK_RETRIES: u32 = 20;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 fn open_error_text(e: &sled::Error) -> String {
     match e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+        e if is_lock_error(e) => {
             "it is in use by another process (is a node running with this data dir?)".into()
         }
         sled::Error::Io(io) => io.to_string(),
