@@ -7,7 +7,8 @@
 //!   by the coordinator's term — and the commands that change it;
 //! - [`scheduler`]: which queued task goes where, highest (aged) priority first;
 //! - [`group`]: one member's side of the cluster's Raft group, ordering the commands;
-//! - [`disk`]: the group's log and hard state in sled.
+//! - [`disk`]: the group's log and hard state in sled;
+//! - [`wire`]: raft messages between members, and who may send them.
 //!
 //! Cluster formation and the node service build on these (issue 11).
 
@@ -17,3 +18,4 @@ pub mod group;
 pub mod scheduler;
 pub mod state;
 pub mod task;
+pub mod wire;
