@@ -79,7 +79,7 @@ impl RaftDisk {
                 founding_voters.to_vec(),
                 vec![],
             )));
-            self.persist(&[], Some(&HardState::default()), &storage)?;
+            self.persist(&[], Some(&HardState::default()), &storage, true)?;
             return Ok(storage);
         };
         let storage =
@@ -97,6 +97,14 @@ impl RaftDisk {
                     reason: format!("holds entry {}", entry.index),
                 });
             }
+            // The log starts at 1 (nothing compacts yet) and has no gaps.
+            let expected = entries.last().map_or(1, |e: &Entry| e.index + 1);
+            if index != expected {
+                return Err(DiskError::Damaged {
+                    index,
+                    reason: format!("the log skips from {} to {index}", expected - 1),
+                });
+            }
             entries.push(entry);
         }
         let mut core = storage.wl();
@@ -111,13 +119,16 @@ impl RaftDisk {
         Ok(storage)
     }
 
-    /// Stores `entries` (replacing whatever they overwrite) and the hard state, durably, and
-    /// the configuration `storage` holds.
+    /// Stores `entries` (replacing whatever they overwrite), the hard state and the
+    /// configuration `storage` holds; durably when `sync` (raft-rs's `must_sync`: new
+    /// entries, term or vote), otherwise buffered (only the commit index changed, which Raft
+    /// does not need on disk).
     pub fn persist(
         &self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
         storage: &MemStorage,
+        sync: bool,
     ) -> Result<(), DiskError> {
         let mut batch = Batch::new();
         if let Some(first) = entries.first() {
@@ -140,7 +151,11 @@ impl RaftDisk {
             learners: stored.conf_state.learners,
         };
         batch.put(&self.state, &self.key, &state)?;
-        self.store.apply_durable(batch)?;
+        if sync {
+            self.store.apply_durable(batch)?;
+        } else {
+            self.store.apply(batch)?;
+        }
         Ok(())
     }
 }

@@ -267,7 +267,7 @@ impl ClusterNode {
     /// Runs raft-rs's `Ready` protocol: persist, then send, then apply.
     fn drain(&mut self) -> Output {
         let mut out = Output::default();
-        if !self.raw.has_ready() {
+        if self.disk_failed.is_some() || !self.raw.has_ready() {
             return out;
         }
         let store = self.raw.store().clone();
@@ -276,11 +276,13 @@ impl ClusterNode {
         // it writes its own copy).
         out.messages.extend(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            // Snapshots are not produced yet (the log is not compacted); a follower would
-            // receive one only from a member that compacts.
-            if let Err(err) = store.wl().apply_snapshot(ready.snapshot().clone()) {
-                tracing::warn!(%err, "cannot apply a raft snapshot");
-            }
+            // No member compacts its log yet, so no snapshot should arrive (and `admit`
+            // refuses them on the wire); the state machine could not be restored from one.
+            tracing::error!("unexpected raft snapshot; this member stops");
+            self.disk_failed =
+                Some("received a raft snapshot, which this version cannot apply".into());
+            out.messages.clear();
+            return out;
         }
         self.apply(ready.take_committed_entries(), &mut out);
         if !ready.entries().is_empty() {
@@ -292,7 +294,8 @@ impl ClusterNode {
             store.wl().set_hardstate(hard_state.clone());
         }
         if let Some(disk) = &self.disk {
-            if let Err(err) = disk.persist(ready.entries(), ready.hs(), &store) {
+            let sync = ready.must_sync();
+            if let Err(err) = disk.persist(ready.entries(), ready.hs(), &store, sync) {
                 // Nothing that depends on this Ready may leave: stop here, for good.
                 tracing::error!(%err, "raft disk failed; this member stops");
                 self.disk_failed = Some(err.to_string());

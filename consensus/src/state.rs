@@ -162,6 +162,8 @@ pub enum Refusal {
     StaleTerm,
     #[error("the task already ended")]
     AlreadyEnded,
+    #[error("the member has no room for the task")]
+    NoRoom,
 }
 
 /// What a command did, for events and metrics.
@@ -257,10 +259,17 @@ impl ClusterState {
                 for (id, task) in &mut self.tasks {
                     if task.state.assignment().is_some_and(|(n, _)| *n == node) {
                         task.attempts += 1;
-                        task.state = TaskState::Queued {
-                            last_error: Some("its node left the cluster".into()),
+                        let reason = "its node left the cluster".to_string();
+                        // A task whose nodes keep leaving under it fails for good, like one
+                        // that keeps failing.
+                        task.state = if task.attempts < MAX_ATTEMPTS {
+                            requeued.push(*id);
+                            TaskState::Queued {
+                                last_error: Some(reason),
+                            }
+                        } else {
+                            TaskState::Failed { reason }
                         };
-                        requeued.push(*id);
                     }
                 }
                 Ok(Applied::MemberLeft { requeued })
@@ -296,12 +305,19 @@ impl ClusterState {
                 if term < self.term {
                     return Err(Refusal::StaleTerm);
                 }
-                if !self.members.contains_key(&node) {
-                    return Err(Refusal::NotMember);
-                }
+                let capacity = self
+                    .members
+                    .get(&node)
+                    .map(|m| m.capacity)
+                    .ok_or(Refusal::NotMember)?;
+                let load = self.loads().get(&node).copied().unwrap_or_default();
                 let entry = self.tasks.get_mut(&task).ok_or(Refusal::UnknownTask)?;
                 if !matches!(entry.state, TaskState::Queued { .. }) {
                     return Err(Refusal::NotQueued);
+                }
+                // Placements proposed before this one committed may have filled the member.
+                if !capacity.fits(&load, &entry.spec.requirements) {
+                    return Err(Refusal::NoRoom);
                 }
                 self.term = term;
                 entry.state = TaskState::Assigned { node, term, at_ms };

@@ -38,6 +38,8 @@ pub enum WireError {
     Spoofed,
     #[error("the sender is not a member of the cluster")]
     NotMember,
+    #[error("members do not send this kind of raft message to each other")]
+    ForbiddenType,
 }
 
 impl WireError {
@@ -51,6 +53,7 @@ impl WireError {
             WireError::NotForUs => "not_for_us",
             WireError::Spoofed => "spoofed",
             WireError::NotMember => "not_member",
+            WireError::ForbiddenType => "forbidden_type",
         }
     }
 }
@@ -105,7 +108,10 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Message), WireError> {
 }
 
 /// Whether a decoded message may be stepped into this member's group: it is for this
-/// cluster and this member, and its signer is the member it claims to be, and a member.
+/// cluster and this member, of a kind members exchange (replication, votes, heartbeats and
+/// the leader's "time out now" of a transfer — not proposals, transfer requests or
+/// snapshots, which raft-rs would accept from any peer: commands are proposed by the
+/// coordinator itself), and its signer is the member it claims to be, and a member.
 pub fn admit(
     cluster: &str,
     message: &Message,
@@ -119,6 +125,21 @@ pub fn admit(
     }
     if message.to != our_id {
         return Err(WireError::NotForUs);
+    }
+    use raft::eraftpb::MessageType as T;
+    if !matches!(
+        message.get_msg_type(),
+        T::MsgAppend
+            | T::MsgAppendResponse
+            | T::MsgRequestVote
+            | T::MsgRequestVoteResponse
+            | T::MsgRequestPreVote
+            | T::MsgRequestPreVoteResponse
+            | T::MsgHeartbeat
+            | T::MsgHeartbeatResponse
+            | T::MsgTimeoutNow
+    ) {
+        return Err(WireError::ForbiddenType);
     }
     let signer_id = member_id(signer);
     if message.from != signer_id {
@@ -185,6 +206,19 @@ mod tests {
             admit("c1", &from_alice, "c1", b, &eve, &members),
             Err(WireError::Spoofed)
         );
+        // A member proposing commands, or asking for leadership, is refused.
+        for kind in [
+            MessageType::MsgPropose,
+            MessageType::MsgTransferLeader,
+            MessageType::MsgSnapshot,
+        ] {
+            let mut m = message(a, b, 0);
+            m.set_msg_type(kind);
+            assert_eq!(
+                admit("c1", &m, "c1", b, &alice, &members),
+                Err(WireError::ForbiddenType)
+            );
+        }
         // Eve speaks for herself but is not a member.
         assert_eq!(
             admit("c1", &message(e, b, 0), "c1", b, &eve, &members),

@@ -400,3 +400,50 @@ fn random_cluster_lives_keep_the_invariants() {
         "placed {placed}, finished {finished}, stale {stale}, requeued {requeued}"
     );
 }
+
+#[test]
+fn an_assignment_beyond_a_members_room_is_refused() {
+    let mut state = ClusterState::default();
+    state
+        .apply(Command::Join {
+            node: node(1),
+            capacity: capacity(4, 1024, 1),
+            at_ms: 0,
+        })
+        .unwrap();
+    state.apply(Command::Submit { spec: spec(1) }).unwrap();
+    state.apply(Command::Submit { spec: spec(2) }).unwrap();
+    assign(&mut state, 1, 1).unwrap();
+    let second = state.apply(Command::Assign {
+        task: TaskId([2; 16]),
+        node: node(1),
+        term: 1,
+        at_ms: 0,
+    });
+    assert_eq!(second, Err(Refusal::NoRoom));
+}
+
+#[test]
+fn a_task_whose_nodes_keep_leaving_fails_for_good() {
+    let mut state = with_member_and_task();
+    for round in 1..=MAX_ATTEMPTS {
+        assign(&mut state, 1, 1).unwrap();
+        state.apply(Command::Leave { node: node(1) }).unwrap();
+        state
+            .apply(Command::Join {
+                node: node(1),
+                capacity: capacity(4, 1024, 4),
+                at_ms: 0,
+            })
+            .unwrap();
+        let queued = matches!(
+            state.task(&TaskId([1; 16])).unwrap().state,
+            TaskState::Queued { .. }
+        );
+        assert_eq!(queued, round < MAX_ATTEMPTS, "round {round}");
+    }
+    assert!(matches!(
+        state.task(&TaskId([1; 16])).unwrap().state,
+        TaskState::Failed { .. }
+    ));
+}
