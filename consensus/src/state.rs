@@ -219,6 +219,17 @@ impl ClusterState {
             .filter(|t| matches!(t.state, TaskState::Queued { .. }))
     }
 
+    /// What one member's current assignments use.
+    pub fn load_of(&self, node: &NodeId) -> Load {
+        let mut load = Load::default();
+        for task in self.tasks.values() {
+            if task.state.assignment().is_some_and(|(n, _)| n == node) {
+                load.add(&task.spec.requirements);
+            }
+        }
+        load
+    }
+
     /// What each member's current assignments use.
     pub fn loads(&self) -> BTreeMap<NodeId, Load> {
         let mut loads: BTreeMap<NodeId, Load> = self
@@ -310,7 +321,7 @@ impl ClusterState {
                     .get(&node)
                     .map(|m| m.capacity)
                     .ok_or(Refusal::NotMember)?;
-                let load = self.loads().get(&node).copied().unwrap_or_default();
+                let load = self.load_of(&node);
                 let entry = self.tasks.get_mut(&task).ok_or(Refusal::UnknownTask)?;
                 if !matches!(entry.state, TaskState::Queued { .. }) {
                     return Err(Refusal::NotQueued);

@@ -135,10 +135,11 @@ pub fn run(module: &[u8], input: &[u8], limits: ExecLimits) -> Result<ExecOutput
     let linker: Linker<Host> = Linker::new(&engine);
     let instance = linker
         .instantiate(&mut store, &module)
-        .map_err(|e| match e.as_trap_code() {
-            Some(_) => classify(e, limits.memory_bytes),
-            None if e.to_string().contains("memory") => ExecError::MemoryLimit(limits.memory_bytes),
-            None => ExecError::Abi(e.to_string()),
+        .map_err(|e| match e.kind() {
+            wasmi::errors::ErrorKind::TrapCode(_) => classify(e, limits.memory_bytes),
+            // The module's initial memory is over the cap.
+            wasmi::errors::ErrorKind::Memory(_) => ExecError::MemoryLimit(limits.memory_bytes),
+            _ => ExecError::Abi(e.to_string()),
         })?
         .start(&mut store)
         .map_err(|e| classify(e, limits.memory_bytes))?;

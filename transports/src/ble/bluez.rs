@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery, RadioDuty};
+use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery, RadioDuty, ACCEPT_QUEUE};
 use super::gatt::{self, Answer};
 
 /// How often scanning is switched and signal strengths refreshed.
@@ -79,7 +79,6 @@ const LINK_QUEUE: usize = 32;
 const WRITE_QUEUE: usize = 256;
 /// Tagged notifications waiting for the air, all links together.
 const AIR_QUEUE: usize = 64;
-const ACCEPT_QUEUE: usize = 16;
 
 fn adapter_error(what: &str, err: impl std::fmt::Display) -> BleError {
     BleError::Adapter(format!("{what}: {err}"))
@@ -570,14 +569,7 @@ async fn read_identity(
         .map_err(|e| adapter_error("device gone", e))?;
     let was_connected = peripheral.is_connected().await.unwrap_or(false);
     let read = async {
-        peripheral
-            .connect()
-            .await
-            .map_err(|e| adapter_error("connect", e))?;
-        peripheral
-            .discover_services()
-            .await
-            .map_err(|e| adapter_error("service discovery", e))?;
+        connect_gatt(&peripheral).await?;
         let characteristic = find(&peripheral, gatt::IDENTITY_UUID)?;
         let value = peripheral
             .read(&characteristic)
@@ -595,6 +587,19 @@ async fn read_identity(
         let _ = peripheral.disconnect().await;
     }
     result
+}
+
+/// Connects to a device and learns its GATT services (what both a link and an identity read
+/// start with).
+async fn connect_gatt(peripheral: &Peripheral) -> Result<(), BleError> {
+    peripheral
+        .connect()
+        .await
+        .map_err(|e| adapter_error("connect", e))?;
+    peripheral
+        .discover_services()
+        .await
+        .map_err(|e| adapter_error("service discovery", e))
 }
 
 fn find(peripheral: &Peripheral, uuid: u128) -> Result<Characteristic, BleError> {
@@ -847,14 +852,7 @@ impl BluezRadio {
             .map_err(|_| BleError::NotInRange(device))?;
         let local = inner.local;
         let opening = async {
-            peripheral
-                .connect()
-                .await
-                .map_err(|e| adapter_error("connect", e))?;
-            peripheral
-                .discover_services()
-                .await
-                .map_err(|e| adapter_error("service discovery", e))?;
+            connect_gatt(&peripheral).await?;
             let rx = find(&peripheral, gatt::RX_UUID)?;
             let tx = find(&peripheral, gatt::TX_UUID)?;
             // Asked for before subscribing, so the answer cannot slip past.
@@ -995,13 +993,7 @@ impl BleDriver for BluezRadio {
     }
 
     fn listen(&self) -> Result<mpsc::Receiver<BleLink>, BleError> {
-        let mut state = self.inner.lock();
-        if state.acceptor.as_ref().is_some_and(|a| !a.is_closed()) {
-            return Err(BleError::AlreadyListening);
-        }
-        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        state.acceptor = Some(tx);
-        Ok(rx)
+        super::driver::open_acceptor(&mut self.inner.lock().acceptor)
     }
 
     fn neighbours(&self) -> Vec<Discovery> {

@@ -124,6 +124,22 @@ pub trait BleDriver: Send + Sync + fmt::Debug + 'static {
     fn set_duty_cycle(&self, _duty: RadioDuty) {}
 }
 
+/// Links accepted but not yet taken by the listener, per device.
+pub const ACCEPT_QUEUE: usize = 16;
+
+/// What every backend's `listen` does with its acceptor slot: a new bounded queue, unless a
+/// listener still holds the slot.
+pub fn open_acceptor(
+    slot: &mut Option<mpsc::Sender<BleLink>>,
+) -> Result<mpsc::Receiver<BleLink>, BleError> {
+    if slot.as_ref().is_some_and(|a| !a.is_closed()) {
+        return Err(BleError::AlreadyListening);
+    }
+    let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+    *slot = Some(tx);
+    Ok(rx)
+}
+
 /// A driver shared by the transport and the node's discovery.
 pub type SharedDriver = Arc<dyn BleDriver>;
 

@@ -43,8 +43,6 @@ pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
 const READER_QUEUE: usize = 256;
 /// Datagrams a writer may queue on a link before it waits.
 const WRITER_QUEUE: usize = 16;
-/// Links waiting to be accepted.
-const ACCEPT_QUEUE: usize = 16;
 /// How long a dialer waits for `accept`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HEADER: usize = 17;
@@ -348,13 +346,7 @@ impl BleDriver for MediumRadio {
     }
 
     fn listen(&self) -> Result<mpsc::Receiver<BleLink>, BleError> {
-        let mut state = self.shared.lock();
-        if state.acceptor.as_ref().is_some_and(|a| !a.is_closed()) {
-            return Err(BleError::AlreadyListening);
-        }
-        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        state.acceptor = Some(tx);
-        Ok(rx)
+        super::driver::open_acceptor(&mut self.shared.lock().acceptor)
     }
 
     fn neighbours(&self) -> Vec<Discovery> {

@@ -36,8 +36,6 @@ use super::driver::{BleDriver, BleError, BleLink, DeviceId, Discovery, RadioDuty
 const READER_QUEUE: usize = 64;
 /// The resolution of tokio's timers.
 const TIMER_TICK: Duration = Duration::from_millis(1);
-/// Links waiting to be accepted by a listening device.
-const ACCEPT_QUEUE: usize = 16;
 
 /// How one link behaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -474,12 +472,7 @@ impl BleDriver for SimDevice {
             .devices
             .get_mut(&self.id)
             .ok_or(BleError::RadioGone)?;
-        if device.acceptor.as_ref().is_some_and(|a| !a.is_closed()) {
-            return Err(BleError::AlreadyListening);
-        }
-        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        device.acceptor = Some(tx);
-        Ok(rx)
+        super::driver::open_acceptor(&mut device.acceptor)
     }
 
     fn neighbours(&self) -> Vec<Discovery> {
