@@ -119,6 +119,15 @@ impl RaftDisk {
         Ok(storage)
     }
 
+    /// Removes this group's log and state (the member left the cluster for good).
+    pub fn destroy(&self) -> Result<(), DiskError> {
+        let mut batch = Batch::new();
+        batch.remove_range(&self.log, &self.scope, 0..);
+        batch.remove(&self.state, &self.key);
+        self.store.apply_durable(batch)?;
+        Ok(())
+    }
+
     /// Stores `entries` (replacing whatever they overwrite), the hard state and the
     /// configuration `storage` holds; durably when `sync` (raft-rs's `must_sync`: new
     /// entries, term or vote), otherwise buffered (only the commit index changed, which Raft

@@ -22,7 +22,8 @@
 //! `MemStorage` across a simulated crash instead. If the disk fails, the member stops: every
 //! later call returns [`GroupError::DiskFailed`], since it can no longer keep its promises.
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
@@ -58,6 +59,18 @@ pub const RADIO_TIMING: Timing = Timing {
 /// Largest command a member proposes or accepts, encoded.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
+/// A change of who is in the group, proposed with the [`Command`] that records it in the
+/// cluster state (a `Join` with an addition, a `Leave` with a removal): both commit in one
+/// log entry, so raft's configuration and the cluster's member table never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A member that votes and may coordinate (its ticket grants `coordinator`).
+    AddVoter,
+    /// A member that runs tasks and follows the log but never votes or coordinates.
+    AddLearner,
+    Remove,
+}
+
 /// Why a call did not go through.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -71,6 +84,8 @@ pub enum GroupError {
     Raft(#[from] raft::Error),
     #[error("the raft disk failed: {0}")]
     DiskFailed(String),
+    #[error("a membership change is still in progress")]
+    ChangePending,
     #[error("cannot load the raft disk: {0}")]
     Load(#[from] DiskError),
 }
@@ -247,6 +262,59 @@ impl ClusterNode {
         Ok(self.drain())
     }
 
+    /// Proposes a membership change together with the command recording it; only the
+    /// leader may, and only one change at a time.
+    pub fn propose_change(
+        &mut self,
+        change: MemberChange,
+        member: u64,
+        command: &Command,
+    ) -> Result<Output, GroupError> {
+        self.check_disk()?;
+        if !self.is_leader() {
+            return Err(GroupError::NotLeader);
+        }
+        if self.raw.raft.has_pending_conf() {
+            return Err(GroupError::ChangePending);
+        }
+        let context =
+            fogmesh_store::codec::encode(command).map_err(|e| GroupError::Encode(e.to_string()))?;
+        if context.len() > MAX_COMMAND_BYTES {
+            return Err(GroupError::TooLarge(context.len()));
+        }
+        let mut cc = ConfChange {
+            node_id: member,
+            ..Default::default()
+        };
+        cc.set_change_type(match change {
+            MemberChange::AddVoter => ConfChangeType::AddNode,
+            MemberChange::AddLearner => ConfChangeType::AddLearnerNode,
+            MemberChange::Remove => ConfChangeType::RemoveNode,
+        });
+        self.raw.propose_conf_change(context, cc)?;
+        Ok(self.drain())
+    }
+
+    /// Raft's current configuration: who votes and who only learns.
+    pub fn configuration(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// Every member raft knows, voting or not.
+    pub fn member_ids(&self) -> Vec<u64> {
+        let conf = self.configuration();
+        conf.voters
+            .iter()
+            .chain(conf.learners.iter())
+            .copied()
+            .collect()
+    }
+
+    /// Whether a membership change is proposed and not yet applied.
+    pub fn change_pending(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
     /// The coordinator's placements for now, as `Assign` commands stamped with its term.
     pub fn plan(&self, now_ms: u64, limit: usize) -> Vec<Command> {
         if !self.is_leader() {
@@ -316,6 +384,10 @@ impl ClusterNode {
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) {
         for entry in entries {
+            if entry.get_entry_type() == EntryType::EntryConfChange {
+                self.apply_change(&entry, out);
+                continue;
+            }
             if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
                 continue;
             }
@@ -328,6 +400,41 @@ impl ClusterNode {
                     self.skipped += 1;
                     tracing::warn!(%err, index = entry.index, "committed entry is not a command; skipped");
                 }
+            }
+        }
+    }
+}
+
+impl ClusterNode {
+    /// A committed membership change: raft's configuration first, then the command that
+    /// records it. A change whose bytes do not parse is skipped on every replica alike.
+    fn apply_change(&mut self, entry: &Entry, out: &mut Output) {
+        let cc = match ConfChange::parse_from_bytes(&entry.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                self.skipped += 1;
+                tracing::warn!(%err, index = entry.index, "committed membership change does not parse; skipped");
+                return;
+            }
+        };
+        match self.raw.apply_conf_change(&cc) {
+            Ok(conf) => {
+                self.raw.store().wl().set_conf_state(conf);
+            }
+            Err(err) => {
+                self.skipped += 1;
+                tracing::warn!(%err, index = entry.index, "membership change refused by raft; skipped");
+                return;
+            }
+        }
+        match fogmesh_store::codec::decode_bounded::<Command>(&entry.context, MAX_COMMAND_BYTES) {
+            Ok(command) => {
+                let outcome = self.state.apply(command.clone());
+                out.applied.push((command, outcome));
+            }
+            Err(err) => {
+                self.skipped += 1;
+                tracing::warn!(%err, index = entry.index, "membership change carries no command");
             }
         }
     }

@@ -7,6 +7,7 @@
 //!   by the coordinator's term — and the commands that change it;
 //! - [`scheduler`]: which queued task goes where, highest (aged) priority first;
 //! - [`group`]: one member's side of the cluster's Raft group, ordering the commands;
+//! - [`formation`]: how nodes group themselves into clusters, and when they change;
 //! - [`disk`]: the group's log and hard state in sled;
 //! - [`wire`]: raft messages between members, and who may send them.
 //!
@@ -14,6 +15,7 @@
 
 pub mod capacity;
 pub mod disk;
+pub mod formation;
 pub mod group;
 pub mod scheduler;
 pub mod state;

@@ -141,6 +141,11 @@ pub enum Command {
     Cancel {
         task: TaskId,
     },
+    /// The cluster merges into `into` (formation.rs): every member forwards the unfinished
+    /// tasks it holds there and leaves; nothing else applies afterwards.
+    Dissolve {
+        into: String,
+    },
 }
 
 /// Why a command changed nothing. Every replica refuses the same commands.
@@ -164,6 +169,8 @@ pub enum Refusal {
     AlreadyEnded,
     #[error("the member has no room for the task")]
     NoRoom,
+    #[error("the cluster was dissolved into another one")]
+    Dissolved,
 }
 
 /// What a command did, for events and metrics.
@@ -183,6 +190,7 @@ pub enum Applied {
         retry: bool,
     },
     Cancelled,
+    Dissolved,
     /// A repeated report the state already reflects.
     Unchanged,
 }
@@ -194,6 +202,8 @@ pub struct ClusterState {
     tasks: BTreeMap<TaskId, Task>,
     /// The newest coordinator term an assignment carried.
     term: u64,
+    /// Set once the cluster merged into another.
+    dissolved_into: Option<String>,
 }
 
 impl ClusterState {
@@ -211,6 +221,16 @@ impl ClusterState {
 
     pub fn term(&self) -> u64 {
         self.term
+    }
+
+    /// The cluster this one merged into, once it did.
+    pub fn dissolved_into(&self) -> Option<&str> {
+        self.dissolved_into.as_deref()
+    }
+
+    /// Tasks not yet ended: what a member forwards when the cluster dissolves or is lost.
+    pub fn unfinished(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values().filter(|t| !t.state.is_terminal())
     }
 
     pub fn queued(&self) -> impl Iterator<Item = &Task> {
@@ -250,7 +270,14 @@ impl ClusterState {
     /// Applies one committed command. Deterministic: the same commands in the same order
     /// give the same state on every replica.
     pub fn apply(&mut self, command: Command) -> Result<Applied, Refusal> {
+        if self.dissolved_into.is_some() {
+            return Err(Refusal::Dissolved);
+        }
         match command {
+            Command::Dissolve { into } => {
+                self.dissolved_into = Some(into);
+                Ok(Applied::Dissolved)
+            }
             Command::Join {
                 node,
                 capacity,

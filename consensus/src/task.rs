@@ -16,6 +16,18 @@ impl std::fmt::Display for TaskId {
     }
 }
 
+impl std::str::FromStr for TaskId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bytes = hex::decode(text).map_err(|e| format!("not a task id: {e}"))?;
+        let id: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| "not a task id: 32 hex digits expected".to_string())?;
+        Ok(TaskId(id))
+    }
+}
+
 /// How urgent a task is. The weights are the design's: critical 10, high 7, normal 3, low 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

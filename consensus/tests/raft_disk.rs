@@ -151,3 +151,103 @@ fn a_damaged_log_entry_is_refused_at_load() {
         other => panic!("expected a damaged-entry error, got {other:?}"),
     }
 }
+
+/// A founder alone, then members joining one by one from empty disks (a voter and a
+/// learner), then a removal: raft's configuration and the cluster's member table move
+/// together, and a restarted joiner comes back with both.
+#[test]
+fn members_join_from_empty_disks_and_leave_with_the_member_table() {
+    use fogmesh_consensus::group::MemberChange;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let open_as = |id: u64, dir: &std::path::Path, founders: &[u64]| {
+        let store = Store::open(dir, &StoreOptions::default()).unwrap();
+        let disk = RaftDisk::open(&store, CLUSTER).unwrap();
+        ClusterNode::open(id, disk, founders, LAN_TIMING, &raft_logger()).unwrap()
+    };
+    let mut nodes = BTreeMap::new();
+    nodes.insert(1, open_as(1, dirs[0].path(), &[1]));
+    assert_eq!(elect(&mut nodes), 1);
+    // The founder records itself as a change too: joiners learn the whole configuration
+    // from the log, since they never saw the founding one.
+    let out = nodes
+        .get_mut(&1)
+        .unwrap()
+        .propose_change(MemberChange::AddVoter, 1, &join(1))
+        .unwrap();
+    settle(&mut nodes, out.messages.into());
+    for (id, change) in [(2, MemberChange::AddVoter), (3, MemberChange::AddLearner)] {
+        nodes.insert(id, open_as(id, dirs[id as usize - 1].path(), &[]));
+        let out = nodes
+            .get_mut(&1)
+            .unwrap()
+            .propose_change(change, id, &join(id as u8))
+            .unwrap();
+        settle(&mut nodes, out.messages.into());
+        for _ in 0..3 {
+            let mut wire = VecDeque::new();
+            for node in nodes.values_mut() {
+                wire.extend(node.tick().messages);
+            }
+            settle(&mut nodes, wire);
+        }
+        assert!(!nodes[&1].change_pending());
+    }
+    for node in nodes.values() {
+        let conf = node.configuration();
+        assert_eq!(conf.voters, vec![1, 2], "member {}", node.id());
+        assert_eq!(conf.learners, vec![3], "member {}", node.id());
+        assert_eq!(node.state().members().len(), 3, "member {}", node.id());
+    }
+    // The learner restarts from its disk and still knows the group.
+    drop(nodes.remove(&3));
+    let back = open_as(3, dirs[2].path(), &[]);
+    let mut ids = back.member_ids();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2, 3]);
+    nodes.insert(3, back);
+    let settle_all = |nodes: &mut BTreeMap<u64, ClusterNode>, out: Vec<Message>| {
+        settle(nodes, out.into());
+        for _ in 0..3 {
+            let mut wire = VecDeque::new();
+            for node in nodes.values_mut() {
+                wire.extend(node.tick().messages);
+            }
+            settle(nodes, wire);
+        }
+    };
+    // The learner 3 leaves; until voter 2 acknowledges, no second change may start.
+    let out = nodes
+        .get_mut(&1)
+        .unwrap()
+        .propose_change(
+            MemberChange::Remove,
+            3,
+            &Command::Leave {
+                node: NodeId(vec![3]),
+            },
+        )
+        .unwrap();
+    let leader = nodes.get_mut(&1).unwrap();
+    assert!(leader.change_pending());
+    assert!(matches!(
+        leader.propose_change(MemberChange::AddVoter, 9, &join(9)),
+        Err(GroupError::ChangePending)
+    ));
+    settle_all(&mut nodes, out.messages);
+    // Then the voter 2: gone from raft and from the member table everywhere.
+    let out = nodes
+        .get_mut(&1)
+        .unwrap()
+        .propose_change(
+            MemberChange::Remove,
+            2,
+            &Command::Leave {
+                node: NodeId(vec![2]),
+            },
+        )
+        .unwrap();
+    settle_all(&mut nodes, out.messages);
+    let conf = nodes[&1].configuration();
+    assert_eq!((conf.voters, conf.learners), (vec![1], vec![]));
+    assert_eq!(nodes[&1].state().members().len(), 1);
+}

@@ -249,6 +249,8 @@ pub struct SharedState {
     pub device: RwLock<Option<DeviceView>>,
     /// Inbox and sent messages of the relay service.
     pub messages: RwLock<crate::relay::MessagesView>,
+    /// This node's cluster and the tasks it knows.
+    pub cluster: RwLock<crate::services::cluster::ClusterView>,
     /// Requests for the event loop (bounded; a full queue answers 503).
     pub commands: tokio::sync::mpsc::Sender<ControlCommand>,
     /// What the API server's bounds turned away.
@@ -276,12 +278,62 @@ pub enum ControlCommand {
         data: Vec<u8>,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     },
+    /// A task request for the cluster service.
+    Task(TaskCommand),
     /// Apply, persist and gossip a root-signed revocation.
     Revoke {
         revocation: Vec<u8>,
         reply: tokio::sync::oneshot::Sender<Result<RevocationOutcome, String>>,
     },
 }
+
+/// Task requests, answered by the cluster service at once.
+#[derive(Debug)]
+pub enum TaskCommand {
+    /// Store and hand on a task; answered with its id once it is on disk.
+    Submit {
+        task: crate::services::cluster::SubmitTask,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
+    Status {
+        id: fogmesh_consensus::task::TaskId,
+        reply: tokio::sync::oneshot::Sender<Option<crate::services::cluster::TaskView>>,
+    },
+    Cancel {
+        id: fogmesh_consensus::task::TaskId,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
+    Result {
+        id: fogmesh_consensus::task::TaskId,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+}
+
+/// `POST /v1/tasks`: the module and input in hex, the requirements in plain units.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitTaskRequest {
+    pub module_hex: String,
+    #[serde(default)]
+    pub input_hex: Option<String>,
+    /// `critical`, `high`, `normal` (default) or `low`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// CPU in thousandths of a core.
+    pub cpu_millicores: u32,
+    pub memory_mb: u32,
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub gpu: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmittedTask {
+    pub id: String,
+}
+
+/// Largest `POST /v1/tasks` body: a module and an input at their caps, in hex.
+pub const MAX_TASK_BODY: usize =
+    2 * (crate::exec::MAX_MODULE_BYTES + crate::exec::MAX_INPUT_BYTES) + 64 * 1024;
 
 /// `POST /v1/revocations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +417,7 @@ impl SharedState {
             receipts: Mutex::default(),
             device: RwLock::default(),
             messages: RwLock::default(),
+            cluster: RwLock::default(),
             commands,
             api_limits: Arc::default(),
             views: tokio::sync::watch::channel(0).0,
@@ -414,6 +467,15 @@ pub fn router(state: Arc<SharedState>) -> Router {
         .route("/v1/revocations", post(submit_revocation))
         .route("/v1/messages", get(messages).post(send_message))
         .route("/v1/messages/{id}", get(message))
+        .route("/v1/cluster", get(cluster))
+        .route(
+            "/v1/tasks",
+            get(tasks)
+                .post(submit_task)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_TASK_BODY)),
+        )
+        .route("/v1/tasks/{id}", get(task_status).delete(cancel_task))
+        .route("/v1/tasks/{id}/result", get(task_result))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -474,6 +536,126 @@ pub struct SendMessageRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentMessage {
     pub id: String,
+}
+
+async fn cluster(
+    State(state): State<Arc<SharedState>>,
+) -> Json<crate::services::cluster::ClusterView> {
+    let mut view = read(&state.cluster);
+    view.tasks.clear();
+    Json(view)
+}
+
+async fn tasks(
+    State(state): State<Arc<SharedState>>,
+) -> Json<Vec<crate::services::cluster::TaskView>> {
+    Json(read(&state.cluster).tasks)
+}
+
+type ApiError = (StatusCode, Json<serde_json::Value>);
+
+fn api_error(code: StatusCode, text: impl Into<String>) -> ApiError {
+    (code, Json(serde_json::json!({ "error": text.into() })))
+}
+
+/// Hands a task command to the event loop and waits (5 s at most) for its answer.
+async fn ask_tasks<T>(
+    state: &SharedState,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> TaskCommand,
+) -> Result<T, ApiError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state
+        .commands
+        .try_send(ControlCommand::Task(make(reply)))
+        .is_err()
+    {
+        return Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node busy; try again",
+        ));
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
+        Ok(Ok(value)) => Ok(value),
+        _ => Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node did not answer in time",
+        )),
+    }
+}
+
+fn task_id(text: &str) -> Result<fogmesh_consensus::task::TaskId, ApiError> {
+    text.parse()
+        .map_err(|e: String| api_error(StatusCode::BAD_REQUEST, e))
+}
+
+async fn submit_task(
+    State(state): State<Arc<SharedState>>,
+    Json(request): Json<SubmitTaskRequest>,
+) -> Result<Json<SubmittedTask>, ApiError> {
+    use fogmesh_consensus::task::{Priority, Requirements};
+    let bad = |text: String| api_error(StatusCode::BAD_REQUEST, text);
+    let module = hex::decode(&request.module_hex).map_err(|e| bad(format!("module_hex: {e}")))?;
+    let input = request
+        .input_hex
+        .as_deref()
+        .map(hex::decode)
+        .transpose()
+        .map_err(|e| bad(format!("input_hex: {e}")))?;
+    let priority = match request.priority.as_deref() {
+        None => Priority::Normal,
+        Some(text) => Priority::parse(text).ok_or_else(|| {
+            bad(format!(
+                "priority {text:?}: expected critical, high, normal or low"
+            ))
+        })?,
+    };
+    let task = crate::services::cluster::SubmitTask {
+        module,
+        input,
+        priority,
+        requirements: Requirements {
+            cpu_millicores: request.cpu_millicores,
+            memory_mb: request.memory_mb,
+            duration_ms: request.duration_ms,
+            gpu: request.gpu,
+        },
+    };
+    match ask_tasks(&state, |reply| TaskCommand::Submit { task, reply }).await? {
+        Ok(id) => Ok(Json(SubmittedTask { id })),
+        Err(reason) => Err(bad(reason)),
+    }
+}
+
+async fn task_status(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<crate::services::cluster::TaskView>, ApiError> {
+    let id = task_id(&id)?;
+    ask_tasks(&state, |reply| TaskCommand::Status { id, reply })
+        .await?
+        .map(Json)
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, "no such task known here"))
+}
+
+async fn cancel_task(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = task_id(&id)?;
+    match ask_tasks(&state, |reply| TaskCommand::Cancel { id, reply }).await? {
+        Ok(text) => Ok(Json(serde_json::json!({ "status": text }))),
+        Err(reason) => Err(api_error(StatusCode::CONFLICT, reason)),
+    }
+}
+
+async fn task_result(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Vec<u8>, ApiError> {
+    let id = task_id(&id)?;
+    ask_tasks(&state, |reply| TaskCommand::Result { id, reply })
+        .await?
+        .map_err(|reason| api_error(StatusCode::CONFLICT, reason))
 }
 
 async fn messages(State(state): State<Arc<SharedState>>) -> Json<crate::relay::MessagesView> {

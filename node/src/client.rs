@@ -584,6 +584,36 @@ pub fn render_event(json: &str) -> String {
             short_message_id(id),
             short_id(to)
         ),
+        NodeEvent::Cluster {
+            state,
+            cluster,
+            term,
+            coordinator,
+            members,
+            reason,
+        } => format!(
+            "cluster             {state} {} term {term}, coordinator {}, {members} members ({reason})",
+            cluster.as_deref().unwrap_or("-"),
+            coordinator.as_deref().map_or("none".to_string(), short_id)
+        ),
+        NodeEvent::Task {
+            id,
+            state,
+            node,
+            cluster,
+            detail,
+        } => format!(
+            "task                {} {state}{}{}{}",
+            short_message_id(id),
+            node.as_deref()
+                .map_or(String::new(), |n| format!(" on {}", short_id(n))),
+            cluster
+                .as_deref()
+                .map_or(String::new(), |c| format!(" in {c}")),
+            detail
+                .as_deref()
+                .map_or(String::new(), |d| format!(": {d}"))
+        ),
         NodeEvent::Lagged { missed } => format!(
             "LAGGED              {missed} events missed: this client read too slowly and the node dropped them"
         ),

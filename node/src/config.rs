@@ -48,6 +48,9 @@ pub struct ConfigLayer {
     /// How often the device is re-sensed (faster under battery or thermal pressure).
     #[serde(default, with = "humantime_serde")]
     pub sense_interval: Option<Duration>,
+    /// How often a coordinator places queued tasks besides on every change (docs/clusters.md).
+    #[serde(default, with = "humantime_serde")]
+    pub schedule_interval: Option<Duration>,
     /// Pretend to be another device (testers, testnets).
     pub simulate: Option<SimulateConfig>,
     /// The mesh to join: its public description (`<name>.mesh.json`). Without it the node
@@ -84,6 +87,7 @@ impl ConfigLayer {
             log,
             log_format,
             sense_interval,
+            schedule_interval,
             mesh,
             ticket,
             exempt_loopback,
@@ -270,6 +274,17 @@ pub fn validate(layer: &ConfigLayer, source_name: &str) -> Result<(), ConfigErro
             ));
         }
     }
+    if let Some(interval) = layer.schedule_interval {
+        if !(MIN_TELEMETRY_INTERVAL..=MAX_TELEMETRY_INTERVAL).contains(&interval) {
+            return Err(bad(
+                "schedule_interval",
+                format!(
+                    "{} is outside 100ms..1h",
+                    humantime::format_duration(interval)
+                ),
+            ));
+        }
+    }
     if let Some(simulate) = &layer.simulate {
         simulate.validate().map_err(|e| ConfigError::Value {
             key: e.key,
@@ -343,6 +358,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     #[serde(with = "humantime_serde")]
     pub sense_interval: Duration,
+    pub schedule_interval: Duration,
     pub simulate: Option<SimulateConfig>,
     /// Mesh description and own ticket, or None for an open mesh.
     pub mesh: Option<MeshFiles>,
@@ -411,6 +427,7 @@ impl Settings {
             log: layer.log.unwrap_or_else(|| "info".into()),
             log_format: layer.log_format.unwrap_or_default(),
             sense_interval: layer.sense_interval.unwrap_or(Duration::from_secs(30)),
+            schedule_interval: layer.schedule_interval.unwrap_or(Duration::from_secs(5)),
             simulate: layer.simulate.filter(|s| !s.is_empty()),
             mesh: match (layer.mesh, layer.ticket) {
                 (Some(mesh), Some(ticket)) => Some(MeshFiles { mesh, ticket }),
@@ -521,6 +538,10 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 # How often the device (battery, temperature, load) is re-sensed; every 5 s at most while the
 # battery is low or the device is warm.
 # sense_interval = "30s"
+
+# A coordinator places queued tasks on every change (submitted, finished, a member joined or
+# left, limits changed) and at least this often.
+# schedule_interval = "5s"
 
 # Pretend to be another device (for testing). Fixed values or curves over the node's uptime.
 # [simulate]

@@ -27,13 +27,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, now_ms, ControlCommand, PeerView, RevocationOutcome, SharedState};
+use crate::cluster::protocol as cluster_protocol;
 use crate::device::{DeviceMonitor, DeviceView};
 use crate::events::{EventBus, NodeEvent};
+use crate::exec::{ExecError, ExecOutput};
 use crate::lifecycle::{Lifecycle, LifecycleInput, Phase};
 use crate::node::{Behaviour, BehaviourEvent};
 use crate::peer_manager::PeerManagerEvent;
 use crate::relay::packet::MessageId;
 use crate::relay::protocol::{self as relay_protocol, HOP_ACCEPTED, HOP_REFUSED};
+use crate::services::cluster::{ClusterService, PeerRoles};
 use crate::services::device::DeviceService;
 use crate::services::relay::{HopOutcome, LinkKind, RelayService, SendRequest};
 use crate::services::revocations::RevocationService;
@@ -59,14 +62,16 @@ pub enum ServiceId {
     Revocations,
     Device,
     Relay,
+    Cluster,
 }
 
 impl ServiceId {
-    pub const ALL: [ServiceId; 4] = [
+    pub const ALL: [ServiceId; 5] = [
         ServiceId::Telemetry,
         ServiceId::Revocations,
         ServiceId::Device,
         ServiceId::Relay,
+        ServiceId::Cluster,
     ];
 
     fn owning(timer: Timer) -> ServiceId {
@@ -75,6 +80,7 @@ impl ServiceId {
             Timer::RevocationRepublish => ServiceId::Revocations,
             Timer::DeviceSense => ServiceId::Device,
             Timer::RelayForward | Timer::RelaySweep => ServiceId::Relay,
+            Timer::ClusterTick => ServiceId::Cluster,
         }
     }
 }
@@ -86,6 +92,7 @@ pub struct Services {
     pub revocations: RevocationService,
     pub device: DeviceService,
     pub relay: RelayService,
+    pub cluster: ClusterService,
 }
 
 impl Services {
@@ -95,6 +102,7 @@ impl Services {
             ServiceId::Revocations => &mut self.revocations,
             ServiceId::Device => &mut self.device,
             ServiceId::Relay => &mut self.relay,
+            ServiceId::Cluster => &mut self.cluster,
         }
     }
 }
@@ -144,6 +152,8 @@ pub(crate) struct DriverParts {
     pub listeners: HashSet<ListenerId>,
     pub control_file: PathBuf,
     pub channel: SecureChannel,
+    /// No mesh configured: every peer has every role.
+    pub open_mesh: bool,
     pub commands: mpsc::Receiver<ControlCommand>,
     pub device_monitor: DeviceMonitor,
     pub started_at_ms: u64,
@@ -198,6 +208,11 @@ impl DriverMetrics {
 }
 
 type SensePass = JoinHandle<(DeviceMonitor, DeviceView, Option<u64>)>;
+type TaskRun = JoinHandle<(
+    fogmesh_consensus::task::TaskId,
+    u64,
+    Result<ExecOutput, ExecError>,
+)>;
 
 /// See the module docs.
 pub struct Driver {
@@ -215,11 +230,16 @@ pub struct Driver {
     listen_addrs: Vec<libp2p::Multiaddr>,
     control_file: PathBuf,
     channel: SecureChannel,
+    open_mesh: bool,
     refusals: Option<mpsc::Receiver<Refusal>>,
     commands: mpsc::Receiver<ControlCommand>,
     replies: HashMap<u64, PendingReply>,
     /// Relay packets sent and not answered yet: which neighbour, which message.
     relay_hops: HashMap<libp2p::request_response::OutboundRequestId, (PeerId, MessageId)>,
+    /// Cluster requests whose answer the cluster service waits for, by its token.
+    cluster_requests: HashMap<libp2p::request_response::OutboundRequestId, (PeerId, u64)>,
+    /// Task runs on the blocking pool.
+    task_runs: futures::stream::FuturesUnordered<TaskRun>,
     next_request: u64,
     device_monitor: Option<DeviceMonitor>,
     sensing: Option<SensePass>,
@@ -269,9 +289,12 @@ impl Driver {
             listen_addrs: Vec::new(),
             control_file: p.control_file,
             channel: p.channel,
+            open_mesh: p.open_mesh,
             commands: p.commands,
             replies: HashMap::new(),
             relay_hops: HashMap::new(),
+            cluster_requests: HashMap::new(),
+            task_runs: futures::stream::FuturesUnordered::new(),
             next_request: 0,
             device_monitor: Some(p.device_monitor),
             sensing: None,
@@ -305,6 +328,7 @@ impl Driver {
                 _ = &mut shutdown => break,
                 _ = sleep_until_opt(next_timer) => self.fire_due_timers(),
                 Some(pass) = poll_opt(&mut self.sensing) => self.on_sensed(pass),
+                Some(run) = self.task_runs.next(), if !self.task_runs.is_empty() => self.on_task_run(run),
                 Some(report) = self.durable_done.recv() => self.on_storage_report(report),
                 _ = maintenance.tick() => self.maintain(),
                 Some(command) = self.commands.recv() => self.on_command(command),
@@ -326,6 +350,17 @@ impl Driver {
         let mut out = Outbox::default();
         let result = input(self.services.get(id), &mut out);
         self.work.extend(out.drain().map(|e| (id, e)));
+        self.execute_all();
+        result
+    }
+
+    /// The same for the cluster service's typed entry points (requests, answers, runs,
+    /// control requests).
+    fn with_cluster<R>(&mut self, input: impl FnOnce(&mut ClusterService, &mut Outbox) -> R) -> R {
+        let mut out = Outbox::default();
+        let result = input(&mut self.services.cluster, &mut out);
+        self.work
+            .extend(out.drain().map(|e| (ServiceId::Cluster, e)));
         self.execute_all();
         result
     }
@@ -422,6 +457,126 @@ impl Driver {
                 }
             }
             Effect::StoreFailed(error) => self.store_failed(error),
+            Effect::ClusterSend {
+                peer,
+                request,
+                token,
+            } => {
+                let request_id = self
+                    .swarm
+                    .behaviour_mut()
+                    .cluster
+                    .send_request(&peer, *request);
+                if token != 0 {
+                    self.cluster_requests.insert(request_id, (peer, token));
+                }
+            }
+            Effect::Dial { peer } => {
+                use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+                let opts = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                if let Err(error) = self.swarm.dial(opts) {
+                    tracing::debug!(peer_id = %peer, %error, "cluster peer not dialled");
+                }
+            }
+            Effect::RunTask {
+                task,
+                term,
+                module,
+                input,
+                limits,
+            } => {
+                self.task_runs.push(tokio::task::spawn_blocking(move || {
+                    (task, term, crate::exec::run(&module, &input, limits))
+                }));
+            }
+        }
+    }
+
+    fn on_task_run(
+        &mut self,
+        run: Result<
+            (
+                fogmesh_consensus::task::TaskId,
+                u64,
+                Result<ExecOutput, ExecError>,
+            ),
+            tokio::task::JoinError,
+        >,
+    ) {
+        match run {
+            Ok((task, term, outcome)) => {
+                let now = now_ms();
+                self.with_cluster(|c, out| c.on_task_run(now, task, term, outcome, out));
+            }
+            Err(error) => tracing::error!(%error, "a task run stopped abnormally"),
+        }
+    }
+
+    fn roles_of(&self, peer: &PeerId) -> PeerRoles {
+        if self.open_mesh {
+            PeerRoles(None)
+        } else {
+            PeerRoles(Some(
+                self.channel
+                    .admission_of(peer)
+                    .map(|a| a.roles)
+                    .unwrap_or_default(),
+            ))
+        }
+    }
+
+    fn on_cluster_event(&mut self, event: cluster_protocol::Event) {
+        use libp2p::request_response::{Event, Message};
+        let now = now_ms();
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let roles = self.roles_of(&peer);
+                let answer =
+                    self.with_cluster(|c, out| c.on_request(now, peer, &roles, request, out));
+                // The peer may have gone meanwhile: nothing to answer then.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .cluster
+                    .send_response(channel, answer);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((_, token)) = self.cluster_requests.remove(&request_id) {
+                    self.with_cluster(|c, out| c.on_response(now, peer, token, Ok(response), out));
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some((_, token)) = self.cluster_requests.remove(&request_id) {
+                    let error = error.to_string();
+                    self.with_cluster(|c, out| c.on_response(now, peer, token, Err(error), out));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer_id = %peer, %error, "cluster request not read");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 
@@ -519,6 +674,7 @@ impl Driver {
                     relay.submit(now, request, SendRequest { to, app, data }, out)
                 });
             }
+            ControlCommand::Task(command) => self.on_task_command(command),
             ControlCommand::Revoke { revocation, reply } => {
                 self.next_request += 1;
                 let request = self.next_request;
@@ -533,6 +689,31 @@ impl Driver {
                 self.work
                     .extend(out.drain().map(|e| (ServiceId::Revocations, e)));
                 self.execute_all();
+            }
+        }
+    }
+
+    fn on_task_command(&mut self, command: api::TaskCommand) {
+        use api::TaskCommand;
+        let now = now_ms();
+        match command {
+            TaskCommand::Submit { task, reply } => {
+                let outcome = self.with_cluster(|c, out| {
+                    let outcome = c.submit(now, task, out);
+                    c.publish_view_now(now, out);
+                    outcome
+                });
+                let _ = reply.send(outcome.map(|id| id.to_string()).map_err(|e| e.to_string()));
+            }
+            TaskCommand::Status { id, reply } => {
+                let _ = reply.send(self.services.cluster.task_view(&id));
+            }
+            TaskCommand::Cancel { id, reply } => {
+                let outcome = self.with_cluster(|c, out| c.cancel(&id, out));
+                let _ = reply.send(outcome);
+            }
+            TaskCommand::Result { id, reply } => {
+                let _ = reply.send(self.services.cluster.result(&id));
             }
         }
     }
@@ -665,6 +846,7 @@ impl Driver {
             }
             BehaviourEvent::Kad(_) => {}
             BehaviourEvent::Relay(event) => self.on_relay_event(event),
+            BehaviourEvent::Cluster(event) => self.on_cluster_event(event),
             BehaviourEvent::Limits(never) => match never {},
         }
     }
@@ -784,13 +966,15 @@ impl Driver {
     }
 
     fn maintain(&mut self) {
-        let mesh: Vec<PeerId> = self
+        let mut mesh: Vec<PeerId> = self
             .swarm
             .behaviour()
             .gossipsub
             .all_mesh_peers()
             .copied()
             .collect();
+        // Links between cluster members carry raft: the budget spares them too.
+        mesh.extend(self.services.cluster.member_peers());
         self.swarm.behaviour_mut().peers.set_protected(mesh);
         self.dial_radio_neighbours();
         if tokio::time::Instant::now() >= self.next_kad_walk
@@ -933,6 +1117,10 @@ impl Driver {
             ViewUpdate::Device(view) => api::write(&self.shared.device, |d| *d = Some(*view)),
             ViewUpdate::Messages(view) => {
                 api::write(&self.shared.messages, |m| *m = *view);
+                self.shared.views_changed();
+            }
+            ViewUpdate::Cluster(view) => {
+                api::write(&self.shared.cluster, |c| *c = *view);
                 self.shared.views_changed();
             }
         }

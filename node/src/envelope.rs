@@ -37,6 +37,8 @@ pub enum MessageKind {
     RelayBroadcast = 3,
     /// A recipient's signed acknowledgement of a directed message.
     RelayAck = 4,
+    /// A coordinator's announcement of its cluster (`consensus::formation`).
+    ClusterAnnouncement = 5,
 }
 
 impl From<MessageKind> for u8 {
@@ -53,6 +55,7 @@ impl TryFrom<u8> for MessageKind {
             2 => Ok(MessageKind::RelayDirect),
             3 => Ok(MessageKind::RelayBroadcast),
             4 => Ok(MessageKind::RelayAck),
+            5 => Ok(MessageKind::ClusterAnnouncement),
             other => Err(format!("unknown message kind {other}")),
         }
     }

@@ -97,6 +97,25 @@ pub enum NodeEvent {
         to: String,
         after_ms: u64,
     },
+    /// This node's cluster changed: joined, left, a new coordinator or term, members.
+    Cluster {
+        /// `unclustered`, `joining` or `member`.
+        state: String,
+        cluster: Option<String>,
+        term: u64,
+        coordinator: Option<String>,
+        members: usize,
+        reason: String,
+    },
+    /// A task in this node's cluster (or one it submitted) changed state.
+    Task {
+        id: String,
+        /// `queued`, `assigned`, `running`, `done`, `failed`, `cancelled`, `refused`.
+        state: String,
+        node: Option<String>,
+        cluster: Option<String>,
+        detail: Option<String>,
+    },
     /// Produced by a stream that fell behind, in place of the events it lost; never published.
     Lagged {
         missed: u64,
@@ -117,6 +136,8 @@ impl NodeEvent {
             NodeEvent::PowerMode { .. } => "power_mode",
             NodeEvent::MessageReceived { .. } => "message_received",
             NodeEvent::MessageDelivered { .. } => "message_delivered",
+            NodeEvent::Cluster { .. } => "cluster",
+            NodeEvent::Task { .. } => "task",
             NodeEvent::Lagged { .. } => "lagged",
         }
     }

@@ -182,6 +182,27 @@ pub fn run(module: &[u8], input: &[u8], limits: ExecLimits) -> Result<ExecOutput
     })
 }
 
+/// Checks at submission that `module` compiles and exports the task ABI, so a broken
+/// module is refused with its reason before it reaches a cluster.
+pub fn check_module(module: &[u8]) -> Result<(), ExecError> {
+    if module.len() > MAX_MODULE_BYTES {
+        return Err(ExecError::ModuleTooLarge(module.len()));
+    }
+    let engine = Engine::default();
+    let module = Module::new(&engine, module).map_err(|e| ExecError::Invalid(e.to_string()))?;
+    if module.imports().len() > 0 {
+        return Err(ExecError::Abi(
+            "the module imports from the host; tasks may not".into(),
+        ));
+    }
+    for name in ["memory", "alloc", "run"] {
+        if module.get_export(name).is_none() {
+            return Err(ExecError::Abi(format!("no `{name}` export")));
+        }
+    }
+    Ok(())
+}
+
 /// [`run`] on tokio's blocking pool, so the event loop goes on while a task computes.
 pub async fn run_blocking(
     module: Vec<u8>,

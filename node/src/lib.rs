@@ -4,6 +4,7 @@ pub mod api;
 pub mod api_server;
 pub mod bootstrap;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod connection_budget;
 pub mod device;

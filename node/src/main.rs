@@ -275,6 +275,7 @@ impl RunArgs {
             log: self.log.clone(),
             log_format: self.log_format,
             sense_interval: self.sense_interval,
+            schedule_interval: None,
             simulate: self.simulate.layer(),
             mesh: self.mesh.clone(),
             ticket: self.ticket.clone(),

@@ -47,6 +47,7 @@ use crate::identity::{self, IdentityError};
 use crate::lifecycle::Lifecycle;
 use crate::membership::{self, AdmissionView, MembershipError};
 use crate::peer_manager::{PeerManager, PeerManagerConfig, PeerMetrics};
+use crate::services::cluster::{ClusterConfig, ClusterMetrics, ClusterService, OwnRoles};
 use crate::services::device::{DeviceMetrics, DeviceService};
 use crate::services::relay::{RelayConfig, RelayMetrics, RelayService};
 use crate::services::revocations::{MeshAuthority, RevocationMetrics, RevocationService};
@@ -103,6 +104,7 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) relay: crate::relay::protocol::Behaviour,
+    pub(crate) cluster: crate::cluster::protocol::Behaviour,
 }
 
 /// Which transports a node runs on.
@@ -437,6 +439,35 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         restored.relay_sent,
     );
     swarm.behaviour_mut().peers.restore(restored.peers);
+    let cluster_metrics = ClusterMetrics::default();
+    cluster_metrics.register(ours);
+    let cluster = ClusterService::open(
+        keypair.clone(),
+        store.clone(),
+        ClusterConfig {
+            // Over Bluetooth a relay hop costs ~200 ms: slower elections and formation.
+            formation: if network.is_radio_only() {
+                fogmesh_consensus::formation::RADIO
+            } else {
+                fogmesh_consensus::formation::LAN
+            },
+            raft: if network.is_radio_only() {
+                fogmesh_consensus::group::RADIO_TIMING
+            } else {
+                fogmesh_consensus::group::LAN_TIMING
+            },
+            schedule_every_ms: crate::services::duration_ms(settings.schedule_interval),
+            roles: membership
+                .as_ref()
+                .map_or(OwnRoles::ALL, |m| OwnRoles::from_ticket(&m.admission.roles)),
+        },
+        started_at_ms,
+        cluster_metrics,
+    )
+    .map_err(|e| StartError::Setup {
+        what: "cluster",
+        reason: e.to_string(),
+    })?;
     let storage_task = StorageHandle::spawn(store, StorageConfig::default())?;
     storage_task.register_metrics(ours);
     let (storage, storage_reports) = NodeStorage::new(storage_task, tables);
@@ -462,6 +493,7 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         receipts: Mutex::new(api::ReceiptLog::default()),
         device: RwLock::new(None),
         messages: RwLock::new(relay.view()),
+        cluster: RwLock::new(cluster.view(started_at_ms)),
         commands: commands_tx,
         api_limits: Arc::default(),
         views: tokio::sync::watch::channel(0).0,
@@ -501,6 +533,7 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
             revocations,
             device,
             relay,
+            cluster,
         },
         storage,
         storage_reports,
@@ -510,6 +543,7 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         listeners,
         control_file,
         channel,
+        open_mesh: membership.is_none(),
         commands,
         device_monitor: DeviceMonitor::new(&settings.data_dir, settings.simulate.clone()),
         started_at_ms,
@@ -706,6 +740,7 @@ fn build_behaviour(
         ),
         ping: ping::Behaviour::new(ping::Config::new()),
         relay: crate::relay::protocol::behaviour(),
+        cluster: crate::cluster::protocol::behaviour(),
     })
 }
 

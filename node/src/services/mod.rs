@@ -21,6 +21,7 @@
 //! - it never blocks: work that may block (sensing the device) is an effect whose result
 //!   comes back as an input.
 
+pub mod cluster;
 pub mod device;
 pub mod relay;
 pub mod revocations;
@@ -54,6 +55,8 @@ pub enum Timer {
     DeviceSense,
     RelayForward,
     RelaySweep,
+    /// The cluster service's raft tick ([`fogmesh_consensus::group::TICK_MS`]).
+    ClusterTick,
 }
 
 /// A write a service wants persisted. Services name what to store; the driver knows where.
@@ -118,6 +121,7 @@ pub enum ViewUpdate {
     },
     Device(Box<DeviceView>),
     Messages(Box<crate::relay::MessagesView>),
+    Cluster(Box<cluster::ClusterView>),
 }
 
 /// What a service asks the driver to do.
@@ -152,6 +156,24 @@ pub enum Effect {
         peer: PeerId,
         id: crate::relay::packet::MessageId,
         packet: Vec<u8>,
+    },
+    /// Send a `/fogmesh/cluster/1` request; its answer goes back to the cluster service
+    /// with `token` (`ClusterService::on_response`). Token 0 expects nothing back.
+    ClusterSend {
+        peer: PeerId,
+        request: Box<crate::cluster::protocol::ClusterRequest>,
+        token: u64,
+    },
+    /// Dial a peer by the addresses the node knows for it.
+    Dial { peer: PeerId },
+    /// Run a task's module in the sandbox on the blocking pool; the outcome goes back to
+    /// the cluster service (`ClusterService::on_task_run`).
+    RunTask {
+        task: fogmesh_consensus::task::TaskId,
+        term: u64,
+        module: Vec<u8>,
+        input: Vec<u8>,
+        limits: crate::exec::ExecLimits,
     },
     /// Tell every service (including this one) about something.
     Notice(Notice),

@@ -1,0 +1,374 @@
+//! How nodes group themselves into clusters of about [`TARGET_SIZE`], with no
+//! configuration: pure decisions over what a node has heard (docs/clusters.md,
+//! "Formation").
+//!
+//! Every coordinator announces its cluster on gossip every [`Timing::announce_every_ms`]:
+//! id, term, coordinator, members. From those announcements:
+//!
+//! - an unclustered node asks to join the fullest reachable cluster that has room
+//!   ([`choose_cluster`]); the coordinator adds it with a Raft membership change, one at a
+//!   time, and refuses once the cluster holds [`TARGET_SIZE`];
+//! - a node that may coordinate and has heard of no cluster with room for
+//!   [`Timing::found_after_ms`] plus a jitter drawn from its own id ([`founding_jitter_ms`])
+//!   founds a cluster of one ([`should_found`]); the jitter spreads a fleet started together,
+//!   so the first founder's announcement reaches the others before they found their own;
+//! - a coordinator removes members silent for [`Timing::silent_after_ms`]
+//!   ([`silent_members`]);
+//! - a member that has heard no coordinator for [`Timing::reform_after_ms`] takes the
+//!   cluster as lost for good (no majority left): it forwards the unfinished tasks it holds
+//!   and starts over as unclustered ([`lost_for_good`]);
+//! - a cluster smaller than [`MERGE_BELOW`] merges into a reachable cluster it fits in that
+//!   is larger, or as large with a lower id ([`merge_target`]): its coordinator commits
+//!   `Dissolve`, every member forwards the unfinished tasks and joins the other. The rule
+//!   is antisymmetric, so two clusters never merge into each other.
+//!
+//! Splits are never needed: joins stop at the target size and merges only happen when the
+//! sum fits, so no cluster grows past [`TARGET_SIZE`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Members a cluster takes at most (the design's "about 5").
+pub const TARGET_SIZE: usize = 5;
+/// A cluster with fewer members merges into a larger one when one is reachable.
+pub const MERGE_BELOW: usize = 3;
+/// Most cluster announcements a node keeps (the freshest win).
+pub const MAX_ANNOUNCEMENTS: usize = 256;
+
+/// Formation timing, per link kind (all in milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub announce_every_ms: u64,
+    /// An announcement older than this is forgotten.
+    pub fresh_ms: u64,
+    pub found_after_ms: u64,
+    /// Founding jitter is drawn in `[0, found_jitter_ms)` from the node's id.
+    pub found_jitter_ms: u64,
+    pub silent_after_ms: u64,
+    pub reform_after_ms: u64,
+    /// A join that has not made the node a member by then is given up.
+    pub join_timeout_ms: u64,
+}
+
+/// On internet links.
+pub const LAN: Timing = Timing {
+    announce_every_ms: 2_000,
+    fresh_ms: 7_000,
+    found_after_ms: 4_000,
+    found_jitter_ms: 4_000,
+    silent_after_ms: 15_000,
+    reform_after_ms: 30_000,
+    join_timeout_ms: 10_000,
+};
+
+/// On Bluetooth links: everything six times slower.
+pub const RADIO: Timing = Timing {
+    announce_every_ms: 12_000,
+    fresh_ms: 42_000,
+    found_after_ms: 24_000,
+    found_jitter_ms: 24_000,
+    silent_after_ms: 90_000,
+    reform_after_ms: 180_000,
+    join_timeout_ms: 60_000,
+};
+
+/// What a coordinator says about its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub cluster: String,
+    pub term: u64,
+    /// PeerId bytes of the coordinator (the envelope's signer).
+    #[serde(with = "serde_bytes")]
+    pub coordinator: Vec<u8>,
+    /// PeerId bytes of every member, the coordinator included.
+    pub members: Vec<serde_bytes::ByteBuf>,
+    pub queued: u32,
+    pub at_ms: u64,
+}
+
+impl Announcement {
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.size() < TARGET_SIZE
+    }
+
+    pub fn is_fresh(&self, now_ms: u64, timing: &Timing) -> bool {
+        now_ms.saturating_sub(self.at_ms) <= timing.fresh_ms
+    }
+}
+
+/// The id of a cluster founded by `peer` at `now_ms`: 16 hex digits.
+pub fn new_cluster_id(peer: &[u8], now_ms: u64) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(peer);
+    hasher.update(now_ms.to_be_bytes());
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// The node's own founding delay on top of [`Timing::found_after_ms`], fixed by its id.
+pub fn founding_jitter_ms(peer: &[u8], timing: &Timing) -> u64 {
+    let digest = Sha256::digest(peer);
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[8..16]);
+    u64::from_be_bytes(bytes) % timing.found_jitter_ms.max(1)
+}
+
+/// The cluster an unclustered node asks to join: fresh, with room, its coordinator
+/// reachable, not one that refused us lately; the fullest first (clusters fill up to the
+/// target before new ones form), then the lowest id.
+pub fn choose_cluster<'a>(
+    now_ms: u64,
+    timing: &Timing,
+    announcements: impl IntoIterator<Item = &'a Announcement>,
+    reachable: impl Fn(&[u8]) -> bool,
+    avoid: impl Fn(&str) -> bool,
+) -> Option<&'a Announcement> {
+    announcements
+        .into_iter()
+        .filter(|a| a.is_fresh(now_ms, timing) && a.has_room())
+        .filter(|a| reachable(&a.coordinator) && !avoid(&a.cluster))
+        .max_by(|a, b| {
+            a.size()
+                .cmp(&b.size())
+                .then_with(|| b.cluster.cmp(&a.cluster))
+        })
+}
+
+/// Whether an unclustered node founds a cluster now: it may coordinate, and no cluster
+/// with room has been in reach since `quiet_since_ms` (when it became unclustered, or last
+/// saw one) for the founding delay plus its jitter.
+pub fn should_found(
+    now_ms: u64,
+    timing: &Timing,
+    may_coordinate: bool,
+    quiet_since_ms: u64,
+    jitter_ms: u64,
+) -> bool {
+    may_coordinate && now_ms.saturating_sub(quiet_since_ms) >= timing.found_after_ms + jitter_ms
+}
+
+/// Members a coordinator removes: every one but itself not heard from for
+/// [`Timing::silent_after_ms`] (`last_heard` counts from when it joined if never heard).
+pub fn silent_members(
+    now_ms: u64,
+    timing: &Timing,
+    me: u64,
+    last_heard: &BTreeMap<u64, u64>,
+) -> Vec<u64> {
+    last_heard
+        .iter()
+        .filter(|(id, heard)| **id != me && now_ms.saturating_sub(**heard) > timing.silent_after_ms)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// Whether a member that last heard a coordinator at `last_contact_ms` takes its cluster
+/// as lost.
+pub fn lost_for_good(now_ms: u64, timing: &Timing, last_contact_ms: u64) -> bool {
+    now_ms.saturating_sub(last_contact_ms) > timing.reform_after_ms
+}
+
+/// The cluster ours (`cluster`, `size` members) merges into, if any: fresh, reachable,
+/// larger (or as large with a lower id), and both fit in [`TARGET_SIZE`].
+pub fn merge_target<'a>(
+    now_ms: u64,
+    timing: &Timing,
+    cluster: &str,
+    size: usize,
+    announcements: impl IntoIterator<Item = &'a Announcement>,
+    reachable: impl Fn(&[u8]) -> bool,
+) -> Option<&'a Announcement> {
+    if size >= MERGE_BELOW {
+        return None;
+    }
+    announcements
+        .into_iter()
+        .filter(|a| a.cluster != cluster && a.is_fresh(now_ms, timing))
+        .filter(|a| a.size() + size <= TARGET_SIZE)
+        .filter(|a| a.size() > size || (a.size() == size && a.cluster.as_str() < cluster))
+        .filter(|a| reachable(&a.coordinator))
+        .max_by(|a, b| {
+            a.size()
+                .cmp(&b.size())
+                .then_with(|| b.cluster.cmp(&a.cluster))
+        })
+}
+
+/// Leadership hands over to a better-scored voter only when it is clearly better (by
+/// [`TRANSFER_MARGIN_MILLI`] and [`TRANSFER_RATIO_PCT`]) and stays so for
+/// [`TRANSFER_AFTER_MS`]: a flickering charger or a passing warm spell moves nothing.
+pub const TRANSFER_MARGIN_MILLI: u32 = 50;
+pub const TRANSFER_RATIO_PCT: u32 = 125;
+pub const TRANSFER_AFTER_MS: u64 = 10_000;
+
+/// The coordinator's side of leader transfer, with hysteresis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeadershipHysteresis {
+    /// The candidate that has been better, and since when.
+    better: Option<(u64, u64)>,
+}
+
+impl LeadershipHysteresis {
+    /// Given the coordinator's score and the best other voter's, the voter to hand over to
+    /// now, if any.
+    pub fn observe(
+        &mut self,
+        now_ms: u64,
+        own_score: u32,
+        best: Option<(u64, u32)>,
+    ) -> Option<u64> {
+        let Some((candidate, score)) = best.filter(|(_, score)| {
+            *score >= own_score.saturating_add(TRANSFER_MARGIN_MILLI)
+                && u64::from(*score) * 100 >= u64::from(own_score) * u64::from(TRANSFER_RATIO_PCT)
+        }) else {
+            self.better = None;
+            return None;
+        };
+        let _ = score;
+        match self.better {
+            Some((c, since)) if c == candidate => {
+                if now_ms.saturating_sub(since) >= TRANSFER_AFTER_MS {
+                    self.better = None;
+                    Some(candidate)
+                } else {
+                    None
+                }
+            }
+            _ => {
+                self.better = Some((candidate, now_ms));
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(cluster: &str, size: usize, at_ms: u64) -> Announcement {
+        Announcement {
+            cluster: cluster.into(),
+            term: 1,
+            coordinator: format!("{cluster}-leader").into_bytes(),
+            members: (0..size)
+                .map(|i| serde_bytes::ByteBuf::from(format!("{cluster}-{i}").into_bytes()))
+                .collect(),
+            queued: 0,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn a_node_joins_the_fullest_reachable_cluster_with_room() {
+        let list = [
+            ann("a", 2, 1000),
+            ann("b", 4, 1000),
+            ann("c", 5, 1000),
+            ann("d", 4, 0),
+        ];
+        let all = |_: &[u8]| true;
+        let pick = choose_cluster(8000, &LAN, &list, all, |_| false).unwrap();
+        // c is full and d is stale (8 s > 7 s).
+        assert_eq!(pick.cluster, "b");
+        let not_b = |p: &[u8]| p != b"b-leader";
+        assert_eq!(
+            choose_cluster(8000, &LAN, &list, not_b, |_| false)
+                .unwrap()
+                .cluster,
+            "a"
+        );
+        assert_eq!(
+            choose_cluster(8000, &LAN, &list, all, |c| c == "b")
+                .unwrap()
+                .cluster,
+            "a"
+        );
+        assert!(choose_cluster(8000, &LAN, &list[2..3], all, |_| false).is_none());
+    }
+
+    #[test]
+    fn only_a_node_that_may_coordinate_founds_and_only_after_its_delay() {
+        let jitter = founding_jitter_ms(b"peer", &LAN);
+        assert!(jitter < LAN.found_jitter_ms);
+        assert_eq!(jitter, founding_jitter_ms(b"peer", &LAN));
+        let at = LAN.found_after_ms + jitter;
+        assert!(!should_found(at - 1, &LAN, true, 0, jitter));
+        assert!(should_found(at, &LAN, true, 0, jitter));
+        assert!(!should_found(at, &LAN, false, 0, jitter));
+    }
+
+    #[test]
+    fn founding_jitters_spread_a_fleet() {
+        let mut jitters: Vec<u64> = (0..12u8)
+            .map(|i| founding_jitter_ms(&[i; 38], &LAN))
+            .collect();
+        jitters.sort_unstable();
+        jitters.dedup();
+        assert!(jitters.len() >= 10, "{jitters:?}");
+    }
+
+    #[test]
+    fn silent_members_are_found_but_never_the_coordinator_itself() {
+        let heard: BTreeMap<u64, u64> = [(1, 0), (2, 10_000), (3, 0)].into_iter().collect();
+        assert_eq!(silent_members(20_000, &LAN, 1, &heard), vec![3]);
+        assert!(silent_members(15_000, &LAN, 1, &heard).is_empty());
+        assert!(lost_for_good(30_001, &LAN, 0));
+        assert!(!lost_for_good(30_000, &LAN, 0));
+    }
+
+    #[test]
+    fn merging_is_antisymmetric_and_never_overfills() {
+        let all = |_: &[u8]| true;
+        let a = ann("a", 2, 0);
+        let b = ann("b", 2, 0);
+        // Same size: the higher id merges into the lower, never the reverse.
+        assert_eq!(
+            merge_target(0, &LAN, "b", 2, [&a], all).unwrap().cluster,
+            "a"
+        );
+        assert!(merge_target(0, &LAN, "a", 2, [&b], all).is_none());
+        // Smaller into larger, whatever the ids.
+        let big = ann("z", 3, 0);
+        assert_eq!(
+            merge_target(0, &LAN, "a", 2, [&big], all).unwrap().cluster,
+            "z"
+        );
+        assert!(merge_target(0, &LAN, "z", 3, [&a], all).is_none());
+        // Never past the target size.
+        let four = ann("m", 4, 0);
+        assert!(merge_target(0, &LAN, "a", 2, [&four], all).is_none());
+        assert_eq!(
+            merge_target(0, &LAN, "q", 1, [&four], all).unwrap().cluster,
+            "m"
+        );
+        // Not onto itself, not onto an unreachable coordinator.
+        assert!(merge_target(0, &LAN, "a", 1, [&a], all).is_none());
+        assert!(merge_target(0, &LAN, "q", 1, [&four], |_| false).is_none());
+    }
+
+    #[test]
+    fn leadership_moves_only_to_a_clearly_better_voter_that_stays_better() {
+        let mut h = LeadershipHysteresis::default();
+        // 10 % better: never.
+        assert_eq!(h.observe(0, 500, Some((7, 550))), None);
+        assert_eq!(h.observe(20_000, 500, Some((7, 550))), None);
+        // Clearly better, but it must last.
+        assert_eq!(h.observe(30_000, 500, Some((7, 700))), None);
+        assert_eq!(h.observe(35_000, 500, Some((7, 700))), None);
+        // A flicker resets the clock.
+        assert_eq!(h.observe(36_000, 500, Some((7, 520))), None);
+        assert_eq!(h.observe(37_000, 500, Some((7, 700))), None);
+        assert_eq!(h.observe(46_999, 500, Some((7, 700))), None);
+        assert_eq!(h.observe(47_000, 500, Some((7, 700))), Some(7));
+        // A low score needs the absolute margin too.
+        let mut h = LeadershipHysteresis::default();
+        assert_eq!(h.observe(0, 10, Some((7, 40))), None);
+        assert_eq!(h.observe(20_000, 10, Some((7, 40))), None);
+    }
+}

@@ -1,0 +1,1587 @@
+//! The cluster service: this node's part in a fog cluster (docs/clusters.md).
+//!
+//! It runs the pure pieces of `fogmesh_consensus` over the mesh:
+//! - formation ([`fogmesh_consensus::formation`]): coordinators announce their cluster on
+//!   [`ANNOUNCE_TOPIC`]; an unclustered node joins the fullest one with room or, if it may
+//!   coordinate and none is in reach, founds one; coordinators remove silent members, hand
+//!   leadership to a clearly better-scored voter, and merge small clusters;
+//! - the cluster's Raft group ([`fogmesh_consensus::group`]), ticked every
+//!   [`group::TICK_MS`], its messages carried by `/fogmesh/cluster/1`
+//!   ([`crate::cluster::protocol`]) and admitted only from members
+//!   ([`fogmesh_consensus::wire::admit`]);
+//! - the coordinator's scheduling (on every change, and every `schedule_every_ms`);
+//! - this node's work (`work.rs`): assignments to it are fenced by term, their module and
+//!   input fetched by hash, run in the sandbox off the event loop, and reported until the
+//!   cluster state shows the report;
+//! - submissions (`submit.rs`): kept durably until a cluster has taken them, forwarded when
+//!   the node's cluster dissolves or is lost, followed until done, results fetched back.
+//!
+//! One exception to the services' "no store" rule: Raft must have its log on disk before
+//! the messages that depend on it leave, so the group writes its sled tables synchronously
+//! (flushing only when raft-rs asks, [`fogmesh_consensus::disk`]), and the blob store and
+//! the submission table are written the same way so that "accepted" means "on disk".
+//!
+//! Roles (docs/clusters.md, "Roles"): only a node whose ticket grants `coordinator` votes or
+//! coordinates (others join as raft learners); joining takes `worker` or `coordinator`;
+//! submitting takes `submitter`. In an open mesh (no tickets) every node has every role.
+
+mod submit;
+mod view;
+mod work;
+
+use std::collections::{BTreeMap, HashSet};
+
+use fogmesh_consensus::capacity::NodeCapacity;
+use fogmesh_consensus::disk::RaftDisk;
+use fogmesh_consensus::formation::{self, Announcement, LeadershipHysteresis};
+use fogmesh_consensus::group::{self, ClusterNode, GroupError, MemberChange, Output};
+use fogmesh_consensus::state::{Applied, Command, NodeId, Refusal};
+use fogmesh_consensus::wire;
+use fogmesh_store::{Store, Table};
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::cluster::blobs::BlobStore;
+use crate::cluster::protocol::{ClusterRequest, ClusterResponse};
+use crate::envelope::{self, MessageKind};
+use crate::events::NodeEvent;
+use crate::services::{Effect, GossipIn, Notice, Outbox, ReasonLabel, Service, Timer};
+
+pub use submit::{SubmitError, SubmitTask, SubmittedRecord};
+pub use view::{ClusterView, KnownCluster, MemberView, TaskView};
+pub use work::DeviceCapacity;
+
+/// Where coordinators announce their clusters.
+pub const ANNOUNCE_TOPIC: &str = "fogmesh/clusters/1";
+/// Largest announcement accepted.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 8 * 1024;
+/// Requests this node waits on at most (joins, submissions, fetches, status queries);
+/// beyond, no new one is sent until some answer (raft messages are not counted: they
+/// expect nothing back).
+pub const MAX_PENDING: usize = 1024;
+/// Formation, reports and submissions are looked at every this many ticks (1 s).
+const STEP_TICKS: u64 = 10;
+
+/// What this node may do, from its own ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnRoles {
+    pub coordinator: bool,
+    pub worker: bool,
+    pub submitter: bool,
+}
+
+impl OwnRoles {
+    pub const ALL: OwnRoles = OwnRoles {
+        coordinator: true,
+        worker: true,
+        submitter: true,
+    };
+
+    pub fn from_ticket(roles: &[String]) -> Self {
+        let has = |r: &str| roles.iter().any(|x| x == r);
+        OwnRoles {
+            coordinator: has("coordinator"),
+            worker: has("worker"),
+            submitter: has("submitter"),
+        }
+    }
+}
+
+/// What a peer's ticket grants, as the secure channel admitted it; `None` in an open mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRoles(pub Option<Vec<String>>);
+
+impl PeerRoles {
+    pub fn has(&self, role: &str) -> bool {
+        self.0.as_ref().is_none_or(|r| r.iter().any(|x| x == role))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterConfig {
+    pub formation: formation::Timing,
+    pub raft: group::Timing,
+    /// The coordinator places tasks on every change and at least this often.
+    pub schedule_every_ms: u64,
+    pub roles: OwnRoles,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            formation: formation::LAN,
+            raft: group::LAN_TIMING,
+            schedule_every_ms: 5_000,
+            roles: OwnRoles::ALL,
+        }
+    }
+}
+
+/// Counters and gauges of the cluster service.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    pub members: Gauge,
+    pub term: Gauge,
+    pub coordinator: Gauge,
+    pub clusters_known: Gauge,
+    /// Inbound messages and requests refused, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Membership changes this node went through or made, by kind.
+    pub changes: Family<ReasonLabel, Counter>,
+    pub tasks_submitted: Counter,
+    /// Runs on this node, by outcome (`finished` or the failure's reason).
+    pub task_runs: Family<ReasonLabel, Counter>,
+    /// Assignments refused for an older term than one already seen.
+    pub fenced: Counter,
+    pub placements: Counter,
+    pub raft_messages_in: Counter,
+    pub raft_messages_out: Counter,
+    pub blobs: Gauge,
+}
+
+impl ClusterMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "cluster_members",
+            "Members of this node's cluster",
+            self.members.clone(),
+        );
+        registry.register(
+            "cluster_term",
+            "Raft term of this node's cluster",
+            self.term.clone(),
+        );
+        registry.register(
+            "cluster_coordinator",
+            "1 while this node coordinates its cluster",
+            self.coordinator.clone(),
+        );
+        registry.register(
+            "cluster_known",
+            "Clusters whose announcements this node holds",
+            self.clusters_known.clone(),
+        );
+        registry.register(
+            "cluster_refused",
+            "Cluster messages and requests refused, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "cluster_changes",
+            "Cluster membership changes, by kind",
+            self.changes.clone(),
+        );
+        registry.register(
+            "tasks_submitted",
+            "Tasks accepted from this node's control API",
+            self.tasks_submitted.clone(),
+        );
+        registry.register(
+            "task_runs",
+            "Task runs on this node, by outcome",
+            self.task_runs.clone(),
+        );
+        registry.register(
+            "tasks_fenced",
+            "Assignments refused as coming from an older coordinator term",
+            self.fenced.clone(),
+        );
+        registry.register(
+            "task_placements",
+            "Assignments proposed by this node as coordinator",
+            self.placements.clone(),
+        );
+        registry.register(
+            "cluster_raft_messages_in",
+            "Raft messages admitted",
+            self.raft_messages_in.clone(),
+        );
+        registry.register(
+            "cluster_raft_messages_out",
+            "Raft messages sent",
+            self.raft_messages_out.clone(),
+        );
+        registry.register(
+            "task_blobs",
+            "Modules, inputs and results held",
+            self.blobs.clone(),
+        );
+    }
+
+    fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    fn change(&self, reason: &'static str) {
+        self.changes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// The cluster this node is in, as the store remembers it across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct MembershipRecord {
+    cluster: String,
+    /// The raft configuration the group started from: `[self]` for a founder, empty for a
+    /// joiner (it learns the configuration from the log).
+    founders: Vec<u64>,
+    /// The coordinator a joiner asked (admitted before the log names the members).
+    via: Option<ByteBuf>,
+}
+
+const MEMBERSHIP_KEY: &str = "current";
+
+/// This node in its cluster.
+struct Membership {
+    cluster: String,
+    group: ClusterNode,
+    /// False until the log applied our own `Join`.
+    joined: bool,
+    since_ms: u64,
+    /// When we last heard from the coordinator (or were it).
+    contact_ms: u64,
+    /// Members by raft id: when each was last heard (the coordinator removes the silent).
+    heard: BTreeMap<u64, u64>,
+    hysteresis: LeadershipHysteresis,
+    via: Option<PeerId>,
+    /// Raft ids of members, to their PeerIds.
+    peers: BTreeMap<u64, PeerId>,
+    last_announce_ms: u64,
+    last_schedule_ms: u64,
+    schedule_soon: bool,
+    reported: Option<NodeCapacity>,
+}
+
+impl Membership {
+    fn coordinator_peer(&self) -> Option<PeerId> {
+        let leader = self.group.leader()?;
+        self.peers.get(&leader).copied().or_else(|| {
+            // A joiner's first coordinator is the one it asked.
+            self.via
+                .filter(|v| wire::member_id(&v.to_bytes()) == leader)
+        })
+    }
+
+    fn refresh_peers(&mut self) {
+        self.peers = self
+            .group
+            .state()
+            .members()
+            .keys()
+            .filter_map(|node| PeerId::from_bytes(&node.0).ok())
+            .map(|peer| (wire::member_id(&peer.to_bytes()), peer))
+            .collect();
+    }
+
+    fn allowed_senders(&self) -> Vec<u64> {
+        let mut ids = self.group.member_ids();
+        if let Some(via) = self.via {
+            ids.push(wire::member_id(&via.to_bytes()));
+        }
+        ids
+    }
+}
+
+enum Situation {
+    Unclustered {
+        /// Since when no cluster with room was in reach.
+        quiet_since_ms: u64,
+        /// A join asked and not answered or not completed.
+        asked: Option<(String, u64)>,
+    },
+    Member(Box<Membership>),
+}
+
+/// See the module docs.
+pub struct ClusterService {
+    keypair: Keypair,
+    me: PeerId,
+    me_id: u64,
+    me_node: NodeId,
+    config: ClusterConfig,
+    store: Store,
+    blobs: BlobStore,
+    membership_table: Table<MembershipRecord>,
+    situation: Situation,
+    jitter_ms: u64,
+    /// Clusters heard of, by id: the coordinator's PeerId and what it said.
+    announcements: BTreeMap<String, (PeerId, Announcement)>,
+    /// Clusters not to ask again before the time given (they refused, or a join timed out).
+    avoid: BTreeMap<String, u64>,
+    /// The cluster to join first (the one ours merged into).
+    prefer: Option<String>,
+    connected: HashSet<PeerId>,
+    capacity: Option<DeviceCapacity>,
+    work: work::Work,
+    submissions: submit::Submissions,
+    pending: BTreeMap<u64, Pending>,
+    next_token: u64,
+    ticks: u64,
+    announce_seq: u64,
+    last_event: Option<EventKey>,
+    metrics: ClusterMetrics,
+}
+
+impl std::fmt::Debug for ClusterService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterService")
+            .field("me", &self.me)
+            .field("cluster", &self.cluster_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the last cluster event said: state, cluster, term, coordinator, members.
+type EventKey = (String, Option<String>, u64, Option<u64>, usize);
+
+/// What an outstanding request was for.
+#[derive(Debug, Clone)]
+enum Pending {
+    Join {
+        cluster: String,
+    },
+    Submit {
+        task: fogmesh_consensus::task::TaskId,
+    },
+    Report,
+    Fetch {
+        hash: [u8; 32],
+        purpose: work::FetchFor,
+    },
+    Status {
+        task: fogmesh_consensus::task::TaskId,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterSetupError {
+    #[error("cluster store: {0}")]
+    Store(#[from] fogmesh_store::StoreError),
+    #[error("raft disk of cluster {cluster}: {reason}")]
+    Group { cluster: String, reason: String },
+}
+
+impl ClusterService {
+    /// The service, with the cluster this node was in before a restart opened again from
+    /// its raft disk.
+    pub fn open(
+        keypair: Keypair,
+        store: Store,
+        config: ClusterConfig,
+        now_ms: u64,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, ClusterSetupError> {
+        let me = keypair.public().to_peer_id();
+        let me_bytes = me.to_bytes();
+        let blobs = BlobStore::open(&store)?;
+        metrics.blobs.set(blobs.count() as i64);
+        let membership_table = store.table("cluster_membership")?;
+        let submissions = submit::Submissions::open(&store)?;
+        let mut service = ClusterService {
+            me_id: wire::member_id(&me_bytes),
+            me_node: NodeId(me_bytes.clone()),
+            jitter_ms: formation::founding_jitter_ms(&me_bytes, &config.formation),
+            keypair,
+            me,
+            config,
+            blobs,
+            membership_table,
+            situation: Situation::Unclustered {
+                quiet_since_ms: now_ms,
+                asked: None,
+            },
+            store,
+            announcements: BTreeMap::new(),
+            avoid: BTreeMap::new(),
+            prefer: None,
+            connected: HashSet::new(),
+            capacity: None,
+            work: work::Work::default(),
+            submissions,
+            pending: BTreeMap::new(),
+            next_token: 1,
+            ticks: 0,
+            announce_seq: 0,
+            last_event: None,
+            metrics,
+        };
+        if let Some(record) = service.membership_table.get(MEMBERSHIP_KEY)? {
+            let via = record.via.as_ref().and_then(|b| PeerId::from_bytes(b).ok());
+            let group = service.open_group(&record.cluster, &record.founders)?;
+            let mut membership = service.new_membership(record.cluster, group, now_ms, via);
+            membership.joined = membership
+                .group
+                .state()
+                .members()
+                .contains_key(&service.me_node);
+            tracing::info!(cluster = %membership.cluster, joined = membership.joined, "cluster membership restored");
+            service.situation = Situation::Member(Box::new(membership));
+        }
+        Ok(service)
+    }
+
+    fn open_group(
+        &self,
+        cluster: &str,
+        founders: &[u64],
+    ) -> Result<ClusterNode, ClusterSetupError> {
+        let err = |reason: String| ClusterSetupError::Group {
+            cluster: cluster.to_owned(),
+            reason,
+        };
+        let disk = RaftDisk::open(&self.store, cluster).map_err(|e| err(e.to_string()))?;
+        ClusterNode::open(
+            self.me_id,
+            disk,
+            founders,
+            self.config.raft,
+            &group::raft_logger(),
+        )
+        .map_err(|e| err(e.to_string()))
+    }
+
+    fn new_membership(
+        &self,
+        cluster: String,
+        group: ClusterNode,
+        now_ms: u64,
+        via: Option<PeerId>,
+    ) -> Membership {
+        let mut membership = Membership {
+            cluster,
+            group,
+            joined: false,
+            since_ms: now_ms,
+            contact_ms: now_ms,
+            heard: BTreeMap::new(),
+            hysteresis: LeadershipHysteresis::default(),
+            via,
+            peers: BTreeMap::new(),
+            last_announce_ms: 0,
+            last_schedule_ms: 0,
+            schedule_soon: true,
+            reported: None,
+        };
+        membership.refresh_peers();
+        if let Some(capacity) = self.capacity {
+            membership
+                .group
+                .set_priority(i64::from(capacity.capacity.score_milli));
+        }
+        membership
+    }
+
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        match &self.situation {
+            Situation::Member(m) => Some(&m.cluster),
+            Situation::Unclustered { .. } => None,
+        }
+    }
+
+    /// Peers the node keeps links to for the cluster's sake (the connection budget spares
+    /// them).
+    pub fn member_peers(&self) -> Vec<PeerId> {
+        match &self.situation {
+            Situation::Member(m) => m
+                .peers
+                .values()
+                .filter(|p| **p != self.me)
+                .copied()
+                .collect(),
+            Situation::Unclustered { .. } => Vec::new(),
+        }
+    }
+
+    fn token(&mut self, pending: Pending) -> Option<u64> {
+        if self.pending.len() >= MAX_PENDING {
+            return None;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(token, pending);
+        Some(token)
+    }
+
+    /// Sends a request whose answer matters; false when too many are outstanding.
+    fn ask(
+        &mut self,
+        peer: PeerId,
+        request: ClusterRequest,
+        pending: Pending,
+        out: &mut Outbox,
+    ) -> bool {
+        match self.token(pending) {
+            Some(token) => {
+                out.push(Effect::ClusterSend {
+                    peer,
+                    request: Box::new(request),
+                    token,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ---- the raft group ----
+
+    /// Sends a group's output and reacts to what it applied.
+    fn after_output(&mut self, now_ms: u64, output: Output, out: &mut Outbox) {
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        for message in output.messages {
+            let Some(peer) = m.peers.get(&message.to).copied().or_else(|| {
+                m.via
+                    .filter(|v| wire::member_id(&v.to_bytes()) == message.to)
+            }) else {
+                continue;
+            };
+            match wire::encode(&m.cluster, &message) {
+                Ok(frame) => {
+                    self.metrics.raft_messages_out.inc();
+                    out.push(Effect::ClusterSend {
+                        peer,
+                        request: Box::new(ClusterRequest::Raft {
+                            frame: ByteBuf::from(frame),
+                        }),
+                        token: 0,
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "raft message not encodable"),
+            }
+        }
+        if output.applied.is_empty() {
+            return;
+        }
+        let cluster = m.cluster.clone();
+        let mut members_changed = false;
+        for (command, outcome) in &output.applied {
+            if matches!(command, Command::Join { .. } | Command::Leave { .. }) {
+                members_changed = true;
+            }
+            if let Command::Join { node, .. } = command {
+                if *node == self.me_node && !m.joined {
+                    m.joined = true;
+                    self.metrics.change("joined");
+                    tracing::info!(%cluster, "joined the cluster");
+                }
+                if let Ok(peer) = PeerId::from_bytes(&node.0) {
+                    m.heard.insert(wire::member_id(&peer.to_bytes()), now_ms);
+                }
+            }
+            m.schedule_soon |= matches!(
+                outcome,
+                Ok(Applied::Submitted
+                    | Applied::Finished
+                    | Applied::Failed { .. }
+                    | Applied::Cancelled
+                    | Applied::MemberJoined
+                    | Applied::MemberLeft { .. }
+                    | Applied::CapacityChanged)
+            );
+            task_event(&cluster, command, outcome, out);
+        }
+        if members_changed {
+            m.refresh_peers();
+        }
+        self.reconcile(now_ms, out);
+    }
+
+    fn on_raft(&mut self, now_ms: u64, peer: PeerId, frame: &[u8], out: &mut Outbox) {
+        let (cluster, message) = match wire::decode(frame) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.metrics.refuse(error.reason());
+                return;
+            }
+        };
+        let Situation::Member(m) = &mut self.situation else {
+            self.metrics.refuse("not_in_a_cluster");
+            return;
+        };
+        if let Err(error) = wire::admit(
+            &cluster,
+            &message,
+            &m.cluster,
+            self.me_id,
+            &peer.to_bytes(),
+            &m.allowed_senders(),
+        ) {
+            self.metrics.refuse(error.reason());
+            return;
+        }
+        self.metrics.raft_messages_in.inc();
+        let from = message.from;
+        m.heard.insert(from, now_ms);
+        match m.group.step(message) {
+            Ok(output) => {
+                if m.group.leader() == Some(from) {
+                    m.contact_ms = now_ms;
+                }
+                self.after_output(now_ms, output, out);
+            }
+            Err(GroupError::DiskFailed(reason)) => {
+                tracing::error!(%reason, "raft disk failed");
+                out.push(Effect::StoreFailed(reason));
+            }
+            Err(error) => tracing::debug!(%error, "raft message not stepped"),
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut Outbox) {
+        if let Situation::Member(m) = &mut self.situation {
+            let output = m.group.tick();
+            if m.group.is_leader() {
+                m.contact_ms = now_ms;
+            }
+            self.after_output(now_ms, output, out);
+        }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(STEP_TICKS) {
+            self.step(now_ms, out);
+        } else if let Situation::Member(m) = &self.situation {
+            if m.schedule_soon && m.group.is_leader() {
+                self.schedule(now_ms, out);
+            }
+        }
+    }
+
+    /// Proposes `command` as coordinator, or sends it to the coordinator.
+    fn propose(&mut self, command: Command, out: &mut Outbox) -> Result<(), String> {
+        let Situation::Member(m) = &mut self.situation else {
+            return Err("not in a cluster".into());
+        };
+        if m.group.is_leader() {
+            let output = m.group.propose(&command).map_err(|e| e.to_string())?;
+            let now = crate::api::now_ms();
+            self.after_output(now, output, out);
+            return Ok(());
+        }
+        let Some(coordinator) = m.coordinator_peer() else {
+            return Err("the cluster has no coordinator right now".into());
+        };
+        let cluster = m.cluster.clone();
+        if self.ask(
+            coordinator,
+            ClusterRequest::Propose { cluster, command },
+            Pending::Report,
+            out,
+        ) {
+            Ok(())
+        } else {
+            Err("too many requests outstanding".into())
+        }
+    }
+
+    // ---- formation, once a second ----
+
+    fn step(&mut self, now_ms: u64, out: &mut Outbox) {
+        let timing = self.config.formation;
+        self.announcements
+            .retain(|_, (_, a)| a.is_fresh(now_ms, &timing));
+        self.avoid.retain(|_, until| *until > now_ms);
+        self.metrics
+            .clusters_known
+            .set(self.announcements.len() as i64);
+        match &self.situation {
+            Situation::Unclustered { .. } => self.step_unclustered(now_ms, out),
+            Situation::Member(_) => self.step_member(now_ms, out),
+        }
+        self.step_work(now_ms, out);
+        self.step_submissions(now_ms, out);
+        self.publish_view(now_ms, out);
+    }
+
+    fn step_unclustered(&mut self, now_ms: u64, out: &mut Outbox) {
+        let timing = self.config.formation;
+        let Situation::Unclustered {
+            quiet_since_ms,
+            asked,
+        } = &mut self.situation
+        else {
+            return;
+        };
+        if let Some((cluster, at)) = asked.clone() {
+            if now_ms.saturating_sub(at) < timing.join_timeout_ms {
+                return;
+            }
+            self.avoid.insert(cluster, now_ms + timing.join_timeout_ms);
+            *asked = None;
+        }
+        if !(self.config.roles.worker || self.config.roles.coordinator) {
+            return;
+        }
+        let Some(capacity) = self.capacity.map(|c| c.capacity) else {
+            // Nothing to offer a cluster before the device was sensed once.
+            return;
+        };
+        let connected = &self.connected;
+        let reachable = |p: &[u8]| PeerId::from_bytes(p).is_ok_and(|p| connected.contains(&p));
+        let avoid = &self.avoid;
+        let preferred = self
+            .prefer
+            .as_ref()
+            .and_then(|id| self.announcements.get(id))
+            .map(|(_, a)| a)
+            .filter(|a| a.has_room() && reachable(&a.coordinator));
+        let choice = preferred.or_else(|| {
+            formation::choose_cluster(
+                now_ms,
+                &timing,
+                self.announcements.values().map(|(_, a)| a),
+                reachable,
+                |c| avoid.contains_key(c),
+            )
+        });
+        if let Some(choice) = choice {
+            let cluster = choice.cluster.clone();
+            let Ok(coordinator) = PeerId::from_bytes(&choice.coordinator) else {
+                return;
+            };
+            *quiet_since_ms = now_ms;
+            *asked = Some((cluster.clone(), now_ms));
+            tracing::info!(%cluster, coordinator = %coordinator, "asking to join");
+            self.ask(
+                coordinator,
+                ClusterRequest::Join {
+                    cluster: cluster.clone(),
+                    capacity,
+                },
+                Pending::Join { cluster },
+                out,
+            );
+            return;
+        }
+        // Clusters with room we cannot reach yet: dial their coordinators.
+        for (coordinator, a) in self.announcements.values() {
+            if a.has_room() && !self.connected.contains(coordinator) {
+                out.push(Effect::Dial { peer: *coordinator });
+            }
+        }
+        if formation::should_found(
+            now_ms,
+            &timing,
+            self.config.roles.coordinator,
+            *quiet_since_ms,
+            self.jitter_ms,
+        ) {
+            self.found(now_ms, out);
+        }
+    }
+
+    fn found(&mut self, now_ms: u64, out: &mut Outbox) {
+        let cluster = formation::new_cluster_id(&self.me.to_bytes(), now_ms);
+        let founders = vec![self.me_id];
+        if let Err(error) = self.remember_membership(&cluster, &founders, None) {
+            tracing::warn!(%error, "cannot record the new cluster");
+            return;
+        }
+        match self.open_group(&cluster, &founders) {
+            Ok(group) => {
+                tracing::info!(%cluster, "founded a cluster");
+                self.metrics.change("founded");
+                let membership = self.new_membership(cluster, group, now_ms, None);
+                self.situation = Situation::Member(Box::new(membership));
+                self.prefer = None;
+                self.cluster_event("founded", out);
+            }
+            Err(error) => tracing::warn!(%error, "cannot found a cluster"),
+        }
+    }
+
+    fn remember_membership(
+        &self,
+        cluster: &str,
+        founders: &[u64],
+        via: Option<PeerId>,
+    ) -> Result<(), fogmesh_store::StoreError> {
+        self.membership_table.put_durable(
+            MEMBERSHIP_KEY,
+            &MembershipRecord {
+                cluster: cluster.to_owned(),
+                founders: founders.to_vec(),
+                via: via.map(|v| ByteBuf::from(v.to_bytes())),
+            },
+        )
+    }
+
+    fn step_member(&mut self, now_ms: u64, out: &mut Outbox) {
+        let timing = self.config.formation;
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        // Not a member after all: the join timed out, we were removed, or the cluster
+        // dissolved or was lost.
+        if !m.joined && now_ms.saturating_sub(m.since_ms) > timing.join_timeout_ms {
+            let cluster = m.cluster.clone();
+            self.avoid.insert(cluster, now_ms + timing.join_timeout_ms);
+            self.leave(now_ms, "join_timed_out", false, out);
+            return;
+        }
+        if m.joined && !m.group.member_ids().contains(&self.me_id) {
+            self.leave(now_ms, "removed", false, out);
+            return;
+        }
+        if let Some(into) = m.group.state().dissolved_into().map(str::to_owned) {
+            self.prefer = Some(into);
+            self.leave(now_ms, "merged", true, out);
+            return;
+        }
+        if m.joined
+            && !m.group.is_leader()
+            && formation::lost_for_good(now_ms, &timing, m.contact_ms)
+        {
+            self.leave(now_ms, "lost", true, out);
+            return;
+        }
+        if let Some(reason) = m.group.disk_failed() {
+            let reason = reason.to_owned();
+            out.push(Effect::StoreFailed(reason));
+            return;
+        }
+        // Links to every member.
+        for peer in m.peers.values() {
+            if *peer != self.me && !self.connected.contains(peer) {
+                out.push(Effect::Dial { peer: *peer });
+            }
+        }
+        self.report_capacity(out);
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        if m.group.is_leader() {
+            self.coordinate(now_ms, out);
+        }
+        self.cluster_event("changed", out);
+    }
+
+    /// This node is no longer in its cluster. When the cluster is gone (merged or lost),
+    /// the unfinished tasks this node holds are forwarded to the next cluster.
+    fn leave(&mut self, now_ms: u64, reason: &'static str, forward: bool, out: &mut Outbox) {
+        let situation = std::mem::replace(
+            &mut self.situation,
+            Situation::Unclustered {
+                quiet_since_ms: now_ms,
+                asked: None,
+            },
+        );
+        let Situation::Member(m) = situation else {
+            return;
+        };
+        tracing::info!(cluster = %m.cluster, reason, "left the cluster");
+        self.metrics.change(reason);
+        if forward {
+            let tasks: Vec<_> = m
+                .group
+                .state()
+                .unfinished()
+                .map(|t| t.spec.clone())
+                .collect();
+            for spec in tasks {
+                self.submissions.forward(spec, &self.me);
+            }
+        }
+        if let Err(error) = self.membership_table.remove(MEMBERSHIP_KEY) {
+            tracing::warn!(%error, "cannot forget the cluster membership");
+        }
+        if let Ok(disk) = RaftDisk::open(&self.store, &m.cluster) {
+            if let Err(error) = disk.destroy() {
+                tracing::warn!(%error, "cannot remove the old raft log");
+            }
+        }
+        self.work.abandon_all();
+        self.cluster_event(reason, out);
+    }
+
+    /// The coordinator's round: announce, founding join, silent members, leadership,
+    /// merging, scheduling.
+    fn coordinate(&mut self, now_ms: u64, out: &mut Outbox) {
+        let timing = self.config.formation;
+        let capacity = self.capacity.map(|c| c.capacity);
+        let me_node = self.me_node.clone();
+        let me_id = self.me_id;
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        // A founder (or a coordinator that lost its own entry) records itself first.
+        if !m.group.state().members().contains_key(&me_node) {
+            if let (Some(capacity), false) = (capacity, m.group.change_pending()) {
+                let join = Command::Join {
+                    node: me_node,
+                    capacity,
+                    at_ms: now_ms,
+                };
+                match m.group.propose_change(MemberChange::AddVoter, me_id, &join) {
+                    Ok(output) => self.after_output(now_ms, output, out),
+                    Err(error) => tracing::debug!(%error, "founding join not proposed"),
+                }
+            }
+            return;
+        }
+        // Members never heard count from when we first looked.
+        for id in m.peers.keys() {
+            m.heard.entry(*id).or_insert(now_ms);
+        }
+        m.heard.retain(|id, _| m.peers.contains_key(id));
+        if !m.group.change_pending() {
+            if let Some(silent) =
+                formation::silent_members(now_ms, &timing, me_id, &m.heard).first()
+            {
+                if let Some(peer) = m.peers.get(silent).copied() {
+                    let leave = Command::Leave {
+                        node: NodeId(peer.to_bytes()),
+                    };
+                    tracing::info!(peer_id = %peer, cluster = %m.cluster, "removing a silent member");
+                    match m
+                        .group
+                        .propose_change(MemberChange::Remove, *silent, &leave)
+                    {
+                        Ok(output) => {
+                            self.metrics.change("removed_silent");
+                            self.after_output(now_ms, output, out);
+                        }
+                        Err(error) => tracing::debug!(%error, "removal not proposed"),
+                    }
+                    return;
+                }
+            }
+        }
+        self.hand_over(now_ms, out);
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        if now_ms.saturating_sub(m.last_announce_ms) >= timing.announce_every_ms {
+            m.last_announce_ms = now_ms;
+            self.announce(now_ms, out);
+        }
+        self.maybe_merge(now_ms, out);
+        let Situation::Member(m) = &self.situation else {
+            return;
+        };
+        if m.schedule_soon
+            || now_ms.saturating_sub(m.last_schedule_ms) >= self.config.schedule_every_ms
+        {
+            self.schedule(now_ms, out);
+        }
+    }
+
+    fn hand_over(&mut self, now_ms: u64, out: &mut Outbox) {
+        let me_node = self.me_node.clone();
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        let state = m.group.state();
+        let own = state
+            .members()
+            .get(&me_node)
+            .map_or(0, |member| member.capacity.score_milli);
+        let voters = m.group.configuration().voters;
+        let best = state
+            .members()
+            .iter()
+            .filter(|(node, _)| **node != me_node)
+            .filter_map(|(node, member)| {
+                let id = wire::member_id(&node.0);
+                voters
+                    .contains(&id)
+                    .then_some((id, member.capacity.score_milli))
+            })
+            .filter(|(id, _)| {
+                m.heard
+                    .get(id)
+                    .is_some_and(|h| now_ms.saturating_sub(*h) < 2_000)
+            })
+            .max_by_key(|(_, score)| *score);
+        if let Some(to) = m.hysteresis.observe(now_ms, own, best) {
+            tracing::info!(cluster = %m.cluster, to, "handing the coordination to a better-scored member");
+            self.metrics.change("transferred");
+            let output = m.group.transfer_leader(to);
+            self.after_output(now_ms, output, out);
+        }
+    }
+
+    fn announce(&mut self, now_ms: u64, out: &mut Outbox) {
+        let Situation::Member(m) = &self.situation else {
+            return;
+        };
+        let state = m.group.state();
+        let announcement = Announcement {
+            cluster: m.cluster.clone(),
+            term: m.group.term(),
+            coordinator: self.me.to_bytes(),
+            members: state
+                .members()
+                .keys()
+                .map(|n| ByteBuf::from(n.0.clone()))
+                .collect(),
+            queued: u32::try_from(state.queued().count()).unwrap_or(u32::MAX),
+            at_ms: now_ms,
+        };
+        self.announcements
+            .insert(m.cluster.clone(), (self.me, announcement.clone()));
+        let body = match fogmesh_store::codec::encode(&announcement) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(%error, "announcement not encodable");
+                return;
+            }
+        };
+        self.announce_seq += 1;
+        match envelope::seal(
+            &self.keypair,
+            MessageKind::ClusterAnnouncement,
+            self.announce_seq,
+            now_ms,
+            body,
+        ) {
+            Ok(data) => out.push(Effect::Publish {
+                topic: ANNOUNCE_TOPIC.into(),
+                data,
+            }),
+            Err(error) => tracing::warn!(%error, "announcement not sealed"),
+        }
+    }
+
+    fn maybe_merge(&mut self, now_ms: u64, out: &mut Outbox) {
+        let timing = self.config.formation;
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        // Only a settled cluster merges (not one still gathering its first members).
+        if now_ms.saturating_sub(m.since_ms) < timing.found_after_ms + timing.found_jitter_ms {
+            return;
+        }
+        let size = m.group.state().members().len();
+        let connected = &self.connected;
+        let target = formation::merge_target(
+            now_ms,
+            &timing,
+            &m.cluster,
+            size,
+            self.announcements.values().map(|(_, a)| a),
+            |p| PeerId::from_bytes(p).is_ok_and(|p| connected.contains(&p)),
+        )
+        .map(|a| a.cluster.clone());
+        if let Some(into) = target {
+            tracing::info!(cluster = %m.cluster, %into, "merging into a larger cluster");
+            match m.group.propose(&Command::Dissolve { into }) {
+                Ok(output) => self.after_output(now_ms, output, out),
+                Err(error) => tracing::debug!(%error, "dissolve not proposed"),
+            }
+        }
+    }
+
+    fn schedule(&mut self, now_ms: u64, out: &mut Outbox) {
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        m.schedule_soon = false;
+        m.last_schedule_ms = now_ms;
+        let placements = m.group.plan(now_ms, 256);
+        for command in placements {
+            let Situation::Member(m) = &mut self.situation else {
+                return;
+            };
+            match m.group.propose(&command) {
+                Ok(output) => {
+                    self.metrics.placements.inc();
+                    self.after_output(now_ms, output, out);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "placement not proposed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn cluster_event(&mut self, reason: &str, out: &mut Outbox) {
+        let (state, cluster, term, leader, members) = match &self.situation {
+            Situation::Unclustered { .. } => ("unclustered".to_string(), None, 0, None, 0),
+            Situation::Member(m) => (
+                if m.joined { "member" } else { "joining" }.to_string(),
+                Some(m.cluster.clone()),
+                m.group.term(),
+                m.group.leader(),
+                m.group.state().members().len(),
+            ),
+        };
+        self.metrics.members.set(members as i64);
+        self.metrics
+            .term
+            .set(i64::try_from(term).unwrap_or(i64::MAX));
+        let coordinating = matches!(&self.situation, Situation::Member(m) if m.group.is_leader());
+        self.metrics.coordinator.set(i64::from(coordinating));
+        let key = (state.clone(), cluster.clone(), term, leader, members);
+        if self.last_event.as_ref() == Some(&key) {
+            return;
+        }
+        self.last_event = Some(key);
+        let coordinator = match &self.situation {
+            Situation::Member(m) => m.coordinator_peer().map(|p| p.to_string()),
+            Situation::Unclustered { .. } => None,
+        };
+        out.event(NodeEvent::Cluster {
+            state,
+            cluster,
+            term,
+            coordinator,
+            members,
+            reason: reason.to_owned(),
+        });
+    }
+
+    // ---- inbound requests ----
+
+    /// A request from `peer`; the answer goes back on its stream.
+    pub fn on_request(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        roles: &PeerRoles,
+        request: ClusterRequest,
+        out: &mut Outbox,
+    ) -> ClusterResponse {
+        let refuse = |metrics: &ClusterMetrics, reason: &'static str, text: &str| {
+            metrics.refuse(reason);
+            ClusterResponse::Refused {
+                reason: text.to_owned(),
+            }
+        };
+        match request {
+            ClusterRequest::Raft { frame } => {
+                self.on_raft(now_ms, peer, &frame, out);
+                ClusterResponse::Ack
+            }
+            ClusterRequest::Fetch { hash } => match self.blobs.get(&hash) {
+                Some(bytes) => ClusterResponse::Blob(ByteBuf::from(bytes)),
+                None => ClusterResponse::Missing,
+            },
+            ClusterRequest::Status { task } => ClusterResponse::Status(self.task_report(&task)),
+            ClusterRequest::Join { cluster, capacity } => {
+                if !(roles.has("worker") || roles.has("coordinator")) {
+                    return refuse(
+                        &self.metrics,
+                        "join_without_role",
+                        "joining takes the worker or coordinator role",
+                    );
+                }
+                self.on_join(
+                    now_ms,
+                    peer,
+                    roles.has("coordinator"),
+                    cluster,
+                    capacity,
+                    out,
+                )
+            }
+            ClusterRequest::Submit {
+                spec,
+                module,
+                input,
+                forwarded,
+            } => {
+                let as_submitter = roles.has("submitter") && spec.submitter == peer.to_bytes();
+                let as_forwarder = forwarded && (roles.has("worker") || roles.has("coordinator"));
+                if !(as_submitter || as_forwarder) {
+                    return refuse(
+                        &self.metrics,
+                        "submit_without_role",
+                        "submitting takes the submitter role (and the task must name you)",
+                    );
+                }
+                self.on_submit(now_ms, spec, module, input, out)
+            }
+            ClusterRequest::Propose { cluster, command } => {
+                self.on_propose(now_ms, peer, cluster, command, None, out)
+            }
+            ClusterRequest::Finished {
+                cluster,
+                command,
+                result,
+            } => self.on_propose(now_ms, peer, cluster, command, Some(result.into_vec()), out),
+        }
+    }
+
+    fn not_coordinator(&self) -> ClusterResponse {
+        let hint = match &self.situation {
+            Situation::Member(m) => m.coordinator_peer().map(|p| ByteBuf::from(p.to_bytes())),
+            Situation::Unclustered { .. } => None,
+        };
+        ClusterResponse::NotCoordinator { hint }
+    }
+
+    fn on_join(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        voter: bool,
+        cluster: String,
+        capacity: NodeCapacity,
+        out: &mut Outbox,
+    ) -> ClusterResponse {
+        let Situation::Member(m) = &mut self.situation else {
+            self.metrics.refuse("join_not_member");
+            return ClusterResponse::Refused {
+                reason: "not in a cluster".into(),
+            };
+        };
+        if m.cluster != cluster {
+            self.metrics.refuse("join_other_cluster");
+            return ClusterResponse::Refused {
+                reason: format!("this node is in cluster {}", m.cluster),
+            };
+        }
+        if !m.group.is_leader() {
+            return self.not_coordinator();
+        }
+        let node = NodeId(peer.to_bytes());
+        if m.group.state().members().contains_key(&node) {
+            return ClusterResponse::Joining;
+        }
+        if m.group.state().members().len() >= formation::TARGET_SIZE {
+            self.metrics.refuse("join_full");
+            return ClusterResponse::Refused {
+                reason: "the cluster is full".into(),
+            };
+        }
+        let change = if voter {
+            MemberChange::AddVoter
+        } else {
+            MemberChange::AddLearner
+        };
+        let id = wire::member_id(&peer.to_bytes());
+        let join = Command::Join {
+            node,
+            capacity,
+            at_ms: now_ms,
+        };
+        match m.group.propose_change(change, id, &join) {
+            Ok(output) => {
+                m.peers.insert(id, peer);
+                m.heard.insert(id, now_ms);
+                tracing::info!(peer_id = %peer, cluster = %m.cluster, voter, "adding a member");
+                self.after_output(now_ms, output, out);
+                ClusterResponse::Joining
+            }
+            Err(GroupError::ChangePending) => ClusterResponse::Refused {
+                reason: "busy with another membership change; ask again".into(),
+            },
+            Err(error) => ClusterResponse::Refused {
+                reason: error.to_string(),
+            },
+        }
+    }
+
+    fn on_propose(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        cluster: String,
+        command: Command,
+        result: Option<Vec<u8>>,
+        out: &mut Outbox,
+    ) -> ClusterResponse {
+        let Situation::Member(m) = &self.situation else {
+            self.metrics.refuse("propose_not_member");
+            return ClusterResponse::Refused {
+                reason: "not in a cluster".into(),
+            };
+        };
+        if m.cluster != cluster {
+            self.metrics.refuse("propose_other_cluster");
+            return ClusterResponse::Refused {
+                reason: format!("this node is in cluster {}", m.cluster),
+            };
+        }
+        if !m.group.is_leader() {
+            return self.not_coordinator();
+        }
+        let sender = NodeId(peer.to_bytes());
+        let allowed = match &command {
+            Command::Started { node, .. }
+            | Command::Failed { node, .. }
+            | Command::Report { node, .. } => {
+                *node == sender && m.group.state().members().contains_key(&sender)
+            }
+            Command::Finished {
+                node, result: hash, ..
+            } => {
+                *node == sender
+                    && m.group.state().members().contains_key(&sender)
+                    && result
+                        .as_ref()
+                        .is_some_and(|r| crate::cluster::blobs::hash(r) == *hash)
+            }
+            Command::Cancel { task } => m
+                .group
+                .state()
+                .task(task)
+                .is_some_and(|t| t.spec.submitter == sender.0),
+            _ => false,
+        };
+        if !allowed {
+            self.metrics.refuse("propose_not_allowed");
+            return ClusterResponse::Refused {
+                reason: "not a command this node may propose".into(),
+            };
+        }
+        if let Some(result) = result {
+            // The result is on the coordinator's disk before the cluster calls it done.
+            if let Err(error) = self.blobs.put(&result) {
+                return ClusterResponse::Refused {
+                    reason: format!("cannot store the result: {error}"),
+                };
+            }
+            self.metrics.blobs.set(self.blobs.count() as i64);
+        }
+        let _ = now_ms;
+        match self.propose(command, out) {
+            Ok(()) => ClusterResponse::Proposed { cluster },
+            Err(reason) => ClusterResponse::Refused { reason },
+        }
+    }
+
+    // ---- answers to our requests ----
+
+    /// The answer to a request this service sent with `token` (or why none came).
+    pub fn on_response(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        token: u64,
+        response: Result<ClusterResponse, String>,
+        out: &mut Outbox,
+    ) {
+        let Some(pending) = self.pending.remove(&token) else {
+            return;
+        };
+        match pending {
+            Pending::Join { cluster } => self.on_join_answer(now_ms, peer, cluster, response),
+            Pending::Submit { task } => self.on_submit_answer(now_ms, task, response),
+            Pending::Status { task } => self.on_status_answer(now_ms, task, response, out),
+            Pending::Fetch { hash, purpose } => {
+                self.on_fetched(now_ms, hash, purpose, response, out)
+            }
+            Pending::Report => {
+                if let Ok(ClusterResponse::Refused { reason }) = &response {
+                    tracing::debug!(%reason, "report refused");
+                }
+            }
+        }
+    }
+
+    fn on_join_answer(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        cluster: String,
+        response: Result<ClusterResponse, String>,
+    ) {
+        let Situation::Unclustered { asked, .. } = &mut self.situation else {
+            return;
+        };
+        if asked.as_ref().map(|(c, _)| c) != Some(&cluster) {
+            return;
+        }
+        match response {
+            Ok(ClusterResponse::Joining) => {
+                if let Err(error) = self.remember_membership(&cluster, &[], Some(peer)) {
+                    tracing::warn!(%error, "cannot record the join");
+                    return;
+                }
+                match self.open_group(&cluster, &[]) {
+                    Ok(group) => {
+                        let membership = self.new_membership(cluster, group, now_ms, Some(peer));
+                        self.situation = Situation::Member(Box::new(membership));
+                        self.prefer = None;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot open the joined cluster's log"),
+                }
+            }
+            other => {
+                let text = match other {
+                    Ok(ClusterResponse::Refused { reason }) => reason,
+                    Ok(other) => format!("{other:?}"),
+                    Err(error) => error,
+                };
+                tracing::debug!(%cluster, reason = %text, "join refused");
+                *asked = None;
+                // A busy coordinator is asked again next round; a full or wrong one later.
+                if !text.starts_with("busy") {
+                    self.avoid
+                        .insert(cluster, now_ms + self.config.formation.join_timeout_ms);
+                }
+            }
+        }
+    }
+
+    // ---- announcements ----
+
+    fn on_announcement(&mut self, now_ms: u64, data: &[u8]) -> MessageAcceptance {
+        if data.len() > MAX_ANNOUNCEMENT_BYTES + 512 {
+            self.metrics.refuse("announcement_oversized");
+            return MessageAcceptance::Reject;
+        }
+        let opened = match envelope::open(data, MessageKind::ClusterAnnouncement) {
+            Ok(opened) => opened,
+            Err(_) => {
+                self.metrics.refuse("announcement_bad_envelope");
+                return MessageAcceptance::Reject;
+            }
+        };
+        let announcement: Announcement =
+            match fogmesh_store::codec::decode_bounded(&opened.body, MAX_ANNOUNCEMENT_BYTES) {
+                Ok(a) => a,
+                Err(_) => {
+                    self.metrics.refuse("announcement_malformed");
+                    return MessageAcceptance::Reject;
+                }
+            };
+        if announcement.coordinator != opened.origin.to_bytes()
+            || announcement.cluster.len() > wire::MAX_CLUSTER_ID
+            || announcement.members.len() > formation::TARGET_SIZE * 2
+        {
+            self.metrics.refuse("announcement_inconsistent");
+            return MessageAcceptance::Reject;
+        }
+        // A clock far ahead would keep it "fresh" for ever.
+        if announcement.at_ms > now_ms + 60_000 {
+            self.metrics.refuse("announcement_from_the_future");
+            return MessageAcceptance::Ignore;
+        }
+        if !announcement.is_fresh(now_ms, &self.config.formation) {
+            return MessageAcceptance::Ignore;
+        }
+        let newer = self
+            .announcements
+            .get(&announcement.cluster)
+            .is_none_or(|(_, held)| {
+                (announcement.term, announcement.at_ms) > (held.term, held.at_ms)
+            });
+        if !newer {
+            return MessageAcceptance::Ignore;
+        }
+        if !self.announcements.contains_key(&announcement.cluster)
+            && self.announcements.len() >= formation::MAX_ANNOUNCEMENTS
+        {
+            // Full: the stalest one goes.
+            if let Some(stalest) = self
+                .announcements
+                .iter()
+                .min_by_key(|(_, (_, a))| a.at_ms)
+                .map(|(id, _)| id.clone())
+            {
+                self.announcements.remove(&stalest);
+            }
+        }
+        self.announcements
+            .insert(announcement.cluster.clone(), (opened.origin, announcement));
+        MessageAcceptance::Accept
+    }
+}
+
+fn task_event(
+    cluster: &str,
+    command: &Command,
+    outcome: &Result<Applied, Refusal>,
+    out: &mut Outbox,
+) {
+    let (id, node) = match command {
+        Command::Submit { spec } => (spec.id, None),
+        Command::Assign { task, node, .. }
+        | Command::Started { task, node, .. }
+        | Command::Finished { task, node, .. }
+        | Command::Failed { task, node, .. } => (*task, Some(node)),
+        Command::Cancel { task } => (*task, None),
+        _ => return,
+    };
+    let (state, detail) = match outcome {
+        Ok(Applied::Submitted) => ("queued", None),
+        Ok(Applied::Assigned) => ("assigned", None),
+        Ok(Applied::Started) => ("running", None),
+        Ok(Applied::Finished) => ("done", None),
+        Ok(Applied::Failed { retry: true }) => ("queued", failure_reason(command)),
+        Ok(Applied::Failed { retry: false }) => ("failed", failure_reason(command)),
+        Ok(Applied::Cancelled) => ("cancelled", None),
+        Ok(_) => return,
+        Err(refusal) => ("refused", Some(refusal.to_string())),
+    };
+    out.event(NodeEvent::Task {
+        id: id.to_string(),
+        state: state.into(),
+        node: node
+            .and_then(|n| PeerId::from_bytes(&n.0).ok())
+            .map(|p| p.to_string()),
+        cluster: Some(cluster.to_owned()),
+        detail,
+    });
+}
+
+fn failure_reason(command: &Command) -> Option<String> {
+    match command {
+        Command::Failed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+impl Service for ClusterService {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ANNOUNCE_TOPIC.into()]
+    }
+
+    fn on_start(&mut self, now_ms: u64, out: &mut Outbox) {
+        out.timer(now_ms + group::TICK_MS, Timer::ClusterTick);
+        self.cluster_event("started", out);
+    }
+
+    fn on_gossip(
+        &mut self,
+        now_ms: u64,
+        msg: GossipIn<'_>,
+        _out: &mut Outbox,
+    ) -> MessageAcceptance {
+        self.on_announcement(now_ms, msg.data)
+    }
+
+    fn on_timer(&mut self, now_ms: u64, timer: Timer, out: &mut Outbox) {
+        if timer == Timer::ClusterTick {
+            self.tick(now_ms, out);
+            out.timer(now_ms + group::TICK_MS, Timer::ClusterTick);
+        }
+    }
+
+    fn on_notice(&mut self, now_ms: u64, notice: &Notice, out: &mut Outbox) {
+        match notice {
+            Notice::PeerConnected(peer) => {
+                self.connected.insert(*peer);
+            }
+            Notice::PeerDisconnected(peer) => {
+                self.connected.remove(peer);
+            }
+            Notice::DeviceChanged(view) => {
+                self.capacity = Some(DeviceCapacity::of(view));
+                if let (Situation::Member(m), Some(c)) = (&mut self.situation, self.capacity) {
+                    m.group.set_priority(i64::from(c.capacity.score_milli));
+                }
+                self.report_capacity(out);
+            }
+            _ => {}
+        }
+        let _ = now_ms;
+    }
+}

@@ -1,0 +1,163 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Fog clusters on the in-memory network: nodes form a cluster with no configuration, a
+//! task submitted anywhere runs and its result comes back to the submitter, and when the
+//! coordinator stops another takes over and the cluster goes on taking tasks.
+
+mod common;
+
+use std::time::Duration;
+
+use fogmesh_consensus::task::{Priority, Requirements, TaskId};
+use fogmesh_node::api::{ControlCommand, TaskCommand};
+use fogmesh_node::memnet::{MemNet, Topology};
+use fogmesh_node::services::cluster::{SubmitTask, TaskView};
+
+fn workload(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../examples/workloads/{name}.wat",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    fogmesh_node::exec::assemble(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn checksum_task(input: &[u8]) -> SubmitTask {
+    SubmitTask {
+        module: workload("checksum"),
+        input: Some(input.to_vec()),
+        priority: Priority::High,
+        requirements: Requirements {
+            cpu_millicores: 100,
+            memory_mb: 16,
+            duration_ms: 2_000,
+            gpu: false,
+        },
+    }
+}
+
+async fn ask<T>(
+    net: &MemNet,
+    node: usize,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> TaskCommand,
+) -> T {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    net.state(node)
+        .unwrap()
+        .commands
+        .send(ControlCommand::Task(make(reply)))
+        .await
+        .unwrap();
+    answer.await.unwrap()
+}
+
+async fn submit(net: &MemNet, node: usize, task: SubmitTask) -> TaskId {
+    let id = ask(net, node, |reply| TaskCommand::Submit { task, reply })
+        .await
+        .unwrap();
+    id.parse().unwrap()
+}
+
+async fn status(net: &MemNet, node: usize, id: TaskId) -> Option<TaskView> {
+    ask(net, node, |reply| TaskCommand::Status { id, reply }).await
+}
+
+async fn wait_done(net: &MemNet, node: usize, id: TaskId, within: Duration) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(bytes) = ask(net, node, |reply| TaskCommand::Result { id, reply }).await {
+            return bytes;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} not done in {within:?}: {:?}",
+            status(net, node, id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn cluster_of(net: &MemNet, node: usize) -> (String, Option<String>, usize) {
+    let view = net.state(node).unwrap().cluster.read().unwrap().clone();
+    (
+        view.cluster
+            .clone()
+            .filter(|_| view.state == "member")
+            .unwrap_or_default(),
+        view.coordinator.clone(),
+        view.members.len(),
+    )
+}
+
+fn one_cluster_of(net: &MemNet, nodes: &[usize]) -> bool {
+    let first = cluster_of(net, nodes[0]);
+    !first.0.is_empty()
+        && first.1.is_some()
+        && nodes.iter().all(|n| {
+            let c = cluster_of(net, *n);
+            c.0 == first.0 && c.1 == first.1 && c.2 == nodes.len()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_form_a_cluster_run_tasks_and_survive_their_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), Duration::from_secs(1))
+        .nodes(4)
+        .topology(Topology::Star)
+        .start()
+        .await
+        .unwrap();
+    let all = [0, 1, 2, 3];
+    let formed = net
+        .wait_for(|n| one_cluster_of(n, &all), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|_| panic!("no single cluster: {:?}", all.map(|i| cluster_of(&net, i))));
+
+    eprintln!("one cluster of 4 after {formed:?}");
+    // A task submitted on one node runs somewhere and its result comes back to it.
+    let input: Vec<u8> = (0..=255u8).collect();
+    let expected: u32 = input.iter().map(|b| u32::from(*b)).sum();
+    let first = submit(&net, 3, checksum_task(&input)).await;
+    let output = wait_done(&net, 3, first, Duration::from_secs(30)).await;
+    assert_eq!(output, expected.to_le_bytes());
+
+    // The coordinator stops; the others elect another and take tasks again.
+    let (_, coordinator, _) = cluster_of(&net, 0);
+    let coordinator = coordinator.unwrap();
+    let stopped = all
+        .into_iter()
+        .find(|i| net.peer_id(*i).unwrap().to_string() == coordinator)
+        .unwrap();
+    net.stop(stopped).await.unwrap();
+    let rest: Vec<usize> = all.into_iter().filter(|i| *i != stopped).collect();
+    net.wait_for(
+        |n| {
+            rest.iter().all(|i| {
+                let (_, c, _) = cluster_of(n, *i);
+                c.is_some_and(|c| c != coordinator)
+            })
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no new coordinator: {:?}",
+            rest.iter()
+                .map(|i| cluster_of(&net, *i))
+                .collect::<Vec<_>>()
+        )
+    });
+    eprintln!("coordinator {stopped} stopped; the others followed another");
+    let submitter = rest[rest.len() - 1];
+    let second = submit(&net, submitter, checksum_task(b"abc")).await;
+    let output = wait_done(&net, submitter, second, Duration::from_secs(60)).await;
+    assert_eq!(output, (97u32 + 98 + 99).to_le_bytes());
+    // The first result is still there on its submitter (if it survived).
+    if stopped != 3 {
+        assert_eq!(
+            wait_done(&net, 3, first, Duration::from_secs(5)).await,
+            expected.to_le_bytes()
+        );
+    }
+    net.shutdown().await;
+}
