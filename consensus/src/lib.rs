@@ -21,3 +21,6 @@ pub mod scheduler;
 pub mod state;
 pub mod task;
 pub mod wire;
+
+/// raft-rs, for callers that build or inspect raft messages (tests, fuzzers).
+pub use raft;

@@ -237,6 +237,47 @@ impl ControlClient {
         self.post("/v1/revocations", revocation, None).await
     }
 
+    pub async fn cluster(&self) -> Result<crate::services::cluster::ClusterView, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
+    pub async fn tasks(&self) -> Result<Vec<crate::services::cluster::TaskView>, ClientError> {
+        self.get("/v1/tasks").await
+    }
+
+    pub async fn task(&self, id: &str) -> Result<crate::services::cluster::TaskView, ClientError> {
+        let path = format!("/v1/tasks/{id}");
+        let response = self.send(self.http.get(self.url(&path)), &path).await?;
+        response.json().await.map_err(|e| self.unreachable(e))
+    }
+
+    /// Hands a task to the node; answers its id once it is on disk there.
+    pub async fn submit_task(
+        &self,
+        request: &crate::api::SubmitTaskRequest,
+    ) -> Result<crate::api::SubmittedTask, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Refused(e.to_string()))?;
+        self.post("/v1/tasks", body, Some("application/json")).await
+    }
+
+    pub async fn cancel_task(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/tasks/{id}");
+        let response = self.send(self.http.delete(self.url(&path)), &path).await?;
+        response.json().await.map_err(|e| self.unreachable(e))
+    }
+
+    /// A finished task's output.
+    pub async fn task_result(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/tasks/{id}/result");
+        let response = self.send(self.http.get(self.url(&path)), &path).await?;
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        Ok(bytes.to_vec())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
     async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -244,17 +285,25 @@ impl ControlClient {
         content_type: Option<&str>,
     ) -> Result<T, ClientError> {
         let unreachable = |e: reqwest::Error| self.unreachable(e);
-        let mut request = self
-            .http
-            .post(format!("http://{}{}", self.addr, path))
-            .body(body);
+        let mut request = self.http.post(self.url(path)).body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
-        let response = request.send().await.map_err(unreachable)?;
+        let response = self.send(request, path).await?;
+        response.json().await.map_err(unreachable)
+    }
+
+    /// Sends a request; a refusal with a reason (4xx with `{"error": ...}`) becomes
+    /// [`ClientError::Refused`].
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(unreachable);
+            return Ok(response);
         }
         let reason = response
             .json::<serde_json::Value>()
@@ -465,6 +514,115 @@ fn peer_or_addr(remote: &str) -> String {
 }
 
 /// `fogmesh inbox`: received messages, then sent ones with their delivery status.
+/// `fogmesh cluster`.
+pub fn render_cluster(view: &crate::services::cluster::ClusterView) -> String {
+    let mut out = String::new();
+    match &view.cluster {
+        Some(cluster) => out.push_str(&format!(
+            "cluster {cluster} ({}), term {}, coordinator {}{}
+  {}
+",
+            view.state,
+            view.term,
+            view.coordinator.as_deref().map_or("none".into(), short_id),
+            if view.is_coordinator {
+                " (this node)"
+            } else {
+                ""
+            },
+            view.why
+        )),
+        None => out.push_str(&format!(
+            "not in a cluster: {}
+",
+            view.why
+        )),
+    }
+    if !view.members.is_empty() {
+        out.push_str(&format!(
+            "members ({}), {} queued, {} running here
+",
+            view.members.len(),
+            view.queued,
+            view.running
+        ));
+        for m in &view.members {
+            let battery = match (m.battery_pct, m.charging) {
+                (Some(pct), Some(true)) => format!("battery {pct}% charging"),
+                (Some(pct), _) => format!("battery {pct}%"),
+                _ => "mains".into(),
+            };
+            out.push_str(&format!(
+                "  {}{} {} score {:.3}  {} cores at {}%, {} MB, {} tasks max, {battery}  load {} tasks, {} mcpu, {} MB
+",
+                if m.coordinator { "*" } else { " " },
+                short_id(&m.peer_id),
+                if m.voter { "voter  " } else { "learner" },
+                m.score,
+                m.cores,
+                m.cpu_pct,
+                m.memory_mb,
+                m.max_tasks,
+                m.tasks,
+                m.cpu_millicores,
+                m.load_memory_mb
+            ));
+        }
+    }
+    if !view.known_clusters.is_empty() {
+        out.push_str(&format!(
+            "clusters heard of ({})
+",
+            view.known_clusters.len()
+        ));
+        for c in &view.known_clusters {
+            out.push_str(&format!(
+                "  {}  coordinator {}, term {}, {} members, {} queued, announced {:.1} s ago
+",
+                c.cluster,
+                short_id(&c.coordinator),
+                c.term,
+                c.members,
+                c.queued,
+                c.age_ms as f64 / 1000.0
+            ));
+        }
+    }
+    out
+}
+
+/// One task, for `fogmesh task status`.
+pub fn render_task(t: &crate::services::cluster::TaskView) -> String {
+    format!(
+        "{}  {} ({}){}{}{}{}",
+        t.id,
+        t.state,
+        t.priority,
+        t.cluster
+            .as_deref()
+            .map_or(String::new(), |c| format!(" in {c}")),
+        t.node
+            .as_deref()
+            .map_or(String::new(), |n| format!(" on {}", short_id(n))),
+        if t.attempts > 0 {
+            format!(", {} failed attempts", t.attempts)
+        } else {
+            String::new()
+        },
+        t.detail
+            .as_deref()
+            .map_or(String::new(), |d| format!(": {d}"))
+    )
+}
+
+/// `fogmesh task list`.
+pub fn render_tasks(tasks: &[crate::services::cluster::TaskView]) -> String {
+    if tasks.is_empty() {
+        return "no tasks known here\n".into();
+    }
+    tasks.iter().map(|t| render_task(t) + "\n").collect()
+}
+
 pub fn render_messages(m: &crate::relay::MessagesView) -> String {
     let mut out = String::new();
     let when = |ms: u64| {

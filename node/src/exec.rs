@@ -189,7 +189,15 @@ pub fn check_module(module: &[u8]) -> Result<(), ExecError> {
         return Err(ExecError::ModuleTooLarge(module.len()));
     }
     let engine = Engine::default();
-    let module = Module::new(&engine, module).map_err(|e| ExecError::Invalid(e.to_string()))?;
+    // wasmi's messages span lines (pretty-printed byte arrays): one line for a person.
+    let module = Module::new(&engine, module).map_err(|e| {
+        ExecError::Invalid(
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    })?;
     if module.imports().len() > 0 {
         return Err(ExecError::Abi(
             "the module imports from the host; tasks may not".into(),

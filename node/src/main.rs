@@ -52,6 +52,12 @@ enum Command {
     Send(SendArgs),
     /// Messages this node received, and those it sent with their delivery status.
     Inbox(QueryArgs),
+    /// This node's fog cluster: its coordinator and term and why, the members with their
+    /// score, limits and load, and the other clusters heard of.
+    Cluster(QueryArgs),
+    /// Compute tasks: submit a WebAssembly module to the mesh and follow it.
+    #[command(subcommand)]
+    Task(TaskCli),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -67,6 +73,62 @@ enum Command {
     /// The node's on-disk store: check it, repair a damaged one.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCli {
+    /// Hand a task to the mesh (this node's ticket must grant `submitter`); prints its id.
+    Submit(TaskSubmitArgs),
+    /// Where a task is: queued (and why it waits), running where, done, failed.
+    Status {
+        id: String,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Tasks this node's cluster holds and those this node submitted.
+    List(QueryArgs),
+    /// A finished task's output (to stdout, or --out FILE).
+    Result {
+        id: String,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Cancel a task this node submitted (a run already under way finishes, its result is
+    /// dropped).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TaskSubmitArgs {
+    /// The WebAssembly module (binary, or WAT text if the file ends in .wat).
+    #[arg(long, value_name = "FILE")]
+    wasm: PathBuf,
+    /// The task's input (at most 4 MiB).
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// critical, high, normal or low.
+    #[arg(long, default_value = "normal")]
+    priority: String,
+    /// CPU the task needs, in cores (0.25 = a quarter of a core).
+    #[arg(long, default_value_t = 1.0)]
+    cpu: f64,
+    /// Memory the task needs, in MB (also its memory cap).
+    #[arg(long, default_value_t = 64)]
+    memory: u32,
+    /// Estimated duration (also its CPU budget), e.g. 30s.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The task needs a GPU.
+    #[arg(long)]
+    gpu: bool,
+    #[command(flatten)]
+    query: QueryArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -494,6 +556,21 @@ enum TestnetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure cluster failover: SIGKILL the coordinator of the largest cluster, time until
+    /// another member coordinates and takes a task; the node is restarted between trials.
+    Failover {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long, default_value_t = 12)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// How long the clusters get to form.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        form_timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure convergence, propagation latency, memory and CPU on testnets.
     Bench {
         #[command(flatten)]
@@ -566,6 +643,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Some(Command::Device(args)) => device_command(args).await,
         Some(Command::Send(args)) => send_command(args).await,
+        Some(Command::Cluster(q)) => {
+            let view = q.client()?.cluster().await?;
+            print_out(q.json, &view, || client::render_cluster(&view))
+        }
+        Some(Command::Task(command)) => task_command(command).await,
         Some(Command::Inbox(q)) => {
             let m = q.client()?.messages().await?;
             print_out(q.json, &m, || client::render_messages(&m))
@@ -708,6 +790,76 @@ fn print_line(text: &str) -> Result<()> {
 }
 
 /// `fogmesh send`.
+async fn task_command(command: TaskCli) -> Result<()> {
+    match command {
+        TaskCli::Submit(args) => {
+            let read = |path: &PathBuf| {
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+            };
+            let mut module = read(&args.wasm)?;
+            if args.wasm.extension().is_some_and(|e| e == "wat") {
+                let text = String::from_utf8(module)
+                    .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", args.wasm.display()))?;
+                module = fogmesh_node::exec::assemble(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", args.wasm.display()))?;
+            }
+            let input = args.input.as_ref().map(read).transpose()?;
+            if !(args.cpu > 0.0 && args.cpu <= 1024.0) {
+                anyhow::bail!("--cpu {} is outside 0..1024 cores", args.cpu);
+            }
+            let request = fogmesh_node::api::SubmitTaskRequest {
+                module_hex: hex::encode(&module),
+                input_hex: input.map(hex::encode),
+                priority: Some(args.priority.clone()),
+                cpu_millicores: (args.cpu * 1000.0).round() as u32,
+                memory_mb: args.memory,
+                duration_ms: u64::try_from(args.duration.as_millis()).unwrap_or(u64::MAX),
+                gpu: args.gpu,
+            };
+            let submitted = args.query.client()?.submit_task(&request).await?;
+            if args.query.json {
+                print_line(&serde_json::to_string_pretty(&submitted)?)
+            } else {
+                print_line(&submitted.id)
+            }
+        }
+        TaskCli::Status { id, query } => {
+            let task = query.client()?.task(&id).await?;
+            print_out(query.json, &task, || client::render_task(&task))
+        }
+        TaskCli::List(q) => {
+            let tasks = q.client()?.tasks().await?;
+            print_out(q.json, &tasks, || client::render_tasks(&tasks))
+        }
+        TaskCli::Result { id, out, query } => {
+            let bytes = query.client()?.task_result(&id).await?;
+            match out {
+                Some(path) => std::fs::write(&path, &bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+                None => {
+                    use std::io::Write;
+                    let mut stdout = std::io::stdout().lock();
+                    match stdout.write_all(&bytes) {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                        other => Ok(other?),
+                    }
+                }
+            }
+        }
+        TaskCli::Cancel { id, query } => {
+            let answer = query.client()?.cancel_task(&id).await?;
+            print_out(query.json, &answer, || {
+                answer
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("cancel requested")
+                    .to_owned()
+            })
+        }
+    }
+}
+
 async fn send_command(args: SendArgs) -> Result<()> {
     let mut words = args.words.into_iter();
     let to = if args.broadcast {
@@ -1044,6 +1196,26 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                 })
                 .collect();
             print_line(&format!("radio changed\n{}", lines.join("\n")))
+        }
+        TestnetCommand::Failover {
+            dir,
+            nodes,
+            trials,
+            form_timeout,
+            json,
+        } => {
+            let options = testnet::failover::FailoverOptions {
+                dir: dir.dir,
+                binary,
+                nodes,
+                trials,
+                module: fogmesh_node::exec::assemble(include_str!(
+                    "../../examples/workloads/empty.wat"
+                ))?,
+                form_timeout,
+            };
+            let report = testnet::failover::failover(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
         }
         TestnetCommand::Bench {
             dir,

@@ -75,7 +75,7 @@ pub fn percentile(sorted: &[u64], pct: f64) -> Option<u64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -102,7 +102,7 @@ fn machine() -> String {
 }
 
 /// CPU and RSS of the given PIDs over `window`.
-async fn measure(pids: &[u32], window: Duration) -> ResourceFigures {
+pub(crate) async fn measure(pids: &[u32], window: Duration) -> ResourceFigures {
     let before: Vec<Option<u64>> = pids.iter().map(|p| procs::cpu_ticks(*p)).collect();
     let started = Instant::now();
     tokio::time::sleep(window).await;

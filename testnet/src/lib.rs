@@ -18,6 +18,7 @@
 //! is still found through its data dir's `control.json` (see [`procs::choose`]).
 
 pub mod bench;
+pub mod failover;
 pub mod probe;
 pub mod procs;
 pub mod radio;
@@ -103,6 +104,8 @@ pub enum TestnetError {
         total: usize,
         dir: PathBuf,
     },
+    #[error("{0}")]
+    NotSettled(String),
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TestnetError + '_ {

@@ -43,6 +43,21 @@ pub struct ReceiptsProbe {
     pub receipts: Vec<Receipt>,
 }
 
+/// The part of `GET /v1/cluster` the testnet tools read.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ClusterProbe {
+    pub state: String,
+    pub cluster: Option<String>,
+    pub term: u64,
+    pub is_coordinator: bool,
+    pub members: Vec<MemberProbe>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MemberProbe {
+    pub peer_id: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Prober {
     http: reqwest::Client,
@@ -89,5 +104,32 @@ impl Prober {
 
     pub async fn receipts(&self, port: u16) -> Option<ReceiptsProbe> {
         self.get(port, "/v1/receipts").await
+    }
+
+    pub async fn cluster(&self, port: u16) -> Option<ClusterProbe> {
+        self.get(port, "/v1/cluster").await
+    }
+
+    /// Submits a task (`POST /v1/tasks` body); its id.
+    pub async fn submit_task(&self, port: u16, body: &serde_json::Value) -> Option<String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let response = self
+            .http
+            .post(format!("http://{addr}/v1/tasks"))
+            .json(body)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let answer: serde_json::Value = response.json().await.ok()?;
+        answer.get("id")?.as_str().map(str::to_owned)
+    }
+
+    /// A task's state (`queued`, `running`, `done`, ...) as a node sees it.
+    pub async fn task_state(&self, port: u16, id: &str) -> Option<String> {
+        let task: serde_json::Value = self.get(port, &format!("/v1/tasks/{id}")).await?;
+        task.get("state")?.as_str().map(str::to_owned)
     }
 }

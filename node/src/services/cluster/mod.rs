@@ -65,6 +65,11 @@ pub const MAX_ANNOUNCEMENT_BYTES: usize = 8 * 1024;
 /// beyond, no new one is sent until some answer (raft messages are not counted: they
 /// expect nothing back).
 pub const MAX_PENDING: usize = 1024;
+/// Placements proposed per scheduling pass, in one batch with one flush: the coordinator is
+/// bound by flushes, not decisions (BENCHMARKS.md: 1,300 placements/s in batches of 256,
+/// 4,500/s in one batch of 1,000). At ~150 bytes an assignment, a batch stays well within
+/// raft's 256 KiB per message.
+const PLACEMENTS_PER_PASS: usize = 1024;
 /// Formation, reports and submissions are looked at every this many ticks (1 s).
 const STEP_TICKS: u64 = 10;
 
@@ -315,6 +320,9 @@ pub struct ClusterService {
     avoid: BTreeMap<String, u64>,
     /// The cluster to join first (the one ours merged into).
     prefer: Option<String>,
+    /// Coordinators of clusters with room being dialled, since when (at most one per
+    /// announcement held).
+    dialing: BTreeMap<PeerId, u64>,
     connected: HashSet<PeerId>,
     capacity: Option<DeviceCapacity>,
     work: work::Work,
@@ -322,6 +330,8 @@ pub struct ClusterService {
     pending: BTreeMap<u64, Pending>,
     next_token: u64,
     ticks: u64,
+    /// Set while placing, so placements applied meanwhile do not place again re-entrantly.
+    scheduling: bool,
     announce_seq: u64,
     last_event: Option<EventKey>,
     metrics: ClusterMetrics,
@@ -399,6 +409,7 @@ impl ClusterService {
             announcements: BTreeMap::new(),
             avoid: BTreeMap::new(),
             prefer: None,
+            dialing: BTreeMap::new(),
             connected: HashSet::new(),
             capacity: None,
             work: work::Work::default(),
@@ -406,6 +417,7 @@ impl ClusterService {
             pending: BTreeMap::new(),
             next_token: 1,
             ticks: 0,
+            scheduling: false,
             announce_seq: 0,
             last_event: None,
             metrics,
@@ -594,7 +606,15 @@ impl ClusterService {
         if members_changed {
             m.refresh_peers();
         }
+        // Local work first: place what just became placeable now, not at the next tick
+        // (submit-to-start is one commit, not a scheduling period).
+        let place_now = m.schedule_soon && m.group.is_leader() && !self.scheduling;
         self.reconcile(now_ms, out);
+        if place_now {
+            self.scheduling = true;
+            self.schedule(now_ms, out);
+            self.scheduling = false;
+        }
     }
 
     fn on_raft(&mut self, now_ms: u64, peer: PeerId, frame: &[u8], out: &mut Outbox) {
@@ -762,10 +782,22 @@ impl ClusterService {
             );
             return;
         }
-        // Clusters with room we cannot reach yet: dial their coordinators.
-        for (coordinator, a) in self.announcements.values() {
-            if a.has_room() && !self.connected.contains(coordinator) {
-                out.push(Effect::Dial { peer: *coordinator });
+        // Clusters with room we cannot reach yet: dial their coordinators, and do not found
+        // a cluster of our own while a dial may still bring one in reach.
+        let coordinators: Vec<PeerId> = self
+            .announcements
+            .values()
+            .filter(|(peer, a)| a.has_room() && !self.connected.contains(peer))
+            .map(|(peer, _)| *peer)
+            .collect();
+        self.dialing.retain(|peer, _| coordinators.contains(peer));
+        for peer in coordinators {
+            let since = *self.dialing.entry(peer).or_insert_with(|| {
+                out.push(Effect::Dial { peer });
+                now_ms
+            });
+            if now_ms.saturating_sub(since) < timing.join_timeout_ms {
+                *quiet_since_ms = now_ms;
             }
         }
         if formation::should_found(
@@ -793,6 +825,21 @@ impl ClusterService {
                 let membership = self.new_membership(cluster, group, now_ms, None);
                 self.situation = Situation::Member(Box::new(membership));
                 self.prefer = None;
+                // Lead, record ourselves and announce at once: the sooner the others hear
+                // of a cluster with room, the fewer found their own.
+                if let Situation::Member(m) = &mut self.situation {
+                    match m.group.campaign() {
+                        Ok(output) => self.after_output(now_ms, output, out),
+                        Err(error) => tracing::debug!(%error, "founder did not campaign"),
+                    }
+                }
+                self.coordinate(now_ms, out);
+                if let Situation::Member(m) = &mut self.situation {
+                    if m.group.is_leader() {
+                        m.last_announce_ms = now_ms;
+                        self.announce(now_ms, out);
+                    }
+                }
                 self.cluster_event("founded", out);
             }
             Err(error) => tracing::warn!(%error, "cannot found a cluster"),
@@ -1062,16 +1109,24 @@ impl ClusterService {
             return;
         }
         let size = m.group.state().members().len();
-        let connected = &self.connected;
         let target = formation::merge_target(
             now_ms,
             &timing,
             &m.cluster,
             size,
             self.announcements.values().map(|(_, a)| a),
-            |p| PeerId::from_bytes(p).is_ok_and(|p| connected.contains(&p)),
+            |_| true,
         )
         .map(|a| a.cluster.clone());
+        // Its coordinator must be in reach, for our members to join it: dial it first.
+        let target = target.filter(|into| match self.announcements.get(into) {
+            Some((peer, _)) if self.connected.contains(peer) => true,
+            Some((peer, _)) => {
+                out.push(Effect::Dial { peer: *peer });
+                false
+            }
+            None => false,
+        });
         if let Some(into) = target {
             tracing::info!(cluster = %m.cluster, %into, "merging into a larger cluster");
             match m.group.propose(&Command::Dissolve { into }) {
@@ -1087,21 +1142,17 @@ impl ClusterService {
         };
         m.schedule_soon = false;
         m.last_schedule_ms = now_ms;
-        let placements = m.group.plan(now_ms, 256);
-        for command in placements {
-            let Situation::Member(m) = &mut self.situation else {
-                return;
-            };
-            match m.group.propose(&command) {
-                Ok(output) => {
-                    self.metrics.placements.inc();
-                    self.after_output(now_ms, output, out);
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "placement not proposed");
-                    break;
-                }
+        let placements = m.group.plan(now_ms, PLACEMENTS_PER_PASS);
+        if placements.is_empty() {
+            return;
+        }
+        // One proposal batch, one flush, whatever the number of placements.
+        match m.group.propose_all(&placements) {
+            Ok(output) => {
+                self.metrics.placements.inc_by(placements.len() as u64);
+                self.after_output(now_ms, output, out);
             }
+            Err(error) => tracing::debug!(%error, "placements not proposed"),
         }
     }
 
@@ -1585,3 +1636,6 @@ impl Service for ClusterService {
         let _ = now_ms;
     }
 }
+
+#[cfg(test)]
+mod tests;
