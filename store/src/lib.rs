@@ -24,6 +24,7 @@ pub mod batch;
 pub mod codec;
 pub mod generation;
 pub mod integrity;
+pub mod kv;
 pub mod ordered;
 mod redo;
 pub mod task;
