@@ -85,10 +85,25 @@ pub struct Announcement {
     /// PeerId bytes of every member, the coordinator included.
     pub members: Vec<serde_bytes::ByteBuf>,
     pub queued: u32,
+    /// When it was sent (the coordinator's clock); a receiver replaces it with when it
+    /// heard it ([`Announcement::mark_received`]) and keeps the sender's in `sent_at_ms`.
     pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<u64>,
 }
 
 impl Announcement {
+    /// Freshness counts from `now_ms`, when this node heard it.
+    pub fn mark_received(&mut self, now_ms: u64) {
+        self.sent_at_ms = Some(self.at_ms);
+        self.at_ms = now_ms;
+    }
+
+    /// The coordinator's own time of sending.
+    pub fn sent_ms(&self) -> u64 {
+        self.sent_at_ms.unwrap_or(self.at_ms)
+    }
+
     pub fn size(&self) -> usize {
         self.members.len()
     }
@@ -261,6 +276,7 @@ mod tests {
                 .collect(),
             queued: 0,
             at_ms,
+            sent_at_ms: None,
         }
     }
 

@@ -87,6 +87,10 @@ pub enum GroupError {
     DiskFailed(String),
     #[error("a membership change is still in progress")]
     ChangePending,
+    #[error("raft stopped on an impossible message")]
+    Panicked,
+    #[error("impossible message refused: {0}")]
+    Impossible(&'static str),
     #[error("cannot load the raft disk: {0}")]
     Load(#[from] DiskError),
 }
@@ -247,12 +251,32 @@ impl ClusterNode {
 
     /// A message from another member. Messages for another group member id, or that raft
     /// rejects, are dropped with the error.
+    ///
+    /// raft-rs panics on a few impossible messages (a commit index beyond the log, an
+    /// append that rewrites committed entries): the first is refused here, and any panic is
+    /// caught and stops the member (`GroupError::Panicked`), so a misbehaving voter cannot
+    /// crash the node.
     pub fn step(&mut self, message: Message) -> Result<Output, GroupError> {
         self.check_disk()?;
         if message.to != self.id {
             return Err(GroupError::Raft(raft::Error::StepPeerNotFound));
         }
-        self.raw.step(message)?;
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+            && message.commit > self.raw.raft.raft_log.last_index()
+        {
+            return Err(GroupError::Impossible(
+                "a heartbeat's commit beyond our log",
+            ));
+        }
+        let raw = &mut self.raw;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.step(message))) {
+            Ok(stepped) => stepped?,
+            Err(_) => {
+                tracing::error!("raft refused an impossible message; this member stops");
+                self.disk_failed = Some("raft stopped on an impossible message".into());
+                return Err(GroupError::Panicked);
+            }
+        }
         Ok(self.drain())
     }
 

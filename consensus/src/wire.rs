@@ -40,6 +40,8 @@ pub enum WireError {
     NotMember,
     #[error("members do not send this kind of raft message to each other")]
     ForbiddenType,
+    #[error("only a voting member may lead or ask for votes")]
+    NotVoter,
 }
 
 impl WireError {
@@ -54,6 +56,7 @@ impl WireError {
             WireError::Spoofed => "spoofed",
             WireError::NotMember => "not_member",
             WireError::ForbiddenType => "forbidden_type",
+            WireError::NotVoter => "not_voter",
         }
     }
 }
@@ -151,6 +154,36 @@ pub fn admit(
     Ok(())
 }
 
+/// The second half of admission, once the group's configuration is known: messages only a
+/// leader sends (appends, heartbeats) or a candidate sends (vote requests) are accepted only
+/// from voters — a learner (a `worker`) must not be able to lead — and "time out now" only
+/// from the leader this member follows. `leaders` are the voters, plus the coordinator a
+/// joiner asked while it does not know the configuration yet.
+pub fn admit_role(
+    message: &Message,
+    leaders: &[u64],
+    leader: Option<u64>,
+) -> Result<(), WireError> {
+    use raft::eraftpb::MessageType as T;
+    match message.get_msg_type() {
+        T::MsgAppend | T::MsgHeartbeat | T::MsgRequestVote | T::MsgRequestPreVote => {
+            if leaders.contains(&message.from) {
+                Ok(())
+            } else {
+                Err(WireError::NotVoter)
+            }
+        }
+        T::MsgTimeoutNow => {
+            if leader == Some(message.from) {
+                Ok(())
+            } else {
+                Err(WireError::NotVoter)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +206,26 @@ mod tests {
             .collect::<Vec<_>>()
             .into();
         m
+    }
+
+    #[test]
+    fn only_voters_lead_or_campaign_and_only_the_leader_times_out_others() {
+        let append = message(7, 2, 1);
+        assert_eq!(
+            admit_role(&append, &[1, 2, 3], Some(1)),
+            Err(WireError::NotVoter)
+        );
+        assert_eq!(admit_role(&append, &[1, 2, 3, 7], Some(1)), Ok(()));
+        let mut response = message(7, 2, 0);
+        response.set_msg_type(MessageType::MsgAppendResponse);
+        assert_eq!(admit_role(&response, &[1, 2, 3], Some(1)), Ok(()));
+        let mut timeout = message(3, 2, 0);
+        timeout.set_msg_type(MessageType::MsgTimeoutNow);
+        assert_eq!(
+            admit_role(&timeout, &[1, 2, 3], Some(1)),
+            Err(WireError::NotVoter)
+        );
+        assert_eq!(admit_role(&timeout, &[1, 2, 3], Some(3)), Ok(()));
     }
 
     #[test]

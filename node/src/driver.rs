@@ -462,11 +462,12 @@ impl Driver {
                 request,
                 token,
             } => {
-                let request_id = self
-                    .swarm
-                    .behaviour_mut()
-                    .cluster
-                    .send_request(&peer, *request);
+                let behaviour = self.swarm.behaviour_mut();
+                let request_id = if request.is_bulk() {
+                    behaviour.cluster_bulk.send_request(&peer, *request)
+                } else {
+                    behaviour.cluster.send_request(&peer, *request)
+                };
                 if token != 0 {
                     self.cluster_requests.insert(request_id, (peer, token));
                 }
@@ -488,7 +489,13 @@ impl Driver {
                 limits,
             } => {
                 self.task_runs.push(tokio::task::spawn_blocking(move || {
-                    (task, term, crate::exec::run(&module, &input, limits))
+                    // A panic inside the interpreter is that task's failure, not a lost run.
+                    let outcome =
+                        std::panic::catch_unwind(|| crate::exec::run(&module, &input, limits))
+                            .unwrap_or_else(|_| {
+                                Err(ExecError::Trap("the interpreter panicked".into()))
+                            });
+                    (task, term, outcome)
                 }));
             }
         }
@@ -527,7 +534,7 @@ impl Driver {
         }
     }
 
-    fn on_cluster_event(&mut self, event: cluster_protocol::Event) {
+    fn on_cluster_event(&mut self, event: cluster_protocol::Event, bulk: bool) {
         use libp2p::request_response::{Event, Message};
         let now = now_ms();
         match event {
@@ -543,11 +550,12 @@ impl Driver {
                 let answer =
                     self.with_cluster(|c, out| c.on_request(now, peer, &roles, request, out));
                 // The peer may have gone meanwhile: nothing to answer then.
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .cluster
-                    .send_response(channel, answer);
+                let behaviour = self.swarm.behaviour_mut();
+                let _ = if bulk {
+                    behaviour.cluster_bulk.send_response(channel, answer)
+                } else {
+                    behaviour.cluster.send_response(channel, answer)
+                };
             }
             Event::Message {
                 peer,
@@ -846,7 +854,8 @@ impl Driver {
             }
             BehaviourEvent::Kad(_) => {}
             BehaviourEvent::Relay(event) => self.on_relay_event(event),
-            BehaviourEvent::Cluster(event) => self.on_cluster_event(event),
+            BehaviourEvent::Cluster(event) => self.on_cluster_event(event, false),
+            BehaviourEvent::ClusterBulk(event) => self.on_cluster_event(event, true),
             BehaviourEvent::Limits(never) => match never {},
         }
     }

@@ -105,6 +105,7 @@ pub(crate) struct Behaviour {
     pub(crate) ping: ping::Behaviour,
     pub(crate) relay: crate::relay::protocol::Behaviour,
     pub(crate) cluster: crate::cluster::protocol::Behaviour,
+    pub(crate) cluster_bulk: crate::cluster::protocol::Behaviour,
 }
 
 /// Which transports a node runs on.
@@ -741,6 +742,7 @@ fn build_behaviour(
         ping: ping::Behaviour::new(ping::Config::new()),
         relay: crate::relay::protocol::behaviour(),
         cluster: crate::cluster::protocol::behaviour(),
+        cluster_bulk: crate::cluster::protocol::bulk_behaviour(),
     })
 }
 

@@ -1,7 +1,15 @@
-//! `/fogmesh/cluster/1`: what cluster members, joiners and submitters say to each other on
-//! a direct link. One request per stream: a u32 big-endian length and a CBOR
-//! [`ClusterRequest`]; the answer the same way with a [`ClusterResponse`]. Lengths above
-//! [`MAX_REQUEST_BYTES`] / [`MAX_RESPONSE_BYTES`] are refused before anything is read.
+//! What cluster members, joiners and submitters say to each other on a direct link, on two
+//! request-response protocols with the same messages and different bounds:
+//! - `/fogmesh/cluster/1` ([`behaviour`]): raft, joins, reports, fetches, status — requests
+//!   at most [`MAX_CONTROL_REQUEST_BYTES`] (a raft frame), 32 streams per connection;
+//! - `/fogmesh/cluster-bulk/1` ([`bulk_behaviour`]): submissions with their module and input,
+//!   and results — requests at most [`MAX_BULK_REQUEST_BYTES`], 2 streams per connection.
+//!
+//! One request per stream: a u32 big-endian length and a CBOR [`ClusterRequest`]; the answer
+//! the same way with a [`ClusterResponse`] (at most [`MAX_RESPONSE_BYTES`], a fetched
+//! module). A length above the bound is refused before anything is read, and a frame's
+//! buffer grows only as its bytes arrive, so what a peer can make a node hold is the bound
+//! times the streams, and only by sending that much.
 //!
 //! Who sent a request is the connection's peer, which the secure channel (Noise XK with
 //! the mesh ticket) authenticated; raft messages additionally name their sender, and the
@@ -25,12 +33,16 @@ use serde_bytes::ByteBuf;
 use crate::exec::{MAX_INPUT_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/cluster/1");
+pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/cluster-bulk/1");
+/// A raft frame and its envelope.
+pub const MAX_CONTROL_REQUEST_BYTES: usize = fogmesh_consensus::wire::MAX_FRAME_BYTES + 16 * 1024;
 /// A submission carries its module and input.
-pub const MAX_REQUEST_BYTES: usize = MAX_MODULE_BYTES + MAX_INPUT_BYTES + 64 * 1024;
+pub const MAX_BULK_REQUEST_BYTES: usize = MAX_MODULE_BYTES + MAX_INPUT_BYTES + 64 * 1024;
 /// A fetched blob is at most a module.
 pub const MAX_RESPONSE_BYTES: usize = MAX_MODULE_BYTES + 64 * 1024;
 /// Streams a connection may have open at once, each way (raft sends one per message).
-pub const MAX_STREAMS: usize = 256;
+pub const MAX_STREAMS: usize = 32;
+pub const MAX_BULK_STREAMS: usize = 2;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What one node asks another.
@@ -68,6 +80,14 @@ pub enum ClusterRequest {
 }
 
 impl ClusterRequest {
+    /// Whether the request goes on the bulk protocol.
+    pub fn is_bulk(&self) -> bool {
+        matches!(
+            self,
+            ClusterRequest::Submit { .. } | ClusterRequest::Finished { .. }
+        )
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             ClusterRequest::Raft { .. } => "raft",
@@ -112,19 +132,38 @@ pub enum ClusterResponse {
     Status(Option<TaskReport>),
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClusterCodec;
+/// The codec, with its protocol's request bound.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterCodec {
+    max_request: usize,
+}
 
 pub type Behaviour = request_response::Behaviour<ClusterCodec>;
 pub type Event = request_response::Event<ClusterRequest, ClusterResponse>;
 
+/// `/fogmesh/cluster/1`.
 pub fn behaviour() -> Behaviour {
     request_response::Behaviour::with_codec(
-        ClusterCodec,
+        ClusterCodec {
+            max_request: MAX_CONTROL_REQUEST_BYTES,
+        },
         [(PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(MAX_STREAMS),
+    )
+}
+
+/// `/fogmesh/cluster-bulk/1`.
+pub fn bulk_behaviour() -> Behaviour {
+    request_response::Behaviour::with_codec(
+        ClusterCodec {
+            max_request: MAX_BULK_REQUEST_BYTES,
+        },
+        [(BULK_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(MAX_BULK_STREAMS),
     )
 }
 
@@ -142,8 +181,15 @@ where
             format!("cluster frame of {len} bytes exceeds {max}"),
         ));
     }
-    let mut bytes = vec![0u8; len];
-    io.read_exact(&mut bytes).await?;
+    // Grows as bytes arrive: a length prefix alone reserves nothing.
+    let mut bytes = Vec::new();
+    io.take(len as u64).read_to_end(&mut bytes).await?;
+    if bytes.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "cluster frame cut short",
+        ));
+    }
     codec::decode_bounded(&bytes, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -176,7 +222,7 @@ impl request_response::Codec for ClusterCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_REQUEST_BYTES).await
+        read_frame(io, self.max_request).await
     }
 
     async fn read_response<T>(
@@ -199,7 +245,7 @@ impl request_response::Codec for ClusterCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &request, MAX_REQUEST_BYTES).await
+        write_frame(io, &request, self.max_request).await
     }
 
     async fn write_response<T>(
@@ -225,7 +271,9 @@ mod tests {
     #[test]
     fn requests_round_trip_and_oversized_lengths_are_refused_unread() {
         futures::executor::block_on(async {
-            let mut codec = ClusterCodec;
+            let mut codec = ClusterCodec {
+                max_request: MAX_CONTROL_REQUEST_BYTES,
+            };
             let request = ClusterRequest::Fetch { hash: [7; 32] };
             let mut wire = Vec::new();
             codec
@@ -239,7 +287,7 @@ mod tests {
             assert_eq!(back, request);
 
             let mut huge = Vec::new();
-            huge.extend_from_slice(&((MAX_REQUEST_BYTES as u32) + 1).to_be_bytes());
+            huge.extend_from_slice(&((MAX_CONTROL_REQUEST_BYTES as u32) + 1).to_be_bytes());
             let err = codec
                 .read_request(&PROTOCOL, &mut huge.as_slice())
                 .await

@@ -259,7 +259,10 @@ struct Membership {
     last_announce_ms: u64,
     last_schedule_ms: u64,
     schedule_soon: bool,
-    reported: Option<NodeCapacity>,
+    /// When this node last proposed its capacity.
+    reported_ms: u64,
+    /// Whether it coordinated at its last tick (to notice gaining leadership).
+    was_leader: bool,
 }
 
 impl Membership {
@@ -365,6 +368,7 @@ enum Pending {
     },
     Status {
         task: fogmesh_consensus::task::TaskId,
+        cluster: String,
     },
 }
 
@@ -477,7 +481,8 @@ impl ClusterService {
             last_announce_ms: 0,
             last_schedule_ms: 0,
             schedule_soon: true,
-            reported: None,
+            reported_ms: 0,
+            was_leader: false,
         };
         membership.refresh_peers();
         if let Some(capacity) = self.capacity {
@@ -629,6 +634,10 @@ impl ClusterService {
             self.metrics.refuse("not_in_a_cluster");
             return;
         };
+        let mut leaders = m.group.configuration().voters;
+        if !m.joined {
+            leaders.extend(m.via.map(|v| wire::member_id(&v.to_bytes())));
+        }
         if let Err(error) = wire::admit(
             &cluster,
             &message,
@@ -636,7 +645,9 @@ impl ClusterService {
             self.me_id,
             &peer.to_bytes(),
             &m.allowed_senders(),
-        ) {
+        )
+        .and_then(|()| wire::admit_role(&message, &leaders, m.group.leader()))
+        {
             self.metrics.refuse(error.reason());
             return;
         }
@@ -654,6 +665,16 @@ impl ClusterService {
                 tracing::error!(%reason, "raft disk failed");
                 out.push(Effect::StoreFailed(reason));
             }
+            Err(GroupError::Panicked) => {
+                // A voter sent what raft cannot take: this replica is no longer
+                // trustworthy. Leave; the node starts over unclustered.
+                self.metrics.refuse("raft_impossible");
+                self.leave(now_ms, "raft_failed", false, out);
+            }
+            Err(GroupError::Impossible(what)) => {
+                tracing::warn!(peer_id = %peer, what, "impossible raft message refused");
+                self.metrics.refuse("raft_impossible");
+            }
             Err(error) => tracing::debug!(%error, "raft message not stepped"),
         }
     }
@@ -663,6 +684,8 @@ impl ClusterService {
             let output = m.group.tick();
             if m.group.is_leader() {
                 m.contact_ms = now_ms;
+            } else {
+                m.was_leader = false;
             }
             self.after_output(now_ms, output, out);
         }
@@ -892,8 +915,12 @@ impl ClusterService {
             return;
         }
         if let Some(reason) = m.group.disk_failed() {
-            let reason = reason.to_owned();
-            out.push(Effect::StoreFailed(reason));
+            if reason.starts_with("raft stopped") {
+                self.leave(now_ms, "raft_failed", false, out);
+            } else {
+                let reason = reason.to_owned();
+                out.push(Effect::StoreFailed(reason));
+            }
             return;
         }
         // Links to every member.
@@ -902,7 +929,7 @@ impl ClusterService {
                 out.push(Effect::Dial { peer: *peer });
             }
         }
-        self.report_capacity(out);
+        self.report_capacity(now_ms, out);
         let Situation::Member(m) = &mut self.situation else {
             return;
         };
@@ -928,10 +955,20 @@ impl ClusterService {
         tracing::info!(cluster = %m.cluster, reason, "left the cluster");
         self.metrics.change(reason);
         if forward {
+            // Merged: every member forwards everything (the next cluster refuses duplicates by
+            // id). Lost: only what this node submitted or was given, since a member cut off
+            // alone for a while must not copy a cluster that lives on.
+            let merged = m.group.state().dissolved_into().is_some();
+            let me = &self.me_node;
             let tasks: Vec<_> = m
                 .group
                 .state()
                 .unfinished()
+                .filter(|t| {
+                    merged
+                        || t.spec.submitter == me.0
+                        || t.state.assignment().is_some_and(|(n, _)| n == me)
+                })
                 .map(|t| t.spec.clone())
                 .collect();
             for spec in tasks {
@@ -946,7 +983,8 @@ impl ClusterService {
                 tracing::warn!(%error, "cannot remove the old raft log");
             }
         }
-        self.work.abandon_all();
+        // A new cluster has its own terms: the fencing gate starts over with it.
+        self.work = work::Work::default();
         self.cluster_event(reason, out);
     }
 
@@ -975,7 +1013,12 @@ impl ClusterService {
             }
             return;
         }
-        // Members never heard count from when we first looked.
+        // A new coordinator has heard nobody yet (followers talk to the leader only):
+        // everyone counts from now. Members never heard count from when we first looked.
+        if !m.was_leader {
+            m.was_leader = true;
+            m.heard.clear();
+        }
         for id in m.peers.keys() {
             m.heard.entry(*id).or_insert(now_ms);
         }
@@ -1073,6 +1116,7 @@ impl ClusterService {
                 .collect(),
             queued: u32::try_from(state.queued().count()).unwrap_or(u32::MAX),
             at_ms: now_ms,
+            sent_at_ms: None,
         };
         self.announcements
             .insert(m.cluster.clone(), (self.me, announcement.clone()));
@@ -1420,7 +1464,9 @@ impl ClusterService {
         match pending {
             Pending::Join { cluster } => self.on_join_answer(now_ms, peer, cluster, response),
             Pending::Submit { task } => self.on_submit_answer(now_ms, task, response),
-            Pending::Status { task } => self.on_status_answer(now_ms, task, response, out),
+            Pending::Status { task, cluster } => {
+                self.on_status_answer(now_ms, task, &cluster, response, out)
+            }
             Pending::Fetch { hash, purpose } => {
                 self.on_fetched(now_ms, hash, purpose, response, out)
             }
@@ -1514,15 +1560,27 @@ impl ClusterService {
         if !announcement.is_fresh(now_ms, &self.config.formation) {
             return MessageAcceptance::Ignore;
         }
-        let newer = self
-            .announcements
-            .get(&announcement.cluster)
-            .is_none_or(|(_, held)| {
-                (announcement.term, announcement.at_ms) > (held.term, held.at_ms)
-            });
-        if !newer {
+        // A cluster's announcement is replaced only by its coordinator again or by one of its
+        // members (a new coordinator), at the same or a later term: a stranger cannot take
+        // over another cluster's id by announcing it with a huge term.
+        let origin_bytes = opened.origin.to_bytes();
+        let replaces =
+            self.announcements
+                .get(&announcement.cluster)
+                .is_none_or(|(held_by, held)| {
+                    let insider = *held_by == opened.origin
+                        || held
+                            .members
+                            .iter()
+                            .any(|m| m.as_slice() == origin_bytes.as_slice());
+                    insider && (announcement.term, announcement.at_ms) > (held.term, held.sent_ms())
+                });
+        if !replaces {
             return MessageAcceptance::Ignore;
         }
+        // Freshness counts from when we heard it, not from the sender's clock.
+        let mut announcement = announcement;
+        announcement.mark_received(now_ms);
         if !self.announcements.contains_key(&announcement.cluster)
             && self.announcements.len() >= formation::MAX_ANNOUNCEMENTS
         {
@@ -1629,7 +1687,7 @@ impl Service for ClusterService {
                 if let (Situation::Member(m), Some(c)) = (&mut self.situation, self.capacity) {
                     m.group.set_priority(i64::from(c.capacity.score_milli));
                 }
-                self.report_capacity(out);
+                self.report_capacity(now_ms, out);
             }
             _ => {}
         }

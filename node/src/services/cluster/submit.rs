@@ -28,6 +28,10 @@ use crate::exec::{self, MAX_INPUT_BYTES};
 use crate::services::Outbox;
 
 pub const MAX_SUBMISSIONS: usize = 10_000;
+/// Status questions a node asks per second at most.
+const MAX_STATUS_POLLS: usize = 64;
+/// Longest estimated duration a task may give (its fuel; a run cannot be interrupted).
+pub const MAX_DURATION_MS: u64 = 3_600_000;
 /// An unconfirmed submission is sent again after this long; a followed one asked about.
 const RESEND_MS: u64 = 2_000;
 
@@ -73,6 +77,9 @@ pub struct SubmittedRecord {
     pub note: String,
     #[serde(default)]
     pub sent_ms: u64,
+    /// When its cluster last answered about it.
+    #[serde(default)]
+    pub heard_ms: u64,
 }
 
 #[derive(Debug)]
@@ -80,6 +87,7 @@ pub struct Submissions {
     table: Table<SubmittedRecord>,
     records: BTreeMap<TaskId, SubmittedRecord>,
     counter: u64,
+    fetch_turn: u64,
 }
 
 impl Submissions {
@@ -98,6 +106,7 @@ impl Submissions {
             table,
             records,
             counter: 0,
+            fetch_turn: 0,
         })
     }
 
@@ -157,6 +166,7 @@ impl Submissions {
             result_held: false,
             note: "its cluster is gone; forwarding it".into(),
             sent_ms: 0,
+            heard_ms: 0,
         };
         self.save(&record, true);
         self.records.insert(record.spec.id, record);
@@ -190,11 +200,7 @@ impl ClusterService {
             }
         }
         let r = &task.requirements;
-        if r.cpu_millicores == 0 || r.memory_mb == 0 || r.duration_ms == 0 {
-            return Err(SubmitError::BadRequirements(
-                "cpu, memory and duration must be above zero".into(),
-            ));
-        }
+        check_requirements(r).map_err(SubmitError::BadRequirements)?;
         if !self.submissions.make_room() {
             return Err(SubmitError::Full);
         }
@@ -236,6 +242,7 @@ impl ClusterService {
             result_held: false,
             note: "accepted here; looking for a cluster".into(),
             sent_ms: 0,
+            heard_ms: 0,
         };
         self.submissions
             .table
@@ -372,6 +379,25 @@ impl ClusterService {
             return self.not_coordinator();
         }
         let cluster = m.cluster.clone();
+        // The same checks as a local submission: a peer's numbers and module are not trusted.
+        if let Err(reason) = check_requirements(&spec.requirements) {
+            self.metrics.refuse("submit_bad_requirements");
+            return ClusterResponse::Refused { reason };
+        }
+        if let Some(module) = &module {
+            if let Err(error) = exec::check_module(module) {
+                self.metrics.refuse("submit_bad_module");
+                return ClusterResponse::Refused {
+                    reason: error.to_string(),
+                };
+            }
+        }
+        if input.as_ref().is_some_and(|i| i.len() > MAX_INPUT_BYTES) {
+            self.metrics.refuse("submit_bad_input");
+            return ClusterResponse::Refused {
+                reason: "input too large".into(),
+            };
+        }
         for (bytes, hash) in [(module, Some(spec.module)), (input, spec.input)] {
             let (Some(bytes), Some(hash)) = (bytes, hash) else {
                 continue;
@@ -449,13 +475,30 @@ impl ClusterService {
         &mut self,
         now_ms: u64,
         id: TaskId,
+        asked: &str,
         response: Result<ClusterResponse, String>,
         out: &mut Outbox,
     ) {
-        let Ok(ClusterResponse::Status(Some(report))) = response else {
-            return;
-        };
-        self.follow(now_ms, id, report, out);
+        match response {
+            // Only the cluster asked speaks for the task.
+            Ok(ClusterResponse::Status(Some(report))) if report.cluster == asked => {
+                self.follow(now_ms, id, report, out)
+            }
+            Ok(ClusterResponse::Status(None)) => {
+                let Some(record) = self.submissions.records.get_mut(&id) else {
+                    return;
+                };
+                if record.confirmed && record.cluster.as_deref() == Some(asked) {
+                    // The cluster that had it no longer does (it dissolved or was lost and
+                    // came back without it): hand it on again (at least once).
+                    record.confirmed = false;
+                    record.note = format!("cluster {asked} no longer has it; handing it on");
+                    let record = record.clone();
+                    self.submissions.save(&record, true);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn follow(&mut self, now_ms: u64, id: TaskId, report: TaskReport, out: &mut Outbox) {
@@ -464,6 +507,7 @@ impl ClusterService {
         };
         let changed = record.last.as_ref() != Some(&report) || !record.confirmed;
         record.confirmed = true;
+        record.heard_ms = now_ms;
         record.cluster = Some(report.cluster.clone());
         record.note = String::new();
         if record.forwarded {
@@ -506,10 +550,15 @@ impl ClusterService {
         }
         if let Situation::Member(m) = &self.situation {
             sources.extend(m.coordinator_peer());
+            sources.extend(m.peers.values().copied());
         }
-        let Some(source) = sources.into_iter().find(|p| self.connected.contains(p)) else {
+        sources.retain(|p| self.connected.contains(p) && *p != self.me);
+        if sources.is_empty() {
             return;
-        };
+        }
+        // A different holder each time: a new coordinator may not have it.
+        self.submissions.fetch_turn += 1;
+        let source = sources[(self.submissions.fetch_turn as usize) % sources.len()];
         self.ask(
             source,
             ClusterRequest::Fetch { hash: result },
@@ -549,6 +598,8 @@ impl ClusterService {
             })
             .map(|r| r.spec.id)
             .collect();
+        let mut asked = 0;
+        let silent_after = self.config.formation.reform_after_ms;
         for id in ids {
             // A member of the task's cluster reads its own replica.
             if let Some(report) = self.task_report(&id) {
@@ -562,14 +613,29 @@ impl ClusterService {
                 continue;
             };
             if let Some(cluster) = record.cluster.clone() {
-                // Ask the cluster it went to whether it has it.
+                // A confirmed task whose cluster has not answered for as long as it takes to
+                // call a cluster lost is handed on again (at least once).
+                if record.confirmed && now_ms.saturating_sub(record.heard_ms) > silent_after {
+                    if let Some(r) = self.submissions.records.get_mut(&id) {
+                        r.confirmed = false;
+                        r.note = format!("cluster {cluster} is silent; handing it on");
+                    }
+                    self.hand_on(now_ms, id, out);
+                    continue;
+                }
+                // Ask the cluster it went to whether it has it (a bounded number per round,
+                // so polls never crowd out joins, reports and fetches).
                 if let Some((coordinator, _)) = self.announcements.get(&cluster) {
                     let coordinator = *coordinator;
-                    if self.connected.contains(&coordinator) {
+                    if self.connected.contains(&coordinator) && asked < MAX_STATUS_POLLS {
+                        asked += 1;
                         self.ask(
                             coordinator,
                             ClusterRequest::Status { task: id },
-                            Pending::Status { task: id },
+                            Pending::Status {
+                                task: id,
+                                cluster: cluster.clone(),
+                            },
                             out,
                         );
                     }
@@ -673,6 +739,20 @@ impl ClusterService {
             _ => Err("the task has not finished yet".into()),
         }
     }
+}
+
+/// What a submission's numbers must be, wherever it comes from.
+fn check_requirements(r: &fogmesh_consensus::task::Requirements) -> Result<(), String> {
+    if r.cpu_millicores == 0 || r.memory_mb == 0 || r.duration_ms == 0 {
+        return Err("cpu, memory and duration must be above zero".into());
+    }
+    if r.duration_ms > MAX_DURATION_MS {
+        return Err(format!(
+            "a duration of {} ms; at most {MAX_DURATION_MS} (one hour)",
+            r.duration_ms
+        ));
+    }
+    Ok(())
 }
 
 fn record_result_held(submissions: &Submissions, id: &TaskId) -> bool {

@@ -87,6 +87,8 @@ struct Run {
     sources: Vec<PeerId>,
     /// The assignment was superseded (or the cluster left): the outcome is dropped.
     abandoned: bool,
+    /// A fetch for it is outstanding.
+    asked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -105,13 +107,6 @@ pub struct Work {
 }
 
 impl Work {
-    pub fn abandon_all(&mut self) {
-        for run in self.runs.values_mut() {
-            run.abandoned = true;
-        }
-        self.reports.clear();
-    }
-
     pub fn running(&self) -> usize {
         self.runs.len()
     }
@@ -129,7 +124,9 @@ impl ClusterService {
         for (id, task) in state.tasks() {
             match &task.state {
                 TaskState::Assigned { node, term, .. }
-                    if *node == self.me_node && !self.work.runs.contains_key(id) =>
+                    if *node == self.me_node
+                        && !self.work.runs.contains_key(id)
+                        && !self.work.reports.contains_key(id) =>
                 {
                     to_start.push((task.spec.clone(), *term));
                 }
@@ -153,6 +150,10 @@ impl ClusterService {
                 run.abandoned = true;
             }
         }
+        // Those still fetching simply stop.
+        self.work
+            .runs
+            .retain(|_, run| !(run.abandoned && run.phase == Phase::Fetching));
         // Reports the state now shows (or made moot).
         self.work.reports.retain(|id, report| {
             let Some(task) = state.task(id) else {
@@ -183,6 +184,9 @@ impl ClusterService {
                 out,
             );
         }
+        // Oldest terms first, so the gate does not refuse an older valid assignment after
+        // admitting a newer one.
+        to_start.sort_by_key(|(_, term)| *term);
         for (spec, term) in to_start {
             self.start(now_ms, spec, term, out);
         }
@@ -192,13 +196,26 @@ impl ClusterService {
         if let Err(newest) = self.work.gate.admit(term) {
             self.metrics.fenced.inc();
             tracing::warn!(task = %spec.id, term, newest, "assignment from an older term refused");
+            let reason = format!("assignment of term {term} refused: this node saw term {newest}");
             out.event(NodeEvent::Task {
                 id: spec.id.to_string(),
                 state: "fenced".into(),
                 node: Some(self.me.to_string()),
                 cluster: self.cluster_id().map(str::to_owned),
-                detail: Some(format!("assignment of term {term}, newest seen {newest}")),
+                detail: Some(reason.clone()),
             });
+            // Reported, so the coordinator places it again rather than waiting for ever.
+            self.report(
+                now_ms,
+                Command::Failed {
+                    task: spec.id,
+                    node: self.me_node.clone(),
+                    term,
+                    reason,
+                },
+                None,
+                out,
+            );
             return;
         }
         if self.work.runs.len() >= MAX_RUNS {
@@ -216,7 +233,10 @@ impl ClusterService {
             sources.extend(m.peers.values().copied());
         }
         sources.retain(|p| *p != self.me);
-        sources.dedup();
+        let mut seen = std::collections::HashSet::new();
+        sources.retain(|p| seen.insert(*p));
+        // Asked from the end: the submitter first, then the coordinator, then the others.
+        sources.reverse();
         self.work.runs.insert(
             spec.id,
             Run {
@@ -224,6 +244,7 @@ impl ClusterService {
                 phase: Phase::Fetching,
                 sources,
                 abandoned: false,
+                asked: false,
             },
         );
         self.report(
@@ -260,6 +281,9 @@ impl ClusterService {
             .chain(spec.input)
             .find(|h| !self.blobs.contains(h));
         if let Some(hash) = missing {
+            if run.asked {
+                return;
+            }
             let Some(source) = run.sources.pop() else {
                 let term = run.term;
                 self.work.runs.remove(&id);
@@ -272,7 +296,7 @@ impl ClusterService {
                 );
                 return;
             };
-            self.ask(
+            let asked = self.ask(
                 source,
                 ClusterRequest::Fetch { hash },
                 Pending::Fetch {
@@ -281,6 +305,14 @@ impl ClusterService {
                 },
                 out,
             );
+            if let Some(run) = self.work.runs.get_mut(&id) {
+                if asked {
+                    run.asked = true;
+                } else {
+                    // Too many requests outstanding: the same source, next second.
+                    run.sources.push(source);
+                }
+            }
             return;
         }
         let (Some(module), input) = (
@@ -329,7 +361,12 @@ impl ClusterService {
             }
         }
         match purpose {
-            FetchFor::Run(id) => self.advance(now_ms, id, out),
+            FetchFor::Run(id) => {
+                if let Some(run) = self.work.runs.get_mut(&id) {
+                    run.asked = false;
+                }
+                self.advance(now_ms, id, out)
+            }
             FetchFor::Result(id) => self.result_fetched(id, hash),
         }
     }
@@ -428,7 +465,17 @@ impl ClusterService {
             | Command::Failed { task, .. } => *task,
             _ => return,
         };
-        // A later report replaces an earlier one about the same task (finished after started).
+        // A later report replaces an earlier one about the same task (finished after
+        // started), never the other way round.
+        if matches!(command, Command::Started { .. })
+            && self
+                .work
+                .reports
+                .get(&task)
+                .is_some_and(|r| !matches!(r.command, Command::Started { .. }))
+        {
+            return;
+        }
         self.work.reports.insert(
             task,
             Outstanding {
@@ -480,6 +527,16 @@ impl ClusterService {
     /// Once a second: reports not yet in the state go again; runs waiting on a blob ask on.
     pub(super) fn step_work(&mut self, now_ms: u64, out: &mut Outbox) {
         self.reconcile(now_ms, out);
+        let waiting: Vec<TaskId> = self
+            .work
+            .runs
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Fetching && !r.asked)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.advance(now_ms, id, out);
+        }
         let due: Vec<(Command, Option<[u8; 32]>)> = self
             .work
             .reports
@@ -495,8 +552,9 @@ impl ClusterService {
         }
     }
 
-    /// Tells the cluster this node's capacity when it changed.
-    pub(super) fn report_capacity(&mut self, out: &mut Outbox) {
+    /// Tells the cluster this node's capacity while the state holds another (at most once a
+    /// second, so a lost report goes again).
+    pub(super) fn report_capacity(&mut self, now_ms: u64, out: &mut Outbox) {
         let Some(capacity) = self.capacity.map(|c| c.capacity) else {
             return;
         };
@@ -504,29 +562,22 @@ impl ClusterService {
         let Situation::Member(m) = &mut self.situation else {
             return;
         };
-        if !m.joined || m.reported == Some(capacity) {
-            return;
-        }
         let held = m
             .group
             .state()
             .members()
             .get(&me_node)
             .map(|member| member.capacity);
-        if held == Some(capacity) {
-            m.reported = Some(capacity);
+        if !m.joined || held == Some(capacity) || now_ms.saturating_sub(m.reported_ms) < 1_000 {
             return;
         }
-        m.reported = Some(capacity);
+        m.reported_ms = now_ms;
         let command = Command::Report {
             node: me_node,
             capacity,
         };
         if let Err(reason) = self.propose(command, out) {
             tracing::debug!(%reason, "capacity report not sent");
-            if let Situation::Member(m) = &mut self.situation {
-                m.reported = None;
-            }
         }
     }
 }
