@@ -708,7 +708,7 @@ impl Driver {
             TaskCommand::Submit { task, reply } => {
                 let outcome = self.with_cluster(|c, out| {
                     let outcome = c.submit(now, task, out);
-                    c.publish_view_now(now, out);
+                    c.publish_view(now, out);
                     outcome
                 });
                 let _ = reply.send(outcome.map(|id| id.to_string()).map_err(|e| e.to_string()));

@@ -309,6 +309,21 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         }
     }
 
+    /// Whether a value is stored under `key`, without reading or decoding it.
+    pub fn contains_key(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key.as_bytes())?)
+    }
+
+    /// The bytes every value takes as stored (encoded), without decoding any.
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        for item in self.tree.iter() {
+            let (_, value) = item?;
+            total += value.len() as u64;
+        }
+        Ok(total)
+    }
+
     /// Removes the value under `key`; true if there was one.
     pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.tree.remove(key.as_bytes())?.is_some())

@@ -44,17 +44,11 @@ impl std::fmt::Debug for BlobStore {
 impl BlobStore {
     pub fn open(store: &Store) -> Result<Self, StoreError> {
         let table: Table<ByteBuf> = store.table("blobs")?;
-        let mut count = 0;
-        let mut bytes = 0u64;
-        for entry in table.entries() {
-            let (_, blob) = entry?;
-            count += 1;
-            bytes += blob.len() as u64;
-        }
+        // Counted as stored, without decoding (up to 2 GiB) at start-up.
         Ok(Self {
+            count: table.len(),
+            bytes: table.stored_bytes()?,
             table,
-            count,
-            bytes,
         })
     }
 
@@ -69,7 +63,7 @@ impl BlobStore {
     }
 
     pub fn contains(&self, hash: &[u8; 32]) -> bool {
-        self.get(hash).is_some()
+        self.table.contains_key(&hex::encode(hash)).unwrap_or(false)
     }
 
     /// Stores `bytes` durably under their hash, which is returned.

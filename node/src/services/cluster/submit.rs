@@ -522,11 +522,12 @@ impl ClusterService {
             self.submissions.save(&record, false);
         }
         if let TaskState::Done { result, node, .. } = &report.state {
-            if !record_result_held(&self.submissions, &id) {
+            let held = self.submissions.get(&id).is_some_and(|r| r.result_held);
+            if !held {
                 if self.blobs.contains(result) {
                     self.result_fetched(id, *result);
                 } else {
-                    self.fetch_result(now_ms, id, *result, node, &report.cluster, out);
+                    self.fetch_result(id, *result, node, &report.cluster, out);
                 }
             }
         }
@@ -534,7 +535,6 @@ impl ClusterService {
 
     fn fetch_result(
         &mut self,
-        _now_ms: u64,
         id: TaskId,
         result: [u8; 32],
         worker: &fogmesh_consensus::state::NodeId,
@@ -753,8 +753,4 @@ fn check_requirements(r: &fogmesh_consensus::task::Requirements) -> Result<(), S
         ));
     }
     Ok(())
-}
-
-fn record_result_held(submissions: &Submissions, id: &TaskId) -> bool {
-    submissions.get(id).is_some_and(|r| r.result_held)
 }

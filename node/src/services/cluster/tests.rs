@@ -8,6 +8,7 @@ use fogmesh_store::{Store, StoreOptions};
 use libp2p::identity::Keypair;
 
 use super::*;
+use crate::cluster::protocol::ClusterResponse;
 use crate::device::{self, DeviceReadings};
 
 const T0: u64 = 1_700_000_000_000;

@@ -274,12 +274,8 @@ impl ClusterService {
         view
     }
 
-    /// Publishes the view at once (after a control request changed it).
-    pub fn publish_view_now(&self, now_ms: u64, out: &mut Outbox) {
-        self.publish_view(now_ms, out);
-    }
-
-    pub(super) fn publish_view(&self, now_ms: u64, out: &mut Outbox) {
+    /// Publishes the view (once a second, and at once after a control request).
+    pub fn publish_view(&self, now_ms: u64, out: &mut Outbox) {
         out.push(Effect::View(ViewUpdate::Cluster(Box::new(
             self.view(now_ms),
         ))));
