@@ -280,11 +280,66 @@ pub enum ControlCommand {
     },
     /// A task request for the cluster service.
     Task(TaskCommand),
+    /// A request for the kv store.
+    Kv(KvCommand),
     /// Apply, persist and gossip a root-signed revocation.
     Revoke {
         revocation: Vec<u8>,
         reply: tokio::sync::oneshot::Sender<Result<RevocationOutcome, String>>,
     },
+}
+
+/// Kv store requests. Writes are answered once on disk; reads at once.
+#[derive(Debug)]
+pub enum KvCommand {
+    Write {
+        writes: Vec<crate::services::kv::KvWrite>,
+        reply: tokio::sync::oneshot::Sender<Result<crate::services::kv::KvWritten, String>>,
+    },
+    Get {
+        namespace: String,
+        key: String,
+        reply: tokio::sync::oneshot::Sender<Result<Option<crate::services::kv::KeyView>, String>>,
+    },
+    List {
+        namespace: String,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<crate::services::kv::KeyView>, String>>,
+    },
+}
+
+/// Largest `POST /v1/kv/{namespace}` body.
+pub const MAX_KV_BATCH_BODY: usize = 32 * 1024 * 1024;
+/// Most keys one `GET /v1/kv/{namespace}` lists.
+pub const MAX_KV_LIST: usize = 1000;
+
+/// One write of `POST /v1/kv/{namespace}`: `value` (text) or `value_hex`, or `delete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvBatchWrite {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub value_hex: Option<String>,
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// `POST /v1/kv/{namespace}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvBatch {
+    pub writes: Vec<KvBatchWrite>,
+}
+
+/// `GET /v1/kv/{namespace}` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KvListQuery {
+    #[serde(default)]
+    pub prefix: String,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
 }
 
 /// Task requests, answered by the cluster service at once.
@@ -476,6 +531,16 @@ pub fn router(state: Arc<SharedState>) -> Router {
         )
         .route("/v1/tasks/{id}", get(task_status).delete(cancel_task))
         .route("/v1/tasks/{id}/result", get(task_result))
+        .route(
+            "/v1/kv/{namespace}",
+            get(kv_list)
+                .post(kv_batch)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_KV_BATCH_BODY)),
+        )
+        .route(
+            "/v1/kv/{namespace}/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -563,12 +628,16 @@ async fn ask_tasks<T>(
     state: &SharedState,
     make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> TaskCommand,
 ) -> Result<T, ApiError> {
+    ask(state, |reply| ControlCommand::Task(make(reply))).await
+}
+
+/// Hands a command to the event loop and waits (5 s at most) for its answer.
+async fn ask<T>(
+    state: &SharedState,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> ControlCommand,
+) -> Result<T, ApiError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if state
-        .commands
-        .try_send(ControlCommand::Task(make(reply)))
-        .is_err()
-    {
+    if state.commands.try_send(make(reply)).is_err() {
         return Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "node busy; try again",
@@ -624,6 +693,126 @@ async fn submit_task(
         Ok(id) => Ok(Json(SubmittedTask { id })),
         Err(reason) => Err(bad(reason)),
     }
+}
+
+async fn kv_write(
+    state: &SharedState,
+    writes: Vec<crate::services::kv::KvWrite>,
+) -> Result<Json<crate::services::kv::KvWritten>, ApiError> {
+    // A write waits for its flush, which may queue behind others: longer than a read.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state
+        .commands
+        .try_send(ControlCommand::Kv(KvCommand::Write { writes, reply }))
+        .is_err()
+    {
+        return Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node busy; try again",
+        ));
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(9), answer).await {
+        Ok(Ok(Ok(written))) => Ok(Json(written)),
+        Ok(Ok(Err(reason))) => Err(api_error(StatusCode::BAD_REQUEST, reason)),
+        _ => Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the write was not confirmed in time; it may or may not be stored",
+        )),
+    }
+}
+
+async fn kv_put(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path((namespace, key)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::services::kv::KvWritten>, ApiError> {
+    let write = crate::services::kv::KvWrite {
+        namespace,
+        key,
+        value: Some(body.to_vec()),
+    };
+    kv_write(&state, vec![write]).await
+}
+
+async fn kv_delete(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path((namespace, key)): axum::extract::Path<(String, String)>,
+) -> Result<Json<crate::services::kv::KvWritten>, ApiError> {
+    let write = crate::services::kv::KvWrite {
+        namespace,
+        key,
+        value: None,
+    };
+    kv_write(&state, vec![write]).await
+}
+
+async fn kv_batch(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path(namespace): axum::extract::Path<String>,
+    Json(batch): Json<KvBatch>,
+) -> Result<Json<crate::services::kv::KvWritten>, ApiError> {
+    let mut writes = Vec::with_capacity(batch.writes.len());
+    for write in batch.writes {
+        let value = match (write.delete, write.value, write.value_hex) {
+            (true, None, None) => None,
+            (false, Some(text), None) => Some(text.into_bytes()),
+            (false, None, Some(hex_text)) => Some(hex::decode(&hex_text).map_err(|e| {
+                api_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{}: value_hex: {e}", write.key),
+                )
+            })?),
+            _ => {
+                return Err(api_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{}: give one of value, value_hex or delete", write.key),
+                ))
+            }
+        };
+        writes.push(crate::services::kv::KvWrite {
+            namespace: namespace.clone(),
+            key: write.key,
+            value,
+        });
+    }
+    kv_write(&state, writes).await
+}
+
+async fn kv_get(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path((namespace, key)): axum::extract::Path<(String, String)>,
+) -> Result<Json<crate::services::kv::KeyView>, ApiError> {
+    ask(&state, |reply| {
+        ControlCommand::Kv(KvCommand::Get {
+            namespace,
+            key,
+            reply,
+        })
+    })
+    .await?
+    .map_err(|reason| api_error(StatusCode::SERVICE_UNAVAILABLE, reason))?
+    .map(Json)
+    .ok_or_else(|| api_error(StatusCode::NOT_FOUND, "no such key"))
+}
+
+async fn kv_list(
+    State(state): State<Arc<SharedState>>,
+    axum::extract::Path(namespace): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<KvListQuery>,
+) -> Result<Json<Vec<crate::services::kv::KeyView>>, ApiError> {
+    let limit = query.limit.unwrap_or(MAX_KV_LIST).min(MAX_KV_LIST);
+    ask(&state, |reply| {
+        ControlCommand::Kv(KvCommand::List {
+            namespace,
+            prefix: query.prefix,
+            after: query.after,
+            limit,
+            reply,
+        })
+    })
+    .await?
+    .map(Json)
+    .map_err(|reason| api_error(StatusCode::SERVICE_UNAVAILABLE, reason))
 }
 
 async fn task_status(
@@ -772,6 +961,7 @@ async fn metrics(State(state): State<Arc<SharedState>>) -> impl IntoResponse {
 async fn events(
     State(state): State<Arc<SharedState>>,
     stopping: Option<Extension<ServerStopping>>,
+    axum::extract::Query(filter): axum::extract::Query<EventFilter>,
 ) -> Response {
     let subscription = match state.events.subscribe() {
         Ok(subscription) => subscription,
@@ -789,9 +979,43 @@ async fn events(
         .text("keep-alive");
     let capacity = state.events.config().capacity;
     let stopping = stopping.map(|Extension(signal)| signal);
-    Sse::new(sse_events(subscription, stopping, capacity))
+    Sse::new(sse_events(subscription, stopping, capacity, filter))
         .keep_alive(keep_alive)
         .into_response()
+}
+
+/// `GET /v1/events` query: only events of one `type`, and for kv events only one
+/// `namespace` and keys starting with `prefix` (what `kv watch` asks for). Lagged markers
+/// always pass: a watcher must know it missed changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventFilter {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub prefix: Option<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, stamped: &StampedEvent) -> bool {
+        use crate::events::NodeEvent;
+        let event = &stamped.event;
+        if matches!(event, NodeEvent::Lagged { .. }) {
+            return true;
+        }
+        if self.kind.as_deref().is_some_and(|k| k != event.kind()) {
+            return false;
+        }
+        let (namespace, key) = match event {
+            NodeEvent::KvChanged { namespace, key, .. }
+            | NodeEvent::KvConflict { namespace, key, .. } => (namespace, key),
+            _ => return self.namespace.is_none() && self.prefix.is_none(),
+        };
+        self.namespace.as_ref().is_none_or(|n| n == namespace)
+            && self
+                .prefix
+                .as_ref()
+                .is_none_or(|p| key.starts_with(p.as_str()))
+    }
 }
 
 /// Where an event stream is in its life.
@@ -808,27 +1032,37 @@ fn sse_events(
     subscription: EventSubscription,
     stopping: Option<ServerStopping>,
     capacity: usize,
+    filter: EventFilter,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let start = (subscription, stopping, StreamPhase::Live);
     futures::stream::unfold(start, move |(mut subscription, mut stopping, phase)| {
+        let filter = filter.clone();
         async move {
-            let (next, phase) = match phase {
-                StreamPhase::Live => {
-                    tokio::select! {
-                        event = subscription.next() => (event, StreamPhase::Live),
-                        () = server_stopped(&mut stopping) => {
-                            (subscription.try_next(), StreamPhase::Draining(capacity))
+            let mut phase = phase;
+            loop {
+                let (next, after) = match phase {
+                    StreamPhase::Live => {
+                        tokio::select! {
+                            event = subscription.next() => (event, StreamPhase::Live),
+                            () = server_stopped(&mut stopping) => {
+                                (subscription.try_next(), StreamPhase::Draining(capacity))
+                            }
                         }
                     }
+                    // A bus that keeps publishing cannot hold the shutdown open: the budget
+                    // ends it.
+                    StreamPhase::Draining(0) => (None, StreamPhase::Draining(0)),
+                    StreamPhase::Draining(left) => {
+                        (subscription.try_next(), StreamPhase::Draining(left - 1))
+                    }
+                };
+                phase = after;
+                let next = next?;
+                if filter.matches(&next) {
+                    let event = sse_event(next.as_ref());
+                    return Some((Ok(event), (subscription, stopping, phase)));
                 }
-                // A bus that keeps publishing cannot hold the shutdown open: the budget ends it.
-                StreamPhase::Draining(0) => (None, StreamPhase::Draining(0)),
-                StreamPhase::Draining(left) => {
-                    (subscription.try_next(), StreamPhase::Draining(left - 1))
-                }
-            };
-            let event = sse_event(next?.as_ref());
-            Some((Ok(event), (subscription, stopping, phase)))
+            }
         }
     })
 }

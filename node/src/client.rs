@@ -103,6 +103,15 @@ impl ControlClient {
 
     /// Opens the node's live event stream (`GET /v1/events`).
     pub async fn events(&self) -> Result<EventStream, ClientError> {
+        self.events_filtered(&crate::api::EventFilter::default())
+            .await
+    }
+
+    /// The event stream with a filter (`kv watch`: one type, namespace and key prefix).
+    pub async fn events_filtered(
+        &self,
+        filter: &crate::api::EventFilter,
+    ) -> Result<EventStream, ClientError> {
         let path = "/v1/events";
         // The stream lives as long as the node: no total timeout, only one for connecting
         // and, in `EventStream`, one for silence.
@@ -111,7 +120,10 @@ impl ControlClient {
             .no_proxy()
             .build()
             .unwrap_or_default();
-        let request = http.get(format!("http://{}{}", self.addr, path)).send();
+        let request = http
+            .get(format!("http://{}{}", self.addr, path))
+            .query(filter)
+            .send();
         let response = match tokio::time::timeout(Duration::from_secs(5), request).await {
             Ok(sent) => sent.map_err(|e| self.unreachable(e))?,
             Err(_) => {
@@ -274,6 +286,82 @@ impl ControlClient {
         Ok(bytes.to_vec())
     }
 
+    /// `/v1/kv/{namespace}/{key}`, the key as one escaped path segment.
+    fn kv_url(&self, namespace: &str, key: &str) -> Result<reqwest::Url, ClientError> {
+        let mut url = reqwest::Url::parse(&format!("http://{}/v1/kv/", self.addr))
+            .map_err(|e| ClientError::Refused(e.to_string()))?;
+        url.path_segments_mut()
+            .map_err(|_| ClientError::Refused("bad control address".into()))?
+            .pop_if_empty()
+            .push(namespace)
+            .push(key);
+        Ok(url)
+    }
+
+    /// Writes a value (or deletes the key with `None`); answers once it is on disk.
+    pub async fn kv_write(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<crate::services::kv::KvWritten, ClientError> {
+        let url = self.kv_url(namespace, key)?;
+        let path = url.path().to_owned();
+        let request = match value {
+            Some(value) => self.http.put(url).body(value),
+            None => self.http.delete(url),
+        };
+        let response = self.send(request, &path).await?;
+        response.json().await.map_err(|e| self.unreachable(e))
+    }
+
+    /// Several writes in one request: one flush, one answer.
+    pub async fn kv_batch(
+        &self,
+        namespace: &str,
+        batch: &crate::api::KvBatch,
+    ) -> Result<crate::services::kv::KvWritten, ClientError> {
+        let body = serde_json::to_vec(batch).map_err(|e| ClientError::Refused(e.to_string()))?;
+        self.post(
+            &format!("/v1/kv/{namespace}"),
+            body,
+            Some("application/json"),
+        )
+        .await
+    }
+
+    /// A key with its overwritten versions; `None` if the node holds no such key.
+    pub async fn kv_get(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<crate::services::kv::KeyView>, ClientError> {
+        let url = self.kv_url(namespace, key)?;
+        let path = url.path().to_owned();
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = self.check(response, &path).await?;
+        response.json().await.map_err(|e| self.unreachable(e))
+    }
+
+    pub async fn kv_list(
+        &self,
+        namespace: &str,
+        query: &crate::api::KvListQuery,
+    ) -> Result<Vec<crate::services::kv::KeyView>, ClientError> {
+        let path = format!("/v1/kv/{namespace}");
+        let request = self.http.get(self.url(&path)).query(query);
+        let response = self.send(request, &path).await?;
+        response.json().await.map_err(|e| self.unreachable(e))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -301,6 +389,15 @@ impl ControlClient {
         path: &str,
     ) -> Result<reqwest::Response, ClientError> {
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.check(response, path).await
+    }
+
+    /// A refusal with a reason becomes [`ClientError::Refused`].
+    async fn check(
+        &self,
+        response: reqwest::Response,
+        path: &str,
+    ) -> Result<reqwest::Response, ClientError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -311,7 +408,12 @@ impl ControlClient {
             .ok()
             .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
         match reason {
-            Some(reason) if status.is_client_error() => Err(ClientError::Refused(reason)),
+            Some(reason)
+                if status.is_client_error()
+                    || status == reqwest::StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                Err(ClientError::Refused(reason))
+            }
             _ => Err(ClientError::Status {
                 addr: self.addr,
                 path: path.to_owned(),
@@ -661,6 +763,66 @@ pub fn render_messages(m: &crate::relay::MessagesView) -> String {
     out
 }
 
+fn render_version_value(v: &crate::services::kv::VersionView) -> String {
+    if v.deleted {
+        return "(deleted)".into();
+    }
+    match (&v.value, &v.value_hex) {
+        (Some(text), _) if text.chars().count() <= 60 => format!("{text:?}"),
+        (Some(text), _) => format!(
+            "{:?}… ({} bytes)",
+            text.chars().take(57).collect::<String>(),
+            text.len()
+        ),
+        (None, Some(hex)) => format!("<{} bytes>", hex.len() / 2),
+        (None, None) => String::new(),
+    }
+}
+
+/// `kv get --conflicts`: the value, then what it overwrote, newest first, with authors.
+pub fn render_key_versions(view: &crate::services::kv::KeyView) -> String {
+    let mut out = format!(
+        "{}/{}\n  current      {} by {} at {}\n",
+        view.namespace,
+        view.key,
+        render_version_value(&view.winner),
+        short_id(&view.winner.author),
+        view.winner.hlc
+    );
+    if view.overwritten.is_empty() {
+        out.push_str("  overwrote    nothing this node saw\n");
+    }
+    for v in &view.overwritten {
+        out.push_str(&format!(
+            "  overwrote    {} by {} at {}\n",
+            render_version_value(v),
+            short_id(&v.author),
+            v.hlc
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// `kv list`: one key per line.
+pub fn render_keys(keys: &[crate::services::kv::KeyView]) -> String {
+    if keys.is_empty() {
+        return "no keys".into();
+    }
+    let width = keys.iter().map(|k| k.key.len()).max().unwrap_or(0).min(40);
+    keys.iter()
+        .map(|k| {
+            format!(
+                "{:width$}  {}  by {} at {}",
+                k.key,
+                render_version_value(&k.winner),
+                short_id(&k.winner.author),
+                k.winner.hlc
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The first 12 hex digits of a message id: enough to tell messages apart on a screen.
 pub fn short_message_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
@@ -771,6 +933,36 @@ pub fn render_event(json: &str) -> String {
             detail
                 .as_deref()
                 .map_or(String::new(), |d| format!(": {d}"))
+        ),
+        NodeEvent::KvChanged {
+            namespace,
+            key,
+            deleted,
+            value,
+            value_len,
+            author,
+            via,
+            ..
+        } => format!(
+            "kv changed          {namespace}/{key} {} by {} ({via})",
+            if *deleted {
+                "deleted".to_string()
+            } else {
+                value
+                    .as_deref()
+                    .map_or(format!("= <{value_len} bytes>"), |v| format!("= {v:?}"))
+            },
+            short_id(author)
+        ),
+        NodeEvent::KvConflict {
+            namespace,
+            key,
+            kept,
+            overwritten,
+        } => format!(
+            "kv conflict         {namespace}/{key}: kept {}'s, overwrote {}'s",
+            short_id(kept),
+            short_id(overwritten)
         ),
         NodeEvent::Lagged { missed } => format!(
             "LAGGED              {missed} events missed: this client read too slowly and the node dropped them"

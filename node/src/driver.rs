@@ -38,6 +38,7 @@ use crate::relay::packet::MessageId;
 use crate::relay::protocol::{self as relay_protocol, HOP_ACCEPTED, HOP_REFUSED};
 use crate::services::cluster::{ClusterService, PeerRoles};
 use crate::services::device::DeviceService;
+use crate::services::kv::KvService;
 use crate::services::relay::{HopOutcome, LinkKind, RelayService, SendRequest};
 use crate::services::revocations::RevocationService;
 use crate::services::telemetry::TelemetryService;
@@ -63,15 +64,17 @@ pub enum ServiceId {
     Device,
     Relay,
     Cluster,
+    Kv,
 }
 
 impl ServiceId {
-    pub const ALL: [ServiceId; 5] = [
+    pub const ALL: [ServiceId; 6] = [
         ServiceId::Telemetry,
         ServiceId::Revocations,
         ServiceId::Device,
         ServiceId::Relay,
         ServiceId::Cluster,
+        ServiceId::Kv,
     ];
 
     fn owning(timer: Timer) -> ServiceId {
@@ -81,6 +84,7 @@ impl ServiceId {
             Timer::DeviceSense => ServiceId::Device,
             Timer::RelayForward | Timer::RelaySweep => ServiceId::Relay,
             Timer::ClusterTick => ServiceId::Cluster,
+            Timer::KvTick => ServiceId::Kv,
         }
     }
 }
@@ -93,6 +97,7 @@ pub struct Services {
     pub device: DeviceService,
     pub relay: RelayService,
     pub cluster: ClusterService,
+    pub kv: KvService,
 }
 
 impl Services {
@@ -103,6 +108,7 @@ impl Services {
             ServiceId::Device => &mut self.device,
             ServiceId::Relay => &mut self.relay,
             ServiceId::Cluster => &mut self.cluster,
+            ServiceId::Kv => &mut self.kv,
         }
     }
 }
@@ -238,6 +244,8 @@ pub struct Driver {
     relay_hops: HashMap<libp2p::request_response::OutboundRequestId, (PeerId, MessageId)>,
     /// Cluster requests whose answer the cluster service waits for, by its token.
     cluster_requests: HashMap<libp2p::request_response::OutboundRequestId, (PeerId, u64)>,
+    /// Kv sync requests, by the kv service's token.
+    kv_requests: HashMap<libp2p::request_response::OutboundRequestId, u64>,
     /// Task runs on the blocking pool.
     task_runs: futures::stream::FuturesUnordered<TaskRun>,
     next_request: u64,
@@ -294,6 +302,7 @@ impl Driver {
             replies: HashMap::new(),
             relay_hops: HashMap::new(),
             cluster_requests: HashMap::new(),
+            kv_requests: HashMap::new(),
             task_runs: futures::stream::FuturesUnordered::new(),
             next_request: 0,
             device_monitor: Some(p.device_monitor),
@@ -354,25 +363,31 @@ impl Driver {
         result
     }
 
-    /// The same for the cluster service's typed entry points (requests, answers, runs,
-    /// control requests).
-    fn with_cluster<R>(&mut self, input: impl FnOnce(&mut ClusterService, &mut Outbox) -> R) -> R {
+    /// The same through a service's typed entry points (requests, answers, runs, control
+    /// requests) rather than the [`Service`] trait.
+    fn with_typed<S, R>(
+        &mut self,
+        id: ServiceId,
+        pick: impl FnOnce(&mut Services) -> &mut S,
+        input: impl FnOnce(&mut S, &mut Outbox) -> R,
+    ) -> R {
         let mut out = Outbox::default();
-        let result = input(&mut self.services.cluster, &mut out);
-        self.work
-            .extend(out.drain().map(|e| (ServiceId::Cluster, e)));
+        let result = input(pick(&mut self.services), &mut out);
+        self.work.extend(out.drain().map(|e| (id, e)));
         self.execute_all();
         result
     }
 
-    /// The same for the relay, through its typed entry points (packets, hop answers, links,
-    /// send requests) rather than the [`Service`] trait.
+    fn with_cluster<R>(&mut self, input: impl FnOnce(&mut ClusterService, &mut Outbox) -> R) -> R {
+        self.with_typed(ServiceId::Cluster, |s| &mut s.cluster, input)
+    }
+
     fn with_relay<R>(&mut self, input: impl FnOnce(&mut RelayService, &mut Outbox) -> R) -> R {
-        let mut out = Outbox::default();
-        let result = input(&mut self.services.relay, &mut out);
-        self.work.extend(out.drain().map(|e| (ServiceId::Relay, e)));
-        self.execute_all();
-        result
+        self.with_typed(ServiceId::Relay, |s| &mut s.relay, input)
+    }
+
+    fn with_kv<R>(&mut self, input: impl FnOnce(&mut KvService, &mut Outbox) -> R) -> R {
+        self.with_typed(ServiceId::Kv, |s| &mut s.kv, input)
     }
 
     fn notify_all(&mut self, notice: &Notice) {
@@ -433,6 +448,9 @@ impl Driver {
                 (Some(PendingReply::Message(tx)), Reply::Message(outcome)) => {
                     let _ = tx.send(outcome);
                 }
+                (Some(PendingReply::KvWrite(tx)), Reply::KvWrite(outcome)) => {
+                    let _ = tx.send(outcome);
+                }
                 (pending, reply) => {
                     tracing::error!(
                         ?reply,
@@ -471,6 +489,14 @@ impl Driver {
                 if token != 0 {
                     self.cluster_requests.insert(request_id, (peer, token));
                 }
+            }
+            Effect::KvSync {
+                peer,
+                request,
+                token,
+            } => {
+                let request_id = self.swarm.behaviour_mut().kv.send_request(&peer, *request);
+                self.kv_requests.insert(request_id, token);
             }
             Effect::Dial { peer } => {
                 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -588,6 +614,55 @@ impl Driver {
         }
     }
 
+    fn on_kv_event(&mut self, event: crate::kv::Event) {
+        use libp2p::request_response::{Event, Message};
+        let now = now_ms();
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let answer = self.with_kv(|kv, out| kv.on_sync_request(now, peer, request, out));
+                // The peer may have gone meanwhile: nothing to answer then.
+                let _ = self.swarm.behaviour_mut().kv.send_response(channel, answer);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(token) = self.kv_requests.remove(&request_id) {
+                    self.with_kv(|kv, out| {
+                        kv.on_sync_response(now, peer, token, Ok(response), out)
+                    });
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some(token) = self.kv_requests.remove(&request_id) {
+                    let error = error.to_string();
+                    self.with_kv(|kv, out| kv.on_sync_response(now, peer, token, Err(error), out));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(peer_id = %peer, %error, "kv sync request not read");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn next_timer_instant(&self) -> Option<tokio::time::Instant> {
         let earliest = *self.timers.values().min()?;
         let wait = earliest.saturating_sub(now_ms());
@@ -683,6 +758,7 @@ impl Driver {
                 });
             }
             ControlCommand::Task(command) => self.on_task_command(command),
+            ControlCommand::Kv(command) => self.on_kv_command(command),
             ControlCommand::Revoke { revocation, reply } => {
                 self.next_request += 1;
                 let request = self.next_request;
@@ -697,6 +773,48 @@ impl Driver {
                 self.work
                     .extend(out.drain().map(|e| (ServiceId::Revocations, e)));
                 self.execute_all();
+            }
+        }
+    }
+
+    fn on_kv_command(&mut self, command: api::KvCommand) {
+        use api::KvCommand;
+        match command {
+            KvCommand::Write { writes, reply } => {
+                self.next_request += 1;
+                let request = self.next_request;
+                let now = now_ms();
+                match self.with_kv(|kv, out| kv.write(now, request, writes, out)) {
+                    // The flush reports back through the storage channel, read only after
+                    // this returns: the reply is registered before its answer can come.
+                    Ok(()) => {
+                        self.replies.insert(request, PendingReply::KvWrite(reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+            }
+            KvCommand::Get {
+                namespace,
+                key,
+                reply,
+            } => {
+                let _ = reply.send(self.services.kv.get(&namespace, &key));
+            }
+            KvCommand::List {
+                namespace,
+                prefix,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.services.kv.list(
+                    &namespace,
+                    &prefix,
+                    after.as_deref(),
+                    limit,
+                ));
             }
         }
     }
@@ -856,6 +974,7 @@ impl Driver {
             BehaviourEvent::Relay(event) => self.on_relay_event(event),
             BehaviourEvent::Cluster(event) => self.on_cluster_event(event, false),
             BehaviourEvent::ClusterBulk(event) => self.on_cluster_event(event, true),
+            BehaviourEvent::Kv(event) => self.on_kv_event(event),
             BehaviourEvent::Limits(never) => match never {},
         }
     }
@@ -1223,6 +1342,7 @@ fn peer_views(
 enum PendingReply {
     Revocation(oneshot::Sender<Result<RevocationOutcome, String>>),
     Message(oneshot::Sender<Result<String, String>>),
+    KvWrite(oneshot::Sender<Result<crate::services::kv::KvWritten, String>>),
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

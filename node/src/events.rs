@@ -116,6 +116,26 @@ pub enum NodeEvent {
         cluster: Option<String>,
         detail: Option<String>,
     },
+    /// A key's value changed on this node: a local write, or one merged from elsewhere
+    /// (`via`: `local`, `gossip`, `sync`, `push`). What `kv watch` shows.
+    KvChanged {
+        namespace: String,
+        key: String,
+        deleted: bool,
+        /// The value when it is UTF-8 and at most 1 KiB.
+        value: Option<String>,
+        value_len: usize,
+        author: String,
+        hlc: String,
+        via: String,
+    },
+    /// A write arrived that lost to another author's newer one already here.
+    KvConflict {
+        namespace: String,
+        key: String,
+        kept: String,
+        overwritten: String,
+    },
     /// Produced by a stream that fell behind, in place of the events it lost; never published.
     Lagged {
         missed: u64,
@@ -138,6 +158,8 @@ impl NodeEvent {
             NodeEvent::MessageDelivered { .. } => "message_delivered",
             NodeEvent::Cluster { .. } => "cluster",
             NodeEvent::Task { .. } => "task",
+            NodeEvent::KvChanged { .. } => "kv_changed",
+            NodeEvent::KvConflict { .. } => "kv_conflict",
             NodeEvent::Lagged { .. } => "lagged",
         }
     }

@@ -58,6 +58,10 @@ enum Command {
     /// Compute tasks: submit a WebAssembly module to the mesh and follow it.
     #[command(subcommand)]
     Task(TaskCli),
+    /// The replicated key-value store: every node holds every key; writes reach reachable
+    /// nodes in about a second, others when they reconnect.
+    #[command(subcommand)]
+    Kv(KvCli),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -73,6 +77,70 @@ enum Command {
     /// The node's on-disk store: check it, repair a damaged one.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCli {
+    /// Write a value (the argument, or --file); answers once it is on disk on this node.
+    Put {
+        key: String,
+        value: Option<String>,
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        ns: KvNamespace,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// A key's value (raw, to stdout); --conflicts shows what it overwrote and by whom.
+    Get {
+        key: String,
+        #[arg(long)]
+        conflicts: bool,
+        #[command(flatten)]
+        ns: KvNamespace,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Delete a key (a tombstone that replicates like a write).
+    Del {
+        key: String,
+        #[command(flatten)]
+        ns: KvNamespace,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Keys starting with PREFIX, in order.
+    List {
+        prefix: Option<String>,
+        /// Start after this key (paging).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Show deleted keys too.
+        #[arg(long)]
+        deleted: bool,
+        #[command(flatten)]
+        ns: KvNamespace,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Follow changes to keys starting with PREFIX, local and replicated, as they happen.
+    Watch {
+        prefix: Option<String>,
+        #[command(flatten)]
+        ns: KvNamespace,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct KvNamespace {
+    /// The namespace (letters, digits, `.`, `_`, `-`); `mesh` is for the mesh's admins.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -648,6 +716,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print_out(q.json, &view, || client::render_cluster(&view))
         }
         Some(Command::Task(command)) => task_command(command).await,
+        Some(Command::Kv(command)) => kv_command(command).await,
         Some(Command::Inbox(q)) => {
             let m = q.client()?.messages().await?;
             print_out(q.json, &m, || client::render_messages(&m))
@@ -790,6 +859,112 @@ fn print_line(text: &str) -> Result<()> {
 }
 
 /// `fogmesh send`.
+async fn kv_command(command: KvCli) -> Result<()> {
+    match command {
+        KvCli::Put {
+            key,
+            value,
+            file,
+            ns,
+            query,
+        } => {
+            let value = match (value, file) {
+                (Some(text), None) => text.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                _ => anyhow::bail!("give the value as an argument or with --file"),
+            };
+            let written = query
+                .client()?
+                .kv_write(&ns.namespace, &key, Some(value))
+                .await?;
+            print_out(query.json, &written, || {
+                format!("stored {}/{key} at {}", ns.namespace, written.hlc)
+            })
+        }
+        KvCli::Del { key, ns, query } => {
+            let written = query.client()?.kv_write(&ns.namespace, &key, None).await?;
+            print_out(query.json, &written, || {
+                format!("deleted {}/{key} at {}", ns.namespace, written.hlc)
+            })
+        }
+        KvCli::Get {
+            key,
+            conflicts,
+            ns,
+            query,
+        } => {
+            let Some(view) = query.client()?.kv_get(&ns.namespace, &key).await? else {
+                anyhow::bail!("no key {}/{key} on this node", ns.namespace);
+            };
+            if query.json {
+                return print_line(&serde_json::to_string_pretty(&view)?);
+            }
+            if conflicts {
+                return print_line(&client::render_key_versions(&view));
+            }
+            if view.winner.deleted {
+                anyhow::bail!("{}/{key} was deleted ({})", ns.namespace, view.winner.hlc);
+            }
+            let bytes = view
+                .winner
+                .value_hex
+                .as_deref()
+                .map(hex::decode)
+                .transpose()?
+                .unwrap_or_default();
+            write_stdout(&bytes)
+        }
+        KvCli::List {
+            prefix,
+            after,
+            limit,
+            deleted,
+            ns,
+            query,
+        } => {
+            let list = fogmesh_node::api::KvListQuery {
+                prefix: prefix.unwrap_or_default(),
+                after,
+                limit: Some(limit),
+            };
+            let mut keys = query.client()?.kv_list(&ns.namespace, &list).await?;
+            if !deleted {
+                keys.retain(|k| !k.winner.deleted);
+            }
+            print_out(query.json, &keys, || client::render_keys(&keys))
+        }
+        KvCli::Watch { prefix, ns, query } => {
+            let filter = fogmesh_node::api::EventFilter {
+                kind: None,
+                namespace: Some(ns.namespace.clone()),
+                prefix: Some(prefix.unwrap_or_default()),
+            };
+            let client = query.client()?;
+            let mut stream = client.events_filtered(&filter).await?;
+            if !query.json {
+                eprintln!(
+                    "watching {}/{}* on the node at {}; Ctrl-C stops",
+                    ns.namespace,
+                    filter.prefix.as_deref().unwrap_or(""),
+                    client.addr()
+                );
+            }
+            follow(&mut stream, query.json).await
+        }
+    }
+}
+
+/// Writes `bytes` to stdout as they are; a closed pipe is the reader being done.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn task_command(command: TaskCli) -> Result<()> {
     match command {
         TaskCli::Submit(args) => {
@@ -925,7 +1100,6 @@ async fn send_command(args: SendArgs) -> Result<()> {
 
 /// `fogmesh watch`: one line per event until the node ends the stream.
 async fn watch(args: WatchArgs) -> Result<()> {
-    use std::io::Write;
     let client = control_client(&args.select, args.api)?;
     let mut stream = client.events().await?;
     if !args.json {
@@ -934,8 +1108,14 @@ async fn watch(args: WatchArgs) -> Result<()> {
             client.addr()
         );
     }
+    follow(&mut stream, args.json).await
+}
+
+/// Prints a stream's events, one per line, until the node ends it.
+async fn follow(stream: &mut client::EventStream, json: bool) -> Result<()> {
+    use std::io::Write;
     while let Some(data) = stream.next_data().await? {
-        let line = if args.json {
+        let line = if json {
             data
         } else {
             client::render_event(&data)

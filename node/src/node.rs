@@ -49,6 +49,7 @@ use crate::membership::{self, AdmissionView, MembershipError};
 use crate::peer_manager::{PeerManager, PeerManagerConfig, PeerMetrics};
 use crate::services::cluster::{ClusterConfig, ClusterMetrics, ClusterService, OwnRoles};
 use crate::services::device::{DeviceMetrics, DeviceService};
+use crate::services::kv::{AccessPolicy, KvMetrics, KvService};
 use crate::services::relay::{RelayConfig, RelayMetrics, RelayService};
 use crate::services::revocations::{MeshAuthority, RevocationMetrics, RevocationService};
 use crate::services::telemetry::{
@@ -106,6 +107,7 @@ pub(crate) struct Behaviour {
     pub(crate) relay: crate::relay::protocol::Behaviour,
     pub(crate) cluster: crate::cluster::protocol::Behaviour,
     pub(crate) cluster_bulk: crate::cluster::protocol::Behaviour,
+    pub(crate) kv: crate::kv::Behaviour,
 }
 
 /// Which transports a node runs on.
@@ -469,6 +471,18 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         what: "cluster",
         reason: e.to_string(),
     })?;
+    let kv_metrics = KvMetrics::default();
+    kv_metrics.register(ours);
+    // A store that cannot be read leaves the service refusing everything and the node in
+    // safe mode (the service says so at start), rather than serving part of it.
+    let kv = KvService::open(
+        keypair.clone(),
+        &store,
+        AccessPolicy {
+            admission: membership.as_ref().map(|_| channel.policy().clone()),
+        },
+        kv_metrics,
+    );
     let storage_task = StorageHandle::spawn(store, StorageConfig::default())?;
     storage_task.register_metrics(ours);
     let (storage, storage_reports) = NodeStorage::new(storage_task, tables);
@@ -535,6 +549,7 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
             device,
             relay,
             cluster,
+            kv,
         },
         storage,
         storage_reports,
@@ -743,6 +758,7 @@ fn build_behaviour(
         relay: crate::relay::protocol::behaviour(),
         cluster: crate::cluster::protocol::behaviour(),
         cluster_bulk: crate::cluster::protocol::bulk_behaviour(),
+        kv: crate::kv::behaviour(),
     })
 }
 

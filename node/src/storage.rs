@@ -133,6 +133,7 @@ impl NodeStorage {
             StoreOp::RemoveInbox { id } => batch.remove(&self.tables.relay_inbox, id),
             StoreOp::PutSent { id, record } => batch.put(&self.tables.relay_sent, id, record)?,
             StoreOp::RemoveSent { id } => batch.remove(&self.tables.relay_sent, id),
+            StoreOp::Flush => {}
         }
         Ok(batch)
     }

@@ -59,7 +59,7 @@ pub struct Hlc {
 /// Why an entry or clock is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
-    #[error("namespace over {MAX_NAMESPACE_BYTES} bytes or empty")]
+    #[error("namespace empty, over {MAX_NAMESPACE_BYTES} bytes, or not of letters, digits, '.', '_' and '-'")]
     BadNamespace,
     #[error("key over {MAX_KEY_BYTES} bytes or empty")]
     BadKey,
@@ -178,7 +178,7 @@ impl Entry {
 
     /// Checks sizes (what a peer controls before any signature is looked at).
     pub fn check_shape(&self) -> Result<(), KvError> {
-        if self.namespace.is_empty() || self.namespace.len() > MAX_NAMESPACE_BYTES {
+        if !namespace_is_valid(&self.namespace) {
             return Err(KvError::BadNamespace);
         }
         if self.key.is_empty() || self.key.len() > MAX_KEY_BYTES {
@@ -262,6 +262,56 @@ impl Slot {
     /// The key's value, `None` if deleted.
     pub fn value(&self) -> Option<&[u8]> {
         self.winner.value.as_ref().map(|v| v.as_slice())
+    }
+}
+
+/// Whether `namespace` may name a namespace: 1 to [`MAX_NAMESPACE_BYTES`] ASCII letters,
+/// digits, `.`, `_` or `-` (no `/`, so `namespace/key` names a key unambiguously).
+pub fn namespace_is_valid(namespace: &str) -> bool {
+    !namespace.is_empty()
+        && namespace.len() <= MAX_NAMESPACE_BYTES
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Bytes of a [`KeyId`].
+pub const KEY_ID_BYTES: usize = 16;
+
+/// Where a key lives in the keyspace: the first 16 bytes of SHA-256(`namespace/key`).
+/// Keys spread evenly over ids, which is what lets the digest tree ([`crate::kv_tree`])
+/// split the keyspace into equal buckets by the id's first bits.
+pub type KeyId = [u8; KEY_ID_BYTES];
+
+pub fn key_id(namespace: &str, key: &str) -> KeyId {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(namespace.as_bytes());
+    hasher.update(b"/");
+    hasher.update(key.as_bytes());
+    let hash = hasher.finalize();
+    let mut id = [0u8; KEY_ID_BYTES];
+    id.copy_from_slice(&hash[..KEY_ID_BYTES]);
+    id
+}
+
+impl Entry {
+    /// The entry's key id ([`key_id`]).
+    pub fn key_id(&self) -> KeyId {
+        key_id(&self.namespace, &self.key)
+    }
+
+    /// A 64-bit digest of the whole entry, signature included: two replicas hold the same
+    /// winner for a key exactly when (barring a 2^-64 accident) its digests agree.
+    pub fn digest(&self) -> u64 {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.signing_bytes());
+        hasher.update(&self.signature);
+        let hash = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hash[..8]);
+        u64::from_be_bytes(first)
     }
 }
 

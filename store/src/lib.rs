@@ -25,6 +25,9 @@ pub mod codec;
 pub mod generation;
 pub mod integrity;
 pub mod kv;
+pub mod kv_store;
+pub mod kv_sync;
+pub mod kv_tree;
 pub mod ordered;
 mod redo;
 pub mod task;
@@ -342,18 +345,47 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// Every entry in key order. An entry that cannot be decoded is returned as an
     /// `Err(StoreError::Corrupt)` in its place, so one bad value never hides the others.
     pub fn entries(&self) -> impl Iterator<Item = Result<(String, V), StoreError>> + '_ {
-        self.tree.iter().map(move |item| {
-            let (key, bytes) = item?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            match codec::decode(&bytes) {
-                Ok(value) => Ok((key, value)),
-                Err(source) => Err(StoreError::Corrupt {
-                    table: self.name,
-                    key,
-                    source,
-                }),
+        self.tree.iter().map(move |item| self.decode_row(item))
+    }
+
+    fn decode_row(
+        &self,
+        item: Result<(sled::IVec, sled::IVec), sled::Error>,
+    ) -> Result<(String, V), StoreError> {
+        let (key, bytes) = item?;
+        let key = String::from_utf8_lossy(&key).into_owned();
+        match codec::decode(&bytes) {
+            Ok(value) => Ok((key, value)),
+            Err(source) => Err(StoreError::Corrupt {
+                table: self.name,
+                key,
+                source,
+            }),
+        }
+    }
+
+    /// Entries whose key starts with `prefix`, in key order, beginning after `after` if
+    /// given. Undecodable values come back as errors in place, like [`Table::entries`].
+    pub fn scan_prefix<'a>(
+        &'a self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<(String, V), StoreError>> + 'a {
+        let iter = match after {
+            Some(after) => {
+                let mut start = after.as_bytes().to_vec();
+                start.push(0);
+                let mut end = prefix.as_bytes().to_vec();
+                let bounded = increment(&mut end);
+                if bounded {
+                    self.tree.range(start..end)
+                } else {
+                    self.tree.range(start..)
+                }
             }
-        })
+            None => self.tree.scan_prefix(prefix.as_bytes()),
+        };
+        iter.map(move |item| self.decode_row(item))
     }
 
     /// Stores raw bytes under `key` without encoding; for tests of corrupt-data handling.
@@ -362,6 +394,18 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         self.tree.insert(key.as_bytes(), bytes)?;
         Ok(())
     }
+}
+
+/// The smallest byte string greater than every string starting with `bytes`; false when
+/// there is none (all 0xff, or empty).
+fn increment(bytes: &mut Vec<u8>) -> bool {
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

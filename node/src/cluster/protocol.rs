@@ -17,14 +17,11 @@
 //! members that are not neighbours would ride the relay's signed, sealed packets instead;
 //! that seam is described in docs/clusters.md and not built yet.
 
-use std::io;
 use std::time::Duration;
 
 use fogmesh_consensus::capacity::NodeCapacity;
 use fogmesh_consensus::state::{Command, TaskState};
 use fogmesh_consensus::task::{TaskId, TaskSpec};
-use fogmesh_store::codec;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
@@ -133,10 +130,7 @@ pub enum ClusterResponse {
 }
 
 /// The codec, with its protocol's request bound.
-#[derive(Debug, Clone, Copy)]
-pub struct ClusterCodec {
-    max_request: usize,
-}
+pub type ClusterCodec = crate::framing::CborCodec<ClusterRequest, ClusterResponse>;
 
 pub type Behaviour = request_response::Behaviour<ClusterCodec>;
 pub type Event = request_response::Event<ClusterRequest, ClusterResponse>;
@@ -144,9 +138,7 @@ pub type Event = request_response::Event<ClusterRequest, ClusterResponse>;
 /// `/fogmesh/cluster/1`.
 pub fn behaviour() -> Behaviour {
     request_response::Behaviour::with_codec(
-        ClusterCodec {
-            max_request: MAX_CONTROL_REQUEST_BYTES,
-        },
+        ClusterCodec::new(MAX_CONTROL_REQUEST_BYTES, MAX_RESPONSE_BYTES),
         [(PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
@@ -157,108 +149,12 @@ pub fn behaviour() -> Behaviour {
 /// `/fogmesh/cluster-bulk/1`.
 pub fn bulk_behaviour() -> Behaviour {
     request_response::Behaviour::with_codec(
-        ClusterCodec {
-            max_request: MAX_BULK_REQUEST_BYTES,
-        },
+        ClusterCodec::new(MAX_BULK_REQUEST_BYTES, MAX_RESPONSE_BYTES),
         [(BULK_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(MAX_BULK_STREAMS),
     )
-}
-
-async fn read_frame<T, M>(io: &mut T, max: usize) -> io::Result<M>
-where
-    T: AsyncRead + Unpin + Send,
-    M: serde::de::DeserializeOwned,
-{
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("cluster frame of {len} bytes exceeds {max}"),
-        ));
-    }
-    // Grows as bytes arrive: a length prefix alone reserves nothing.
-    let mut bytes = Vec::new();
-    io.take(len as u64).read_to_end(&mut bytes).await?;
-    if bytes.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "cluster frame cut short",
-        ));
-    }
-    codec::decode_bounded(&bytes, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-async fn write_frame<T, M>(io: &mut T, message: &M, max: usize) -> io::Result<()>
-where
-    T: AsyncWrite + Unpin + Send,
-    M: Serialize,
-{
-    let bytes =
-        codec::encode(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let len = u32::try_from(bytes.len())
-        .ok()
-        .filter(|l| *l as usize <= max)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "cluster frame too large"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&bytes).await?;
-    io.close().await
-}
-
-impl request_response::Codec for ClusterCodec {
-    type Protocol = StreamProtocol;
-    type Request = ClusterRequest;
-    type Response = ClusterResponse;
-
-    async fn read_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<ClusterRequest>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io, self.max_request).await
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<ClusterResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io, MAX_RESPONSE_BYTES).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: ClusterRequest,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &request, self.max_request).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: ClusterResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &response, MAX_RESPONSE_BYTES).await
-    }
 }
 
 const _: () = assert!(MAX_OUTPUT_BYTES < MAX_RESPONSE_BYTES);
@@ -271,9 +167,7 @@ mod tests {
     #[test]
     fn requests_round_trip_and_oversized_lengths_are_refused_unread() {
         futures::executor::block_on(async {
-            let mut codec = ClusterCodec {
-                max_request: MAX_CONTROL_REQUEST_BYTES,
-            };
+            let mut codec = ClusterCodec::new(MAX_CONTROL_REQUEST_BYTES, MAX_RESPONSE_BYTES);
             let request = ClusterRequest::Fetch { hash: [7; 32] };
             let mut wire = Vec::new();
             codec
@@ -292,7 +186,7 @@ mod tests {
                 .read_request(&PROTOCOL, &mut huge.as_slice())
                 .await
                 .unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
 
             let mut junk = vec![0, 0, 0, 3, 0xff, 0x00, 0x13];
             junk.truncate(7);

@@ -23,6 +23,7 @@
 
 pub mod cluster;
 pub mod device;
+pub mod kv;
 pub mod relay;
 pub mod revocations;
 pub mod telemetry;
@@ -57,6 +58,8 @@ pub enum Timer {
     RelaySweep,
     /// The cluster service's raft tick ([`fogmesh_consensus::group::TICK_MS`]).
     ClusterTick,
+    /// The kv service's look at its sync sessions (every second).
+    KvTick,
 }
 
 /// A write a service wants persisted. Services name what to store; the driver knows where.
@@ -100,6 +103,9 @@ pub enum StoreOp {
     RemoveSent {
         id: String,
     },
+    /// Nothing new: make everything already written durable (services that write their
+    /// own tables, like the kv store, ask for this to acknowledge their writes).
+    Flush,
 }
 
 /// Which durable write finished; handed back with its outcome.
@@ -164,6 +170,13 @@ pub enum Effect {
         request: Box<crate::cluster::protocol::ClusterRequest>,
         token: u64,
     },
+    /// Send a `/fogmesh/kv/1` sync request; its answer goes back to the kv service with
+    /// `token` (`KvService::on_sync_response`).
+    KvSync {
+        peer: PeerId,
+        request: Box<fogmesh_store::kv_sync::SyncRequest>,
+        token: u64,
+    },
     /// Dial a peer by the addresses the node knows for it.
     Dial { peer: PeerId },
     /// Run a task's module in the sandbox on the blocking pool; the outcome goes back to
@@ -187,6 +200,8 @@ pub enum Reply {
     Revocation(Result<crate::api::RevocationOutcome, String>),
     /// A message was stored and sent: its id (hex), or why not.
     Message(Result<String, String>),
+    /// Writes to the kv store are on disk (or why not).
+    KvWrite(Result<kv::KvWritten, String>),
 }
 
 /// Where a service writes its effects during one input.

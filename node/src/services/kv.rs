@@ -1,0 +1,1211 @@
+//! The replicated key-value store as a service (docs/kv.md).
+//!
+//! - Local writes: signed with the node's key, stamped with its hybrid logical clock,
+//!   merged into the replica ([`KvStore`]), acknowledged once the storage task has flushed
+//!   them ([`Effect::PersistDurable`] of [`StoreOp::Flush`]; writes waiting together share
+//!   one flush), and published at once as a gossip [`Delta`].
+//! - Remote entries (deltas, sync answers, pushes) are verified one by one before they are
+//!   merged ([`KvService::admit`]): shape and caps, the author's signature, the author's
+//!   role from its ticket (in a mesh with tickets), and the clock's skew. A refused entry
+//!   is counted by reason and never merged; the rest of its message still is.
+//! - Anti-entropy with every direct neighbour: on connect and every [`SYNC_EVERY_MS`], at
+//!   most [`MAX_SESSIONS`] sessions at once, each with [`SESSION_IN_FLIGHT`] requests out
+//!   ([`fogmesh_store::kv_sync`]). A session that fails or stalls for
+//!   [`SESSION_TIMEOUT_MS`] is dropped and started again at the next round.
+//! - Watchers are the event stream's subscribers: every change of a key's winner is a
+//!   `kv_changed` event, in merge order (so in order per key); the stream is bounded and
+//!   tells a slow reader what it lost with a `lagged` marker.
+//!
+//! Like the cluster service, this service reads and writes its sled tables directly (the
+//! store is its state; sled reads and buffered writes take microseconds); only the flush
+//! that makes writes durable goes through the storage task.
+//!
+//! Access (docs/kv.md, "Access"): in a mesh with tickets, writing takes the role `writer`,
+//! and the namespace [`RESERVED_NAMESPACE`] takes `admin`. In an open mesh anyone writes.
+//! Entries from a revoked author are refused from the moment this node knows of the
+//! revocation; those it merged before stay.
+
+use std::collections::{HashMap, HashSet};
+
+use fogmesh_store::kv::{self, Entry, Hlc, Merged, Slot, Version};
+use fogmesh_store::kv_store::KvStore;
+use fogmesh_store::kv_sync::{
+    self, answer, check_request, encoded_len, Replica, SyncRequest, SyncResponse, SyncSession,
+    BATCH_BYTES,
+};
+use fogmesh_store::Store;
+use fogmesh_transports::secure::AdmissionPolicy;
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::events::NodeEvent;
+use crate::kv::{Delta, DELTA_BYTES, TOPIC};
+use crate::services::{
+    DurableToken, Effect, GossipIn, Notice, Outbox, ReasonLabel, Reply, Service, StoreOp, Timer,
+};
+
+/// Only authors whose ticket grants `admin` write here.
+pub const RESERVED_NAMESPACE: &str = "mesh";
+/// Anti-entropy with each neighbour at least this often.
+pub const SYNC_EVERY_MS: u64 = 30_000;
+/// Sessions this node runs at once (as the asking side).
+pub const MAX_SESSIONS: usize = 4;
+/// Requests one session keeps out.
+pub const SESSION_IN_FLIGHT: usize = 4;
+/// A session with no answer for this long is dropped.
+pub const SESSION_TIMEOUT_MS: u64 = 60_000;
+/// How often the service looks at its sessions.
+const TICK_MS: u64 = 1_000;
+/// After learning something by sync, the other neighbours are synced this soon.
+const NUDGE_MS: u64 = 200;
+/// Writes of one control request.
+pub const MAX_BATCH_WRITES: usize = 10_000;
+/// Control requests waiting for their flush; beyond, writes are refused as busy.
+pub const MAX_PENDING_ACKS: usize = 1_024;
+/// Values shown in events when at most this long (the event says the length either way).
+const EVENT_VALUE_BYTES: usize = 1024;
+
+/// One write of a control request: a value, or `None` to delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvWrite {
+    pub namespace: String,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a durable write answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvWritten {
+    pub written: usize,
+    /// The clock of the last write (`wall_ms.counter`).
+    pub hlc: String,
+    pub author: String,
+}
+
+/// One version of a key, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// The value as text if it is UTF-8.
+    pub value: Option<String>,
+    pub value_hex: Option<String>,
+    pub deleted: bool,
+    pub author: String,
+    pub hlc: String,
+    pub written_ms: u64,
+}
+
+/// A key, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub namespace: String,
+    pub key: String,
+    #[serde(flatten)]
+    pub winner: VersionView,
+    /// The versions it overwrote that this node saw, newest first.
+    pub overwritten: Vec<VersionView>,
+}
+
+fn author_text(author: &[u8]) -> String {
+    PeerId::from_bytes(author)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| fogmesh_store::kv_store::hex(author))
+}
+
+fn hlc_text(hlc: &Hlc) -> String {
+    format!("{}.{}", hlc.wall_ms, hlc.counter)
+}
+
+impl VersionView {
+    pub fn of(entry: &Entry) -> Self {
+        let value = entry.value.as_ref();
+        VersionView {
+            value: value.and_then(|v| String::from_utf8(v.to_vec()).ok()),
+            value_hex: value.map(|v| fogmesh_store::kv_store::hex(v)),
+            deleted: value.is_none(),
+            author: author_text(&entry.version.author),
+            hlc: hlc_text(&entry.version.hlc),
+            written_ms: entry.version.hlc.wall_ms,
+        }
+    }
+}
+
+impl KeyView {
+    pub fn of(slot: &Slot) -> Self {
+        KeyView {
+            namespace: slot.winner.namespace.clone(),
+            key: slot.winner.key.clone(),
+            winner: VersionView::of(&slot.winner),
+            overwritten: slot.overwritten.iter().map(VersionView::of).collect(),
+        }
+    }
+}
+
+/// Counters and gauges of the store.
+#[derive(Debug, Clone, Default)]
+pub struct KvMetrics {
+    pub keys: Gauge,
+    pub value_bytes: Gauge,
+    pub writes: Counter,
+    /// Remote entries merged, by how they came (`gossip`, `sync`, `push`).
+    pub merged: Family<ReasonLabel, Counter>,
+    pub conflicts: Counter,
+    /// Remote entries and sync messages refused, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    pub sync_sessions: Family<ReasonLabel, Counter>,
+    pub sync_bytes_sent: Counter,
+    pub sync_bytes_received: Counter,
+}
+
+impl KvMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "kv_keys",
+            "Keys held (deleted ones included)",
+            self.keys.clone(),
+        );
+        registry.register(
+            "kv_value_bytes",
+            "Bytes of live values held",
+            self.value_bytes.clone(),
+        );
+        registry.register("kv_writes", "Local writes", self.writes.clone());
+        registry.register(
+            "kv_merged",
+            "Remote entries merged, by path",
+            self.merged.clone(),
+        );
+        registry.register(
+            "kv_conflicts",
+            "Merges where versions by two authors met",
+            self.conflicts.clone(),
+        );
+        registry.register(
+            "kv_refused",
+            "Remote entries and sync messages refused, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "kv_sync_sessions",
+            "Anti-entropy sessions, by outcome",
+            self.sync_sessions.clone(),
+        );
+        registry.register(
+            "kv_sync_bytes_sent",
+            "Bytes of sync messages sent",
+            self.sync_bytes_sent.clone(),
+        );
+        registry.register(
+            "kv_sync_bytes_received",
+            "Bytes of sync messages received",
+            self.sync_bytes_received.clone(),
+        );
+    }
+
+    fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// Why a local write is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvWriteError {
+    #[error("{0}")]
+    Shape(#[from] kv::KvError),
+    #[error("this node's ticket does not grant `{0}`")]
+    NotAllowed(&'static str),
+    #[error("no writes given, or more than {MAX_BATCH_WRITES}")]
+    BatchSize,
+    #[error("too many writes are waiting to be flushed; try again")]
+    Busy,
+    #[error("cannot sign: {0}")]
+    Sign(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// What a remote entry needs to be checked.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    /// `None`: an open mesh, no tickets.
+    pub admission: Option<AdmissionPolicy>,
+}
+
+impl AccessPolicy {
+    pub fn open() -> Self {
+        AccessPolicy { admission: None }
+    }
+
+    fn own_ticket(&self) -> Option<&[u8]> {
+        self.admission.as_ref()?.own_ticket()
+    }
+}
+
+/// One anti-entropy session this node runs.
+#[derive(Debug)]
+struct Session {
+    sync: SyncSession,
+    last_progress_ms: u64,
+    /// Request token → the session's request id.
+    requests: HashMap<u64, u64>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct KvService {
+    /// `None` when the store could not be opened: the node is in safe mode and every
+    /// request is refused with `broken`.
+    kv: Option<KvStore>,
+    broken: Option<String>,
+    keypair: Keypair,
+    author: ByteBuf,
+    access: AccessPolicy,
+    clock: Hlc,
+    metrics: KvMetrics,
+    /// Flush token → the control request waiting for it and what it answers.
+    acks: HashMap<DurableToken, (u64, KvWritten)>,
+    next_token: u64,
+    neighbours: HashSet<PeerId>,
+    /// When each neighbour is next due for a session.
+    due: HashMap<PeerId, u64>,
+    sessions: HashMap<PeerId, Session>,
+    max_skew_ms: u64,
+}
+
+impl KvService {
+    /// Opens the replica. One that cannot be read leaves the service refusing everything;
+    /// at start it sends the node to safe mode with the reason and the store's path.
+    pub fn open(keypair: Keypair, store: &Store, access: AccessPolicy, metrics: KvMetrics) -> Self {
+        let (kv, broken) = match KvStore::open(store) {
+            Ok(kv) => {
+                metrics.keys.set(kv.keys() as i64);
+                metrics.value_bytes.set(kv.value_bytes() as i64);
+                (Some(kv), None)
+            }
+            Err(error) => {
+                let reason = format!(
+                    "the kv store in {} cannot be read ({error}); run `fogmesh store check --repair`",
+                    store.path().display()
+                );
+                tracing::error!(%reason, "kv store unavailable");
+                (None, Some(reason))
+            }
+        };
+        let author = ByteBuf::from(keypair.public().to_peer_id().to_bytes());
+        KvService {
+            kv,
+            broken,
+            keypair,
+            author,
+            access,
+            clock: Hlc::default(),
+            metrics,
+            acks: HashMap::new(),
+            next_token: 0,
+            neighbours: HashSet::new(),
+            due: HashMap::new(),
+            sessions: HashMap::new(),
+            max_skew_ms: kv::DEFAULT_MAX_SKEW_MS,
+        }
+    }
+
+    pub fn metrics(&self) -> &KvMetrics {
+        &self.metrics
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn own_roles_allow(&self, namespace: &str) -> Result<(), KvWriteError> {
+        let Some(policy) = &self.access.admission else {
+            return Ok(());
+        };
+        let Some(ticket) = policy.own_ticket() else {
+            return Ok(());
+        };
+        let me = self.keypair.public().to_peer_id();
+        let roles = policy
+            .check(Some(ticket), &me, crate::api::now_ms() / 1000)
+            .ok()
+            .flatten()
+            .map(|a| a.roles)
+            .unwrap_or_default();
+        let needed = needed_role(namespace);
+        if roles.iter().any(|r| r == needed) {
+            Ok(())
+        } else {
+            Err(KvWriteError::NotAllowed(needed))
+        }
+    }
+
+    /// Writes `writes` (signed by this node), answers control request `request` once they
+    /// are on disk, and publishes them.
+    pub fn write(
+        &mut self,
+        now_ms: u64,
+        request: u64,
+        writes: Vec<KvWrite>,
+        out: &mut Outbox,
+    ) -> Result<(), KvWriteError> {
+        if let Some(reason) = &self.broken {
+            return Err(KvWriteError::Store(reason.clone()));
+        }
+        if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
+            return Err(KvWriteError::BatchSize);
+        }
+        if self.acks.len() >= MAX_PENDING_ACKS {
+            return Err(KvWriteError::Busy);
+        }
+        // Check everything first: a batch is taken whole or not at all.
+        for write in &writes {
+            if !kv::namespace_is_valid(&write.namespace) {
+                return Err(kv::KvError::BadNamespace.into());
+            }
+            self.own_roles_allow(&write.namespace)?;
+        }
+        let mut entries = Vec::with_capacity(writes.len());
+        for write in writes {
+            let hlc = Hlc::next(self.clock, now_ms)?;
+            let mut entry = Entry {
+                namespace: write.namespace,
+                key: write.key,
+                value: write.value.map(ByteBuf::from),
+                version: Version {
+                    hlc,
+                    author: self.author.clone(),
+                },
+                signature: ByteBuf::new(),
+            };
+            entry.check_shape()?;
+            entry.signature = ByteBuf::from(
+                self.keypair
+                    .sign(&entry.signing_bytes())
+                    .map_err(|e| KvWriteError::Sign(e.to_string()))?,
+            );
+            self.clock = hlc;
+            entries.push(entry);
+        }
+        let last = entries.last().map(|e| e.version.hlc).unwrap_or_default();
+        let count = entries.len();
+        for entry in &entries {
+            self.merge(entry.clone(), "local", out)
+                .map_err(KvWriteError::Store)?;
+        }
+        self.metrics.writes.inc_by(count as u64);
+        let ticket = self.access.own_ticket().map(|t| t.to_vec());
+        if let (Some(ticket), Some(kv)) = (ticket, self.kv.as_mut()) {
+            kv.put_credential(&self.author, &ticket)
+                .map_err(|e| KvWriteError::Store(e.to_string()))?;
+        }
+        let token = self.token();
+        self.acks.insert(
+            token,
+            (
+                request,
+                KvWritten {
+                    written: count,
+                    hlc: hlc_text(&last),
+                    author: author_text(&self.author),
+                },
+            ),
+        );
+        out.push(Effect::PersistDurable {
+            op: StoreOp::Flush,
+            token,
+        });
+        self.publish(entries, out);
+        Ok(())
+    }
+
+    /// Publishes entries as deltas of at most [`DELTA_BYTES`]; an entry too large for a
+    /// delta starts anti-entropy with every neighbour instead.
+    fn publish(&mut self, entries: Vec<Entry>, out: &mut Outbox) {
+        let mut batch = Vec::new();
+        let mut used = 0;
+        let mut too_large = false;
+        for entry in entries {
+            let size = kv_sync::entry_size(&entry);
+            if size > DELTA_BYTES {
+                too_large = true;
+                continue;
+            }
+            if used + size > DELTA_BYTES {
+                self.publish_delta(std::mem::take(&mut batch), out);
+                used = 0;
+            }
+            used += size;
+            batch.push(entry);
+        }
+        if !batch.is_empty() {
+            self.publish_delta(batch, out);
+        }
+        if too_large {
+            for peer in self.neighbours.clone() {
+                self.due.insert(peer, 0);
+            }
+        }
+    }
+
+    fn publish_delta(&self, entries: Vec<Entry>, out: &mut Outbox) {
+        let credentials = self
+            .kv
+            .as_ref()
+            .map(|kv| kv.credentials(&entries))
+            .unwrap_or_default();
+        let delta = Delta {
+            entries,
+            credentials,
+        };
+        match fogmesh_store::codec::encode(&delta) {
+            Ok(data) => out.push(Effect::Publish {
+                topic: TOPIC.into(),
+                data,
+            }),
+            Err(error) => tracing::warn!(%error, "kv delta not encodable"),
+        }
+    }
+
+    /// Merges one entry (local or verified) and tells the event stream.
+    fn merge(
+        &mut self,
+        entry: Entry,
+        via: &'static str,
+        out: &mut Outbox,
+    ) -> Result<Merged, String> {
+        let Some(kv) = self.kv.as_mut() else {
+            return Err(self.broken.clone().unwrap_or_default());
+        };
+        let previous_author = kv
+            .get(&entry.namespace, &entry.key)
+            .map_err(|e| e.to_string())?
+            .map(|s| s.winner.version.author);
+        let event_entry = entry.clone();
+        let merged = kv.merge(entry).map_err(|e| e.to_string())?;
+        self.metrics.keys.set(kv.keys() as i64);
+        self.metrics.value_bytes.set(kv.value_bytes() as i64);
+        let other_author = previous_author
+            .as_ref()
+            .is_some_and(|a| *a != event_entry.version.author);
+        match merged {
+            Merged::Won => {
+                if other_author && via != "local" {
+                    self.metrics.conflicts.inc();
+                }
+                out.event(changed_event(&event_entry, via));
+            }
+            Merged::Lost if other_author => {
+                self.metrics.conflicts.inc();
+                out.event(NodeEvent::KvConflict {
+                    namespace: event_entry.namespace.clone(),
+                    key: event_entry.key.clone(),
+                    kept: previous_author.map(|a| author_text(&a)).unwrap_or_default(),
+                    overwritten: author_text(&event_entry.version.author),
+                });
+            }
+            _ => {}
+        }
+        Ok(merged)
+    }
+
+    /// Checks a remote entry before it may be merged. See the module docs.
+    pub fn admit(
+        &mut self,
+        now_ms: u64,
+        entry: &Entry,
+        credentials: &[ByteBuf],
+    ) -> Result<(), &'static str> {
+        entry.check_shape().map_err(|e| e.reason())?;
+        let author = PeerId::from_bytes(&entry.version.author).map_err(|_| "bad_author")?;
+        let key = public_key_of(&author).ok_or("unverifiable_author")?;
+        if !key.verify(&entry.signing_bytes(), &entry.signature) {
+            return Err("bad_signature");
+        }
+        if let Some(policy) = self.access.admission.clone() {
+            if policy.requires_tickets() {
+                self.check_author(&policy, &author, entry, credentials)?;
+            }
+        }
+        self.clock = Hlc::observe(self.clock, entry.version.hlc, now_ms, self.max_skew_ms)
+            .map_err(|e| e.reason())?;
+        Ok(())
+    }
+
+    /// The author's ticket must be valid at the entry's time, not revoked, and grant the
+    /// role the namespace needs. Tickets come with the message or from earlier ones.
+    fn check_author(
+        &mut self,
+        policy: &AdmissionPolicy,
+        author: &PeerId,
+        entry: &Entry,
+        credentials: &[ByteBuf],
+    ) -> Result<(), &'static str> {
+        let at_s = entry.version.hlc.wall_ms / 1000;
+        let known = self
+            .kv
+            .as_ref()
+            .and_then(|kv| kv.credential(&entry.version.author))
+            .cloned();
+        let mut candidates: Vec<&[u8]> = credentials.iter().map(|c| c.as_slice()).collect();
+        if let Some(known) = &known {
+            candidates.insert(0, known.as_slice());
+        }
+        let mut reason = "no_credential";
+        for ticket in candidates {
+            match policy.check(Some(ticket), author, at_s) {
+                Ok(Some(admission)) => {
+                    let needed = needed_role(&entry.namespace);
+                    if !admission.roles.iter().any(|r| r == needed) {
+                        reason = if needed == "admin" {
+                            "not_admin"
+                        } else {
+                            "not_writer"
+                        };
+                        continue;
+                    }
+                    if known.as_deref().map(|k| k.as_slice()) != Some(ticket) {
+                        // Remembered to vouch for this author in later syncs; a failure
+                        // to store it only means it is not remembered.
+                        if let Some(kv) = self.kv.as_mut() {
+                            let _ = kv.put_credential(&entry.version.author, ticket);
+                        }
+                    }
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    reason = if error.to_string().contains("revoked") {
+                        "revoked"
+                    } else {
+                        "bad_credential"
+                    };
+                }
+            }
+        }
+        Err(reason)
+    }
+
+    /// Verifies and merges remote entries; returns how many were taken and refused.
+    fn take_remote(
+        &mut self,
+        now_ms: u64,
+        entries: Vec<Entry>,
+        credentials: &[ByteBuf],
+        via: &'static str,
+        out: &mut Outbox,
+    ) -> (u32, u32) {
+        let (mut taken, mut refused) = (0, 0);
+        for entry in entries {
+            // Already held: nothing to verify or merge (gossip echoes, repeated syncs).
+            if self
+                .kv
+                .as_ref()
+                .and_then(|kv| kv.winner(&entry.key_id()).ok().flatten())
+                .is_some_and(|w| w == entry)
+            {
+                continue;
+            }
+            if let Err(reason) = self.admit(now_ms, &entry, credentials) {
+                tracing::debug!(reason, namespace = %entry.namespace, "kv entry refused");
+                self.metrics.refuse(reason);
+                refused += 1;
+                continue;
+            }
+            match self.merge(entry, via, out) {
+                Ok(_) => {
+                    taken += 1;
+                    self.metrics
+                        .merged
+                        .get_or_create(&ReasonLabel { reason: via })
+                        .inc();
+                }
+                Err(error) => {
+                    out.push(Effect::StoreFailed(format!("kv store: {error}")));
+                    break;
+                }
+            }
+        }
+        (taken, refused)
+    }
+
+    fn store(&self) -> Result<&KvStore, String> {
+        self.kv
+            .as_ref()
+            .ok_or_else(|| self.broken.clone().unwrap_or_default())
+    }
+
+    pub fn get(&self, namespace: &str, key: &str) -> Result<Option<KeyView>, String> {
+        self.store()?
+            .get(namespace, key)
+            .map(|s| s.as_ref().map(KeyView::of))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyView>, String> {
+        self.store()?
+            .list(namespace, prefix, after, limit)
+            .map(|slots| slots.iter().map(KeyView::of).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Neighbours other than `from` sync soon: this node just learned something they may
+    /// lack (sync entries are not re-gossiped, so this is how they travel on, hop by hop).
+    fn nudge_neighbours(&mut self, now_ms: u64, from: PeerId) {
+        for peer in &self.neighbours {
+            if *peer != from && !self.sessions.contains_key(peer) {
+                let at = self.due.entry(*peer).or_insert(now_ms + NUDGE_MS);
+                *at = (*at).min(now_ms + NUDGE_MS);
+            }
+        }
+    }
+
+    /// A sync request from a neighbour.
+    pub fn on_sync_request(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        request: SyncRequest,
+        out: &mut Outbox,
+    ) -> SyncResponse {
+        self.metrics
+            .sync_bytes_received
+            .inc_by(encoded_len(&request));
+        if let Err(error) = check_request(&request) {
+            self.metrics.refuse(error.reason());
+            return SyncResponse::Refused {
+                reason: error.reason().into(),
+            };
+        }
+        let response = match request {
+            SyncRequest::Push {
+                entries,
+                credentials,
+            } => {
+                let (accepted, refused) =
+                    self.take_remote(now_ms, entries, &credentials, "push", out);
+                if accepted > 0 {
+                    self.nudge_neighbours(now_ms, peer);
+                }
+                SyncResponse::Pushed { accepted, refused }
+            }
+            other => match self.kv.as_ref().map(|kv| answer(kv, &other, BATCH_BYTES)) {
+                None => SyncResponse::Refused {
+                    reason: "store_unavailable".into(),
+                },
+                Some(Ok(response)) => response,
+                Some(Err(error)) => {
+                    out.push(Effect::StoreFailed(format!("kv store: {error}")));
+                    SyncResponse::Refused {
+                        reason: "store_unreadable".into(),
+                    }
+                }
+            },
+        };
+        self.metrics.sync_bytes_sent.inc_by(encoded_len(&response));
+        response
+    }
+
+    /// The answer to a sync request this node sent (or why there is none).
+    pub fn on_sync_response(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        token: u64,
+        response: Result<SyncResponse, String>,
+        out: &mut Outbox,
+    ) {
+        let Some(session) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let Some(id) = session.requests.remove(&token) else {
+            return;
+        };
+        session.last_progress_ms = now_ms;
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(peer_id = %peer, %error, "kv sync request failed");
+                return self.end_session(now_ms, peer, "failed", out);
+            }
+        };
+        self.metrics
+            .sync_bytes_received
+            .inc_by(encoded_len(&response));
+        let credentials = match &response {
+            SyncResponse::Subtree { credentials, .. }
+            | SyncResponse::Fetched { credentials, .. } => credentials.clone(),
+            _ => Vec::new(),
+        };
+        let Some(kv) = self.kv.as_ref() else {
+            return;
+        };
+        let entries = match session.sync.on_response(kv, id, response) {
+            Ok(entries) => entries,
+            Err(error) => {
+                self.metrics.refuse(error.reason());
+                return self.end_session(now_ms, peer, "malformed", out);
+            }
+        };
+        let (taken, _) = self.take_remote(now_ms, entries, &credentials, "sync", out);
+        if taken > 0 {
+            self.nudge_neighbours(now_ms, peer);
+        }
+        self.drive(now_ms, peer, out);
+    }
+
+    /// Sends what a session can send; ends it when it is done.
+    fn drive(&mut self, now_ms: u64, peer: PeerId, out: &mut Outbox) {
+        let Some(mut session) = self.sessions.remove(&peer) else {
+            return;
+        };
+        let Some(kv) = self.kv.as_ref() else {
+            return;
+        };
+        let requests = match session
+            .sync
+            .next_requests(kv, BATCH_BYTES, SESSION_IN_FLIGHT)
+        {
+            Ok(requests) => requests,
+            Err(error) => {
+                out.push(Effect::StoreFailed(format!("kv store: {error}")));
+                return self.end_session(now_ms, peer, "failed", out);
+            }
+        };
+        for (id, request) in requests {
+            let token = self.token();
+            session.requests.insert(token, id);
+            self.metrics.sync_bytes_sent.inc_by(encoded_len(&request));
+            out.push(Effect::KvSync {
+                peer,
+                request: Box::new(request),
+                token,
+            });
+        }
+        if session.sync.is_done() {
+            self.sessions.insert(peer, session);
+            return self.end_session(now_ms, peer, "completed", out);
+        }
+        self.sessions.insert(peer, session);
+    }
+
+    fn end_session(&mut self, now_ms: u64, peer: PeerId, outcome: &'static str, out: &mut Outbox) {
+        self.sessions.remove(&peer);
+        self.metrics
+            .sync_sessions
+            .get_or_create(&ReasonLabel { reason: outcome })
+            .inc();
+        if self.neighbours.contains(&peer) {
+            let next = if outcome == "completed" {
+                now_ms + SYNC_EVERY_MS
+            } else {
+                // Resumed at the next round: what was exchanged now compares equal.
+                now_ms + SYNC_EVERY_MS / 6
+            };
+            self.due.insert(peer, next);
+        }
+        self.start_due(now_ms, out);
+    }
+
+    /// Starts sessions with neighbours that are due, up to [`MAX_SESSIONS`].
+    fn start_due(&mut self, now_ms: u64, out: &mut Outbox) {
+        let mut due: Vec<(u64, PeerId)> = self
+            .due
+            .iter()
+            .filter(|(p, at)| **at <= now_ms && !self.sessions.contains_key(p))
+            .map(|(p, at)| (*at, *p))
+            .collect();
+        due.sort();
+        for (_, peer) in due {
+            if self.sessions.len() >= MAX_SESSIONS {
+                break;
+            }
+            self.due.remove(&peer);
+            self.sessions.insert(
+                peer,
+                Session {
+                    sync: SyncSession::new(),
+                    last_progress_ms: now_ms,
+                    requests: HashMap::new(),
+                },
+            );
+            self.drive(now_ms, peer, out);
+        }
+    }
+
+    /// A new neighbour: sync with it at once (it may have been away).
+    fn on_connected(&mut self, now_ms: u64, peer: PeerId, out: &mut Outbox) {
+        if self.kv.is_some() && self.neighbours.insert(peer) {
+            self.due.insert(peer, now_ms);
+            self.start_due(now_ms, out);
+        }
+    }
+
+    /// Keys this node holds.
+    pub fn keys(&self) -> u64 {
+        self.kv.as_ref().map_or(0, |kv| kv.keys())
+    }
+}
+
+fn needed_role(namespace: &str) -> &'static str {
+    if namespace == RESERVED_NAMESPACE {
+        "admin"
+    } else {
+        "writer"
+    }
+}
+
+/// The public key inlined in a PeerId (Ed25519 ids inline theirs).
+fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
+    let multihash = peer.as_ref();
+    if multihash.code() != 0 {
+        return None;
+    }
+    PublicKey::try_decode_protobuf(multihash.digest()).ok()
+}
+
+fn changed_event(entry: &Entry, via: &'static str) -> NodeEvent {
+    let value = entry.value.as_ref();
+    NodeEvent::KvChanged {
+        namespace: entry.namespace.clone(),
+        key: entry.key.clone(),
+        deleted: value.is_none(),
+        value: value
+            .filter(|v| v.len() <= EVENT_VALUE_BYTES)
+            .and_then(|v| String::from_utf8(v.to_vec()).ok()),
+        value_len: value.map_or(0, |v| v.len()),
+        author: author_text(&entry.version.author),
+        hlc: hlc_text(&entry.version.hlc),
+        via: via.into(),
+    }
+}
+
+impl Service for KvService {
+    fn name(&self) -> &'static str {
+        "kv"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![TOPIC.into()]
+    }
+
+    fn on_start(&mut self, now_ms: u64, out: &mut Outbox) {
+        if let Some(reason) = &self.broken {
+            out.push(Effect::StoreFailed(reason.clone()));
+            return;
+        }
+        out.timer(now_ms + TICK_MS, Timer::KvTick);
+    }
+
+    fn on_gossip(&mut self, now_ms: u64, msg: GossipIn<'_>, out: &mut Outbox) -> MessageAcceptance {
+        if self.kv.is_none() {
+            return MessageAcceptance::Ignore;
+        }
+        let delta: Delta =
+            match fogmesh_store::codec::decode_bounded(msg.data, crate::envelope::MAX_ENVELOPE_LEN)
+            {
+                Ok(delta) => delta,
+                Err(_) => {
+                    self.metrics.refuse("malformed_delta");
+                    return MessageAcceptance::Reject;
+                }
+            };
+        if delta.entries.len() > kv_sync::MAX_ENTRIES_PER_MESSAGE
+            || delta.credentials.len() > kv_sync::MAX_CREDENTIALS
+        {
+            self.metrics.refuse("malformed_delta");
+            return MessageAcceptance::Reject;
+        }
+        let (taken, refused) =
+            self.take_remote(now_ms, delta.entries, &delta.credentials, "gossip", out);
+        if refused > 0 && taken == 0 {
+            // Nothing in it was valid: do not spread it.
+            MessageAcceptance::Reject
+        } else {
+            MessageAcceptance::Accept
+        }
+    }
+
+    fn on_timer(&mut self, now_ms: u64, timer: Timer, out: &mut Outbox) {
+        if timer != Timer::KvTick {
+            return;
+        }
+        let stalled: Vec<PeerId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now_ms.saturating_sub(s.last_progress_ms) > SESSION_TIMEOUT_MS)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in stalled {
+            self.end_session(now_ms, peer, "timed_out", out);
+        }
+        self.start_due(now_ms, out);
+        out.timer(now_ms + TICK_MS, Timer::KvTick);
+    }
+
+    fn on_notice(&mut self, now_ms: u64, notice: &Notice, out: &mut Outbox) {
+        match notice {
+            Notice::PeerConnected(peer) => self.on_connected(now_ms, *peer, out),
+            Notice::PeerDisconnected(peer) => {
+                self.neighbours.remove(peer);
+                self.due.remove(peer);
+                if self.sessions.contains_key(peer) {
+                    self.end_session(now_ms, *peer, "disconnected", out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_durable(
+        &mut self,
+        _now_ms: u64,
+        token: DurableToken,
+        result: Result<(), String>,
+        out: &mut Outbox,
+    ) {
+        let Some((request, written)) = self.acks.remove(&token) else {
+            return;
+        };
+        let reply = match result {
+            Ok(()) => Ok(written),
+            Err(error) => {
+                out.push(Effect::StoreFailed(format!("kv flush: {error}")));
+                Err(format!("not stored: {error}"))
+            }
+        };
+        out.push(Effect::Reply {
+            token: request,
+            reply: Reply::KvWrite(reply),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use fogmesh_store::StoreOptions;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn service(dir: &std::path::Path) -> KvService {
+        let store = Store::open(dir, &StoreOptions::default()).unwrap();
+        KvService::open(
+            Keypair::generate_ed25519(),
+            &store,
+            AccessPolicy::open(),
+            KvMetrics::default(),
+        )
+    }
+
+    fn refused(kv: &KvService, reason: &'static str) -> u64 {
+        kv.metrics
+            .refused
+            .get_or_create(&ReasonLabel { reason })
+            .get()
+    }
+
+    /// An entry signed by `author`, merged nowhere yet.
+    fn signed(author: &Keypair, key: &str, value: &[u8], wall_ms: u64) -> Entry {
+        let mut entry = Entry {
+            namespace: "app".into(),
+            key: key.into(),
+            value: Some(ByteBuf::from(value.to_vec())),
+            version: Version {
+                hlc: Hlc {
+                    wall_ms,
+                    counter: 0,
+                },
+                author: ByteBuf::from(author.public().to_peer_id().to_bytes()),
+            },
+            signature: ByteBuf::new(),
+        };
+        entry.signature = ByteBuf::from(author.sign(&entry.signing_bytes()).unwrap());
+        entry
+    }
+
+    fn gossip(kv: &mut KvService, delta: &Delta, out: &mut Outbox) -> MessageAcceptance {
+        let data = fogmesh_store::codec::encode(delta).unwrap();
+        let msg = GossipIn {
+            topic: TOPIC,
+            propagation_source: PeerId::random(),
+            author: None,
+            data: &data,
+        };
+        kv.on_gossip(T0, msg, out)
+    }
+
+    #[test]
+    fn a_local_write_is_answered_once_flushed_and_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kv = service(dir.path());
+        let mut out = Outbox::default();
+        let write = KvWrite {
+            namespace: "app".into(),
+            key: "greeting".into(),
+            value: Some(b"hello".to_vec()),
+        };
+        kv.write(T0, 7, vec![write], &mut out).unwrap();
+        let token = out
+            .effects()
+            .iter()
+            .find_map(|e| match e {
+                Effect::PersistDurable {
+                    op: StoreOp::Flush,
+                    token,
+                } => Some(*token),
+                _ => None,
+            })
+            .expect("a flush");
+        assert!(out
+            .effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Publish { topic, .. } if topic == TOPIC)));
+        assert!(
+            !out.effects()
+                .iter()
+                .any(|e| matches!(e, Effect::Reply { .. })),
+            "no answer before the flush"
+        );
+        let mut out = Outbox::default();
+        kv.on_durable(T0, token, Ok(()), &mut out);
+        assert!(matches!(
+            out.effects(),
+            [Effect::Reply { token: 7, reply: Reply::KvWrite(Ok(w)) }] if w.written == 1
+        ));
+        let view = kv.get("app", "greeting").unwrap().unwrap();
+        assert_eq!(view.winner.value.as_deref(), Some("hello"));
+        // A bad namespace is refused whole.
+        let bad = KvWrite {
+            namespace: "no/slash".into(),
+            key: "k".into(),
+            value: None,
+        };
+        assert!(kv.write(T0, 8, vec![bad], &mut Outbox::default()).is_err());
+    }
+
+    #[test]
+    fn forged_oversized_and_future_entries_are_refused_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kv = service(dir.path());
+        let author = Keypair::generate_ed25519();
+        let good = signed(&author, "k", b"v", T0);
+        let mut forged = signed(&author, "forged", b"v", T0);
+        forged.value = Some(ByteBuf::from(b"changed".to_vec()));
+        let future = signed(&author, "future", b"v", T0 + 10 * kv::DEFAULT_MAX_SKEW_MS);
+        let mut stranger = signed(&author, "stranger", b"v", T0);
+        stranger.version.author = ByteBuf::from(vec![0xff; 8]);
+        let delta = Delta {
+            entries: vec![forged, future, stranger, good],
+            credentials: Vec::new(),
+        };
+        let mut out = Outbox::default();
+        assert_eq!(gossip(&mut kv, &delta, &mut out), MessageAcceptance::Accept);
+        assert_eq!(refused(&kv, "bad_signature"), 1);
+        assert_eq!(refused(&kv, "from_the_future"), 1);
+        assert_eq!(refused(&kv, "bad_author"), 1);
+        assert_eq!(kv.keys(), 1, "only the good entry is merged");
+        assert!(kv.get("app", "k").unwrap().is_some());
+        // Junk is rejected (gossipsub penalises the sender), and so is a delta of nothing
+        // but refused entries.
+        let junk = GossipIn {
+            topic: TOPIC,
+            propagation_source: PeerId::random(),
+            author: None,
+            data: b"\xff\x00 not cbor",
+        };
+        assert_eq!(kv.on_gossip(T0, junk, &mut out), MessageAcceptance::Reject);
+        assert_eq!(refused(&kv, "malformed_delta"), 1);
+        let mut bad = signed(&author, "k2", b"v", T0);
+        bad.signature = ByteBuf::from(vec![1; 64]);
+        let only_bad = Delta {
+            entries: vec![bad],
+            credentials: Vec::new(),
+        };
+        assert_eq!(
+            gossip(&mut kv, &only_bad, &mut out),
+            MessageAcceptance::Reject
+        );
+    }
+
+    #[test]
+    fn malformed_sync_requests_are_refused_and_a_push_is_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kv = service(dir.path());
+        let peer = PeerId::random();
+        let mut out = Outbox::default();
+        let bad = SyncRequest::Children {
+            level: 9,
+            nodes: vec![0],
+        };
+        assert!(matches!(
+            kv.on_sync_request(T0, peer, bad, &mut out),
+            SyncResponse::Refused { .. }
+        ));
+        assert_eq!(refused(&kv, "bad_level"), 1);
+        let author = Keypair::generate_ed25519();
+        let mut forged = signed(&author, "x", b"1", T0);
+        forged.key = "y".into();
+        // Larger than a gossip delta may be, but a sync message carries it: still refused.
+        let mut huge = signed(&author, "huge", b"v", T0);
+        huge.value = Some(ByteBuf::from(vec![0; kv::MAX_VALUE_BYTES + 1]));
+        let push = SyncRequest::Push {
+            entries: vec![signed(&author, "x", b"1", T0), forged, huge],
+            credentials: Vec::new(),
+        };
+        assert_eq!(
+            kv.on_sync_request(T0, peer, push, &mut out),
+            SyncResponse::Pushed {
+                accepted: 1,
+                refused: 2
+            }
+        );
+        assert_eq!(refused(&kv, "value_too_large"), 1);
+    }
+
+    #[test]
+    fn an_unreadable_store_refuses_everything_and_sends_the_node_to_safe_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let slots: fogmesh_store::Table<fogmesh_store::kv_store::KvRecord> =
+                store.table(fogmesh_store::kv_store::TABLE_SLOTS).unwrap();
+            slots.put_raw_for_test("00", b"\xffjunk").unwrap();
+            store.flush().unwrap();
+        }
+        let mut kv = service(dir.path());
+        let mut out = Outbox::default();
+        kv.on_start(T0, &mut out);
+        let reason = out
+            .effects()
+            .iter()
+            .find_map(|e| match e {
+                Effect::StoreFailed(reason) => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("safe mode");
+        assert!(
+            reason.contains(&dir.path().display().to_string()),
+            "{reason}"
+        );
+        let write = KvWrite {
+            namespace: "app".into(),
+            key: "k".into(),
+            value: Some(b"v".to_vec()),
+        };
+        assert!(kv.write(T0, 1, vec![write], &mut out).is_err());
+        assert!(kv.get("app", "k").is_err());
+    }
+}

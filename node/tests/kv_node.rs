@@ -1,0 +1,175 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The replicated store on the in-memory network: six nodes in two halves that cannot
+//! reach each other write on both sides (the same keys too), then the halves are joined and
+//! every node converges on the same keys and values, the later write winning, with what it
+//! overwrote kept for `--conflicts`.
+
+mod common;
+
+use std::time::Duration;
+
+use fogmesh_node::api::{ControlCommand, KvCommand};
+use fogmesh_node::memnet::{MemNet, NodeSpec, Topology};
+use fogmesh_node::services::kv::{KeyView, KvWrite, KvWritten};
+
+const NS: &str = "app";
+
+async fn write(net: &MemNet, node: usize, writes: Vec<(String, Option<&str>)>) -> KvWritten {
+    let writes = writes
+        .into_iter()
+        .map(|(key, value)| KvWrite {
+            namespace: NS.into(),
+            key,
+            value: value.map(|v| v.as_bytes().to_vec()),
+        })
+        .collect();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    net.state(node)
+        .unwrap()
+        .commands
+        .send(ControlCommand::Kv(KvCommand::Write { writes, reply }))
+        .await
+        .unwrap();
+    answer.await.unwrap().unwrap()
+}
+
+async fn list(net: &MemNet, node: usize) -> Vec<KeyView> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    net.state(node)
+        .unwrap()
+        .commands
+        .send(ControlCommand::Kv(KvCommand::List {
+            namespace: NS.into(),
+            prefix: String::new(),
+            after: None,
+            limit: 1000,
+            reply,
+        }))
+        .await
+        .unwrap();
+    answer.await.unwrap().unwrap()
+}
+
+/// What a node holds, as (key, value or None if deleted, author).
+async fn contents(net: &MemNet, node: usize) -> Vec<(String, Option<String>, String)> {
+    list(net, node)
+        .await
+        .into_iter()
+        .map(|k| {
+            let value = (!k.winner.deleted).then(|| k.winner.value.clone().unwrap_or_default());
+            (k.key, value, k.winner.author)
+        })
+        .collect()
+}
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_halves_written_apart_converge_once_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), Duration::from_secs(1))
+        .nodes(0)
+        .topology(Topology::Isolated)
+        .start()
+        .await
+        .unwrap();
+    // Two halves, {0, 1, 2} and {3, 4, 5}, each a star; nothing joins them yet.
+    for bootstrap in [vec![], vec![0], vec![0], vec![], vec![3], vec![3]] {
+        net.add_node(NodeSpec::new().bootstrap(bootstrap))
+            .await
+            .unwrap();
+    }
+    net.wait_for(
+        |n| n.connected(1, 0) && n.connected(2, 0) && n.connected(4, 3) && n.connected(5, 3),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+
+    // Side A writes its keys and `shared`; side B its keys, a delete, and `shared` later.
+    let side_a: Vec<(String, Option<&str>)> = (0..20)
+        .map(|i| (format!("a/{i:02}"), Some("from A")))
+        .chain([
+            ("shared".to_string(), Some("A's")),
+            ("gone".to_string(), Some("here")),
+        ])
+        .collect();
+    write(&net, 1, side_a).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let side_b: Vec<(String, Option<&str>)> = (0..20)
+        .map(|i| (format!("b/{i:02}"), Some("from B")))
+        .chain([("shared".to_string(), Some("B's"))])
+        .collect();
+    write(&net, 4, side_b).await;
+    write(&net, 5, vec![("gone".to_string(), None)]).await;
+
+    // Within a side, writes travel by gossip.
+    wait_until(
+        "side A sees its writes",
+        Duration::from_secs(20),
+        || async { contents(&net, 2).await.len() == 22 },
+    )
+    .await;
+    assert!(
+        contents(&net, 0)
+            .await
+            .iter()
+            .all(|(k, _, _)| !k.starts_with("b/")),
+        "the halves are apart"
+    );
+
+    // Join the halves: node 3 restarts dialling node 0 (its store kept).
+    let addr = net.dial_addr(0).unwrap();
+    net.restart_with(3, move |s| s.bootstrap = vec![addr])
+        .await
+        .unwrap();
+    let joined = wait_until("all six nodes agree", Duration::from_secs(60), || async {
+        let first = contents(&net, 0).await;
+        // 20 keys from each side, `shared`, and `gone` (deleted).
+        if first.len() != 42 {
+            return false;
+        }
+        for node in 1..6 {
+            if contents(&net, node).await != first {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eprintln!("converged {joined:?} after the join");
+
+    let all = contents(&net, 2).await;
+    let value = |key: &str| all.iter().find(|(k, _, _)| k == key).unwrap().1.clone();
+    let writer_b = net.peer_id(4).unwrap().to_string();
+    let writer_a = net.peer_id(1).unwrap().to_string();
+    // The later write wins everywhere; the delete too (it came after `here`).
+    assert_eq!(value("shared").as_deref(), Some("B's"));
+    assert_eq!(value("gone"), None);
+    assert_eq!(value("a/07").as_deref(), Some("from A"));
+    assert_eq!(value("b/13").as_deref(), Some("from B"));
+    // What `shared` overwrote is kept where both versions met, with its author.
+    let shared = list(&net, 4)
+        .await
+        .into_iter()
+        .chain(list(&net, 1).await)
+        .find(|k| k.key == "shared" && !k.overwritten.is_empty())
+        .expect("a node that saw both versions of `shared`");
+    assert_eq!(shared.winner.author, writer_b);
+    assert_eq!(shared.overwritten[0].author, writer_a);
+    assert_eq!(shared.overwritten[0].value.as_deref(), Some("A's"));
+    net.shutdown().await;
+}
