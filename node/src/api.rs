@@ -294,7 +294,9 @@ pub enum ControlCommand {
 pub enum KvCommand {
     Write {
         writes: Vec<crate::services::kv::KvWrite>,
-        reply: tokio::sync::oneshot::Sender<Result<crate::services::kv::KvWritten, String>>,
+        reply: tokio::sync::oneshot::Sender<
+            Result<crate::services::kv::KvWritten, crate::services::kv::KvWriteError>,
+        >,
     },
     Get {
         namespace: String,
@@ -306,6 +308,8 @@ pub enum KvCommand {
         prefix: String,
         after: Option<String>,
         limit: usize,
+        /// Deleted keys too.
+        deleted: bool,
         reply: tokio::sync::oneshot::Sender<Result<Vec<crate::services::kv::KeyView>, String>>,
     },
 }
@@ -340,6 +344,9 @@ pub struct KvListQuery {
     pub prefix: String,
     pub after: Option<String>,
     pub limit: Option<usize>,
+    /// List deleted keys too.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// Task requests, answered by the cluster service at once.
@@ -713,7 +720,17 @@ async fn kv_write(
     }
     match tokio::time::timeout(std::time::Duration::from_secs(9), answer).await {
         Ok(Ok(Ok(written))) => Ok(Json(written)),
-        Ok(Ok(Err(reason))) => Err(api_error(StatusCode::BAD_REQUEST, reason)),
+        Ok(Ok(Err(error))) => {
+            use crate::services::kv::KvWriteError;
+            let code = match &error {
+                KvWriteError::NotAllowed(_) => StatusCode::FORBIDDEN,
+                KvWriteError::Shape(_) | KvWriteError::BatchSize => StatusCode::BAD_REQUEST,
+                KvWriteError::Busy | KvWriteError::Sign(_) | KvWriteError::Store(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            Err(api_error(code, error.to_string()))
+        }
         _ => Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the write was not confirmed in time; it may or may not be stored",
@@ -807,6 +824,7 @@ async fn kv_list(
             prefix: query.prefix,
             after: query.after,
             limit,
+            deleted: query.deleted,
             reply,
         })
     })

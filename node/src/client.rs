@@ -286,16 +286,28 @@ impl ControlClient {
         Ok(bytes.to_vec())
     }
 
-    /// `/v1/kv/{namespace}/{key}`, the key as one escaped path segment.
+    /// `/v1/kv/{namespace}/{key}`, the key as one path segment with every byte but
+    /// letters, digits, `-`, `_` and `~` escaped (so `/`, `.` and `..` stay in the key
+    /// instead of being read as path structure).
     fn kv_url(&self, namespace: &str, key: &str) -> Result<reqwest::Url, ClientError> {
-        let mut url = reqwest::Url::parse(&format!("http://{}/v1/kv/", self.addr))
-            .map_err(|e| ClientError::Refused(e.to_string()))?;
-        url.path_segments_mut()
-            .map_err(|_| ClientError::Refused("bad control address".into()))?
-            .pop_if_empty()
-            .push(namespace)
-            .push(key);
-        Ok(url)
+        let escape = |text: &str| -> String {
+            text.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        };
+        let url = format!(
+            "http://{}/v1/kv/{}/{}",
+            self.addr,
+            escape(namespace),
+            escape(key)
+        );
+        reqwest::Url::parse(&url).map_err(|e| ClientError::Refused(e.to_string()))
     }
 
     /// Writes a value (or deletes the key with `None`); answers once it is on disk.

@@ -791,7 +791,7 @@ impl Driver {
                         self.replies.insert(request, PendingReply::KvWrite(reply));
                     }
                     Err(error) => {
-                        let _ = reply.send(Err(error.to_string()));
+                        let _ = reply.send(Err(error));
                     }
                 }
             }
@@ -807,6 +807,7 @@ impl Driver {
                 prefix,
                 after,
                 limit,
+                deleted,
                 reply,
             } => {
                 let _ = reply.send(self.services.kv.list(
@@ -814,6 +815,7 @@ impl Driver {
                     &prefix,
                     after.as_deref(),
                     limit,
+                    deleted,
                 ));
             }
         }
@@ -1342,7 +1344,9 @@ fn peer_views(
 enum PendingReply {
     Revocation(oneshot::Sender<Result<RevocationOutcome, String>>),
     Message(oneshot::Sender<Result<String, String>>),
-    KvWrite(oneshot::Sender<Result<crate::services::kv::KvWritten, String>>),
+    KvWrite(
+        oneshot::Sender<Result<crate::services::kv::KvWritten, crate::services::kv::KvWriteError>>,
+    ),
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

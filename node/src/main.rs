@@ -624,6 +624,21 @@ enum TestnetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the replicated store: propagation to every node, durable write throughput,
+    /// catch-up of a node that was away, and no acknowledged write lost to SIGKILL.
+    KvBench {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Keys written while one node is away.
+        #[arg(long, default_value_t = 100_000)]
+        divergence_keys: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure cluster failover: SIGKILL the coordinator of the largest cluster, time until
     /// another member coordinates and takes a task; the node is restarted between trials.
     Failover {
@@ -927,11 +942,9 @@ async fn kv_command(command: KvCli) -> Result<()> {
                 prefix: prefix.unwrap_or_default(),
                 after,
                 limit: Some(limit),
+                deleted,
             };
-            let mut keys = query.client()?.kv_list(&ns.namespace, &list).await?;
-            if !deleted {
-                keys.retain(|k| !k.winner.deleted);
-            }
+            let keys = query.client()?.kv_list(&ns.namespace, &list).await?;
             print_out(query.json, &keys, || client::render_keys(&keys))
         }
         KvCli::Watch { prefix, ns, query } => {
@@ -953,6 +966,27 @@ async fn kv_command(command: KvCli) -> Result<()> {
             follow(&mut stream, query.json).await
         }
     }
+}
+
+/// What one entry of `kv-bench`'s divergence phase takes encoded: a 100-byte value under
+/// `div/NNNNNNN`, signed by an Ed25519 key.
+fn sample_entry_bytes() -> usize {
+    use fogmesh_store::kv::{Entry, Hlc, Version};
+    let author = libp2p::identity::Keypair::generate_ed25519();
+    let entry = Entry {
+        namespace: "bench".into(),
+        key: "div/0000000".into(),
+        value: Some(serde_bytes::ByteBuf::from(vec![b'v'; 100])),
+        version: Version {
+            hlc: Hlc {
+                wall_ms: 1_800_000_000_000,
+                counter: 0,
+            },
+            author: serde_bytes::ByteBuf::from(author.public().to_peer_id().to_bytes()),
+        },
+        signature: serde_bytes::ByteBuf::from(vec![0; 64]),
+    };
+    fogmesh_store::codec::encode(&entry).map_or(0, |b| b.len())
 }
 
 /// Writes `bytes` to stdout as they are; a closed pipe is the reader being done.
@@ -1376,6 +1410,24 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                 })
                 .collect();
             print_line(&format!("radio changed\n{}", lines.join("\n")))
+        }
+        TestnetCommand::KvBench {
+            dir,
+            nodes,
+            trials,
+            divergence_keys,
+            json,
+        } => {
+            let options = testnet::kv_bench::KvBenchOptions {
+                dir: dir.dir,
+                binary,
+                nodes,
+                trials,
+                divergence_keys,
+                entry_bytes: sample_entry_bytes(),
+            };
+            let report = testnet::kv_bench::kv_bench(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
         }
         TestnetCommand::Failover {
             dir,

@@ -677,3 +677,151 @@ fn an_offline_radio_testnet_of_12_processes_converges_and_opens_only_loopback_so
     assert!(texts.contains(&"held for later"), "{raw}");
     assert!(texts.contains(&"after the heal"), "{texts:?}");
 }
+
+/// Every key of namespace `ns` under `prefix` that a node holds (paging through the list).
+async fn kv_keys(client: &ControlClient, ns: &str, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut after = None;
+    loop {
+        let query = fogmesh_node::api::KvListQuery {
+            prefix: prefix.into(),
+            after: after.clone(),
+            limit: Some(1000),
+            deleted: true,
+        };
+        let page = client.kv_list(ns, &query).await.unwrap();
+        if page.is_empty() {
+            return keys;
+        }
+        after = page.last().map(|k| k.key.clone());
+        keys.extend(page.into_iter().map(|k| k.key));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_writes_survive_sigkill_and_an_offline_node_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = spawn_node(&config, &dir_a, &[]);
+    let client_a = client_for(&dir_a).await;
+    let status_a = client_a.status().await.unwrap();
+    let a_addr = format!("{}/p2p/{}", status_a.listen_addrs[0], status_a.peer_id);
+
+    // The CLI, as a person uses it: a key with a slash, a value back on stdout, conflicts.
+    let data_dir_a = dir_a.to_str().unwrap();
+    let put = fogmesh(&[
+        "kv",
+        "put",
+        "greeting/en",
+        "hello",
+        "--data-dir",
+        data_dir_a,
+    ]);
+    assert!(put.status.success(), "{}", stderr_of(&put));
+    let get = fogmesh(&["kv", "get", "greeting/en", "--data-dir", data_dir_a]);
+    assert!(get.status.success(), "{}", stderr_of(&get));
+    assert_eq!(get.stdout, b"hello");
+    let again = fogmesh(&["kv", "put", "greeting/en", "hi", "--data-dir", data_dir_a]);
+    assert!(again.status.success());
+    let conflicts = fogmesh(&[
+        "kv",
+        "get",
+        "greeting/en",
+        "--conflicts",
+        "--data-dir",
+        data_dir_a,
+    ]);
+    let text = String::from_utf8_lossy(&conflicts.stdout);
+    assert!(
+        text.contains("\"hi\"") && text.contains("overwrote    \"hello\""),
+        "{text}"
+    );
+    let missing = fogmesh(&["kv", "get", "nothing", "--data-dir", data_dir_a]);
+    assert!(!missing.status.success());
+    assert!(stderr_of(&missing).contains("no key default/nothing"));
+
+    // B meets A, then goes offline.
+    let mut b = spawn_node(&config, &dir_b, &["--bootstrap", &a_addr]);
+    let client_b = client_for(&dir_b).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let c = client_b.clone();
+            async move { c.status().await.is_ok_and(|s| s.connected_peers > 0) }
+        })
+        .await
+    );
+    kill(Pid::from_raw(b.id() as i32), Signal::SIGTERM).unwrap();
+    wait_exit(&mut b, Duration::from_secs(10)).expect("B stops");
+
+    // A burst of writes on A, SIGKILLed in the middle of it.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let client = client_a.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                for i in 0..10_000 {
+                    let key = format!("burst/{w}/{i:05}");
+                    let value = Some(format!("value {w} {i}").into_bytes());
+                    if client.kv_write("default", &key, value).await.is_err() {
+                        return;
+                    }
+                    acked.lock().unwrap().push(key);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    for writer in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(20), writer).await;
+    }
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "the burst wrote {} keys", acked.len());
+    eprintln!("{} writes acknowledged before SIGKILL", acked.len());
+
+    let mut a = spawn_node(&config, &dir_a, &[]);
+    let client_a = client_for(&dir_a).await;
+    let held: std::collections::HashSet<String> = kv_keys(&client_a, "default", "burst/")
+        .await
+        .into_iter()
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|k| !held.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+
+    // B comes back and catches up on everything A holds.
+    let status_a = client_a.status().await.unwrap();
+    let a_addr = format!("{}/p2p/{}", status_a.listen_addrs[0], status_a.peer_id);
+    let mut b = spawn_node(&config, &dir_b, &["--bootstrap", &a_addr]);
+    let client_b = client_for(&dir_b).await;
+    let expected = held.len();
+    let caught_up = wait_until(Duration::from_secs(60), || {
+        let c = client_b.clone();
+        async move { kv_keys(&c, "default", "burst/").await.len() == expected }
+    })
+    .await;
+    assert!(caught_up, "B did not catch up on {expected} keys");
+    assert_eq!(
+        client_b
+            .kv_get("default", "greeting/en")
+            .await
+            .unwrap()
+            .unwrap()
+            .winner
+            .value
+            .as_deref(),
+        Some("hi")
+    );
+
+    for child in [&mut a, &mut b] {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        wait_exit(child, Duration::from_secs(10)).expect("exits");
+    }
+}

@@ -43,6 +43,7 @@ async fn list(net: &MemNet, node: usize) -> Vec<KeyView> {
             prefix: String::new(),
             after: None,
             limit: 1000,
+            deleted: true,
             reply,
         }))
         .await

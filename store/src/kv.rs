@@ -61,7 +61,7 @@ pub struct Hlc {
 pub enum KvError {
     #[error("namespace empty, over {MAX_NAMESPACE_BYTES} bytes, or not of letters, digits, '.', '_' and '-'")]
     BadNamespace,
-    #[error("key over {MAX_KEY_BYTES} bytes or empty")]
+    #[error("key over {MAX_KEY_BYTES} bytes, empty, `.` or `..`")]
     BadKey,
     #[error("value of {0} bytes; at most {MAX_VALUE_BYTES}")]
     ValueTooLarge(usize),
@@ -181,7 +181,12 @@ impl Entry {
         if !namespace_is_valid(&self.namespace) {
             return Err(KvError::BadNamespace);
         }
-        if self.key.is_empty() || self.key.len() > MAX_KEY_BYTES {
+        // `.` and `..` are refused so that every key can be named in a URL path.
+        if self.key.is_empty()
+            || self.key.len() > MAX_KEY_BYTES
+            || self.key == "."
+            || self.key == ".."
+        {
             return Err(KvError::BadKey);
         }
         if let Some(value) = &self.value {

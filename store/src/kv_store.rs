@@ -51,6 +51,8 @@ pub struct KvStore {
     credentials: HashMap<Vec<u8>, ByteBuf>,
     tree: DigestTree,
     value_bytes: u64,
+    /// The latest clock among the winners, so a restarted node's clock starts past it.
+    max_hlc: crate::kv::Hlc,
 }
 
 /// Lower-case hex.
@@ -74,6 +76,7 @@ impl KvStore {
         let credentials_table: Table<ByteBuf> = store.table(TABLE_CREDENTIALS)?;
         let mut tree = DigestTree::new();
         let mut value_bytes = 0;
+        let mut max_hlc = crate::kv::Hlc::default();
         for row in slots.entries() {
             let (hex_id, record) = row?;
             let id = id_from_hex(&hex_id).ok_or_else(|| StoreError::Corrupt {
@@ -83,6 +86,7 @@ impl KvStore {
             })?;
             tree.update(&id, None, record.digest);
             value_bytes += value_len(&record.slot);
+            max_hlc = max_hlc.max(record.slot.winner.version.hlc);
             let name = record.slot.winner.name();
             if !names.contains_key(&name)? {
                 names.put(&name, &())?;
@@ -103,6 +107,7 @@ impl KvStore {
             credentials,
             tree,
             value_bytes,
+            max_hlc,
         })
     }
 
@@ -179,6 +184,11 @@ impl KvStore {
             }
         }
         Ok(out)
+    }
+
+    /// The latest clock of any winner held when the store was opened.
+    pub fn max_hlc_at_open(&self) -> crate::kv::Hlc {
+        self.max_hlc
     }
 
     /// Keys held (tombstones included).
@@ -335,6 +345,14 @@ mod tests {
             .map(|s| s.winner.key)
             .collect();
         assert_eq!(listed, vec!["a", "ab"]);
+        let clamped: Vec<String> = kv
+            .list("app", "b", Some("a"), 10)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.winner.key)
+            .collect();
+        assert_eq!(clamped, vec!["b"], "paging stays within the prefix");
+        assert_eq!(kv.max_hlc_at_open().wall_ms, 2);
         let after: Vec<String> = kv
             .list("app", "", Some("a"), 10)
             .unwrap()

@@ -22,7 +22,7 @@
 //! What a session sends is only what differs plus the sums and listings on the way: two
 //! replicas in sync cost one round trip of 16 sums.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -45,6 +45,14 @@ pub const MAX_ENTRIES_PER_MESSAGE: usize = 1024;
 pub const MAX_CREDENTIALS: usize = 64;
 /// The largest sync message: one entry at its caps, its credential, and framing.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Keys a bucket may list; a bucket holding more (about 4,000 times the average at a
+/// million keys: only a writer grinding key ids gets there) is exchanged by paging through
+/// its entries instead, so a listing always fits a message.
+pub const MAX_BUCKET_LISTING: u64 = 2_048;
+/// Requests one session sends at most; a longer one ends and the next resumes it.
+pub const MAX_SESSION_REQUESTS: u64 = 100_000;
+/// Keys waiting to be fetched beyond which the session fetches before it lists more.
+const FETCH_FIRST_ABOVE: usize = 4 * MAX_ASK_KEYS;
 
 /// What the asking side asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,9 +88,12 @@ pub enum SyncResponse {
     Children {
         sums: Vec<NodeSum>,
     },
-    /// Listings of a prefix of the buckets asked (as many as fit the budget).
+    /// Listings of some of the buckets asked (as many as fit the budget), and those too
+    /// full to list (see [`MAX_BUCKET_LISTING`]); the rest is asked again.
     Buckets {
         buckets: Vec<(u16, Vec<Listed>)>,
+        #[serde(default)]
+        oversized: Vec<u16>,
     },
     /// Entries under a node; `next` is where to resume if more remain.
     Subtree {
@@ -240,18 +251,29 @@ pub fn answer<R: Replica + ?Sized>(
         }
         SyncRequest::Buckets { buckets } => {
             let mut listed = Vec::new();
+            let mut oversized = Vec::new();
             let mut used = 0;
             for bucket in buckets {
-                let keys = replica.bucket(*bucket)?;
-                let size = 8 + keys.len() * LISTED_BYTES;
+                let count = replica
+                    .tree()
+                    .node(LEAF_LEVEL, u32::from(*bucket))
+                    .map_or(0, |s| s.count());
+                if count > MAX_BUCKET_LISTING {
+                    oversized.push(*bucket);
+                    continue;
+                }
+                let size = 8 + count as usize * LISTED_BYTES;
                 // At least one bucket per answer, so a full bucket still makes progress.
                 if !listed.is_empty() && used + size > budget {
                     break;
                 }
                 used += size;
-                listed.push((*bucket, keys));
+                listed.push((*bucket, replica.bucket(*bucket)?));
             }
-            SyncResponse::Buckets { buckets: listed }
+            SyncResponse::Buckets {
+                buckets: listed,
+                oversized,
+            }
         }
         SyncRequest::Subtree { level, node, after } => {
             let after = after.as_ref().and_then(|a| key_id_from(a));
@@ -292,10 +314,21 @@ pub fn answer<R: Replica + ?Sized>(
 /// What a request was, kept to read its answer.
 #[derive(Debug, Clone)]
 enum Asked {
-    Children { level: u8, nodes: Vec<u32> },
-    Buckets { buckets: Vec<u16> },
-    Subtree { level: u8, node: u32 },
-    Fetch { keys: Vec<KeyId> },
+    Children {
+        level: u8,
+        nodes: Vec<u32>,
+    },
+    Buckets {
+        buckets: Vec<u16>,
+    },
+    Subtree {
+        level: u8,
+        node: u32,
+        after: Option<KeyId>,
+    },
+    Fetch {
+        keys: Vec<KeyId>,
+    },
     Push,
 }
 
@@ -318,15 +351,29 @@ pub struct SyncSession {
     send: VecDeque<KeyId>,
     in_flight: HashMap<u64, Asked>,
     next_id: u64,
+    /// Whether this session also sends what the peer lacks (else it only fetches).
+    push: bool,
     pub stats: SyncStats,
 }
 
 impl SyncSession {
-    /// A session that starts at the root.
+    /// A session that starts at the root and exchanges both ways.
     pub fn new() -> Self {
         SyncSession {
             children: VecDeque::from([(0, 0)]),
+            push: true,
             ..SyncSession::default()
+        }
+    }
+
+    /// A session that only fetches what the peer has and this side lacks (or holds older).
+    /// Two neighbours each running one converge just the same, and a node that comes back
+    /// to several neighbours pulls what it missed once instead of having each of them push
+    /// it at the same time.
+    pub fn pull_only() -> Self {
+        SyncSession {
+            push: false,
+            ..Self::new()
         }
     }
 
@@ -374,6 +421,12 @@ impl SyncSession {
         replica: &R,
         budget: usize,
     ) -> Result<Option<(u64, SyncRequest)>, StoreError> {
+        if self.stats.requests >= MAX_SESSION_REQUESTS {
+            return Ok(None);
+        }
+        if self.fetch.len() > FETCH_FIRST_ABOVE {
+            return Ok(Some(self.fetch_request()));
+        }
         if let Some(&(level, _)) = self.children.front() {
             let mut nodes = Vec::new();
             while nodes.len() < MAX_ASK_NODES {
@@ -400,16 +453,10 @@ impl SyncSession {
             return Ok(Some((id, SyncRequest::Buckets { buckets })));
         }
         if !self.fetch.is_empty() {
-            let take = self.fetch.len().min(MAX_ASK_KEYS);
-            let keys: Vec<KeyId> = self.fetch.drain(..take).collect();
-            let request = SyncRequest::Fetch {
-                keys: keys.iter().map(id_bytes).collect(),
-            };
-            let id = self.ask(Asked::Fetch { keys });
-            return Ok(Some((id, request)));
+            return Ok(Some(self.fetch_request()));
         }
         if let Some((level, node, after)) = self.pulls.pop_front() {
-            let id = self.ask(Asked::Subtree { level, node });
+            let id = self.ask(Asked::Subtree { level, node, after });
             let request = SyncRequest::Subtree {
                 level,
                 node,
@@ -457,6 +504,20 @@ impl SyncSession {
         )))
     }
 
+    fn fetch_request(&mut self) -> (u64, SyncRequest) {
+        let take = self.fetch.len().min(MAX_ASK_KEYS);
+        let keys: Vec<KeyId> = self.fetch.drain(..take).collect();
+        let request = SyncRequest::Fetch {
+            keys: keys.iter().map(id_bytes).collect(),
+        };
+        (self.ask(Asked::Fetch { keys }), request)
+    }
+
+    /// Whether the session stopped at [`MAX_SESSION_REQUESTS`] with work left.
+    pub fn cut_short(&self) -> bool {
+        self.stats.requests >= MAX_SESSION_REQUESTS
+    }
+
     /// The request `id` failed (the link dropped, a timeout): the session cannot finish;
     /// the caller drops it and starts a new one later.
     pub fn failed(&mut self, id: u64) {
@@ -487,7 +548,9 @@ impl SyncSession {
                         let child = node * FANOUT as u32 + k as u32;
                         let child_level = level + 1;
                         if their.count() == 0 {
-                            self.pushes.push_back((child_level, child, None));
+                            if self.push {
+                                self.pushes.push_back((child_level, child, None));
+                            }
                         } else if mine.count() == 0 {
                             self.pulls.push_back((child_level, child, None));
                         } else if child_level == LEAF_LEVEL {
@@ -500,18 +563,43 @@ impl SyncSession {
                 }
                 Ok(Vec::new())
             }
-            (Asked::Buckets { buckets }, SyncResponse::Buckets { buckets: listed }) => {
-                if listed.is_empty() || listed.len() > buckets.len() {
-                    return Err(SyncError::Malformed("wrong_bucket_count"));
+            (
+                Asked::Buckets { buckets },
+                SyncResponse::Buckets {
+                    buckets: listed,
+                    oversized,
+                },
+            ) => {
+                let answered: Vec<u16> = listed
+                    .iter()
+                    .map(|(b, _)| *b)
+                    .chain(oversized.iter().copied())
+                    .collect();
+                let mut unique = answered.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                if answered.is_empty()
+                    || unique.len() != answered.len()
+                    || answered.iter().any(|b| !buckets.contains(b))
+                {
+                    return Err(SyncError::Malformed("wrong_bucket"));
                 }
-                for (asked, (bucket, _)) in buckets.iter().zip(&listed) {
-                    if asked != bucket {
-                        return Err(SyncError::Malformed("wrong_bucket"));
-                    }
+                if listed
+                    .iter()
+                    .any(|(_, keys)| keys.len() as u64 > MAX_BUCKET_LISTING)
+                {
+                    return Err(SyncError::Malformed("listing_too_long"));
                 }
                 // Buckets that did not fit are asked again.
-                for bucket in buckets[listed.len()..].iter().rev() {
+                for bucket in buckets.iter().rev().filter(|b| !answered.contains(b)) {
                     self.buckets.push_front(*bucket);
+                }
+                for bucket in oversized {
+                    let node = u32::from(bucket);
+                    self.pulls.push_back((LEAF_LEVEL, node, None));
+                    if self.push {
+                        self.pushes.push_back((LEAF_LEVEL, node, None));
+                    }
                 }
                 for (bucket, theirs) in listed {
                     self.compare_bucket(replica, bucket, theirs)?;
@@ -519,19 +607,28 @@ impl SyncSession {
                 Ok(Vec::new())
             }
             (
-                Asked::Subtree { level, node },
+                Asked::Subtree { level, node, after },
                 SyncResponse::Subtree {
                     entries,
                     credentials: _,
                     next,
                 },
             ) => {
-                if entries.iter().any(|e| !covers(level, node, &e.key_id())) {
-                    return Err(SyncError::Malformed("entry_outside_subtree"));
+                // Strictly increasing ids, all past the cursor: every page moves on.
+                let mut last = after;
+                for entry in &entries {
+                    let id = entry.key_id();
+                    if !covers(level, node, &id) {
+                        return Err(SyncError::Malformed("entry_outside_subtree"));
+                    }
+                    if last.is_some_and(|l| id <= l) {
+                        return Err(SyncError::Malformed("entries_out_of_order"));
+                    }
+                    last = Some(id);
                 }
                 if let Some(next) = next {
                     let next = key_id_from(&next).ok_or(SyncError::Malformed("bad_key_id"))?;
-                    if entries.is_empty() {
+                    if entries.is_empty() || last != Some(next) {
                         return Err(SyncError::Malformed("no_progress"));
                     }
                     self.pulls.push_back((level, node, Some(next)));
@@ -586,26 +683,35 @@ impl SyncSession {
                 Some((key_id_from(&id)?, (digest, (wall, counter))))
             })
             .collect();
+        let mut listed = HashSet::new();
         for Listed(id, digest, wall, counter) in theirs {
             let id = key_id_from(&id).ok_or(SyncError::Malformed("bad_key_id"))?;
             if bucket_of(&id) != bucket {
                 return Err(SyncError::Malformed("key_outside_bucket"));
+            }
+            if !listed.insert(id) {
+                return Err(SyncError::Malformed("key_listed_twice"));
             }
             match mine.remove(&id) {
                 None => self.fetch.push_back(id),
                 Some((my_digest, _)) if my_digest == digest => {}
                 Some((_, my_clock)) => match my_clock.cmp(&(wall, counter)) {
                     std::cmp::Ordering::Less => self.fetch.push_back(id),
-                    std::cmp::Ordering::Greater => self.send.push_back(id),
+                    std::cmp::Ordering::Greater if self.push => self.send.push_back(id),
+                    std::cmp::Ordering::Greater => {}
                     std::cmp::Ordering::Equal => {
                         self.fetch.push_back(id);
-                        self.send.push_back(id);
+                        if self.push {
+                            self.send.push_back(id);
+                        }
                     }
                 },
             }
         }
-        // Held here only.
-        self.send.extend(mine.into_keys());
+        if self.push {
+            // Held here only.
+            self.send.extend(mine.into_keys());
+        }
         Ok(())
     }
 }
@@ -749,7 +855,16 @@ pub fn take_budget(
 /// Runs a whole session of `a` against `b` in memory, both ways merging, and returns the
 /// session's counts and the bytes its messages took (CBOR). For tests and benchmarks.
 pub fn sync_in_memory(a: &mut MemReplica, b: &mut MemReplica, budget: usize) -> (SyncStats, u64) {
-    let mut session = SyncSession::new();
+    run_in_memory(SyncSession::new(), a, b, budget)
+}
+
+/// [`sync_in_memory`] with a given session (e.g. [`SyncSession::pull_only`]).
+pub fn run_in_memory(
+    mut session: SyncSession,
+    a: &mut MemReplica,
+    b: &mut MemReplica,
+    budget: usize,
+) -> (SyncStats, u64) {
     let mut bytes = 0u64;
     // A memory replica never fails a read.
     while let Ok(requests) = session.next_requests(a, budget, 4) {
@@ -867,6 +982,76 @@ mod tests {
         assert!(
             (bytes as f64) < 1.2 * data as f64,
             "{bytes} bytes for {data} of entries"
+        );
+    }
+
+    #[test]
+    fn a_pull_only_session_fetches_and_sends_nothing() {
+        let mut a = MemReplica::new();
+        let mut b = MemReplica::new();
+        for k in 0..300 {
+            a.merge(entry(1, k, 10, Some(1)));
+            b.merge(entry(2, k + 150, 11, Some(2)));
+        }
+        let before = b.tree().root();
+        let (stats, _) = run_in_memory(SyncSession::pull_only(), &mut a, &mut b, BATCH_BYTES);
+        assert_eq!(stats.entries_sent, 0);
+        assert_eq!(b.tree().root(), before, "the peer is untouched");
+        assert_eq!(a.len(), 450);
+        // b then pulls from a: both hold the same.
+        run_in_memory(SyncSession::pull_only(), &mut b, &mut a, BATCH_BYTES);
+        assert!(same(&a, &b));
+    }
+
+    #[test]
+    fn a_subtree_answer_must_move_past_its_cursor() {
+        let mut b = MemReplica::new();
+        for k in 0..200 {
+            b.merge(entry(1, k, 10, Some(1)));
+        }
+        let a = MemReplica::new();
+        let mut session = SyncSession::new();
+        let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
+        let answer_ = answer(&b, &request, 600).unwrap();
+        session.on_response(&a, id, answer_).unwrap();
+        // Everything under the root's children is pulled by subtree pages.
+        let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
+        assert!(matches!(request, SyncRequest::Subtree { .. }));
+        let SyncResponse::Subtree {
+            mut entries, next, ..
+        } = answer(&b, &request, 600).unwrap()
+        else {
+            panic!("a subtree page");
+        };
+        assert!(entries.len() > 1 && next.is_some());
+        // The same page in another order, or a cursor that does not move: refused.
+        entries.reverse();
+        let reordered = SyncResponse::Subtree {
+            entries,
+            credentials: Vec::new(),
+            next: next.clone(),
+        };
+        assert_eq!(
+            session.on_response(&a, id, reordered),
+            Err(SyncError::Malformed("entries_out_of_order"))
+        );
+        let mut session = SyncSession::new();
+        let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
+        session
+            .on_response(&a, id, answer(&b, &request, 600).unwrap())
+            .unwrap();
+        let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
+        let SyncResponse::Subtree { entries, .. } = answer(&b, &request, 600).unwrap() else {
+            panic!("a subtree page");
+        };
+        let stuck = SyncResponse::Subtree {
+            entries: entries[..1].to_vec(),
+            credentials: Vec::new(),
+            next: Some(ByteBuf::from(vec![0; KEY_ID_BYTES])),
+        };
+        assert_eq!(
+            session.on_response(&a, id, stuck),
+            Err(SyncError::Malformed("no_progress"))
         );
     }
 

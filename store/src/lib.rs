@@ -375,6 +375,8 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             Some(after) => {
                 let mut start = after.as_bytes().to_vec();
                 start.push(0);
+                // Never before the prefix itself.
+                start = start.max(prefix.as_bytes().to_vec());
                 let mut end = prefix.as_bytes().to_vec();
                 let bounded = increment(&mut end);
                 if bounded {

@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod failover;
+pub mod kv_bench;
 pub mod probe;
 pub mod procs;
 pub mod radio;

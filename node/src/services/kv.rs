@@ -35,6 +35,7 @@ use fogmesh_store::kv_sync::{
 };
 use fogmesh_store::Store;
 use fogmesh_transports::secure::AdmissionPolicy;
+use fogmesh_transports::secure::HandshakeError;
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
@@ -54,8 +55,10 @@ use crate::services::{
 pub const RESERVED_NAMESPACE: &str = "mesh";
 /// Anti-entropy with each neighbour at least this often.
 pub const SYNC_EVERY_MS: u64 = 30_000;
-/// Sessions this node runs at once (as the asking side).
-pub const MAX_SESSIONS: usize = 4;
+/// Sessions this node runs at once (as the asking side). One: what this node lacks it
+/// would otherwise fetch from several neighbours at the same time; a session with a
+/// neighbour that holds nothing new costs one round trip, so waiting for one is short.
+pub const MAX_SESSIONS: usize = 1;
 /// Requests one session keeps out.
 pub const SESSION_IN_FLIGHT: usize = 4;
 /// A session with no answer for this long is dropped.
@@ -213,10 +216,10 @@ impl KvMetrics {
 }
 
 /// Why a local write is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum KvWriteError {
     #[error("{0}")]
-    Shape(#[from] kv::KvError),
+    Shape(String),
     #[error("this node's ticket does not grant `{0}`")]
     NotAllowed(&'static str),
     #[error("no writes given, or more than {MAX_BATCH_WRITES}")]
@@ -246,6 +249,14 @@ impl AccessPolicy {
     }
 }
 
+/// What became of a message's entries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Taken {
+    merged: u32,
+    refused: u32,
+    in_bad_faith: u32,
+}
+
 /// One anti-entropy session this node runs.
 #[derive(Debug)]
 struct Session {
@@ -267,12 +278,16 @@ pub struct KvService {
     access: AccessPolicy,
     clock: Hlc,
     metrics: KvMetrics,
-    /// Flush token → the control request waiting for it and what it answers.
-    acks: HashMap<DurableToken, (u64, KvWritten)>,
+    /// Flush token → the control request waiting for it, what it answers, and the
+    /// entries to publish once they are on disk.
+    acks: HashMap<DurableToken, (u64, KvWritten, Vec<Entry>)>,
     next_token: u64,
     neighbours: HashSet<PeerId>,
     /// When each neighbour is next due for a session.
     due: HashMap<PeerId, u64>,
+    /// Neighbours whose next session also pushes (this node learned something they may
+    /// lack); other sessions only pull.
+    nudged: HashSet<PeerId>,
     sessions: HashMap<PeerId, Session>,
     max_skew_ms: u64,
 }
@@ -297,18 +312,26 @@ impl KvService {
             }
         };
         let author = ByteBuf::from(keypair.public().to_peer_id().to_bytes());
+        // After a restart the clock starts past every winner held, so a write is never
+        // stamped older than what it overwrites (the wall clock may have stepped back, or
+        // an entry may have come from a node whose clock runs ahead).
+        let clock = kv
+            .as_ref()
+            .map(|kv| kv.max_hlc_at_open())
+            .unwrap_or_default();
         KvService {
             kv,
             broken,
             keypair,
             author,
             access,
-            clock: Hlc::default(),
+            clock,
             metrics,
             acks: HashMap::new(),
             next_token: 0,
             neighbours: HashSet::new(),
             due: HashMap::new(),
+            nudged: HashSet::new(),
             sessions: HashMap::new(),
             max_skew_ms: kv::DEFAULT_MAX_SKEW_MS,
         }
@@ -366,13 +389,14 @@ impl KvService {
         // Check everything first: a batch is taken whole or not at all.
         for write in &writes {
             if !kv::namespace_is_valid(&write.namespace) {
-                return Err(kv::KvError::BadNamespace.into());
+                return Err(KvWriteError::Shape(kv::KvError::BadNamespace.to_string()));
             }
             self.own_roles_allow(&write.namespace)?;
         }
         let mut entries = Vec::with_capacity(writes.len());
         for write in writes {
-            let hlc = Hlc::next(self.clock, now_ms)?;
+            let hlc =
+                Hlc::next(self.clock, now_ms).map_err(|e| KvWriteError::Shape(e.to_string()))?;
             let mut entry = Entry {
                 namespace: write.namespace,
                 key: write.key,
@@ -383,7 +407,9 @@ impl KvService {
                 },
                 signature: ByteBuf::new(),
             };
-            entry.check_shape()?;
+            entry
+                .check_shape()
+                .map_err(|e| KvWriteError::Shape(e.to_string()))?;
             entry.signature = ByteBuf::from(
                 self.keypair
                     .sign(&entry.signing_bytes())
@@ -414,13 +440,13 @@ impl KvService {
                     hlc: hlc_text(&last),
                     author: author_text(&self.author),
                 },
+                entries,
             ),
         );
         out.push(Effect::PersistDurable {
             op: StoreOp::Flush,
             token,
         });
-        self.publish(entries, out);
         Ok(())
     }
 
@@ -514,14 +540,19 @@ impl KvService {
         Ok(merged)
     }
 
-    /// Checks a remote entry before it may be merged. See the module docs.
-    pub fn admit(
+    /// Checks a remote entry before it may be merged, cheapest checks first. See the
+    /// module docs. `failed` holds the tickets of this message already found wanting, so
+    /// a message full of junk credentials costs one check per credential, not per entry.
+    fn admit(
         &mut self,
         now_ms: u64,
         entry: &Entry,
         credentials: &[ByteBuf],
+        failed: &mut HashSet<[u8; 32]>,
     ) -> Result<(), &'static str> {
         entry.check_shape().map_err(|e| e.reason())?;
+        let clock = Hlc::observe(self.clock, entry.version.hlc, now_ms, self.max_skew_ms)
+            .map_err(|e| e.reason())?;
         let author = PeerId::from_bytes(&entry.version.author).map_err(|_| "bad_author")?;
         let key = public_key_of(&author).ok_or("unverifiable_author")?;
         if !key.verify(&entry.signing_bytes(), &entry.signature) {
@@ -529,61 +560,70 @@ impl KvService {
         }
         if let Some(policy) = self.access.admission.clone() {
             if policy.requires_tickets() {
-                self.check_author(&policy, &author, entry, credentials)?;
+                self.check_author(&policy, now_ms, &author, entry, credentials, failed)?;
             }
         }
-        self.clock = Hlc::observe(self.clock, entry.version.hlc, now_ms, self.max_skew_ms)
-            .map_err(|e| e.reason())?;
+        self.clock = clock;
         Ok(())
     }
 
-    /// The author's ticket must be valid at the entry's time, not revoked, and grant the
-    /// role the namespace needs. Tickets come with the message or from earlier ones.
+    /// The author must hold a ticket that grants the role the namespace needs and is valid
+    /// now or was valid at the entry's clock (so entries written under a ticket since
+    /// renewed still replicate), and is not revoked. Tickets come from earlier messages
+    /// (one kept per author) or with this one; only those naming the author are checked.
     fn check_author(
         &mut self,
         policy: &AdmissionPolicy,
+        now_ms: u64,
         author: &PeerId,
         entry: &Entry,
         credentials: &[ByteBuf],
+        failed: &mut HashSet<[u8; 32]>,
     ) -> Result<(), &'static str> {
-        let at_s = entry.version.hlc.wall_ms / 1000;
         let known = self
             .kv
             .as_ref()
             .and_then(|kv| kv.credential(&entry.version.author))
             .cloned();
-        let mut candidates: Vec<&[u8]> = credentials.iter().map(|c| c.as_slice()).collect();
-        if let Some(known) = &known {
-            candidates.insert(0, known.as_slice());
-        }
+        let author_bytes = entry.version.author.as_slice();
+        let candidates = known.iter().chain(credentials.iter().filter(|c| {
+            fogmesh_transports::ticket::inspect(c).is_ok_and(|body| body.subject == author_bytes)
+        }));
+        let needed = needed_role(&entry.namespace);
         let mut reason = "no_credential";
         for ticket in candidates {
-            match policy.check(Some(ticket), author, at_s) {
-                Ok(Some(admission)) => {
-                    let needed = needed_role(&entry.namespace);
-                    if !admission.roles.iter().any(|r| r == needed) {
-                        reason = if needed == "admin" {
-                            "not_admin"
-                        } else {
-                            "not_writer"
-                        };
-                        continue;
-                    }
-                    if known.as_deref().map(|k| k.as_slice()) != Some(ticket) {
-                        // Remembered to vouch for this author in later syncs; a failure
-                        // to store it only means it is not remembered.
+            let id = fogmesh_transports::ticket::ticket_id(ticket);
+            if failed.contains(&id) {
+                reason = "bad_credential";
+                continue;
+            }
+            let checked = policy
+                .check(Some(ticket), author, now_ms / 1000)
+                .or_else(|_| policy.check(Some(ticket), author, entry.version.hlc.wall_ms / 1000));
+            match checked {
+                Ok(None) => return Ok(()),
+                Ok(Some(admission)) if admission.roles.iter().any(|r| r == needed) => {
+                    if known.as_ref() != Some(ticket) {
+                        // Remembered to vouch for this author in later syncs; a failure to
+                        // store it only means it is not remembered.
                         if let Some(kv) = self.kv.as_mut() {
-                            let _ = kv.put_credential(&entry.version.author, ticket);
+                            let _ = kv.put_credential(author_bytes, ticket);
                         }
                     }
                     return Ok(());
                 }
-                Ok(None) => return Ok(()),
-                Err(error) => {
-                    reason = if error.to_string().contains("revoked") {
-                        "revoked"
+                Ok(Some(_)) => {
+                    reason = if needed == "admin" {
+                        "not_admin"
                     } else {
-                        "bad_credential"
+                        "not_writer"
+                    };
+                }
+                Err(error) => {
+                    failed.insert(id);
+                    reason = match error {
+                        HandshakeError::Ticket(e) if e.reason() == "revoked" => "revoked",
+                        _ => "bad_credential",
                     };
                 }
             }
@@ -591,7 +631,9 @@ impl KvService {
         Err(reason)
     }
 
-    /// Verifies and merges remote entries; returns how many were taken and refused.
+    /// Verifies and merges remote entries: how many were taken, refused, and refused for
+    /// reasons that show bad faith in whoever made them (a forged signature, a broken
+    /// shape) rather than this node's own view (its clock, the credentials it knows).
     fn take_remote(
         &mut self,
         now_ms: u64,
@@ -599,8 +641,9 @@ impl KvService {
         credentials: &[ByteBuf],
         via: &'static str,
         out: &mut Outbox,
-    ) -> (u32, u32) {
-        let (mut taken, mut refused) = (0, 0);
+    ) -> Taken {
+        let mut taken = Taken::default();
+        let mut failed = HashSet::new();
         for entry in entries {
             // Already held: nothing to verify or merge (gossip echoes, repeated syncs).
             if self
@@ -611,15 +654,21 @@ impl KvService {
             {
                 continue;
             }
-            if let Err(reason) = self.admit(now_ms, &entry, credentials) {
+            if let Err(reason) = self.admit(now_ms, &entry, credentials, &mut failed) {
                 tracing::debug!(reason, namespace = %entry.namespace, "kv entry refused");
                 self.metrics.refuse(reason);
-                refused += 1;
+                taken.refused += 1;
+                if !matches!(
+                    reason,
+                    "from_the_future" | "no_credential" | "bad_credential" | "revoked"
+                ) {
+                    taken.in_bad_faith += 1;
+                }
                 continue;
             }
             match self.merge(entry, via, out) {
                 Ok(_) => {
-                    taken += 1;
+                    taken.merged += 1;
                     self.metrics
                         .merged
                         .get_or_create(&ReasonLabel { reason: via })
@@ -631,7 +680,7 @@ impl KvService {
                 }
             }
         }
-        (taken, refused)
+        taken
     }
 
     fn store(&self) -> Result<&KvStore, String> {
@@ -647,26 +696,45 @@ impl KvService {
             .map_err(|e| e.to_string())
     }
 
+    /// Keys of `namespace` starting with `prefix`, after `after`, at most `limit`;
+    /// deleted ones only if `deleted`.
     pub fn list(
         &self,
         namespace: &str,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        deleted: bool,
     ) -> Result<Vec<KeyView>, String> {
-        self.store()?
-            .list(namespace, prefix, after, limit)
-            .map(|slots| slots.iter().map(KeyView::of).collect())
-            .map_err(|e| e.to_string())
+        let kv = self.store()?;
+        let mut out = Vec::new();
+        let mut cursor = after.map(str::to_owned);
+        // Pages of the store until `limit` live keys (tombstones skipped on request).
+        loop {
+            let page = kv
+                .list(namespace, prefix, cursor.as_deref(), limit.max(1))
+                .map_err(|e| e.to_string())?;
+            let last = page.last().map(|s| s.winner.key.clone());
+            for slot in &page {
+                if out.len() < limit && (deleted || !slot.winner.is_tombstone()) {
+                    out.push(KeyView::of(slot));
+                }
+            }
+            if out.len() >= limit || page.len() < limit.max(1) || last.is_none() {
+                return Ok(out);
+            }
+            cursor = last;
+        }
     }
 
     /// Neighbours other than `from` sync soon: this node just learned something they may
     /// lack (sync entries are not re-gossiped, so this is how they travel on, hop by hop).
     fn nudge_neighbours(&mut self, now_ms: u64, from: PeerId) {
         for peer in &self.neighbours {
-            if *peer != from && !self.sessions.contains_key(peer) {
+            if *peer != from {
                 let at = self.due.entry(*peer).or_insert(now_ms + NUDGE_MS);
                 *at = (*at).min(now_ms + NUDGE_MS);
+                self.nudged.insert(*peer);
             }
         }
     }
@@ -693,12 +761,14 @@ impl KvService {
                 entries,
                 credentials,
             } => {
-                let (accepted, refused) =
-                    self.take_remote(now_ms, entries, &credentials, "push", out);
-                if accepted > 0 {
+                let taken = self.take_remote(now_ms, entries, &credentials, "push", out);
+                if taken.merged > 0 {
                     self.nudge_neighbours(now_ms, peer);
                 }
-                SyncResponse::Pushed { accepted, refused }
+                SyncResponse::Pushed {
+                    accepted: taken.merged,
+                    refused: taken.refused,
+                }
             }
             other => match self.kv.as_ref().map(|kv| answer(kv, &other, BATCH_BYTES)) {
                 None => SyncResponse::Refused {
@@ -758,8 +828,8 @@ impl KvService {
                 return self.end_session(now_ms, peer, "malformed", out);
             }
         };
-        let (taken, _) = self.take_remote(now_ms, entries, &credentials, "sync", out);
-        if taken > 0 {
+        let taken = self.take_remote(now_ms, entries, &credentials, "sync", out);
+        if taken.merged > 0 {
             self.nudge_neighbours(now_ms, peer);
         }
         self.drive(now_ms, peer, out);
@@ -813,7 +883,9 @@ impl KvService {
                 // Resumed at the next round: what was exchanged now compares equal.
                 now_ms + SYNC_EVERY_MS / 6
             };
-            self.due.insert(peer, next);
+            // A nudge during the session may have asked for an earlier one.
+            let at = self.due.entry(peer).or_insert(next);
+            *at = (*at).min(next);
         }
         self.start_due(now_ms, out);
     }
@@ -832,10 +904,15 @@ impl KvService {
                 break;
             }
             self.due.remove(&peer);
+            let sync = if self.nudged.remove(&peer) {
+                SyncSession::new()
+            } else {
+                SyncSession::pull_only()
+            };
             self.sessions.insert(
                 peer,
                 Session {
-                    sync: SyncSession::new(),
+                    sync,
                     last_progress_ms: now_ms,
                     requests: HashMap::new(),
                 },
@@ -927,11 +1004,14 @@ impl Service for KvService {
             self.metrics.refuse("malformed_delta");
             return MessageAcceptance::Reject;
         }
-        let (taken, refused) =
-            self.take_remote(now_ms, delta.entries, &delta.credentials, "gossip", out);
-        if refused > 0 && taken == 0 {
-            // Nothing in it was valid: do not spread it.
+        let taken = self.take_remote(now_ms, delta.entries, &delta.credentials, "gossip", out);
+        if taken.in_bad_faith > 0 {
+            // Forged or broken: whoever spreads it is penalised.
             MessageAcceptance::Reject
+        } else if taken.refused > 0 && taken.merged == 0 {
+            // Refused for what this node knows (its clock, its credentials): not spread
+            // from here, and nobody penalised.
+            MessageAcceptance::Ignore
         } else {
             MessageAcceptance::Accept
         }
@@ -960,6 +1040,7 @@ impl Service for KvService {
             Notice::PeerDisconnected(peer) => {
                 self.neighbours.remove(peer);
                 self.due.remove(peer);
+                self.nudged.remove(peer);
                 if self.sessions.contains_key(peer) {
                     self.end_session(now_ms, *peer, "disconnected", out);
                 }
@@ -975,14 +1056,18 @@ impl Service for KvService {
         result: Result<(), String>,
         out: &mut Outbox,
     ) {
-        let Some((request, written)) = self.acks.remove(&token) else {
+        let Some((request, written, entries)) = self.acks.remove(&token) else {
             return;
         };
         let reply = match result {
-            Ok(()) => Ok(written),
+            Ok(()) => {
+                // Published once on disk: no other node holds a write this one may lose.
+                self.publish(entries, out);
+                Ok(written)
+            }
             Err(error) => {
                 out.push(Effect::StoreFailed(format!("kv flush: {error}")));
-                Err(format!("not stored: {error}"))
+                Err(KvWriteError::Store(format!("not stored: {error}")))
             }
         };
         out.push(Effect::Reply {
@@ -1069,22 +1154,22 @@ mod tests {
                 _ => None,
             })
             .expect("a flush");
+        assert!(
+            !out.effects()
+                .iter()
+                .any(|e| matches!(e, Effect::Reply { .. } | Effect::Publish { .. })),
+            "no answer and no delta before the flush"
+        );
+        let mut out = Outbox::default();
+        kv.on_durable(T0, token, Ok(()), &mut out);
         assert!(out
             .effects()
             .iter()
             .any(|e| matches!(e, Effect::Publish { topic, .. } if topic == TOPIC)));
-        assert!(
-            !out.effects()
-                .iter()
-                .any(|e| matches!(e, Effect::Reply { .. })),
-            "no answer before the flush"
-        );
-        let mut out = Outbox::default();
-        kv.on_durable(T0, token, Ok(()), &mut out);
-        assert!(matches!(
-            out.effects(),
-            [Effect::Reply { token: 7, reply: Reply::KvWrite(Ok(w)) }] if w.written == 1
-        ));
+        assert!(out.effects().iter().any(|e| matches!(
+            e,
+            Effect::Reply { token: 7, reply: Reply::KvWrite(Ok(w)) } if w.written == 1
+        )));
         let view = kv.get("app", "greeting").unwrap().unwrap();
         assert_eq!(view.winner.value.as_deref(), Some("hello"));
         // A bad namespace is refused whole.
@@ -1112,12 +1197,24 @@ mod tests {
             credentials: Vec::new(),
         };
         let mut out = Outbox::default();
-        assert_eq!(gossip(&mut kv, &delta, &mut out), MessageAcceptance::Accept);
+        // A forgery in it: its forwarder is penalised, what is valid is still taken.
+        assert_eq!(gossip(&mut kv, &delta, &mut out), MessageAcceptance::Reject);
         assert_eq!(refused(&kv, "bad_signature"), 1);
         assert_eq!(refused(&kv, "from_the_future"), 1);
         assert_eq!(refused(&kv, "bad_author"), 1);
         assert_eq!(kv.keys(), 1, "only the good entry is merged");
         assert!(kv.get("app", "k").unwrap().is_some());
+        // Refused only for this node's own view (its clock): ignored, nobody penalised.
+        let ahead = Delta {
+            entries: vec![signed(
+                &author,
+                "ahead",
+                b"v",
+                T0 + 5 * kv::DEFAULT_MAX_SKEW_MS,
+            )],
+            credentials: Vec::new(),
+        };
+        assert_eq!(gossip(&mut kv, &ahead, &mut out), MessageAcceptance::Ignore);
         // Junk is rejected (gossipsub penalises the sender), and so is a delta of nothing
         // but refused entries.
         let junk = GossipIn {

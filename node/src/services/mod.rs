@@ -201,7 +201,7 @@ pub enum Reply {
     /// A message was stored and sent: its id (hex), or why not.
     Message(Result<String, String>),
     /// Writes to the kv store are on disk (or why not).
-    KvWrite(Result<kv::KvWritten, String>),
+    KvWrite(Result<kv::KvWritten, kv::KvWriteError>),
 }
 
 /// Where a service writes its effects during one input.
