@@ -1047,6 +1047,7 @@ impl Driver {
                     LinkKind::Internet
                 };
                 self.with_relay(|relay, out| relay.link_up(now_ms(), peer, kind, out));
+                self.services.kv.link_up(peer, kind == LinkKind::Radio);
                 self.events.publish(NodeEvent::PeerConnected {
                     peer_id: peer.to_string(),
                     addr: addr.to_string(),

@@ -34,6 +34,14 @@ pub const TABLE_CREDENTIALS: &str = "kv_credentials";
 /// (their entries still merge when verified; this node just cannot vouch for them).
 pub const MAX_AUTHORS: usize = 10_000;
 
+/// What merging an entry did, and whose the key's winner was before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeOutcome {
+    pub merged: Merged,
+    /// The author of the key's previous winner (`None`: a new key).
+    pub previous: Option<ByteBuf>,
+}
+
 /// What `kv_slots` holds for a key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KvRecord {
@@ -124,19 +132,20 @@ impl KvStore {
     }
 
     /// Merges one entry, already checked and verified. Buffered: flush to make it durable.
-    pub fn merge(&mut self, entry: Entry) -> Result<Merged, StoreError> {
+    pub fn merge(&mut self, entry: Entry) -> Result<MergeOutcome, StoreError> {
         let id = entry.key_id();
         let row = hex(&id);
-        let (merged, record, old_digest, old_bytes) = match self.slots.get(&row)? {
+        let (merged, record, old_digest, old_bytes, previous) = match self.slots.get(&row)? {
             Some(mut record) => {
                 let old_bytes = value_len(&record.slot);
+                let previous = Some(record.slot.winner.version.author.clone());
                 let merged = record.slot.merge(entry);
                 if merged == Merged::Duplicate {
-                    return Ok(merged);
+                    return Ok(MergeOutcome { merged, previous });
                 }
                 let old = record.digest;
                 record.digest = record.slot.winner.digest();
-                (merged, record, Some(old), old_bytes)
+                (merged, record, Some(old), old_bytes, previous)
             }
             None => {
                 let name = entry.name();
@@ -148,7 +157,10 @@ impl KvStore {
                 self.names.put(&name, &())?;
                 self.tree.update(&id, None, record.digest);
                 self.value_bytes += value_len(&record.slot);
-                return Ok(Merged::Won);
+                return Ok(MergeOutcome {
+                    merged: Merged::Won,
+                    previous: None,
+                });
             }
         };
         self.slots.put(&row, &record)?;
@@ -156,7 +168,7 @@ impl KvStore {
             self.tree.update(&id, old_digest, record.digest);
             self.value_bytes = self.value_bytes - old_bytes + value_len(&record.slot);
         }
-        Ok(merged)
+        Ok(MergeOutcome { merged, previous })
     }
 
     /// Slots of `namespace` whose key starts with `prefix`, in key order, after the key
@@ -318,10 +330,16 @@ mod tests {
         {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
             let mut kv = KvStore::open(&store).unwrap();
-            assert_eq!(kv.merge(entry("a", 1, Some(b"1"))).unwrap(), Merged::Won);
-            assert_eq!(kv.merge(entry("a", 2, Some(b"22"))).unwrap(), Merged::Won);
             assert_eq!(
-                kv.merge(entry("a", 1, Some(b"1"))).unwrap(),
+                kv.merge(entry("a", 1, Some(b"1"))).unwrap().merged,
+                Merged::Won
+            );
+            assert_eq!(
+                kv.merge(entry("a", 2, Some(b"22"))).unwrap().merged,
+                Merged::Won
+            );
+            assert_eq!(
+                kv.merge(entry("a", 1, Some(b"1"))).unwrap().merged,
                 Merged::Duplicate
             );
             kv.merge(entry("b", 1, None)).unwrap();
@@ -353,6 +371,9 @@ mod tests {
             .collect();
         assert_eq!(clamped, vec!["b"], "paging stays within the prefix");
         assert_eq!(kv.max_hlc_at_open().wall_ms, 2);
+        // A cursor past a node's range finds nothing (and does not panic).
+        let (found, next) = kv.subtree(1, 0, Some(&[0xff; 16]), 1024).unwrap();
+        assert!(found.is_empty() && next.is_none());
         let after: Vec<String> = kv
             .list("app", "", Some("a"), 10)
             .unwrap()
@@ -407,7 +428,7 @@ mod tests {
                             refused: 0,
                         }
                     }
-                    other => crate::kv_sync::answer(&mem, other, BATCH_BYTES).unwrap(),
+                    other => crate::kv_sync::answer(&mem, other).unwrap(),
                 };
                 for e in session.on_response(&kv, id, response).unwrap() {
                     kv.merge(e).unwrap();

@@ -31,14 +31,25 @@ use crate::kv::{Entry, KeyId, Merged, Slot, KEY_ID_BYTES};
 use crate::kv_tree::{bucket_of, covers, nodes_at, DigestTree, NodeSum, FANOUT, LEAF_LEVEL};
 use crate::StoreError;
 
-/// Bytes a request or answer aims to stay within (an entry larger than this goes alone).
+/// Bytes a request or answer aims to stay within (an entry larger than this goes alone):
+/// the budget on a Bluetooth link, where one message should not hold the radio for long.
 pub const BATCH_BYTES: usize = 8 * 1024;
+/// The budget on an internet link, where fewer, larger messages go faster.
+pub const LAN_BATCH_BYTES: usize = 64 * 1024;
+/// Budgets an asker may ask the answering side for.
+const ANSWER_BUDGETS: std::ops::RangeInclusive<usize> = 1024..=LAN_BATCH_BYTES;
+
+fn default_budget() -> u32 {
+    BATCH_BYTES as u32
+}
 /// Nodes whose children one request asks for.
 pub const MAX_ASK_NODES: usize = 16;
 /// Buckets one request lists.
 pub const MAX_ASK_BUCKETS: usize = 256;
 /// Keys one fetch names.
 pub const MAX_ASK_KEYS: usize = 256;
+/// Subtrees one page request names (many are a single sparse bucket).
+pub const MAX_ASK_SUBTREES: usize = 256;
 /// Entries one push or answer may carry.
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 1024;
 /// Author credentials (tickets) one message may carry.
@@ -60,15 +71,25 @@ pub enum SyncRequest {
     /// The sums of these nodes' children (in order, [`FANOUT`] each).
     Children { level: u8, nodes: Vec<u32> },
     /// The listings of these leaf buckets.
-    Buckets { buckets: Vec<u16> },
-    /// Winners under one node, in key-id order, after `after`.
+    Buckets {
+        buckets: Vec<u16>,
+        #[serde(default = "default_budget")]
+        budget: u32,
+    },
+    /// Winners under these nodes (disjoint, in key-id order), in key-id order, after
+    /// `after`: the pages of subtrees this side holds nothing under.
     Subtree {
-        level: u8,
-        node: u32,
+        nodes: Vec<(u8, u32)>,
         after: Option<ByteBuf>,
+        #[serde(default = "default_budget")]
+        budget: u32,
     },
     /// The winners of these keys.
-    Fetch { keys: Vec<ByteBuf> },
+    Fetch {
+        keys: Vec<ByteBuf>,
+        #[serde(default = "default_budget")]
+        budget: u32,
+    },
     /// Entries the asking side holds and the peer may not; `credentials` are their
     /// authors' tickets (empty in an open mesh).
     Push {
@@ -196,20 +217,33 @@ pub fn check_request(request: &SyncRequest) -> Result<(), SyncError> {
                 return Err(SyncError::Malformed("bad_node"));
             }
         }
-        SyncRequest::Buckets { buckets } => {
+        SyncRequest::Buckets { buckets, .. } => {
             if buckets.is_empty() || buckets.len() > MAX_ASK_BUCKETS {
                 return Err(SyncError::Malformed("too_many_buckets"));
             }
         }
-        SyncRequest::Subtree { level, node, after } => {
-            if *level > LEAF_LEVEL || *node >= nodes_at(*level).unwrap_or(0) {
+        SyncRequest::Subtree { nodes, after, .. } => {
+            if nodes.is_empty() || nodes.len() > MAX_ASK_SUBTREES {
+                return Err(SyncError::Malformed("too_many_nodes"));
+            }
+            if nodes
+                .iter()
+                .any(|(level, node)| *level > LEAF_LEVEL || *node >= nodes_at(*level).unwrap_or(0))
+            {
                 return Err(SyncError::Malformed("bad_node"));
+            }
+            // Disjoint and in order, so one cursor walks them all.
+            if nodes
+                .windows(2)
+                .any(|w| node_range(w[0].0, w[0].1).end() >= node_range(w[1].0, w[1].1).start())
+            {
+                return Err(SyncError::Malformed("nodes_out_of_order"));
             }
             if after.as_ref().is_some_and(|a| a.len() != KEY_ID_BYTES) {
                 return Err(SyncError::Malformed("bad_key_id"));
             }
         }
-        SyncRequest::Fetch { keys } => {
+        SyncRequest::Fetch { keys, .. } => {
             if keys.is_empty() || keys.len() > MAX_ASK_KEYS {
                 return Err(SyncError::Malformed("too_many_keys"));
             }
@@ -230,17 +264,25 @@ pub fn check_request(request: &SyncRequest) -> Result<(), SyncError> {
 }
 
 /// The answering side of every request but [`SyncRequest::Push`] (which the caller merges
-/// and answers with [`SyncResponse::Pushed`]).
+/// and answers with [`SyncResponse::Pushed`]), within the budget the request asks for
+/// (kept between 1 KiB and [`LAN_BATCH_BYTES`]).
 pub fn answer<R: Replica + ?Sized>(
     replica: &R,
     request: &SyncRequest,
-    budget: usize,
 ) -> Result<SyncResponse, StoreError> {
     if let Err(error) = check_request(request) {
         return Ok(SyncResponse::Refused {
             reason: error.reason().into(),
         });
     }
+    let budget = match request {
+        SyncRequest::Buckets { budget, .. }
+        | SyncRequest::Subtree { budget, .. }
+        | SyncRequest::Fetch { budget, .. } => {
+            (*budget as usize).clamp(*ANSWER_BUDGETS.start(), *ANSWER_BUDGETS.end())
+        }
+        _ => BATCH_BYTES,
+    };
     Ok(match request {
         SyncRequest::Children { level, nodes } => {
             let mut sums = Vec::with_capacity(nodes.len() * FANOUT);
@@ -249,7 +291,7 @@ pub fn answer<R: Replica + ?Sized>(
             }
             SyncResponse::Children { sums }
         }
-        SyncRequest::Buckets { buckets } => {
+        SyncRequest::Buckets { buckets, .. } => {
             let mut listed = Vec::new();
             let mut oversized = Vec::new();
             let mut used = 0;
@@ -275,16 +317,36 @@ pub fn answer<R: Replica + ?Sized>(
                 oversized,
             }
         }
-        SyncRequest::Subtree { level, node, after } => {
+        SyncRequest::Subtree { nodes, after, .. } => {
             let after = after.as_ref().and_then(|a| key_id_from(a));
-            let (entries, next) = replica.subtree(*level, *node, after.as_ref(), budget)?;
+            let mut entries: Vec<Entry> = Vec::new();
+            let mut next = None;
+            let mut used = 0;
+            for (level, node) in nodes {
+                // Nodes wholly before the cursor hold nothing still to send.
+                if after.is_some_and(|a| *node_range(*level, *node).end() <= a) {
+                    continue;
+                }
+                if used >= budget {
+                    next = entries.last().map(|e| e.key_id());
+                    break;
+                }
+                let (found, more) =
+                    replica.subtree(*level, *node, after.as_ref(), budget - used)?;
+                used += found.iter().map(entry_size).sum::<usize>();
+                entries.extend(found);
+                if more.is_some() {
+                    next = more;
+                    break;
+                }
+            }
             SyncResponse::Subtree {
                 credentials: replica.credentials(&entries),
                 entries,
                 next: next.as_ref().map(id_bytes),
             }
         }
-        SyncRequest::Fetch { keys } => {
+        SyncRequest::Fetch { keys, .. } => {
             let mut entries = Vec::new();
             let mut used = 0;
             let mut served = 0u32;
@@ -322,8 +384,7 @@ enum Asked {
         buckets: Vec<u16>,
     },
     Subtree {
-        level: u8,
-        node: u32,
+        nodes: Vec<(u8, u32)>,
         after: Option<KeyId>,
     },
     Fetch {
@@ -345,7 +406,11 @@ pub struct SyncStats {
 pub struct SyncSession {
     children: VecDeque<(u8, u32)>,
     buckets: VecDeque<u16>,
-    pulls: VecDeque<(u8, u32, Option<KeyId>)>,
+    /// Subtrees this side holds nothing under, to page through the peer's entries.
+    pulls: Vec<(u8, u32)>,
+    /// Page requests cut short by the budget, to go on from their cursors.
+    pull_rest: VecDeque<(Vec<(u8, u32)>, KeyId)>,
+    /// Subtrees the peer holds nothing under, to push (with a cursor once started).
     pushes: VecDeque<(u8, u32, Option<KeyId>)>,
     fetch: VecDeque<KeyId>,
     send: VecDeque<KeyId>,
@@ -383,6 +448,7 @@ impl SyncSession {
             && self.children.is_empty()
             && self.buckets.is_empty()
             && self.pulls.is_empty()
+            && self.pull_rest.is_empty()
             && self.pushes.is_empty()
             && self.fetch.is_empty()
             && self.send.is_empty()
@@ -425,7 +491,7 @@ impl SyncSession {
             return Ok(None);
         }
         if self.fetch.len() > FETCH_FIRST_ABOVE {
-            return Ok(Some(self.fetch_request()));
+            return Ok(Some(self.fetch_request(budget)));
         }
         if let Some(&(level, _)) = self.children.front() {
             let mut nodes = Vec::new();
@@ -450,18 +516,30 @@ impl SyncSession {
             let id = self.ask(Asked::Buckets {
                 buckets: buckets.clone(),
             });
-            return Ok(Some((id, SyncRequest::Buckets { buckets })));
+            let budget = budget as u32;
+            return Ok(Some((id, SyncRequest::Buckets { buckets, budget })));
         }
         if !self.fetch.is_empty() {
-            return Ok(Some(self.fetch_request()));
+            return Ok(Some(self.fetch_request(budget)));
         }
-        if let Some((level, node, after)) = self.pulls.pop_front() {
-            let id = self.ask(Asked::Subtree { level, node, after });
+        let page = match self.pull_rest.pop_front() {
+            Some((nodes, after)) => Some((nodes, Some(after))),
+            None if !self.pulls.is_empty() => {
+                // Answers arrive in any order: sort, so the nodes are disjoint and ordered.
+                self.pulls
+                    .sort_unstable_by_key(|(level, node)| *node_range(*level, *node).start());
+                let take = self.pulls.len().min(MAX_ASK_SUBTREES);
+                Some((self.pulls.drain(..take).collect(), None))
+            }
+            None => None,
+        };
+        if let Some((nodes, after)) = page {
             let request = SyncRequest::Subtree {
-                level,
-                node,
+                nodes: nodes.clone(),
                 after: after.as_ref().map(id_bytes),
+                budget: budget as u32,
             };
+            let id = self.ask(Asked::Subtree { nodes, after });
             return Ok(Some((id, request)));
         }
         let mut entries = Vec::new();
@@ -480,14 +558,16 @@ impl SyncSession {
             }
             self.send.pop_front();
         }
-        if entries.is_empty() {
-            if let Some((level, node, after)) = self.pushes.pop_front() {
-                let (found, next) = replica.subtree(level, node, after.as_ref(), budget)?;
-                if let Some(next) = next {
-                    self.pushes.push_front((level, node, Some(next)));
-                }
-                entries = found;
+        while used < budget && entries.len() < MAX_ENTRIES_PER_MESSAGE {
+            let Some((level, node, after)) = self.pushes.pop_front() else {
+                break;
+            };
+            let (found, next) = replica.subtree(level, node, after.as_ref(), budget - used)?;
+            if let Some(next) = next {
+                self.pushes.push_front((level, node, Some(next)));
             }
+            used += found.iter().map(entry_size).sum::<usize>();
+            entries.extend(found);
         }
         if entries.is_empty() {
             return Ok(None);
@@ -504,11 +584,12 @@ impl SyncSession {
         )))
     }
 
-    fn fetch_request(&mut self) -> (u64, SyncRequest) {
+    fn fetch_request(&mut self, budget: usize) -> (u64, SyncRequest) {
         let take = self.fetch.len().min(MAX_ASK_KEYS);
         let keys: Vec<KeyId> = self.fetch.drain(..take).collect();
         let request = SyncRequest::Fetch {
             keys: keys.iter().map(id_bytes).collect(),
+            budget: budget as u32,
         };
         (self.ask(Asked::Fetch { keys }), request)
     }
@@ -552,7 +633,7 @@ impl SyncSession {
                                 self.pushes.push_back((child_level, child, None));
                             }
                         } else if mine.count() == 0 {
-                            self.pulls.push_back((child_level, child, None));
+                            self.pulls.push((child_level, child));
                         } else if child_level == LEAF_LEVEL {
                             // A leaf index is below 2^16 by construction.
                             self.buckets.push_back(child as u16);
@@ -596,7 +677,7 @@ impl SyncSession {
                 }
                 for bucket in oversized {
                     let node = u32::from(bucket);
-                    self.pulls.push_back((LEAF_LEVEL, node, None));
+                    self.pulls.push((LEAF_LEVEL, node));
                     if self.push {
                         self.pushes.push_back((LEAF_LEVEL, node, None));
                     }
@@ -607,7 +688,7 @@ impl SyncSession {
                 Ok(Vec::new())
             }
             (
-                Asked::Subtree { level, node, after },
+                Asked::Subtree { nodes, after },
                 SyncResponse::Subtree {
                     entries,
                     credentials: _,
@@ -618,7 +699,7 @@ impl SyncSession {
                 let mut last = after;
                 for entry in &entries {
                     let id = entry.key_id();
-                    if !covers(level, node, &id) {
+                    if !nodes.iter().any(|(level, node)| covers(*level, *node, &id)) {
                         return Err(SyncError::Malformed("entry_outside_subtree"));
                     }
                     if last.is_some_and(|l| id <= l) {
@@ -631,7 +712,13 @@ impl SyncSession {
                     if entries.is_empty() || last != Some(next) {
                         return Err(SyncError::Malformed("no_progress"));
                     }
-                    self.pulls.push_back((level, node, Some(next)));
+                    let rest: Vec<(u8, u32)> = nodes
+                        .into_iter()
+                        .filter(|(level, node)| *node_range(*level, *node).end() > next)
+                        .collect();
+                    if !rest.is_empty() {
+                        self.pull_rest.push_back((rest, next));
+                    }
                 }
                 self.stats.entries_received += entries.len() as u64;
                 Ok(entries)
@@ -883,7 +970,7 @@ pub fn run_in_memory(
                         refused: 0,
                     }
                 }
-                other => match answer(b, other, budget) {
+                other => match answer(b, other) {
                     Ok(r) => r,
                     Err(_) => return (session.stats, bytes),
                 },
@@ -1012,14 +1099,14 @@ mod tests {
         let a = MemReplica::new();
         let mut session = SyncSession::new();
         let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
-        let answer_ = answer(&b, &request, 600).unwrap();
+        let answer_ = answer(&b, &request).unwrap();
         session.on_response(&a, id, answer_).unwrap();
         // Everything under the root's children is pulled by subtree pages.
         let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
         assert!(matches!(request, SyncRequest::Subtree { .. }));
         let SyncResponse::Subtree {
             mut entries, next, ..
-        } = answer(&b, &request, 600).unwrap()
+        } = answer(&b, &request).unwrap()
         else {
             panic!("a subtree page");
         };
@@ -1038,10 +1125,10 @@ mod tests {
         let mut session = SyncSession::new();
         let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
         session
-            .on_response(&a, id, answer(&b, &request, 600).unwrap())
+            .on_response(&a, id, answer(&b, &request).unwrap())
             .unwrap();
         let (id, request) = session.next_requests(&a, 600, 1).unwrap().remove(0);
-        let SyncResponse::Subtree { entries, .. } = answer(&b, &request, 600).unwrap() else {
+        let SyncResponse::Subtree { entries, .. } = answer(&b, &request).unwrap() else {
             panic!("a subtree page");
         };
         let stuck = SyncResponse::Subtree {
@@ -1089,11 +1176,15 @@ mod tests {
             },
             SyncRequest::Fetch {
                 keys: vec![ByteBuf::from(vec![1, 2])],
+                budget: 100,
             },
-            SyncRequest::Buckets { buckets: vec![] },
+            SyncRequest::Buckets {
+                buckets: vec![],
+                budget: 100,
+            },
         ] {
             assert!(matches!(
-                answer(&a, &bad, BATCH_BYTES).unwrap(),
+                answer(&a, &bad).unwrap(),
                 SyncResponse::Refused { .. }
             ));
         }

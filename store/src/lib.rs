@@ -380,6 +380,8 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                 let mut end = prefix.as_bytes().to_vec();
                 let bounded = increment(&mut end);
                 if bounded {
+                    // A cursor past the prefix's range: nothing (and no inverted range).
+                    let end = end.max(start.clone());
                     self.tree.range(start..end)
                 } else {
                     self.tree.range(start..)

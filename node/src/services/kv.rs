@@ -31,7 +31,7 @@ use fogmesh_store::kv::{self, Entry, Hlc, Merged, Slot, Version};
 use fogmesh_store::kv_store::KvStore;
 use fogmesh_store::kv_sync::{
     self, answer, check_request, encoded_len, Replica, SyncRequest, SyncResponse, SyncSession,
-    BATCH_BYTES,
+    BATCH_BYTES, LAN_BATCH_BYTES,
 };
 use fogmesh_store::Store;
 use fogmesh_transports::secure::AdmissionPolicy;
@@ -283,6 +283,8 @@ pub struct KvService {
     acks: HashMap<DurableToken, (u64, KvWritten, Vec<Entry>)>,
     next_token: u64,
     neighbours: HashSet<PeerId>,
+    /// Neighbours over Bluetooth: sync messages to them stay within [`BATCH_BYTES`].
+    radio_links: HashSet<PeerId>,
     /// When each neighbour is next due for a session.
     due: HashMap<PeerId, u64>,
     /// Neighbours whose next session also pushes (this node learned something they may
@@ -330,6 +332,7 @@ impl KvService {
             acks: HashMap::new(),
             next_token: 0,
             neighbours: HashSet::new(),
+            radio_links: HashSet::new(),
             due: HashMap::new(),
             nudged: HashSet::new(),
             sessions: HashMap::new(),
@@ -508,12 +511,9 @@ impl KvService {
         let Some(kv) = self.kv.as_mut() else {
             return Err(self.broken.clone().unwrap_or_default());
         };
-        let previous_author = kv
-            .get(&entry.namespace, &entry.key)
-            .map_err(|e| e.to_string())?
-            .map(|s| s.winner.version.author);
         let event_entry = entry.clone();
-        let merged = kv.merge(entry).map_err(|e| e.to_string())?;
+        let outcome = kv.merge(entry).map_err(|e| e.to_string())?;
+        let (merged, previous_author) = (outcome.merged, outcome.previous);
         self.metrics.keys.set(kv.keys() as i64);
         self.metrics.value_bytes.set(kv.value_bytes() as i64);
         let other_author = previous_author
@@ -547,6 +547,7 @@ impl KvService {
         &mut self,
         now_ms: u64,
         entry: &Entry,
+        signature_ok: bool,
         credentials: &[ByteBuf],
         failed: &mut HashSet<[u8; 32]>,
     ) -> Result<(), &'static str> {
@@ -554,8 +555,8 @@ impl KvService {
         let clock = Hlc::observe(self.clock, entry.version.hlc, now_ms, self.max_skew_ms)
             .map_err(|e| e.reason())?;
         let author = PeerId::from_bytes(&entry.version.author).map_err(|_| "bad_author")?;
-        let key = public_key_of(&author).ok_or("unverifiable_author")?;
-        if !key.verify(&entry.signing_bytes(), &entry.signature) {
+        public_key_of(&author).ok_or("unverifiable_author")?;
+        if !signature_ok {
             return Err("bad_signature");
         }
         if let Some(policy) = self.access.admission.clone() {
@@ -644,17 +645,21 @@ impl KvService {
     ) -> Taken {
         let mut taken = Taken::default();
         let mut failed = HashSet::new();
-        for entry in entries {
-            // Already held: nothing to verify or merge (gossip echoes, repeated syncs).
-            if self
-                .kv
-                .as_ref()
-                .and_then(|kv| kv.winner(&entry.key_id()).ok().flatten())
-                .is_some_and(|w| w == entry)
+        // Already held: nothing to verify or merge (gossip echoes, repeated syncs).
+        let fresh: Vec<Entry> = entries
+            .into_iter()
+            .filter(|entry| {
+                !self
+                    .kv
+                    .as_ref()
+                    .and_then(|kv| kv.winner(&entry.key_id()).ok().flatten())
+                    .is_some_and(|w| w == *entry)
+            })
+            .collect();
+        let signatures = verify_signatures(&fresh);
+        for (entry, signature_ok) in fresh.into_iter().zip(signatures) {
+            if let Err(reason) = self.admit(now_ms, &entry, signature_ok, credentials, &mut failed)
             {
-                continue;
-            }
-            if let Err(reason) = self.admit(now_ms, &entry, credentials, &mut failed) {
                 tracing::debug!(reason, namespace = %entry.namespace, "kv entry refused");
                 self.metrics.refuse(reason);
                 taken.refused += 1;
@@ -770,7 +775,7 @@ impl KvService {
                     refused: taken.refused,
                 }
             }
-            other => match self.kv.as_ref().map(|kv| answer(kv, &other, BATCH_BYTES)) {
+            other => match self.kv.as_ref().map(|kv| answer(kv, &other)) {
                 None => SyncResponse::Refused {
                     reason: "store_unavailable".into(),
                 },
@@ -843,10 +848,12 @@ impl KvService {
         let Some(kv) = self.kv.as_ref() else {
             return;
         };
-        let requests = match session
-            .sync
-            .next_requests(kv, BATCH_BYTES, SESSION_IN_FLIGHT)
-        {
+        let budget = if self.radio_links.contains(&peer) {
+            BATCH_BYTES
+        } else {
+            LAN_BATCH_BYTES
+        };
+        let requests = match session.sync.next_requests(kv, budget, SESSION_IN_FLIGHT) {
             Ok(requests) => requests,
             Err(error) => {
                 out.push(Effect::StoreFailed(format!("kv store: {error}")));
@@ -921,6 +928,15 @@ impl KvService {
         }
     }
 
+    /// How a neighbour is linked; told by the driver before the neighbour's connect notice.
+    pub fn link_up(&mut self, peer: PeerId, radio: bool) {
+        if radio {
+            self.radio_links.insert(peer);
+        } else {
+            self.radio_links.remove(&peer);
+        }
+    }
+
     /// A new neighbour: sync with it at once (it may have been away).
     fn on_connected(&mut self, now_ms: u64, peer: PeerId, out: &mut Outbox) {
         if self.kv.is_some() && self.neighbours.insert(peer) {
@@ -941,6 +957,39 @@ fn needed_role(namespace: &str) -> &'static str {
     } else {
         "writer"
     }
+}
+
+/// Entries from which signature checks are spread over the machine's cores.
+const PARALLEL_VERIFY_FROM: usize = 64;
+
+/// Whether each entry carries its author's valid signature. Pure CPU work; a large batch
+/// (a sync page) is split over up to four threads for its duration, which is what bounds a
+/// catch-up's speed (an Ed25519 check is ~30 µs, BENCHMARKS.md).
+fn verify_signatures(entries: &[Entry]) -> Vec<bool> {
+    fn one(entry: &Entry) -> bool {
+        PeerId::from_bytes(&entry.version.author)
+            .ok()
+            .and_then(|author| public_key_of(&author))
+            .is_some_and(|key| key.verify(&entry.signing_bytes(), &entry.signature))
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if entries.len() < PARALLEL_VERIFY_FROM || threads < 2 {
+        return entries.iter().map(one).collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<bool>>()))
+            .collect();
+        workers
+            .into_iter()
+            .zip(entries.chunks(chunk))
+            // Verification returns false on anything odd; should a worker still panic,
+            // its entries count as unverified.
+            .flat_map(|(worker, part)| worker.join().unwrap_or_else(|_| vec![false; part.len()]))
+            .collect()
+    })
 }
 
 /// The public key inlined in a PeerId (Ed25519 ids inline theirs).
@@ -1041,6 +1090,7 @@ impl Service for KvService {
                 self.neighbours.remove(peer);
                 self.due.remove(peer);
                 self.nudged.remove(peer);
+                self.radio_links.remove(peer);
                 if self.sessions.contains_key(peer) {
                     self.end_session(now_ms, *peer, "disconnected", out);
                 }
