@@ -368,6 +368,14 @@ pub fn inspect(bytes: &[u8]) -> Result<TicketBody, TicketError> {
     open(&signed, TICKET_TAG, &issuer)
 }
 
+/// The subject (PeerId bytes) a ticket names, read without checking anything: for picking,
+/// among tickets offered, the ones worth verifying for a given peer.
+pub fn claimed_subject(bytes: &[u8]) -> Option<Vec<u8>> {
+    let signed = decode_signed(bytes).ok()?;
+    let body: TicketBody = decode_exact(&signed.body).ok()?;
+    Some(body.subject)
+}
+
 /// Everything a verifier needs besides the ticket.
 #[derive(Debug)]
 pub struct Verifier<'a> {

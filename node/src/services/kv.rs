@@ -249,6 +249,9 @@ impl AccessPolicy {
     }
 }
 
+/// A ticket offered with a message, and the subject it claims (unverified).
+type Offered = (Option<Vec<u8>>, ByteBuf);
+
 /// What became of a message's entries.
 #[derive(Debug, Clone, Copy, Default)]
 struct Taken {
@@ -548,7 +551,7 @@ impl KvService {
         now_ms: u64,
         entry: &Entry,
         signature_ok: bool,
-        credentials: &[ByteBuf],
+        credentials: &[Offered],
         failed: &mut HashSet<[u8; 32]>,
     ) -> Result<(), &'static str> {
         entry.check_shape().map_err(|e| e.reason())?;
@@ -578,7 +581,7 @@ impl KvService {
         now_ms: u64,
         author: &PeerId,
         entry: &Entry,
-        credentials: &[ByteBuf],
+        credentials: &[Offered],
         failed: &mut HashSet<[u8; 32]>,
     ) -> Result<(), &'static str> {
         let known = self
@@ -587,9 +590,12 @@ impl KvService {
             .and_then(|kv| kv.credential(&entry.version.author))
             .cloned();
         let author_bytes = entry.version.author.as_slice();
-        let candidates = known.iter().chain(credentials.iter().filter(|c| {
-            fogmesh_transports::ticket::inspect(c).is_ok_and(|body| body.subject == author_bytes)
-        }));
+        let candidates = known.iter().chain(
+            credentials
+                .iter()
+                .filter(|(subject, _)| subject.as_deref() == Some(author_bytes))
+                .map(|(_, ticket)| ticket),
+        );
         let needed = needed_role(&entry.namespace);
         let mut reason = "no_credential";
         for ticket in candidates {
@@ -645,6 +651,16 @@ impl KvService {
     ) -> Taken {
         let mut taken = Taken::default();
         let mut failed = HashSet::new();
+        // Whom each offered ticket names, read once per message (no verification yet).
+        let credentials: Vec<Offered> = credentials
+            .iter()
+            .map(|ticket| {
+                (
+                    fogmesh_transports::ticket::claimed_subject(ticket),
+                    ticket.clone(),
+                )
+            })
+            .collect();
         // Already held: nothing to verify or merge (gossip echoes, repeated syncs).
         let fresh: Vec<Entry> = entries
             .into_iter()
@@ -658,7 +674,7 @@ impl KvService {
             .collect();
         let signatures = verify_signatures(&fresh);
         for (entry, signature_ok) in fresh.into_iter().zip(signatures) {
-            if let Err(reason) = self.admit(now_ms, &entry, signature_ok, credentials, &mut failed)
+            if let Err(reason) = self.admit(now_ms, &entry, signature_ok, &credentials, &mut failed)
             {
                 tracing::debug!(reason, namespace = %entry.namespace, "kv entry refused");
                 self.metrics.refuse(reason);
@@ -1320,6 +1336,113 @@ mod tests {
             }
         );
         assert_eq!(refused(&kv, "value_too_large"), 1);
+    }
+
+    #[test]
+    fn in_a_mesh_with_tickets_only_writers_write_and_revoked_authors_are_refused() {
+        use fogmesh_transports::ticket::{self, Grant, MeshId, RevocationSet, RevocationTarget};
+        let root = Keypair::generate_ed25519();
+        let mesh = MeshId::of_root(&root.public());
+        let now_s = T0 / 1000;
+        let ticket_for = |who: &Keypair, roles: &[&str]| {
+            let grant = Grant {
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                not_before: now_s - 3600,
+                not_after: now_s + 3600,
+            };
+            ticket::issue(&root, mesh, who.public().to_peer_id(), &grant, None).unwrap()
+        };
+        let me = Keypair::generate_ed25519();
+        let writer = Keypair::generate_ed25519();
+        let worker = Keypair::generate_ed25519();
+        let stranger = Keypair::generate_ed25519();
+        let revocations = std::sync::Arc::new(std::sync::RwLock::new(RevocationSet::default()));
+        let policy = AdmissionPolicy::closed(
+            root.public(),
+            ticket_for(&me, &["writer"]),
+            revocations.clone(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut kv = KvService::open(
+            me,
+            &store,
+            AccessPolicy {
+                admission: Some(policy),
+            },
+            KvMetrics::default(),
+        );
+        let writer_ticket = ByteBuf::from(ticket_for(&writer, &["writer"]));
+        let worker_ticket = ByteBuf::from(ticket_for(&worker, &["worker"]));
+        let mut in_mesh = signed(&writer, "reserved", b"v", T0);
+        in_mesh.namespace = RESERVED_NAMESPACE.into();
+        in_mesh.signature = ByteBuf::from(writer.sign(&in_mesh.signing_bytes()).unwrap());
+        let push = SyncRequest::Push {
+            entries: vec![
+                signed(&writer, "ok", b"v", T0),
+                signed(&worker, "not-a-writer", b"v", T0),
+                signed(&stranger, "no-ticket", b"v", T0),
+                in_mesh,
+            ],
+            // The worker's ticket is offered for the stranger too: it names someone else.
+            credentials: vec![writer_ticket, worker_ticket],
+        };
+        let mut out = Outbox::default();
+        let peer = PeerId::random();
+        assert_eq!(
+            kv.on_sync_request(T0, peer, push, &mut out),
+            SyncResponse::Pushed {
+                accepted: 1,
+                refused: 3
+            }
+        );
+        assert_eq!(refused(&kv, "not_writer"), 1);
+        assert_eq!(refused(&kv, "no_credential"), 1);
+        assert_eq!(refused(&kv, "not_admin"), 1);
+        // The writer's ticket is remembered: later entries need not carry it.
+        let later = SyncRequest::Push {
+            entries: vec![signed(&writer, "later", b"v", T0 + 1)],
+            credentials: Vec::new(),
+        };
+        assert!(matches!(
+            kv.on_sync_request(T0, peer, later, &mut out),
+            SyncResponse::Pushed { accepted: 1, .. }
+        ));
+        // Revoked: refused from now on; what was merged stays.
+        let revocation = ticket::revoke(
+            &root,
+            RevocationTarget::Subject(writer.public().to_peer_id().to_bytes()),
+            now_s,
+        )
+        .unwrap();
+        revocations
+            .write()
+            .unwrap()
+            .add(&revocation, &root.public())
+            .unwrap();
+        let after = SyncRequest::Push {
+            entries: vec![signed(&writer, "after", b"v", T0 + 2)],
+            credentials: Vec::new(),
+        };
+        assert!(matches!(
+            kv.on_sync_request(T0, peer, after, &mut out),
+            SyncResponse::Pushed { accepted: 0, .. }
+        ));
+        assert_eq!(refused(&kv, "revoked"), 1);
+        assert!(
+            kv.get("app", "ok").unwrap().is_some(),
+            "earlier writes stay"
+        );
+        // This node's own ticket grants `writer` but not `admin`.
+        let own = KvWrite {
+            namespace: RESERVED_NAMESPACE.into(),
+            key: "k".into(),
+            value: Some(b"v".to_vec()),
+        };
+        assert_eq!(
+            kv.write(T0, 1, vec![own], &mut out),
+            Err(KvWriteError::NotAllowed("admin"))
+        );
     }
 
     #[test]
