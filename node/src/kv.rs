@@ -24,7 +24,9 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/kv/1");
 /// Streams a connection may have open at once, each way: a session keeps up to four
 /// requests in flight, and two nodes may sync each other at once.
 pub const MAX_STREAMS: usize = 8;
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// An answer is a bounded read of the answering node's store: one not back within this is
+/// not coming (the session is dropped and resumed later).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of entries one delta carries (a gossip message is at most 64 KiB); an entry too
 /// large for a delta reaches peers by anti-entropy, which a large write starts at once.
 pub const DELTA_BYTES: usize = 48 * 1024;

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use fogmesh_consensus::task::{Priority, Requirements, TaskId};
-use fogmesh_node::api::{ControlCommand, TaskCommand};
+use fogmesh_node::api::{ControlCommand, KvCommand, TaskCommand};
 use fogmesh_node::memnet::{MemNet, Topology};
 use fogmesh_node::services::cluster::{SubmitTask, TaskView};
 
@@ -119,6 +119,40 @@ async fn nodes_form_a_cluster_run_tasks_and_survive_their_coordinator() {
     let first = submit(&net, 3, checksum_task(&input)).await;
     let output = wait_done(&net, 3, first, Duration::from_secs(30)).await;
     assert_eq!(output, expected.to_le_bytes());
+    // The submitter publishes the result in the replicated store: any node can read it.
+    let reader = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        net.state(reader)
+            .unwrap()
+            .commands
+            .send(ControlCommand::Kv(KvCommand::Get {
+                namespace: "tasks".into(),
+                key: first.to_string(),
+                reply,
+            }))
+            .await
+            .unwrap();
+        if let Some(view) = answer.await.unwrap().unwrap() {
+            assert_eq!(
+                view.winner.value_hex,
+                Some(
+                    expected
+                        .to_le_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                )
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the result never reached the store on node {reader}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The coordinator stops; the others elect another and take tasks again.
     let (_, coordinator, _) = cluster_of(&net, 0);

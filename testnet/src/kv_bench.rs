@@ -342,6 +342,19 @@ async fn run(
         .await
         .unwrap_or(0.0);
     report.catch_up_bytes = (sent + received) as u64;
+    if let Ok(response) = http
+        .get(format!("{}/metrics", base(away_port)))
+        .send()
+        .await
+    {
+        let text = response.text().await.unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("fogmesh_kv_sync_sessions"))
+        {
+            log(format!("kv-bench: node {away}: {line}"));
+        }
+    }
     report.differing_entry_bytes = (written * options.entry_bytes) as u64;
     report.differing_value_bytes = (written * (100 + "div/0000000".len())) as u64;
     log(format!(

@@ -53,6 +53,10 @@ use crate::services::{
 
 /// Only authors whose ticket grants `admin` write here.
 pub const RESERVED_NAMESPACE: &str = "mesh";
+/// Where a node publishes the results of the tasks it submitted (under the task's id).
+pub const TASKS_NAMESPACE: &str = "tasks";
+/// The control request of a write nobody waits for.
+const NO_REPLY: u64 = 0;
 /// Anti-entropy with each neighbour at least this often.
 pub const SYNC_EVERY_MS: u64 = 30_000;
 /// Sessions this node runs at once (as the asking side). One: what this node lacks it
@@ -61,10 +65,13 @@ pub const SYNC_EVERY_MS: u64 = 30_000;
 pub const MAX_SESSIONS: usize = 1;
 /// Requests one session keeps out.
 pub const SESSION_IN_FLIGHT: usize = 4;
-/// A session with no answer for this long is dropped.
-pub const SESSION_TIMEOUT_MS: u64 = 60_000;
+/// A session with no answer for this long is dropped (one session runs at a time, so a
+/// stalled one must not hold the others up for long).
+pub const SESSION_TIMEOUT_MS: u64 = 10_000;
 /// How often the service looks at its sessions.
 const TICK_MS: u64 = 1_000;
+/// Authors whose decoded keys are kept.
+const MAX_AUTHOR_KEYS: usize = 4096;
 /// After learning something by sync, the other neighbours are synced this soon.
 const NUDGE_MS: u64 = 200;
 /// Writes of one control request.
@@ -288,6 +295,8 @@ pub struct KvService {
     neighbours: HashSet<PeerId>,
     /// Neighbours over Bluetooth: sync messages to them stay within [`BATCH_BYTES`].
     radio_links: HashSet<PeerId>,
+    /// Authors' decoded public keys (at most [`MAX_AUTHOR_KEYS`]; emptied when full).
+    author_keys: HashMap<Vec<u8>, PublicKey>,
     /// When each neighbour is next due for a session.
     due: HashMap<PeerId, u64>,
     /// Neighbours whose next session also pushes (this node learned something they may
@@ -336,6 +345,7 @@ impl KvService {
             next_token: 0,
             neighbours: HashSet::new(),
             radio_links: HashSet::new(),
+            author_keys: HashMap::new(),
             due: HashMap::new(),
             nudged: HashSet::new(),
             sessions: HashMap::new(),
@@ -672,7 +682,11 @@ impl KvService {
                     .is_some_and(|w| w == *entry)
             })
             .collect();
-        let signatures = verify_signatures(&fresh);
+        let keys: Vec<Option<PublicKey>> = fresh
+            .iter()
+            .map(|e| self.author_key(&e.version.author))
+            .collect();
+        let signatures = verify_signatures(&fresh, &keys);
         for (entry, signature_ok) in fresh.into_iter().zip(signatures) {
             if let Err(reason) = self.admit(now_ms, &entry, signature_ok, &credentials, &mut failed)
             {
@@ -961,6 +975,22 @@ impl KvService {
         }
     }
 
+    /// An author's public key, decoded once: decoding (a point decompression) costs a
+    /// third of a signature check.
+    fn author_key(&mut self, author: &[u8]) -> Option<PublicKey> {
+        if let Some(key) = self.author_keys.get(author) {
+            return Some(key.clone());
+        }
+        let key = PeerId::from_bytes(author)
+            .ok()
+            .and_then(|peer| public_key_of(&peer))?;
+        if self.author_keys.len() >= MAX_AUTHOR_KEYS {
+            self.author_keys.clear();
+        }
+        self.author_keys.insert(author.to_vec(), key.clone());
+        Some(key)
+    }
+
     /// Keys this node holds.
     pub fn keys(&self) -> u64 {
         self.kv.as_ref().map_or(0, |kv| kv.keys())
@@ -981,22 +1011,23 @@ const PARALLEL_VERIFY_FROM: usize = 64;
 /// Whether each entry carries its author's valid signature. Pure CPU work; a large batch
 /// (a sync page) is split over up to four threads for its duration, which is what bounds a
 /// catch-up's speed (an Ed25519 check is ~30 µs, BENCHMARKS.md).
-fn verify_signatures(entries: &[Entry]) -> Vec<bool> {
-    fn one(entry: &Entry) -> bool {
-        PeerId::from_bytes(&entry.version.author)
-            .ok()
-            .and_then(|author| public_key_of(&author))
+fn verify_signatures(entries: &[Entry], keys: &[Option<PublicKey>]) -> Vec<bool> {
+    fn one((entry, key): (&Entry, &Option<PublicKey>)) -> bool {
+        key.as_ref()
             .is_some_and(|key| key.verify(&entry.signing_bytes(), &entry.signature))
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     if entries.len() < PARALLEL_VERIFY_FROM || threads < 2 {
-        return entries.iter().map(one).collect();
+        return entries.iter().zip(keys).map(one).collect();
     }
     let chunk = entries.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = entries
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<bool>>()))
+            .zip(keys.chunks(chunk))
+            .map(|(part, keys)| {
+                scope.spawn(move || part.iter().zip(keys).map(one).collect::<Vec<bool>>())
+            })
             .collect();
         workers
             .into_iter()
@@ -1102,6 +1133,17 @@ impl Service for KvService {
     fn on_notice(&mut self, now_ms: u64, notice: &Notice, out: &mut Outbox) {
         match notice {
             Notice::PeerConnected(peer) => self.on_connected(now_ms, *peer, out),
+            Notice::TaskResult { task, result } => {
+                let write = KvWrite {
+                    namespace: TASKS_NAMESPACE.into(),
+                    key: task.clone(),
+                    value: Some(result.clone()),
+                };
+                // Nobody waits for this write; without `writer` it is simply not made.
+                if let Err(error) = self.write(now_ms, NO_REPLY, vec![write], out) {
+                    tracing::debug!(%error, %task, "task result not published in the store");
+                }
+            }
             Notice::PeerDisconnected(peer) => {
                 self.neighbours.remove(peer);
                 self.due.remove(peer);
@@ -1136,10 +1178,12 @@ impl Service for KvService {
                 Err(KvWriteError::Store(format!("not stored: {error}")))
             }
         };
-        out.push(Effect::Reply {
-            token: request,
-            reply: Reply::KvWrite(reply),
-        });
+        if request != NO_REPLY {
+            out.push(Effect::Reply {
+                token: request,
+                reply: Reply::KvWrite(reply),
+            });
+        }
     }
 }
 

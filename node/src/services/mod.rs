@@ -281,6 +281,12 @@ pub enum Notice {
     DeviceChanged(Box<DeviceView>),
     /// The lifecycle phase changed.
     Phase(crate::lifecycle::Phase),
+    /// A task this node submitted finished and its result (at most a kv value) is held
+    /// here: the kv service publishes it under namespace `tasks`.
+    TaskResult {
+        task: String,
+        result: Vec<u8>,
+    },
 }
 
 /// The contract between a service and the driver.

@@ -525,7 +525,7 @@ impl ClusterService {
             let held = self.submissions.get(&id).is_some_and(|r| r.result_held);
             if !held {
                 if self.blobs.contains(result) {
-                    self.result_fetched(id, *result);
+                    self.result_fetched(id, *result, out);
                 } else {
                     self.fetch_result(id, *result, node, &report.cluster, out);
                 }
@@ -570,7 +570,10 @@ impl ClusterService {
         );
     }
 
-    pub(super) fn result_fetched(&mut self, id: TaskId, hash: [u8; 32]) {
+    /// The result of a task submitted here is held here: remembered, and published in the
+    /// replicated store (namespace `tasks`, under the task's id) when it fits a value, so
+    /// any node can read it (docs/kv.md, "Shared registries").
+    pub(super) fn result_fetched(&mut self, id: TaskId, hash: [u8; 32], out: &mut Outbox) {
         if !self.blobs.contains(&hash) {
             return;
         }
@@ -579,6 +582,16 @@ impl ClusterService {
                 record.result_held = true;
                 let record = record.clone();
                 self.submissions.save(&record, true);
+                if let Some(result) = self.blobs.get(&hash) {
+                    if result.len() <= fogmesh_store::kv::MAX_VALUE_BYTES {
+                        out.push(crate::services::Effect::Notice(
+                            crate::services::Notice::TaskResult {
+                                task: id.to_string(),
+                                result,
+                            },
+                        ));
+                    }
+                }
             }
         }
     }

@@ -367,7 +367,7 @@ impl ClusterService {
                 }
                 self.advance(now_ms, id, out)
             }
-            FetchFor::Result(id) => self.result_fetched(id, hash),
+            FetchFor::Result(id) => self.result_fetched(id, hash, out),
         }
     }
 
