@@ -1046,14 +1046,7 @@ async fn task_command(command: TaskCli) -> Result<()> {
             match out {
                 Some(path) => std::fs::write(&path, &bytes)
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
-                None => {
-                    use std::io::Write;
-                    let mut stdout = std::io::stdout().lock();
-                    match stdout.write_all(&bytes) {
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                        other => Ok(other?),
-                    }
-                }
+                None => write_stdout(&bytes),
             }
         }
         TaskCli::Cancel { id, query } => {

@@ -63,13 +63,8 @@ pub struct KvStore {
     max_hlc: crate::kv::Hlc,
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn id_from_hex(text: &str) -> Option<KeyId> {
-    unhex(text)?.try_into().ok()
+    hex::decode(text).ok()?.try_into().ok()
 }
 
 fn value_len(slot: &Slot) -> u64 {
@@ -103,7 +98,7 @@ impl KvStore {
         let mut credentials = HashMap::new();
         for row in credentials_table.entries() {
             let (author, ticket) = row?;
-            if let Some(author) = unhex(&author) {
+            if let Ok(author) = hex::decode(&author) {
                 credentials.insert(author, ticket);
             }
         }
@@ -127,14 +122,14 @@ impl KvStore {
     pub fn get(&self, namespace: &str, key: &str) -> Result<Option<Slot>, StoreError> {
         Ok(self
             .slots
-            .get(&hex(&key_id(namespace, key)))?
+            .get(&hex::encode(key_id(namespace, key)))?
             .map(|r| r.slot))
     }
 
     /// Merges one entry, already checked and verified. Buffered: flush to make it durable.
     pub fn merge(&mut self, entry: Entry) -> Result<MergeOutcome, StoreError> {
         let id = entry.key_id();
-        let row = hex(&id);
+        let row = hex::encode(id);
         let (merged, record, old_digest, old_bytes, previous) = match self.slots.get(&row)? {
             Some(mut record) => {
                 let old_bytes = value_len(&record.slot);
@@ -221,7 +216,7 @@ impl KvStore {
             return Ok(());
         }
         let ticket = ByteBuf::from(ticket.to_vec());
-        self.credentials_table.put(&hex(author), &ticket)?;
+        self.credentials_table.put(&hex::encode(author), &ticket)?;
         self.credentials.insert(author.to_vec(), ticket);
         Ok(())
     }
@@ -229,15 +224,6 @@ impl KvStore {
     pub fn credential(&self, author: &[u8]) -> Option<&ByteBuf> {
         self.credentials.get(author)
     }
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len() / 2)
-        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
 }
 
 impl Entry {
@@ -272,7 +258,7 @@ impl Replica for KvStore {
         budget: usize,
     ) -> Result<(Vec<Entry>, Option<KeyId>), StoreError> {
         let prefix = node_prefix(level, node);
-        let after = after.map(|a| hex(a));
+        let after = after.map(hex::encode);
         let iter = self
             .slots
             .scan_prefix(&prefix, after.as_deref())
@@ -284,7 +270,7 @@ impl Replica for KvStore {
     }
 
     fn winner(&self, id: &KeyId) -> Result<Option<Entry>, StoreError> {
-        Ok(self.slots.get(&hex(id))?.map(|r| r.slot.winner))
+        Ok(self.slots.get(&hex::encode(id))?.map(|r| r.slot.winner))
     }
 
     fn credentials(&self, entries: &[Entry]) -> Vec<ByteBuf> {
@@ -389,7 +375,7 @@ mod tests {
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let slots: Table<KvRecord> = store.table(TABLE_SLOTS).unwrap();
         slots
-            .put_raw_for_test(&hex(&[0; 16]), b"\xff\x00junk")
+            .put_raw_for_test(&hex::encode([0; 16]), b"\xff\x00junk")
             .unwrap();
         let error = KvStore::open(&store).unwrap_err().to_string();
         assert!(error.contains(TABLE_SLOTS), "{error}");

@@ -124,7 +124,7 @@ pub struct KeyView {
 fn author_text(author: &[u8]) -> String {
     PeerId::from_bytes(author)
         .map(|p| p.to_string())
-        .unwrap_or_else(|_| fogmesh_store::kv_store::hex(author))
+        .unwrap_or_else(|_| hex::encode(author))
 }
 
 fn hlc_text(hlc: &Hlc) -> String {
@@ -136,7 +136,7 @@ impl VersionView {
         let value = entry.value.as_ref();
         VersionView {
             value: value.and_then(|v| String::from_utf8(v.to_vec()).ok()),
-            value_hex: value.map(|v| fogmesh_store::kv_store::hex(v)),
+            value_hex: value.map(hex::encode),
             deleted: value.is_none(),
             author: author_text(&entry.version.author),
             hlc: hlc_text(&entry.version.hlc),
