@@ -13,14 +13,24 @@ use fogmesh_store::codec;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
 use libp2p::StreamProtocol;
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// Bytes a protocol's frames took on the wire (length prefix included), both roles.
+#[derive(Debug, Clone, Default)]
+pub struct WireBytes {
+    pub sent: Counter,
+    pub received: Counter,
+}
 
 /// A request-response codec of `Req` and `Resp` with a bound on each.
 #[derive(Debug)]
 pub struct CborCodec<Req, Resp> {
     pub max_request: usize,
     pub max_response: usize,
+    /// Counted here, where the bytes are, rather than by encoding messages again.
+    bytes: Option<WireBytes>,
     _messages: PhantomData<fn() -> (Req, Resp)>,
 }
 
@@ -29,18 +39,40 @@ impl<Req, Resp> CborCodec<Req, Resp> {
         CborCodec {
             max_request,
             max_response,
+            bytes: None,
             _messages: PhantomData,
+        }
+    }
+
+    /// The same, counting every frame's bytes in `bytes`.
+    pub fn counting(mut self, bytes: WireBytes) -> Self {
+        self.bytes = Some(bytes);
+        self
+    }
+
+    fn count(&self, received: bool, len: usize) {
+        if let Some(bytes) = &self.bytes {
+            let counter = if received {
+                &bytes.received
+            } else {
+                &bytes.sent
+            };
+            counter.inc_by(len as u64 + 4);
         }
     }
 }
 
 impl<Req, Resp> Clone for CborCodec<Req, Resp> {
     fn clone(&self) -> Self {
-        Self::new(self.max_request, self.max_response)
+        CborCodec {
+            bytes: self.bytes.clone(),
+            ..Self::new(self.max_request, self.max_response)
+        }
     }
 }
 
-pub async fn read_frame<T, M>(io: &mut T, max: usize) -> io::Result<M>
+/// Reads one frame; its decoded message and the body's length.
+pub async fn read_frame<T, M>(io: &mut T, max: usize) -> io::Result<(M, usize)>
 where
     T: AsyncRead + Unpin + Send,
     M: DeserializeOwned,
@@ -63,10 +95,13 @@ where
             "frame cut short",
         ));
     }
-    codec::decode_bounded(&bytes, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    let message = codec::decode_bounded(&bytes, max)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((message, len))
 }
 
-pub async fn write_frame<T, M>(io: &mut T, message: &M, max: usize) -> io::Result<()>
+/// Writes one frame; the body's length.
+pub async fn write_frame<T, M>(io: &mut T, message: &M, max: usize) -> io::Result<usize>
 where
     T: AsyncWrite + Unpin + Send,
     M: Serialize,
@@ -79,7 +114,8 @@ where
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(&bytes).await?;
-    io.close().await
+    io.close().await?;
+    Ok(bytes.len())
 }
 
 impl<Req, Resp> request_response::Codec for CborCodec<Req, Resp>
@@ -95,14 +131,18 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_request).await
+        let (request, len) = read_frame(io, self.max_request).await?;
+        self.count(true, len);
+        Ok(request)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_response).await
+        let (response, len) = read_frame(io, self.max_response).await?;
+        self.count(true, len);
+        Ok(response)
     }
 
     async fn write_request<T>(
@@ -114,7 +154,9 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &request, self.max_request).await
+        let len = write_frame(io, &request, self.max_request).await?;
+        self.count(false, len);
+        Ok(())
     }
 
     async fn write_response<T>(
@@ -126,6 +168,8 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &response, self.max_response).await
+        let len = write_frame(io, &response, self.max_response).await?;
+        self.count(false, len);
+        Ok(())
     }
 }

@@ -42,10 +42,10 @@ pub type Codec = crate::framing::CborCodec<SyncRequest, SyncResponse>;
 pub type Behaviour = request_response::Behaviour<Codec>;
 pub type Event = request_response::Event<SyncRequest, SyncResponse>;
 
-/// `/fogmesh/kv/1`.
-pub fn behaviour() -> Behaviour {
+/// `/fogmesh/kv/1`, its frames counted in `bytes` (the `fogmesh_kv_sync_bytes_*` counters).
+pub fn behaviour(bytes: crate::framing::WireBytes) -> Behaviour {
     request_response::Behaviour::with_codec(
-        Codec::new(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES),
+        Codec::new(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES).counting(bytes),
         [(PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)

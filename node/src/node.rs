@@ -319,7 +319,14 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
     let ours = metrics.fogmesh();
     let peer_metrics = PeerMetrics::default();
     peer_metrics.register(ours);
-    let behaviour = build_behaviour(&keypair, &settings, peer_metrics)?;
+    // Made before the swarm: the kv protocol's codec counts its bytes in them.
+    let kv_metrics = KvMetrics::default();
+    let behaviour = build_behaviour(
+        &keypair,
+        &settings,
+        peer_metrics,
+        kv_metrics.sync_bytes.clone(),
+    )?;
     let swarm = Swarm::new(
         transport,
         behaviour,
@@ -471,7 +478,6 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         what: "cluster",
         reason: e.to_string(),
     })?;
-    let kv_metrics = KvMetrics::default();
     kv_metrics.register(ours);
     // A store that cannot be read leaves the service refusing everything and the node in
     // safe mode (the service says so at start), rather than serving part of it.
@@ -684,6 +690,7 @@ fn build_behaviour(
     keypair: &Keypair,
     settings: &Settings,
     peer_metrics: PeerMetrics,
+    kv_sync_bytes: crate::framing::WireBytes,
 ) -> Result<Behaviour, StartError> {
     let peer_id = keypair.public().to_peer_id();
     let setup = |what: &'static str| move |e: String| StartError::Setup { what, reason: e };
@@ -758,7 +765,7 @@ fn build_behaviour(
         relay: crate::relay::protocol::behaviour(),
         cluster: crate::cluster::protocol::behaviour(),
         cluster_bulk: crate::cluster::protocol::bulk_behaviour(),
-        kv: crate::kv::behaviour(),
+        kv: crate::kv::behaviour(kv_sync_bytes),
     })
 }
 

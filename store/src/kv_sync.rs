@@ -347,24 +347,13 @@ pub fn answer<R: Replica + ?Sized>(
             }
         }
         SyncRequest::Fetch { keys, .. } => {
-            let mut entries = Vec::new();
-            let mut used = 0;
-            let mut served = 0u32;
-            for id in keys.iter().filter_map(|k| key_id_from(k)) {
-                if let Some(entry) = replica.winner(&id)? {
-                    let size = entry_size(&entry);
-                    if !entries.is_empty() && used + size > budget {
-                        break;
-                    }
-                    used += size;
-                    entries.push(entry);
-                }
-                served += 1;
-            }
+            let ids = keys.iter().filter_map(|k| key_id_from(k));
+            let (entries, served) = winners_within(replica, ids, budget)?;
             SyncResponse::Fetched {
                 credentials: replica.credentials(&entries),
                 entries,
-                served,
+                // At most MAX_ASK_KEYS.
+                served: served as u32,
             }
         }
         SyncRequest::Push { .. } => SyncResponse::Refused {
@@ -542,22 +531,9 @@ impl SyncSession {
             let id = self.ask(Asked::Subtree { nodes, after });
             return Ok(Some((id, request)));
         }
-        let mut entries = Vec::new();
-        let mut used = 0;
-        while let Some(id) = self.send.front().copied() {
-            if entries.len() >= MAX_ENTRIES_PER_MESSAGE {
-                break;
-            }
-            if let Some(entry) = replica.winner(&id)? {
-                let size = entry_size(&entry);
-                if !entries.is_empty() && used + size > budget {
-                    break;
-                }
-                used += size;
-                entries.push(entry);
-            }
-            self.send.pop_front();
-        }
+        let (mut entries, sent) = winners_within(replica, self.send.iter().copied(), budget)?;
+        self.send.drain(..sent);
+        let mut used: usize = entries.iter().map(entry_size).sum();
         while used < budget && entries.len() < MAX_ENTRIES_PER_MESSAGE {
             let Some((level, node, after)) = self.pushes.pop_front() else {
                 break;
@@ -915,6 +891,33 @@ pub fn listed(id: &KeyId, digest: u64, winner: &Entry) -> Listed {
         winner.version.hlc.wall_ms,
         winner.version.hlc.counter,
     )
+}
+
+/// The winners of `ids`, in order, until `budget` bytes (at least one entry) or
+/// [`MAX_ENTRIES_PER_MESSAGE`]; with how many ids were consumed (ids held nowhere count).
+fn winners_within<R: Replica + ?Sized>(
+    replica: &R,
+    ids: impl Iterator<Item = KeyId>,
+    budget: usize,
+) -> Result<(Vec<Entry>, usize), StoreError> {
+    let mut entries = Vec::new();
+    let mut used = 0;
+    let mut consumed = 0;
+    for id in ids {
+        if entries.len() >= MAX_ENTRIES_PER_MESSAGE {
+            break;
+        }
+        if let Some(entry) = replica.winner(&id)? {
+            let size = entry_size(&entry);
+            if !entries.is_empty() && used + size > budget {
+                break;
+            }
+            used += size;
+            entries.push(entry);
+        }
+        consumed += 1;
+    }
+    Ok((entries, consumed))
 }
 
 /// Takes entries until `budget` bytes (at least one); the id to resume after if more remain.

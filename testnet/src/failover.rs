@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::percentile;
 use crate::probe::{ClusterProbe, Prober};
-use crate::{down, kill, restart, state, up, KillSignal, Profile, TestnetError, UpOptions};
+use crate::{kill, restart, state, with_testnet, KillSignal, Profile, TestnetError, UpOptions};
 
 #[derive(Debug, Clone)]
 pub struct FailoverOptions {
@@ -138,14 +138,7 @@ pub async fn failover(
         open: false,
     };
     let started = Instant::now();
-    let mut up_report = up(&up_options, |_| {}).await?;
-    let result = run_trials(options, started, &mut log).await;
-    let stopped = down(&options.dir, true).await;
-    for child in &mut up_report.children {
-        let _ = child.try_wait();
-    }
-    stopped?;
-    result
+    with_testnet(&up_options, run_trials(options, started, &mut log)).await
 }
 
 async fn run_trials(

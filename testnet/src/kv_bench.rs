@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::percentile;
-use crate::{down, kill, restart, state, up, KillSignal, Profile, TestnetError, UpOptions};
+use crate::{kill, restart, state, with_testnet, KillSignal, Profile, TestnetError, UpOptions};
 
 #[derive(Debug, Clone)]
 pub struct KvBenchOptions {
@@ -171,14 +171,7 @@ pub async fn kv_bench(
         profile: Profile::Uniform,
         open: false,
     };
-    let mut up_report = up(&up_options, |_| {}).await?;
-    let result = run(options, &mut log).await;
-    let stopped = down(&options.dir, true).await;
-    for child in &mut up_report.children {
-        let _ = child.try_wait();
-    }
-    stopped?;
-    result
+    with_testnet(&up_options, run(options, &mut log)).await
 }
 
 async fn run(

@@ -196,6 +196,22 @@ pub struct UpReport {
     pub children: Vec<Child>,
 }
 
+/// Starts a testnet, runs `work` on it (a future, so it starts only once the testnet is
+/// up), and stops the testnet's own processes whatever `work` returned.
+pub async fn with_testnet<T>(
+    options: &UpOptions,
+    work: impl std::future::Future<Output = Result<T, TestnetError>>,
+) -> Result<T, TestnetError> {
+    let mut up_report = up(options, |_| {}).await?;
+    let result = work.await;
+    let stopped = down(&options.dir, true).await;
+    for child in &mut up_report.children {
+        let _ = child.try_wait();
+    }
+    stopped?;
+    result
+}
+
 /// Starts a testnet and waits for it to converge. `progress` is called about once a second.
 pub async fn up(
     options: &UpOptions,

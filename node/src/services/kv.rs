@@ -30,8 +30,8 @@ use std::collections::{HashMap, HashSet};
 use fogmesh_store::kv::{self, Entry, Hlc, Merged, Slot, Version};
 use fogmesh_store::kv_store::KvStore;
 use fogmesh_store::kv_sync::{
-    self, answer, check_request, encoded_len, Replica, SyncRequest, SyncResponse, SyncSession,
-    BATCH_BYTES, LAN_BATCH_BYTES,
+    self, answer, check_request, Replica, SyncRequest, SyncResponse, SyncSession, BATCH_BYTES,
+    LAN_BATCH_BYTES,
 };
 use fogmesh_store::Store;
 use fogmesh_transports::secure::AdmissionPolicy;
@@ -168,8 +168,8 @@ pub struct KvMetrics {
     /// Remote entries and sync messages refused, by reason.
     pub refused: Family<ReasonLabel, Counter>,
     pub sync_sessions: Family<ReasonLabel, Counter>,
-    pub sync_bytes_sent: Counter,
-    pub sync_bytes_received: Counter,
+    /// Sync frames' bytes, counted by the protocol's codec (`crate::kv::behaviour`).
+    pub sync_bytes: crate::framing::WireBytes,
 }
 
 impl KvMetrics {
@@ -208,12 +208,12 @@ impl KvMetrics {
         registry.register(
             "kv_sync_bytes_sent",
             "Bytes of sync messages sent",
-            self.sync_bytes_sent.clone(),
+            self.sync_bytes.sent.clone(),
         );
         registry.register(
             "kv_sync_bytes_received",
             "Bytes of sync messages received",
-            self.sync_bytes_received.clone(),
+            self.sync_bytes.received.clone(),
         );
     }
 
@@ -362,26 +362,20 @@ impl KvService {
         self.next_token
     }
 
-    fn own_roles_allow(&self, namespace: &str) -> Result<(), KvWriteError> {
-        let Some(policy) = &self.access.admission else {
-            return Ok(());
-        };
-        let Some(ticket) = policy.own_ticket() else {
-            return Ok(());
-        };
+    /// The roles this node's own ticket grants at `now_ms`; `None` when no ticket applies
+    /// (an open mesh), where anything may be written.
+    fn own_roles(&self, now_ms: u64) -> Option<Vec<String>> {
+        let policy = self.access.admission.as_ref()?;
+        let ticket = policy.own_ticket()?;
         let me = self.keypair.public().to_peer_id();
-        let roles = policy
-            .check(Some(ticket), &me, crate::api::now_ms() / 1000)
-            .ok()
-            .flatten()
-            .map(|a| a.roles)
-            .unwrap_or_default();
-        let needed = needed_role(namespace);
-        if roles.iter().any(|r| r == needed) {
-            Ok(())
-        } else {
-            Err(KvWriteError::NotAllowed(needed))
-        }
+        Some(
+            policy
+                .check(Some(ticket), &me, now_ms / 1000)
+                .ok()
+                .flatten()
+                .map(|a| a.roles)
+                .unwrap_or_default(),
+        )
     }
 
     /// Writes `writes` (signed by this node), answers control request `request` once they
@@ -403,11 +397,18 @@ impl KvService {
             return Err(KvWriteError::Busy);
         }
         // Check everything first: a batch is taken whole or not at all.
+        let roles = self.own_roles(now_ms);
         for write in &writes {
             if !kv::namespace_is_valid(&write.namespace) {
                 return Err(KvWriteError::Shape(kv::KvError::BadNamespace.to_string()));
             }
-            self.own_roles_allow(&write.namespace)?;
+            let needed = needed_role(&write.namespace);
+            if roles
+                .as_ref()
+                .is_some_and(|r| !r.iter().any(|r| r == needed))
+            {
+                return Err(KvWriteError::NotAllowed(needed));
+            }
         }
         let mut entries = Vec::with_capacity(writes.len());
         for write in writes {
@@ -782,9 +783,6 @@ impl KvService {
         request: SyncRequest,
         out: &mut Outbox,
     ) -> SyncResponse {
-        self.metrics
-            .sync_bytes_received
-            .inc_by(encoded_len(&request));
         if let Err(error) = check_request(&request) {
             self.metrics.refuse(error.reason());
             return SyncResponse::Refused {
@@ -818,7 +816,6 @@ impl KvService {
                 }
             },
         };
-        self.metrics.sync_bytes_sent.inc_by(encoded_len(&response));
         response
     }
 
@@ -845,9 +842,6 @@ impl KvService {
                 return self.end_session(now_ms, peer, "failed", out);
             }
         };
-        self.metrics
-            .sync_bytes_received
-            .inc_by(encoded_len(&response));
         let credentials = match &response {
             SyncResponse::Subtree { credentials, .. }
             | SyncResponse::Fetched { credentials, .. } => credentials.clone(),
@@ -893,7 +887,6 @@ impl KvService {
         for (id, request) in requests {
             let token = self.token();
             session.requests.insert(token, id);
-            self.metrics.sync_bytes_sent.inc_by(encoded_len(&request));
             out.push(Effect::KvSync {
                 peer,
                 request: Box::new(request),
