@@ -172,10 +172,15 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
-/// The driver's own counters: routing failures and the lifecycle phase.
-#[derive(Debug, Clone, Default)]
+/// The driver's own counters: routing failures, the lifecycle phase, and how long each turn
+/// of its loop held the swarm task (the stall every other input waits behind).
+#[derive(Debug, Clone)]
 pub struct DriverMetrics {
     pub gossip_unrouted: prometheus_client::metrics::counter::Counter,
+    /// Seconds one turn of the loop took: 5 µs to ~1 s in steps of 1.5x.
+    pub turn: prometheus_client::metrics::histogram::Histogram,
+    /// The longest turn since start, in seconds.
+    pub turn_max: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 for the current phase, 0 for the others.
     pub phase: prometheus_client::metrics::family::Family<
         PhaseLabel,
@@ -183,8 +188,41 @@ pub struct DriverMetrics {
     >,
 }
 
+impl Default for DriverMetrics {
+    fn default() -> Self {
+        Self {
+            gossip_unrouted: Default::default(),
+            turn: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_005, 1.5, 30),
+            ),
+            turn_max: Default::default(),
+            phase: Default::default(),
+        }
+    }
+}
+
 impl DriverMetrics {
+    fn observe_turn(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.turn.observe(seconds);
+        if seconds > self.turn_max.get() {
+            self.turn_max.set(seconds);
+        }
+    }
+
     pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_with_unit(
+            "driver_turn",
+            "Time one turn of the driver loop held the swarm task",
+            prometheus_client::registry::Unit::Seconds,
+            self.turn.clone(),
+        );
+        registry.register_with_unit(
+            "driver_turn_max",
+            "The longest turn of the driver loop since start",
+            prometheus_client::registry::Unit::Seconds,
+            self.turn_max.clone(),
+        );
         registry.register(
             "gossip_unrouted",
             "Gossip messages on a topic no service owns (rejected)",
@@ -332,18 +370,19 @@ impl Driver {
                 self.storage.drain_backlog().await;
                 continue;
             }
-            tokio::select! {
+            let turn = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                _ = sleep_until_opt(next_timer) => self.fire_due_timers(),
-                Some(pass) = poll_opt(&mut self.sensing) => self.on_sensed(pass),
-                Some(run) = self.task_runs.next(), if !self.task_runs.is_empty() => self.on_task_run(run),
-                Some(report) = self.durable_done.recv() => self.on_storage_report(report),
-                _ = maintenance.tick() => self.maintain(),
-                Some(command) = self.commands.recv() => self.on_command(command),
-                Some(refusal) = recv_opt(&mut self.refusals) => self.on_refusal(refusal),
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-            }
+                _ = sleep_until_opt(next_timer) => { let t = std::time::Instant::now(); self.fire_due_timers(); t }
+                Some(pass) = poll_opt(&mut self.sensing) => { let t = std::time::Instant::now(); self.on_sensed(pass); t }
+                Some(run) = self.task_runs.next(), if !self.task_runs.is_empty() => { let t = std::time::Instant::now(); self.on_task_run(run); t }
+                Some(report) = self.durable_done.recv() => { let t = std::time::Instant::now(); self.on_storage_report(report); t }
+                _ = maintenance.tick() => { let t = std::time::Instant::now(); self.maintain(); t }
+                Some(command) = self.commands.recv() => { let t = std::time::Instant::now(); self.on_command(command); t }
+                Some(refusal) = recv_opt(&mut self.refusals) => { let t = std::time::Instant::now(); self.on_refusal(refusal); t }
+                event = self.swarm.select_next_some() => { let t = std::time::Instant::now(); self.on_swarm_event(event); t }
+            };
+            self.metrics.observe_turn(turn.elapsed());
         }
         self.drain().await;
     }

@@ -654,6 +654,22 @@ enum TestnetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure how long each node's driver loop holds its swarm task while clusters run
+    /// tasks and writers hammer the replicated store.
+    StallBench {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+        #[arg(long, default_value_t = 32)]
+        writers: usize,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure convergence, propagation latency, memory and CPU on testnets.
     Bench {
         #[command(flatten)]
@@ -971,7 +987,7 @@ async fn kv_command(command: KvCli) -> Result<()> {
 /// What one entry of `kv-bench`'s divergence phase takes encoded: a 100-byte value under
 /// `div/NNNNNNN`, signed by an Ed25519 key.
 fn sample_entry_bytes() -> usize {
-    use fogmesh_store::kv::{Entry, Hlc, Version};
+    use fogmesh_kv::{Entry, Hlc, Version};
     let author = libp2p::identity::Keypair::generate_ed25519();
     let entry = Entry {
         namespace: "bench".into(),
@@ -986,7 +1002,7 @@ fn sample_entry_bytes() -> usize {
         },
         signature: serde_bytes::ByteBuf::from(vec![0; 64]),
     };
-    fogmesh_store::codec::encode(&entry).map_or(0, |b| b.len())
+    fogmesh_wire::codec::encode(&entry).map_or(0, |b| b.len())
 }
 
 /// Writes `bytes` to stdout as they are; a closed pipe is the reader being done.
@@ -1440,6 +1456,29 @@ async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                 form_timeout,
             };
             let report = testnet::failover::failover(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+        TestnetCommand::StallBench {
+            dir,
+            nodes,
+            tasks,
+            writers,
+            duration,
+            json,
+        } => {
+            let options = testnet::stall_bench::StallBenchOptions {
+                dir: dir.dir,
+                binary,
+                nodes,
+                tasks,
+                writers,
+                duration,
+                module: fogmesh_node::exec::assemble(include_str!(
+                    "../../examples/workloads/empty.wat"
+                ))?,
+            };
+            let report =
+                testnet::stall_bench::stall_bench(&options, |line| eprintln!("{line}")).await?;
             print_out(json, &report, || report.to_markdown())
         }
         TestnetCommand::Bench {

@@ -65,7 +65,7 @@ fn base(port: u16) -> String {
     format!("http://{}", SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .no_proxy()
@@ -73,7 +73,7 @@ fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-async fn put(http: &reqwest::Client, port: u16, key: &str, value: &[u8]) -> bool {
+pub(crate) async fn put(http: &reqwest::Client, port: u16, key: &str, value: &[u8]) -> bool {
     http.put(format!("{}/v1/kv/{NS}/{key}", base(port)))
         .body(value.to_vec())
         .send()
@@ -100,16 +100,20 @@ async fn has(http: &reqwest::Client, port: u16, key: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-/// A counter or gauge from a node's `/metrics` (summed over labels).
-async fn metric(http: &reqwest::Client, port: u16, name: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{}/metrics", base(port)))
+/// A node's `/metrics` text.
+pub(crate) async fn metrics_text(http: &reqwest::Client, port: u16) -> Option<String> {
+    http.get(format!("{}/metrics", base(port)))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
+        .ok()
+}
+
+/// A counter or gauge from a node's `/metrics` (summed over labels).
+async fn metric(http: &reqwest::Client, port: u16, name: &str) -> Option<f64> {
+    let text = metrics_text(http, port).await?;
     let mut total = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ')?;

@@ -23,6 +23,7 @@ pub mod kv_bench;
 pub mod probe;
 pub mod procs;
 pub mod radio;
+pub mod stall_bench;
 pub mod state;
 
 use std::collections::HashSet;
