@@ -287,7 +287,7 @@ impl ClusterNode {
             return Err(GroupError::NotLeader);
         }
         let data =
-            fogmesh_store::codec::encode(command).map_err(|e| GroupError::Encode(e.to_string()))?;
+            fogmesh_wire::codec::encode(command).map_err(|e| GroupError::Encode(e.to_string()))?;
         if data.len() > MAX_COMMAND_BYTES {
             return Err(GroupError::TooLarge(data.len()));
         }
@@ -305,7 +305,7 @@ impl ClusterNode {
         }
         let mut failed = None;
         for command in commands {
-            let data = match fogmesh_store::codec::encode(command) {
+            let data = match fogmesh_wire::codec::encode(command) {
                 Ok(data) if data.len() <= MAX_COMMAND_BYTES => data,
                 Ok(data) => {
                     failed = Some(GroupError::TooLarge(data.len()));
@@ -344,7 +344,7 @@ impl ClusterNode {
             return Err(GroupError::ChangePending);
         }
         let context =
-            fogmesh_store::codec::encode(command).map_err(|e| GroupError::Encode(e.to_string()))?;
+            fogmesh_wire::codec::encode(command).map_err(|e| GroupError::Encode(e.to_string()))?;
         if context.len() > MAX_COMMAND_BYTES {
             return Err(GroupError::TooLarge(context.len()));
         }
@@ -457,7 +457,7 @@ impl ClusterNode {
             if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
                 continue;
             }
-            match fogmesh_store::codec::decode_bounded::<Command>(&entry.data, MAX_COMMAND_BYTES) {
+            match fogmesh_wire::codec::decode_bounded::<Command>(&entry.data, MAX_COMMAND_BYTES) {
                 Ok(command) => {
                     let outcome = self.state.apply(command.clone());
                     out.applied.push((command, outcome));
@@ -493,7 +493,7 @@ impl ClusterNode {
                 return;
             }
         }
-        match fogmesh_store::codec::decode_bounded::<Command>(&entry.context, MAX_COMMAND_BYTES) {
+        match fogmesh_wire::codec::decode_bounded::<Command>(&entry.context, MAX_COMMAND_BYTES) {
             Ok(command) => {
                 let outcome = self.state.apply(command.clone());
                 out.applied.push((command, outcome));

@@ -84,7 +84,7 @@ pub fn encode(cluster: &str, message: &Message) -> Result<Vec<u8>, WireError> {
     let raft = message
         .write_to_bytes()
         .map_err(|e| WireError::BadRaft(e.to_string()))?;
-    let bytes = fogmesh_store::codec::encode(&Frame {
+    let bytes = fogmesh_wire::codec::encode(&Frame {
         cluster: cluster.to_owned(),
         raft,
     })
@@ -100,7 +100,7 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Message), WireError> {
     if bytes.len() > MAX_FRAME_BYTES {
         return Err(WireError::Oversized);
     }
-    let frame: Frame = fogmesh_store::codec::decode_bounded(bytes, MAX_FRAME_BYTES)
+    let frame: Frame = fogmesh_wire::codec::decode_bounded(bytes, MAX_FRAME_BYTES)
         .map_err(|e| WireError::Malformed(e.to_string()))?;
     if frame.cluster.len() > MAX_CLUSTER_ID {
         return Err(WireError::BadCluster);
@@ -302,7 +302,7 @@ mod tests {
 
         #[test]
         fn a_frame_with_junk_raft_bytes_is_refused(raft in proptest::collection::vec(any::<u8>(), 1..256)) {
-            let bytes = fogmesh_store::codec::encode(&Frame { cluster: "c".into(), raft }).unwrap();
+            let bytes = fogmesh_wire::codec::encode(&Frame { cluster: "c".into(), raft }).unwrap();
             // Either junk (refused) or, by chance, a valid protobuf message (decoded).
             match decode(&bytes) {
                 Ok((cluster, _)) => prop_assert_eq!(cluster, "c"),

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((cluster, message)) = wire::decode(data) {
         let _ = wire::admit(&cluster, &message, "c1", 2, b"peer", &[1, 2, 3]);
     }
-    if let Ok(command) = fogmesh_store::codec::decode_bounded::<Command>(data, 64 * 1024) {
+    if let Ok(command) = fogmesh_wire::codec::decode_bounded::<Command>(data, 64 * 1024) {
         let mut state = cluster();
         let before = state.clone();
         if state.apply(command).is_err() {

@@ -3,8 +3,8 @@
 //! message bound.
 #![no_main]
 
-use fogmesh_store::kv::{Entry, Hlc, Version};
-use fogmesh_store::kv_sync::{
+use fogmesh_kv::{Entry, Hlc, Version};
+use fogmesh_kv::sync::{
     answer, encoded_len, MemReplica, SyncRequest, SyncResponse, SyncSession, BATCH_BYTES,
     MAX_MESSAGE_BYTES,
 };
@@ -34,14 +34,14 @@ fn replica() -> MemReplica {
 fuzz_target!(|data: &[u8]| {
     let replica = replica();
     if let Ok(request) =
-        fogmesh_store::codec::decode_bounded::<SyncRequest>(data, MAX_MESSAGE_BYTES)
+        fogmesh_wire::codec::decode_bounded::<SyncRequest>(data, MAX_MESSAGE_BYTES)
     {
         if let Ok(response) = answer(&replica, &request) {
             assert!(encoded_len(&response) <= MAX_MESSAGE_BYTES as u64);
         }
     }
     if let Ok(response) =
-        fogmesh_store::codec::decode_bounded::<SyncResponse>(data, MAX_MESSAGE_BYTES)
+        fogmesh_wire::codec::decode_bounded::<SyncResponse>(data, MAX_MESSAGE_BYTES)
     {
         let mut session = SyncSession::new();
         if let Ok(requests) = session.next_requests(&replica, BATCH_BYTES, 4) {

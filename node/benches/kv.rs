@@ -8,10 +8,10 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use fogmesh_kv::sync::{self as kv_sync, MemReplica, SyncRequest, BATCH_BYTES, LAN_BATCH_BYTES};
+use fogmesh_kv::{Entry, Hlc, Version};
 use fogmesh_node::services::kv::{AccessPolicy, KvMetrics, KvService, KvWrite};
 use fogmesh_node::services::Outbox;
-use fogmesh_store::kv::{Entry, Hlc, Version};
-use fogmesh_store::kv_sync::{self, MemReplica, SyncRequest, BATCH_BYTES, LAN_BATCH_BYTES};
 use fogmesh_store::{Store, StoreOptions};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;

@@ -4,9 +4,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use fogmesh_node::envelope::{self, MessageKind};
 use fogmesh_node::telemetry::{FreshnessPolicy, TelemetryRecord, TelemetryValidator};
-use fogmesh_store::codec;
+use fogmesh_wire::codec;
+use fogmesh_wire::envelope::{self, MessageKind};
 use libp2p::identity::Keypair;
 
 const NOW: u64 = 1_700_000_000_000;

@@ -2,7 +2,7 @@
 //! - deltas on gossip topic [`TOPIC`]: the entries of local writes, at once, to every node
 //!   the gossip mesh reaches (multi-hop);
 //! - anti-entropy on request-response `/fogmesh/kv/1` ([`behaviour`]) between direct
-//!   neighbours: the messages of [`fogmesh_store::kv_sync`], framed by [`crate::framing`],
+//!   neighbours: the messages of [`fogmesh_kv::sync`], framed by [`fogmesh_wire::framing`],
 //!   each at most [`MAX_MESSAGE_BYTES`].
 //!
 //! Entries carry their author's signature; messages carry the authors' tickets
@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use fogmesh_store::kv::Entry;
-use fogmesh_store::kv_sync::{SyncRequest, SyncResponse, MAX_MESSAGE_BYTES};
+use fogmesh_kv::sync::{SyncRequest, SyncResponse, MAX_MESSAGE_BYTES};
+use fogmesh_kv::Entry;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
@@ -38,12 +38,12 @@ pub struct Delta {
     pub credentials: Vec<ByteBuf>,
 }
 
-pub type Codec = crate::framing::CborCodec<SyncRequest, SyncResponse>;
+pub type Codec = fogmesh_wire::framing::CborCodec<SyncRequest, SyncResponse>;
 pub type Behaviour = request_response::Behaviour<Codec>;
 pub type Event = request_response::Event<SyncRequest, SyncResponse>;
 
 /// `/fogmesh/kv/1`, its frames counted in `bytes` (the `fogmesh_kv_sync_bytes_*` counters).
-pub fn behaviour(bytes: crate::framing::WireBytes) -> Behaviour {
+pub fn behaviour(bytes: fogmesh_wire::framing::WireBytes) -> Behaviour {
     request_response::Behaviour::with_codec(
         Codec::new(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES).counting(bytes),
         [(PROTOCOL, ProtocolSupport::Full)],

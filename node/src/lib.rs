@@ -9,10 +9,8 @@ pub mod config;
 pub mod connection_budget;
 pub mod device;
 pub mod driver;
-pub mod envelope;
 pub mod events;
 pub mod exec;
-pub mod framing;
 pub mod handshake_metrics;
 pub mod identity;
 pub mod kv;
@@ -29,3 +27,6 @@ pub mod services;
 pub mod storage;
 pub mod store_report;
 pub mod telemetry;
+pub mod kv_tmp {
+    pub mod replica;
+}

@@ -41,7 +41,6 @@ use crate::api::{self, now_ms, BootstrapView, ControlFile, SharedState, StatusVi
 use crate::config::{self, Settings};
 use crate::device::DeviceMonitor;
 use crate::driver::{Driver, DriverParts, Services};
-use crate::envelope;
 use crate::events::EventBus;
 use crate::identity::{self, IdentityError};
 use crate::lifecycle::Lifecycle;
@@ -57,6 +56,7 @@ use crate::services::telemetry::{
 };
 use crate::storage::{self, NodeStorage, Tables};
 use crate::telemetry::FreshnessPolicy;
+use fogmesh_wire::envelope;
 
 /// The version every node reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -690,7 +690,7 @@ fn build_behaviour(
     keypair: &Keypair,
     settings: &Settings,
     peer_metrics: PeerMetrics,
-    kv_sync_bytes: crate::framing::WireBytes,
+    kv_sync_bytes: fogmesh_wire::framing::WireBytes,
 ) -> Result<Behaviour, StartError> {
     let peer_id = keypair.public().to_peer_id();
     let setup = |what: &'static str| move |e: String| StartError::Setup { what, reason: e };

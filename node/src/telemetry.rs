@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fogmesh_store::codec;
+use fogmesh_wire::codec;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{self, EnvelopeError, MessageKind};
+use fogmesh_wire::envelope::{self, EnvelopeError, MessageKind};
 
 /// The gossipsub topic telemetry travels on.
 pub const TELEMETRY_TOPIC: &str = "fogmesh/telemetry/1";
@@ -304,7 +304,7 @@ pub fn next_seq(last: u64, now_ms: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::seal;
+    use fogmesh_wire::envelope::seal;
     use libp2p::identity::Keypair;
     use proptest::prelude::*;
 

@@ -10,11 +10,11 @@ mod common;
 use std::time::Duration;
 
 use fogmesh_node::api::now_ms;
-use fogmesh_node::envelope::{self, MessageKind, MAX_ENVELOPE_LEN};
 use fogmesh_node::telemetry::{TelemetryRecord, TELEMETRY_TOPIC};
-use fogmesh_store::codec;
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
 use fogmesh_transports::{build_memory_transport, TransportConfig};
+use fogmesh_wire::codec;
+use fogmesh_wire::envelope::{self, MessageKind, MAX_ENVELOPE_LEN};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::identity::Keypair;

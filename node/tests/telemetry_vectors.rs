@@ -12,11 +12,11 @@
 use std::path::PathBuf;
 
 use fogmesh_node::device::{DeviceClass, DeviceSummary, PowerMode, TransportPreference};
-use fogmesh_node::envelope::{self, Envelope, MessageKind, MAX_ENVELOPE_LEN};
 use fogmesh_node::telemetry::{
     FreshnessPolicy, TelemetryRecord, TelemetryValidator, TELEMETRY_TOPIC,
 };
-use fogmesh_store::codec;
+use fogmesh_wire::codec;
+use fogmesh_wire::envelope::{self, Envelope, MessageKind, MAX_ENVELOPE_LEN};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};

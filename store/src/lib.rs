@@ -21,13 +21,8 @@
 //! is readable (`fogmesh store check --repair`).
 
 pub mod batch;
-pub mod codec;
 pub mod generation;
 pub mod integrity;
-pub mod kv;
-pub mod kv_store;
-pub mod kv_sync;
-pub mod kv_tree;
 pub mod ordered;
 mod redo;
 pub mod task;
@@ -40,7 +35,8 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use batch::Batch;
-pub use codec::CodecError;
+use fogmesh_wire::codec;
+pub use fogmesh_wire::CodecError;
 pub use ordered::{OrderedIter, OrderedTable, Scope};
 pub use task::{
     DurableAck, StorageConfig, StorageError, StorageHandle, StorageStats, TryWriteError,

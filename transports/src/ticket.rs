@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use fogmesh_store::codec;
+use fogmesh_wire::codec;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};

@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fogmesh_store::codec;
 use fogmesh_transports::secure::frame::{self, Peek};
 use fogmesh_transports::secure::handshake::{
     self, AwaitingVerdict, Established, Initiator, InitiatorHello, Responder, ResponderHello,
@@ -32,6 +31,7 @@ use fogmesh_transports::ticket::{
     self, DelegationBody, Grant, Kind, MeshId, RevocationBody, RevocationSet, RevocationTarget,
     Signed, TicketBody, Verifier,
 };
+use fogmesh_wire::codec;
 use futures::executor::block_on;
 use futures::io::{AsyncReadExt, AsyncWriteExt, Cursor};
 use libp2p::identity::Keypair;

@@ -130,7 +130,7 @@ pub enum ClusterResponse {
 }
 
 /// The codec, with its protocol's request bound.
-pub type ClusterCodec = crate::framing::CborCodec<ClusterRequest, ClusterResponse>;
+pub type ClusterCodec = fogmesh_wire::framing::CborCodec<ClusterRequest, ClusterResponse>;
 
 pub type Behaviour = request_response::Behaviour<ClusterCodec>;
 pub type Event = request_response::Event<ClusterRequest, ClusterResponse>;

@@ -22,10 +22,10 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::kv::{key_id, Entry, KeyId, Merged, Slot};
-use crate::kv_sync::{listed, take_budget, Listed, Replica};
-use crate::kv_tree::{node_prefix, DigestTree};
-use crate::{Store, StoreError, Table};
+use fogmesh_kv::sync::{listed, take_budget, Listed, Replica};
+use fogmesh_kv::tree::{node_prefix, DigestTree};
+use fogmesh_kv::{key_id, Entry, KeyId, Merged, ReplicaError, Slot};
+use fogmesh_store::{Store, StoreError, Table};
 
 pub const TABLE_SLOTS: &str = "kv_slots";
 pub const TABLE_NAMES: &str = "kv_names";
@@ -60,7 +60,7 @@ pub struct KvStore {
     tree: DigestTree,
     value_bytes: u64,
     /// The latest clock among the winners, so a restarted node's clock starts past it.
-    max_hlc: crate::kv::Hlc,
+    max_hlc: fogmesh_kv::Hlc,
 }
 
 fn id_from_hex(text: &str) -> Option<KeyId> {
@@ -79,13 +79,13 @@ impl KvStore {
         let credentials_table: Table<ByteBuf> = store.table(TABLE_CREDENTIALS)?;
         let mut tree = DigestTree::new();
         let mut value_bytes = 0;
-        let mut max_hlc = crate::kv::Hlc::default();
+        let mut max_hlc = fogmesh_kv::Hlc::default();
         for row in slots.entries() {
             let (hex_id, record) = row?;
             let id = id_from_hex(&hex_id).ok_or_else(|| StoreError::Corrupt {
                 table: TABLE_SLOTS,
                 key: hex_id.clone(),
-                source: crate::CodecError::Malformed("the key is not a key id".into()),
+                source: fogmesh_wire::CodecError::Malformed("the key is not a key id".into()),
             })?;
             tree.update(&id, None, record.digest);
             value_bytes += value_len(&record.slot);
@@ -194,7 +194,7 @@ impl KvStore {
     }
 
     /// The latest clock of any winner held when the store was opened.
-    pub fn max_hlc_at_open(&self) -> crate::kv::Hlc {
+    pub fn max_hlc_at_open(&self) -> fogmesh_kv::Hlc {
         self.max_hlc
     }
 
@@ -226,11 +226,8 @@ impl KvStore {
     }
 }
 
-impl Entry {
-    /// `namespace/key`, the name `kv list` orders by.
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.namespace, self.key)
-    }
+fn unreadable(error: StoreError) -> ReplicaError {
+    ReplicaError(error.to_string())
 }
 
 impl Replica for KvStore {
@@ -238,11 +235,11 @@ impl Replica for KvStore {
         &self.tree
     }
 
-    fn bucket(&self, bucket: u16) -> Result<Vec<Listed>, StoreError> {
+    fn bucket(&self, bucket: u16) -> Result<Vec<Listed>, ReplicaError> {
         let prefix = format!("{bucket:04x}");
         let mut out = Vec::new();
         for row in self.slots.scan_prefix(&prefix, None) {
-            let (row, record) = row?;
+            let (row, record) = row.map_err(unreadable)?;
             if let Some(id) = id_from_hex(&row) {
                 out.push(listed(&id, record.digest, &record.slot.winner));
             }
@@ -256,7 +253,7 @@ impl Replica for KvStore {
         node: u32,
         after: Option<&KeyId>,
         budget: usize,
-    ) -> Result<(Vec<Entry>, Option<KeyId>), StoreError> {
+    ) -> Result<(Vec<Entry>, Option<KeyId>), ReplicaError> {
         let prefix = node_prefix(level, node);
         let after = after.map(hex::encode);
         let iter = self
@@ -264,20 +261,24 @@ impl Replica for KvStore {
             .scan_prefix(&prefix, after.as_deref())
             .filter_map(|row| match row {
                 Ok((row, record)) => id_from_hex(&row).map(|id| Ok((id, record.slot.winner))),
-                Err(error) => Some(Err(error)),
+                Err(error) => Some(Err(unreadable(error))),
             });
         take_budget(iter, budget)
     }
 
-    fn winner(&self, id: &KeyId) -> Result<Option<Entry>, StoreError> {
-        Ok(self.slots.get(&hex::encode(id))?.map(|r| r.slot.winner))
+    fn winner(&self, id: &KeyId) -> Result<Option<Entry>, ReplicaError> {
+        Ok(self
+            .slots
+            .get(&hex::encode(id))
+            .map_err(unreadable)?
+            .map(|r| r.slot.winner))
     }
 
     fn credentials(&self, entries: &[Entry]) -> Vec<ByteBuf> {
         let mut out: Vec<ByteBuf> = Vec::new();
         for entry in entries {
             if let Some(ticket) = self.credentials.get(entry.version.author.as_slice()) {
-                if !out.contains(ticket) && out.len() < crate::kv_sync::MAX_CREDENTIALS {
+                if !out.contains(ticket) && out.len() < fogmesh_kv::sync::MAX_CREDENTIALS {
                     out.push(ticket.clone());
                 }
             }
@@ -289,9 +290,9 @@ impl Replica for KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{Hlc, Version};
-    use crate::kv_sync::{sync_in_memory, MemReplica, SyncSession, BATCH_BYTES};
-    use crate::StoreOptions;
+    use fogmesh_kv::sync::{sync_in_memory, MemReplica, SyncSession, BATCH_BYTES};
+    use fogmesh_kv::{Hlc, Version};
+    use fogmesh_store::StoreOptions;
 
     fn entry(key: &str, wall_ms: u64, value: Option<&[u8]>) -> Entry {
         Entry {
@@ -405,16 +406,16 @@ mod tests {
             }
             for (id, request) in requests {
                 let response = match &request {
-                    crate::kv_sync::SyncRequest::Push { entries, .. } => {
+                    fogmesh_kv::sync::SyncRequest::Push { entries, .. } => {
                         for e in entries {
                             mem.merge(e.clone());
                         }
-                        crate::kv_sync::SyncResponse::Pushed {
+                        fogmesh_kv::sync::SyncResponse::Pushed {
                             accepted: 0,
                             refused: 0,
                         }
                     }
-                    other => crate::kv_sync::answer(&mem, other).unwrap(),
+                    other => fogmesh_kv::sync::answer(&mem, other).unwrap(),
                 };
                 for e in session.on_response(&kv, id, response).unwrap() {
                     kv.merge(e).unwrap();

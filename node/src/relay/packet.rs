@@ -1,7 +1,7 @@
 //! Relay packets on the wire: pure encoding and decoding, no state.
 //!
 //! A packet is a CBOR map `{ttl, envelope}`. The envelope is a signed envelope
-//! ([`crate::envelope`]) of kind `RelayDirect`, `RelayBroadcast` or `RelayAck`, carried
+//! ([`fogmesh_wire::envelope`]) of kind `RelayDirect`, `RelayBroadcast` or `RelayAck`, carried
 //! byte for byte from its origin to every node it reaches; only `ttl` changes on the way
 //! (one less per hop), so it is the one field outside the signature. A relay cannot raise it
 //! above [`MAX_TTL`] (refused on receipt) and gains nothing by lowering it.
@@ -16,13 +16,13 @@
 //! - ack: `{to: PeerId bytes, message: 32-byte id}`, signed by the recipient of `message`
 //!   and flooded back towards its origin `to`.
 
-use fogmesh_store::codec;
+use fogmesh_wire::codec;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::envelope::{self, EnvelopeError, MessageKind};
+use fogmesh_wire::envelope::{self, EnvelopeError, MessageKind};
 
 /// Most hops a packet may travel (BitChat's limit too).
 pub const MAX_TTL: u8 = 7;

@@ -174,7 +174,7 @@ pub enum Effect {
     /// `token` (`KvService::on_sync_response`).
     KvSync {
         peer: PeerId,
-        request: Box<fogmesh_store::kv_sync::SyncRequest>,
+        request: Box<fogmesh_kv::sync::SyncRequest>,
         token: u64,
     },
     /// Dial a peer by the addresses the node knows for it.

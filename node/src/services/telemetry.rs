@@ -36,14 +36,14 @@ use super::{
     ViewUpdate,
 };
 use crate::device::{DeviceReadings, DeviceView};
-use crate::envelope::{self, MessageKind};
 use crate::events::NodeEvent;
 use crate::lifecycle::Phase;
 use crate::telemetry::{
     next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
     TelemetryValidator, TELEMETRY_TOPIC,
 };
-use fogmesh_store::codec;
+use fogmesh_wire::codec;
+use fogmesh_wire::envelope::{self, MessageKind};
 
 /// Quickest re-announcement of our telemetry when new subscribers appear.
 pub const ANNOUNCE_MIN_GAP: Duration = Duration::from_secs(1);

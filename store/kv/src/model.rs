@@ -159,6 +159,11 @@ struct Signed<'a> {
 }
 
 impl Entry {
+    /// `namespace/key`, the name `kv list` orders by.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.namespace, self.key)
+    }
+
     /// What the author signs: everything but the signature, with a domain tag.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let signed = Signed {
@@ -169,7 +174,7 @@ impl Entry {
             version: &self.version,
         };
         // Encoding a struct of strings, bytes and integers cannot fail.
-        crate::codec::encode(&signed).unwrap_or_default()
+        fogmesh_wire::codec::encode(&signed).unwrap_or_default()
     }
 
     pub fn is_tombstone(&self) -> bool {
@@ -284,7 +289,7 @@ pub fn namespace_is_valid(namespace: &str) -> bool {
 pub const KEY_ID_BYTES: usize = 16;
 
 /// Where a key lives in the keyspace: the first 16 bytes of SHA-256(`namespace/key`).
-/// Keys spread evenly over ids, which is what lets the digest tree ([`crate::kv_tree`])
+/// Keys spread evenly over ids, which is what lets the digest tree ([`crate::tree`])
 /// split the keyspace into equal buckets by the id's first bits.
 pub type KeyId = [u8; KEY_ID_BYTES];
 

@@ -4,7 +4,7 @@
 //!
 //! The asking side drives everything; the answering side keeps no state:
 //! 1. ask the sums of the root's children ([`SyncRequest::Children`]) and compare them
-//!    with its own ([`crate::kv_tree`]); descend only into children whose sums differ;
+//!    with its own ([`crate::tree`]); descend only into children whose sums differ;
 //! 2. a differing child the peer has nothing under: push everything under it
 //!    ([`SyncRequest::Push`]); one this side has nothing under: page through the peer's
 //!    entries under it ([`SyncRequest::Subtree`]);
@@ -27,9 +27,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::kv::{Entry, KeyId, Merged, Slot, KEY_ID_BYTES};
-use crate::kv_tree::{bucket_of, covers, nodes_at, DigestTree, NodeSum, FANOUT, LEAF_LEVEL};
-use crate::StoreError;
+use crate::model::{Entry, KeyId, Merged, Slot, KEY_ID_BYTES};
+use crate::tree::{bucket_of, covers, nodes_at, DigestTree, NodeSum, FANOUT, LEAF_LEVEL};
+use crate::ReplicaError;
 
 /// Bytes a request or answer aims to stay within (an entry larger than this goes alone):
 /// the budget on a Bluetooth link, where one message should not hold the radio for long.
@@ -162,7 +162,7 @@ impl SyncError {
 pub trait Replica {
     fn tree(&self) -> &DigestTree;
     /// Every key in one leaf bucket.
-    fn bucket(&self, bucket: u16) -> Result<Vec<Listed>, StoreError>;
+    fn bucket(&self, bucket: u16) -> Result<Vec<Listed>, ReplicaError>;
     /// Winners under a node in key-id order, after `after`, until `budget` bytes (at least
     /// one entry); with the id to resume after when more remain.
     fn subtree(
@@ -171,9 +171,9 @@ pub trait Replica {
         node: u32,
         after: Option<&KeyId>,
         budget: usize,
-    ) -> Result<(Vec<Entry>, Option<KeyId>), StoreError>;
+    ) -> Result<(Vec<Entry>, Option<KeyId>), ReplicaError>;
     /// A key's winner.
-    fn winner(&self, id: &KeyId) -> Result<Option<Entry>, StoreError>;
+    fn winner(&self, id: &KeyId) -> Result<Option<Entry>, ReplicaError>;
     /// The authors' tickets to send along with `entries` (none in an open mesh).
     fn credentials(&self, _entries: &[Entry]) -> Vec<ByteBuf> {
         Vec::new()
@@ -269,7 +269,7 @@ pub fn check_request(request: &SyncRequest) -> Result<(), SyncError> {
 pub fn answer<R: Replica + ?Sized>(
     replica: &R,
     request: &SyncRequest,
-) -> Result<SyncResponse, StoreError> {
+) -> Result<SyncResponse, ReplicaError> {
     if let Err(error) = check_request(request) {
         return Ok(SyncResponse::Refused {
             reason: error.reason().into(),
@@ -460,7 +460,7 @@ impl SyncSession {
         replica: &R,
         budget: usize,
         max_in_flight: usize,
-    ) -> Result<Vec<(u64, SyncRequest)>, StoreError> {
+    ) -> Result<Vec<(u64, SyncRequest)>, ReplicaError> {
         let mut out = Vec::new();
         while self.in_flight.len() < max_in_flight {
             let Some(request) = self.next_request(replica, budget)? else {
@@ -475,7 +475,7 @@ impl SyncSession {
         &mut self,
         replica: &R,
         budget: usize,
-    ) -> Result<Option<(u64, SyncRequest)>, StoreError> {
+    ) -> Result<Option<(u64, SyncRequest)>, ReplicaError> {
         if self.stats.requests >= MAX_SESSION_REQUESTS {
             return Ok(None);
         }
@@ -815,7 +815,7 @@ impl MemReplica {
 
     pub fn get(&self, namespace: &str, key: &str) -> Option<&Slot> {
         self.slots
-            .get(&crate::kv::key_id(namespace, key))
+            .get(&crate::model::key_id(namespace, key))
             .map(|(_, s)| s)
     }
 
@@ -854,7 +854,7 @@ impl Replica for MemReplica {
         &self.tree
     }
 
-    fn bucket(&self, bucket: u16) -> Result<Vec<Listed>, StoreError> {
+    fn bucket(&self, bucket: u16) -> Result<Vec<Listed>, ReplicaError> {
         Ok(self
             .slots
             .range(bucket_range(bucket))
@@ -868,7 +868,7 @@ impl Replica for MemReplica {
         node: u32,
         after: Option<&KeyId>,
         budget: usize,
-    ) -> Result<(Vec<Entry>, Option<KeyId>), StoreError> {
+    ) -> Result<(Vec<Entry>, Option<KeyId>), ReplicaError> {
         let range = node_range(level, node);
         let iter = self
             .slots
@@ -878,7 +878,7 @@ impl Replica for MemReplica {
         take_budget(iter, budget)
     }
 
-    fn winner(&self, id: &KeyId) -> Result<Option<Entry>, StoreError> {
+    fn winner(&self, id: &KeyId) -> Result<Option<Entry>, ReplicaError> {
         Ok(self.slots.get(id).map(|(_, s)| s.winner.clone()))
     }
 }
@@ -899,7 +899,7 @@ fn winners_within<R: Replica + ?Sized>(
     replica: &R,
     ids: impl Iterator<Item = KeyId>,
     budget: usize,
-) -> Result<(Vec<Entry>, usize), StoreError> {
+) -> Result<(Vec<Entry>, usize), ReplicaError> {
     let mut entries = Vec::new();
     let mut used = 0;
     let mut consumed = 0;
@@ -922,9 +922,9 @@ fn winners_within<R: Replica + ?Sized>(
 
 /// Takes entries until `budget` bytes (at least one); the id to resume after if more remain.
 pub fn take_budget(
-    iter: impl Iterator<Item = Result<(KeyId, Entry), StoreError>>,
+    iter: impl Iterator<Item = Result<(KeyId, Entry), ReplicaError>>,
     budget: usize,
-) -> Result<(Vec<Entry>, Option<KeyId>), StoreError> {
+) -> Result<(Vec<Entry>, Option<KeyId>), ReplicaError> {
     let mut entries = Vec::new();
     let mut used = 0;
     let mut last = None;
@@ -994,13 +994,13 @@ pub fn run_in_memory(
 
 /// Bytes a message takes encoded.
 pub fn encoded_len<T: Serialize>(message: &T) -> u64 {
-    crate::codec::encode(message).map_or(0, |b| b.len() as u64)
+    fogmesh_wire::codec::encode(message).map_or(0, |b| b.len() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{Hlc, Version};
+    use crate::model::{Hlc, Version};
     use proptest::prelude::*;
 
     fn entry(author: u8, key: u32, wall_ms: u64, value: Option<u8>) -> Entry {
@@ -1067,7 +1067,7 @@ mod tests {
         assert_eq!(stats.entries_sent, 0);
         let data: usize = b
             .winners()
-            .map(|e| crate::codec::encode(e).unwrap().len())
+            .map(|e| fogmesh_wire::codec::encode(e).unwrap().len())
             .sum();
         assert!(
             (bytes as f64) < 1.2 * data as f64,

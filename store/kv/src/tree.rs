@@ -1,13 +1,13 @@
 //! The digest tree anti-entropy compares: a fixed-shape summary of a replica's keyspace.
 //!
-//! The keyspace is split by key id ([`crate::kv::key_id`], a SHA-256 prefix, so keys spread
+//! The keyspace is split by key id ([`crate::model::key_id`], a SHA-256 prefix, so keys spread
 //! evenly) into [`BUCKETS`] leaf buckets, by the id's first 16 bits. Above them sit
 //! [`LEVELS`]` - 1` levels of nodes with [`FANOUT`] children each: the node at level `L`
 //! and index `i` covers every key whose id begins with the `L` hex digits of `i`, so a
 //! node is also a key-id prefix, which is how a replica lists "everything under" one.
 //!
 //! Each node holds a [`NodeSum`]: how many keys it covers and the XOR of their winners'
-//! digests ([`crate::kv::Entry::digest`]). XOR makes every change O(levels): a key's new
+//! digests ([`crate::model::Entry::digest`]). XOR makes every change O(levels): a key's new
 //! winner is XORed out (the old digest) and in (the new one) along its path, so the tree is
 //! kept in memory (about 1.1 MB) and never recomputed. It is not a cryptographic
 //! commitment: it only has to tell honest replicas where they differ; a peer that wants to
@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::KeyId;
+use crate::model::KeyId;
 
 /// Children per node: one hex digit of the key id per level.
 pub const FANOUT: usize = 16;
@@ -146,7 +146,7 @@ impl DigestTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::key_id;
+    use crate::model::key_id;
 
     #[test]
     fn updates_move_every_level_and_cancel_out() {

@@ -25,7 +25,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use snow::{HandshakeState, TransportState};
 
-use fogmesh_store::codec;
+use fogmesh_wire::codec;
 
 use crate::ticket::{Admission, MAX_TICKET_LEN};
 

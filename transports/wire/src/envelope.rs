@@ -12,7 +12,7 @@
 //! so change its content-derived message id, see [`message_id`]) without it being refused.
 //! See `docs/telemetry.md` for the exact layout.
 
-use fogmesh_store::codec;
+use crate::codec;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};

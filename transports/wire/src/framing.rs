@@ -9,7 +9,7 @@
 use std::io;
 use std::marker::PhantomData;
 
-use fogmesh_store::codec;
+use crate::codec;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
 use libp2p::StreamProtocol;

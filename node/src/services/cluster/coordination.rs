@@ -18,9 +18,9 @@ use super::{
     MAX_ANNOUNCEMENT_BYTES, MEMBERSHIP_KEY, PLACEMENTS_PER_PASS,
 };
 use crate::cluster::protocol::ClusterRequest;
-use crate::envelope::{self, MessageKind};
 use crate::events::NodeEvent;
 use crate::services::{Effect, Outbox};
+use fogmesh_wire::envelope::{self, MessageKind};
 
 impl ClusterService {
     pub(super) fn step(&mut self, now_ms: u64, out: &mut Outbox) {
@@ -421,7 +421,7 @@ impl ClusterService {
         };
         self.announcements
             .insert(m.cluster.clone(), (self.me, announcement.clone()));
-        let body = match fogmesh_store::codec::encode(&announcement) {
+        let body = match fogmesh_wire::codec::encode(&announcement) {
             Ok(body) => body,
             Err(error) => {
                 tracing::warn!(%error, "announcement not encodable");
@@ -550,7 +550,7 @@ impl ClusterService {
             }
         };
         let announcement: Announcement =
-            match fogmesh_store::codec::decode_bounded(&opened.body, MAX_ANNOUNCEMENT_BYTES) {
+            match fogmesh_wire::codec::decode_bounded(&opened.body, MAX_ANNOUNCEMENT_BYTES) {
                 Ok(a) => a,
                 Err(_) => {
                     self.metrics.refuse("announcement_malformed");

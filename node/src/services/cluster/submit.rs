@@ -583,7 +583,7 @@ impl ClusterService {
                 let record = record.clone();
                 self.submissions.save(&record, true);
                 if let Some(result) = self.blobs.get(&hash) {
-                    if result.len() <= fogmesh_store::kv::MAX_VALUE_BYTES {
+                    if result.len() <= fogmesh_kv::MAX_VALUE_BYTES {
                         out.push(crate::services::Effect::Notice(
                             crate::services::Notice::TaskResult {
                                 task: id.to_string(),

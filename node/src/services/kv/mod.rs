@@ -10,7 +10,7 @@
 //!   is counted by reason and never merged; the rest of its message still is.
 //! - Anti-entropy with every direct neighbour: on connect and every [`SYNC_EVERY_MS`], at
 //!   most [`MAX_SESSIONS`] sessions at once, each with [`SESSION_IN_FLIGHT`] requests out
-//!   ([`fogmesh_store::kv_sync`]). A session that fails or stalls for
+//!   ([`fogmesh_kv::sync`]). A session that fails or stalls for
 //!   [`SESSION_TIMEOUT_MS`] is dropped and started again at the next round.
 //! - Watchers are the event stream's subscribers: every change of a key's winner is a
 //!   `kv_changed` event, in merge order (so in order per key); the stream is bounded and
@@ -27,12 +27,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use fogmesh_store::kv::{self, Entry, Hlc, Merged, Version};
-use fogmesh_store::kv_store::KvStore;
-use fogmesh_store::kv_sync::{
-    self, answer, check_request, Replica, SyncRequest, SyncResponse, SyncSession, BATCH_BYTES,
-    LAN_BATCH_BYTES,
+use crate::kv_tmp::replica::KvStore;
+use fogmesh_kv::sync::{
+    self as kv_sync, answer, check_request, Replica, SyncRequest, SyncResponse, SyncSession,
+    BATCH_BYTES, LAN_BATCH_BYTES,
 };
+use fogmesh_kv::{self as kv, Entry, Hlc, Merged, Version};
 use fogmesh_store::Store;
 use fogmesh_transports::secure::AdmissionPolicy;
 use fogmesh_transports::secure::HandshakeError;
@@ -99,7 +99,7 @@ pub struct KvMetrics {
     pub refused: Family<ReasonLabel, Counter>,
     pub sync_sessions: Family<ReasonLabel, Counter>,
     /// Sync frames' bytes, counted by the protocol's codec (`crate::kv::behaviour`).
-    pub sync_bytes: crate::framing::WireBytes,
+    pub sync_bytes: fogmesh_wire::framing::WireBytes,
 }
 
 impl KvMetrics {
@@ -436,7 +436,7 @@ impl KvService {
             entries,
             credentials,
         };
-        match fogmesh_store::codec::encode(&delta) {
+        match fogmesh_wire::codec::encode(&delta) {
             Ok(data) => out.push(Effect::Publish {
                 topic: TOPIC.into(),
                 data,
@@ -941,15 +941,16 @@ impl Service for KvService {
         if self.kv.is_none() {
             return MessageAcceptance::Ignore;
         }
-        let delta: Delta =
-            match fogmesh_store::codec::decode_bounded(msg.data, crate::envelope::MAX_ENVELOPE_LEN)
-            {
-                Ok(delta) => delta,
-                Err(_) => {
-                    self.metrics.refuse("malformed_delta");
-                    return MessageAcceptance::Reject;
-                }
-            };
+        let delta: Delta = match fogmesh_wire::codec::decode_bounded(
+            msg.data,
+            fogmesh_wire::envelope::MAX_ENVELOPE_LEN,
+        ) {
+            Ok(delta) => delta,
+            Err(_) => {
+                self.metrics.refuse("malformed_delta");
+                return MessageAcceptance::Reject;
+            }
+        };
         if delta.entries.len() > kv_sync::MAX_ENTRIES_PER_MESSAGE
             || delta.credentials.len() > kv_sync::MAX_CREDENTIALS
         {

@@ -43,7 +43,7 @@ fn signed(author: &Keypair, key: &str, value: &[u8], wall_ms: u64) -> Entry {
 }
 
 fn gossip(kv: &mut KvService, delta: &Delta, out: &mut Outbox) -> MessageAcceptance {
-    let data = fogmesh_store::codec::encode(delta).unwrap();
+    let data = fogmesh_wire::codec::encode(delta).unwrap();
     let msg = GossipIn {
         topic: TOPIC,
         propagation_source: PeerId::random(),
@@ -305,8 +305,8 @@ fn an_unreadable_store_refuses_everything_and_sends_the_node_to_safe_mode() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let slots: fogmesh_store::Table<fogmesh_store::kv_store::KvRecord> =
-            store.table(fogmesh_store::kv_store::TABLE_SLOTS).unwrap();
+        let slots: fogmesh_store::Table<crate::kv_tmp::replica::KvRecord> =
+            store.table(crate::kv_tmp::replica::TABLE_SLOTS).unwrap();
         slots.put_raw_for_test("00", b"\xffjunk").unwrap();
         store.flush().unwrap();
     }

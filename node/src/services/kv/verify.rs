@@ -1,6 +1,6 @@
 //! Checks on remote entries that need no state: who may write where, and signatures.
 
-use fogmesh_store::kv::Entry;
+use fogmesh_kv::Entry;
 use libp2p::identity::PublicKey;
 use libp2p::PeerId;
 

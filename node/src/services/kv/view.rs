@@ -1,6 +1,6 @@
 //! What the control API shows of the store and takes from it, and the `kv_changed` event.
 
-use fogmesh_store::kv::{Entry, Hlc, Slot};
+use fogmesh_kv::{Entry, Hlc, Slot};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
