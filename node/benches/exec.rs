@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fogmesh_node::exec::{self, ExecLimits};
+use fogmesh_node::cluster::exec::{self, ExecLimits};
 
 fn workload(name: &str) -> Vec<u8> {
     let path = format!(

@@ -10,8 +10,8 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use fogmesh_kv::sync::{self as kv_sync, MemReplica, SyncRequest, BATCH_BYTES, LAN_BATCH_BYTES};
 use fogmesh_kv::{Entry, Hlc, Version};
-use fogmesh_node::services::kv::{AccessPolicy, KvMetrics, KvService, KvWrite};
-use fogmesh_node::services::Outbox;
+use fogmesh_node::kv::service::{AccessPolicy, KvMetrics, KvService, KvWrite};
+use fogmesh_node::runtime::capability::Outbox;
 use fogmesh_store::{Store, StoreOptions};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
@@ -122,7 +122,7 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             service,
             |(dir, mut kv)| {
-                let mut out = Outbox::default();
+                let mut out = Outbox::at(NOW);
                 let push = SyncRequest::Push {
                     entries: entries.clone(),
                     credentials: Vec::new(),
@@ -137,7 +137,7 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             service,
             |(dir, mut kv)| {
-                let mut out = Outbox::default();
+                let mut out = Outbox::at(NOW);
                 let writes = (0..1000)
                     .map(|i| KvWrite {
                         namespace: "bench".into(),
@@ -145,7 +145,8 @@ fn benches(c: &mut Criterion) {
                         value: Some(vec![b'v'; 100]),
                     })
                     .collect();
-                let _ = black_box(kv.write(NOW, 1, writes, &mut out));
+                kv.write(None, writes, &mut out);
+                black_box(&out);
                 (dir, kv)
             },
             BatchSize::PerIteration,

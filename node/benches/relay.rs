@@ -7,8 +7,11 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use fogmesh_node::relay::packet::{self, AppPayload};
 use fogmesh_node::relay::sealed;
-use fogmesh_node::services::relay::{LinkKind, RelayConfig, RelayMetrics, RelayService};
-use fogmesh_node::services::Outbox;
+use fogmesh_node::relay::service::{LinkKind, RelayConfig, RelayMetrics, RelayService};
+use fogmesh_node::relay::tables::RelayTables;
+use fogmesh_node::relay::MessagesView;
+use fogmesh_node::runtime::capability::Outbox;
+use fogmesh_node::runtime::handle::Views;
 use fogmesh_transports::secure::keys::LocalKeys;
 use libp2p::identity::Keypair;
 use rand::SeedableRng;
@@ -48,16 +51,27 @@ fn benches(c: &mut Criterion) {
     // A relay with four neighbours handling a packet seen before: the common case in a
     // flood (every copy but the first).
     let relay_key = Keypair::generate_ed25519();
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let Ok(tables) = fogmesh_store::Store::open(dir.path(), &Default::default())
+        .map_err(|e| e.to_string())
+        .and_then(|store| RelayTables::open(&store).map_err(|e| e.to_string()))
+    else {
+        return;
+    };
     let Ok(mut relay) = RelayService::new(
         relay_key,
         RelayConfig::default(),
         rand::rngs::StdRng::seed_from_u64(1),
+        tables,
+        Views::default().add(MessagesView::default()),
         RelayMetrics::default(),
     ) else {
         return;
     };
     let neighbour = Keypair::generate_ed25519().public().to_peer_id();
-    let mut out = Outbox::default();
+    let mut out = Outbox::at(NOW);
     relay.link_up(NOW, neighbour, LinkKind::Radio, &mut out);
     for _ in 0..3 {
         let other = Keypair::generate_ed25519().public().to_peer_id();
@@ -69,7 +83,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             // Time moves so the neighbour's rate bucket refills.
             now += 100;
-            let mut out = Outbox::default();
+            let mut out = Outbox::at(NOW);
             relay.on_packet(now, neighbour, black_box(&frame), &mut out)
         })
     });

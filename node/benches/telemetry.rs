@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use fogmesh_node::telemetry::{FreshnessPolicy, TelemetryRecord, TelemetryValidator};
+use fogmesh_node::telemetry::record::{FreshnessPolicy, TelemetryRecord, TelemetryValidator};
 use fogmesh_wire::codec;
 use fogmesh_wire::envelope::{self, MessageKind};
 use libp2p::identity::Keypair;

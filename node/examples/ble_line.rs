@@ -18,11 +18,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use fogmesh_node::api::{self, now_ms, SendMessageRequest};
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
 use fogmesh_node::identity;
 use fogmesh_node::node::{self, Network, RunningNode};
+use fogmesh_node::relay::api::SendMessageRequest;
+use fogmesh_node::runtime::clock::system_wall_ms as now_ms;
+use fogmesh_node::telemetry::record::ReceivedTelemetry;
 use fogmesh_transports::ble::driver::DeviceId;
 use fogmesh_transports::ble::sim::{LinkParams, SimConfig, SimRadio};
 use fogmesh_transports::ble::transport::device_addr;
@@ -81,7 +83,7 @@ async fn main() {
     let converged = |nodes: &[RunningNode]| {
         let now = now_ms();
         nodes.iter().enumerate().all(|(i, node)| {
-            api::inspect(&node.state.telemetry, |t| {
+            inspect(node, |t| {
                 ids.iter()
                     .enumerate()
                     .filter(|(j, _)| *j != i)
@@ -104,13 +106,10 @@ async fn main() {
     // (hops) -> latencies in ms, one per (holder, origin, seq).
     let mut by_hops: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     let mut seen: BTreeSet<(usize, usize, u64)> = BTreeSet::new();
-    let first_seq = |i: usize, origin: &str| {
-        api::inspect(&nodes[i].state.telemetry, |t| t.get(origin).map(|r| r.seq))
-    };
+    let first_seq = |i: usize, origin: &str| inspect(&nodes[i], |t| t.get(origin).map(|r| r.seq));
     let far = n - 1;
     let seq_from = first_seq(far, &ids[0]).unwrap_or(0);
-    let published =
-        |nodes: &[RunningNode]| api::inspect(&nodes[0].state.status, |s| s.telemetry_published);
+    let published = |nodes: &[RunningNode]| nodes[0].handle.status().telemetry_published;
     let published_before = published(&nodes);
     let window = tokio::time::Instant::now();
     let (window_from_ms, mut window_to_ms) = (now_ms(), u64::MAX);
@@ -123,13 +122,13 @@ async fn main() {
             window_to_ms = now_ms();
             expected = published(&nodes).saturating_sub(published_before);
         }
-        api::inspect(&nodes[far].state.telemetry, |t| {
+        inspect(&nodes[far], |t| {
             if let Some(r) = t.get(&ids[0]) {
                 far_from_first.insert(r.seq, r.timestamp_ms);
             }
         });
         for (i, node) in nodes.iter().enumerate() {
-            api::inspect(&node.state.telemetry, |t| {
+            inspect(node, |t| {
                 for (j, id) in ids.iter().enumerate() {
                     if let Some(r) = t.get(id) {
                         if seen.insert((i, j, r.seq)) {
@@ -195,8 +194,8 @@ async fn relay_messages(nodes: &[RunningNode], count: usize) {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (one_way, acked) = loop {
-        let inbox = api::inspect(&last.state.messages, |m| m.inbox.clone());
-        let sent = api::inspect(&first.state.messages, |m| m.sent.clone());
+        let inbox = fogmesh_node::relay::api::messages_of(&last.handle).inbox;
+        let sent = fogmesh_node::relay::api::messages_of(&first.handle).sent;
         let one_way = inbox
             .iter()
             .filter(|m| ids.contains(&m.id))
@@ -228,4 +227,9 @@ async fn relay_messages(nodes: &[RunningNode], count: usize) {
         acked.len(),
         summary(acked.clone())
     );
+}
+
+/// Runs `f` on the latest telemetry per origin `node` holds.
+fn inspect<R>(node: &RunningNode, f: impl FnOnce(&BTreeMap<String, ReceivedTelemetry>) -> R) -> R {
+    f(&fogmesh_node::telemetry::view::latest(&node.handle))
 }

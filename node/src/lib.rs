@@ -1,32 +1,27 @@
 //! The fogmesh node library: everything the `fogmesh` binary runs, usable from tests.
+//!
+//! The node is a runtime ([`runtime`]) running capabilities, one folder each, registered in
+//! [`capabilities`]: [`device`], [`telemetry`], [`revocations`], [`relay`], [`cluster`],
+//! [`kv`]. Around them: start-up ([`node`]), admission ([`admission`]), peer management
+//! ([`peers`]), the control API ([`control`]) and its client ([`client`]), configuration
+//! and identity. `docs/architecture.md` draws the picture.
 
-pub mod api;
-pub mod api_server;
-pub mod bootstrap;
+pub mod admission;
+pub mod capabilities;
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
-pub mod connection_budget;
+pub mod control;
 pub mod device;
-pub mod driver;
-pub mod events;
-pub mod exec;
-pub mod handshake_metrics;
 pub mod identity;
 pub mod kv;
-pub mod lifecycle;
 pub mod logging;
-pub mod membership;
 pub mod memnet;
-pub mod mesh;
-pub mod metrics;
 pub mod node;
-pub mod peer_manager;
+pub mod peers;
 pub mod relay;
-pub mod services;
-pub mod storage;
+pub mod revocations;
+pub mod runtime;
 pub mod store_report;
 pub mod telemetry;
-pub mod kv_tmp {
-    pub mod replica;
-}

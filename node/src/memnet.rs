@@ -7,7 +7,7 @@
 //! on a laptop.
 //!
 //! Tests wait for conditions instead of polling: [`MemNet::wait_for`] re-checks a condition
-//! whenever any node's views change (the driver bumps [`SharedState::views`]), under one
+//! whenever any node's views change ([`NodeHandle::changed`]), under one
 //! overall timeout.
 //!
 //! Data dirs: the caller gives a base dir (a temp dir in tests) and each node lives in
@@ -33,12 +33,14 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::api::{self, now_ms, PeerView, SharedState, StatusView};
+use crate::admission::mesh::{self, MeshError};
 use crate::config::{ConfigLayer, MeshFiles, Settings};
+use crate::control::status::{PeerView, StatusView};
 use crate::device::{DeviceClass, SimulateConfig};
 use crate::identity::{self, IdentityError};
-use crate::mesh::{self, MeshError};
 use crate::node::{self, Network, RunningNode, StartError};
+use crate::runtime::handle::NodeHandle;
+use crate::telemetry::view::TelemetrySnapshot;
 
 /// Telemetry interval of nodes unless the builder says otherwise: fast enough that a small
 /// network converges in a second or two, slow enough that a few dozen nodes on one core do
@@ -317,8 +319,9 @@ struct Slot {
     port: u64,
     settings: Settings,
     running: Option<RunningNode>,
-    /// The views of the current (or last) run; kept after a stop, so tests can read them.
-    state: Arc<SharedState>,
+    /// The handle of the current (or last) run; kept after a stop, so tests can read its
+    /// views.
+    handle: NodeHandle,
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -407,23 +410,23 @@ impl MemNet {
             .await
             .map_err(|source| MemNetError::Start { index, source })?;
         tracing::debug!(index, %peer_id, port, "in-memory node started");
-        let state = running.state.clone();
+        let handle = running.handle.clone();
         self.slots.push(Slot {
             dir,
             id: peer_id.to_string(),
             peer_id,
             port,
             settings,
-            watcher: Some(self.watch(&state)),
+            watcher: Some(self.watch(&handle)),
             running: Some(running),
-            state,
+            handle,
         });
         Ok(index)
     }
 
     /// Forwards one node's view changes to the network's wake-up.
-    fn watch(&self, state: &SharedState) -> JoinHandle<()> {
-        let mut views = state.views.subscribe();
+    fn watch(&self, handle: &NodeHandle) -> JoinHandle<()> {
+        let mut views = handle.changed();
         let changed = self.changed.clone();
         tokio::spawn(async move {
             while views.changed().await.is_ok() {
@@ -461,9 +464,10 @@ impl MemNet {
         self.slots.get(index)?.running.as_ref()
     }
 
-    /// The views of the node at `index`: of its current run, or of its last one if stopped.
-    pub fn state(&self, index: usize) -> Option<&Arc<SharedState>> {
-        self.slots.get(index).map(|s| &s.state)
+    /// The handle of the node at `index`: of its current run, or of its last one if
+    /// stopped (its views stay readable).
+    pub fn handle(&self, index: usize) -> Option<&NodeHandle> {
+        self.slots.get(index).map(|s| &s.handle)
     }
 
     pub fn peer_id(&self, index: usize) -> Option<PeerId> {
@@ -487,14 +491,14 @@ impl MemNet {
 
     /// The node's status view (as `/v1/status` would show it, uptime aside).
     pub fn status(&self, index: usize) -> Option<StatusView> {
-        self.slots.get(index).map(|s| api::read(&s.state.status))
+        self.slots.get(index).map(|s| s.handle.status())
     }
 
     /// The node's peers view (as `/v1/peers` would show it).
     pub fn peers(&self, index: usize) -> Vec<PeerView> {
         self.slots
             .get(index)
-            .map(|s| api::read(&s.state.peers))
+            .map(|s| s.handle.peers())
             .unwrap_or_default()
     }
 
@@ -504,9 +508,10 @@ impl MemNet {
             return false;
         };
         a.running.is_some()
-            && api::inspect(&a.state.peers, |peers| {
-                peers.iter().any(|p| p.connected && p.peer_id == b.id)
-            })
+            && a.handle
+                .peers()
+                .iter()
+                .any(|p| p.connected && p.peer_id == b.id)
     }
 
     /// Whether node `holder` holds fresh (not stale) telemetry from node `origin`.
@@ -514,8 +519,8 @@ impl MemNet {
         let (Some(h), Some(o)) = (self.slots.get(holder), self.slots.get(origin)) else {
             return false;
         };
-        let now = now_ms();
-        api::inspect(&h.state.telemetry, |t| {
+        let now = h.handle.clock().now_ms();
+        telemetry(&h.handle, |t| {
             t.get(&o.id).is_some_and(|r| !r.is_stale(now))
         })
     }
@@ -525,8 +530,8 @@ impl MemNet {
         let Some(h) = self.slots.get(holder) else {
             return Vec::new();
         };
-        let now = now_ms();
-        api::inspect(&h.state.telemetry, |t| {
+        let now = h.handle.clock().now_ms();
+        telemetry(&h.handle, |t| {
             t.iter()
                 .filter(|(_, r)| !r.is_stale(now))
                 .map(|(id, _)| id.clone())
@@ -536,12 +541,12 @@ impl MemNet {
 
     /// Running nodes that hold fresh telemetry from every other running node.
     pub fn converged_nodes(&self) -> usize {
-        let now = now_ms();
         let running: Vec<&Slot> = self.slots.iter().filter(|s| s.running.is_some()).collect();
         running
             .iter()
             .filter(|holder| {
-                api::inspect(&holder.state.telemetry, |t| {
+                let now = holder.handle.clock().now_ms();
+                telemetry(&holder.handle, |t| {
                     // Cheap first: a node missing records cannot have them all fresh.
                     t.len() + 1 >= running.len()
                         && running.iter().all(|o| {
@@ -555,12 +560,12 @@ impl MemNet {
     /// Pairs (holder, origin) of distinct running nodes where the holder has the origin's
     /// fresh telemetry; full convergence is n·(n−1) pairs.
     pub fn fresh_pairs(&self) -> usize {
-        let now = now_ms();
         let running: Vec<&Slot> = self.slots.iter().filter(|s| s.running.is_some()).collect();
         running
             .iter()
             .map(|holder| {
-                api::inspect(&holder.state.telemetry, |t| {
+                let now = holder.handle.clock().now_ms();
+                telemetry(&holder.handle, |t| {
                     running
                         .iter()
                         .filter(|o| {
@@ -575,11 +580,11 @@ impl MemNet {
     /// Pairs (holder, origin) of distinct running nodes where the holder lacks the origin's
     /// fresh telemetry: what stands between the network and convergence.
     pub fn missing_pairs(&self) -> Vec<(usize, usize)> {
-        let now = now_ms();
         let running = self.running();
         let mut missing = Vec::new();
         for &h in &running {
-            api::inspect(&self.slots[h].state.telemetry, |t| {
+            let now = self.slots[h].handle.clock().now_ms();
+            telemetry(&self.slots[h].handle, |t| {
                 for &o in &running {
                     let fresh = t.get(&self.slots[o].id).is_some_and(|r| !r.is_stale(now));
                     if h != o && !fresh {
@@ -670,11 +675,11 @@ impl MemNet {
         let running = node::start_on(slot.settings.clone(), Network::Memory)
             .await
             .map_err(|source| MemNetError::Start { index, source })?;
-        let state = running.state.clone();
+        let handle = running.handle.clone();
         tracing::debug!(index, peer_id = %slot.peer_id, "in-memory node restarted");
         slot.running = Some(running);
-        slot.state = state.clone();
-        let watcher = self.watch(&state);
+        slot.handle = handle.clone();
+        let watcher = self.watch(&handle);
         if let Some(slot) = self.slots.get_mut(index) {
             slot.watcher = Some(watcher);
         }
@@ -725,6 +730,19 @@ fn ensure_dir(dir: &Path) -> Result<(), MemNetError> {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Reads a node's latest telemetry per origin (empty if it runs no telemetry).
+fn telemetry<R>(
+    handle: &NodeHandle,
+    f: impl FnOnce(
+        &std::collections::BTreeMap<String, crate::telemetry::record::ReceivedTelemetry>,
+    ) -> R,
+) -> R {
+    match handle.view::<TelemetrySnapshot>() {
+        Some(cell) => cell.read(|t| f(&t.latest)),
+        None => f(&std::collections::BTreeMap::new()),
+    }
 }
 
 #[cfg(test)]

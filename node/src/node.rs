@@ -1,16 +1,16 @@
 //! Start-up: composes a node from its settings and hands it to the driver.
 //!
 //! Start-up does everything that can fail for a person to see (data dir, identity, store,
-//! transports, binding every listen address and the control API) before it returns, so a
-//! port in use or an unreadable data dir is an error at the prompt, not a log line later.
-//! The [`crate::driver`] then owns the swarm and runs the services; the control API only
-//! reads views the driver publishes into [`SharedState`]. `docs/architecture.md` explains
-//! how the parts fit.
+//! admission, transports, capabilities, binding every listen address and the control API)
+//! before it returns, so a port in use or an unreadable data dir is an error at the prompt,
+//! not a log line later. It runs in named steps ([`start_with`]); the [`crate::runtime`]
+//! driver then owns the swarm and runs the capabilities of [`crate::capabilities::ALL`].
+//! `docs/architecture.md` explains how the parts fit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fogmesh_store::task::{StorageConfig, StorageHandle};
@@ -20,94 +20,44 @@ use fogmesh_transports::ble::driver::SharedDriver;
 use fogmesh_transports::ble::sim::SimDevice;
 use fogmesh_transports::ble::transport::BleTransport;
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
-use fogmesh_transports::ticket::RevocationSet;
 use fogmesh_transports::{
     build_memory_transport, build_transport, quic_enabled, secure_transport, BoxedTransport,
     TransportBuildError, TransportConfig,
 };
+use libp2p::core::transport::ListenerId;
 use libp2p::core::Transport as _;
-use libp2p::gossipsub;
 use libp2p::identity::Keypair;
-use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::NetworkBehaviour;
-use libp2p::{
-    connection_limits, identify, kad, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm,
-};
-use serde::{Deserialize, Serialize};
+use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::api::{self, now_ms, BootstrapView, ControlFile, SharedState, StatusView};
+use crate::admission::{self, AdmissionView, Admissions, Membership, MembershipError};
+use crate::capabilities::{self, Registered, Setup};
 use crate::config::{self, Settings};
-use crate::device::DeviceMonitor;
-use crate::driver::{Driver, DriverParts, Services};
-use crate::events::EventBus;
+use crate::control::status::{BootstrapView, StatusView};
+use crate::control::{self, ControlFile};
 use crate::identity::{self, IdentityError};
-use crate::lifecycle::Lifecycle;
-use crate::membership::{self, AdmissionView, MembershipError};
-use crate::peer_manager::{PeerManager, PeerManagerConfig, PeerMetrics};
-use crate::services::cluster::{ClusterConfig, ClusterMetrics, ClusterService, OwnRoles};
-use crate::services::device::{DeviceMetrics, DeviceService};
-use crate::services::kv::{AccessPolicy, KvMetrics, KvService};
-use crate::services::relay::{RelayConfig, RelayMetrics, RelayService};
-use crate::services::revocations::{MeshAuthority, RevocationMetrics, RevocationService};
-use crate::services::telemetry::{
-    TelemetryConfig, TelemetryLimits, TelemetryMetrics, TelemetryService,
-};
-use crate::storage::{self, NodeStorage, Tables};
-use crate::telemetry::FreshnessPolicy;
-use fogmesh_wire::envelope;
+use crate::peers::manager::{PeerMetrics, PeerRecord, Radio};
+use crate::runtime::behaviour::{self, VERSION};
+use crate::runtime::clock::Clock;
+use crate::runtime::driver::{self, Driver, DriverMetrics, DriverParts};
+use crate::runtime::events::EventBus;
+use crate::runtime::handle::{HandleParts, NodeHandle, Views, CALL_QUEUE};
+use crate::runtime::lifecycle::Lifecycle;
+use crate::runtime::metrics::MetricsRegistry;
+use crate::runtime::rpc::Rpc;
+use crate::runtime::storage::NodeStorage;
 
-/// The version every node reports.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Protocol name for identify and kad.
-pub const PROTOCOL_VERSION: &str = "/fogmesh/1.0.0";
-const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/kad/1.0.0");
+pub use crate::runtime::behaviour::PROTOCOL_VERSION;
 
-/// Peers remembered in the registry; the least recently seen is forgotten beyond this.
-pub const MAX_KNOWN_PEERS: usize = 1024;
-/// Known peers redialled at start-up, most recently seen first.
-const REDIAL_ON_START: usize = 16;
 /// Most time a clean shutdown may take before the process gives up waiting.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+/// The runtime's own table: the address book.
+pub const TABLE_PEERS: &str = "peers";
 
 /// Where a node's store lives inside its data dir.
 pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("store")
-}
-
-/// A revocation as stored: the signed bytes, exactly as received.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredRevocation {
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
-    pub received_at_ms: u64,
-}
-
-/// What the registry keeps about a peer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PeerRecord {
-    pub addrs: Vec<String>,
-    pub first_seen_ms: u64,
-    pub last_seen_ms: u64,
-    #[serde(default)]
-    pub agent: Option<String>,
-}
-
-/// The swarm's behaviours: the peer manager beside the protocols.
-#[derive(NetworkBehaviour)]
-pub(crate) struct Behaviour {
-    pub(crate) limits: connection_limits::Behaviour,
-    pub(crate) peers: PeerManager,
-    pub(crate) gossipsub: gossipsub::Behaviour,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
-    pub(crate) identify: identify::Behaviour,
-    pub(crate) ping: ping::Behaviour,
-    pub(crate) relay: crate::relay::protocol::Behaviour,
-    pub(crate) cluster: crate::cluster::protocol::Behaviour,
-    pub(crate) cluster_bulk: crate::cluster::protocol::Behaviour,
-    pub(crate) kv: crate::kv::Behaviour,
 }
 
 /// Which transports a node runs on.
@@ -167,8 +117,8 @@ impl Network {
         matches!(self, Network::Internet)
     }
 
-    /// The radio the driver tunes to the power policy (and, offline, discovers with).
-    fn radio(&self) -> Option<crate::driver::Radio> {
+    /// The radio the peer manager tunes to the power policy (and, offline, discovers with).
+    fn radio(&self) -> Option<Radio> {
         let (driver, discovers): (SharedDriver, bool) = match self {
             Network::Internet | Network::Memory => return None,
             Network::Radio(device) | Network::MemoryAndRadio(device) => {
@@ -176,7 +126,7 @@ impl Network {
             }
             Network::Offline(driver) => (driver.clone(), true),
         };
-        Some(crate::driver::Radio { driver, discovers })
+        Some(Radio { driver, discovers })
     }
 
     /// Whether mDNS may run: only beside real internet transports.
@@ -218,7 +168,8 @@ pub enum StartError {
 pub struct RunningNode {
     pub peer_id: PeerId,
     pub control_addr: SocketAddr,
-    pub state: Arc<SharedState>,
+    /// The typed handle to the node: calls, views, events, metrics.
+    pub handle: NodeHandle,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -244,35 +195,194 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
 }
 
 /// Starts a node on the given transports.
-pub async fn start_on(mut settings: Settings, network: Network) -> Result<RunningNode, StartError> {
+pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNode, StartError> {
+    start_with(settings, network, Clock::default()).await
+}
+
+/// Starts a node on the given transports and clock (tests step or skew the wall clock).
+pub async fn start_with(
+    mut settings: Settings,
+    network: Network,
+    clock: Clock,
+) -> Result<RunningNode, StartError> {
     if !network.allows_mdns() {
         // mDNS is a UDP socket on every interface: not for a node that is offline, nor for
         // in-process networks.
         settings.mdns = false;
     }
     let data_dir = settings.data_dir.clone();
-    if data_dir.is_file() {
-        return Err(StartError::DataDir {
-            path: data_dir,
-            reason: "it is a file, not a directory".into(),
-        });
-    }
-    std::fs::create_dir_all(&data_dir).map_err(|e| StartError::DataDir {
-        path: data_dir.clone(),
-        reason: e.to_string(),
-    })?;
+    prepare_data_dir(&data_dir)?;
     let keypair = identity::load_or_create(&data_dir)?;
     let peer_id = keypair.public().to_peer_id();
     let store = Store::open(&store_dir(&data_dir), &StoreOptions::default())?;
-    let tables = Tables::open(&store)?;
 
+    let (membership, channel) = admit(&settings, &store, peer_id, &keypair)?;
+    let transport_config = TransportConfig {
+        quic: settings.quic && network.is_internet(),
+        ..TransportConfig::default()
+    };
+    let quic = quic_enabled(&transport_config, &channel);
+    if settings.quic && !quic && network.is_internet() {
+        tracing::info!(
+            "QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only"
+        );
+    }
+    let transport = network.build(&keypair, &channel, &transport_config)?;
+
+    let mut metrics = MetricsRegistry::new();
+    let libp2p_metrics = metrics.libp2p();
+    let views = Arc::new(Views::default());
+    let registered = register_capabilities(&mut Setup {
+        keypair: &keypair,
+        settings: &settings,
+        data_dir: &data_dir,
+        radio_only: network.is_radio_only(),
+        store: &store,
+        metrics: metrics.fogmesh(),
+        views: &views,
+        membership: membership.as_ref(),
+        channel: &channel,
+        admissions: Admissions::new(channel.clone(), membership.is_none()),
+        clock: &clock,
+    })?;
+    let (capabilities, capability_routes): (Vec<_>, Vec<_>) = registered
+        .into_iter()
+        .map(|r| (r.capability, r.routes))
+        .unzip();
+    let rpc = Rpc::new(
+        capabilities
+            .iter()
+            .enumerate()
+            .flat_map(|(index, c)| c.protocols().into_iter().map(move |p| (index, p))),
+    );
+
+    let peer_metrics = PeerMetrics::default();
+    peer_metrics.register(metrics.fogmesh());
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour::build(&keypair, &settings, peer_metrics, clock.clone(), rpc)?,
+        peer_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(600)),
+    );
+    let peers_table: Table<PeerRecord> = store.table(TABLE_PEERS)?;
+    swarm
+        .behaviour_mut()
+        .peers
+        .restore(driver::restore_peers(&peers_table));
+    if let Some(radio) = network.radio() {
+        swarm.behaviour_mut().peers.set_radio(radio);
+    }
+    let listeners = listen(&mut swarm, &settings, quic)?;
+    let (control_listener, control_addr) = bind_control(&settings).await?;
+
+    let lifecycle = Lifecycle::new(clock.now_ms());
+    let mut status = initial_status(&settings, peer_id, &lifecycle, clock.now_ms());
+    status.admission = admission_view(membership.as_ref(), quic);
+    let status = views.add(status);
+    let peers_view = views.add(Vec::new());
+    let (calls_tx, calls) = mpsc::channel(CALL_QUEUE);
+    let events = EventBus::default();
+    events.register_metrics(metrics.fogmesh());
+    let storage_task = StorageHandle::spawn(store, StorageConfig::default())?;
+    storage_task.register_metrics(metrics.fogmesh());
+    let (storage, storage_reports) = NodeStorage::new(storage_task);
+    let driver_metrics = DriverMetrics::default();
+    driver_metrics.register(metrics.fogmesh());
+    metrics.fogmesh().register_collector(Box::new(
+        crate::admission::metrics::HandshakeCollector::new(channel.stats().clone()),
+    ));
+    let api_limits = Arc::default();
+    let handle = NodeHandle::new(HandleParts {
+        peer_id,
+        calls: calls_tx,
+        views: views.clone(),
+        status: status.clone(),
+        peers: peers_view.clone(),
+        events: events.clone(),
+        metrics: metrics.freeze(),
+        clock: clock.clone(),
+        api_limits: Arc::clone(&api_limits),
+    });
+
+    let control_file = write_control_file(&data_dir, control_addr, peer_id)?;
+    let (api_stop_tx, api_stop_rx) = oneshot::channel::<()>();
+    let router = control::router(handle.clone(), capability_routes);
+    let api_task = tokio::spawn(control::server::serve(
+        control_listener,
+        router,
+        api_limits,
+        api_stop_rx,
+    ));
+
+    let driver = Driver::new(DriverParts {
+        swarm,
+        capabilities,
+        storage,
+        storage_reports,
+        peers_table,
+        status,
+        peers_view,
+        events,
+        lifecycle,
+        listeners,
+        control_file,
+        channel,
+        calls,
+        clock,
+        metrics: driver_metrics,
+        libp2p_metrics,
+    })
+    .map_err(|e| StartError::Setup {
+        what: "gossipsub",
+        reason: e.to_string(),
+    })?;
+    tracing::info!(%peer_id, %control_addr, "node started");
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        driver.run(shutdown_rx).await;
+        let _ = api_stop_tx.send(());
+        let _ = api_task.await;
+    });
+    Ok(RunningNode {
+        peer_id,
+        control_addr,
+        handle,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+fn prepare_data_dir(data_dir: &std::path::Path) -> Result<(), StartError> {
+    if data_dir.is_file() {
+        return Err(StartError::DataDir {
+            path: data_dir.to_path_buf(),
+            reason: "it is a file, not a directory".into(),
+        });
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The mesh this node is in (checking its own ticket against the stored revocations) and
+/// the secure channel that admits peers by it; an open mesh says so loudly.
+fn admit(
+    settings: &Settings,
+    store: &Store,
+    peer_id: PeerId,
+    keypair: &Keypair,
+) -> Result<(Option<Membership>, SecureChannel), StartError> {
     let (membership, policy) = match &settings.mesh {
         Some(files) => {
-            let (membership, revocations) = membership::load(
+            let table = store.table(crate::revocations::TABLE_REVOCATIONS)?;
+            let (membership, revocations) = admission::load(
                 files,
                 peer_id,
-                |root| stored_revocations(&tables.revocations, root),
-                crate::mesh::now_s(),
+                |root| crate::revocations::load_set(&table, root),
+                crate::admission::mesh::now_s(),
             )?;
             let policy = AdmissionPolicy::closed(
                 membership.root.clone(),
@@ -298,44 +408,26 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
     };
     let mut channel_config = SecureChannelConfig::new(policy);
     channel_config.guard.exempt_loopback = settings.exempt_loopback;
-    let channel = SecureChannel::new(&keypair, channel_config).map_err(|e| StartError::Setup {
+    let channel = SecureChannel::new(keypair, channel_config).map_err(|e| StartError::Setup {
         what: "secure channel",
         reason: e.to_string(),
     })?;
-    let transport_config = TransportConfig {
-        quic: settings.quic && network.is_internet(),
-        ..TransportConfig::default()
-    };
-    let quic = quic_enabled(&transport_config, &channel);
-    if settings.quic && !quic && network.is_internet() {
-        tracing::info!(
-            "QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only"
-        );
-    }
-    let transport = network.build(&keypair, &channel, &transport_config)?;
+    Ok((membership, channel))
+}
 
-    let mut metrics = crate::metrics::MetricsRegistry::new();
-    let libp2p_metrics = metrics.libp2p();
-    let ours = metrics.fogmesh();
-    let peer_metrics = PeerMetrics::default();
-    peer_metrics.register(ours);
-    // Made before the swarm: the kv protocol's codec counts its bytes in them.
-    let kv_metrics = KvMetrics::default();
-    let behaviour = build_behaviour(
-        &keypair,
-        &settings,
-        peer_metrics,
-        kv_metrics.sync_bytes.clone(),
-    )?;
-    let swarm = Swarm::new(
-        transport,
-        behaviour,
-        peer_id,
-        libp2p::swarm::Config::with_tokio_executor()
-            .with_idle_connection_timeout(Duration::from_secs(600)),
-    );
-    let mut swarm = swarm;
+/// Every capability of the registration list, in order.
+fn register_capabilities(setup: &mut Setup<'_>) -> Result<Vec<Registered>, StartError> {
+    capabilities::ALL
+        .iter()
+        .map(|register| register(setup))
+        .collect()
+}
 
+fn listen(
+    swarm: &mut Swarm<behaviour::Behaviour>,
+    settings: &Settings,
+    quic: bool,
+) -> Result<HashSet<ListenerId>, StartError> {
     let mut listeners = HashSet::new();
     for addr in settings
         .listen
@@ -354,177 +446,32 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
             })?;
         listeners.insert(id);
     }
+    Ok(listeners)
+}
 
+async fn bind_control(
+    settings: &Settings,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
     let control_bind = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.control_port));
-    let control_listener = tokio::net::TcpListener::bind(control_bind)
-        .await
-        .map_err(|e| StartError::ControlApi {
-            addr: control_bind,
-            reason: e.to_string(),
-        })?;
-    let control_addr = control_listener
-        .local_addr()
-        .map_err(|e| StartError::ControlApi {
-            addr: control_bind,
-            reason: e.to_string(),
-        })?;
-
-    let started_at_ms = now_ms();
-    let lifecycle = Lifecycle::new(started_at_ms);
-    let (commands_tx, commands) = mpsc::channel(api::COMMAND_QUEUE);
-    let mut status = initial_status(&settings, peer_id, &lifecycle, started_at_ms);
-    status.admission = AdmissionView {
-        open: membership.is_none(),
-        mesh_name: membership.as_ref().map(|m| m.name.clone()),
-        mesh_id: membership.as_ref().map(|m| m.mesh_id.to_string()),
-        roles: membership
-            .as_ref()
-            .map(|m| m.admission.roles.clone())
-            .unwrap_or_default(),
-        ticket_expires_s: membership.as_ref().map(|m| m.admission.not_after),
-        quic,
-        ..AdmissionView::default()
-    };
-
-    // Services, seeded from the store.
-    let restored = storage::restore(&tables);
-    let telemetry_metrics = TelemetryMetrics::default();
-    telemetry_metrics.register(ours);
-    let mut telemetry = TelemetryService::new(
-        keypair.clone(),
-        TelemetryConfig {
-            base_interval: settings.telemetry_interval,
-            radio_budget: network
-                .is_radio_only()
-                .then_some(crate::services::telemetry::RADIO_TELEMETRY_BUDGET),
-            limits: TelemetryLimits {
-                max_origins: settings.telemetry_max_origins,
-                expire_after: settings.telemetry_expire_after,
-            },
-            freshness: FreshnessPolicy::default(),
-            version: VERSION.into(),
-            started_at_ms,
-        },
-        telemetry_metrics,
-    );
-    let over_cap = telemetry.restore(restored.own_seq, restored.telemetry);
-    let revocation_metrics = RevocationMetrics::default();
-    revocation_metrics.register(ours);
-    let mut revocations = RevocationService::new(
-        membership.as_ref().map(|m| MeshAuthority {
-            root: m.root.clone(),
-            own_admission: m.admission.clone(),
-            topic: membership::revocation_topic(&m.mesh_id),
-        }),
-        channel.clone(),
-        revocation_metrics,
-    );
-    revocations.restore(restored.revocations);
-    let device_metrics = DeviceMetrics::default();
-    device_metrics.register(ours);
-    let device = DeviceService::new(settings.sense_interval, device_metrics);
-    let relay_metrics = RelayMetrics::default();
-    relay_metrics.register(ours);
-    let mut relay = RelayService::new(
-        keypair.clone(),
-        RelayConfig {
-            // In a closed mesh the ticket says who bridges radio and internet; an open mesh
-            // has nobody to say it, so any node with both links does.
-            gateway: membership
-                .as_ref()
-                .is_none_or(|m| m.admission.roles.iter().any(|r| r == "gateway")),
-            ..RelayConfig::default()
-        },
-        rand::SeedableRng::from_entropy(),
-        relay_metrics,
-    )
-    .map_err(|reason| StartError::Setup {
-        what: "relay",
-        reason,
-    })?;
-    let relay_cleanup = relay.restore(
-        started_at_ms,
-        restored.relay_held,
-        restored.relay_inbox,
-        restored.relay_sent,
-    );
-    swarm.behaviour_mut().peers.restore(restored.peers);
-    let cluster_metrics = ClusterMetrics::default();
-    cluster_metrics.register(ours);
-    let cluster = ClusterService::open(
-        keypair.clone(),
-        store.clone(),
-        ClusterConfig {
-            // Over Bluetooth a relay hop costs ~200 ms: slower elections and formation.
-            formation: if network.is_radio_only() {
-                fogmesh_consensus::formation::RADIO
-            } else {
-                fogmesh_consensus::formation::LAN
-            },
-            raft: if network.is_radio_only() {
-                fogmesh_consensus::group::RADIO_TIMING
-            } else {
-                fogmesh_consensus::group::LAN_TIMING
-            },
-            schedule_every_ms: crate::services::duration_ms(settings.schedule_interval),
-            roles: membership
-                .as_ref()
-                .map_or(OwnRoles::ALL, |m| OwnRoles::from_ticket(&m.admission.roles)),
-        },
-        started_at_ms,
-        cluster_metrics,
-    )
-    .map_err(|e| StartError::Setup {
-        what: "cluster",
+    let error = |e: std::io::Error| StartError::ControlApi {
+        addr: control_bind,
         reason: e.to_string(),
-    })?;
-    kv_metrics.register(ours);
-    // A store that cannot be read leaves the service refusing everything and the node in
-    // safe mode (the service says so at start), rather than serving part of it.
-    let kv = KvService::open(
-        keypair.clone(),
-        &store,
-        AccessPolicy {
-            admission: membership.as_ref().map(|_| channel.policy().clone()),
-        },
-        kv_metrics,
-    );
-    let storage_task = StorageHandle::spawn(store, StorageConfig::default())?;
-    storage_task.register_metrics(ours);
-    let (storage, storage_reports) = NodeStorage::new(storage_task, tables);
-    let driver_metrics = crate::driver::DriverMetrics::default();
-    driver_metrics.register(ours);
-    ours.register_collector(Box::new(crate::handshake_metrics::HandshakeCollector::new(
-        channel.stats().clone(),
-    )));
-    let events = EventBus::default();
-    events.register_metrics(ours);
+    };
+    let listener = tokio::net::TcpListener::bind(control_bind)
+        .await
+        .map_err(error)?;
+    let addr = listener.local_addr().map_err(error)?;
+    Ok((listener, addr))
+}
 
-    let shared = Arc::new(SharedState {
-        status: RwLock::new(status),
-        peers: RwLock::new(Vec::new()),
-        telemetry: RwLock::new(
-            telemetry
-                .latest()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        own_telemetry: RwLock::new(None),
-        receipts: Mutex::new(api::ReceiptLog::default()),
-        device: RwLock::new(None),
-        messages: RwLock::new(relay.view()),
-        cluster: RwLock::new(cluster.view(started_at_ms)),
-        commands: commands_tx,
-        api_limits: Arc::default(),
-        views: tokio::sync::watch::channel(0).0,
-        events: events.clone(),
-        metrics: metrics.freeze(),
-    });
-
-    let control_file = api::control_file_path(&data_dir);
+fn write_control_file(
+    data_dir: &std::path::Path,
+    addr: SocketAddr,
+    peer_id: PeerId,
+) -> Result<PathBuf, StartError> {
+    let path = control::control_file_path(data_dir);
     let contents = ControlFile {
-        addr: control_addr,
+        addr,
         pid: std::process::id(),
         peer_id: peer_id.to_string(),
     };
@@ -532,96 +479,25 @@ pub async fn start_on(mut settings: Settings, network: Network) -> Result<Runnin
         what: "control file",
         reason: e.to_string(),
     })?;
-    std::fs::write(&control_file, json).map_err(|e| StartError::DataDir {
-        path: control_file.clone(),
+    std::fs::write(&path, json).map_err(|e| StartError::DataDir {
+        path: path.clone(),
         reason: e.to_string(),
     })?;
-
-    let (api_stop_tx, api_stop_rx) = oneshot::channel::<()>();
-    let router = api::router(shared.clone());
-    let api_task = tokio::spawn(crate::api_server::serve(
-        control_listener,
-        router,
-        shared.api_limits.clone(),
-        api_stop_rx,
-    ));
-
-    let mut driver = Driver::new(DriverParts {
-        radio: network.radio(),
-        swarm,
-        services: Services {
-            telemetry,
-            revocations,
-            device,
-            relay,
-            cluster,
-            kv,
-        },
-        storage,
-        storage_reports,
-        shared: shared.clone(),
-        events,
-        lifecycle,
-        listeners,
-        control_file,
-        channel,
-        open_mesh: membership.is_none(),
-        commands,
-        device_monitor: DeviceMonitor::new(&settings.data_dir, settings.simulate.clone()),
-        started_at_ms,
-        metrics: driver_metrics,
-        libp2p_metrics,
-    })
-    .map_err(|e| StartError::Setup {
-        what: "gossipsub",
-        reason: e.to_string(),
-    })?;
-    for origin in over_cap {
-        driver.forget_stored_telemetry(origin);
-    }
-    for op in relay_cleanup {
-        driver.persist(op);
-    }
-    tracing::info!(%peer_id, %control_addr, "node started");
-
-    let (shutdown_tx, shutdown_rx) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        driver.run(shutdown_rx).await;
-        let _ = api_stop_tx.send(());
-        let _ = api_task.await;
-    });
-    Ok(RunningNode {
-        peer_id,
-        control_addr,
-        state: shared,
-        shutdown: Some(shutdown_tx),
-        task,
-    })
+    Ok(path)
 }
 
-/// The stored revocations that verify against `root`; others (another mesh's, corrupt) are
-/// skipped with a warning.
-fn stored_revocations(
-    table: &Table<StoredRevocation>,
-    root: &libp2p::identity::PublicKey,
-) -> RevocationSet {
-    let mut set = RevocationSet::default();
-    let mut skipped = 0usize;
-    for entry in table.entries() {
-        match entry.map(|(_, r)| set.add(&r.bytes, root)) {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                skipped += 1;
-                tracing::warn!(%error, "skipping a stored revocation that does not verify");
-            }
-            Err(error) => {
-                skipped += 1;
-                tracing::warn!(%error, "skipping an unreadable stored revocation");
-            }
-        }
+fn admission_view(membership: Option<&Membership>, quic: bool) -> AdmissionView {
+    AdmissionView {
+        open: membership.is_none(),
+        mesh_name: membership.map(|m| m.name.clone()),
+        mesh_id: membership.map(|m| m.mesh_id.to_string()),
+        roles: membership
+            .map(|m| m.admission.roles.clone())
+            .unwrap_or_default(),
+        ticket_expires_s: membership.map(|m| m.admission.not_after),
+        quic,
+        ..AdmissionView::default()
     }
-    tracing::info!(revocations = set.len(), skipped, "revocations loaded");
-    set
 }
 
 /// The innermost error: "Connection refused" rather than "Failed to negotiate transport".
@@ -684,89 +560,6 @@ fn transport_error_text<E: std::error::Error>(e: &libp2p::TransportError<E>) -> 
         // "Address already in use" is what a person needs.
         libp2p::TransportError::Other(inner) => root_cause(inner),
     }
-}
-
-fn build_behaviour(
-    keypair: &Keypair,
-    settings: &Settings,
-    peer_metrics: PeerMetrics,
-    kv_sync_bytes: fogmesh_wire::framing::WireBytes,
-) -> Result<Behaviour, StartError> {
-    let peer_id = keypair.public().to_peer_id();
-    let setup = |what: &'static str| move |e: String| StartError::Setup { what, reason: e };
-    // Every message we publish is an envelope signed by its origin, and receivers check that
-    // signature once per unique message, after gossipsub's duplicate filter. gossipsub's own
-    // signature would be checked in its codec for every copy received (measured: ~30 % of a
-    // node's CPU in a 50-node mesh), so gossipsub only names the author (`from`), and the
-    // envelope check requires author == origin. Message ids hash the content, so nobody can
-    // pre-empt an honest message by sending junk under the same (author, seqno) id.
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .heartbeat_interval(Duration::from_secs(1))
-        .validation_mode(gossipsub::ValidationMode::Permissive)
-        .validate_messages()
-        .message_id_fn(|message: &gossipsub::Message| {
-            // Topic and author too, not only the data: see `envelope::message_id`.
-            let id = envelope::message_id(
-                message.topic.as_str(),
-                message.source.as_ref(),
-                &message.data,
-            );
-            gossipsub::MessageId::from(id.to_vec())
-        })
-        .flood_publish(false)
-        .max_transmit_size(envelope::MAX_ENVELOPE_LEN + 1024)
-        .build()
-        .map_err(|e| setup("gossipsub")(e.to_string()))?;
-    let gossipsub = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Author(peer_id),
-        gossip_config,
-    )
-    .map_err(|e| setup("gossipsub")(e.to_string()))?;
-    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-    // kad's own periodic walk fires at once, before any peer is known, and warns "No known
-    // peers" at every start; the driver runs its own walks once it has peers.
-    kad_config.set_periodic_bootstrap_interval(None);
-    let mut kad =
-        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-    kad.set_mode(Some(kad::Mode::Server));
-    let mdns = if settings.mdns {
-        Some(
-            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
-                .map_err(|e| setup("mDNS")(e.to_string()))?,
-        )
-    } else {
-        None
-    };
-    let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established(Some(settings.max_connections))
-        .with_max_established_per_peer(Some(2))
-        .with_max_pending_incoming(Some(64))
-        .with_max_pending_outgoing(Some(64));
-    let peers = PeerManager::new(
-        PeerManagerConfig {
-            bootstrap: settings.bootstrap.clone(),
-            target_peers: settings.target_peers as usize,
-            max_known_peers: MAX_KNOWN_PEERS,
-            redial_on_start: REDIAL_ON_START,
-        },
-        peer_metrics,
-    );
-    Ok(Behaviour {
-        limits: connection_limits::Behaviour::new(limits),
-        peers,
-        gossipsub,
-        kad,
-        mdns: Toggle::from(mdns),
-        identify: identify::Behaviour::new(
-            identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())
-                .with_agent_version(format!("fogmesh/{VERSION}")),
-        ),
-        ping: ping::Behaviour::new(ping::Config::new()),
-        relay: crate::relay::protocol::behaviour(),
-        cluster: crate::cluster::protocol::behaviour(),
-        cluster_bulk: crate::cluster::protocol::bulk_behaviour(),
-        kv: crate::kv::behaviour(kv_sync_bytes),
-    })
 }
 
 fn initial_status(

@@ -80,12 +80,7 @@ async fn nodes_without_a_valid_ticket_get_no_gossip_into_a_closed_mesh() {
     }
     for intruder in [open, foreign] {
         assert!(
-            net.state(intruder)
-                .unwrap()
-                .telemetry
-                .read()
-                .unwrap()
-                .is_empty(),
+            fogmesh_node::telemetry::view::latest(net.handle(intruder).unwrap()).is_empty(),
             "an intruder received mesh telemetry"
         );
         assert_eq!(net.status(intruder).unwrap().connected_peers, 0);

@@ -7,13 +7,13 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use fogmesh_node::api::{self, now_ms, SendMessageRequest};
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
 use fogmesh_node::device::policy::DutyCycle;
 use fogmesh_node::device::simulate::SimulateConfig;
 use fogmesh_node::identity;
 use fogmesh_node::node::{self, Network, RunningNode};
+use fogmesh_node::relay::api::SendMessageRequest;
 use fogmesh_node::relay::MessagesView;
 use fogmesh_transports::ble::driver::DeviceId;
 use fogmesh_transports::ble::sim::{SimConfig, SimRadio};
@@ -50,10 +50,10 @@ async fn offline_node(
 }
 
 fn has_fresh_telemetry_from(node: &RunningNode, origin: PeerId) -> bool {
-    let now = now_ms();
-    api::inspect(&node.state.telemetry, |t| {
-        t.get(&origin.to_string()).is_some_and(|r| !r.is_stale(now))
-    })
+    let now = node.handle.clock().now_ms();
+    fogmesh_node::telemetry::view::latest(&node.handle)
+        .get(&origin.to_string())
+        .is_some_and(|r| !r.is_stale(now))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +90,7 @@ async fn telemetry_crosses_two_radio_hops_with_no_internet() {
         .links()
         .iter()
         .any(|&(a, b)| (a, b) == ends || (b, a) == ends));
-    let mdns = api::inspect(&nodes[1].state.status, |s| s.mdns);
+    let mdns = nodes[1].handle.status().mdns;
     assert!(!mdns, "an offline node runs no mDNS");
     for node in nodes {
         node.shutdown().await;
@@ -140,7 +140,7 @@ async fn wait_messages(
 ) -> MessagesView {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let view = api::inspect(&node.state.messages, |m| m.clone());
+        let view = fogmesh_node::relay::api::messages_of(&node.handle);
         if check(&view) {
             return view;
         }
@@ -184,7 +184,7 @@ async fn a_message_crosses_seven_radio_hops_and_its_ack_comes_back() {
     .await;
     // Nobody in between can read it.
     for middle in &nodes[1..7] {
-        let view = api::inspect(&middle.state.messages, |m| m.clone());
+        let view = fogmesh_node::relay::api::messages_of(&middle.handle);
         assert!(view.inbox.is_empty());
     }
     for node in nodes {
@@ -209,7 +209,7 @@ async fn a_partition_holds_a_message_and_the_heal_delivers_it() {
     }
     radio.partition(&devices[..2], &devices[2..]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while api::inspect(&nodes[1].state.status, |s| s.connected_peers) > 1 {
+    while nodes[1].handle.status().connected_peers > 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "partition did not cut"
@@ -226,10 +226,13 @@ async fn a_partition_holds_a_message_and_the_heal_delivers_it() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let view = api::inspect(&nodes[3].state.messages, |m| m.clone());
+    let view = fogmesh_node::relay::api::messages_of(&nodes[3].handle);
     assert!(view.inbox.is_empty(), "delivered across a partition?");
     assert_eq!(
-        status_of(&api::inspect(&nodes[0].state.messages, |m| m.clone()), &id),
+        status_of(
+            &fogmesh_node::relay::api::messages_of(&nodes[0].handle),
+            &id
+        ),
         "pending"
     );
     radio.heal();
@@ -404,7 +407,7 @@ async fn at_critical_battery_a_node_with_a_radio_keeps_only_its_radio_links() {
     // redialling its bootstrap address, and each attempt is turned away).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let radio_up = api::inspect(&radio_peer.state.status, |s| s.connected_peers) == 1;
+        let radio_up = radio_peer.handle.status().connected_peers == 1;
         let refused = counter(&phone, "fogmesh_peers_policy_refused_total") > 0.0;
         if radio_up && refused {
             break;
@@ -416,7 +419,7 @@ async fn at_critical_battery_a_node_with_a_radio_keeps_only_its_radio_links() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let peers = api::inspect(&phone.state.peers, |p| p.clone());
+    let peers = phone.handle.peers();
     let connected: Vec<String> = peers
         .iter()
         .filter(|p| p.connected)
@@ -438,8 +441,8 @@ async fn at_critical_battery_a_node_with_a_radio_keeps_only_its_radio_links() {
 
 /// A counter's value from the node's OpenMetrics text.
 fn counter(node: &RunningNode, name: &str) -> f64 {
-    node.state
-        .metrics
+    node.handle
+        .metrics()
         .encode()
         .lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())

@@ -683,7 +683,7 @@ async fn kv_keys(client: &ControlClient, ns: &str, prefix: &str) -> Vec<String> 
     let mut keys = Vec::new();
     let mut after = None;
     loop {
-        let query = fogmesh_node::api::KvListQuery {
+        let query = fogmesh_node::kv::api::KvListQuery {
             prefix: prefix.into(),
             after: after.clone(),
             limit: Some(1000),

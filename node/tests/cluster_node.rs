@@ -8,16 +8,16 @@ mod common;
 use std::time::Duration;
 
 use fogmesh_consensus::task::{Priority, Requirements, TaskId};
-use fogmesh_node::api::{ControlCommand, KvCommand, TaskCommand};
+use fogmesh_node::cluster::api as cluster_api;
+use fogmesh_node::cluster::service::{SubmitTask, TaskView};
 use fogmesh_node::memnet::{MemNet, Topology};
-use fogmesh_node::services::cluster::{SubmitTask, TaskView};
 
 fn workload(name: &str) -> Vec<u8> {
     let path = format!(
         "{}/../examples/workloads/{name}.wat",
         env!("CARGO_MANIFEST_DIR")
     );
-    fogmesh_node::exec::assemble(&std::fs::read_to_string(path).unwrap()).unwrap()
+    fogmesh_node::cluster::exec::assemble(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn checksum_task(input: &[u8]) -> SubmitTask {
@@ -34,36 +34,27 @@ fn checksum_task(input: &[u8]) -> SubmitTask {
     }
 }
 
-async fn ask<T>(
-    net: &MemNet,
-    node: usize,
-    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> TaskCommand,
-) -> T {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    net.state(node)
-        .unwrap()
-        .commands
-        .send(ControlCommand::Task(make(reply)))
-        .await
-        .unwrap();
-    answer.await.unwrap()
-}
-
 async fn submit(net: &MemNet, node: usize, task: SubmitTask) -> TaskId {
-    let id = ask(net, node, |reply| TaskCommand::Submit { task, reply })
+    let id = cluster_api::submit(net.handle(node).unwrap(), task)
         .await
+        .unwrap()
         .unwrap();
     id.parse().unwrap()
 }
 
 async fn status(net: &MemNet, node: usize, id: TaskId) -> Option<TaskView> {
-    ask(net, node, |reply| TaskCommand::Status { id, reply }).await
+    cluster_api::status(net.handle(node).unwrap(), id)
+        .await
+        .unwrap()
 }
 
 async fn wait_done(net: &MemNet, node: usize, id: TaskId, within: Duration) -> Vec<u8> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Ok(bytes) = ask(net, node, |reply| TaskCommand::Result { id, reply }).await {
+        if let Ok(bytes) = cluster_api::result(net.handle(node).unwrap(), id)
+            .await
+            .unwrap()
+        {
             return bytes;
         }
         assert!(
@@ -76,7 +67,7 @@ async fn wait_done(net: &MemNet, node: usize, id: TaskId, within: Duration) -> V
 }
 
 fn cluster_of(net: &MemNet, node: usize) -> (String, Option<String>, usize) {
-    let view = net.state(node).unwrap().cluster.read().unwrap().clone();
+    let view = cluster_api::view(net.handle(node).unwrap());
     (
         view.cluster
             .clone()
@@ -123,18 +114,15 @@ async fn nodes_form_a_cluster_run_tasks_and_survive_their_coordinator() {
     let reader = 1;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        net.state(reader)
-            .unwrap()
-            .commands
-            .send(ControlCommand::Kv(KvCommand::Get {
-                namespace: "tasks".into(),
-                key: first.to_string(),
-                reply,
-            }))
-            .await
-            .unwrap();
-        if let Some(view) = answer.await.unwrap().unwrap() {
+        let found = fogmesh_node::kv::api::get_key(
+            net.handle(reader).unwrap(),
+            "tasks".into(),
+            first.to_string(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        if let Some(view) = found {
             assert_eq!(
                 view.winner.value_hex,
                 Some(

@@ -9,12 +9,15 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fogmesh_node::api::{self, SharedState};
-use fogmesh_node::api_server::{self, ServerBounds};
-use fogmesh_node::client::{ClientError, ControlClient, EventStream, SseFrame, SseParser};
-use fogmesh_node::events::{EventBus, EventBusConfig, NodeEvent, StampedEvent};
-use fogmesh_node::lifecycle::Phase;
-use fogmesh_node::metrics::{MetricsRegistry, CONTENT_TYPE};
+use fogmesh_node::client::sse::SseParser;
+use fogmesh_node::client::{ClientError, ControlClient, EventStream, SseFrame};
+use fogmesh_node::control::server::{self as api_server, ServerBounds};
+use fogmesh_node::device::service::PowerModeChanged;
+use fogmesh_node::runtime::events::{self, EventBus, EventBusConfig, NodeEvent, StampedEvent};
+use fogmesh_node::runtime::handle::NodeHandle;
+use fogmesh_node::runtime::lifecycle::Phase;
+use fogmesh_node::runtime::metrics::{MetricsRegistry, CONTENT_TYPE};
+use fogmesh_node::telemetry::service::{TelemetryExpired, TelemetryReceived};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -36,14 +39,14 @@ impl Served {
         let bus = EventBus::new(config);
         bus.register_metrics(registry.fogmesh());
         let _libp2p = registry.libp2p();
-        let state = SharedState::for_tests(bus.clone(), registry.freeze());
+        let handle = NodeHandle::detached(bus.clone(), registry.freeze());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_signal) = oneshot::channel();
         let task = tokio::spawn(api_server::serve_with(
             listener,
-            api::router(state.clone()),
-            state.api_limits.clone(),
+            fogmesh_node::control::router(handle, Vec::new()),
+            std::sync::Arc::default(),
             stop_signal,
             bounds,
         ));
@@ -83,33 +86,37 @@ fn http() -> reqwest::Client {
 }
 
 fn connected(n: u64) -> NodeEvent {
-    NodeEvent::PeerConnected {
+    events::PeerConnected {
         peer_id: PEER.into(),
         addr: format!("/ip4/127.0.0.1/tcp/{n}"),
         direction: "in".into(),
     }
+    .into()
 }
 
 /// A mix of event types, `n` decides which.
 fn some_event(n: u64) -> NodeEvent {
     match n % 4 {
         0 => connected(n),
-        1 => NodeEvent::TelemetryReceived {
+        1 => TelemetryReceived {
             origin: PEER.into(),
             seq: n,
             latency_ms: n % 50,
-        },
-        2 => NodeEvent::Lifecycle {
+        }
+        .into(),
+        2 => events::Lifecycle {
             from: Phase::Idle,
             to: Phase::Active,
             reason: format!("{n} peers connected"),
-        },
-        _ => NodeEvent::PowerMode {
+        }
+        .into(),
+        _ => PowerModeChanged {
             from: Some("normal".into()),
             to: "saver".into(),
             score: 0.5,
             reasons: vec!["battery 15 %".into()],
-        },
+        }
+        .into(),
     }
 }
 
@@ -140,9 +147,12 @@ async fn events_are_framed_as_server_sent_events() {
         "text/event-stream"
     );
     served.bus.publish(connected(1));
-    served.bus.publish(NodeEvent::TelemetryExpired {
-        origin: PEER.into(),
-    });
+    served.bus.publish(
+        TelemetryExpired {
+            origin: PEER.into(),
+        }
+        .into(),
+    );
     let mut text = String::new();
     while text.matches("\n\n").count() < 2 {
         let chunk = response.chunk().await.unwrap().expect("more body");
@@ -259,8 +269,8 @@ async fn a_client_that_never_reads_cannot_grow_the_node_and_is_told_it_lagged() 
     let (mut delivered, mut missed, mut markers) = (0u64, 0u64, 0);
     let mut after_marker = false;
     for event in &events {
-        match event.event {
-            NodeEvent::Lagged { missed: lost } => {
+        match event.event.decode::<events::Lagged>() {
+            Some(events::Lagged { missed: lost }) => {
                 assert!(!after_marker, "two lagged markers in a row");
                 after_marker = true;
                 assert_eq!(event.seq, expected + lost - 1);
@@ -342,11 +352,14 @@ async fn stopping_the_server_delivers_pending_events_then_ends_the_stream() {
     for n in 0..3 {
         served.bus.publish(connected(n));
     }
-    served.bus.publish(NodeEvent::Lifecycle {
-        from: Phase::Active,
-        to: Phase::Draining,
-        reason: "shutdown requested".into(),
-    });
+    served.bus.publish(
+        events::Lifecycle {
+            from: Phase::Active,
+            to: Phase::Draining,
+            reason: "shutdown requested".into(),
+        }
+        .into(),
+    );
     served.stop().await;
     let mut seqs = Vec::new();
     loop {
@@ -358,11 +371,11 @@ async fn stopping_the_server_delivers_pending_events_then_ends_the_stream() {
     }
     assert_eq!(seqs.len(), 4);
     assert!(matches!(
-        seqs[3].event,
-        NodeEvent::Lifecycle {
+        seqs[3].event.decode(),
+        Some(events::Lifecycle {
             to: Phase::Draining,
             ..
-        }
+        })
     ));
     assert_eq!(served.bus.open_streams(), 0);
 }
@@ -440,7 +453,7 @@ async fn the_lagged_counter_counts_what_slow_streams_lost() {
         served.bus.publish(connected(n));
     }
     let marker = subscription.next().await.unwrap();
-    assert_eq!(marker.event, NodeEvent::Lagged { missed: 100 });
+    assert_eq!(marker.event, events::Lagged { missed: 100 }.into());
     let metrics = scrape(&served).await;
     assert_eq!(
         metrics.value("fogmesh_events_lagged_total", &[]),
@@ -516,11 +529,14 @@ async fn watch_prints_events_and_exits_cleanly_when_the_node_stops() {
         })
         .await;
         served.bus.publish(connected(4001));
-        served.bus.publish(NodeEvent::AdmissionRefused {
-            remote: "/ip4/10.0.0.9/tcp/5123".into(),
-            direction: "in".into(),
-            reason: "ticket_expired".into(),
-        });
+        served.bus.publish(
+            events::AdmissionRefused {
+                remote: "/ip4/10.0.0.9/tcp/5123".into(),
+                direction: "in".into(),
+                reason: "ticket_expired".into(),
+            }
+            .into(),
+        );
         served.stop().await;
         let output = watch.await.unwrap();
         let stdout = String::from_utf8(output.stdout).unwrap();

@@ -8,9 +8,10 @@ mod openmetrics;
 
 use std::time::Duration;
 
-use fogmesh_node::api_server::{HEADER_READ_TIMEOUT, REQUEST_TIMEOUT};
 use fogmesh_node::client::ControlClient;
-use fogmesh_node::events::{NodeEvent, StampedEvent};
+use fogmesh_node::control::server::{HEADER_READ_TIMEOUT, REQUEST_TIMEOUT};
+use fogmesh_node::revocations::service::RevocationApplied;
+use fogmesh_node::runtime::events::{NodeEvent, StampedEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_event_stream_lives_past_the_request_deadline_and_ends_with_the_node() {
@@ -38,11 +39,12 @@ async fn a_nodes_event_stream_lives_past_the_request_deadline_and_ends_with_the_
     // Silent for longer than both of the API's time bounds (and than no keep-alive, which
     // comes every 15 s): the stream must still be there.
     tokio::time::sleep(REQUEST_TIMEOUT.max(HEADER_READ_TIMEOUT) + Duration::from_secs(1)).await;
-    let probe = NodeEvent::RevocationApplied {
+    let probe: NodeEvent = RevocationApplied {
         ticket_id: "probe".into(),
         disconnected: Vec::new(),
-    };
-    node.state.events.publish(probe.clone());
+    }
+    .into();
+    node.handle.events().publish(probe.clone());
     let mut seen_probe = false;
     while !seen_probe {
         let data = tokio::time::timeout(Duration::from_secs(5), stream.next_data())

@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use fogmesh_node::api_server::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, Settings};
+use fogmesh_node::control::server::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 use fogmesh_node::node::{self, StartError};
 
 const INTERVAL: Duration = Duration::from_secs(1);

@@ -9,8 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use fogmesh_node::api::now_ms;
-use fogmesh_node::telemetry::{TelemetryRecord, TELEMETRY_TOPIC};
+use fogmesh_node::runtime::clock::system_wall_ms as now_ms;
+use fogmesh_node::telemetry::record::{TelemetryRecord, TELEMETRY_TOPIC};
 use fogmesh_transports::secure::{AdmissionPolicy, SecureChannel, SecureChannelConfig};
 use fogmesh_transports::{build_memory_transport, TransportConfig};
 use fogmesh_wire::codec;

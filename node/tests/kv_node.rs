@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use fogmesh_node::api::{ControlCommand, KvCommand};
+use fogmesh_node::kv::api::KvListQuery;
+use fogmesh_node::kv::service::{KeyView, KvWrite, KvWritten};
 use fogmesh_node::memnet::{MemNet, NodeSpec, Topology};
-use fogmesh_node::services::kv::{KeyView, KvWrite, KvWritten};
 
 const NS: &str = "app";
 
@@ -23,32 +23,22 @@ async fn write(net: &MemNet, node: usize, writes: Vec<(String, Option<&str>)>) -
             value: value.map(|v| v.as_bytes().to_vec()),
         })
         .collect();
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    net.state(node)
-        .unwrap()
-        .commands
-        .send(ControlCommand::Kv(KvCommand::Write { writes, reply }))
+    fogmesh_node::kv::api::write(net.handle(node).unwrap(), writes)
         .await
-        .unwrap();
-    answer.await.unwrap().unwrap()
+        .unwrap()
 }
 
 async fn list(net: &MemNet, node: usize) -> Vec<KeyView> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    net.state(node)
-        .unwrap()
-        .commands
-        .send(ControlCommand::Kv(KvCommand::List {
-            namespace: NS.into(),
-            prefix: String::new(),
-            after: None,
-            limit: 1000,
-            deleted: true,
-            reply,
-        }))
+    let query = KvListQuery {
+        prefix: String::new(),
+        after: None,
+        limit: Some(1000),
+        deleted: true,
+    };
+    fogmesh_node::kv::api::list_keys(net.handle(node).unwrap(), NS.into(), query)
         .await
-        .unwrap();
-    answer.await.unwrap().unwrap()
+        .unwrap()
+        .unwrap()
 }
 
 /// What a node holds, as (key, value or None if deleted, author).

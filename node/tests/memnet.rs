@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use fogmesh_node::lifecycle::Phase;
 use fogmesh_node::memnet::{MemNet, Topology};
+use fogmesh_node::runtime::lifecycle::Phase;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_four_nodes_reach_full_telemetry_convergence() {

@@ -35,10 +35,10 @@ async fn restart_keeps_identity_peers_and_telemetry() {
         b_id,
         "identity survives a restart"
     );
-    let state = net.state(b).unwrap().clone();
+    let handle = net.handle(b).unwrap().clone();
     // Restored before the node runs, so there is nothing to wait for.
     assert!(
-        state.telemetry.read().unwrap().contains_key(&a_id),
+        fogmesh_node::telemetry::view::latest(&handle).contains_key(&a_id),
         "stored telemetry of A is back"
     );
     net.wait_for(

@@ -47,10 +47,8 @@ async fn draining_phone_changes_mode_and_peers_see_it() {
     let reached_critical = net
         .wait_for(
             |n| {
-                let record = n.state(observer).and_then(|s| {
-                    s.telemetry
-                        .read()
-                        .unwrap()
+                let record = n.handle(observer).and_then(|h| {
+                    fogmesh_node::telemetry::view::latest(h)
                         .get(&phone_id)
                         .map(|t| (t.seq, t.record.device.clone()))
                 });
@@ -85,11 +83,20 @@ async fn draining_phone_changes_mode_and_peers_see_it() {
     assert!(seen.windows(2).all(|w| w[1].mode >= w[0].mode));
 
     // The phone's own view agrees, and its telemetry slowed down (x4 in critical).
-    let state = net.state(phone).unwrap();
-    let view = state.device.read().unwrap().clone().unwrap();
+    let handle = net.handle(phone).unwrap();
+    let view = handle
+        .view::<Option<fogmesh_node::device::DeviceView>>()
+        .unwrap()
+        .get()
+        .unwrap();
     assert_eq!(view.decision.mode, PowerMode::Critical);
     assert!(view.simulated);
-    let own = state.own_telemetry.read().unwrap().clone().unwrap();
+    let own = handle
+        .view::<fogmesh_node::telemetry::view::TelemetrySnapshot>()
+        .unwrap()
+        .get()
+        .own
+        .unwrap();
     assert_eq!(own.record.interval_ms, 1200);
 
     net.shutdown().await;

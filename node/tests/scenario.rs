@@ -12,11 +12,11 @@ mod openmetrics;
 use std::path::Path;
 use std::time::Duration;
 
-use fogmesh_node::api;
+use fogmesh_node::admission::mesh;
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::config::{ConfigLayer, MeshFiles, Settings};
+use fogmesh_node::identity;
 use fogmesh_node::node::{start_on, Network, RunningNode};
-use fogmesh_node::{identity, mesh};
 use libp2p::Multiaddr;
 use serde_json::Value;
 
@@ -53,9 +53,9 @@ fn admit(root_key: &Path, description: &Path, dir: &Path) -> MeshFiles {
 
 /// The node's dial address, once it listens: waits on its views, no HTTP.
 async fn dial_addr(node: &RunningNode) -> Multiaddr {
-    let mut changed = node.state.views.subscribe();
+    let mut changed = node.handle.changed();
     loop {
-        if let Some(addr) = api::read(&node.state.status).listen_addrs.first() {
+        if let Some(addr) = node.handle.status().listen_addrs.first() {
             return format!("{addr}/p2p/{}", node.peer_id).parse().unwrap();
         }
         tokio::time::timeout(Duration::from_secs(10), changed.changed())

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use fogmesh_node::device::{DeviceClass, DeviceSummary, PowerMode, TransportPreference};
-use fogmesh_node::telemetry::{
+use fogmesh_node::telemetry::record::{
     FreshnessPolicy, TelemetryRecord, TelemetryValidator, TELEMETRY_TOPIC,
 };
 use fogmesh_wire::codec;

@@ -63,6 +63,23 @@ impl fmt::Debug for Batch {
     }
 }
 
+/// One operation of a batch, as [`Batch::operations`] shows it (for tests and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpSummary {
+    pub table: String,
+    /// The key as stored (for ordered tables, the scope and index bytes).
+    pub key: Vec<u8>,
+    /// `put`, `remove` or `remove_range`.
+    pub kind: &'static str,
+}
+
+impl OpSummary {
+    /// Whether this is a `kind` of `key` (as a string key) in `table`.
+    pub fn is(&self, kind: &str, table: &str, key: &str) -> bool {
+        self.kind == kind && self.table == table && self.key == key.as_bytes()
+    }
+}
+
 /// What applying a batch did.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Applied {
@@ -86,6 +103,39 @@ impl Batch {
     /// True if nothing was added.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// What the batch does, operation by operation.
+    pub fn operations(&self) -> Vec<OpSummary> {
+        let name = |tree: &sled::Tree| String::from_utf8_lossy(&tree.name()).into_owned();
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { tree, key, .. } => Some(OpSummary {
+                    table: name(tree),
+                    key: key.to_vec(),
+                    kind: "put",
+                }),
+                Op::Remove { tree, key } => Some(OpSummary {
+                    table: name(tree),
+                    key: key.to_vec(),
+                    kind: "remove",
+                }),
+                Op::RemoveRange { tree, low, .. } => Some(OpSummary {
+                    table: name(tree),
+                    key: low.clone(),
+                    kind: "remove_range",
+                }),
+                Op::FailForTest => None,
+            })
+            .collect()
+    }
+
+    /// Whether any operation is a `kind` (`put`, `remove`) of a key in `table`.
+    pub fn touches(&self, kind: &str, table: &str) -> bool {
+        self.operations()
+            .iter()
+            .any(|op| op.kind == kind && op.table == table)
     }
 
     /// The error that poisoned this batch, if one did: such a batch applies nothing.

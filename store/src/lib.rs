@@ -34,12 +34,13 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use batch::Batch;
+pub use batch::{Batch, OpSummary};
 use fogmesh_wire::codec;
 pub use fogmesh_wire::CodecError;
 pub use ordered::{OrderedIter, OrderedTable, Scope};
 pub use task::{
-    DurableAck, StorageConfig, StorageError, StorageHandle, StorageStats, TryWriteError,
+    DurableAck, JobOutput, Pending, Request, StorageConfig, StorageError, StorageHandle,
+    StorageStats, StoreJob, TryRequestError, TryWriteError,
 };
 
 /// What went wrong in the store.

@@ -79,6 +79,61 @@ pub enum StorageError {
     /// may or may not survive a crash.
     #[error("the batch was applied but could not be made durable: {0}")]
     Flush(StoreError),
+    /// A job panicked on the storage task (the task goes on; what the job wrote before it
+    /// panicked stays written).
+    #[error("a storage job panicked: {0}")]
+    JobPanicked(String),
+}
+
+/// What a job returns; its caller downcasts it.
+pub type JobOutput = Box<dyn std::any::Any + Send>;
+
+/// Work on the storage task's thread, in queue order with the writes around it: reads see
+/// every write queued before the job, and what the job writes (through tables) is made
+/// durable with the group's commit when the job asks for it.
+pub type StoreJob = Box<dyn FnOnce() -> JobOutput + Send>;
+
+/// What can be queued on the storage task.
+pub enum Request {
+    /// A buffered write.
+    Write(Batch),
+    /// A write answered once on disk.
+    Durable(Batch),
+    /// A job; answered once it ran, or (`durable`) once what it wrote is on disk.
+    Job { job: StoreJob, durable: bool },
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Write(batch) => f.debug_tuple("Write").field(&batch.len()).finish(),
+            Request::Durable(batch) => f.debug_tuple("Durable").field(&batch.len()).finish(),
+            Request::Job { durable, .. } => {
+                f.debug_struct("Job").field("durable", durable).finish()
+            }
+        }
+    }
+}
+
+/// The answer a queued [`Request`] will get.
+#[derive(Debug)]
+pub enum Pending {
+    /// A buffered write: nobody is answered.
+    Nothing,
+    Durable(oneshot::Receiver<Result<DurableAck, StorageError>>),
+    Job(oneshot::Receiver<Result<JobOutput, StorageError>>),
+}
+
+/// Why [`StorageHandle::try_request`] did not queue a request.
+#[derive(Debug, thiserror::Error)]
+pub enum TryRequestError {
+    /// The queue is full: the request is handed back to wait for room.
+    #[error("the storage queue is full")]
+    Full(Request),
+    #[error("the storage task has stopped")]
+    Closed,
+    #[error("the batch was refused: {0}")]
+    Rejected(StoreError),
 }
 
 /// Why [`StorageHandle::try_write`] did not queue a batch; the first two hand it back.
@@ -174,6 +229,11 @@ enum Command {
         batch: Batch,
         since: Instant,
         reply: oneshot::Sender<Result<DurableAck, StorageError>>,
+    },
+    Job {
+        job: StoreJob,
+        durable: bool,
+        reply: oneshot::Sender<Result<JobOutput, StorageError>>,
     },
     Close,
 }
@@ -275,6 +335,78 @@ impl StorageHandle {
                 Err(TryWriteError::Full(batch))
             }
             Err(TrySendError::Closed(())) => Err(TryWriteError::Closed(batch)),
+        }
+    }
+
+    /// Queues `request` if there is room now (in order with everything queued before it);
+    /// otherwise hands it back. The answer comes on the returned [`Pending`].
+    pub fn try_request(&self, request: Request) -> Result<Pending, TryRequestError> {
+        if let Request::Write(batch) | Request::Durable(batch) = &request {
+            if let Err(error) = self.check(batch) {
+                return Err(match error {
+                    StorageError::Rejected(e) => TryRequestError::Rejected(e),
+                    _ => TryRequestError::Closed,
+                });
+            }
+        }
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                self.shared.metrics.queue_depth.inc();
+                let (command, pending) = Self::command(request);
+                permit.send(command);
+                Ok(pending)
+            }
+            Err(TrySendError::Full(())) => {
+                self.shared.metrics.queue_full.inc();
+                Err(TryRequestError::Full(request))
+            }
+            Err(TrySendError::Closed(())) => Err(TryRequestError::Closed),
+        }
+    }
+
+    /// Queues `request`, waiting for room (the backpressure); the answer comes on the
+    /// returned [`Pending`].
+    pub async fn request(&self, request: Request) -> Result<Pending, StorageError> {
+        if let Request::Write(batch) | Request::Durable(batch) = &request {
+            self.check(batch)?;
+        }
+        let (command, pending) = Self::command(request);
+        self.send(command).await?;
+        Ok(pending)
+    }
+
+    fn command(request: Request) -> (Command, Pending) {
+        match request {
+            Request::Write(batch) => (Command::Write(batch), Pending::Nothing),
+            Request::Durable(batch) => {
+                let (reply, ack) = oneshot::channel();
+                let command = Command::Durable {
+                    batch,
+                    since: Instant::now(),
+                    reply,
+                };
+                (command, Pending::Durable(ack))
+            }
+            Request::Job { job, durable } => {
+                let (reply, answer) = oneshot::channel();
+                (
+                    Command::Job {
+                        job,
+                        durable,
+                        reply,
+                    },
+                    Pending::Job(answer),
+                )
+            }
+        }
+    }
+
+    /// Runs `job` on the storage task, after everything queued before it; resolves with its
+    /// output once it ran, or (`durable`) once what it wrote is on disk.
+    pub async fn run_job(&self, job: StoreJob, durable: bool) -> Result<JobOutput, StorageError> {
+        match self.request(Request::Job { job, durable }).await? {
+            Pending::Job(answer) => answer.await.map_err(|_| StorageError::Closed)?,
+            _ => Err(StorageError::Closed),
         }
     }
 
@@ -431,12 +563,29 @@ impl StorageHandle {
 /// (its redo record, then the writes), so the bound keeps that record small.
 const MAX_GROUP_OPS: usize = 1024;
 
-/// A durable write applied and waiting for its group's commit.
-struct Waiting {
-    since: Instant,
-    reply: oneshot::Sender<Result<DurableAck, StorageError>>,
-    applied: Result<(), StoreError>,
+/// A durable write applied, or a durable job run, waiting for its group's commit.
+enum Waiting {
+    Write {
+        since: Instant,
+        reply: oneshot::Sender<Result<DurableAck, StorageError>>,
+        applied: Result<(), StoreError>,
+    },
+    Job {
+        reply: oneshot::Sender<Result<JobOutput, StorageError>>,
+        output: Result<JobOutput, StorageError>,
+    },
 }
+
+/// Consecutive writes of a group, applied together before the next job runs.
+#[derive(Default)]
+struct Run {
+    batches: Vec<Batch>,
+    /// Per write: its batch's position in `batches` (none for an empty batch, which is only
+    /// a flush request) and, for a durable write, who waits for it.
+    slots: Vec<(Option<usize>, Option<DurableReply>)>,
+}
+
+type DurableReply = (Instant, oneshot::Sender<Result<DurableAck, StorageError>>);
 
 struct Worker {
     rx: mpsc::Receiver<Command>,
@@ -446,6 +595,24 @@ struct Worker {
     max_group: usize,
     /// Something was applied since the last durable commit.
     dirty: bool,
+}
+
+impl Run {
+    fn push(&mut self, batch: Batch, durable: Option<DurableReply>) {
+        let position = (!batch.is_empty()).then(|| {
+            self.batches.push(batch);
+            self.batches.len() - 1
+        });
+        self.slots.push((position, durable));
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 impl Worker {
@@ -486,49 +653,42 @@ impl Worker {
 
     async fn process(&mut self, group: &mut Vec<Command>) {
         let size = group.len();
-        let mut batches = Vec::with_capacity(size);
-        // Per command: its batch's position in `batches` (none for an empty batch, which is
-        // only a flush request) and, for a durable write, who waits for it.
-        let mut slots = Vec::with_capacity(size);
+        let mut run = Run::default();
+        let mut waiting = Vec::new();
         for command in group.drain(..) {
-            let (batch, durable) = match command {
-                Command::Write(batch) => (batch, None),
+            match command {
+                Command::Write(batch) => run.push(batch, None),
                 Command::Durable {
                     batch,
                     since,
                     reply,
-                } => (batch, Some((since, reply))),
-                // Refuse new commands but keep draining what is already queued.
-                Command::Close => {
-                    self.rx.close();
-                    continue;
-                }
-            };
-            let position = (!batch.is_empty()).then(|| {
-                batches.push(batch);
-                batches.len() - 1
-            });
-            slots.push((position, durable));
-        }
-        let results = self.apply(&batches);
-        let mut waiting = Vec::new();
-        for (position, durable) in slots {
-            let applied = position.map_or(Ok(()), |i| results[i].clone());
-            match durable {
-                // Nobody awaits a buffered write: its failure is logged and counted.
-                None => {
-                    if let Err(error) = applied {
+                } => run.push(batch, Some((since, reply))),
+                Command::Job {
+                    job,
+                    durable,
+                    reply,
+                } => {
+                    // The job sees every write queued before it.
+                    self.apply_run(&mut run, &mut waiting);
+                    let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                        .map_err(|panic| StorageError::JobPanicked(panic_text(&panic)));
+                    if let Err(error) = &output {
                         self.metrics.errors.inc();
-                        tracing::warn!(%error, "storage: a buffered write failed to apply");
+                        tracing::error!(%error, "storage: a job panicked");
+                    }
+                    // What the job wrote is unknown here: the next commit covers it.
+                    self.dirty = true;
+                    if durable {
+                        waiting.push(Waiting::Job { reply, output });
+                    } else {
+                        let _ = reply.send(output);
                     }
                 }
-                Some((since, reply)) => waiting.push(Waiting {
-                    since,
-                    reply,
-                    applied,
-                }),
+                // Refuse new commands but keep draining what is already queued.
+                Command::Close => self.rx.close(),
             }
         }
+        self.apply_run(&mut run, &mut waiting);
         if waiting.is_empty() {
             return;
         }
@@ -549,27 +709,70 @@ impl Worker {
             ),
         }
         for write in waiting {
-            let result = match (write.applied, &committed) {
-                (Err(error), _) => {
-                    self.metrics.errors.inc();
-                    Err(StorageError::Apply(error))
+            match write {
+                Waiting::Write {
+                    since,
+                    reply,
+                    applied,
+                } => {
+                    let result = match (applied, &committed) {
+                        (Err(error), _) => {
+                            self.metrics.errors.inc();
+                            Err(StorageError::Apply(error))
+                        }
+                        (Ok(()), Ok(generation)) => {
+                            self.metrics.durable_writes.inc();
+                            self.metrics
+                                .durable_ack
+                                .observe(since.elapsed().as_secs_f64());
+                            Ok(DurableAck {
+                                generation: *generation,
+                            })
+                        }
+                        (Ok(()), Err(error)) => {
+                            self.metrics.errors.inc();
+                            Err(StorageError::Flush(error.clone()))
+                        }
+                    };
+                    // A caller that stopped waiting gets nothing; its write stays applied.
+                    let _ = reply.send(result);
                 }
-                (Ok(()), Ok(generation)) => {
-                    self.metrics.durable_writes.inc();
-                    self.metrics
-                        .durable_ack
-                        .observe(write.since.elapsed().as_secs_f64());
-                    Ok(DurableAck {
-                        generation: *generation,
-                    })
+                Waiting::Job { reply, output } => {
+                    let result = match (output, &committed) {
+                        (Ok(output), Ok(_)) => Ok(output),
+                        (Err(error), _) => Err(error),
+                        (Ok(_), Err(error)) => Err(StorageError::Flush(error.clone())),
+                    };
+                    let _ = reply.send(result);
                 }
-                (Ok(()), Err(error)) => {
-                    self.metrics.errors.inc();
-                    Err(StorageError::Flush(error.clone()))
+            }
+        }
+    }
+
+    /// Applies a run of writes; buffered failures are logged and counted, durable ones wait
+    /// for the commit with their outcome.
+    fn apply_run(&mut self, run: &mut Run, waiting: &mut Vec<Waiting>) {
+        if run.slots.is_empty() {
+            return;
+        }
+        let results = self.apply(&run.batches);
+        run.batches.clear();
+        for (position, durable) in run.slots.drain(..) {
+            let applied = position.map_or(Ok(()), |i| results[i].clone());
+            match durable {
+                // Nobody awaits a buffered write: its failure is logged and counted.
+                None => {
+                    if let Err(error) = applied {
+                        self.metrics.errors.inc();
+                        tracing::warn!(%error, "storage: a buffered write failed to apply");
+                    }
                 }
-            };
-            // A caller that stopped waiting gets nothing; its write stays applied.
-            let _ = write.reply.send(result);
+                Some((since, reply)) => waiting.push(Waiting::Write {
+                    since,
+                    reply,
+                    applied,
+                }),
+            }
         }
     }
 

@@ -277,3 +277,58 @@ async fn metrics_are_registered_with_prometheus_names_and_match_stats() {
         (2, 1, 1)
     );
 }
+
+#[tokio::test]
+async fn a_job_sees_the_writes_queued_before_it_and_a_durable_one_waits_for_the_commit() {
+    let f = fixture(64, true);
+    f.handle.write(put(&f.names, "before")).await.unwrap();
+    let names = f.names.clone();
+    let read = f.handle.run_job(
+        Box::new(move || Box::new(names.get("before").unwrap())),
+        false,
+    );
+    // Not durable: answered without a commit (the gate holds every commit back).
+    let seen = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a read job waits for no commit")
+        .unwrap();
+    assert_eq!(
+        *seen.downcast::<Option<String>>().unwrap(),
+        Some("value of before".to_owned())
+    );
+    let names = f.names.clone();
+    let write = f.handle.run_job(
+        Box::new(move || {
+            names.put("by_job", &"x".to_owned()).unwrap();
+            Box::new(7u32)
+        }),
+        true,
+    );
+    tokio::pin!(write);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut write)
+            .await
+            .is_err(),
+        "a durable job is answered only after its commit"
+    );
+    let generation = marker(&f.store);
+    f.gate.add_permits(1);
+    let output = write.await.unwrap();
+    assert_eq!(*output.downcast::<u32>().unwrap(), 7);
+    assert!(marker(&f.store) > generation);
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_alone() {
+    let f = fixture(64, false);
+    let failed = f
+        .handle
+        .run_job(Box::new(|| panic!("job broke")), false)
+        .await;
+    assert!(matches!(failed, Err(StorageError::JobPanicked(ref m)) if m == "job broke"));
+    f.handle
+        .write_durable(put(&f.names, "after"))
+        .await
+        .unwrap();
+    assert_eq!(f.names.get("after").unwrap(), Some("value of after".into()));
+}

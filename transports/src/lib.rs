@@ -28,6 +28,30 @@ use libp2p::{dns, quic, tcp, yamux, PeerId, Transport};
 use secure::open::OpenSecurity;
 use secure::SecureChannel;
 
+/// What kind of link a connection is: what decides its budgets (message sizes, telemetry
+/// cadence, relay preference) and its timing margins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkKind {
+    /// Bluetooth LE (`/unix/ble-<device>` addresses): slow, lossy, low-power.
+    Radio,
+    /// TCP, QUIC or the in-process memory transport.
+    Internet,
+}
+
+impl LinkKind {
+    /// The kind of a connection by its remote address.
+    pub fn of(addr: &libp2p::Multiaddr) -> LinkKind {
+        let radio = addr.iter().any(|p| {
+            matches!(p, libp2p::multiaddr::Protocol::Unix(name) if name.starts_with(ble::transport::PREFIX))
+        });
+        if radio {
+            LinkKind::Radio
+        } else {
+            LinkKind::Internet
+        }
+    }
+}
+
 /// Which transports a node runs.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {

@@ -1,8 +1,8 @@
 //! What cluster members, joiners and submitters say to each other on a direct link, on two
 //! request-response protocols with the same messages and different bounds:
-//! - `/fogmesh/cluster/1` ([`behaviour`]): raft, joins, reports, fetches, status — requests
+//! - `/fogmesh/cluster/1` ([`SPEC`]): raft, joins, reports, fetches, status — requests
 //!   at most [`MAX_CONTROL_REQUEST_BYTES`] (a raft frame), 32 streams per connection;
-//! - `/fogmesh/cluster-bulk/1` ([`bulk_behaviour`]): submissions with their module and input,
+//! - `/fogmesh/cluster-bulk/1` ([`BULK_SPEC`]): submissions with their module and input,
 //!   and results — requests at most [`MAX_BULK_REQUEST_BYTES`], 2 streams per connection.
 //!
 //! One request per stream: a u32 big-endian length and a CBOR [`ClusterRequest`]; the answer
@@ -22,15 +22,16 @@ use std::time::Duration;
 use fogmesh_consensus::capacity::NodeCapacity;
 use fogmesh_consensus::state::{Command, TaskState};
 use fogmesh_consensus::task::{TaskId, TaskSpec};
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::StreamProtocol;
+use fogmesh_wire::framing::ResponseFraming;
+
+use crate::runtime::capability::Protocol;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::exec::{MAX_INPUT_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
+use crate::cluster::exec::{MAX_INPUT_BYTES, MAX_MODULE_BYTES, MAX_OUTPUT_BYTES};
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/cluster/1");
-pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/cluster-bulk/1");
+pub const PROTOCOL: &str = "/fogmesh/cluster/1";
+pub const BULK_PROTOCOL: &str = "/fogmesh/cluster-bulk/1";
 /// A raft frame and its envelope.
 pub const MAX_CONTROL_REQUEST_BYTES: usize = fogmesh_consensus::wire::MAX_FRAME_BYTES + 16 * 1024;
 /// A submission carries its module and input.
@@ -129,71 +130,77 @@ pub enum ClusterResponse {
     Status(Option<TaskReport>),
 }
 
-/// The codec, with its protocol's request bound.
-pub type ClusterCodec = fogmesh_wire::framing::CborCodec<ClusterRequest, ClusterResponse>;
+/// `/fogmesh/cluster/1`, as the runtime carries it.
+pub const SPEC: Protocol = Protocol {
+    name: PROTOCOL,
+    max_request: MAX_CONTROL_REQUEST_BYTES,
+    response: ResponseFraming::Prefixed(MAX_RESPONSE_BYTES),
+    max_streams: MAX_STREAMS,
+    timeout: REQUEST_TIMEOUT,
+};
 
-pub type Behaviour = request_response::Behaviour<ClusterCodec>;
-pub type Event = request_response::Event<ClusterRequest, ClusterResponse>;
+/// `/fogmesh/cluster-bulk/1`, as the runtime carries it.
+pub const BULK_SPEC: Protocol = Protocol {
+    name: BULK_PROTOCOL,
+    max_request: MAX_BULK_REQUEST_BYTES,
+    response: ResponseFraming::Prefixed(MAX_RESPONSE_BYTES),
+    max_streams: MAX_BULK_STREAMS,
+    timeout: REQUEST_TIMEOUT,
+};
 
-/// `/fogmesh/cluster/1`.
-pub fn behaviour() -> Behaviour {
-    request_response::Behaviour::with_codec(
-        ClusterCodec::new(MAX_CONTROL_REQUEST_BYTES, MAX_RESPONSE_BYTES),
-        [(PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default()
-            .with_request_timeout(REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(MAX_STREAMS),
-    )
+impl ClusterRequest {
+    /// The protocol it goes on, and its bytes.
+    pub fn encode(&self) -> Result<(&'static str, Vec<u8>), fogmesh_wire::CodecError> {
+        let protocol = if self.is_bulk() {
+            BULK_PROTOCOL
+        } else {
+            PROTOCOL
+        };
+        Ok((protocol, fogmesh_wire::codec::encode(self)?))
+    }
+
+    /// A request read from `protocol` (bounded by that protocol's size).
+    pub fn decode(protocol: &str, bytes: &[u8]) -> Result<Self, fogmesh_wire::CodecError> {
+        let max = if protocol == BULK_PROTOCOL {
+            MAX_BULK_REQUEST_BYTES
+        } else {
+            MAX_CONTROL_REQUEST_BYTES
+        };
+        fogmesh_wire::codec::decode_bounded(bytes, max)
+    }
 }
 
-/// `/fogmesh/cluster-bulk/1`.
-pub fn bulk_behaviour() -> Behaviour {
-    request_response::Behaviour::with_codec(
-        ClusterCodec::new(MAX_BULK_REQUEST_BYTES, MAX_RESPONSE_BYTES),
-        [(BULK_PROTOCOL, ProtocolSupport::Full)],
-        request_response::Config::default()
-            .with_request_timeout(REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(MAX_BULK_STREAMS),
-    )
+impl ClusterResponse {
+    pub fn encode(&self) -> Result<Vec<u8>, fogmesh_wire::CodecError> {
+        fogmesh_wire::codec::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, fogmesh_wire::CodecError> {
+        fogmesh_wire::codec::decode_bounded(bytes, MAX_RESPONSE_BYTES)
+    }
 }
 
 const _: () = assert!(MAX_OUTPUT_BYTES < MAX_RESPONSE_BYTES);
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-    use libp2p::request_response::Codec;
 
     #[test]
-    fn requests_round_trip_and_oversized_lengths_are_refused_unread() {
-        futures::executor::block_on(async {
-            let mut codec = ClusterCodec::new(MAX_CONTROL_REQUEST_BYTES, MAX_RESPONSE_BYTES);
-            let request = ClusterRequest::Fetch { hash: [7; 32] };
-            let mut wire = Vec::new();
-            codec
-                .write_request(&PROTOCOL, &mut wire, request.clone())
-                .await
-                .unwrap();
-            let back = codec
-                .read_request(&PROTOCOL, &mut wire.as_slice())
-                .await
-                .unwrap();
-            assert_eq!(back, request);
-
-            let mut huge = Vec::new();
-            huge.extend_from_slice(&((MAX_CONTROL_REQUEST_BYTES as u32) + 1).to_be_bytes());
-            let err = codec
-                .read_request(&PROTOCOL, &mut huge.as_slice())
-                .await
-                .unwrap_err();
-            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-
-            let mut junk = vec![0, 0, 0, 3, 0xff, 0x00, 0x13];
-            junk.truncate(7);
-            assert!(codec
-                .read_request(&PROTOCOL, &mut junk.as_slice())
-                .await
-                .is_err());
-        });
+    fn requests_round_trip_on_their_protocol_and_junk_is_refused() {
+        let request = ClusterRequest::Fetch { hash: [7; 32] };
+        let (protocol, bytes) = request.encode().unwrap();
+        assert_eq!(protocol, PROTOCOL);
+        assert_eq!(ClusterRequest::decode(protocol, &bytes).unwrap(), request);
+        assert!(ClusterRequest::decode(PROTOCOL, &[0xff, 0x00, 0x13]).is_err());
+        assert!(ClusterRequest::decode(PROTOCOL, &vec![0; MAX_CONTROL_REQUEST_BYTES + 1]).is_err());
+        let response = ClusterResponse::Refused {
+            reason: "no".into(),
+        };
+        assert_eq!(
+            ClusterResponse::decode(&response.encode().unwrap()).unwrap(),
+            response
+        );
     }
 }

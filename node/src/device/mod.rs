@@ -5,11 +5,13 @@
 //! policy ([`policy`]) and the score ([`score`]). [`assess`] chains the pure steps;
 //! [`DeviceMonitor`] adds the sensor and remembers the previous decision for hysteresis.
 
+pub mod api;
 pub mod classify;
 pub mod policy;
 pub mod readings;
 pub mod score;
 pub mod sense;
+pub mod service;
 pub mod simulate;
 
 use std::collections::HashSet;
@@ -22,6 +24,25 @@ pub use classify::{classify, DeviceClass};
 pub use policy::{evaluate, PolicyDecision, PolicyState, PowerMode, TransportPreference};
 pub use readings::DeviceReadings;
 pub use simulate::SimulateConfig;
+
+/// Registers the device capability (see [`service`]).
+pub fn register(
+    setup: &mut crate::capabilities::Setup<'_>,
+) -> Result<crate::capabilities::Registered, crate::node::StartError> {
+    let metrics = service::DeviceMetrics::default();
+    metrics.register(setup.metrics);
+    let monitor = DeviceMonitor::new(setup.data_dir, setup.settings.simulate.clone());
+    let cell = setup.views.add::<Option<DeviceView>>(None);
+    Ok(crate::capabilities::Registered {
+        capability: Box::new(service::DeviceService::new(
+            setup.settings.sense_interval,
+            Box::new(monitor),
+            cell,
+            metrics,
+        )),
+        routes: api::routes(),
+    })
+}
 
 use policy::{BatteryBand, ThermalBand};
 

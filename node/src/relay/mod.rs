@@ -1,18 +1,66 @@
 //! Relay routing: messages that cross several links (BLE hops, internet links, both), with
-//! store-and-forward for recipients out of reach. `docs/relay.md` is the protocol; the
-//! decisions live in [`crate::services::relay`], the state machine.
+//! store-and-forward for recipients out of reach. `docs/relay.md` is the protocol.
 //!
-//! - [`packet`]: the wire form and its checks (pure, proptested);
-//! - [`sealed`]: end-to-end encryption of directed payloads to the recipient's identity;
-//! - [`protocol`]: `/fogmesh/relay/1`, one packet per stream with a one-byte hop answer;
-//! - [`seen`]: the bounded duplicate filter;
-//! - [`held`]: the bounded store of packets kept for recipients not reached yet.
+//! - [`service`] — the capability, the state machine that makes every decision (its
+//!   simulated-network tests in `sim_tests.rs`);
+//! - [`tables`] — what it stores;
+//! - [`api`] — `/v1/messages`;
+//! - [`packet`] — the wire form and its checks (pure, proptested);
+//! - [`sealed`] — end-to-end encryption of directed payloads to the recipient's identity;
+//! - [`protocol`] — `/fogmesh/relay/1`, one packet per stream with a one-byte hop answer;
+//! - [`seen`] — the bounded duplicate filter;
+//! - [`held`] — the bounded store of packets kept for recipients not reached yet.
 
+pub mod api;
 pub mod held;
 pub mod packet;
 pub mod protocol;
 pub mod sealed;
 pub mod seen;
+pub mod service;
+pub mod tables;
+
+use crate::capabilities::{Registered, Setup};
+use crate::node::StartError;
+use service::{RelayConfig, RelayMetrics, RelayService};
+
+/// Registers the relay capability, seeded from its tables.
+pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+    let tables = tables::RelayTables::open(setup.store)?;
+    let restored = tables.restore();
+    let metrics = RelayMetrics::default();
+    metrics.register(setup.metrics);
+    let view = setup.views.add(MessagesView::default());
+    let mut relay = RelayService::new(
+        setup.keypair.clone(),
+        RelayConfig {
+            // In a closed mesh the ticket says who bridges radio and internet; an open mesh
+            // has nobody to say it, so any node with both links does.
+            gateway: setup
+                .membership
+                .is_none_or(|m| m.admission.roles.iter().any(|r| r == "gateway")),
+            ..RelayConfig::default()
+        },
+        rand::SeedableRng::from_entropy(),
+        tables,
+        view,
+        metrics,
+    )
+    .map_err(|reason| StartError::Setup {
+        what: "relay",
+        reason,
+    })?;
+    relay.restore(
+        setup.clock.now_ms(),
+        restored.held,
+        restored.inbox,
+        restored.sent,
+    );
+    Ok(Registered {
+        capability: Box::new(relay),
+        routes: api::routes(),
+    })
+}
 
 use serde::{Deserialize, Serialize};
 

@@ -28,7 +28,7 @@ use super::arq::ArqConfig;
 use super::driver::{BleDriver, BleError, BleLink, DeviceId};
 use super::stream::BleStream;
 
-const PREFIX: &str = "ble-";
+pub const PREFIX: &str = "ble-";
 
 /// The BLE address of `device`.
 pub fn device_addr(device: DeviceId) -> Multiaddr {

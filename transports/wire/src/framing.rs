@@ -1,81 +1,31 @@
-//! Length-prefixed CBOR over request-response streams: the one framing the node's own
-//! request-response protocols share (cluster, kv sync).
+//! Framing on request-response streams: the one framing the node's own protocols share
+//! (relay hops, cluster, kv sync).
 //!
-//! One message per stream: a u32 big-endian length and the CBOR body. A length above the
-//! protocol's bound is refused before anything is read, and a frame's buffer grows only as
-//! its bytes arrive, so what a peer can make a node hold is the bound times the streams,
-//! and only by sending that much.
+//! One request per stream: a u32 big-endian length and the body (a protocol's own encoding,
+//! CBOR for most). The answer is framed the same way, or is a single byte where a protocol
+//! says so ([`ResponseFraming::Byte`]). A length above the protocol's bound is refused
+//! before anything is read, and a frame's buffer grows only as its bytes arrive, so what a
+//! peer can make a node hold is the bound times the streams, and only by sending that much.
 
 use std::io;
-use std::marker::PhantomData;
 
-use crate::codec;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
 use libp2p::StreamProtocol;
-use prometheus_client::metrics::counter::Counter;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-/// Bytes a protocol's frames took on the wire (length prefix included), both roles.
-#[derive(Debug, Clone, Default)]
-pub struct WireBytes {
-    pub sent: Counter,
-    pub received: Counter,
+/// How a protocol's response is framed on its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// A u32 big-endian length, then at most this many bytes (like requests).
+    Prefixed(usize),
+    /// Exactly one byte.
+    Byte,
 }
 
-/// A request-response codec of `Req` and `Resp` with a bound on each.
-#[derive(Debug)]
-pub struct CborCodec<Req, Resp> {
-    pub max_request: usize,
-    pub max_response: usize,
-    /// Counted here, where the bytes are, rather than by encoding messages again.
-    bytes: Option<WireBytes>,
-    _messages: PhantomData<fn() -> (Req, Resp)>,
-}
-
-impl<Req, Resp> CborCodec<Req, Resp> {
-    pub fn new(max_request: usize, max_response: usize) -> Self {
-        CborCodec {
-            max_request,
-            max_response,
-            bytes: None,
-            _messages: PhantomData,
-        }
-    }
-
-    /// The same, counting every frame's bytes in `bytes`.
-    pub fn counting(mut self, bytes: WireBytes) -> Self {
-        self.bytes = Some(bytes);
-        self
-    }
-
-    fn count(&self, received: bool, len: usize) {
-        if let Some(bytes) = &self.bytes {
-            let counter = if received {
-                &bytes.received
-            } else {
-                &bytes.sent
-            };
-            counter.inc_by(len as u64 + 4);
-        }
-    }
-}
-
-impl<Req, Resp> Clone for CborCodec<Req, Resp> {
-    fn clone(&self) -> Self {
-        CborCodec {
-            bytes: self.bytes.clone(),
-            ..Self::new(self.max_request, self.max_response)
-        }
-    }
-}
-
-/// Reads one frame; its decoded message and the body's length.
-pub async fn read_frame<T, M>(io: &mut T, max: usize) -> io::Result<(M, usize)>
+/// Reads one length-prefixed frame of at most `max` bytes.
+pub async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
 where
     T: AsyncRead + Unpin + Send,
-    M: DeserializeOwned,
 {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
@@ -95,81 +45,176 @@ where
             "frame cut short",
         ));
     }
-    let message = codec::decode_bounded(&bytes, max)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok((message, len))
+    Ok(bytes)
 }
 
-/// Writes one frame; the body's length.
-pub async fn write_frame<T, M>(io: &mut T, message: &M, max: usize) -> io::Result<usize>
+/// Writes one length-prefixed frame and closes the writing side.
+pub async fn write_frame<T>(io: &mut T, bytes: &[u8], max: usize) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
-    M: Serialize,
 {
-    let bytes =
-        codec::encode(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let len = u32::try_from(bytes.len())
         .ok()
         .filter(|l| *l as usize <= max)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame of {} bytes exceeds {max}", bytes.len()),
+            )
+        })?;
     io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&bytes).await?;
-    io.close().await?;
-    Ok(bytes.len())
+    io.write_all(bytes).await?;
+    io.close().await
 }
 
-impl<Req, Resp> request_response::Codec for CborCodec<Req, Resp>
-where
-    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
-    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    type Protocol = StreamProtocol;
-    type Request = Req;
-    type Response = Resp;
+/// A request-response codec of byte bodies: requests length-prefixed up to `max_request`,
+/// responses as `response` says.
+#[derive(Debug, Clone, Copy)]
+pub struct BytesCodec {
+    pub max_request: usize,
+    pub response: ResponseFraming,
+}
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+impl request_response::Codec for BytesCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let (request, len) = read_frame(io, self.max_request).await?;
-        self.count(true, len);
-        Ok(request)
+        read_frame(io, self.max_request).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let (response, len) = read_frame(io, self.max_response).await?;
-        self.count(true, len);
-        Ok(response)
+        match self.response {
+            ResponseFraming::Prefixed(max) => read_frame(io, max).await,
+            ResponseFraming::Byte => {
+                let mut answer = [0u8; 1];
+                io.read_exact(&mut answer).await?;
+                Ok(answer.to_vec())
+            }
+        }
     }
 
     async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: Req,
+        request: Vec<u8>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let len = write_frame(io, &request, self.max_request).await?;
-        self.count(false, len);
-        Ok(())
+        write_frame(io, &request, self.max_request).await
     }
 
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        response: Resp,
+        response: Vec<u8>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let len = write_frame(io, &response, self.max_response).await?;
-        self.count(false, len);
-        Ok(())
+        match self.response {
+            ResponseFraming::Prefixed(max) => write_frame(io, &response, max).await,
+            ResponseFraming::Byte => {
+                let [answer] = response.as_slice() else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a one-byte answer must be one byte",
+                    ));
+                };
+                io.write_all(&[*answer]).await?;
+                io.close().await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use libp2p::request_response::Codec;
+
+    const PROTOCOL: StreamProtocol = StreamProtocol::new("/test/1");
+
+    #[test]
+    fn an_oversized_length_is_refused_before_reading() {
+        futures::executor::block_on(async {
+            let mut codec = BytesCodec {
+                max_request: 8,
+                response: ResponseFraming::Byte,
+            };
+            let mut wire = Vec::new();
+            wire.extend_from_slice(&9u32.to_be_bytes());
+            let mut io = futures::io::Cursor::new(wire);
+            let error = codec.read_request(&PROTOCOL, &mut io).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+
+            let mut out = futures::io::Cursor::new(Vec::new());
+            codec
+                .write_request(&PROTOCOL, &mut out, vec![1, 2, 3])
+                .await
+                .unwrap();
+            assert_eq!(out.get_ref()[..4], 3u32.to_be_bytes());
+            let mut back = futures::io::Cursor::new(out.into_inner());
+            assert_eq!(
+                codec.read_request(&PROTOCOL, &mut back).await.unwrap(),
+                vec![1, 2, 3]
+            );
+            let too_big = codec
+                .write_request(
+                    &PROTOCOL,
+                    &mut futures::io::Cursor::new(Vec::new()),
+                    vec![0; 9],
+                )
+                .await;
+            assert!(too_big.is_err());
+        });
+    }
+
+    #[test]
+    fn a_cut_frame_and_a_one_byte_answer() {
+        futures::executor::block_on(async {
+            let mut codec = BytesCodec {
+                max_request: 64,
+                response: ResponseFraming::Byte,
+            };
+            let mut wire = 10u32.to_be_bytes().to_vec();
+            wire.extend_from_slice(&[1, 2, 3]);
+            let error = codec
+                .read_request(&PROTOCOL, &mut futures::io::Cursor::new(wire))
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+
+            let mut out = futures::io::Cursor::new(Vec::new());
+            codec
+                .write_response(&PROTOCOL, &mut out, vec![1])
+                .await
+                .unwrap();
+            assert_eq!(out.get_ref(), &vec![1u8]);
+            let mut back = futures::io::Cursor::new(out.into_inner());
+            assert_eq!(
+                codec.read_response(&PROTOCOL, &mut back).await.unwrap(),
+                vec![1]
+            );
+            assert!(codec
+                .write_response(
+                    &PROTOCOL,
+                    &mut futures::io::Cursor::new(Vec::new()),
+                    vec![1, 2]
+                )
+                .await
+                .is_err());
+        });
     }
 }

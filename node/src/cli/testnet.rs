@@ -1,0 +1,424 @@
+//! `fogmesh testnet`: local testnets, their radio, faults and benchmarks.
+
+use std::time::Duration;
+
+use super::kv::sample_entry_bytes;
+use super::*;
+use anyhow::Context;
+use fogmesh_testnet as testnet_lib;
+
+#[derive(Debug, Args)]
+pub(crate) struct TestnetDir {
+    /// Directory holding the testnet's nodes and its state file.
+    #[arg(long, default_value = ".fogmesh-testnet")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RadioCommand {
+    /// Put a node somewhere else (neighbours are 8 apart, the range is 10).
+    Move {
+        #[arg(long)]
+        node: usize,
+        /// x,y
+        #[arg(long, value_parser = parse_point, allow_hyphen_values = true)]
+        to: (f64, f64),
+    },
+    /// The given nodes stop hearing every other node.
+    Partition {
+        /// Node indexes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<usize>,
+    },
+    /// Lift every partition.
+    Heal,
+    /// Loss probability of links opened from now on, 0.0–1.0 (existing links keep theirs).
+    Loss { probability: f64 },
+}
+
+pub(crate) fn parse_point(text: &str) -> Result<(f64, f64), String> {
+    let (x, y) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?} is not x,y"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .map_err(|e| format!("{v:?}: {e}"))
+            .and_then(|n| {
+                n.is_finite()
+                    .then_some(n)
+                    .ok_or_else(|| format!("{v:?} is not a finite number"))
+            })
+    };
+    Ok((num(x)?, num(y)?))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TestnetCommand {
+    /// Start N nodes on 127.0.0.1 and wait until each has every other's telemetry.
+    Up {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Telemetry interval of every node.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        telemetry_interval: Duration,
+        /// Give up waiting for convergence after this long (nodes keep running).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Device mix: `uniform` (every node senses this machine) or `mixed` (simulated
+        /// phones, tablets, laptops, desktops and Pis in various battery and thermal states).
+        #[arg(long, value_enum, default_value = "uniform")]
+        profile: testnet_lib::Profile,
+        /// Run an open mesh (no tickets) instead of creating a mesh for the testnet.
+        #[arg(long)]
+        open: bool,
+        /// BLE-only nodes on a simulated radio shared by the processes (needs --offline),
+        /// placed in a line, on a grid or at random; change it while it runs with
+        /// `testnet radio`.
+        #[arg(long, value_enum, requires = "offline")]
+        radio: Option<testnet_lib::radio::Layout>,
+        /// No internet transport on any node: Bluetooth LE on the simulated radio only.
+        #[arg(long, requires = "radio")]
+        offline: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a radio testnet's simulated radio while it runs (every node sees the change
+    /// within a quarter of a second).
+    Radio {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[command(subcommand)]
+        change: RadioCommand,
+    },
+    /// Show the running testnet.
+    Status {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop exactly the processes `up` started.
+    Down {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Also delete the testnet directory (node data and logs).
+        #[arg(long)]
+        clean: bool,
+    },
+    /// Stop one node for fault tests (default SIGKILL); it stays in the testnet for `restart`.
+    Kill {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Index of the node (the `#` column of `testnet status`).
+        #[arg(long)]
+        node: usize,
+        /// `kill` (SIGKILL, like a crash) or `term` (SIGTERM, a clean shutdown).
+        #[arg(long, value_enum, default_value = "kill")]
+        signal: testnet_lib::KillSignal,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start one node again with its recorded command line (stopping it first if it runs).
+    Restart {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Index of the node (the `#` column of `testnet status`).
+        #[arg(long)]
+        node: usize,
+        /// Give up waiting for the node's control API after this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the replicated store: propagation to every node, durable write throughput,
+    /// catch-up of a node that was away, and no acknowledged write lost to SIGKILL.
+    KvBench {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Keys written while one node is away.
+        #[arg(long, default_value_t = 100_000)]
+        divergence_keys: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure cluster failover: SIGKILL the coordinator of the largest cluster, time until
+    /// another member coordinates and takes a task; the node is restarted between trials.
+    Failover {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long, default_value_t = 12)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// How long the clusters get to form.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        form_timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure how long each node's driver loop holds its swarm task while clusters run
+    /// tasks and writers hammer the replicated store.
+    StallBench {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value_t = 200)]
+        tasks: usize,
+        #[arg(long, default_value_t = 32)]
+        writers: usize,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure convergence, propagation latency, memory and CPU on testnets.
+    Bench {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Testnet sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        sizes: Vec<usize>,
+        /// Telemetry interval of the measured testnets.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Wait after convergence before sampling (steady state).
+        #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// How long to sample propagation, CPU and memory.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        sample: Duration,
+        /// Nodes in the idle phase (default 30 s telemetry interval).
+        #[arg(long, default_value_t = 10)]
+        idle_nodes: usize,
+        /// How long to measure idle CPU.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        idle_window: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
+    let binary = std::env::current_exe().context("cannot find the fogmesh binary")?;
+    match cmd {
+        TestnetCommand::Up {
+            dir,
+            nodes,
+            telemetry_interval,
+            timeout,
+            profile,
+            open,
+            radio,
+            offline: _,
+            json,
+        } => {
+            let options = testnet_lib::UpOptions {
+                nodes,
+                dir: dir.dir,
+                binary,
+                telemetry_interval: Some(telemetry_interval),
+                timeout,
+                profile,
+                open,
+                radio,
+            };
+            let report = testnet_lib::up(&options, |p| {
+                eprintln!(
+                    "  {:>5.1}s  {}/{} nodes up, {}/{} have every other node's telemetry",
+                    p.elapsed.as_secs_f64(),
+                    p.answering,
+                    p.total,
+                    p.converged,
+                    p.total
+                )
+            })
+            .await?;
+            let table = testnet_lib::status(&options.dir).await?;
+            if json {
+                print_line(&serde_json::to_string_pretty(&table)?)
+            } else {
+                print_line(&format!(
+                    "{}\nconverged in {:.2}s; stop it with `fogmesh testnet down --dir {}`",
+                    testnet_lib::render_status(&table),
+                    report.converged_after.as_secs_f64(),
+                    options.dir.display()
+                ))
+            }
+        }
+        TestnetCommand::Status { dir, json } => {
+            let table = testnet_lib::status(&dir.dir).await?;
+            print_out(json, &table, || testnet_lib::render_status(&table))
+        }
+        TestnetCommand::Down { dir, clean } => {
+            let report = testnet_lib::down(&dir.dir, clean).await?;
+            print_line(&report.to_string())
+        }
+        TestnetCommand::Kill {
+            dir,
+            node,
+            signal,
+            json,
+        } => {
+            let report = testnet_lib::kill(&dir.dir, node, signal).await?;
+            print_out(json, &report, || report.to_string())
+        }
+        TestnetCommand::Restart {
+            dir,
+            node,
+            timeout,
+            json,
+        } => {
+            let report = testnet_lib::restart(&dir.dir, node, timeout).await?;
+            print_out(json, &report, || report.to_string())
+        }
+        TestnetCommand::Radio { dir, change } => {
+            use testnet_lib::radio::RadioChange;
+            let state = testnet_lib::status(&dir.dir).await?;
+            let ports: Vec<u16> = state.nodes.iter().map(|n| n.p2p_port).collect();
+            let change = match change {
+                RadioCommand::Move { node, to } => RadioChange::Move {
+                    node,
+                    x: to.0,
+                    y: to.1,
+                },
+                RadioCommand::Partition { nodes } => RadioChange::Partition { group: nodes },
+                RadioCommand::Heal => RadioChange::Heal,
+                RadioCommand::Loss { probability } => RadioChange::Loss(probability),
+            };
+            testnet_lib::radio::apply(&dir.dir, &ports, &change)?;
+            let neighbours = testnet_lib::radio::neighbours(&dir.dir, &ports).unwrap_or_default();
+            let lines: Vec<String> = neighbours
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let n: Vec<String> = n.iter().map(|j| j.to_string()).collect();
+                    format!(
+                        "  node {i} hears {}",
+                        if n.is_empty() {
+                            "nobody".into()
+                        } else {
+                            n.join(",")
+                        }
+                    )
+                })
+                .collect();
+            print_line(&format!("radio changed\n{}", lines.join("\n")))
+        }
+        TestnetCommand::KvBench {
+            dir,
+            nodes,
+            trials,
+            divergence_keys,
+            json,
+        } => {
+            let options = testnet_lib::kv_bench::KvBenchOptions {
+                dir: dir.dir,
+                binary,
+                nodes,
+                trials,
+                divergence_keys,
+                entry_bytes: sample_entry_bytes(),
+            };
+            let report =
+                testnet_lib::kv_bench::kv_bench(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+        TestnetCommand::Failover {
+            dir,
+            nodes,
+            trials,
+            form_timeout,
+            json,
+        } => {
+            let options = testnet_lib::failover::FailoverOptions {
+                dir: dir.dir,
+                binary,
+                nodes,
+                trials,
+                module: crate::cluster::exec::assemble(include_str!(
+                    "../../../examples/workloads/empty.wat"
+                ))?,
+                form_timeout,
+            };
+            let report =
+                testnet_lib::failover::failover(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+        TestnetCommand::StallBench {
+            dir,
+            nodes,
+            tasks,
+            writers,
+            duration,
+            json,
+        } => {
+            let options = testnet_lib::stall_bench::StallBenchOptions {
+                dir: dir.dir,
+                binary,
+                nodes,
+                tasks,
+                writers,
+                duration,
+                module: crate::cluster::exec::assemble(include_str!(
+                    "../../../examples/workloads/empty.wat"
+                ))?,
+            };
+            let report =
+                testnet_lib::stall_bench::stall_bench(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+        TestnetCommand::Bench {
+            dir,
+            sizes,
+            interval,
+            settle,
+            sample,
+            idle_nodes,
+            idle_window,
+            json,
+        } => {
+            let options = testnet_lib::BenchOptions {
+                dir: dir.dir,
+                binary,
+                sizes,
+                busy_interval: interval,
+                settle,
+                sample,
+                idle_nodes,
+                idle_window,
+            };
+            let report = testnet_lib::bench(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Every simulated device a mixed testnet starts must be accepted by `fogmesh run`.
+    #[test]
+    fn mixed_profile_rows_parse_as_run_flags() {
+        for index in 0..10 {
+            let mut argv = vec!["fogmesh".to_owned(), "run".to_owned()];
+            argv.extend(testnet_lib::mixed_profile_args(index));
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let Some(Command::Run(args)) = cli.command else {
+                panic!("not a run command")
+            };
+            let sim = args.simulate.layer().expect("simulation flags");
+            sim.validate().unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,970 @@
+//! The cluster capability: this node's part in a fog cluster (docs/clusters.md).
+//!
+//! It runs the pure pieces of `fogmesh_consensus` over the mesh:
+//! - formation ([`fogmesh_consensus::formation`]): coordinators announce their cluster on
+//!   [`ANNOUNCE_TOPIC`]; an unclustered node joins the fullest one with room or, if it may
+//!   coordinate and none is in reach, founds one; coordinators remove silent members, hand
+//!   leadership to a clearly better-scored voter, and merge small clusters;
+//! - the cluster's Raft group ([`fogmesh_consensus::group`]), ticked every
+//!   [`group::TICK_MS`], its messages carried by `/fogmesh/cluster/1`
+//!   ([`crate::cluster::protocol`]) and admitted only from members
+//!   ([`fogmesh_consensus::wire::admit`]);
+//! - the coordinator's scheduling (on every change, and every `schedule_every_ms`);
+//!   formation and the coordinator's round live in `coordination.rs`, what other nodes ask
+//!   and the answers to what this node asked in `requests.rs`;
+//! - this node's work (`work.rs`): assignments to it are fenced by term, their module and
+//!   input fetched by hash, run in the sandbox off the event loop, and reported until the
+//!   cluster state shows the report;
+//! - submissions (`submit.rs`): kept durably until a cluster has taken them, forwarded when
+//!   the node's cluster dissolves or is lost, followed until done, results fetched back.
+//!
+//! One exception to the services' "no store" rule: Raft must have its log on disk before
+//! the messages that depend on it leave, so the group writes its sled tables synchronously
+//! (flushing only when raft-rs asks, [`fogmesh_consensus::disk`]), and the blob store and
+//! the submission table are written the same way so that "accepted" means "on disk".
+//!
+//! Roles (docs/clusters.md, "Roles"): only a node whose ticket grants `coordinator` votes or
+//! coordinates (others join as raft learners); joining takes `worker` or `coordinator`;
+//! submitting takes `submitter`. In an open mesh (no tickets) every node has every role.
+
+use std::collections::{BTreeMap, HashSet};
+
+use fogmesh_consensus::disk::RaftDisk;
+use fogmesh_consensus::formation::{self, Announcement, LeadershipHysteresis};
+use fogmesh_consensus::group::{self, ClusterNode, GroupError, Output};
+use fogmesh_consensus::state::{Applied, Command, NodeId, Refusal};
+use fogmesh_consensus::wire;
+use fogmesh_store::{Store, Table};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::admission::Admissions;
+use crate::cluster::blobs::BlobStore;
+use crate::cluster::protocol::{self, ClusterRequest, ClusterResponse};
+use crate::device::service::DeviceChanged;
+use crate::runtime::capability::{
+    Capability, Effect, GossipIn, InboundRequest, JobOutput, Notice, Outbox, Protocol, ReasonLabel,
+    Response, TimerId, Token, Verdict,
+};
+use crate::runtime::events::EventKind;
+use crate::runtime::handle::ViewCell;
+
+mod coordination;
+mod requests;
+mod submit;
+mod view;
+mod work;
+
+pub use submit::{SubmitError, SubmitTask, SubmittedRecord};
+pub use view::{ClusterView, KnownCluster, MemberView, TaskView};
+pub use work::DeviceCapacity;
+
+const TICK: TimerId = TimerId(0);
+
+/// This node's cluster changed: joined, left, a new coordinator or term, members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterChanged {
+    /// `unclustered`, `joining` or `member`.
+    pub state: String,
+    pub cluster: Option<String>,
+    pub term: u64,
+    pub coordinator: Option<String>,
+    pub members: usize,
+    pub reason: String,
+}
+
+impl EventKind for ClusterChanged {
+    const KIND: &'static str = "cluster";
+}
+
+/// A task in this node's cluster (or one it submitted) changed state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskChanged {
+    pub id: String,
+    /// `queued`, `assigned`, `running`, `done`, `failed`, `cancelled`, `refused`.
+    pub state: String,
+    pub node: Option<String>,
+    pub cluster: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl EventKind for TaskChanged {
+    const KIND: &'static str = "task";
+}
+
+/// A task this node submitted finished and its result is held here (told to the other
+/// capabilities: the store publishes it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub task: String,
+    pub result: Vec<u8>,
+}
+
+/// A task run's outcome, back from the blocking pool.
+struct TaskRun {
+    task: fogmesh_consensus::task::TaskId,
+    term: u64,
+    outcome: Result<crate::cluster::exec::ExecOutput, crate::cluster::exec::ExecError>,
+}
+
+/// Where coordinators announce their clusters.
+pub const ANNOUNCE_TOPIC: &str = "fogmesh/clusters/1";
+/// Largest announcement accepted.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 8 * 1024;
+/// Requests this node waits on at most (joins, submissions, fetches, status queries);
+/// beyond, no new one is sent until some answer (raft messages are not counted: they
+/// expect nothing back).
+pub const MAX_PENDING: usize = 1024;
+/// Placements proposed per scheduling pass, in one batch with one flush: the coordinator is
+/// bound by flushes, not decisions (BENCHMARKS.md: 1,300 placements/s in batches of 256,
+/// 4,500/s in one batch of 1,000). At ~150 bytes an assignment, a batch stays well within
+/// raft's 256 KiB per message.
+const PLACEMENTS_PER_PASS: usize = 1024;
+/// Formation, reports and submissions are looked at every this many ticks (1 s).
+const STEP_TICKS: u64 = 10;
+
+/// What this node may do, from its own ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnRoles {
+    pub coordinator: bool,
+    pub worker: bool,
+    pub submitter: bool,
+}
+
+impl OwnRoles {
+    pub const ALL: OwnRoles = OwnRoles {
+        coordinator: true,
+        worker: true,
+        submitter: true,
+    };
+
+    pub fn from_ticket(roles: &[String]) -> Self {
+        let has = |r: &str| roles.iter().any(|x| x == r);
+        OwnRoles {
+            coordinator: has("coordinator"),
+            worker: has("worker"),
+            submitter: has("submitter"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterConfig {
+    pub formation: formation::Timing,
+    pub raft: group::Timing,
+    /// The coordinator places tasks on every change and at least this often.
+    pub schedule_every_ms: u64,
+    pub roles: OwnRoles,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            formation: formation::LAN,
+            raft: group::LAN_TIMING,
+            schedule_every_ms: 5_000,
+            roles: OwnRoles::ALL,
+        }
+    }
+}
+
+/// Counters and gauges of the cluster service.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    pub members: Gauge,
+    pub term: Gauge,
+    pub coordinator: Gauge,
+    pub clusters_known: Gauge,
+    /// Inbound messages and requests refused, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Membership changes this node went through or made, by kind.
+    pub changes: Family<ReasonLabel, Counter>,
+    pub tasks_submitted: Counter,
+    /// Runs on this node, by outcome (`finished` or the failure's reason).
+    pub task_runs: Family<ReasonLabel, Counter>,
+    /// Assignments refused for an older term than one already seen.
+    pub fenced: Counter,
+    pub placements: Counter,
+    pub raft_messages_in: Counter,
+    pub raft_messages_out: Counter,
+    pub blobs: Gauge,
+}
+
+impl ClusterMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "cluster_members",
+            "Members of this node's cluster",
+            self.members.clone(),
+        );
+        registry.register(
+            "cluster_term",
+            "Raft term of this node's cluster",
+            self.term.clone(),
+        );
+        registry.register(
+            "cluster_coordinator",
+            "1 while this node coordinates its cluster",
+            self.coordinator.clone(),
+        );
+        registry.register(
+            "cluster_known",
+            "Clusters whose announcements this node holds",
+            self.clusters_known.clone(),
+        );
+        registry.register(
+            "cluster_refused",
+            "Cluster messages and requests refused, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "cluster_changes",
+            "Cluster membership changes, by kind",
+            self.changes.clone(),
+        );
+        registry.register(
+            "tasks_submitted",
+            "Tasks accepted from this node's control API",
+            self.tasks_submitted.clone(),
+        );
+        registry.register(
+            "task_runs",
+            "Task runs on this node, by outcome",
+            self.task_runs.clone(),
+        );
+        registry.register(
+            "tasks_fenced",
+            "Assignments refused as coming from an older coordinator term",
+            self.fenced.clone(),
+        );
+        registry.register(
+            "task_placements",
+            "Assignments proposed by this node as coordinator",
+            self.placements.clone(),
+        );
+        registry.register(
+            "cluster_raft_messages_in",
+            "Raft messages admitted",
+            self.raft_messages_in.clone(),
+        );
+        registry.register(
+            "cluster_raft_messages_out",
+            "Raft messages sent",
+            self.raft_messages_out.clone(),
+        );
+        registry.register(
+            "task_blobs",
+            "Modules, inputs and results held",
+            self.blobs.clone(),
+        );
+    }
+
+    fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    fn change(&self, reason: &'static str) {
+        self.changes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// The cluster this node is in, as the store remembers it across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct MembershipRecord {
+    cluster: String,
+    /// The raft configuration the group started from: `[self]` for a founder, empty for a
+    /// joiner (it learns the configuration from the log).
+    founders: Vec<u64>,
+    /// The coordinator a joiner asked (admitted before the log names the members).
+    via: Option<ByteBuf>,
+}
+
+const MEMBERSHIP_KEY: &str = "current";
+
+/// This node in its cluster.
+struct Membership {
+    cluster: String,
+    group: ClusterNode,
+    /// False until the log applied our own `Join`.
+    joined: bool,
+    since_ms: u64,
+    /// When we last heard from the coordinator (or were it).
+    contact_ms: u64,
+    /// Members by raft id: when each was last heard (the coordinator removes the silent).
+    heard: BTreeMap<u64, u64>,
+    hysteresis: LeadershipHysteresis,
+    via: Option<PeerId>,
+    /// Raft ids of members, to their PeerIds.
+    peers: BTreeMap<u64, PeerId>,
+    last_announce_ms: u64,
+    last_schedule_ms: u64,
+    schedule_soon: bool,
+    /// When this node last proposed its capacity.
+    reported_ms: u64,
+    /// Whether it coordinated at its last tick (to notice gaining leadership).
+    was_leader: bool,
+}
+
+impl Membership {
+    fn coordinator_peer(&self) -> Option<PeerId> {
+        let leader = self.group.leader()?;
+        self.peers.get(&leader).copied().or_else(|| {
+            // A joiner's first coordinator is the one it asked.
+            self.via
+                .filter(|v| wire::member_id(&v.to_bytes()) == leader)
+        })
+    }
+
+    fn refresh_peers(&mut self) {
+        self.peers = self
+            .group
+            .state()
+            .members()
+            .keys()
+            .filter_map(|node| PeerId::from_bytes(&node.0).ok())
+            .map(|peer| (wire::member_id(&peer.to_bytes()), peer))
+            .collect();
+    }
+
+    fn allowed_senders(&self) -> Vec<u64> {
+        let mut ids = self.group.member_ids();
+        if let Some(via) = self.via {
+            ids.push(wire::member_id(&via.to_bytes()));
+        }
+        ids
+    }
+}
+
+enum Situation {
+    Unclustered {
+        /// Since when no cluster with room was in reach.
+        quiet_since_ms: u64,
+        /// A join asked and not answered or not completed.
+        asked: Option<(String, u64)>,
+    },
+    Member(Box<Membership>),
+}
+
+/// See the module docs.
+pub struct ClusterService {
+    keypair: Keypair,
+    me: PeerId,
+    me_id: u64,
+    me_node: NodeId,
+    config: ClusterConfig,
+    store: Store,
+    blobs: BlobStore,
+    membership_table: Table<MembershipRecord>,
+    situation: Situation,
+    jitter_ms: u64,
+    /// Clusters heard of, by id: the coordinator's PeerId and what it said.
+    announcements: BTreeMap<String, (PeerId, Announcement)>,
+    /// Clusters not to ask again before the time given (they refused, or a join timed out).
+    avoid: BTreeMap<String, u64>,
+    /// The cluster to join first (the one ours merged into).
+    prefer: Option<String>,
+    /// Coordinators of clusters with room being dialled, since when (at most one per
+    /// announcement held).
+    dialing: BTreeMap<PeerId, u64>,
+    connected: HashSet<PeerId>,
+    capacity: Option<DeviceCapacity>,
+    work: work::Work,
+    submissions: submit::Submissions,
+    pending: BTreeMap<u64, Pending>,
+    next_token: u64,
+    ticks: u64,
+    /// Set while placing, so placements applied meanwhile do not place again re-entrantly.
+    scheduling: bool,
+    announce_seq: u64,
+    last_event: Option<EventKey>,
+    admissions: Admissions,
+    view_cell: ViewCell<ClusterView>,
+    /// The time of the input being handled (node time), for the few deep helpers that
+    /// stamp what they propose.
+    now_ms: u64,
+    /// The member links last asked to be kept.
+    kept_links: Vec<PeerId>,
+    metrics: ClusterMetrics,
+}
+
+impl std::fmt::Debug for ClusterService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterService")
+            .field("me", &self.me)
+            .field("cluster", &self.cluster_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the last cluster event said: state, cluster, term, coordinator, members.
+type EventKey = (String, Option<String>, u64, Option<u64>, usize);
+
+/// What an outstanding request was for.
+#[derive(Debug, Clone)]
+enum Pending {
+    Join {
+        cluster: String,
+    },
+    Submit {
+        task: fogmesh_consensus::task::TaskId,
+    },
+    Report,
+    Fetch {
+        hash: [u8; 32],
+        purpose: work::FetchFor,
+    },
+    Status {
+        task: fogmesh_consensus::task::TaskId,
+        cluster: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterSetupError {
+    #[error("cluster store: {0}")]
+    Store(#[from] fogmesh_store::StoreError),
+    #[error("raft disk of cluster {cluster}: {reason}")]
+    Group { cluster: String, reason: String },
+}
+
+impl ClusterService {
+    /// The service, with the cluster this node was in before a restart opened again from
+    /// its raft disk.
+    pub fn open(
+        keypair: Keypair,
+        store: Store,
+        config: ClusterConfig,
+        admissions: Admissions,
+        view_cell: ViewCell<ClusterView>,
+        now_ms: u64,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, ClusterSetupError> {
+        let me = keypair.public().to_peer_id();
+        let me_bytes = me.to_bytes();
+        let blobs = BlobStore::open(&store)?;
+        metrics.blobs.set(blobs.count() as i64);
+        let membership_table = store.table("cluster_membership")?;
+        let submissions = submit::Submissions::open(&store)?;
+        let mut service = ClusterService {
+            me_id: wire::member_id(&me_bytes),
+            me_node: NodeId(me_bytes.clone()),
+            jitter_ms: formation::founding_jitter_ms(&me_bytes, &config.formation),
+            keypair,
+            me,
+            config,
+            blobs,
+            membership_table,
+            situation: Situation::Unclustered {
+                quiet_since_ms: now_ms,
+                asked: None,
+            },
+            store,
+            announcements: BTreeMap::new(),
+            avoid: BTreeMap::new(),
+            prefer: None,
+            dialing: BTreeMap::new(),
+            connected: HashSet::new(),
+            capacity: None,
+            work: work::Work::default(),
+            submissions,
+            pending: BTreeMap::new(),
+            next_token: 1,
+            ticks: 0,
+            scheduling: false,
+            announce_seq: 0,
+            last_event: None,
+            admissions,
+            view_cell,
+            now_ms,
+            kept_links: Vec::new(),
+            metrics,
+        };
+        if let Some(record) = service.membership_table.get(MEMBERSHIP_KEY)? {
+            let via = record.via.as_ref().and_then(|b| PeerId::from_bytes(b).ok());
+            let group = service.open_group(&record.cluster, &record.founders)?;
+            let mut membership = service.new_membership(record.cluster, group, now_ms, via);
+            membership.joined = membership
+                .group
+                .state()
+                .members()
+                .contains_key(&service.me_node);
+            tracing::info!(cluster = %membership.cluster, joined = membership.joined, "cluster membership restored");
+            service.situation = Situation::Member(Box::new(membership));
+        }
+        Ok(service)
+    }
+
+    fn open_group(
+        &self,
+        cluster: &str,
+        founders: &[u64],
+    ) -> Result<ClusterNode, ClusterSetupError> {
+        let err = |reason: String| ClusterSetupError::Group {
+            cluster: cluster.to_owned(),
+            reason,
+        };
+        let disk = RaftDisk::open(&self.store, cluster).map_err(|e| err(e.to_string()))?;
+        ClusterNode::open(
+            self.me_id,
+            disk,
+            founders,
+            self.config.raft,
+            &group::raft_logger(),
+        )
+        .map_err(|e| err(e.to_string()))
+    }
+
+    fn new_membership(
+        &self,
+        cluster: String,
+        group: ClusterNode,
+        now_ms: u64,
+        via: Option<PeerId>,
+    ) -> Membership {
+        let mut membership = Membership {
+            cluster,
+            group,
+            joined: false,
+            since_ms: now_ms,
+            contact_ms: now_ms,
+            heard: BTreeMap::new(),
+            hysteresis: LeadershipHysteresis::default(),
+            via,
+            peers: BTreeMap::new(),
+            last_announce_ms: 0,
+            last_schedule_ms: 0,
+            schedule_soon: true,
+            reported_ms: 0,
+            was_leader: false,
+        };
+        membership.refresh_peers();
+        if let Some(capacity) = self.capacity {
+            membership
+                .group
+                .set_priority(i64::from(capacity.capacity.score_milli));
+        }
+        membership
+    }
+
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        match &self.situation {
+            Situation::Member(m) => Some(&m.cluster),
+            Situation::Unclustered { .. } => None,
+        }
+    }
+
+    /// Peers the node keeps links to for the cluster's sake (the connection budget spares
+    /// them).
+    pub fn member_peers(&self) -> Vec<PeerId> {
+        match &self.situation {
+            Situation::Member(m) => m
+                .peers
+                .values()
+                .filter(|p| **p != self.me)
+                .copied()
+                .collect(),
+            Situation::Unclustered { .. } => Vec::new(),
+        }
+    }
+
+    fn token(&mut self, pending: Pending) -> Option<u64> {
+        if self.pending.len() >= MAX_PENDING {
+            return None;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(token, pending);
+        Some(token)
+    }
+
+    /// Sends a request whose answer matters; false when too many are outstanding.
+    fn ask(
+        &mut self,
+        peer: PeerId,
+        request: ClusterRequest,
+        pending: Pending,
+        out: &mut Outbox,
+    ) -> bool {
+        match self.token(pending) {
+            Some(token) => {
+                send(peer, &request, token, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ---- the raft group ----
+
+    /// Sends a group's output and reacts to what it applied.
+    fn after_output(&mut self, now_ms: u64, output: Output, out: &mut Outbox) {
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        for message in output.messages {
+            let Some(peer) = m.peers.get(&message.to).copied().or_else(|| {
+                m.via
+                    .filter(|v| wire::member_id(&v.to_bytes()) == message.to)
+            }) else {
+                continue;
+            };
+            match wire::encode(&m.cluster, &message) {
+                Ok(frame) => {
+                    self.metrics.raft_messages_out.inc();
+                    let request = ClusterRequest::Raft {
+                        frame: ByteBuf::from(frame),
+                    };
+                    send(peer, &request, NO_ANSWER, out);
+                }
+                Err(error) => tracing::warn!(%error, "raft message not encodable"),
+            }
+        }
+        if output.applied.is_empty() {
+            return;
+        }
+        let cluster = m.cluster.clone();
+        let mut members_changed = false;
+        for (command, outcome) in &output.applied {
+            if matches!(command, Command::Join { .. } | Command::Leave { .. }) {
+                members_changed = true;
+            }
+            if let Command::Join { node, .. } = command {
+                if *node == self.me_node && !m.joined {
+                    m.joined = true;
+                    self.metrics.change("joined");
+                    tracing::info!(%cluster, "joined the cluster");
+                }
+                if let Ok(peer) = PeerId::from_bytes(&node.0) {
+                    m.heard.insert(wire::member_id(&peer.to_bytes()), now_ms);
+                }
+            }
+            m.schedule_soon |= matches!(
+                outcome,
+                Ok(Applied::Submitted
+                    | Applied::Finished
+                    | Applied::Failed { .. }
+                    | Applied::Cancelled
+                    | Applied::MemberJoined
+                    | Applied::MemberLeft { .. }
+                    | Applied::CapacityChanged)
+            );
+            task_event(&cluster, command, outcome, out);
+        }
+        if members_changed {
+            m.refresh_peers();
+        }
+        // Local work first: place what just became placeable now, not at the next tick
+        // (submit-to-start is one commit, not a scheduling period).
+        let place_now = m.schedule_soon && m.group.is_leader() && !self.scheduling;
+        self.reconcile(now_ms, out);
+        if place_now {
+            self.scheduling = true;
+            self.schedule(now_ms, out);
+            self.scheduling = false;
+        }
+    }
+
+    fn on_raft(&mut self, now_ms: u64, peer: PeerId, frame: &[u8], out: &mut Outbox) {
+        let (cluster, message) = match wire::decode(frame) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.metrics.refuse(error.reason());
+                return;
+            }
+        };
+        let Situation::Member(m) = &mut self.situation else {
+            self.metrics.refuse("not_in_a_cluster");
+            return;
+        };
+        let mut leaders = m.group.configuration().voters;
+        if !m.joined {
+            leaders.extend(m.via.map(|v| wire::member_id(&v.to_bytes())));
+        }
+        if let Err(error) = wire::admit(
+            &cluster,
+            &message,
+            &m.cluster,
+            self.me_id,
+            &peer.to_bytes(),
+            &m.allowed_senders(),
+        )
+        .and_then(|()| wire::admit_role(&message, &leaders, m.group.leader()))
+        {
+            self.metrics.refuse(error.reason());
+            return;
+        }
+        self.metrics.raft_messages_in.inc();
+        let from = message.from;
+        m.heard.insert(from, now_ms);
+        match m.group.step(message) {
+            Ok(output) => {
+                if m.group.leader() == Some(from) {
+                    m.contact_ms = now_ms;
+                }
+                self.after_output(now_ms, output, out);
+            }
+            Err(GroupError::DiskFailed(reason)) => {
+                tracing::error!(%reason, "raft disk failed");
+                out.push(Effect::StoreFailed(reason));
+            }
+            Err(GroupError::Panicked) => {
+                // A voter sent what raft cannot take: this replica is no longer
+                // trustworthy. Leave; the node starts over unclustered.
+                self.metrics.refuse("raft_impossible");
+                self.leave(now_ms, "raft_failed", false, out);
+            }
+            Err(GroupError::Impossible(what)) => {
+                tracing::warn!(peer_id = %peer, what, "impossible raft message refused");
+                self.metrics.refuse("raft_impossible");
+            }
+            Err(error) => tracing::debug!(%error, "raft message not stepped"),
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut Outbox) {
+        if let Situation::Member(m) = &mut self.situation {
+            let output = m.group.tick();
+            if m.group.is_leader() {
+                m.contact_ms = now_ms;
+            } else {
+                m.was_leader = false;
+            }
+            self.after_output(now_ms, output, out);
+        }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(STEP_TICKS) {
+            self.step(now_ms, out);
+        } else if let Situation::Member(m) = &self.situation {
+            if m.schedule_soon && m.group.is_leader() {
+                self.schedule(now_ms, out);
+            }
+        }
+    }
+
+    /// Proposes `command` as coordinator, or sends it to the coordinator.
+    fn propose(&mut self, command: Command, out: &mut Outbox) -> Result<(), String> {
+        let now_ms = self.now_ms;
+        let Situation::Member(m) = &mut self.situation else {
+            return Err("not in a cluster".into());
+        };
+        if m.group.is_leader() {
+            let output = m.group.propose(&command).map_err(|e| e.to_string())?;
+            self.after_output(now_ms, output, out);
+            return Ok(());
+        }
+        let Some(coordinator) = m.coordinator_peer() else {
+            return Err("the cluster has no coordinator right now".into());
+        };
+        let cluster = m.cluster.clone();
+        if self.ask(
+            coordinator,
+            ClusterRequest::Propose { cluster, command },
+            Pending::Report,
+            out,
+        ) {
+            Ok(())
+        } else {
+            Err("too many requests outstanding".into())
+        }
+    }
+}
+
+fn task_event(
+    cluster: &str,
+    command: &Command,
+    outcome: &Result<Applied, Refusal>,
+    out: &mut Outbox,
+) {
+    let (id, node) = match command {
+        Command::Submit { spec } => (spec.id, None),
+        Command::Assign { task, node, .. }
+        | Command::Started { task, node, .. }
+        | Command::Finished { task, node, .. }
+        | Command::Failed { task, node, .. } => (*task, Some(node)),
+        Command::Cancel { task } => (*task, None),
+        _ => return,
+    };
+    let (state, detail) = match outcome {
+        Ok(Applied::Submitted) => ("queued", None),
+        Ok(Applied::Assigned) => ("assigned", None),
+        Ok(Applied::Started) => ("running", None),
+        Ok(Applied::Finished) => ("done", None),
+        Ok(Applied::Failed { retry: true }) => ("queued", failure_reason(command)),
+        Ok(Applied::Failed { retry: false }) => ("failed", failure_reason(command)),
+        Ok(Applied::Cancelled) => ("cancelled", None),
+        Ok(_) => return,
+        Err(refusal) => ("refused", Some(refusal.to_string())),
+    };
+    out.event(TaskChanged {
+        id: id.to_string(),
+        state: state.into(),
+        node: node
+            .and_then(|n| PeerId::from_bytes(&n.0).ok())
+            .map(|p| p.to_string()),
+        cluster: Some(cluster.to_owned()),
+        detail,
+    });
+}
+
+fn failure_reason(command: &Command) -> Option<String> {
+    match command {
+        Command::Failed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+/// The token of a request whose answer nobody waits for (raft messages).
+const NO_ANSWER: Token = 0;
+
+/// Sends `request` on its protocol.
+fn send(peer: PeerId, request: &ClusterRequest, token: Token, out: &mut Outbox) {
+    match request.encode() {
+        Ok((protocol, data)) => out.push(Effect::Send {
+            peer,
+            protocol,
+            data,
+            token,
+        }),
+        Err(error) => {
+            tracing::warn!(%error, kind = request.kind(), "cluster request not encodable")
+        }
+    }
+}
+
+impl Capability for ClusterService {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![ANNOUNCE_TOPIC.into()]
+    }
+
+    fn protocols(&self) -> Vec<Protocol> {
+        vec![protocol::SPEC, protocol::BULK_SPEC]
+    }
+
+    fn on_start(&mut self, now_ms: u64, out: &mut Outbox) {
+        self.now_ms = now_ms;
+        out.timer(now_ms + group::TICK_MS, TICK);
+        self.cluster_event("started", out);
+    }
+
+    fn on_gossip(&mut self, now_ms: u64, msg: GossipIn<'_>, _out: &mut Outbox) -> Verdict {
+        self.now_ms = now_ms;
+        Verdict::Now(self.on_announcement(now_ms, msg.data))
+    }
+
+    fn on_request(&mut self, now_ms: u64, request: InboundRequest, out: &mut Outbox) {
+        self.now_ms = now_ms;
+        let decoded = match ClusterRequest::decode(request.protocol, &request.data) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::debug!(peer_id = %request.peer, %error, "cluster request not read");
+                self.metrics.refuse("malformed");
+                return;
+            }
+        };
+        let roles = self.admissions.roles_of(&request.peer);
+        let answer = self.handle_request(now_ms, request.peer, &roles, decoded, out);
+        match answer.encode() {
+            Ok(data) => out.respond(request.id, data),
+            Err(error) => tracing::warn!(%error, "cluster answer not encodable"),
+        }
+    }
+
+    fn on_response(&mut self, now_ms: u64, response: Response, out: &mut Outbox) {
+        self.now_ms = now_ms;
+        if response.token == NO_ANSWER {
+            return;
+        }
+        let answer = response.result.and_then(|bytes| {
+            ClusterResponse::decode(&bytes).map_err(|e| format!("unreadable answer: {e}"))
+        });
+        self.handle_response(now_ms, response.peer, response.token, answer, out);
+    }
+
+    fn on_job(
+        &mut self,
+        now_ms: u64,
+        _token: Token,
+        output: Result<JobOutput, String>,
+        out: &mut Outbox,
+    ) {
+        self.now_ms = now_ms;
+        match output.map(|o| o.downcast::<TaskRun>()) {
+            Ok(Ok(run)) => self.on_task_run(now_ms, run.task, run.term, run.outcome, out),
+            _ => tracing::error!("a task run stopped abnormally"),
+        }
+    }
+
+    fn on_timer(&mut self, now_ms: u64, timer: TimerId, out: &mut Outbox) {
+        self.now_ms = now_ms;
+        if timer == TICK {
+            self.tick(now_ms, out);
+            out.timer(now_ms + group::TICK_MS, TICK);
+        }
+    }
+
+    fn on_notice(&mut self, now_ms: u64, notice: &Notice, out: &mut Outbox) {
+        self.now_ms = now_ms;
+        match notice {
+            Notice::PeerConnected { peer, .. } => {
+                self.connected.insert(*peer);
+            }
+            Notice::PeerDisconnected(peer) => {
+                self.connected.remove(peer);
+            }
+            shared => {
+                if let Some(changed) = shared.shared::<DeviceChanged>() {
+                    self.capacity = Some(DeviceCapacity::of(&changed.view));
+                    if let (Situation::Member(m), Some(c)) = (&mut self.situation, self.capacity) {
+                        m.group.set_priority(i64::from(c.capacity.score_milli));
+                    }
+                    self.report_capacity(now_ms, out);
+                }
+            }
+        }
+    }
+}
+
+/// A task run as a job on the blocking pool: the module in the sandbox, a panic inside the
+/// interpreter that task's failure.
+pub(super) fn run_job(
+    task: fogmesh_consensus::task::TaskId,
+    term: u64,
+    module: Vec<u8>,
+    input: Vec<u8>,
+    limits: crate::cluster::exec::ExecLimits,
+) -> Effect {
+    Effect::Job {
+        lane: crate::runtime::capability::Lane::Blocking,
+        token: 0,
+        job: Box::new(move || {
+            let outcome =
+                std::panic::catch_unwind(|| crate::cluster::exec::run(&module, &input, limits))
+                    .unwrap_or_else(|_| {
+                        Err(crate::cluster::exec::ExecError::Trap(
+                            "the interpreter panicked".into(),
+                        ))
+                    });
+            Box::new(TaskRun {
+                task,
+                term,
+                outcome,
+            }) as JobOutput
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

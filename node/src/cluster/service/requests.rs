@@ -1,0 +1,300 @@
+//! What other nodes ask of this one on `/fogmesh/cluster/1` (raft, joins, submissions,
+//! reports, fetches, status), and the answers to what this node asked them.
+
+use fogmesh_consensus::capacity::NodeCapacity;
+use fogmesh_consensus::formation;
+use fogmesh_consensus::group::{GroupError, MemberChange};
+use fogmesh_consensus::state::{Command, NodeId};
+use fogmesh_consensus::wire;
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+
+use super::{ClusterMetrics, ClusterService, Pending, Situation};
+use crate::admission::PeerRoles;
+use crate::cluster::protocol::{ClusterRequest, ClusterResponse};
+use crate::runtime::capability::Outbox;
+
+impl ClusterService {
+    /// A request from `peer`; the answer goes back on its stream.
+    pub fn handle_request(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        roles: &PeerRoles,
+        request: ClusterRequest,
+        out: &mut Outbox,
+    ) -> ClusterResponse {
+        let refuse = |metrics: &ClusterMetrics, reason: &'static str, text: &str| {
+            metrics.refuse(reason);
+            ClusterResponse::Refused {
+                reason: text.to_owned(),
+            }
+        };
+        match request {
+            ClusterRequest::Raft { frame } => {
+                self.on_raft(now_ms, peer, &frame, out);
+                ClusterResponse::Ack
+            }
+            ClusterRequest::Fetch { hash } => match self.blobs.get(&hash) {
+                Some(bytes) => ClusterResponse::Blob(ByteBuf::from(bytes)),
+                None => ClusterResponse::Missing,
+            },
+            ClusterRequest::Status { task } => ClusterResponse::Status(self.task_report(&task)),
+            ClusterRequest::Join { cluster, capacity } => {
+                if !(roles.has("worker") || roles.has("coordinator")) {
+                    return refuse(
+                        &self.metrics,
+                        "join_without_role",
+                        "joining takes the worker or coordinator role",
+                    );
+                }
+                self.on_join(
+                    now_ms,
+                    peer,
+                    roles.has("coordinator"),
+                    cluster,
+                    capacity,
+                    out,
+                )
+            }
+            ClusterRequest::Submit {
+                spec,
+                module,
+                input,
+                forwarded,
+            } => {
+                let as_submitter = roles.has("submitter") && spec.submitter == peer.to_bytes();
+                let as_forwarder = forwarded && (roles.has("worker") || roles.has("coordinator"));
+                if !(as_submitter || as_forwarder) {
+                    return refuse(
+                        &self.metrics,
+                        "submit_without_role",
+                        "submitting takes the submitter role (and the task must name you)",
+                    );
+                }
+                self.on_submit(now_ms, spec, module, input, out)
+            }
+            ClusterRequest::Propose { cluster, command } => {
+                self.on_propose(peer, cluster, command, None, out)
+            }
+            ClusterRequest::Finished {
+                cluster,
+                command,
+                result,
+            } => self.on_propose(peer, cluster, command, Some(result.into_vec()), out),
+        }
+    }
+
+    pub(super) fn not_coordinator(&self) -> ClusterResponse {
+        let hint = match &self.situation {
+            Situation::Member(m) => m.coordinator_peer().map(|p| ByteBuf::from(p.to_bytes())),
+            Situation::Unclustered { .. } => None,
+        };
+        ClusterResponse::NotCoordinator { hint }
+    }
+
+    pub(super) fn on_join(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        voter: bool,
+        cluster: String,
+        capacity: NodeCapacity,
+        out: &mut Outbox,
+    ) -> ClusterResponse {
+        let Situation::Member(m) = &mut self.situation else {
+            self.metrics.refuse("join_not_member");
+            return ClusterResponse::Refused {
+                reason: "not in a cluster".into(),
+            };
+        };
+        if m.cluster != cluster {
+            self.metrics.refuse("join_other_cluster");
+            return ClusterResponse::Refused {
+                reason: format!("this node is in cluster {}", m.cluster),
+            };
+        }
+        if !m.group.is_leader() {
+            return self.not_coordinator();
+        }
+        let node = NodeId(peer.to_bytes());
+        if m.group.state().members().contains_key(&node) {
+            return ClusterResponse::Joining;
+        }
+        if m.group.state().members().len() >= formation::TARGET_SIZE {
+            self.metrics.refuse("join_full");
+            return ClusterResponse::Refused {
+                reason: "the cluster is full".into(),
+            };
+        }
+        let change = if voter {
+            MemberChange::AddVoter
+        } else {
+            MemberChange::AddLearner
+        };
+        let id = wire::member_id(&peer.to_bytes());
+        let join = Command::Join {
+            node,
+            capacity,
+            at_ms: now_ms,
+        };
+        match m.group.propose_change(change, id, &join) {
+            Ok(output) => {
+                m.peers.insert(id, peer);
+                m.heard.insert(id, now_ms);
+                tracing::info!(peer_id = %peer, cluster = %m.cluster, voter, "adding a member");
+                self.after_output(now_ms, output, out);
+                ClusterResponse::Joining
+            }
+            Err(GroupError::ChangePending) => ClusterResponse::Refused {
+                reason: "busy with another membership change; ask again".into(),
+            },
+            Err(error) => ClusterResponse::Refused {
+                reason: error.to_string(),
+            },
+        }
+    }
+
+    pub(super) fn on_propose(
+        &mut self,
+        peer: PeerId,
+        cluster: String,
+        command: Command,
+        result: Option<Vec<u8>>,
+        out: &mut Outbox,
+    ) -> ClusterResponse {
+        let Situation::Member(m) = &self.situation else {
+            self.metrics.refuse("propose_not_member");
+            return ClusterResponse::Refused {
+                reason: "not in a cluster".into(),
+            };
+        };
+        if m.cluster != cluster {
+            self.metrics.refuse("propose_other_cluster");
+            return ClusterResponse::Refused {
+                reason: format!("this node is in cluster {}", m.cluster),
+            };
+        }
+        if !m.group.is_leader() {
+            return self.not_coordinator();
+        }
+        let sender = NodeId(peer.to_bytes());
+        let allowed = match &command {
+            Command::Started { node, .. }
+            | Command::Failed { node, .. }
+            | Command::Report { node, .. } => {
+                *node == sender && m.group.state().members().contains_key(&sender)
+            }
+            Command::Finished {
+                node, result: hash, ..
+            } => {
+                *node == sender
+                    && m.group.state().members().contains_key(&sender)
+                    && result
+                        .as_ref()
+                        .is_some_and(|r| crate::cluster::blobs::hash(r) == *hash)
+            }
+            Command::Cancel { task } => m
+                .group
+                .state()
+                .task(task)
+                .is_some_and(|t| t.spec.submitter == sender.0),
+            _ => false,
+        };
+        if !allowed {
+            self.metrics.refuse("propose_not_allowed");
+            return ClusterResponse::Refused {
+                reason: "not a command this node may propose".into(),
+            };
+        }
+        if let Some(result) = result {
+            // The result is on the coordinator's disk before the cluster calls it done.
+            if let Err(error) = self.blobs.put(&result) {
+                return ClusterResponse::Refused {
+                    reason: format!("cannot store the result: {error}"),
+                };
+            }
+            self.metrics.blobs.set(self.blobs.count() as i64);
+        }
+        match self.propose(command, out) {
+            Ok(()) => ClusterResponse::Proposed { cluster },
+            Err(reason) => ClusterResponse::Refused { reason },
+        }
+    }
+
+    // ---- answers to our requests ----
+
+    /// The answer to a request this service sent with `token` (or why none came).
+    pub fn handle_response(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        token: u64,
+        response: Result<ClusterResponse, String>,
+        out: &mut Outbox,
+    ) {
+        let Some(pending) = self.pending.remove(&token) else {
+            return;
+        };
+        match pending {
+            Pending::Join { cluster } => self.on_join_answer(now_ms, peer, cluster, response),
+            Pending::Submit { task } => self.on_submit_answer(now_ms, task, response),
+            Pending::Status { task, cluster } => {
+                self.on_status_answer(now_ms, task, &cluster, response, out)
+            }
+            Pending::Fetch { hash, purpose } => {
+                self.on_fetched(now_ms, hash, purpose, response, out)
+            }
+            Pending::Report => {
+                if let Ok(ClusterResponse::Refused { reason }) = &response {
+                    tracing::debug!(%reason, "report refused");
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_join_answer(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        cluster: String,
+        response: Result<ClusterResponse, String>,
+    ) {
+        let Situation::Unclustered { asked, .. } = &mut self.situation else {
+            return;
+        };
+        if asked.as_ref().map(|(c, _)| c) != Some(&cluster) {
+            return;
+        }
+        match response {
+            Ok(ClusterResponse::Joining) => {
+                if let Err(error) = self.remember_membership(&cluster, &[], Some(peer)) {
+                    tracing::warn!(%error, "cannot record the join");
+                    return;
+                }
+                match self.open_group(&cluster, &[]) {
+                    Ok(group) => {
+                        let membership = self.new_membership(cluster, group, now_ms, Some(peer));
+                        self.situation = Situation::Member(Box::new(membership));
+                        self.prefer = None;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot open the joined cluster's log"),
+                }
+            }
+            other => {
+                let text = match other {
+                    Ok(ClusterResponse::Refused { reason }) => reason,
+                    Ok(other) => format!("{other:?}"),
+                    Err(error) => error,
+                };
+                tracing::debug!(%cluster, reason = %text, "join refused");
+                *asked = None;
+                // A busy coordinator is asked again next round; a full or wrong one later.
+                if !text.starts_with("busy") {
+                    self.avoid
+                        .insert(cluster, now_ms + self.config.formation.join_timeout_ms);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The cluster service without a swarm: services exchange requests by hand, so every rule
+//! about who may say what is checked on its own.
+
+use std::time::Duration;
+
+use fogmesh_consensus::task::{Priority, Requirements};
+use fogmesh_store::{Store, StoreOptions};
+use libp2p::identity::Keypair;
+
+use super::*;
+use crate::admission::PeerRoles;
+use crate::cluster::protocol::ClusterResponse;
+use crate::device::{self, DeviceReadings};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn device_notice() -> Notice {
+    let readings = DeviceReadings {
+        cores: Some(4),
+        mem_total_bytes: Some(8 << 30),
+        mem_available_bytes: Some(4 << 30),
+        ..DeviceReadings::default()
+    };
+    Notice::share(DeviceChanged {
+        view: device::assess(readings, None, Duration::ZERO, None).0,
+        rss_bytes: None,
+    })
+}
+
+fn open(keypair: Keypair, store: Store, config: ClusterConfig) -> ClusterService {
+    let channel = fogmesh_transports::secure::SecureChannel::new(
+        &keypair,
+        fogmesh_transports::secure::SecureChannelConfig::new(
+            fogmesh_transports::secure::AdmissionPolicy::open(),
+        ),
+    )
+    .unwrap();
+    ClusterService::open(
+        keypair,
+        store,
+        config,
+        Admissions::new(channel, true),
+        crate::runtime::handle::Views::default().add(ClusterView::default()),
+        T0,
+        ClusterMetrics::default(),
+    )
+    .unwrap()
+}
+
+struct Node {
+    service: ClusterService,
+    peer: PeerId,
+    dir: tempfile::TempDir,
+}
+
+fn node(roles: OwnRoles) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let keypair = Keypair::generate_ed25519();
+    let peer = keypair.public().to_peer_id();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let config = ClusterConfig {
+        roles,
+        ..ClusterConfig::default()
+    };
+    let service = open(keypair, store, config);
+    Node { service, peer, dir }
+}
+
+fn task() -> SubmitTask {
+    SubmitTask {
+        module: crate::cluster::exec::assemble(include_str!(
+            "../../../../examples/workloads/empty.wat"
+        ))
+        .unwrap(),
+        input: None,
+        priority: Priority::Normal,
+        requirements: Requirements {
+            cpu_millicores: 100,
+            memory_mb: 1,
+            duration_ms: 100,
+            gpu: false,
+        },
+    }
+}
+
+fn refused(service: &ClusterService, reason: &'static str) -> u64 {
+    service
+        .metrics()
+        .refused
+        .get_or_create(&ReasonLabel { reason })
+        .get()
+}
+
+/// Runs a lone node until it founded its cluster and coordinates it.
+fn founded(n: &mut Node) {
+    let mut out = Outbox::default();
+    n.service.on_notice(T0, &device_notice(), &mut out);
+    let mut now = T0;
+    for _ in 0..400 {
+        now += group::TICK_MS;
+        n.service.on_timer(now, TICK, &mut out);
+        if let Situation::Member(m) = &n.service.situation {
+            if m.group.is_leader() && m.joined {
+                return;
+            }
+        }
+    }
+    panic!("no cluster founded after 40 s");
+}
+
+#[test]
+fn a_lone_node_that_may_coordinate_founds_a_cluster_and_one_that_may_not_does_not() {
+    let mut coordinator = node(OwnRoles::ALL);
+    founded(&mut coordinator);
+    assert_eq!(coordinator.service.view(T0).state, "member");
+
+    let mut worker = node(OwnRoles {
+        coordinator: false,
+        worker: true,
+        submitter: false,
+    });
+    let mut out = Outbox::default();
+    worker.service.on_notice(T0, &device_notice(), &mut out);
+    for i in 0..400 {
+        worker
+            .service
+            .on_timer(T0 + i * group::TICK_MS, TICK, &mut out);
+    }
+    let view = worker.service.view(T0 + 40_000);
+    assert_eq!(view.state, "unclustered");
+    assert!(view.why.contains("no coordinator role"), "{}", view.why);
+}
+
+#[test]
+fn joins_and_submissions_without_their_role_are_refused_and_counted() {
+    let mut coordinator = node(OwnRoles::ALL);
+    founded(&mut coordinator);
+    let cluster = coordinator.service.cluster_id().unwrap().to_owned();
+    let stranger = PeerId::random();
+    let capacity = coordinator.service.capacity.map(|c| c.capacity).unwrap();
+    let mut out = Outbox::default();
+    let only = |roles: &[&str]| PeerRoles(Some(roles.iter().map(|r| r.to_string()).collect()));
+
+    let answer = coordinator.service.handle_request(
+        T0,
+        stranger,
+        &only(&["submitter"]),
+        ClusterRequest::Join {
+            cluster: cluster.clone(),
+            capacity,
+        },
+        &mut out,
+    );
+    assert!(
+        matches!(answer, ClusterResponse::Refused { .. }),
+        "{answer:?}"
+    );
+    assert_eq!(refused(&coordinator.service, "join_without_role"), 1);
+
+    // A submitter's task naming another submitter is refused too.
+    let mut submitter = node(OwnRoles::ALL);
+    let id = submitter.service.submit(T0, task(), &mut out).unwrap();
+    let spec = submitter.service.submissions.get(&id).unwrap().spec.clone();
+    for (peer, roles) in [
+        (stranger, only(&["worker"])),
+        (stranger, only(&["submitter"])),
+    ] {
+        let answer = coordinator.service.handle_request(
+            T0,
+            peer,
+            &roles,
+            ClusterRequest::Submit {
+                spec: spec.clone(),
+                module: None,
+                input: None,
+                forwarded: false,
+            },
+            &mut out,
+        );
+        assert!(
+            matches!(answer, ClusterResponse::Refused { .. }),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(refused(&coordinator.service, "submit_without_role"), 2);
+    // From its submitter, with the role: proposed, and in the state.
+    let answer = coordinator.service.handle_request(
+        T0,
+        submitter.peer,
+        &only(&["submitter"]),
+        ClusterRequest::Submit {
+            spec,
+            module: Some(ByteBuf::from(task().module)),
+            input: None,
+            forwarded: false,
+        },
+        &mut out,
+    );
+    assert_eq!(answer, ClusterResponse::Proposed { cluster });
+    assert!(coordinator.service.task_report(&id).is_some());
+    // And a node without the role cannot submit from its API at all.
+    let mut worker = node(OwnRoles {
+        coordinator: false,
+        worker: true,
+        submitter: false,
+    });
+    assert_eq!(
+        worker.service.submit(T0, task(), &mut out),
+        Err(SubmitError::NoRole)
+    );
+    drop(submitter.dir);
+}
+
+#[test]
+fn raft_frames_that_are_junk_forged_or_from_strangers_are_refused_and_counted() {
+    let mut coordinator = node(OwnRoles::ALL);
+    founded(&mut coordinator);
+    let cluster = coordinator.service.cluster_id().unwrap().to_owned();
+    let mut out = Outbox::default();
+    let open = PeerRoles(None);
+    let me = coordinator.service.me_id;
+    let mut send = |service: &mut ClusterService, peer: PeerId, frame: Vec<u8>| {
+        let answer = service.handle_request(
+            T0,
+            peer,
+            &open,
+            ClusterRequest::Raft {
+                frame: ByteBuf::from(frame),
+            },
+            &mut out,
+        );
+        assert_eq!(answer, ClusterResponse::Ack);
+    };
+    send(&mut coordinator.service, PeerId::random(), vec![0xff; 64]);
+    assert_eq!(refused(&coordinator.service, "malformed"), 1);
+
+    let stranger = PeerId::random();
+    let stranger_id = wire::member_id(&stranger.to_bytes());
+    let mut vote = fogmesh_consensus::raft::eraftpb::Message::default();
+    vote.set_msg_type(fogmesh_consensus::raft::eraftpb::MessageType::MsgRequestVote);
+    vote.to = me;
+    vote.term = 99;
+    vote.from = stranger_id;
+    send(
+        &mut coordinator.service,
+        stranger,
+        wire::encode(&cluster, &vote).unwrap(),
+    );
+    assert_eq!(refused(&coordinator.service, "not_member"), 1);
+    // Claiming to be someone else.
+    vote.from = stranger_id ^ 1;
+    send(
+        &mut coordinator.service,
+        stranger,
+        wire::encode(&cluster, &vote).unwrap(),
+    );
+    assert_eq!(refused(&coordinator.service, "spoofed"), 1);
+    // None of it disturbed the coordinator.
+    let Situation::Member(m) = &coordinator.service.situation else {
+        panic!("left its cluster");
+    };
+    assert!(m.group.is_leader());
+    assert!(m.group.term() < 99);
+}
+
+#[test]
+fn a_task_submitted_out_of_reach_of_any_cluster_waits_on_disk_across_a_restart() {
+    let mut lonely = node(OwnRoles {
+        coordinator: false,
+        worker: true,
+        submitter: true,
+    });
+    let mut out = Outbox::default();
+    let id = lonely.service.submit(T0, task(), &mut out).unwrap();
+    for i in 1..50 {
+        lonely
+            .service
+            .on_timer(T0 + i * group::TICK_MS, TICK, &mut out);
+    }
+    let view = lonely.service.task_view(&id).unwrap();
+    assert_eq!(view.state, "submitted");
+    assert!(
+        view.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("no cluster in reach"),
+        "{view:?}"
+    );
+    // Restarted from the same store: still there, still waiting.
+    let keypair = lonely.service.keypair.clone();
+    drop(lonely.service);
+    let store = Store::open(lonely.dir.path(), &StoreOptions::default()).unwrap();
+    let again = open(keypair, store, ClusterConfig::default());
+    assert_eq!(again.task_view(&id).unwrap().state, "submitted");
+}
+
+#[test]
+fn a_broken_module_or_impossible_numbers_are_refused_at_submission() {
+    let mut n = node(OwnRoles::ALL);
+    let mut out = Outbox::default();
+    let mut junk = task();
+    junk.module = b"not wasm at all".to_vec();
+    let err = n.service.submit(T0, junk, &mut out).unwrap_err();
+    assert!(matches!(err, SubmitError::BadModule(_)), "{err}");
+    assert!(
+        !err.to_string().contains('\n'),
+        "one line for a person: {err}"
+    );
+    let mut zero = task();
+    zero.requirements.memory_mb = 0;
+    assert!(matches!(
+        n.service.submit(T0, zero, &mut out),
+        Err(SubmitError::BadRequirements(_))
+    ));
+}

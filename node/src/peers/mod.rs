@@ -1,0 +1,11 @@
+//! Peer management: who the node knows, whom it dials and keeps, and the pure cores behind
+//! those decisions.
+//!
+//! - [`manager`] — the `NetworkBehaviour` — the address book, redials, the connection
+//!   budget, mDNS dials, the radio's neighbours, DHT walk cadence, closing on request;
+//! - [`bootstrap`] — bootstrap redials with backoff (pure);
+//! - [`budget`] — which connections to prune above the target (pure).
+
+pub mod bootstrap;
+pub mod budget;
+pub mod manager;

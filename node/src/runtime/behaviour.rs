@@ -1,0 +1,120 @@
+//! The swarm's behaviours: the peer manager beside the protocols every node speaks, and one
+//! request-response behaviour carrying every capability's protocols ([`Rpc`]).
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, StreamProtocol};
+
+use crate::config::Settings;
+use crate::node::StartError;
+use crate::peers::manager::{PeerManager, PeerManagerConfig, PeerMetrics};
+use crate::runtime::rpc::Rpc;
+use fogmesh_wire::envelope;
+
+/// The version every node reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Protocol name for identify and kad.
+pub const PROTOCOL_VERSION: &str = "/fogmesh/1.0.0";
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/fogmesh/kad/1.0.0");
+/// Peers remembered in the registry; the least recently seen is forgotten beyond this.
+pub const MAX_KNOWN_PEERS: usize = 1024;
+/// Known peers redialled at start-up, most recently seen first.
+const REDIAL_ON_START: usize = 16;
+
+/// See the module docs.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) peers: PeerManager,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) rpc: Rpc,
+}
+
+pub(crate) fn build(
+    keypair: &Keypair,
+    settings: &Settings,
+    peer_metrics: PeerMetrics,
+    clock: crate::runtime::clock::Clock,
+    rpc: Rpc,
+) -> Result<Behaviour, StartError> {
+    let peer_id = keypair.public().to_peer_id();
+    let setup = |what: &'static str| move |e: String| StartError::Setup { what, reason: e };
+    // Every message we publish is an envelope signed by its origin, and receivers check that
+    // signature once per unique message, after gossipsub's duplicate filter. gossipsub's own
+    // signature would be checked in its codec for every copy received (measured: ~30 % of a
+    // node's CPU in a 50-node mesh), so gossipsub only names the author (`from`), and the
+    // envelope check requires author == origin. Message ids hash the content, so nobody can
+    // pre-empt an honest message by sending junk under the same (author, seqno) id.
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_secs(1))
+        .validation_mode(gossipsub::ValidationMode::Permissive)
+        .validate_messages()
+        .message_id_fn(|message: &gossipsub::Message| {
+            // Topic and author too, not only the data: see `envelope::message_id`.
+            let id = envelope::message_id(
+                message.topic.as_str(),
+                message.source.as_ref(),
+                &message.data,
+            );
+            gossipsub::MessageId::from(id.to_vec())
+        })
+        .flood_publish(false)
+        .max_transmit_size(envelope::MAX_ENVELOPE_LEN + 1024)
+        .build()
+        .map_err(|e| setup("gossipsub")(e.to_string()))?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Author(peer_id),
+        gossip_config,
+    )
+    .map_err(|e| setup("gossipsub")(e.to_string()))?;
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    // kad's own periodic walk fires at once, before any peer is known, and warns "No known
+    // peers" at every start; the peer manager asks for walks once it has peers.
+    kad_config.set_periodic_bootstrap_interval(None);
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+    kad.set_mode(Some(kad::Mode::Server));
+    let mdns = if settings.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| setup("mDNS")(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(settings.max_connections))
+        .with_max_established_per_peer(Some(2))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
+    let peers = PeerManager::new(
+        PeerManagerConfig {
+            bootstrap: settings.bootstrap.clone(),
+            target_peers: settings.target_peers as usize,
+            max_known_peers: MAX_KNOWN_PEERS,
+            redial_on_start: REDIAL_ON_START,
+        },
+        peer_metrics,
+        clock,
+    );
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        peers,
+        gossipsub,
+        kad,
+        mdns: Toggle::from(mdns),
+        identify: identify::Behaviour::new(
+            identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())
+                .with_agent_version(format!("fogmesh/{VERSION}")),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        rpc,
+    })
+}

@@ -1,0 +1,24 @@
+//! The runtime: what runs capabilities without knowing any of them by name.
+//!
+//! - [`capability`] — the contract — inputs with the time, effects out;
+//! - [`driver`] — the one task that owns the swarm and executes effects;
+//! - [`rpc`] — every capability's request-response protocols in one behaviour, carrying the
+//!   caller's token;
+//! - [`storage`] — writes and storage jobs to the storage task, outcomes back;
+//! - [`handle`] — the typed handle the control API and tests use, and the views;
+//! - [`behaviour`] — the swarm's composed behaviours;
+//! - [`clock`], [`events`], [`lifecycle`], [`metrics`]: time, the event stream, the node's
+//!   phase, the metrics registry.
+//!
+//! `docs/architecture.md` draws the picture.
+
+pub mod behaviour;
+pub mod capability;
+pub mod clock;
+pub mod driver;
+pub mod events;
+pub mod handle;
+pub mod lifecycle;
+pub mod metrics;
+pub mod rpc;
+pub mod storage;

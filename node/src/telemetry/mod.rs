@@ -1,0 +1,48 @@
+//! Telemetry: every node's signed record of itself (device, power mode, score, load,
+//! peers), gossiped on its cadence, the latest per node kept, silent nodes marked stale
+//! (docs/telemetry.md).
+//!
+//! - [`record`] — the record, its validation (signature, origin, freshness window, replays);
+//! - [`service`] — the capability — publishing, accepting, expiring, its tables;
+//! - [`view`] — what the control API shows.
+
+pub mod record;
+pub mod service;
+pub mod view;
+
+use crate::capabilities::{Registered, Setup};
+use crate::node::StartError;
+use crate::runtime::behaviour::VERSION;
+use service::{Tables, TelemetryConfig, TelemetryLimits, TelemetryMetrics, TelemetryService};
+
+/// Registers the telemetry capability, seeded from its tables.
+pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+    let tables = Tables::open(setup.store)?;
+    let (own_seq, stored) = tables.restore();
+    let metrics = TelemetryMetrics::default();
+    metrics.register(setup.metrics);
+    let view = setup.views.add(view::TelemetrySnapshot::default());
+    let settings = setup.settings;
+    let mut telemetry = TelemetryService::new(
+        setup.keypair.clone(),
+        TelemetryConfig {
+            base_interval: settings.telemetry_interval,
+            radio_budget: setup.radio_only.then_some(service::RADIO_TELEMETRY_BUDGET),
+            limits: TelemetryLimits {
+                max_origins: settings.telemetry_max_origins,
+                expire_after: settings.telemetry_expire_after,
+            },
+            freshness: record::FreshnessPolicy::default(),
+            version: VERSION.into(),
+            started_at_ms: setup.clock.now_ms(),
+        },
+        tables,
+        view,
+        metrics,
+    );
+    telemetry.restore(own_seq, stored);
+    Ok(Registered {
+        capability: Box::new(telemetry),
+        routes: view::routes(),
+    })
+}
