@@ -10,11 +10,10 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use fogmesh_kv::sync::{self as kv_sync, MemReplica, SyncRequest, BATCH_BYTES, LAN_BATCH_BYTES};
 use fogmesh_kv::{Entry, Hlc, Version};
-use fogmesh_node::kv::service::{AccessPolicy, KvMetrics, KvService, KvWrite};
-use fogmesh_node::runtime::capability::Outbox;
+use fogmesh_node::kv::core::{AccessPolicy, KvCore, KvMetrics};
+use fogmesh_node::kv::view::KvWrite;
 use fogmesh_store::{Store, StoreOptions};
 use libp2p::identity::Keypair;
-use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 
 const NOW: u64 = 1_800_000_000_000;
@@ -54,11 +53,11 @@ fn plain(author: u8, key: u64, wall_ms: u64) -> Entry {
     }
 }
 
-fn service() -> (tempfile::TempDir, KvService) {
+fn service() -> (tempfile::TempDir, KvCore) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let store =
         Store::open(dir.path(), &StoreOptions::default()).unwrap_or_else(|e| panic!("store: {e}"));
-    let kv = KvService::open(
+    let kv = KvCore::open(
         Keypair::generate_ed25519(),
         &store,
         AccessPolicy::open(),
@@ -115,19 +114,17 @@ fn benches(c: &mut Criterion) {
     let entries: Vec<Entry> = (0..1000)
         .map(|i| signed(&author, format!("remote/{i:05}"), NOW))
         .collect();
-    let peer = PeerId::random();
     let mut group = c.benchmark_group("kv");
     group.sample_size(20);
     group.bench_function("take_1000_remote_entries", |b| {
         b.iter_batched(
             service,
             |(dir, mut kv)| {
-                let mut out = Outbox::at(NOW);
                 let push = SyncRequest::Push {
                     entries: entries.clone(),
                     credentials: Vec::new(),
                 };
-                black_box(kv.on_sync_request(NOW, peer, push, &mut out));
+                black_box(kv.answer(NOW, push));
                 (dir, kv)
             },
             BatchSize::PerIteration,
@@ -137,7 +134,6 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             service,
             |(dir, mut kv)| {
-                let mut out = Outbox::at(NOW);
                 let writes = (0..1000)
                     .map(|i| KvWrite {
                         namespace: "bench".into(),
@@ -145,8 +141,7 @@ fn benches(c: &mut Criterion) {
                         value: Some(vec![b'v'; 100]),
                     })
                     .collect();
-                kv.write(None, writes, &mut out);
-                black_box(&out);
+                let _ = black_box(kv.write(NOW, writes));
                 (dir, kv)
             },
             BatchSize::PerIteration,

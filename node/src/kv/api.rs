@@ -92,8 +92,10 @@ pub async fn get_key(
     namespace: String,
     key: String,
 ) -> Result<Result<Option<KeyView>, String>, CallError> {
-    node.call(move |kv: &mut KvService, _, _| kv.get(&namespace, &key))
-        .await
+    let (reply, answer) = oneshot::channel();
+    node.call(move |kv: &mut KvService, _, out| kv.get(reply, namespace, key, out))
+        .await?;
+    answer.await.map_err(|_| CallError::Stopped)
 }
 
 /// Keys of `namespace` starting with `prefix`, after `after`, at most `limit`.
@@ -103,16 +105,20 @@ pub async fn list_keys(
     query: KvListQuery,
 ) -> Result<Result<Vec<KeyView>, String>, CallError> {
     let limit = query.limit.unwrap_or(MAX_KV_LIST).min(MAX_KV_LIST);
-    node.call(move |kv: &mut KvService, _, _| {
+    let (reply, answer) = oneshot::channel();
+    node.call(move |kv: &mut KvService, _, out| {
         kv.list(
-            &namespace,
-            &query.prefix,
-            query.after.as_deref(),
+            reply,
+            namespace,
+            query.prefix,
+            query.after,
             limit,
             query.deleted,
+            out,
         )
     })
-    .await
+    .await?;
+    answer.await.map_err(|_| CallError::Stopped)
 }
 
 async fn answer_write(

@@ -3,18 +3,25 @@
 //! that were away. The pure core (model, digest tree, sync protocol) is the `fogmesh_kv`
 //! crate; this folder runs it.
 //!
-//! - [`service`] — the capability — signing, verifying, merging, sessions;
+//! - [`service`] — the capability: routing and scheduling on the swarm task;
+//! - [`core`] — everything that reads or writes the replica (signing, verifying, merging,
+//!   answering, sessions), run as jobs on the storage task;
 //! - [`replica`] — the replica on sled (the tables it owns);
+//! - [`verify`], [`view`] — stateless checks on remote entries; what the API shows;
 //! - [`protocol`] — gossip deltas and `/fogmesh/kv/1`;
 //! - [`api`] — `/v1/kv`.
 
 pub mod api;
+pub mod core;
 pub mod protocol;
 pub mod replica;
 pub mod service;
+pub mod verify;
+pub mod view;
 
 use crate::capabilities::{Registered, Setup};
 use crate::node::StartError;
+use core::KvCore;
 use service::{AccessPolicy, KvMetrics, KvService};
 
 /// Registers the kv capability. A store that cannot be read leaves it refusing everything
@@ -22,7 +29,7 @@ use service::{AccessPolicy, KvMetrics, KvService};
 pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
     let metrics = KvMetrics::default();
     metrics.register(setup.metrics);
-    let kv = KvService::open(
+    let core = KvCore::open(
         setup.keypair.clone(),
         setup.store,
         AccessPolicy {
@@ -30,6 +37,7 @@ pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
         },
         metrics,
     );
+    let kv = KvService::new(core);
     Ok(Registered {
         capability: Box::new(kv),
         routes: api::routes(),

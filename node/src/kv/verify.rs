@@ -4,9 +4,9 @@ use fogmesh_kv::Entry;
 use libp2p::identity::PublicKey;
 use libp2p::PeerId;
 
-use super::RESERVED_NAMESPACE;
+use crate::kv::core::RESERVED_NAMESPACE;
 
-pub(super) fn needed_role(namespace: &str) -> &'static str {
+pub(crate) fn needed_role(namespace: &str) -> &'static str {
     if namespace == RESERVED_NAMESPACE {
         "admin"
     } else {
@@ -20,7 +20,7 @@ const PARALLEL_VERIFY_FROM: usize = 64;
 /// Whether each entry carries its author's valid signature. Pure CPU work; a large batch
 /// (a sync page) is split over up to four threads for its duration, which is what bounds a
 /// catch-up's speed (an Ed25519 check is ~30 µs, BENCHMARKS.md).
-pub(super) fn verify_signatures(entries: &[Entry], keys: &[Option<PublicKey>]) -> Vec<bool> {
+pub(crate) fn verify_signatures(entries: &[Entry], keys: &[Option<PublicKey>]) -> Vec<bool> {
     fn one((entry, key): (&Entry, &Option<PublicKey>)) -> bool {
         key.as_ref()
             .is_some_and(|key| key.verify(&entry.signing_bytes(), &entry.signature))
@@ -49,7 +49,7 @@ pub(super) fn verify_signatures(entries: &[Entry], keys: &[Option<PublicKey>]) -
 }
 
 /// The public key inlined in a PeerId (Ed25519 ids inline theirs).
-pub(super) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
+pub(crate) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     let multihash = peer.as_ref();
     if multihash.code() != 0 {
         return None;

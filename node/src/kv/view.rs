@@ -81,13 +81,13 @@ pub struct KeyView {
     pub overwritten: Vec<VersionView>,
 }
 
-pub(super) fn author_text(author: &[u8]) -> String {
+pub(crate) fn author_text(author: &[u8]) -> String {
     PeerId::from_bytes(author)
         .map(|p| p.to_string())
         .unwrap_or_else(|_| hex::encode(author))
 }
 
-pub(super) fn hlc_text(hlc: &Hlc) -> String {
+pub(crate) fn hlc_text(hlc: &Hlc) -> String {
     format!("{}.{}", hlc.wall_ms, hlc.counter)
 }
 
@@ -116,7 +116,7 @@ impl KeyView {
     }
 }
 
-pub(super) fn changed_event(entry: &Entry, via: &'static str) -> KvChanged {
+pub(crate) fn changed_event(entry: &Entry, via: &'static str) -> KvChanged {
     let value = entry.value.as_ref();
     KvChanged {
         namespace: entry.namespace.clone(),
