@@ -16,18 +16,26 @@
 //! simulation's seed fixes the schedule of messages, losses and crashes but not those
 //! timeouts; the simulation checks invariants over many runs rather than replaying one.
 //!
-//! Storage: raft-rs's `MemStorage` in memory, and, when the member has one, a [`RaftDisk`]
-//! in sled that every `Ready` is written to (durably) before the messages that depend on it
-//! are returned ([`ClusterNode::open`]). A simulation may run without a disk and keep the
-//! `MemStorage` across a simulated crash instead. If the disk fails, the member stops: every
+//! Storage is the caller's, and asynchronous: raft-rs's `MemStorage` holds the log in memory,
+//! and every `Ready` also comes out as a [`PersistRequest`] in [`Output::persist`] for the
+//! caller to write (the node writes it on its storage task, off the swarm task; a
+//! simulation just acknowledges it). The messages that depend on a write — everything a
+//! follower says, and what a leader says once its own copy counts — are held until the
+//! caller reports the write done ([`ClusterNode::on_persisted`]); a leader's appends go out at
+//! once (raft thesis 10.2.1), and committed entries are applied only once persisted here. A
+//! request that only moves the commit index needs no sync and, when nothing synced is still
+//! outstanding, is taken as persisted at once. If a write fails, the member stops: every
 //! later call returns [`GroupError::DiskFailed`], since it can no longer keep its promises.
+//! [`crate::log`] says how requests are stored and a group restored.
+
+use std::collections::VecDeque;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
-use crate::disk::{DiskError, RaftDisk};
+use crate::log::DiskError;
 use crate::scheduler;
 use crate::state::{Applied, ClusterState, Command, Refusal};
 
@@ -95,13 +103,41 @@ pub enum GroupError {
     Load(#[from] DiskError),
 }
 
+/// What a member must store: one raft `Ready`'s new entries (replacing any suffix they
+/// overwrite), its hard state and its configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersistRequest {
+    /// Reported back with [`ClusterNode::on_persisted`] once stored.
+    pub number: u64,
+    pub entries: Vec<Entry>,
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    /// Must be on disk (flushed) before it is reported: new entries, term or vote. If not,
+    /// only the commit index moved, which Raft does not need on disk; such a request is
+    /// reported persisted by the member itself when nothing synced is outstanding.
+    pub sync: bool,
+}
+
 /// What a call produced: messages to send (already safe to send: what they promise is
-/// persisted), and the commands newly applied, in order, with their outcomes.
+/// persisted), what to store, and the commands newly applied, in order, with their
+/// outcomes.
 #[derive(Debug, Default)]
 pub struct Output {
     pub messages: Vec<Message>,
+    pub persist: Vec<PersistRequest>,
     pub applied: Vec<(Command, Result<Applied, Refusal>)>,
 }
+
+impl Output {
+    fn extend(&mut self, other: Output) {
+        self.messages.extend(other.messages);
+        self.persist.extend(other.persist);
+        self.applied.extend(other.applied);
+    }
+}
+
+/// Readies drained per call at most: each persisted one may make another ready at once.
+const MAX_READIES_PER_CALL: usize = 16;
 
 /// One member of a cluster's Raft group.
 pub struct ClusterNode {
@@ -111,8 +147,14 @@ pub struct ClusterNode {
     /// Committed entries whose bytes are not a command (a member with a newer or corrupt
     /// encoder): skipped identically on every replica, and counted.
     skipped: u64,
-    disk: Option<RaftDisk>,
     disk_failed: Option<String>,
+    /// Synced requests not yet reported stored, oldest first.
+    unsynced: VecDeque<u64>,
+    /// Messages waiting for the request of their number to be stored.
+    held: VecDeque<(u64, Vec<Message>)>,
+    /// The newest request number handed out, and the newest reported to raft as stored.
+    issued: u64,
+    released: u64,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -156,25 +198,65 @@ impl ClusterNode {
             raw,
             state: ClusterState::default(),
             skipped: 0,
-            disk: None,
             disk_failed: None,
+            unsynced: VecDeque::new(),
+            held: VecDeque::new(),
+            issued: 0,
+            released: 0,
         })
     }
 
-    /// Starts (or restarts) member `id` on its disk: what the disk holds is loaded, and every
-    /// `Ready` is written to it before its messages go out. A group the disk never saw starts
-    /// with `founding_voters`.
-    pub fn open(
-        id: u64,
-        disk: RaftDisk,
-        founding_voters: &[u64],
-        timing: Timing,
-        logger: &slog::Logger,
-    ) -> Result<Self, GroupError> {
-        let storage = disk.load(founding_voters)?;
-        let mut node = Self::new(id, storage, timing, logger)?;
-        node.disk = Some(disk);
-        Ok(node)
+    /// What a group that was never stored must store before anything else: its founding
+    /// configuration and an empty hard state (synced, so a restart finds the group).
+    pub fn initial_request(&self) -> PersistRequest {
+        let stored = raft::Storage::initial_state(self.raw.store()).unwrap_or_default();
+        PersistRequest {
+            number: 0,
+            entries: Vec::new(),
+            hard_state: stored.hard_state,
+            conf_state: stored.conf_state,
+            sync: true,
+        }
+    }
+
+    /// The request `number` (and every one before it) is stored: the messages that waited
+    /// for it go out, and what it made ready (a leader's commit, entries now committed)
+    /// follows.
+    pub fn on_persisted(&mut self, number: u64) -> Output {
+        if self.disk_failed.is_some() {
+            return Output::default();
+        }
+        while self.unsynced.front().is_some_and(|n| *n <= number) {
+            self.unsynced.pop_front();
+        }
+        let mut out = Output::default();
+        self.release(&mut out);
+        out.extend(self.drain());
+        out
+    }
+
+    /// A write failed: the member stops for good (what it promised may not be stored).
+    pub fn on_persist_failed(&mut self, reason: String) {
+        tracing::error!(%reason, "raft disk failed; this member stops");
+        self.disk_failed = Some(reason);
+        self.held.clear();
+    }
+
+    /// Tells raft what is stored and hands out the messages that waited for it.
+    fn release(&mut self, out: &mut Output) {
+        let safe = match self.unsynced.front() {
+            Some(first) => first - 1,
+            None => self.issued,
+        };
+        if safe > self.released {
+            self.raw.on_persist_ready(safe);
+            self.released = safe;
+        }
+        while self.held.front().is_some_and(|(n, _)| *n <= safe) {
+            if let Some((_, messages)) = self.held.pop_front() {
+                out.messages.extend(messages);
+            }
+        }
     }
 
     fn check_disk(&self) -> Result<(), GroupError> {
@@ -398,53 +480,61 @@ impl ClusterNode {
             .collect()
     }
 
-    /// Runs raft-rs's `Ready` protocol: persist, then send, then apply.
+    /// Runs raft-rs's `Ready` protocol, asynchronously: send what needs nothing stored,
+    /// apply what is committed and stored, hand out what to store, hold what depends on it.
     fn drain(&mut self) -> Output {
         let mut out = Output::default();
-        if self.disk_failed.is_some() || !self.raw.has_ready() {
-            return out;
-        }
-        let store = self.raw.store().clone();
-        let mut ready = self.raw.ready();
-        // Messages in `messages()` need nothing persisted (a leader's appends go out while
-        // it writes its own copy).
-        out.messages.extend(ready.take_messages());
-        if !ready.snapshot().is_empty() {
-            // No member compacts its log yet, so no snapshot should arrive (and `admit`
-            // refuses them on the wire); the state machine could not be restored from one.
-            tracing::error!("unexpected raft snapshot; this member stops");
-            self.disk_failed =
-                Some("received a raft snapshot, which this version cannot apply".into());
-            out.messages.clear();
-            return out;
-        }
-        self.apply(ready.take_committed_entries(), &mut out);
-        if !ready.entries().is_empty() {
-            if let Err(err) = store.wl().append(ready.entries()) {
-                tracing::error!(%err, "cannot append raft entries");
+        for _ in 0..MAX_READIES_PER_CALL {
+            if self.disk_failed.is_some() || !self.raw.has_ready() {
+                break;
             }
-        }
-        if let Some(hard_state) = ready.hs() {
-            store.wl().set_hardstate(hard_state.clone());
-        }
-        if let Some(disk) = &self.disk {
-            let sync = ready.must_sync();
-            if let Err(err) = disk.persist(ready.entries(), ready.hs(), &store, sync) {
-                // Nothing that depends on this Ready may leave: stop here, for good.
-                tracing::error!(%err, "raft disk failed; this member stops");
-                self.disk_failed = Some(err.to_string());
+            let store = self.raw.store().clone();
+            let mut ready = self.raw.ready();
+            let number = ready.number();
+            // Messages in `messages()` need nothing persisted (a leader's appends go out
+            // while it writes its own copy).
+            out.messages.extend(ready.take_messages());
+            if !ready.snapshot().is_empty() {
+                // No member compacts its log yet, so no snapshot should arrive (and `admit`
+                // refuses them on the wire); the state machine could not be restored from
+                // one.
+                tracing::error!("unexpected raft snapshot; this member stops");
+                self.disk_failed =
+                    Some("received a raft snapshot, which this version cannot apply".into());
                 out.messages.clear();
                 return out;
             }
+            // Committed entries are committed and stored here: safe to apply.
+            self.apply(ready.take_committed_entries(), &mut out);
+            if !ready.entries().is_empty() {
+                if let Err(err) = store.wl().append(ready.entries()) {
+                    tracing::error!(%err, "cannot append raft entries");
+                }
+            }
+            if let Some(hard_state) = ready.hs() {
+                store.wl().set_hardstate(hard_state.clone());
+            }
+            let stored = raft::Storage::initial_state(&store).unwrap_or_default();
+            let sync = ready.must_sync();
+            out.persist.push(PersistRequest {
+                number,
+                entries: ready.entries().to_vec(),
+                hard_state: stored.hard_state,
+                conf_state: stored.conf_state,
+                sync,
+            });
+            let persisted = ready.take_persisted_messages();
+            self.raw.advance_append_async(ready);
+            self.raw.advance_apply();
+            self.issued = number;
+            if sync {
+                self.unsynced.push_back(number);
+            }
+            if !persisted.is_empty() {
+                self.held.push_back((number, persisted));
+            }
+            self.release(&mut out);
         }
-        out.messages.extend(ready.take_persisted_messages());
-        let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            store.wl().mut_hard_state().set_commit(commit);
-        }
-        out.messages.extend(light.take_messages());
-        self.apply(light.take_committed_entries(), &mut out);
-        self.raw.advance_apply();
         out
     }
 

@@ -8,15 +8,15 @@
 //! - [`scheduler`]: which queued task goes where, highest (aged) priority first;
 //! - [`group`]: one member's side of the cluster's Raft group, ordering the commands;
 //! - [`formation`]: how nodes group themselves into clusters, and when they change;
-//! - [`disk`]: the group's log and hard state in sled;
+//! - [`log`]: the group's log and hard state as stored, and rebuilt after a restart;
 //! - [`wire`]: raft messages between members, and who may send them.
 //!
 //! Cluster formation and the node service build on these (issue 11).
 
 pub mod capacity;
-pub mod disk;
 pub mod formation;
 pub mod group;
+pub mod log;
 pub mod scheduler;
 pub mod state;
 pub mod task;

@@ -44,6 +44,9 @@ impl Ord for InFlight {
     }
 }
 
+/// A write on its way to a member's disk: when done, order, member, its run, number.
+type DiskWrite = (u64, u64, u64, u64, u64);
+
 struct Sim {
     seed: u64,
     rng: StdRng,
@@ -52,6 +55,10 @@ struct Sim {
     /// What each member's disk holds; survives its crashes.
     disks: BTreeMap<u64, MemStorage>,
     wire: BinaryHeap<Reverse<(u64, u64, InFlight)>>,
+    /// Writes on their way to a member's disk.
+    disk_queue: BinaryHeap<Reverse<DiskWrite>>,
+    /// Each member's run, so a write of an earlier run (before a crash) is not reported.
+    runs: BTreeMap<u64, u64>,
     seq: u64,
     /// Members on the other side of a partition, if any.
     cut_off: BTreeSet<u64>,
@@ -84,6 +91,8 @@ impl Sim {
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
             wire: BinaryHeap::new(),
+            disk_queue: BinaryHeap::new(),
+            runs: BTreeMap::new(),
             seq: 0,
             cut_off: BTreeSet::new(),
             loss: 0.05,
@@ -107,6 +116,7 @@ impl Sim {
             ClusterNode::new(id, self.disks[&id].clone(), LAN_TIMING, &raft_logger()).unwrap();
         self.nodes.insert(id, Some(node));
         self.applied.insert(id, 0);
+        *self.runs.entry(id).or_default() += 1;
     }
 
     fn crash(&mut self, id: u64) {
@@ -118,6 +128,14 @@ impl Sim {
     }
 
     fn absorb(&mut self, id: u64, out: Output) {
+        // The disk takes 1-3 ms per write, in order.
+        for request in out.persist {
+            let at = self.now + self.rng.gen_range(1..4);
+            self.seq += 1;
+            let run = self.runs[&id];
+            self.disk_queue
+                .push(Reverse((at, self.seq, id, run, request.number)));
+        }
         for message in out.messages {
             if !self.reaches(id, message.to) || self.rng.gen_bool(self.loss) {
                 continue;
@@ -260,6 +278,15 @@ impl Sim {
         let end = self.now + ms;
         while self.now < end {
             self.now += 1;
+            while let Some(Reverse((at, _, _, _, _))) = self.disk_queue.peek() {
+                if *at > self.now {
+                    break;
+                }
+                let Reverse((_, _, id, run, number)) = self.disk_queue.pop().unwrap();
+                if self.runs.get(&id) == Some(&run) {
+                    self.with_node(id, |n| Some(n.on_persisted(number)));
+                }
+            }
             while let Some(Reverse((at, _, _))) = self.wire.peek() {
                 if *at > self.now {
                     break;

@@ -22,6 +22,7 @@
 
 pub mod batch;
 pub mod generation;
+pub mod guard;
 pub mod integrity;
 pub mod ordered;
 mod redo;
@@ -155,6 +156,7 @@ impl Store {
 
     /// Writes every buffered change to disk; returns when it is durable.
     pub fn flush(&self) -> Result<(), StoreError> {
+        guard::check("store");
         self.generation.commit()?;
         Ok(())
     }
@@ -162,6 +164,7 @@ impl Store {
     /// Applies `batch` all-or-nothing; buffered like [`Table::put`]. Blocks on sled: from
     /// async code, write through a [`StorageHandle`] instead.
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        guard::check("store");
         self.check_owner(&batch)?;
         batch::apply(&batch).map(|_| ())
     }
@@ -169,6 +172,7 @@ impl Store {
     /// Applies `batch` all-or-nothing and returns once it is on disk, with the durable
     /// generation that covers it.
     pub fn apply_durable(&self, batch: Batch) -> Result<u64, StoreError> {
+        guard::check("store");
         self.check_owner(&batch)?;
         batch::apply(&batch)?;
         self.generation.commit()
@@ -271,6 +275,14 @@ impl<V> Clone for Table<V> {
     }
 }
 
+impl<V> Table<V> {
+    /// The tree, for an access that must not happen on the swarm task ([`guard`]).
+    fn tree(&self) -> &sled::Tree {
+        guard::check(self.name);
+        &self.tree
+    }
+}
+
 impl<V: Serialize + DeserializeOwned> Table<V> {
     /// The table's name.
     pub fn name(&self) -> &'static str {
@@ -284,7 +296,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
             key: key.to_owned(),
             source,
         })?;
-        self.tree.insert(key.as_bytes(), bytes)?;
+        self.tree().insert(key.as_bytes(), bytes)?;
         Ok(())
     }
 
@@ -297,7 +309,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
 
     /// The value under `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<V>, StoreError> {
-        match self.tree.get(key.as_bytes())? {
+        match self.tree().get(key.as_bytes())? {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes)
                 .map(Some)
@@ -311,38 +323,39 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
 
     /// Whether a value is stored under `key`, without reading or decoding it.
     pub fn contains_key(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(key.as_bytes())?)
+        Ok(self.tree().contains_key(key.as_bytes())?)
     }
 
-    /// The bytes every value takes as stored (encoded), without decoding any.
-    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
-        let mut total = 0u64;
-        for item in self.tree.iter() {
-            let (_, value) = item?;
-            total += value.len() as u64;
-        }
-        Ok(total)
+    /// Every key with the bytes its value takes as stored (encoded), without decoding any
+    /// value; a key that is not UTF-8 (not written through a table) is skipped.
+    pub fn stored_sizes(&self) -> impl Iterator<Item = Result<(String, u64), StoreError>> + '_ {
+        self.tree().iter().filter_map(|item| match item {
+            Ok((key, value)) => String::from_utf8(key.to_vec())
+                .ok()
+                .map(|key| Ok((key, value.len() as u64))),
+            Err(error) => Some(Err(error.into())),
+        })
     }
 
     /// Removes the value under `key`; true if there was one.
     pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.tree.remove(key.as_bytes())?.is_some())
+        Ok(self.tree().remove(key.as_bytes())?.is_some())
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.tree().len()
     }
 
     /// True if the table has no entries.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.tree().is_empty()
     }
 
     /// Every entry in key order. An entry that cannot be decoded is returned as an
     /// `Err(StoreError::Corrupt)` in its place, so one bad value never hides the others.
     pub fn entries(&self) -> impl Iterator<Item = Result<(String, V), StoreError>> + '_ {
-        self.tree.iter().map(move |item| self.decode_row(item))
+        self.tree().iter().map(move |item| self.decode_row(item))
     }
 
     fn decode_row(
@@ -379,12 +392,12 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                 if bounded {
                     // A cursor past the prefix's range: nothing (and no inverted range).
                     let end = end.max(start.clone());
-                    self.tree.range(start..end)
+                    self.tree().range(start..end)
                 } else {
-                    self.tree.range(start..)
+                    self.tree().range(start..)
                 }
             }
-            None => self.tree.scan_prefix(prefix.as_bytes()),
+            None => self.tree().scan_prefix(prefix.as_bytes()),
         };
         iter.map(move |item| self.decode_row(item))
     }
@@ -392,7 +405,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// Stores raw bytes under `key` without encoding; for tests of corrupt-data handling.
     #[doc(hidden)]
     pub fn put_raw_for_test(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.tree.insert(key.as_bytes(), bytes)?;
+        self.tree().insert(key.as_bytes(), bytes)?;
         Ok(())
     }
 }

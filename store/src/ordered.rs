@@ -140,6 +140,13 @@ impl<V> OrderedTable<V> {
             _value: PhantomData,
         }
     }
+
+    /// The tree, for an access that must not happen on the swarm task
+    /// ([`crate::guard`]).
+    fn tree(&self) -> &sled::Tree {
+        crate::guard::check(self.name);
+        &self.tree
+    }
 }
 
 impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
@@ -158,7 +165,7 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
 
     /// The value at `index` in `scope`, if any.
     pub fn get(&self, scope: &Scope, index: u64) -> Result<Option<V>, StoreError> {
-        match self.tree.get(scope.key(index))? {
+        match self.tree().get(scope.key(index))? {
             None => Ok(None),
             Some(bytes) => self.decode(scope, index, &bytes).map(Some),
         }
@@ -166,7 +173,7 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
 
     /// Removes the value at `index` in `scope`; true if there was one.
     pub fn remove(&self, scope: &Scope, index: u64) -> Result<bool, StoreError> {
-        Ok(self.tree.remove(scope.key(index))?.is_some())
+        Ok(self.tree().remove(scope.key(index))?.is_some())
     }
 
     /// Removes every entry of `scope` in `range` atomically (log truncation, compaction);
@@ -187,7 +194,7 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
     pub fn range(&self, scope: &Scope, range: impl RangeBounds<u64>) -> OrderedIter<V> {
         let inner = scope
             .key_span(&range)
-            .map(|(low, high)| self.tree.range(low..=high));
+            .map(|(low, high)| self.tree().range(low..=high));
         OrderedIter {
             inner,
             scope: scope.clone(),
@@ -213,7 +220,7 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
             return Ok(0);
         };
         let mut count = 0;
-        for item in self.tree.range(low..=high) {
+        for item in self.tree().range(low..=high) {
             item?;
             count += 1;
         }
@@ -222,12 +229,12 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
 
     /// Number of entries in every scope.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.tree().len()
     }
 
     /// True if no scope has any entry.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.tree().is_empty()
     }
 
     /// Stores raw bytes without encoding; for tests of corrupt-data handling.
@@ -238,7 +245,7 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
         index: u64,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        self.tree.insert(scope.key(index), bytes)?;
+        self.tree().insert(scope.key(index), bytes)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use fogmesh_consensus::task::{Priority, Requirements, TaskId};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::cluster::service::{ClusterService, ClusterView, SubmitTask, TaskView};
 use crate::control::{api_error, call_failed, ApiError};
@@ -64,12 +65,11 @@ pub async fn submit(
     node: &NodeHandle,
     task: SubmitTask,
 ) -> Result<Result<String, String>, CallError> {
-    node.call(move |c: &mut ClusterService, now, out| {
-        let outcome = c.submit(now, task, out);
-        c.publish_view(now, out);
-        outcome.map(|id| id.to_string()).map_err(|e| e.to_string())
-    })
-    .await
+    let (reply, answer) = oneshot::channel();
+    node.call(move |c: &mut ClusterService, now, out| c.submit(now, task, reply, out))
+        .await?;
+    let outcome = answer.await.map_err(|_| CallError::Stopped)?;
+    Ok(outcome.map(|id| id.to_string()).map_err(|e| e.to_string()))
 }
 
 /// Where a task is, as this node knows it.
@@ -84,8 +84,10 @@ pub async fn cancel(node: &NodeHandle, id: TaskId) -> Result<Result<String, Stri
 }
 
 pub async fn result(node: &NodeHandle, id: TaskId) -> Result<Result<Vec<u8>, String>, CallError> {
-    node.call(move |c: &mut ClusterService, _, _| c.result(&id))
-        .await
+    let (reply, answer) = oneshot::channel();
+    node.call(move |c: &mut ClusterService, _, out| c.result(&id, reply, out))
+        .await?;
+    answer.await.map_err(|_| CallError::Stopped)
 }
 
 async fn cluster(State(node): State<NodeHandle>) -> Json<ClusterView> {

@@ -5,6 +5,7 @@
 //!   submissions;
 //! - [`protocol`] — `/fogmesh/cluster/1` and `/fogmesh/cluster-bulk/1`;
 //! - [`blobs`] — the content-addressed store of modules, inputs and results;
+//! - [`raft_log`] — where the Raft group's log and hard state are stored;
 //! - [`exec`] — the WebAssembly sandbox tasks run in;
 //! - [`api`] — `/v1/cluster` and `/v1/tasks`.
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod blobs;
 pub mod exec;
 pub mod protocol;
+pub mod raft_log;
 pub mod service;
 
 use crate::capabilities::{Registered, Setup};
@@ -26,7 +28,7 @@ pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
     let radio = setup.radio_only;
     let cluster = ClusterService::open(
         setup.keypair.clone(),
-        setup.store.clone(),
+        setup.store,
         ClusterConfig {
             // Over Bluetooth a relay hop costs ~200 ms: slower elections and formation.
             formation: if radio {

@@ -265,18 +265,18 @@ impl Driver {
             let started = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                _ = sleep_until_opt(next_timer) => { let t = Instant::now(); self.fire_due_timers(); t }
-                Some(job) = self.jobs.next(), if !self.jobs.is_empty() => { let t = Instant::now(); self.on_blocking_job(job); t }
-                Some(report) = self.storage_reports.recv() => { let t = Instant::now(); self.on_storage_report(report); t }
-                _ = maintenance.tick() => { let t = Instant::now(); self.maintain(); t }
-                Some(call) = self.calls.recv() => { let t = Instant::now(); call(&mut self); t }
-                Some(refusal) = recv_opt(&mut self.refusals) => { let t = Instant::now(); self.on_refusal(refusal); t }
-                event = self.swarm.select_next_some() => { let t = Instant::now(); self.on_swarm_event(event); t }
+                _ = sleep_until_opt(next_timer) => { let t = turn(); self.fire_due_timers(); t }
+                Some(job) = self.jobs.next(), if !self.jobs.is_empty() => { let t = turn(); self.on_blocking_job(job); t }
+                Some(report) = self.storage_reports.recv() => { let t = turn(); self.on_storage_report(report); t }
+                _ = maintenance.tick() => { let t = turn(); self.maintain(); t }
+                Some(call) = self.calls.recv() => { let t = turn(); call(&mut self); t }
+                Some(refusal) = recv_opt(&mut self.refusals) => { let t = turn(); self.on_refusal(refusal); t }
+                event = self.swarm.select_next_some() => { let t = turn(); self.on_swarm_event(event); t }
             };
             if std::mem::take(&mut self.status_dirty) {
                 self.publish_status();
             }
-            self.metrics.observe_turn(started.elapsed());
+            self.metrics.observe_turn(started.0.elapsed());
         }
         self.drain().await;
     }
@@ -830,6 +830,12 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => futures::future::pending().await,
     }
+}
+
+/// The start of one turn of the loop, and the guard that keeps the disk out of it
+/// (`fogmesh_store::guard`): it lives until the turn ends, never across an await.
+fn turn() -> (Instant, fogmesh_store::guard::Forbidden) {
+    (Instant::now(), fogmesh_store::guard::forbid())
 }
 
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

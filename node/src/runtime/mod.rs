@@ -22,3 +22,5 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod rpc;
 pub mod storage;
+#[cfg(test)]
+pub mod testing;

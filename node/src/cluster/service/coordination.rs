@@ -4,7 +4,6 @@
 //! announcements heard from other coordinators. The decisions themselves are
 //! `fogmesh_consensus::formation`'s; this is where they meet the group and the network.
 
-use fogmesh_consensus::disk::RaftDisk;
 use fogmesh_consensus::formation::{self, Announcement};
 use fogmesh_consensus::group::MemberChange;
 use fogmesh_consensus::state::{Command, NodeId};
@@ -14,11 +13,12 @@ use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 
 use super::{
-    work, ClusterService, MembershipRecord, Pending, Situation, ANNOUNCE_TOPIC,
-    MAX_ANNOUNCEMENT_BYTES, MEMBERSHIP_KEY, PLACEMENTS_PER_PASS,
+    work, ClusterService, Pending, Situation, ANNOUNCE_TOPIC, MAX_ANNOUNCEMENT_BYTES,
+    MEMBERSHIP_KEY, PLACEMENTS_PER_PASS,
 };
 use crate::cluster::protocol::ClusterRequest;
 use crate::runtime::capability::{Effect, Outbox};
+use fogmesh_store::Batch;
 use fogmesh_wire::envelope::{self, MessageKind};
 
 impl ClusterService {
@@ -137,17 +137,10 @@ impl ClusterService {
     pub(super) fn found(&mut self, now_ms: u64, out: &mut Outbox) {
         let cluster = formation::new_cluster_id(&self.me.to_bytes(), now_ms);
         let founders = vec![self.me_id];
-        if let Err(error) = self.remember_membership(&cluster, &founders, None) {
-            tracing::warn!(%error, "cannot record the new cluster");
-            return;
-        }
-        match self.open_group(&cluster, &founders) {
-            Ok(group) => {
+        match self.begin_membership(now_ms, cluster.clone(), founders, None, out) {
+            Ok(()) => {
                 tracing::info!(%cluster, "founded a cluster");
                 self.metrics.change("founded");
-                let membership = self.new_membership(cluster, group, now_ms, None);
-                self.situation = Situation::Member(Box::new(membership));
-                self.prefer = None;
                 // Lead, record ourselves and announce at once: the sooner the others hear
                 // of a cluster with room, the fewer found their own.
                 if let Situation::Member(m) = &mut self.situation {
@@ -167,22 +160,6 @@ impl ClusterService {
             }
             Err(error) => tracing::warn!(%error, "cannot found a cluster"),
         }
-    }
-
-    pub(super) fn remember_membership(
-        &self,
-        cluster: &str,
-        founders: &[u64],
-        via: Option<PeerId>,
-    ) -> Result<(), fogmesh_store::StoreError> {
-        self.membership_table.put_durable(
-            MEMBERSHIP_KEY,
-            &MembershipRecord {
-                cluster: cluster.to_owned(),
-                founders: founders.to_vec(),
-                via: via.map(|v| ByteBuf::from(v.to_bytes())),
-            },
-        )
     }
 
     pub(super) fn step_member(&mut self, now_ms: u64, out: &mut Outbox) {
@@ -260,6 +237,7 @@ impl ClusterService {
         };
         tracing::info!(cluster = %m.cluster, reason, "left the cluster");
         self.metrics.change(reason);
+        let mut batch = Batch::new();
         if forward {
             // Merged: every member forwards everything (the next cluster refuses duplicates by
             // id). Lost: only what this node submitted or was given, since a member cut off
@@ -278,17 +256,14 @@ impl ClusterService {
                 .map(|t| t.spec.clone())
                 .collect();
             for spec in tasks {
-                self.submissions.forward(spec, &self.me);
+                self.submissions.forward(spec, &self.me, &mut batch);
             }
         }
-        if let Err(error) = self.membership_table.remove(MEMBERSHIP_KEY) {
-            tracing::warn!(%error, "cannot forget the cluster membership");
-        }
-        if let Ok(disk) = RaftDisk::open(&self.store, &m.cluster) {
-            if let Err(error) = disk.destroy() {
-                tracing::warn!(%error, "cannot remove the old raft log");
-            }
-        }
+        // One batch: the forwarded tasks are stored if and only if the log they came from
+        // is gone.
+        batch.remove(&self.membership_table, MEMBERSHIP_KEY);
+        self.raft_tables.destroy(&m.cluster, &mut batch);
+        out.push(Effect::Persist(batch));
         // A new cluster has its own terms: the fencing gate starts over with it.
         self.work = work::Work::default();
         self.cluster_event(reason, out);

@@ -18,23 +18,25 @@
 //! - submissions (`submit.rs`): kept durably until a cluster has taken them, forwarded when
 //!   the node's cluster dissolves or is lost, followed until done, results fetched back.
 //!
-//! One exception to the services' "no store" rule: Raft must have its log on disk before
-//! the messages that depend on it leave, so the group writes its sled tables synchronously
-//! (flushing only when raft-rs asks, [`fogmesh_consensus::disk`]), and the blob store and
-//! the submission table are written the same way so that "accepted" means "on disk".
+//! Nothing here touches the disk: what the group must store comes out of it as
+//! [`PersistRequest`]s, written as batches through the storage task ([`RaftTables`]);
+//! raft's messages that depend on a request are held inside the group until the task
+//! reports it on disk ([`Capability::on_durable`]). Blobs, submissions and the membership
+//! record are batches too, in an order that makes what depends on them durable no earlier
+//! than they are (`crate::cluster::blobs`); a blob not in memory is read by a storage job.
+//! Only start-up reads the tables ([`ClusterService::open`]).
 //!
 //! Roles (docs/clusters.md, "Roles"): only a node whose ticket grants `coordinator` votes or
 //! coordinates (others join as raft learners); joining takes `worker` or `coordinator`;
 //! submitting takes `submitter`. In an open mesh (no tickets) every node has every role.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use fogmesh_consensus::disk::RaftDisk;
 use fogmesh_consensus::formation::{self, Announcement, LeadershipHysteresis};
-use fogmesh_consensus::group::{self, ClusterNode, GroupError, Output};
+use fogmesh_consensus::group::{self, ClusterNode, GroupError, Output, PersistRequest};
 use fogmesh_consensus::state::{Applied, Command, NodeId, Refusal};
 use fogmesh_consensus::wire;
-use fogmesh_store::{Store, Table};
+use fogmesh_store::{Batch, Store, Table};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use prometheus_client::metrics::counter::Counter;
@@ -44,12 +46,13 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::admission::Admissions;
-use crate::cluster::blobs::BlobStore;
+use crate::cluster::blobs::{self, Blobs};
 use crate::cluster::protocol::{self, ClusterRequest, ClusterResponse};
+use crate::cluster::raft_log::RaftTables;
 use crate::device::service::DeviceChanged;
 use crate::runtime::capability::{
-    Capability, Effect, GossipIn, InboundRequest, JobOutput, Notice, Outbox, Protocol, ReasonLabel,
-    Response, TimerId, Token, Verdict,
+    Capability, Effect, GossipIn, InboundId, InboundRequest, JobOutput, Lane, Notice, Outbox,
+    Protocol, ReasonLabel, Response, TimerId, Token, Verdict,
 };
 use crate::runtime::events::EventKind;
 use crate::runtime::handle::ViewCell;
@@ -289,6 +292,9 @@ const MEMBERSHIP_KEY: &str = "current";
 /// This node in its cluster.
 struct Membership {
     cluster: String,
+    /// Told apart from an earlier membership of the same cluster: reports of writes for
+    /// that one are not this group's.
+    epoch: u64,
     group: ClusterNode,
     /// False until the log applied our own `Join`.
     joined: bool,
@@ -357,9 +363,18 @@ pub struct ClusterService {
     me_id: u64,
     me_node: NodeId,
     config: ClusterConfig,
-    store: Store,
-    blobs: BlobStore,
+    blobs: Blobs,
     membership_table: Table<MembershipRecord>,
+    raft_tables: RaftTables,
+    /// Durable writes in flight, by token: what to do once each is on disk. Bounded by the
+    /// group's readies in flight and the API's call queue.
+    durable: HashMap<Token, AfterDurable>,
+    next_durable: Token,
+    epochs: u64,
+    /// Fetches and result queries waiting for blobs read from disk, answered when the read
+    /// comes back (at most [`MAX_BLOB_WAITERS`]; beyond, one is answered at once as if the
+    /// blob were missing: a fetch is then asked elsewhere, a query again).
+    blob_waiters: BTreeMap<blobs::Hash, Vec<BlobWaiter>>,
     situation: Situation,
     jitter_ms: u64,
     /// Clusters heard of, by id: the coordinator's PeerId and what it said.
@@ -401,6 +416,51 @@ impl std::fmt::Debug for ClusterService {
     }
 }
 
+/// What to do once a durable write is on disk.
+#[derive(Debug)]
+enum AfterDurable {
+    /// The group's request `number` (and every one before it) is stored.
+    Raft { epoch: u64, number: u64 },
+    /// A submission from the API is stored: answer its id and hand it on.
+    Submitted {
+        record: Box<submit::SubmittedRecord>,
+        reply: submit::SubmitReply,
+    },
+}
+
+/// Who waits for a blob being read from disk.
+#[derive(Debug)]
+enum BlobWaiter {
+    /// A peer's fetch.
+    Fetch(InboundId),
+    /// `task result` from the API.
+    Result(submit::ResultReply),
+}
+
+impl BlobWaiter {
+    fn answer(self, bytes: Option<&Vec<u8>>, out: &mut Outbox) {
+        match (self, bytes) {
+            (BlobWaiter::Fetch(id), Some(bytes)) => respond(
+                id,
+                &ClusterResponse::Blob(ByteBuf::from(bytes.clone())),
+                out,
+            ),
+            (BlobWaiter::Fetch(id), None) => respond(id, &ClusterResponse::Missing, out),
+            (BlobWaiter::Result(reply), Some(bytes)) => {
+                let _ = reply.send(Ok(bytes.clone()));
+            }
+            (BlobWaiter::Result(reply), None) => {
+                let _ = reply.send(Err(
+                    "the result is not readable here right now; try again shortly".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Waiters for blobs read from disk, at most.
+const MAX_BLOB_WAITERS: usize = 256;
+
 /// What the last cluster event said: state, cluster, term, coordinator, members.
 type EventKey = (String, Option<String>, u64, Option<u64>, usize);
 
@@ -433,11 +493,11 @@ pub enum ClusterSetupError {
 }
 
 impl ClusterService {
-    /// The service, with the cluster this node was in before a restart opened again from
-    /// its raft disk.
+    /// The service, with the cluster this node was in before a restart restored from its
+    /// raft log. Reads the store: start-up only.
     pub fn open(
         keypair: Keypair,
-        store: Store,
+        store: &Store,
         config: ClusterConfig,
         admissions: Admissions,
         view_cell: ViewCell<ClusterView>,
@@ -446,10 +506,11 @@ impl ClusterService {
     ) -> Result<Self, ClusterSetupError> {
         let me = keypair.public().to_peer_id();
         let me_bytes = me.to_bytes();
-        let blobs = BlobStore::open(&store)?;
+        let blobs = Blobs::open(store)?;
         metrics.blobs.set(blobs.count() as i64);
         let membership_table = store.table("cluster_membership")?;
-        let submissions = submit::Submissions::open(&store)?;
+        let raft_tables = RaftTables::open(store)?;
+        let submissions = submit::Submissions::open(store)?;
         let mut service = ClusterService {
             me_id: wire::member_id(&me_bytes),
             me_node: NodeId(me_bytes.clone()),
@@ -459,11 +520,15 @@ impl ClusterService {
             config,
             blobs,
             membership_table,
+            raft_tables,
+            durable: HashMap::new(),
+            next_durable: 1,
+            epochs: 0,
+            blob_waiters: BTreeMap::new(),
             situation: Situation::Unclustered {
                 quiet_since_ms: now_ms,
                 asked: None,
             },
-            store,
             announcements: BTreeMap::new(),
             avoid: BTreeMap::new(),
             prefer: None,
@@ -486,7 +551,15 @@ impl ClusterService {
         };
         if let Some(record) = service.membership_table.get(MEMBERSHIP_KEY)? {
             let via = record.via.as_ref().and_then(|b| PeerId::from_bytes(b).ok());
-            let group = service.open_group(&record.cluster, &record.founders)?;
+            let err = |reason: String| ClusterSetupError::Group {
+                cluster: record.cluster.clone(),
+                reason,
+            };
+            let storage = service
+                .raft_tables
+                .load(&record.cluster, &record.founders)
+                .map_err(|e| err(e.to_string()))?;
+            let group = service.new_group(storage).map_err(|e| err(e.to_string()))?;
             let mut membership = service.new_membership(record.cluster, group, now_ms, via);
             membership.joined = membership
                 .group
@@ -499,35 +572,116 @@ impl ClusterService {
         Ok(service)
     }
 
-    fn open_group(
+    fn new_group(
         &self,
-        cluster: &str,
-        founders: &[u64],
-    ) -> Result<ClusterNode, ClusterSetupError> {
-        let err = |reason: String| ClusterSetupError::Group {
-            cluster: cluster.to_owned(),
-            reason,
-        };
-        let disk = RaftDisk::open(&self.store, cluster).map_err(|e| err(e.to_string()))?;
-        ClusterNode::open(
-            self.me_id,
-            disk,
+        storage: fogmesh_consensus::raft::storage::MemStorage,
+    ) -> Result<ClusterNode, GroupError> {
+        ClusterNode::new(self.me_id, storage, self.config.raft, &group::raft_logger())
+    }
+
+    /// Becomes a member of `cluster` with a fresh group (founded with `founders`, or joined
+    /// through `via` with none: the log tells the configuration). The record and the group's
+    /// initial state go to the store in one batch, ahead of anything the group writes.
+    pub(super) fn begin_membership(
+        &mut self,
+        now_ms: u64,
+        cluster: String,
+        founders: Vec<u64>,
+        via: Option<PeerId>,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        let group = self
+            .new_group(group::founding_storage(&founders))
+            .map_err(|e| e.to_string())?;
+        let record = MembershipRecord {
+            cluster: cluster.clone(),
             founders,
-            self.config.raft,
-            &group::raft_logger(),
-        )
-        .map_err(|e| err(e.to_string()))
+            via: via.map(|v| ByteBuf::from(v.to_bytes())),
+        };
+        let mut batch = Batch::new();
+        batch
+            .put(&self.membership_table, MEMBERSHIP_KEY, &record)
+            .map_err(|e| e.to_string())?;
+        self.raft_tables
+            .write(&cluster, &group.initial_request(), &mut batch)
+            .map_err(|e| e.to_string())?;
+        out.push(Effect::Persist(batch));
+        let membership = self.new_membership(cluster, group, now_ms, via);
+        self.situation = Situation::Member(Box::new(membership));
+        self.prefer = None;
+        Ok(())
+    }
+
+    /// Writes what the group asked to store; the synced part durably, reported back to the
+    /// group once on disk (its messages wait in it until then).
+    fn persist_group(&mut self, requests: &[PersistRequest], out: &mut Outbox) {
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        if requests.is_empty() {
+            return;
+        }
+        let mut batch = Batch::new();
+        for request in requests {
+            if let Err(error) = self.raft_tables.write(&m.cluster, request, &mut batch) {
+                let reason = format!("raft log not writable: {error}");
+                m.group.on_persist_failed(reason.clone());
+                out.push(Effect::StoreFailed(reason));
+                return;
+            }
+        }
+        match requests.iter().rev().find(|r| r.sync) {
+            Some(last_synced) => {
+                let token = self.next_durable;
+                self.next_durable += 1;
+                self.durable.insert(
+                    token,
+                    AfterDurable::Raft {
+                        epoch: m.epoch,
+                        number: last_synced.number,
+                    },
+                );
+                out.push(Effect::PersistDurable { batch, token });
+            }
+            None => out.push(Effect::Persist(batch)),
+        }
+    }
+
+    fn on_group_persisted(
+        &mut self,
+        now_ms: u64,
+        epoch: u64,
+        number: u64,
+        result: Result<(), String>,
+        out: &mut Outbox,
+    ) {
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        if m.epoch != epoch {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let output = m.group.on_persisted(number);
+                self.after_output(now_ms, output, out);
+            }
+            // The runtime sends the node to safe mode; the group stops for good.
+            Err(reason) => m.group.on_persist_failed(reason),
+        }
     }
 
     fn new_membership(
-        &self,
+        &mut self,
         cluster: String,
         group: ClusterNode,
         now_ms: u64,
         via: Option<PeerId>,
     ) -> Membership {
+        self.epochs += 1;
         let mut membership = Membership {
             cluster,
+            epoch: self.epochs,
             group,
             joined: false,
             since_ms: now_ms,
@@ -606,7 +760,9 @@ impl ClusterService {
     // ---- the raft group ----
 
     /// Sends a group's output and reacts to what it applied.
-    fn after_output(&mut self, now_ms: u64, output: Output, out: &mut Outbox) {
+    fn after_output(&mut self, now_ms: u64, mut output: Output, out: &mut Outbox) {
+        let persist = std::mem::take(&mut output.persist);
+        self.persist_group(&persist, out);
         let Situation::Member(m) = &mut self.situation else {
             return;
         };
@@ -778,6 +934,99 @@ impl ClusterService {
     }
 }
 
+// ---- blobs ----
+
+impl ClusterService {
+    /// The blob if it is in memory; else it is read from disk and whoever needed it is
+    /// resumed by [`ClusterService::blob_ready`].
+    pub(super) fn blob(&mut self, hash: &blobs::Hash, out: &mut Outbox) -> Option<Vec<u8>> {
+        if let Some(bytes) = self.blobs.cached(hash) {
+            return Some(bytes);
+        }
+        if let Some(job) = self.blobs.load(*hash) {
+            out.push(Effect::Job {
+                lane: Lane::Storage { durable: false },
+                job,
+                token: BLOB_LOAD,
+            });
+        }
+        None
+    }
+
+    /// Puts `bytes` into a batch of their own (buffered: see `crate::cluster::blobs` for
+    /// why that is durable enough).
+    pub(super) fn put_blob(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Outbox,
+    ) -> Result<blobs::Hash, blobs::BlobError> {
+        let mut batch = Batch::new();
+        let hash = self.blobs.put(bytes, &mut batch)?;
+        if !batch.is_empty() {
+            out.push(Effect::Persist(batch));
+            self.metrics.blobs.set(self.blobs.count() as i64);
+        }
+        Ok(hash)
+    }
+
+    /// A fetch from a peer: answered now if the blob is in memory, when read if on disk.
+    pub(super) fn answer_fetch(&mut self, id: InboundId, hash: blobs::Hash, out: &mut Outbox) {
+        if !self.blobs.contains(&hash) {
+            return respond(id, &ClusterResponse::Missing, out);
+        }
+        match self.blob(&hash, out) {
+            Some(bytes) => respond(id, &ClusterResponse::Blob(ByteBuf::from(bytes)), out),
+            None => self.wait_for_blob(hash, BlobWaiter::Fetch(id), out),
+        }
+    }
+
+    /// `waiter` is answered once `hash` was read from disk (a read was asked for).
+    fn wait_for_blob(&mut self, hash: blobs::Hash, waiter: BlobWaiter, out: &mut Outbox) {
+        let waiting: usize = self.blob_waiters.values().map(Vec::len).sum();
+        if waiting >= MAX_BLOB_WAITERS || !self.blobs.is_loading(&hash) {
+            self.metrics.refuse("blob_read_backlog");
+            return waiter.answer(None, out);
+        }
+        self.blob_waiters.entry(hash).or_default().push(waiter);
+    }
+
+    fn on_blob_loaded(&mut self, now_ms: u64, loaded: blobs::Loaded, out: &mut Outbox) {
+        let hash = loaded.hash;
+        self.blobs.on_loaded(loaded);
+        self.metrics.blobs.set(self.blobs.count() as i64);
+        self.blob_ready(now_ms, hash, out);
+    }
+
+    /// Blob reads failed (the store did; the node goes to safe mode): nobody waits on them.
+    fn loads_failed(&mut self, out: &mut Outbox) {
+        self.blobs.forget_loads();
+        for waiter in std::mem::take(&mut self.blob_waiters)
+            .into_values()
+            .flatten()
+        {
+            waiter.answer(None, out);
+        }
+    }
+
+    /// A blob was read from disk (or found missing): what waited for it goes on.
+    fn blob_ready(&mut self, now_ms: u64, hash: blobs::Hash, out: &mut Outbox) {
+        let cached = self.blobs.cached(&hash);
+        for waiter in self.blob_waiters.remove(&hash).unwrap_or_default() {
+            waiter.answer(cached.as_ref(), out);
+        }
+        self.resume_work(now_ms, hash, out);
+        self.resume_results(hash, out);
+    }
+}
+
+/// Answers an inbound request.
+fn respond(id: InboundId, answer: &ClusterResponse, out: &mut Outbox) {
+    match answer.encode() {
+        Ok(data) => out.respond(id, data),
+        Err(error) => tracing::warn!(%error, "cluster answer not encodable"),
+    }
+}
+
 fn task_event(
     cluster: &str,
     command: &Command,
@@ -824,6 +1073,9 @@ fn failure_reason(command: &Command) -> Option<String> {
 
 /// The token of a request whose answer nobody waits for (raft messages).
 const NO_ANSWER: Token = 0;
+/// The token of a task run's job (a blob read's is [`BLOB_LOAD`]).
+const TASK_RUN: Token = 0;
+const BLOB_LOAD: Token = 1;
 
 /// Sends `request` on its protocol.
 fn send(peer: PeerId, request: &ClusterRequest, token: Token, out: &mut Outbox) {
@@ -875,10 +1127,10 @@ impl Capability for ClusterService {
             }
         };
         let roles = self.admissions.roles_of(&request.peer);
-        let answer = self.handle_request(now_ms, request.peer, &roles, decoded, out);
-        match answer.encode() {
-            Ok(data) => out.respond(request.id, data),
-            Err(error) => tracing::warn!(%error, "cluster answer not encodable"),
+        if let Some(answer) =
+            self.handle_request(now_ms, request.peer, &roles, decoded, request.id, out)
+        {
+            respond(request.id, &answer, out);
         }
     }
 
@@ -896,14 +1148,48 @@ impl Capability for ClusterService {
     fn on_job(
         &mut self,
         now_ms: u64,
-        _token: Token,
+        token: Token,
         output: Result<JobOutput, String>,
         out: &mut Outbox,
     ) {
         self.now_ms = now_ms;
-        match output.map(|o| o.downcast::<TaskRun>()) {
-            Ok(Ok(run)) => self.on_task_run(now_ms, run.task, run.term, run.outcome, out),
-            _ => tracing::error!("a task run stopped abnormally"),
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => {
+                if token == TASK_RUN {
+                    tracing::error!(%error, "a task run stopped abnormally");
+                } else {
+                    // A blob read on a failed store: the node is going to safe mode.
+                    self.loads_failed(out);
+                }
+                return;
+            }
+        };
+        let output = match output.downcast::<TaskRun>() {
+            Ok(run) => return self.on_task_run(now_ms, run.task, run.term, run.outcome, out),
+            Err(other) => other,
+        };
+        if let Ok(loaded) = output.downcast::<blobs::Loaded>() {
+            self.on_blob_loaded(now_ms, *loaded, out);
+        }
+    }
+
+    fn on_durable(
+        &mut self,
+        now_ms: u64,
+        token: Token,
+        result: Result<(), String>,
+        out: &mut Outbox,
+    ) {
+        self.now_ms = now_ms;
+        match self.durable.remove(&token) {
+            Some(AfterDurable::Raft { epoch, number }) => {
+                self.on_group_persisted(now_ms, epoch, number, result, out)
+            }
+            Some(AfterDurable::Submitted { record, reply }) => {
+                self.on_submission_stored(now_ms, *record, reply, result, out)
+            }
+            None => {}
         }
     }
 
@@ -947,8 +1233,8 @@ pub(super) fn run_job(
     limits: crate::cluster::exec::ExecLimits,
 ) -> Effect {
     Effect::Job {
-        lane: crate::runtime::capability::Lane::Blocking,
-        token: 0,
+        lane: Lane::Blocking,
+        token: TASK_RUN,
         job: Box::new(move || {
             let outcome =
                 std::panic::catch_unwind(|| crate::cluster::exec::run(&module, &input, limits))

@@ -12,41 +12,43 @@ use serde_bytes::ByteBuf;
 use super::{ClusterMetrics, ClusterService, Pending, Situation};
 use crate::admission::PeerRoles;
 use crate::cluster::protocol::{ClusterRequest, ClusterResponse};
-use crate::runtime::capability::Outbox;
+use crate::runtime::capability::{InboundId, Outbox};
 
 impl ClusterService {
-    /// A request from `peer`; the answer goes back on its stream.
+    /// A request from `peer` (`id`, on its stream); the answer, unless it comes later (a
+    /// fetch of a blob read from disk first).
     pub fn handle_request(
         &mut self,
         now_ms: u64,
         peer: PeerId,
         roles: &PeerRoles,
         request: ClusterRequest,
+        id: InboundId,
         out: &mut Outbox,
-    ) -> ClusterResponse {
+    ) -> Option<ClusterResponse> {
         let refuse = |metrics: &ClusterMetrics, reason: &'static str, text: &str| {
             metrics.refuse(reason);
             ClusterResponse::Refused {
                 reason: text.to_owned(),
             }
         };
-        match request {
+        let answer = match request {
             ClusterRequest::Raft { frame } => {
                 self.on_raft(now_ms, peer, &frame, out);
                 ClusterResponse::Ack
             }
-            ClusterRequest::Fetch { hash } => match self.blobs.get(&hash) {
-                Some(bytes) => ClusterResponse::Blob(ByteBuf::from(bytes)),
-                None => ClusterResponse::Missing,
-            },
+            ClusterRequest::Fetch { hash } => {
+                self.answer_fetch(id, hash, out);
+                return None;
+            }
             ClusterRequest::Status { task } => ClusterResponse::Status(self.task_report(&task)),
             ClusterRequest::Join { cluster, capacity } => {
                 if !(roles.has("worker") || roles.has("coordinator")) {
-                    return refuse(
+                    return Some(refuse(
                         &self.metrics,
                         "join_without_role",
                         "joining takes the worker or coordinator role",
-                    );
+                    ));
                 }
                 self.on_join(
                     now_ms,
@@ -66,11 +68,11 @@ impl ClusterService {
                 let as_submitter = roles.has("submitter") && spec.submitter == peer.to_bytes();
                 let as_forwarder = forwarded && (roles.has("worker") || roles.has("coordinator"));
                 if !(as_submitter || as_forwarder) {
-                    return refuse(
+                    return Some(refuse(
                         &self.metrics,
                         "submit_without_role",
                         "submitting takes the submitter role (and the task must name you)",
-                    );
+                    ));
                 }
                 self.on_submit(now_ms, spec, module, input, out)
             }
@@ -82,7 +84,8 @@ impl ClusterService {
                 command,
                 result,
             } => self.on_propose(peer, cluster, command, Some(result.into_vec()), out),
-        }
+        };
+        Some(answer)
     }
 
     pub(super) fn not_coordinator(&self) -> ClusterResponse {
@@ -208,13 +211,13 @@ impl ClusterService {
             };
         }
         if let Some(result) = result {
-            // The result is on the coordinator's disk before the cluster calls it done.
-            if let Err(error) = self.blobs.put(&result) {
+            // The result is on the coordinator's disk before the cluster calls it done: its
+            // batch goes ahead of the raft entry proposed next.
+            if let Err(error) = self.put_blob(&result, out) {
                 return ClusterResponse::Refused {
                     reason: format!("cannot store the result: {error}"),
                 };
             }
-            self.metrics.blobs.set(self.blobs.count() as i64);
         }
         match self.propose(command, out) {
             Ok(()) => ClusterResponse::Proposed { cluster },
@@ -237,7 +240,7 @@ impl ClusterService {
             return;
         };
         match pending {
-            Pending::Join { cluster } => self.on_join_answer(now_ms, peer, cluster, response),
+            Pending::Join { cluster } => self.on_join_answer(now_ms, peer, cluster, response, out),
             Pending::Submit { task } => self.on_submit_answer(now_ms, task, response),
             Pending::Status { task, cluster } => {
                 self.on_status_answer(now_ms, task, &cluster, response, out)
@@ -259,6 +262,7 @@ impl ClusterService {
         peer: PeerId,
         cluster: String,
         response: Result<ClusterResponse, String>,
+        out: &mut Outbox,
     ) {
         let Situation::Unclustered { asked, .. } = &mut self.situation else {
             return;
@@ -268,17 +272,10 @@ impl ClusterService {
         }
         match response {
             Ok(ClusterResponse::Joining) => {
-                if let Err(error) = self.remember_membership(&cluster, &[], Some(peer)) {
-                    tracing::warn!(%error, "cannot record the join");
-                    return;
-                }
-                match self.open_group(&cluster, &[]) {
-                    Ok(group) => {
-                        let membership = self.new_membership(cluster, group, now_ms, Some(peer));
-                        self.situation = Situation::Member(Box::new(membership));
-                        self.prefer = None;
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot open the joined cluster's log"),
+                if let Err(error) =
+                    self.begin_membership(now_ms, cluster, Vec::new(), Some(peer), out)
+                {
+                    tracing::warn!(%error, "cannot begin the joined cluster's log");
                 }
             }
             other => {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use fogmesh_consensus::state::{Command, TaskState};
 use fogmesh_consensus::task::{Priority, Requirements, TaskId, TaskSpec};
-use fogmesh_store::{Store, StoreError, Table};
+use fogmesh_store::{Batch, Store, StoreError, Table};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -25,6 +25,12 @@ use super::{ClusterService, Pending, Situation};
 use crate::cluster::exec::{self, MAX_INPUT_BYTES};
 use crate::cluster::protocol::{ClusterRequest, ClusterResponse, TaskReport};
 use crate::runtime::capability::{Effect, Notice, Outbox};
+use tokio::sync::oneshot;
+
+/// Where a submission's id (or why it was refused) goes, once it is on disk.
+pub type SubmitReply = oneshot::Sender<Result<TaskId, SubmitError>>;
+/// Where a task's result (or why there is none) goes.
+pub type ResultReply = oneshot::Sender<Result<Vec<u8>, String>>;
 
 pub const MAX_SUBMISSIONS: usize = 10_000;
 /// Status questions a node asks per second at most.
@@ -109,20 +115,31 @@ impl Submissions {
         })
     }
 
-    fn save(&self, record: &SubmittedRecord, durable: bool) {
-        let key = record.spec.id.to_string();
-        let written = if durable {
-            self.table.put_durable(&key, record)
-        } else {
-            self.table.put(&key, record)
-        };
-        if let Err(error) = written {
-            tracing::warn!(%error, task = %key, "submission not stored");
+    /// Adds `record` to `batch`.
+    fn save_into(&self, record: &SubmittedRecord, batch: &mut Batch) {
+        if let Err(error) = batch.put(&self.table, &record.spec.id.to_string(), record) {
+            tracing::warn!(%error, task = %record.spec.id, "submission not stored");
         }
     }
 
-    /// Makes room for one more, if an ended record can go.
-    fn make_room(&mut self) -> bool {
+    /// Writes `record` (buffered: a record only says how far its task got, which the next
+    /// status answer says again).
+    fn save(&self, record: &SubmittedRecord, out: &mut Outbox) {
+        let mut batch = Batch::new();
+        self.save_into(record, &mut batch);
+        out.push(Effect::Persist(batch));
+    }
+
+    fn forget(&mut self, id: &TaskId, out: &mut Outbox) {
+        if self.records.remove(id).is_some() {
+            let mut batch = Batch::new();
+            batch.remove(&self.table, &id.to_string());
+            out.push(Effect::Persist(batch));
+        }
+    }
+
+    /// Makes room for one more, if an ended record can go (its removal added to `batch`).
+    fn make_room(&mut self, batch: &mut Batch) -> bool {
         if self.records.len() < MAX_SUBMISSIONS {
             return true;
         }
@@ -135,24 +152,25 @@ impl Submissions {
         match ended {
             Some(id) => {
                 self.records.remove(&id);
-                let _ = self.table.remove(&id.to_string());
+                batch.remove(&self.table, &id.to_string());
                 true
             }
             None => false,
         }
     }
 
-    /// Keeps a task of a dissolved or lost cluster to hand to the next one.
-    pub fn forward(&mut self, spec: TaskSpec, me: &PeerId) {
+    /// Keeps a task of a dissolved or lost cluster to hand to the next one (its record
+    /// added to `batch`).
+    pub fn forward(&mut self, spec: TaskSpec, me: &PeerId, batch: &mut Batch) {
         if let Some(record) = self.records.get_mut(&spec.id) {
             record.cluster = None;
             record.confirmed = false;
             record.note = "its cluster is gone; forwarding it".into();
             let record = record.clone();
-            self.save(&record, true);
+            self.save_into(&record, batch);
             return;
         }
-        if !self.make_room() {
+        if !self.make_room(batch) {
             tracing::warn!(task = %spec.id, "no room to forward a task");
             return;
         }
@@ -167,7 +185,7 @@ impl Submissions {
             sent_ms: 0,
             heard_ms: 0,
         };
-        self.save(&record, true);
+        self.save_into(&record, batch);
         self.records.insert(record.spec.id, record);
     }
 
@@ -181,39 +199,52 @@ impl Submissions {
 }
 
 impl ClusterService {
-    /// A task from this node's control API: checked, stored durably, and handed on.
-    pub fn submit(
+    /// A task from this node's control API: checked and stored; once it is on disk its id
+    /// goes to `reply` and it is handed on.
+    pub fn submit(&mut self, now_ms: u64, task: SubmitTask, reply: SubmitReply, out: &mut Outbox) {
+        if let Err(error) = self.store_submission(now_ms, task, reply, out) {
+            // The reply was given back with the error.
+            let (error, reply) = *error;
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    fn store_submission(
         &mut self,
         now_ms: u64,
         task: SubmitTask,
+        reply: SubmitReply,
         out: &mut Outbox,
-    ) -> Result<TaskId, SubmitError> {
+    ) -> Result<(), Box<(SubmitError, SubmitReply)>> {
+        let refuse = |error: SubmitError, reply: SubmitReply| Err(Box::new((error, reply)));
         if !self.config.roles.submitter {
             self.metrics.refuse("submit_without_role");
-            return Err(SubmitError::NoRole);
+            return refuse(SubmitError::NoRole, reply);
         }
-        exec::check_module(&task.module).map_err(|e| SubmitError::BadModule(e.to_string()))?;
+        if let Err(error) = exec::check_module(&task.module) {
+            return refuse(SubmitError::BadModule(error.to_string()), reply);
+        }
         if let Some(input) = &task.input {
             if input.len() > MAX_INPUT_BYTES {
-                return Err(SubmitError::InputTooLarge(input.len()));
+                return refuse(SubmitError::InputTooLarge(input.len()), reply);
             }
         }
-        let r = &task.requirements;
-        check_requirements(r).map_err(SubmitError::BadRequirements)?;
-        if !self.submissions.make_room() {
-            return Err(SubmitError::Full);
+        if let Err(reason) = check_requirements(&task.requirements) {
+            return refuse(SubmitError::BadRequirements(reason), reply);
         }
-        let module = self
-            .blobs
-            .put(&task.module)
-            .map_err(|e| SubmitError::Store(e.to_string()))?;
-        let input = match &task.input {
-            Some(bytes) => Some(
-                self.blobs
-                    .put(bytes)
-                    .map_err(|e| SubmitError::Store(e.to_string()))?,
-            ),
+        // The blobs, the record and any record dropped for room: one batch, durable.
+        let mut batch = Batch::new();
+        if !self.submissions.make_room(&mut batch) {
+            return refuse(SubmitError::Full, reply);
+        }
+        let module = match self.blobs.put(&task.module, &mut batch) {
+            Ok(hash) => hash,
+            Err(error) => return refuse(SubmitError::Store(error.to_string()), reply),
+        };
+        let input = match task.input.as_deref().map(|i| self.blobs.put(i, &mut batch)) {
             None => None,
+            Some(Ok(hash)) => Some(hash),
+            Some(Err(error)) => return refuse(SubmitError::Store(error.to_string()), reply),
         };
         self.metrics.blobs.set(self.blobs.count() as i64);
         self.submissions.counter += 1;
@@ -243,21 +274,51 @@ impl ClusterService {
             sent_ms: 0,
             heard_ms: 0,
         };
-        self.submissions
-            .table
-            .put_durable(&spec.id.to_string(), &record)
-            .map_err(|e| SubmitError::Store(e.to_string()))?;
-        self.submissions.records.insert(spec.id, record);
+        self.submissions.save_into(&record, &mut batch);
+        if let Some(error) = batch.error() {
+            return refuse(SubmitError::Store(error.to_string()), reply);
+        }
+        let token = self.next_durable;
+        self.next_durable += 1;
+        self.durable.insert(
+            token,
+            super::AfterDurable::Submitted {
+                record: Box::new(record),
+                reply,
+            },
+        );
+        out.push(Effect::PersistDurable { batch, token });
+        Ok(())
+    }
+
+    /// A submission from the API is on disk (or could not be stored).
+    pub(super) fn on_submission_stored(
+        &mut self,
+        now_ms: u64,
+        record: SubmittedRecord,
+        reply: SubmitReply,
+        result: Result<(), String>,
+        out: &mut Outbox,
+    ) {
+        if let Err(error) = result {
+            // The node goes to safe mode; the record may or may not have been written.
+            let _ = reply.send(Err(SubmitError::Store(error)));
+            return;
+        }
+        let id = record.spec.id;
+        self.submissions.records.insert(id, record);
         self.metrics.tasks_submitted.inc();
         out.event(super::TaskChanged {
-            id: spec.id.to_string(),
+            id: id.to_string(),
             state: "submitted".into(),
             node: None,
             cluster: None,
             detail: None,
         });
-        self.hand_on(now_ms, spec.id, out);
-        Ok(spec.id)
+        self.hand_on(now_ms, id, out);
+        // The view shows it before its id is known.
+        self.publish_view(now_ms, out);
+        let _ = reply.send(Ok(id));
     }
 
     /// Sends one unconfirmed submission to a cluster, if one is in reach.
@@ -326,11 +387,24 @@ impl ClusterService {
         out: &mut Outbox,
     ) {
         let spec = record.spec.clone();
-        let module = self.blobs.get(&spec.module).map(ByteBuf::from);
-        let input = spec
-            .input
-            .and_then(|h| self.blobs.get(&h))
-            .map(ByteBuf::from);
+        // The blobs go along (a forwarded task's submitter may be out of reach); one being
+        // read from disk first makes this a try for the next round.
+        let module = self.blob(&spec.module, out);
+        let input = match spec.input {
+            Some(hash) => self.blob(&hash, out),
+            None => Some(Vec::new()),
+        };
+        let (Some(module), Some(input)) = (module, input) else {
+            self.note(
+                spec.id,
+                Some(cluster),
+                "its module or input is being read from disk; sent next round".into(),
+                now_ms,
+            );
+            return;
+        };
+        let input = spec.input.map(|_| ByteBuf::from(input));
+        let module = Some(ByteBuf::from(module));
         let sent = self.ask(
             coordinator,
             ClusterRequest::Submit {
@@ -407,13 +481,13 @@ impl ClusterService {
                     reason: "a blob does not match its hash".into(),
                 };
             }
-            if let Err(error) = self.blobs.put(&bytes) {
+            // Ahead of the raft entry that names it.
+            if let Err(error) = self.put_blob(&bytes, out) {
                 return ClusterResponse::Refused {
                     reason: format!("cannot store the module or input: {error}"),
                 };
             }
         }
-        self.metrics.blobs.set(self.blobs.count() as i64);
         match self.take_submission(now_ms, spec, out) {
             Ok(()) => ClusterResponse::Proposed { cluster },
             Err(reason) => ClusterResponse::Refused { reason },
@@ -493,7 +567,7 @@ impl ClusterService {
                     record.confirmed = false;
                     record.note = format!("cluster {asked} no longer has it; handing it on");
                     let record = record.clone();
-                    self.submissions.save(&record, true);
+                    self.submissions.save(&record, out);
                 }
             }
             _ => {}
@@ -511,14 +585,13 @@ impl ClusterService {
         record.note = String::new();
         if record.forwarded {
             // A forwarder's part ends once the next cluster has the task.
-            let _ = self.submissions.table.remove(&id.to_string());
-            self.submissions.records.remove(&id);
+            self.submissions.forget(&id, out);
             return;
         }
         record.last = Some(report.clone());
         if changed {
             let record = record.clone();
-            self.submissions.save(&record, false);
+            self.submissions.save(&record, out);
         }
         if let TaskState::Done { result, node, .. } = &report.state {
             let held = self.submissions.get(&id).is_some_and(|r| r.result_held);
@@ -573,23 +646,45 @@ impl ClusterService {
     /// replicated store (namespace `tasks`, under the task's id) when it fits a value, so
     /// any node can read it (docs/kv.md, "Shared registries").
     pub(super) fn result_fetched(&mut self, id: TaskId, hash: [u8; 32], out: &mut Outbox) {
-        if !self.blobs.contains(&hash) {
+        if !self.blobs.contains(&hash)
+            || self
+                .submissions
+                .records
+                .get(&id)
+                .is_none_or(|r| r.result_held)
+        {
             return;
         }
+        // Read from disk first if need be (this is called again once it was).
+        let Some(result) = self.blob(&hash, out) else {
+            return;
+        };
         if let Some(record) = self.submissions.records.get_mut(&id) {
-            if !record.result_held {
-                record.result_held = true;
-                let record = record.clone();
-                self.submissions.save(&record, true);
-                if let Some(result) = self.blobs.get(&hash) {
-                    if result.len() <= fogmesh_kv::MAX_VALUE_BYTES {
-                        out.push(Effect::Notice(Notice::share(super::TaskResult {
-                            task: id.to_string(),
-                            result,
-                        })));
-                    }
-                }
-            }
+            record.result_held = true;
+            let record = record.clone();
+            self.submissions.save(&record, out);
+        }
+        if result.len() <= fogmesh_kv::MAX_VALUE_BYTES {
+            out.push(Effect::Notice(Notice::share(super::TaskResult {
+                task: id.to_string(),
+                result,
+            })));
+        }
+    }
+
+    /// Results this node submitted for, waiting for `hash` to be read: held now.
+    pub(super) fn resume_results(&mut self, hash: [u8; 32], out: &mut Outbox) {
+        let waiting: Vec<TaskId> = self
+            .submissions
+            .own()
+            .filter(|r| !r.result_held)
+            .filter(|r| {
+                matches!(&r.last, Some(TaskReport { state: TaskState::Done { result, .. }, .. }) if *result == hash)
+            })
+            .map(|r| r.spec.id)
+            .collect();
+        for id in waiting {
+            self.result_fetched(id, hash, out);
         }
     }
 
@@ -729,8 +824,25 @@ impl ClusterService {
         }
     }
 
-    /// `task result`: the output of a finished task, if this node holds it.
-    pub fn result(&self, id: &TaskId) -> Result<Vec<u8>, String> {
+    /// `task result`: the output of a finished task to `reply`, if this node holds it (read
+    /// from disk first if need be).
+    pub fn result(&mut self, id: &TaskId, reply: ResultReply, out: &mut Outbox) {
+        let hash = match self.result_hash(id) {
+            Ok(hash) => hash,
+            Err(reason) => {
+                let _ = reply.send(Err(reason));
+                return;
+            }
+        };
+        match self.blob(&hash, out) {
+            Some(bytes) => {
+                let _ = reply.send(Ok(bytes));
+            }
+            None => self.wait_for_blob(hash, super::BlobWaiter::Result(reply), out),
+        }
+    }
+
+    fn result_hash(&self, id: &TaskId) -> Result<[u8; 32], String> {
         let state = self
             .task_report(id)
             .map(|r| r.state)
@@ -741,9 +853,10 @@ impl ClusterService {
             })
             .ok_or_else(|| "no such task here".to_string())?;
         match state {
-            TaskState::Done { result, .. } => self.blobs.get(&result).ok_or_else(|| {
-                "the task is done; its result is being fetched, try again shortly".into()
-            }),
+            TaskState::Done { result, .. } if self.blobs.contains(&result) => Ok(result),
+            TaskState::Done { .. } => {
+                Err("the task is done; its result is being fetched, try again shortly".into())
+            }
             TaskState::Failed { reason } => Err(format!("the task failed: {reason}")),
             TaskState::Cancelled => Err("the task was cancelled".into()),
             _ => Err("the task has not finished yet".into()),

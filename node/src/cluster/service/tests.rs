@@ -11,6 +11,8 @@ use super::*;
 use crate::admission::PeerRoles;
 use crate::cluster::protocol::ClusterResponse;
 use crate::device::{self, DeviceReadings};
+use crate::runtime::testing::run_storage;
+use fogmesh_consensus::task::TaskId;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -27,7 +29,7 @@ fn device_notice() -> Notice {
     })
 }
 
-fn open(keypair: Keypair, store: Store, config: ClusterConfig) -> ClusterService {
+fn open(keypair: Keypair, store: &Store, config: ClusterConfig) -> ClusterService {
     let channel = fogmesh_transports::secure::SecureChannel::new(
         &keypair,
         fogmesh_transports::secure::SecureChannelConfig::new(
@@ -50,7 +52,31 @@ fn open(keypair: Keypair, store: Store, config: ClusterConfig) -> ClusterService
 struct Node {
     service: ClusterService,
     peer: PeerId,
+    store: Store,
     dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Carries out the storage effects in `out` (the others stay for the test to read).
+    fn settle(&mut self, now_ms: u64, out: &mut Outbox) {
+        let rest = run_storage(&mut self.service, &self.store, now_ms, out);
+        for effect in rest {
+            out.push(effect);
+        }
+    }
+
+    fn submit(&mut self, now_ms: u64, task: SubmitTask) -> Result<TaskId, SubmitError> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let mut out = Outbox::default();
+        self.service.submit(now_ms, task, reply, &mut out);
+        self.settle(now_ms, &mut out);
+        answer.try_recv().expect("answered once stored")
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut Outbox) {
+        self.service.on_timer(now_ms, TICK, out);
+        self.settle(now_ms, out);
+    }
 }
 
 fn node(roles: OwnRoles) -> Node {
@@ -62,8 +88,13 @@ fn node(roles: OwnRoles) -> Node {
         roles,
         ..ClusterConfig::default()
     };
-    let service = open(keypair, store, config);
-    Node { service, peer, dir }
+    let service = open(keypair, &store, config);
+    Node {
+        service,
+        peer,
+        store,
+        dir,
+    }
 }
 
 fn task() -> SubmitTask {
@@ -98,7 +129,7 @@ fn founded(n: &mut Node) {
     let mut now = T0;
     for _ in 0..400 {
         now += group::TICK_MS;
-        n.service.on_timer(now, TICK, &mut out);
+        n.tick(now, &mut out);
         if let Situation::Member(m) = &n.service.situation {
             if m.group.is_leader() && m.joined {
                 return;
@@ -122,9 +153,7 @@ fn a_lone_node_that_may_coordinate_founds_a_cluster_and_one_that_may_not_does_no
     let mut out = Outbox::default();
     worker.service.on_notice(T0, &device_notice(), &mut out);
     for i in 0..400 {
-        worker
-            .service
-            .on_timer(T0 + i * group::TICK_MS, TICK, &mut out);
+        worker.tick(T0 + i * group::TICK_MS, &mut out);
     }
     let view = worker.service.view(T0 + 40_000);
     assert_eq!(view.state, "unclustered");
@@ -149,17 +178,18 @@ fn joins_and_submissions_without_their_role_are_refused_and_counted() {
             cluster: cluster.clone(),
             capacity,
         },
+        InboundId(0),
         &mut out,
     );
     assert!(
-        matches!(answer, ClusterResponse::Refused { .. }),
+        matches!(answer, Some(ClusterResponse::Refused { .. })),
         "{answer:?}"
     );
     assert_eq!(refused(&coordinator.service, "join_without_role"), 1);
 
     // A submitter's task naming another submitter is refused too.
     let mut submitter = node(OwnRoles::ALL);
-    let id = submitter.service.submit(T0, task(), &mut out).unwrap();
+    let id = submitter.submit(T0, task()).unwrap();
     let spec = submitter.service.submissions.get(&id).unwrap().spec.clone();
     for (peer, roles) in [
         (stranger, only(&["worker"])),
@@ -175,10 +205,11 @@ fn joins_and_submissions_without_their_role_are_refused_and_counted() {
                 input: None,
                 forwarded: false,
             },
+            InboundId(0),
             &mut out,
         );
         assert!(
-            matches!(answer, ClusterResponse::Refused { .. }),
+            matches!(answer, Some(ClusterResponse::Refused { .. })),
             "{answer:?}"
         );
     }
@@ -194,9 +225,12 @@ fn joins_and_submissions_without_their_role_are_refused_and_counted() {
             input: None,
             forwarded: false,
         },
+        InboundId(0),
         &mut out,
     );
-    assert_eq!(answer, ClusterResponse::Proposed { cluster });
+    assert_eq!(answer, Some(ClusterResponse::Proposed { cluster }));
+    // In the state once the coordinator's log has it on disk.
+    coordinator.settle(T0, &mut out);
     assert!(coordinator.service.task_report(&id).is_some());
     // And a node without the role cannot submit from its API at all.
     let mut worker = node(OwnRoles {
@@ -204,10 +238,7 @@ fn joins_and_submissions_without_their_role_are_refused_and_counted() {
         worker: true,
         submitter: false,
     });
-    assert_eq!(
-        worker.service.submit(T0, task(), &mut out),
-        Err(SubmitError::NoRole)
-    );
+    assert_eq!(worker.submit(T0, task()), Err(SubmitError::NoRole));
     drop(submitter.dir);
 }
 
@@ -227,9 +258,10 @@ fn raft_frames_that_are_junk_forged_or_from_strangers_are_refused_and_counted() 
             ClusterRequest::Raft {
                 frame: ByteBuf::from(frame),
             },
+            InboundId(0),
             &mut out,
         );
-        assert_eq!(answer, ClusterResponse::Ack);
+        assert_eq!(answer, Some(ClusterResponse::Ack));
     };
     send(&mut coordinator.service, PeerId::random(), vec![0xff; 64]);
     assert_eq!(refused(&coordinator.service, "malformed"), 1);
@@ -271,11 +303,9 @@ fn a_task_submitted_out_of_reach_of_any_cluster_waits_on_disk_across_a_restart()
         submitter: true,
     });
     let mut out = Outbox::default();
-    let id = lonely.service.submit(T0, task(), &mut out).unwrap();
+    let id = lonely.submit(T0, task()).unwrap();
     for i in 1..50 {
-        lonely
-            .service
-            .on_timer(T0 + i * group::TICK_MS, TICK, &mut out);
+        lonely.tick(T0 + i * group::TICK_MS, &mut out);
     }
     let view = lonely.service.task_view(&id).unwrap();
     assert_eq!(view.state, "submitted");
@@ -289,18 +319,18 @@ fn a_task_submitted_out_of_reach_of_any_cluster_waits_on_disk_across_a_restart()
     // Restarted from the same store: still there, still waiting.
     let keypair = lonely.service.keypair.clone();
     drop(lonely.service);
+    drop(lonely.store);
     let store = Store::open(lonely.dir.path(), &StoreOptions::default()).unwrap();
-    let again = open(keypair, store, ClusterConfig::default());
+    let again = open(keypair, &store, ClusterConfig::default());
     assert_eq!(again.task_view(&id).unwrap().state, "submitted");
 }
 
 #[test]
 fn a_broken_module_or_impossible_numbers_are_refused_at_submission() {
     let mut n = node(OwnRoles::ALL);
-    let mut out = Outbox::default();
     let mut junk = task();
     junk.module = b"not wasm at all".to_vec();
-    let err = n.service.submit(T0, junk, &mut out).unwrap_err();
+    let err = n.submit(T0, junk).unwrap_err();
     assert!(matches!(err, SubmitError::BadModule(_)), "{err}");
     assert!(
         !err.to_string().contains('\n'),
@@ -309,7 +339,7 @@ fn a_broken_module_or_impossible_numbers_are_refused_at_submission() {
     let mut zero = task();
     zero.requirements.memory_mb = 0;
     assert!(matches!(
-        n.service.submit(T0, zero, &mut out),
+        n.submit(T0, zero),
         Err(SubmitError::BadRequirements(_))
     ));
 }

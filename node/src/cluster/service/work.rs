@@ -314,13 +314,17 @@ impl ClusterService {
             }
             return;
         }
-        let (Some(module), input) = (
-            self.blobs.get(&spec.module),
-            spec.input.map(|h| self.blobs.get(&h)),
-        ) else {
+        let term = run.term;
+        // Both here; either may have to be read from disk first (then `resume_work`).
+        let module = self.blob(&spec.module, out);
+        let input = match spec.input {
+            Some(hash) => self.blob(&hash, out),
+            None => Some(Vec::new()),
+        };
+        let (Some(module), Some(input)) = (module, input) else {
             return;
         };
-        let Some(input) = input.unwrap_or(Some(Vec::new())) else {
+        let Some(run) = self.work.runs.get_mut(&id) else {
             return;
         };
         run.phase = Phase::Running;
@@ -328,7 +332,7 @@ impl ClusterService {
         let memory_mb = spec.requirements.memory_mb.min(capacity_mb).max(1);
         out.push(super::run_job(
             id,
-            run.term,
+            term,
             module,
             input,
             ExecLimits {
@@ -349,11 +353,8 @@ impl ClusterService {
     ) {
         if let Ok(ClusterResponse::Blob(bytes)) = response {
             if blobs::hash(&bytes) == hash {
-                match self.blobs.put(&bytes) {
-                    Ok(_) => {
-                        self.metrics.blobs.set(self.blobs.count() as i64);
-                    }
-                    Err(error) => tracing::warn!(%error, "fetched blob not stored"),
+                if let Err(error) = self.put_blob(&bytes, out) {
+                    tracing::warn!(%error, "fetched blob not stored");
                 }
             } else {
                 self.metrics.refuse("blob_hash_mismatch");
@@ -408,9 +409,10 @@ impl ClusterService {
     ) {
         let node = self.me_node.clone();
         match outcome {
-            Ok(output) => match self.blobs.put(&output) {
+            // Stored ahead of the report (and the coordinator stores its own copy ahead of
+            // the entry that calls the task done).
+            Ok(output) => match self.put_blob(&output, out) {
                 Ok(result) => {
-                    self.metrics.blobs.set(self.blobs.count() as i64);
                     self.report(
                         now_ms,
                         Command::Finished {
@@ -494,7 +496,8 @@ impl ClusterService {
                 }
             }
             Some(hash) => {
-                let Some(bytes) = self.blobs.get(&hash) else {
+                // Read from disk first if need be (then `resume_work` sends it).
+                let Some(bytes) = self.blob(&hash, out) else {
                     return;
                 };
                 let Situation::Member(m) = &mut self.situation else {
@@ -520,6 +523,34 @@ impl ClusterService {
                     out,
                 );
             }
+        }
+    }
+
+    /// A blob was read from disk: runs waiting to start try again, and a report carrying it
+    /// goes.
+    pub(super) fn resume_work(&mut self, now_ms: u64, hash: [u8; 32], out: &mut Outbox) {
+        let waiting: Vec<TaskId> = self
+            .work
+            .runs
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Fetching && !r.asked)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            self.advance(now_ms, id, out);
+        }
+        let reports: Vec<(Command, Option<[u8; 32]>)> = self
+            .work
+            .reports
+            .values_mut()
+            .filter(|r| r.result == Some(hash))
+            .map(|r| {
+                r.sent_ms = now_ms;
+                (r.command.clone(), r.result)
+            })
+            .collect();
+        for (command, result) in reports {
+            self.send_report(command, result, out);
         }
     }
 
