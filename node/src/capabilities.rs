@@ -62,7 +62,8 @@ impl std::fmt::Debug for Registered {
     }
 }
 
-type Register = fn(&mut Setup<'_>) -> Result<Registered, StartError>;
+/// A capability's registration: builds it from what start-up made.
+pub type Register = fn(&mut Setup<'_>) -> Result<Registered, StartError>;
 
 /// Every capability, in order.
 pub const ALL: &[Register] = &[

@@ -34,11 +34,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::admission::mesh::{self, MeshError};
+use crate::capabilities::Register;
 use crate::config::{ConfigLayer, MeshFiles, Settings};
 use crate::control::status::{PeerView, StatusView};
 use crate::device::{DeviceClass, SimulateConfig};
 use crate::identity::{self, IdentityError};
 use crate::node::{self, Network, RunningNode, StartError};
+use crate::runtime::clock::{Clock, WallClock};
 use crate::runtime::handle::NodeHandle;
 use crate::telemetry::view::TelemetrySnapshot;
 
@@ -194,6 +196,8 @@ pub struct NodeSpec {
     bootstrap: Vec<usize>,
     admission: Option<Admission>,
     tweak: Option<Tweak>,
+    wall: Option<WallClock>,
+    extra: Vec<Register>,
 }
 
 impl std::fmt::Debug for NodeSpec {
@@ -219,6 +223,20 @@ impl NodeSpec {
     /// Joins another mesh than the network's (or none), e.g. to play an intruder.
     pub fn admission(mut self, admission: Admission) -> NodeSpec {
         self.admission = Some(admission);
+        self
+    }
+
+    /// Reads wall time from `wall` instead of the system clock (to step or skew it); kept
+    /// across restarts.
+    pub fn wall_clock(mut self, wall: WallClock) -> NodeSpec {
+        self.wall = Some(wall);
+        self
+    }
+
+    /// Runs `register`'s capability too, after the registration list's (kept across
+    /// restarts).
+    pub fn capability(mut self, register: Register) -> NodeSpec {
+        self.extra.push(register);
         self
     }
 
@@ -318,11 +336,20 @@ struct Slot {
     id: String,
     port: u64,
     settings: Settings,
+    /// The clock of its first run (`None`: the system's).
+    clock: Option<Clock>,
+    /// Capabilities it runs beyond the registration list.
+    extra: Vec<Register>,
     running: Option<RunningNode>,
     /// The handle of the current (or last) run; kept after a stop, so tests can read its
     /// views.
     handle: NodeHandle,
     watcher: Option<JoinHandle<()>>,
+}
+
+/// A node's clocks for a new run: the system's, or those of its first run anchored anew.
+fn clock_of(clock: &Option<Clock>) -> Clock {
+    clock.as_ref().map_or_else(Clock::default, Clock::anew)
 }
 
 impl Slot {
@@ -406,9 +433,16 @@ impl MemNet {
         if let Some(tweak) = spec.tweak {
             tweak(&mut settings);
         }
-        let running = node::start_on(settings.clone(), Network::Memory)
-            .await
-            .map_err(|source| MemNetError::Start { index, source })?;
+        let clock = spec.wall.map(Clock::with_wall);
+        let extra = spec.extra;
+        let running = node::start_with_capabilities(
+            settings.clone(),
+            Network::Memory,
+            clock_of(&clock),
+            &extra,
+        )
+        .await
+        .map_err(|source| MemNetError::Start { index, source })?;
         tracing::debug!(index, %peer_id, port, "in-memory node started");
         let handle = running.handle.clone();
         self.slots.push(Slot {
@@ -417,6 +451,8 @@ impl MemNet {
             peer_id,
             port,
             settings,
+            clock,
+            extra,
             watcher: Some(self.watch(&handle)),
             running: Some(running),
             handle,
@@ -672,9 +708,14 @@ impl MemNet {
             .get_mut(index)
             .ok_or(MemNetError::NoSuchNode(index))?;
         tweak(&mut slot.settings);
-        let running = node::start_on(slot.settings.clone(), Network::Memory)
-            .await
-            .map_err(|source| MemNetError::Start { index, source })?;
+        let running = node::start_with_capabilities(
+            slot.settings.clone(),
+            Network::Memory,
+            clock_of(&slot.clock),
+            &slot.extra,
+        )
+        .await
+        .map_err(|source| MemNetError::Start { index, source })?;
         let handle = running.handle.clone();
         tracing::debug!(index, peer_id = %slot.peer_id, "in-memory node restarted");
         slot.running = Some(running);

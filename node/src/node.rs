@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::admission::{self, AdmissionView, Admissions, Membership, MembershipError};
-use crate::capabilities::{self, Registered, Setup};
+use crate::capabilities::{self, Register, Registered, Setup};
 use crate::config::{self, Settings};
 use crate::control::status::{BootstrapView, StatusView};
 use crate::control::{self, ControlFile};
@@ -201,9 +201,20 @@ pub async fn start_on(settings: Settings, network: Network) -> Result<RunningNod
 
 /// Starts a node on the given transports and clock (tests step or skew the wall clock).
 pub async fn start_with(
+    settings: Settings,
+    network: Network,
+    clock: Clock,
+) -> Result<RunningNode, StartError> {
+    start_with_capabilities(settings, network, clock, &[]).await
+}
+
+/// Starts a node that runs `extra` capabilities after those of the registration list
+/// ([`capabilities::ALL`]): an embedder's own, or a test's.
+pub async fn start_with_capabilities(
     mut settings: Settings,
     network: Network,
     clock: Clock,
+    extra: &[Register],
 ) -> Result<RunningNode, StartError> {
     if !network.allows_mdns() {
         // mDNS is a UDP socket on every interface: not for a node that is offline, nor for
@@ -232,19 +243,22 @@ pub async fn start_with(
     let mut metrics = MetricsRegistry::new();
     let libp2p_metrics = metrics.libp2p();
     let views = Arc::new(Views::default());
-    let registered = register_capabilities(&mut Setup {
-        keypair: &keypair,
-        settings: &settings,
-        data_dir: &data_dir,
-        radio_only: network.is_radio_only(),
-        store: &store,
-        metrics: metrics.fogmesh(),
-        views: &views,
-        membership: membership.as_ref(),
-        channel: &channel,
-        admissions: Admissions::new(channel.clone(), membership.is_none()),
-        clock: &clock,
-    })?;
+    let registered = register_capabilities(
+        extra,
+        &mut Setup {
+            keypair: &keypair,
+            settings: &settings,
+            data_dir: &data_dir,
+            radio_only: network.is_radio_only(),
+            store: &store,
+            metrics: metrics.fogmesh(),
+            views: &views,
+            membership: membership.as_ref(),
+            channel: &channel,
+            admissions: Admissions::new(channel.clone(), membership.is_none()),
+            clock: &clock,
+        },
+    )?;
     let (capabilities, capability_routes): (Vec<_>, Vec<_>) = registered
         .into_iter()
         .map(|r| (r.capability, r.routes))
@@ -415,10 +429,14 @@ fn admit(
     Ok((membership, channel))
 }
 
-/// Every capability of the registration list, in order.
-fn register_capabilities(setup: &mut Setup<'_>) -> Result<Vec<Registered>, StartError> {
+/// Every capability of the registration list, in order, then `extra`.
+fn register_capabilities(
+    extra: &[Register],
+    setup: &mut Setup<'_>,
+) -> Result<Vec<Registered>, StartError> {
     capabilities::ALL
         .iter()
+        .chain(extra)
         .map(|register| register(setup))
         .collect()
 }

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Fog clusters on the in-memory network: nodes form a cluster with no configuration, a
 //! task submitted anywhere runs and its result comes back to the submitter, and when the
-//! coordinator stops another takes over and the cluster goes on taking tasks.
+//! coordinator stops another takes over and the cluster goes on taking tasks; a backward step
+//! of the wall clock stops none of it.
 
 mod common;
 
@@ -181,5 +182,82 @@ async fn nodes_form_a_cluster_run_tasks_and_survive_their_coordinator() {
             expected.to_le_bytes()
         );
     }
+    net.shutdown().await;
+}
+
+/// The latest telemetry sequence each node holds from each other node.
+fn telemetry_seqs(net: &MemNet, nodes: &[usize]) -> Vec<(usize, usize, u64)> {
+    let mut seqs = Vec::new();
+    for holder in nodes {
+        let latest = fogmesh_node::telemetry::view::latest(net.handle(*holder).unwrap());
+        for origin in nodes.iter().filter(|o| *o != holder) {
+            let id = net.peer_id(*origin).unwrap().to_string();
+            seqs.push((*holder, *origin, latest.get(&id).map_or(0, |t| t.seq)));
+        }
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backward_wall_clock_step_of_a_minute_stops_no_timer_telemetry_or_raft() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+
+    use fogmesh_node::memnet::NodeSpec;
+    use fogmesh_node::runtime::clock::system_wall_ms;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), Duration::from_millis(500))
+        .nodes(0)
+        .start()
+        .await
+        .unwrap();
+    // One machine's clock, shared by its three nodes, that NTP will step back.
+    let offset = Arc::new(AtomicI64::new(0));
+    let wall = {
+        let offset = offset.clone();
+        Arc::new(move || system_wall_ms().saturating_add_signed(offset.load(Ordering::Relaxed)))
+    };
+    for i in 0..3 {
+        let spec = NodeSpec::new()
+            .bootstrap((i > 0).then_some(0))
+            .wall_clock(wall.clone());
+        net.add_node(spec).await.unwrap();
+    }
+    let all = [0, 1, 2];
+    net.wait_for(
+        |n| n.converged() && one_cluster_of(n, &all),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("telemetry converged and one cluster formed");
+    let (_, coordinator, _) = cluster_of(&net, 0);
+
+    offset.store(-60_000, Ordering::Relaxed);
+    let before = telemetry_seqs(&net, &all);
+
+    // Timers still fire: every node publishes again and every other one takes it.
+    net.wait_for(
+        |n| {
+            telemetry_seqs(n, &all)
+                .iter()
+                .zip(&before)
+                .all(|(now, then)| now.2 > then.2)
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "telemetry stopped: {before:?} → {:?}",
+            telemetry_seqs(&net, &all)
+        )
+    });
+    // Raft still ticks and commits: a task submitted after the step runs to its end, under
+    // the same coordinator (no election was provoked by the step).
+    let id = submit(&net, 2, checksum_task(b"abc")).await;
+    let output = wait_done(&net, 2, id, Duration::from_secs(30)).await;
+    assert_eq!(output, (97u32 + 98 + 99).to_le_bytes());
+    assert_eq!(cluster_of(&net, 0).1, coordinator);
     net.shutdown().await;
 }

@@ -63,6 +63,11 @@ impl Clock {
         }
     }
 
+    /// A clock on the same wall clock, anchored now (a node started again).
+    pub fn anew(&self) -> Self {
+        Self::with_wall(self.wall.clone())
+    }
+
     /// Node time: see the module docs.
     pub fn now_ms(&self) -> u64 {
         let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
