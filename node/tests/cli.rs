@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{inet_sockets_of, wait_until};
+use common::{eventually, inet_sockets_of, wait_until};
 use fogmesh_node::client::ControlClient;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -64,16 +64,12 @@ fn spawn_node(config: &Path, data_dir: &Path, extra: &[&str]) -> Child {
 }
 
 async fn client_for(data_dir: &Path) -> ControlClient {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if let Ok(c) = ControlClient::for_data_dir(data_dir) {
-            if c.status().await.is_ok() {
-                return c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node at {} never answered", data_dir.display());
+    let what = format!("the node at {} answers", data_dir.display());
+    eventually(&what, Duration::from_secs(30), || async {
+        let client = ControlClient::for_data_dir(data_dir).ok()?;
+        client.status().await.ok().map(|_| client)
+    })
+    .await
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
@@ -247,7 +243,7 @@ async fn sigkill_restart_keeps_identity_peers_and_telemetry() {
     let mut b = spawn_node(&config, &dir_b, &["--bootstrap", &a_addr]);
     let client_b = client_for(&dir_b).await;
     let b_id = client_b.status().await.unwrap().peer_id;
-    let got = wait_until(Duration::from_secs(30), || {
+    wait_until("b holds a's telemetry", Duration::from_secs(30), || {
         let c = client_b.clone();
         let a_id = status_a.peer_id.clone();
         async move {
@@ -258,7 +254,6 @@ async fn sigkill_restart_keeps_identity_peers_and_telemetry() {
         }
     })
     .await;
-    assert!(got);
     // Buffered writes reach the disk within the store's 1 s flush interval.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     b.kill().unwrap();
@@ -744,13 +739,11 @@ async fn kv_writes_survive_sigkill_and_an_offline_node_catches_up() {
     // B meets A, then goes offline.
     let mut b = spawn_node(&config, &dir_b, &["--bootstrap", &a_addr]);
     let client_b = client_for(&dir_b).await;
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            let c = client_b.clone();
-            async move { c.status().await.is_ok_and(|s| s.connected_peers > 0) }
-        })
-        .await
-    );
+    wait_until("b connects to a", Duration::from_secs(30), || {
+        let c = client_b.clone();
+        async move { c.status().await.is_ok_and(|s| s.connected_peers > 0) }
+    })
+    .await;
     kill(Pid::from_raw(b.id() as i32), Signal::SIGTERM).unwrap();
     wait_exit(&mut b, Duration::from_secs(10)).expect("B stops");
 
@@ -802,12 +795,15 @@ async fn kv_writes_survive_sigkill_and_an_offline_node_catches_up() {
     let mut b = spawn_node(&config, &dir_b, &["--bootstrap", &a_addr]);
     let client_b = client_for(&dir_b).await;
     let expected = held.len();
-    let caught_up = wait_until(Duration::from_secs(60), || {
-        let c = client_b.clone();
-        async move { kv_keys(&c, "default", "burst/").await.len() == expected }
-    })
+    wait_until(
+        &format!("B catches up on {expected} keys"),
+        Duration::from_secs(60),
+        || {
+            let c = client_b.clone();
+            async move { kv_keys(&c, "default", "burst/").await.len() == expected }
+        },
+    )
     .await;
-    assert!(caught_up, "B did not catch up on {expected} keys");
     assert_eq!(
         client_b
             .kv_get("default", "greeting/en")

@@ -8,9 +8,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::eventually;
 use fogmesh_consensus::task::{Priority, Requirements, TaskId};
 use fogmesh_node::cluster::api as cluster_api;
-use fogmesh_node::cluster::service::{SubmitTask, TaskView};
+use fogmesh_node::cluster::service::SubmitTask;
 use fogmesh_node::memnet::{MemNet, Topology};
 
 fn workload(name: &str) -> Vec<u8> {
@@ -43,28 +44,13 @@ async fn submit(net: &MemNet, node: usize, task: SubmitTask) -> TaskId {
     id.parse().unwrap()
 }
 
-async fn status(net: &MemNet, node: usize, id: TaskId) -> Option<TaskView> {
-    cluster_api::status(net.handle(node).unwrap(), id)
-        .await
-        .unwrap()
-}
-
 async fn wait_done(net: &MemNet, node: usize, id: TaskId, within: Duration) -> Vec<u8> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Ok(bytes) = cluster_api::result(net.handle(node).unwrap(), id)
-            .await
-            .unwrap()
-        {
-            return bytes;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task {id} not done in {within:?}: {:?}",
-            status(net, node, id).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("task {id} done on node {node}");
+    eventually(&what, within, || async move {
+        let result = cluster_api::result(net.handle(node).unwrap(), id).await;
+        result.unwrap().ok()
+    })
+    .await
 }
 
 fn cluster_of(net: &MemNet, node: usize) -> (String, Option<String>, usize) {
@@ -113,35 +99,25 @@ async fn nodes_form_a_cluster_run_tasks_and_survive_their_coordinator() {
     assert_eq!(output, expected.to_le_bytes());
     // The submitter publishes the result in the replicated store: any node can read it.
     let reader = 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = fogmesh_node::kv::api::get_key(
-            net.handle(reader).unwrap(),
-            "tasks".into(),
-            first.to_string(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        if let Some(view) = found {
-            assert_eq!(
-                view.winner.value_hex,
-                Some(
-                    expected
-                        .to_le_bytes()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect()
-                )
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the result never reached the store on node {reader}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let view = eventually(
+        "the result in the store of another node",
+        Duration::from_secs(20),
+        || async {
+            fogmesh_node::kv::api::get_key(
+                net.handle(reader).unwrap(),
+                "tasks".into(),
+                first.to_string(),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(
+        view.winner.value_hex,
+        Some(hex::encode(expected.to_le_bytes()))
+    );
 
     // The coordinator stops; the others elect another and take tasks again.
     let (_, coordinator, _) = cluster_of(&net, 0);

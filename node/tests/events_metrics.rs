@@ -2,6 +2,7 @@
 //! The live event stream (`GET /v1/events`, `fogmesh watch`) and the metrics endpoint
 //! (`GET /metrics`), through the control API router served the way the node serves it.
 
+mod common;
 #[path = "common/openmetrics.rs"]
 mod openmetrics;
 
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::wait_until;
 use fogmesh_node::client::sse::SseParser;
 use fogmesh_node::client::{ClientError, ControlClient, EventStream, SseFrame};
 use fogmesh_node::control::server::{self as api_server, ServerBounds};
@@ -120,14 +122,6 @@ fn some_event(n: u64) -> NodeEvent {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn next_event(stream: &mut EventStream) -> StampedEvent {
     let data = tokio::time::timeout(Duration::from_secs(10), stream.next_data())
         .await
@@ -223,7 +217,7 @@ async fn streams_beyond_the_cap_get_503_and_a_closed_stream_frees_its_slot() {
     // the next keep-alive would.
     drop(streams.pop());
     wait_until("the closed stream's slot", Duration::from_secs(5), || {
-        served.bus.open_streams() == 7
+        std::future::ready(served.bus.open_streams() == 7)
     })
     .await;
     let mut ninth = client.events().await.unwrap();
@@ -525,7 +519,7 @@ async fn watch_prints_events_and_exits_cleanly_when_the_node_stops() {
             }
         });
         wait_until("watch to connect", Duration::from_secs(15), || {
-            served.bus.open_streams() == 1
+            std::future::ready(served.bus.open_streams() == 1)
         })
         .await;
         served.bus.publish(connected(4001));

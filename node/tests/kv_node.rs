@@ -8,6 +8,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::wait_until;
+
 use fogmesh_node::kv::api::KvListQuery;
 use fogmesh_node::kv::service::{KeyView, KvWrite, KvWritten};
 use fogmesh_node::memnet::{MemNet, NodeSpec, Topology};
@@ -51,21 +53,6 @@ async fn contents(net: &MemNet, node: usize) -> Vec<(String, Option<String>, Str
             (k.key, value, k.winner.author)
         })
         .collect()
-}
-
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,20 +48,38 @@ pub async fn start(dir: &Path, bootstrap: Vec<Multiaddr>, interval: Duration) ->
         .expect("node starts")
 }
 
-/// Polls `check` every 100 ms until it returns true or `timeout` passes.
-pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+/// The tests' one wait: polls `check` every 50 ms until it yields a value, which is
+/// returned; fails the test naming `what` (and the last value `describe` gives, if any)
+/// once `within` has passed. Tests on the in-memory network wait on views with
+/// `MemNet::wait_for` instead, which wakes on every change.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`eventually`] for a condition.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    eventually(what, within, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+    started.elapsed()
 }
 
 /// The inet sockets process `pid` holds, as (protocol, local address in /proc/net's hex).
