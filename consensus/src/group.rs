@@ -31,11 +31,12 @@
 use std::collections::VecDeque;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
 use crate::log::DiskError;
+pub use crate::log::PersistRequest;
 use crate::scheduler;
 use crate::state::{Applied, ClusterState, Command, Refusal};
 
@@ -101,21 +102,6 @@ pub enum GroupError {
     Impossible(&'static str),
     #[error("cannot load the raft disk: {0}")]
     Load(#[from] DiskError),
-}
-
-/// What a member must store: one raft `Ready`'s new entries (replacing any suffix they
-/// overwrite), its hard state and its configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PersistRequest {
-    /// Reported back with [`ClusterNode::on_persisted`] once stored.
-    pub number: u64,
-    pub entries: Vec<Entry>,
-    pub hard_state: HardState,
-    pub conf_state: ConfState,
-    /// Must be on disk (flushed) before it is reported: new entries, term or vote. If not,
-    /// only the commit index moved, which Raft does not need on disk; such a request is
-    /// reported persisted by the member itself when nothing synced is outstanding.
-    pub sync: bool,
 }
 
 /// What a call produced: messages to send (already safe to send: what they promise is

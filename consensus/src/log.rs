@@ -1,5 +1,5 @@
 //! The Raft group's log and hard state as stored, with no storage engine: what a
-//! [`PersistRequest`](crate::group::PersistRequest) becomes on disk, and how a group is
+//! [`PersistRequest`] becomes on disk, and how a group is
 //! rebuilt from what the disk held.
 //!
 //! - the log: one [`StoredEntry`] per index (the entry as raft-rs encodes it, protobuf), kept
@@ -17,7 +17,20 @@ use raft::eraftpb::{ConfState, Entry, HardState};
 use raft::storage::MemStorage;
 use serde::{Deserialize, Serialize};
 
-use crate::group::PersistRequest;
+/// What a member must store: one raft `Ready`'s new entries (replacing any suffix they
+/// overwrite), its hard state and its configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersistRequest {
+    /// Reported back with `ClusterNode::on_persisted` once stored.
+    pub number: u64,
+    pub entries: Vec<Entry>,
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    /// Must be on disk (flushed) before it is reported: new entries, term or vote. If not,
+    /// only the commit index moved, which Raft does not need on disk; such a request is
+    /// reported persisted by the member itself when nothing synced is outstanding.
+    pub sync: bool,
+}
 
 /// Why a stored log cannot be used. The group must not go on: what it promised may not be
 /// stored.

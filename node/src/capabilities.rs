@@ -1,69 +1,8 @@
 //! The one registration list: every capability the node runs, in the order the runtime
-//! gives them inputs. Adding a capability is a folder and one line here.
-//!
-//! A capability's `register` gets what start-up made ([`Setup`]): the identity, the
-//! settings, the store (to open its tables and read what it left last time, before the
-//! node runs), the metrics registry, the views, admission, the clock. It returns the
-//! capability and its control API routes.
+//! gives them inputs. Adding a capability is a folder and one line here
+//! (`crate::runtime::registration` says what a registration gets and returns).
 
-use std::path::Path;
-
-use axum::Router;
-use fogmesh_store::Store;
-use fogmesh_transports::secure::SecureChannel;
-use libp2p::identity::Keypair;
-use prometheus_client::registry::Registry;
-
-use crate::admission::{Admissions, Membership};
-use crate::config::Settings;
-use crate::node::StartError;
-use crate::runtime::capability::Capability;
-use crate::runtime::clock::Clock;
-use crate::runtime::handle::{NodeHandle, Views};
-
-/// What start-up hands each capability.
-pub struct Setup<'a> {
-    pub keypair: &'a Keypair,
-    pub settings: &'a Settings,
-    pub data_dir: &'a Path,
-    /// Every link the node can have is a radio one (offline nodes).
-    pub radio_only: bool,
-    pub store: &'a Store,
-    /// The `fogmesh_` registry.
-    pub metrics: &'a mut Registry,
-    pub views: &'a Views,
-    /// The closed mesh this node is in (`None`: an open mesh).
-    pub membership: Option<&'a Membership>,
-    pub channel: &'a SecureChannel,
-    pub admissions: Admissions,
-    pub clock: &'a Clock,
-}
-
-impl std::fmt::Debug for Setup<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Setup")
-            .field("data_dir", &self.data_dir)
-            .field("radio_only", &self.radio_only)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A capability as registered: the state machine and its routes.
-pub struct Registered {
-    pub capability: Box<dyn Capability>,
-    pub routes: Router<NodeHandle>,
-}
-
-impl std::fmt::Debug for Registered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registered")
-            .field("capability", &self.capability.name())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A capability's registration: builds it from what start-up made.
-pub type Register = fn(&mut Setup<'_>) -> Result<Registered, StartError>;
+pub use crate::runtime::registration::{Register, Registered, Setup, SetupError};
 
 /// Every capability, in order.
 pub const ALL: &[Register] = &[

@@ -9,7 +9,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
-use crate::device::SimulateConfig;
+use fogmesh_device::SimulateConfig;
 
 /// Default TCP and UDP (QUIC) port of a node.
 pub const DEFAULT_PORT: u16 = 4747;
@@ -654,7 +654,7 @@ mod tests {
         );
         let s = Settings::load(Some(&path), env(&[]), ConfigLayer::default()).unwrap();
         let sim = s.simulate.unwrap();
-        assert_eq!(sim.device, Some(crate::device::DeviceClass::Smartphone));
+        assert_eq!(sim.device, Some(fogmesh_device::DeviceClass::Smartphone));
         assert_eq!(sim.battery_curve.unwrap().start, 50.0);
         for (text, key) in [
             ("[simulate]\nbattery = 140\n", "simulate.battery"),
@@ -674,7 +674,7 @@ mod tests {
     fn simulate_flags_overlay_the_file_field_by_field() {
         let file = ConfigLayer {
             simulate: Some(SimulateConfig {
-                device: Some(crate::device::DeviceClass::Tablet),
+                device: Some(fogmesh_device::DeviceClass::Tablet),
                 temperature: Some(40.0),
                 ..SimulateConfig::default()
             }),
@@ -688,7 +688,7 @@ mod tests {
             ..ConfigLayer::default()
         };
         let sim = file.overlay(flags).simulate.unwrap();
-        assert_eq!(sim.device, Some(crate::device::DeviceClass::Tablet));
+        assert_eq!(sim.device, Some(fogmesh_device::DeviceClass::Tablet));
         assert_eq!(sim.temperature, Some(40.0));
         assert_eq!(sim.battery, Some(15.0));
     }

@@ -19,7 +19,6 @@ pub mod kv;
 pub mod logging;
 pub mod memnet;
 pub mod node;
-pub mod peers;
 pub mod relay;
 pub mod revocations;
 pub mod runtime;

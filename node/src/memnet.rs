@@ -36,13 +36,13 @@ use tokio::time::Instant;
 use crate::admission::mesh::{self, MeshError};
 use crate::capabilities::Register;
 use crate::config::{ConfigLayer, MeshFiles, Settings};
-use crate::control::status::{PeerView, StatusView};
-use crate::device::{DeviceClass, SimulateConfig};
 use crate::identity::{self, IdentityError};
 use crate::node::{self, Network, RunningNode, StartError};
 use crate::runtime::clock::{Clock, WallClock};
 use crate::runtime::handle::NodeHandle;
+use crate::runtime::status::{PeerView, StatusView};
 use crate::telemetry::view::TelemetrySnapshot;
+use fogmesh_device::{DeviceClass, SimulateConfig};
 
 /// Telemetry interval of nodes unless the builder says otherwise: fast enough that a small
 /// network converges in a second or two, slow enough that a few dozen nodes on one core do

@@ -32,12 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::admission::{self, AdmissionView, Admissions, Membership, MembershipError};
-use crate::capabilities::{self, Register, Registered, Setup};
+use crate::capabilities::{self, Register, Registered, Setup, SetupError};
 use crate::config::{self, Settings};
-use crate::control::status::{BootstrapView, StatusView};
 use crate::control::{self, ControlFile};
 use crate::identity::{self, IdentityError};
-use crate::peers::manager::{PeerMetrics, PeerRecord, Radio};
 use crate::runtime::behaviour::{self, VERSION};
 use crate::runtime::clock::Clock;
 use crate::runtime::driver::{self, Driver, DriverMetrics, DriverParts};
@@ -45,7 +43,9 @@ use crate::runtime::events::EventBus;
 use crate::runtime::handle::{HandleParts, NodeHandle, Views, CALL_QUEUE};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::metrics::MetricsRegistry;
+use crate::runtime::peers::manager::{PeerMetrics, PeerRecord, Radio};
 use crate::runtime::rpc::Rpc;
+use crate::runtime::status::{BootstrapView, StatusView};
 use crate::runtime::storage::NodeStorage;
 
 pub use crate::runtime::behaviour::PROTOCOL_VERSION;
@@ -160,6 +160,15 @@ pub enum StartError {
     Listen { addr: Multiaddr, reason: String },
     #[error("cannot bind the control API on {addr}: {reason}")]
     ControlApi { addr: SocketAddr, reason: String },
+}
+
+impl From<SetupError> for StartError {
+    fn from(error: SetupError) -> Self {
+        match error {
+            SetupError::Store(error) => StartError::Store(error),
+            SetupError::Failed { what, reason } => StartError::Setup { what, reason },
+        }
+    }
 }
 
 /// A started node. Dropping it without [`RunningNode::shutdown`] aborts nothing: the task
@@ -437,7 +446,7 @@ fn register_capabilities(
     capabilities::ALL
         .iter()
         .chain(extra)
-        .map(|register| register(setup))
+        .map(|register| register(setup).map_err(StartError::from))
         .collect()
 }
 
@@ -518,17 +527,6 @@ fn admission_view(membership: Option<&Membership>, quic: bool) -> AdmissionView 
     }
 }
 
-/// The innermost error: "Connection refused" rather than "Failed to negotiate transport".
-pub(crate) fn root_cause(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text = s.to_string();
-        source = s.source();
-    }
-    text
-}
-
 /// Refuses a listen address whose port another socket holds.
 ///
 /// libp2p-tcp (and QUIC's UDP socket) set SO_REUSEPORT on listeners, so a second node on the
@@ -576,7 +574,7 @@ fn transport_error_text<E: std::error::Error>(e: &libp2p::TransportError<E>) -> 
             format!("no transport supports {addr}")
         }
         // "Address already in use" is what a person needs.
-        libp2p::TransportError::Other(inner) => root_cause(inner),
+        libp2p::TransportError::Other(inner) => crate::runtime::root_cause(inner),
     }
 }
 

@@ -431,7 +431,7 @@ async fn at_critical_battery_a_node_with_a_radio_keeps_only_its_radio_links() {
     // And its radio scans a thirtieth of the time: the policy's ultra-low duty cycle.
     assert_eq!(
         radio.duty_of(DeviceId::of_peer(&phone.peer_id)),
-        Some(DutyCycle::UltraLow.radio_duty())
+        Some(fogmesh_node::device::radio_duty(DutyCycle::UltraLow))
     );
     for node in [phone, internet_peer, radio_peer] {
         node.shutdown().await;

@@ -13,14 +13,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use fogmesh_node::capabilities::{Registered, Setup};
 use fogmesh_node::memnet::NodeSpec;
-use fogmesh_node::node::StartError;
 use fogmesh_node::runtime::capability::{
     Capability, Effect, InboundRequest, Notice, Outbox, Protocol, Response, ResponseFraming,
 };
 use fogmesh_node::runtime::events::EventKind;
 use fogmesh_node::runtime::handle::{NodeHandle, ViewCell};
+use fogmesh_node::runtime::registration::{Registered, Setup, SetupError};
 use serde::{Deserialize, Serialize};
 
 const GREETING: &str = "/example/greeting/1";
@@ -105,7 +104,7 @@ impl Capability for Greeter {
 }
 
 /// The greeting capability's registration: its state machine, its view and its route.
-fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
     let view = setup.views.add(Greetings::default());
     Ok(Registered {
         capability: Box::new(Greeter {

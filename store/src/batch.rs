@@ -283,6 +283,30 @@ impl Batch {
     }
 }
 
+// Writes of single operations, for what does not go through the storage task (tests,
+// tools); they are batches of one, so they live here rather than with the table.
+impl<V: Serialize> OrderedTable<V> {
+    /// Stores `value` at `index` in `scope`; buffered (durable within the store's flush
+    /// interval).
+    pub fn put(&self, scope: &Scope, index: u64, value: &V) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.put_ordered(self, scope, index, value)?;
+        apply(&batch).map(|_| ())
+    }
+
+    /// Removes every entry of `scope` in `range` atomically (log truncation, compaction);
+    /// returns how many there were.
+    pub fn remove_range(
+        &self,
+        scope: &Scope,
+        range: impl RangeBounds<u64>,
+    ) -> Result<usize, StoreError> {
+        let mut batch = Batch::new();
+        batch.remove_range(self, scope, range);
+        apply(&batch).map(|applied| applied.removed_by_ranges)
+    }
+}
+
 /// Applies `batch` (not flushed: durable within `flush_every`, or at the next durable
 /// commit).
 pub(crate) fn apply(batch: &Batch) -> Result<Applied, StoreError> {
@@ -296,6 +320,7 @@ pub(crate) fn apply(batch: &Batch) -> Result<Applied, StoreError> {
 /// turn, so no other batch of the store lands between the resolution and the writes.
 /// Nothing is written when a batch is poisoned or its test hook fails.
 pub(crate) fn apply_all(batches: &[Batch]) -> Result<Applied, StoreError> {
+    crate::guard::check("store");
     if let Some(error) = batches.iter().find_map(|b| b.poison.as_ref()) {
         return Err(error.clone());
     }

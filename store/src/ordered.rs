@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::batch::{self, Batch};
 use crate::generation::Generation;
 use crate::{codec, CodecError, StoreError};
 
@@ -109,7 +108,7 @@ fn index_span(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
 /// A named table of `V` values keyed by `(scope, index)`, ordered by index within a scope.
 ///
 /// Reads are safe from any thread. Writes here are direct sled calls that block; services
-/// write through the storage task ([`crate::task::StorageHandle`]) with a [`Batch`] instead,
+/// write through the storage task ([`crate::task::StorageHandle`]) with a [`crate::Batch`] instead,
 /// which is also the only way to write atomically or durably. A table name is one kind of
 /// table: do not open the same name as both a [`crate::Table`] and an `OrderedTable`.
 #[derive(Debug)]
@@ -155,14 +154,6 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
         self.name
     }
 
-    /// Stores `value` at `index` in `scope`; buffered (durable within the store's flush
-    /// interval).
-    pub fn put(&self, scope: &Scope, index: u64, value: &V) -> Result<(), StoreError> {
-        let mut batch = Batch::new();
-        batch.put_ordered(self, scope, index, value)?;
-        batch::apply(&batch).map(|_| ())
-    }
-
     /// The value at `index` in `scope`, if any.
     pub fn get(&self, scope: &Scope, index: u64) -> Result<Option<V>, StoreError> {
         match self.tree().get(scope.key(index))? {
@@ -174,18 +165,6 @@ impl<V: Serialize + DeserializeOwned> OrderedTable<V> {
     /// Removes the value at `index` in `scope`; true if there was one.
     pub fn remove(&self, scope: &Scope, index: u64) -> Result<bool, StoreError> {
         Ok(self.tree().remove(scope.key(index))?.is_some())
-    }
-
-    /// Removes every entry of `scope` in `range` atomically (log truncation, compaction);
-    /// returns how many there were.
-    pub fn remove_range(
-        &self,
-        scope: &Scope,
-        range: impl RangeBounds<u64>,
-    ) -> Result<usize, StoreError> {
-        let mut batch = Batch::new();
-        batch.remove_range(self, scope, range);
-        batch::apply(&batch).map(|applied| applied.removed_by_ranges)
     }
 
     /// The entries of `scope` in `range`, in index order; `.rev()` walks it backwards.

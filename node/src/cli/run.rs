@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use libp2p::Multiaddr;
 
 use crate::config::LogFormat;
-use crate::device::{DeviceClass, SimulateConfig};
 use crate::{identity, logging, node};
+use fogmesh_device::{DeviceClass, SimulateConfig};
 
 #[derive(Debug, Args, Default)]
 pub(crate) struct RunArgs {
@@ -197,7 +197,7 @@ pub(crate) async fn start_offline(
 pub(crate) async fn bluetooth_adapter(
     peer: libp2p::PeerId,
 ) -> Result<fogmesh_transports::ble::driver::SharedDriver> {
-    use crate::peers::budget::{RADIO_SLACK, RADIO_TARGET};
+    use crate::runtime::peers::budget::{RADIO_SLACK, RADIO_TARGET};
     let radio = fogmesh_transports::ble::bluez::BluezRadio::open(peer, RADIO_TARGET + RADIO_SLACK)
         .await
         .context(

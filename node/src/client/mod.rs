@@ -11,11 +11,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use crate::control::events::EventFilter;
-use crate::control::status::{PeersResponse, StatusView};
 use crate::control::{control_file_path, ControlFile};
-use crate::device::DeviceView;
 use crate::revocations::RevocationOutcome;
+use crate::runtime::status::{PeersResponse, StatusView};
 use crate::telemetry::view::{ReceiptsResponse, TelemetryResponse};
+use fogmesh_device::DeviceView;
 pub use sse::{EventStream, SseFrame};
 
 /// How long an event stream may stay silent before the client gives up on the node: three
@@ -427,13 +427,4 @@ impl ControlClient {
             }),
         }
     }
-}
-
-/// The innermost error's text: reqwest's outer ones say only "error decoding response body".
-pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = e;
-    while let Some(inner) = innermost.source() {
-        innermost = inner;
-    }
-    innermost.to_string()
 }

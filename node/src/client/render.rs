@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 
-use crate::control::status::{PeersResponse, StatusView};
-use crate::device::{DeviceSummary, DeviceView};
 use crate::runtime::events::{NodeEvent, StampedEvent};
+use crate::runtime::status::{PeersResponse, StatusView};
 use crate::telemetry::view::TelemetryResponse;
+use fogmesh_device::{DeviceSummary, DeviceView};
 
 /// The time of day (UTC, like the node's log) of a millisecond timestamp: `12:03:04.512`.
 fn time_of_day(at_ms: u64) -> String {

@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use super::{root_cause, ClientError, MAX_SSE_LINE, STREAM_IDLE_LIMIT};
+use super::{ClientError, MAX_SSE_LINE, STREAM_IDLE_LIMIT};
+use crate::runtime::root_cause;
 
 /// An open `GET /v1/events` stream.
 #[derive(Debug)]

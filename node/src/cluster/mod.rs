@@ -16,12 +16,12 @@ pub mod protocol;
 pub mod raft_log;
 pub mod service;
 
-use crate::capabilities::{Registered, Setup};
-use crate::node::StartError;
+use crate::runtime::registration::SetupError;
+use crate::runtime::registration::{Registered, Setup};
 use service::{ClusterConfig, ClusterMetrics, ClusterService, ClusterView, OwnRoles};
 
 /// Registers the cluster capability, with the cluster this node was in before a restart.
-pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+pub fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
     let metrics = ClusterMetrics::default();
     metrics.register(setup.metrics);
     let view = setup.views.add(ClusterView::default());
@@ -53,7 +53,7 @@ pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
         setup.clock.now_ms(),
         metrics,
     )
-    .map_err(|e| StartError::Setup {
+    .map_err(|e| SetupError::Failed {
         what: "cluster",
         reason: e.to_string(),
     })?;

@@ -10,7 +10,6 @@
 
 pub mod events;
 pub mod server;
-pub mod status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::handle::{CallError, NodeHandle};
 use crate::runtime::lifecycle::Phase;
-use status::{PeersResponse, StatusView};
+use crate::runtime::status::{PeersResponse, StatusView};
 
 pub const CONTROL_FILE: &str = "control.json";
 

@@ -15,7 +15,7 @@
 //! cap. When the server stops, it tells such streams through [`ServerStopping`] so they end
 //! and the connections close, instead of holding shutdown for the whole grace period.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,12 +41,7 @@ pub const MAX_BUF: usize = 64 * 1024;
 /// How long a stopping node waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Counters of what the bounds turned away.
-#[derive(Debug, Default)]
-pub struct ApiLimits {
-    /// Connections closed at accept because [`MAX_CONNECTIONS`] were open.
-    pub refused_connections: AtomicU64,
-}
+pub use crate::runtime::handle::ApiLimits;
 
 /// The server's time and connection bounds; tests shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

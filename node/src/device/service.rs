@@ -18,7 +18,6 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::AtomicU64;
 
-use crate::control::status::StatusView;
 use crate::device::policy::TransportPreference;
 use crate::device::{self, DeviceMonitor, DeviceView, PowerMode};
 use crate::runtime::capability::{
@@ -26,6 +25,7 @@ use crate::runtime::capability::{
 };
 use crate::runtime::events::EventKind;
 use crate::runtime::handle::ViewCell;
+use crate::runtime::status::StatusView;
 
 const SENSE: TimerId = TimerId(0);
 const PASS: Token = 1;
@@ -207,7 +207,7 @@ impl DeviceService {
         out.timer(now_ms.saturating_add(duration_ms(next)), SENSE);
         let limits = &view.decision.limits;
         out.push(Effect::Radio(RadioPolicy {
-            duty: limits.ble_duty.radio_duty(),
+            duty: crate::device::radio_duty(limits.ble_duty),
             radio_only: limits.transport == TransportPreference::BitchatOnly,
         }));
         self.cell.set(Some(view.clone()));

@@ -19,14 +19,14 @@ pub mod service;
 pub mod verify;
 pub mod view;
 
-use crate::capabilities::{Registered, Setup};
-use crate::node::StartError;
+use crate::runtime::registration::SetupError;
+use crate::runtime::registration::{Registered, Setup};
 use core::KvCore;
 use service::{AccessPolicy, KvMetrics, KvService};
 
 /// Registers the kv capability. A store that cannot be read leaves it refusing everything
 /// and the node in safe mode (it says so at start), rather than serving part of it.
-pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+pub fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
     let metrics = KvMetrics::default();
     metrics.register(setup.metrics);
     let core = KvCore::open(

@@ -20,12 +20,12 @@ pub mod seen;
 pub mod service;
 pub mod tables;
 
-use crate::capabilities::{Registered, Setup};
-use crate::node::StartError;
+use crate::runtime::registration::SetupError;
+use crate::runtime::registration::{Registered, Setup};
 use service::{RelayConfig, RelayMetrics, RelayService};
 
 /// Registers the relay capability, seeded from its tables.
-pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+pub fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
     let tables = tables::RelayTables::open(setup.store)?;
     let restored = tables.restore();
     let metrics = RelayMetrics::default();
@@ -46,7 +46,7 @@ pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
         view,
         metrics,
     )
-    .map_err(|reason| StartError::Setup {
+    .map_err(|reason| SetupError::Failed {
         what: "relay",
         reason,
     })?;

@@ -42,7 +42,6 @@ use zeroize::Zeroizing;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::device::policy::TransportPreference;
 use crate::device::service::DeviceChanged;
 use crate::relay::held::{HeldLimits, HeldStore};
 use crate::relay::packet::{self, AppPayload, Content, MessageId, RelayPacket, MAX_TTL};
@@ -56,6 +55,7 @@ use crate::runtime::capability::{
 };
 use crate::runtime::events::EventKind;
 use crate::runtime::handle::ViewCell;
+use fogmesh_device::policy::TransportPreference;
 pub use fogmesh_transports::LinkKind;
 
 const FORWARD: TimerId = TimerId(0);

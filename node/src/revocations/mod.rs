@@ -12,8 +12,8 @@ use fogmesh_store::Table;
 use fogmesh_transports::ticket::RevocationSet;
 use serde::{Deserialize, Serialize};
 
-use crate::capabilities::{Registered, Setup};
-use crate::node::StartError;
+use crate::runtime::registration::SetupError;
+use crate::runtime::registration::{Registered, Setup};
 use service::{MeshAuthority, RevocationMetrics, RevocationService};
 
 pub const TABLE_REVOCATIONS: &str = "revocations";
@@ -66,7 +66,7 @@ pub fn load_set(
 }
 
 /// Registers the revocations capability.
-pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+pub fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
     let table: Table<StoredRevocation> = setup.store.table(TABLE_REVOCATIONS)?;
     let metrics = RevocationMetrics::default();
     metrics.register(setup.metrics);

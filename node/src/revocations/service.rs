@@ -27,12 +27,12 @@ use fogmesh_store::{Batch, Table};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::control::status::StatusView;
 use crate::revocations::{RevocationOutcome, StoredRevocation};
 use crate::runtime::capability::{
     duration_ms, Capability, Effect, GossipIn, Notice, Outbox, ReasonLabel, TimerId, Token, Verdict,
 };
 use crate::runtime::events::EventKind;
+use crate::runtime::status::StatusView;
 
 const REPUBLISH: TimerId = TimerId(0);
 

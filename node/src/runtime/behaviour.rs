@@ -9,8 +9,8 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, StreamProtocol};
 
 use crate::config::Settings;
-use crate::node::StartError;
-use crate::peers::manager::{PeerManager, PeerManagerConfig, PeerMetrics};
+use crate::runtime::peers::manager::{PeerManager, PeerManagerConfig, PeerMetrics};
+use crate::runtime::registration::SetupError;
 use crate::runtime::rpc::Rpc;
 use fogmesh_wire::envelope;
 
@@ -43,9 +43,9 @@ pub(crate) fn build(
     peer_metrics: PeerMetrics,
     clock: crate::runtime::clock::Clock,
     rpc: Rpc,
-) -> Result<Behaviour, StartError> {
+) -> Result<Behaviour, SetupError> {
     let peer_id = keypair.public().to_peer_id();
-    let setup = |what: &'static str| move |e: String| StartError::Setup { what, reason: e };
+    let setup = |what: &'static str| move |e: String| SetupError::Failed { what, reason: e };
     // Every message we publish is an envelope signed by its origin, and receivers check that
     // signature once per unique message, after gossipsub's duplicate filter. gossipsub's own
     // signature would be checked in its codec for every copy received (measured: ~30 % of a

@@ -29,9 +29,9 @@ pub use fogmesh_wire::framing::ResponseFraming;
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::PeerId;
 
-use crate::control::status::{PeerView, StatusView};
 use crate::runtime::events::NodeEvent;
 use crate::runtime::lifecycle::Phase;
+use crate::runtime::status::{PeerView, StatusView};
 
 /// Milliseconds of `d`, saturating: the unit capabilities count time in.
 pub fn duration_ms(d: std::time::Duration) -> u64 {

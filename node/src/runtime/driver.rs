@@ -31,8 +31,6 @@ use libp2p::{identify, mdns, ping, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::control::status::{PeerView, StatusView};
-use crate::peers::manager::{PeerManagerEvent, PeerRecord};
 use crate::runtime::behaviour::{Behaviour, BehaviourEvent};
 use crate::runtime::capability::{
     Capability, Effect, GossipId, GossipIn, JobOutput, Lane, Notice, Outbox, PublishOutcome,
@@ -42,7 +40,9 @@ use crate::runtime::clock::Clock;
 use crate::runtime::events::{self, EventBus};
 use crate::runtime::handle::{Call, CallTarget, ViewCell};
 use crate::runtime::lifecycle::{Lifecycle, LifecycleInput, Phase};
+use crate::runtime::peers::manager::{PeerManagerEvent, PeerRecord};
 use crate::runtime::rpc::RpcEvent;
+use crate::runtime::status::{PeerView, StatusView};
 use crate::runtime::storage::{NodeStorage, StorageReport};
 
 /// How often views are refreshed and the gossip mesh handed to the peer manager.

@@ -20,11 +20,11 @@ use std::time::Duration;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::control::status::{PeerView, StatusView};
 use crate::runtime::capability::{Capability, Outbox};
 use crate::runtime::clock::Clock;
 use crate::runtime::events::EventBus;
 use crate::runtime::metrics::FrozenMetrics;
+use crate::runtime::status::{PeerView, StatusView};
 
 /// Calls waiting for the driver; beyond, callers wait.
 pub const CALL_QUEUE: usize = 256;
@@ -52,6 +52,14 @@ pub(crate) trait CallTarget {
 }
 
 pub(crate) type Call = Box<dyn FnOnce(&mut dyn CallTarget) + Send>;
+
+/// Counters of what the control API's bounds turned away, shared by the server and the
+/// status view.
+#[derive(Debug, Default)]
+pub struct ApiLimits {
+    /// Connections closed at accept because the server's connection cap was reached.
+    pub refused_connections: std::sync::atomic::AtomicU64,
+}
 
 /// A value a capability publishes for readers. Cloning shares it.
 #[derive(Debug)]
@@ -154,7 +162,7 @@ pub struct NodeHandle {
     events: EventBus,
     metrics: Arc<FrozenMetrics>,
     clock: Clock,
-    api_limits: Arc<crate::control::server::ApiLimits>,
+    api_limits: Arc<ApiLimits>,
 }
 
 /// The parts a handle is made of, from start-up.
@@ -167,7 +175,7 @@ pub(crate) struct HandleParts {
     pub events: EventBus,
     pub metrics: Arc<FrozenMetrics>,
     pub clock: Clock,
-    pub api_limits: Arc<crate::control::server::ApiLimits>,
+    pub api_limits: Arc<ApiLimits>,
 }
 
 impl NodeHandle {
@@ -279,7 +287,7 @@ impl NodeHandle {
         &self.clock
     }
 
-    pub(crate) fn api_limits(&self) -> &Arc<crate::control::server::ApiLimits> {
+    pub(crate) fn api_limits(&self) -> &Arc<ApiLimits> {
         &self.api_limits
     }
 }

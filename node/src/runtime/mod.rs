@@ -20,7 +20,22 @@ pub mod events;
 pub mod handle;
 pub mod lifecycle;
 pub mod metrics;
+pub mod peers;
+pub mod registration;
 pub mod rpc;
+pub mod status;
 pub mod storage;
 #[cfg(test)]
 pub mod testing;
+
+/// The innermost error's text: "Connection refused" rather than "Failed to negotiate
+/// transport", the cause rather than reqwest's "error decoding response body".
+pub fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text = inner.to_string();
+        source = inner.source();
+    }
+    text
+}

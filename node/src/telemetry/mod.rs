@@ -10,13 +10,13 @@ pub mod record;
 pub mod service;
 pub mod view;
 
-use crate::capabilities::{Registered, Setup};
-use crate::node::StartError;
 use crate::runtime::behaviour::VERSION;
+use crate::runtime::registration::SetupError;
+use crate::runtime::registration::{Registered, Setup};
 use service::{Tables, TelemetryConfig, TelemetryLimits, TelemetryMetrics, TelemetryService};
 
 /// Registers the telemetry capability, seeded from its tables.
-pub fn register(setup: &mut Setup<'_>) -> Result<Registered, StartError> {
+pub fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
     let tables = Tables::open(setup.store)?;
     let (own_seq, stored) = tables.restore();
     let metrics = TelemetryMetrics::default();

@@ -38,7 +38,7 @@ pub struct TelemetryRecord {
     pub interval_ms: u64,
     /// Device class, power mode and score; absent from nodes that have not sensed yet.
     #[serde(default)]
-    pub device: Option<crate::device::DeviceSummary>,
+    pub device: Option<fogmesh_device::DeviceSummary>,
 }
 
 /// A telemetry record as a receiver keeps it.
@@ -109,17 +109,7 @@ impl From<EnvelopeError> for Rejection {
     }
 }
 
-/// Per-reason counters of refused telemetry, shown by `fogmesh status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RejectionCounters {
-    pub oversized: u64,
-    pub malformed: u64,
-    pub bad_signature: u64,
-    pub sender_mismatch: u64,
-    pub stale: u64,
-    pub from_future: u64,
-    pub replayed: u64,
-}
+pub use crate::runtime::status::RejectionCounters;
 
 impl RejectionCounters {
     pub fn count(&mut self, rejection: &Rejection) {

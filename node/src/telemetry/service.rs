@@ -37,9 +37,7 @@ use fogmesh_wire::codec;
 use fogmesh_wire::envelope::{self, MessageKind};
 use serde::{Deserialize, Serialize};
 
-use crate::control::status::{PeerView, StatusView};
 use crate::device::service::DeviceChanged;
-use crate::device::{DeviceReadings, DeviceView};
 use crate::runtime::capability::{
     duration_ms, Capability, Effect, GossipIn, Notice, Outbox, PublishOutcome, ReasonLabel,
     TimerId, Verdict,
@@ -47,11 +45,13 @@ use crate::runtime::capability::{
 use crate::runtime::events::EventKind;
 use crate::runtime::handle::ViewCell;
 use crate::runtime::lifecycle::Phase;
+use crate::runtime::status::{PeerView, StatusView};
 use crate::telemetry::record::{
     next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
     TelemetryValidator, TELEMETRY_TOPIC,
 };
 use crate::telemetry::view::TelemetrySnapshot;
+use fogmesh_device::{DeviceReadings, DeviceView};
 
 const PUBLISH: TimerId = TimerId(0);
 const EXPIRE: TimerId = TimerId(1);
@@ -248,7 +248,7 @@ pub struct TelemetryService {
     /// The size of our last publication on the wire.
     last_record_len: usize,
     readings: Option<DeviceReadings>,
-    device: Option<crate::device::DeviceSummary>,
+    device: Option<fogmesh_device::DeviceSummary>,
     rss_bytes: Option<u64>,
     connected_peers: usize,
     listen_addrs: Vec<String>,
@@ -770,7 +770,7 @@ mod tests {
         assert!(timers(&out).contains(&(T0 + 1000, PUBLISH)));
         // The first device pass brings it forward: the first record carries the device.
         let (view, _) =
-            crate::device::assess(DeviceReadings::default(), None, Duration::ZERO, None);
+            fogmesh_device::assess(DeviceReadings::default(), None, Duration::ZERO, None);
         let mut out = Outbox::at(T0);
         s.on_notice(T0 + 3, &device_changed(view), &mut out);
         assert_eq!(timers(&out), vec![(T0 + 3, PUBLISH)]);
@@ -914,7 +914,7 @@ mod tests {
         let mut out = Outbox::at(T0);
         s.on_timer(T0, PUBLISH, &mut out);
         let (mut view, _) =
-            crate::device::assess(DeviceReadings::default(), None, Duration::ZERO, None);
+            fogmesh_device::assess(DeviceReadings::default(), None, Duration::ZERO, None);
         view.decision.limits.telemetry_multiplier = 4;
         let mut out = Outbox::at(T0);
         s.on_notice(T0 + 10, &device_changed(view), &mut out);

@@ -10,9 +10,9 @@ use libp2p::identity::Keypair;
 use super::*;
 use crate::admission::PeerRoles;
 use crate::cluster::protocol::ClusterResponse;
-use crate::device::{self, DeviceReadings};
 use crate::runtime::testing::run_storage;
 use fogmesh_consensus::task::TaskId;
+use fogmesh_device::{self as device, DeviceReadings};
 
 const T0: u64 = 1_700_000_000_000;
 

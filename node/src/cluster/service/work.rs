@@ -24,8 +24,8 @@ use super::{ClusterService, Pending, Situation};
 use crate::cluster::blobs;
 use crate::cluster::exec::{ExecError, ExecLimits, ExecOutput};
 use crate::cluster::protocol::{ClusterRequest, ClusterResponse};
-use crate::device::DeviceView;
 use crate::runtime::capability::{Outbox, ReasonLabel};
+use fogmesh_device::DeviceView;
 
 /// Runs in flight on this node at most, whatever its capacity says.
 pub const MAX_RUNS: usize = 64;

@@ -46,10 +46,10 @@ use fogmesh_transports::ble::driver::{BleDriver as _, SharedDriver};
 use fogmesh_transports::LinkKind;
 use serde::{Deserialize, Serialize};
 
-use crate::peers::bootstrap::{BootstrapDialer, FailedDial};
-use crate::peers::budget::{self as connection_budget, Candidate};
 use crate::runtime::capability::RadioPolicy;
 use crate::runtime::clock::Clock;
+use crate::runtime::peers::bootstrap::{BootstrapDialer, FailedDial};
+use crate::runtime::peers::budget::{self as connection_budget, Candidate};
 
 /// What the address book keeps about a peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -730,7 +730,7 @@ fn log_bootstrap_failure(failed: &FailedDial, error: &dyn std::error::Error) {
             addr = %failed.addr,
             failures = failed.failures,
             retry_in_s = failed.retry_in.as_secs_f32(),
-            error = %crate::node::root_cause(error),
+            error = %crate::runtime::root_cause(error),
             "bootstrap peer unreachable"
         );
     }

@@ -128,17 +128,6 @@ impl DutyCycle {
             DutyCycle::UltraLow => (1_000, 29_000, 2_000),
         }
     }
-
-    /// The same timings, as a radio driver takes them.
-    pub fn radio_duty(self) -> fogmesh_transports::ble::driver::RadioDuty {
-        use std::time::Duration;
-        let (on, off, advertise) = self.timings();
-        fogmesh_transports::ble::driver::RadioDuty {
-            scan_on: Duration::from_millis(on.into()),
-            scan_off: Duration::from_millis(off.into()),
-            advertise_every: Duration::from_millis(advertise.into()),
-        }
-    }
 }
 
 /// What a mode allows.

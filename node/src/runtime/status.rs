@@ -6,10 +6,23 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use fogmesh_device::DeviceSummary;
+
 use crate::admission::AdmissionView;
-use crate::device::DeviceSummary;
 use crate::runtime::lifecycle::{Phase, Transition};
-use crate::telemetry::record::RejectionCounters;
+
+/// Per-reason counters of refused telemetry, shown by `fogmesh status` (counted by the
+/// telemetry capability's validator).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionCounters {
+    pub oversized: u64,
+    pub malformed: u64,
+    pub bad_signature: u64,
+    pub sender_mismatch: u64,
+    pub stale: u64,
+    pub from_future: u64,
+    pub replayed: u64,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BootstrapView {
