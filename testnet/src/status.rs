@@ -1,0 +1,197 @@
+//! `status`: the recorded nodes found running (or not) and what each one answers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::probe::{self, Prober};
+use crate::procs::{self, FoundBy, NodeClues, NodeProcess};
+use crate::state::{self, KillMark, NodeEntry};
+use crate::*;
+
+/// The live process of `node`, if one can be tied to it: the recorded one, or the one its
+/// data dir's control file names with a matching command line.
+pub fn locate(node: &NodeEntry) -> Option<NodeProcess> {
+    let control = read_control(&node.data_dir);
+    procs::choose(
+        &NodeClues {
+            recorded_pid: node.pid,
+            recorded_start: node.start_time,
+            control_pid: control.map(|c| c.pid),
+            data_dir: &node.data_dir,
+            binary: node.binary(),
+        },
+        procs::proc_info,
+    )
+}
+
+/// The fields of a node's `control.json` the testnet uses.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) struct ControlInfo {
+    pid: u32,
+    addr: SocketAddr,
+}
+
+pub(crate) fn read_control(data_dir: &Path) -> Option<ControlInfo> {
+    let bytes = std::fs::read(data_dir.join(CONTROL_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The node's control file, written by every running node into its data dir.
+pub(crate) const CONTROL_FILE: &str = "control.json";
+
+/// One node of `testnet status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub index: usize,
+    /// The live process if one was found, else the recorded one.
+    pub pid: u32,
+    pub alive: bool,
+    /// How the live process was found (`None` when there is none).
+    pub found_by: Option<FoundBy>,
+    /// Set when `testnet kill` stopped the node.
+    pub killed: Option<KillMark>,
+    pub p2p_port: u16,
+    pub control_port: u16,
+    pub rss_bytes: Option<u64>,
+    pub status: Option<probe::StatusProbe>,
+    /// Radio testnets: the nodes this one hears, per the medium file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radio_neighbours: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestnetStatus {
+    pub dir: PathBuf,
+    pub nodes: Vec<NodeRow>,
+}
+
+/// The state of the testnet in `dir`, asked of every node.
+pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
+    let record = state::load(dir)?.ok_or_else(|| TestnetError::NotFound(dir.to_path_buf()))?;
+    let prober = Prober::new();
+    let ports: Vec<u16> = record.nodes.iter().map(|n| n.p2p_port).collect();
+    let mut radio_neighbours = radio::neighbours(dir, &ports);
+    let mut rows = Vec::with_capacity(record.nodes.len());
+    for node in &record.nodes {
+        let live = locate(node);
+        // A node started by hand may have been given another control port.
+        let control_port = match live.map(|p| p.found_by) {
+            Some(FoundBy::ControlFile) => read_control(&node.data_dir)
+                .map(|c| c.addr.port())
+                .unwrap_or(node.control_port),
+            _ => node.control_port,
+        };
+        let status = match live {
+            Some(_) => prober.status(control_port).await,
+            None => None,
+        };
+        rows.push(NodeRow {
+            index: node.index,
+            pid: live.map(|p| p.pid).unwrap_or(node.pid),
+            alive: live.is_some(),
+            found_by: live.map(|p| p.found_by),
+            killed: if live.is_some() {
+                None
+            } else {
+                node.killed.clone()
+            },
+            p2p_port: node.p2p_port,
+            control_port,
+            rss_bytes: live.and_then(|p| procs::rss_bytes(p.pid)),
+            status,
+            radio_neighbours: radio_neighbours
+                .as_mut()
+                .and_then(|n| n.get_mut(node.index).map(std::mem::take)),
+        });
+    }
+    Ok(TestnetStatus {
+        dir: dir.to_path_buf(),
+        nodes: rows,
+    })
+}
+
+pub fn render_status(s: &TestnetStatus) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec![
+        "#",
+        "pid",
+        "peer",
+        "phase",
+        "peers",
+        "telemetry",
+        "stale",
+        "p2p port",
+        "api port",
+        "rss",
+        "radio neighbours",
+    ]);
+    for n in &s.nodes {
+        let (peer, phase, peers, tele, stale) = match &n.status {
+            Some(st) => (
+                short(&st.peer_id),
+                st.phase.clone(),
+                st.connected_peers.to_string(),
+                st.telemetry_nodes.to_string(),
+                st.stale_nodes.to_string(),
+            ),
+            None => (
+                "?".into(),
+                match (&n.killed, n.alive) {
+                    (_, true) => "not answering".into(),
+                    (Some(mark), false) => format!("killed ({})", mark.signal),
+                    (None, false) => "stopped".into(),
+                },
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        let pid = match n.found_by {
+            Some(FoundBy::ControlFile) => format!("{}*", n.pid),
+            _ => n.pid.to_string(),
+        };
+        t.add_row(vec![
+            n.index.to_string(),
+            pid,
+            peer,
+            phase,
+            peers,
+            tele,
+            stale,
+            n.p2p_port.to_string(),
+            n.control_port.to_string(),
+            n.rss_bytes
+                .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+                .unwrap_or_default(),
+            n.radio_neighbours
+                .as_ref()
+                .map(|ns| {
+                    ns.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+        ]);
+    }
+    let mut out = t.to_string();
+    if s.nodes
+        .iter()
+        .any(|n| n.found_by == Some(FoundBy::ControlFile))
+    {
+        out.push_str("\n* not the recorded process: found through the node's control.json");
+    }
+    out
+}
+
+pub(crate) fn short(id: &str) -> String {
+    if id.len() > 14 {
+        format!("{}…{}", &id[..6], &id[id.len() - 6..])
+    } else {
+        id.to_owned()
+    }
+}
