@@ -4,6 +4,10 @@
 //! applies the same commands in the same order; after the network heals, every member holds
 //! the same state, and no task a coordinator accepted is missing from it.
 //!
+//! Each member's disk is what its writes left there, as the node stores them
+//! (`fogmesh_consensus::log`): a write takes 1-3 ms, is reported to the member when done, and
+//! a crash loses every write not done yet; a restarted member is rebuilt from its disk alone.
+//!
 //! raft-rs draws its election timeouts from its own random generator, so a seed fixes the
 //! network's behaviour but not those timeouts: the invariants are checked over many runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,16 +17,56 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use fogmesh_consensus::capacity::NodeCapacity;
 use fogmesh_consensus::group::{
-    founding_storage, raft_logger, ClusterNode, Output, LAN_TIMING, TICK_MS,
+    raft_logger, ClusterNode, Output, PersistRequest, LAN_TIMING, TICK_MS,
 };
+use fogmesh_consensus::log::{self, StoredEntry, StoredState};
 use fogmesh_consensus::state::{Applied, Command, NodeId, TaskState};
 use fogmesh_consensus::task::{Priority, Requirements, TaskId, TaskSpec};
 use raft::eraftpb::Message;
-use raft::storage::MemStorage;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const MEMBERS: u64 = 5;
+
+/// What one member's disk holds: the log by index and the hard state.
+#[derive(Default)]
+struct Disk {
+    entries: BTreeMap<u64, StoredEntry>,
+    state: Option<StoredState>,
+}
+
+impl Disk {
+    /// Writes `request` as the node's raft log tables do: its entries replace the suffix
+    /// they overwrite.
+    fn write(&mut self, request: &PersistRequest) {
+        let entries = log::stored_entries(request).unwrap();
+        if let Some((first, _)) = entries.first() {
+            self.entries.split_off(first);
+        }
+        self.entries.extend(entries);
+        self.state = Some(log::stored_state(request));
+    }
+}
+
+/// A write on its way to a member's disk (ordered by time and sequence alone).
+struct PendingWrite(PersistRequest);
+
+impl PartialEq for PendingWrite {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for PendingWrite {}
+impl PartialOrd for PendingWrite {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for PendingWrite {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
 
 /// raft's Message has no order; the wire orders by (time, sequence) alone.
 struct InFlight(Message);
@@ -44,8 +88,8 @@ impl Ord for InFlight {
     }
 }
 
-/// A write on its way to a member's disk: when done, order, member, its run, number.
-type DiskWrite = (u64, u64, u64, u64, u64);
+/// A write on its way to a member's disk: when done, order, member, its run, the write.
+type DiskWrite = (u64, u64, u64, u64, PendingWrite);
 
 struct Sim {
     seed: u64,
@@ -53,10 +97,14 @@ struct Sim {
     now: u64,
     nodes: BTreeMap<u64, Option<ClusterNode>>,
     /// What each member's disk holds; survives its crashes.
-    disks: BTreeMap<u64, MemStorage>,
+    disks: BTreeMap<u64, Disk>,
+    /// The founding voters.
+    founders: Vec<u64>,
     wire: BinaryHeap<Reverse<(u64, u64, InFlight)>>,
     /// Writes on their way to a member's disk.
     disk_queue: BinaryHeap<Reverse<DiskWrite>>,
+    /// When each member's disk is done with what it was given.
+    disk_free: BTreeMap<u64, u64>,
     /// Each member's run, so a write of an earlier run (before a crash) is not reported.
     runs: BTreeMap<u64, u64>,
     seq: u64,
@@ -90,8 +138,10 @@ impl Sim {
             now: 0,
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
+            founders: voters.clone(),
             wire: BinaryHeap::new(),
             disk_queue: BinaryHeap::new(),
+            disk_free: BTreeMap::new(),
             runs: BTreeMap::new(),
             seq: 0,
             cut_off: BTreeSet::new(),
@@ -105,15 +155,25 @@ impl Sim {
             working: true,
         };
         for id in voters.iter().copied() {
-            sim.disks.insert(id, founding_storage(&voters));
+            sim.disks.insert(id, Disk::default());
             sim.start(id);
         }
         sim
     }
 
     fn start(&mut self, id: u64) {
-        let node =
-            ClusterNode::new(id, self.disks[&id].clone(), LAN_TIMING, &raft_logger()).unwrap();
+        let disk = self.disks.get_mut(&id).unwrap();
+        let storage = log::restore(
+            disk.state.clone(),
+            &self.founders,
+            disk.entries.iter().map(|(i, e)| Ok((*i, e.clone()))),
+        )
+        .unwrap();
+        let node = ClusterNode::new(id, storage, LAN_TIMING, &raft_logger()).unwrap();
+        if disk.state.is_none() {
+            // A group never stored stores its founding configuration first.
+            disk.write(&node.initial_request());
+        }
         self.nodes.insert(id, Some(node));
         self.applied.insert(id, 0);
         *self.runs.entry(id).or_default() += 1;
@@ -129,12 +189,15 @@ impl Sim {
 
     fn absorb(&mut self, id: u64, out: Output) {
         // The disk takes 1-3 ms per write, in order.
+        // Each write takes 1-3 ms; they finish in order.
         for request in out.persist {
-            let at = self.now + self.rng.gen_range(1..4);
+            let last = self.disk_free.get(&id).copied().unwrap_or(0);
+            let at = (self.now + self.rng.gen_range(1..4)).max(last);
+            self.disk_free.insert(id, at);
             self.seq += 1;
             let run = self.runs[&id];
             self.disk_queue
-                .push(Reverse((at, self.seq, id, run, request.number)));
+                .push(Reverse((at, self.seq, id, run, PendingWrite(request))));
         }
         for message in out.messages {
             if !self.reaches(id, message.to) || self.rng.gen_bool(self.loss) {
@@ -282,9 +345,12 @@ impl Sim {
                 if *at > self.now {
                     break;
                 }
-                let Reverse((_, _, id, run, number)) = self.disk_queue.pop().unwrap();
-                if self.runs.get(&id) == Some(&run) {
-                    self.with_node(id, |n| Some(n.on_persisted(number)));
+                let Reverse((_, _, id, run, PendingWrite(request))) =
+                    self.disk_queue.pop().unwrap();
+                // A write of a run that crashed since was lost with the power.
+                if self.runs.get(&id) == Some(&run) && self.nodes[&id].is_some() {
+                    self.disks.get_mut(&id).unwrap().write(&request);
+                    self.with_node(id, |n| Some(n.on_persisted(request.number)));
                 }
             }
             while let Some(Reverse((at, _, _))) = self.wire.peek() {

@@ -164,6 +164,20 @@ impl Blobs {
         Ok(id)
     }
 
+    /// Whether `blobs` would all fit, those not held yet counted (so a caller can refuse
+    /// before it puts any of them).
+    pub fn room_for(&self, blobs: &[&[u8]]) -> Result<(), BlobError> {
+        let new: Vec<&&[u8]> = blobs.iter().filter(|b| !self.contains(&hash(b))).collect();
+        if self.sizes.len() + new.len() > MAX_BLOBS {
+            return Err(BlobError::Full("count"));
+        }
+        let bytes: u64 = new.iter().map(|b| b.len() as u64).sum();
+        if self.bytes + bytes > MAX_BLOB_BYTES {
+            return Err(BlobError::Full("bytes"));
+        }
+        Ok(())
+    }
+
     /// A storage job reading `hash` from disk, unless it is unknown, cached, already being
     /// read, or too many reads are in flight. Its output is a [`Loaded`].
     pub fn load(&mut self, hash: Hash) -> Option<Job> {

@@ -247,6 +247,81 @@ mod tests {
         }
     }
 
+    fn propose_change(
+        nodes: &mut BTreeMap<u64, Member>,
+        change: fogmesh_consensus::group::MemberChange,
+        id: u64,
+        command: &Command,
+    ) {
+        let leader = nodes.get_mut(&1).unwrap();
+        let out = leader.node.propose_change(change, id, command).unwrap();
+        let wire = leader.settle(out);
+        deliver(nodes, wire.into());
+        for _ in 0..3 {
+            tick_all(nodes);
+        }
+    }
+
+    /// A founder alone, then members joining one by one from empty disks (a voter and a
+    /// learner), then removals: raft's configuration and the cluster's member table move
+    /// together, and a restarted joiner comes back with both.
+    #[test]
+    fn members_join_from_empty_disks_and_leave_with_the_member_table() {
+        use fogmesh_consensus::group::MemberChange;
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut nodes = BTreeMap::new();
+        nodes.insert(1, Member::open(1, dirs[0].path(), &[1]).unwrap());
+        assert_eq!(elect(&mut nodes), 1);
+        // The founder records itself as a change too: joiners learn the whole
+        // configuration from the log, since they never saw the founding one.
+        propose_change(&mut nodes, MemberChange::AddVoter, 1, &join(1));
+        for (id, change) in [(2, MemberChange::AddVoter), (3, MemberChange::AddLearner)] {
+            let member = Member::open(id, dirs[id as usize - 1].path(), &[]).unwrap();
+            nodes.insert(id, member);
+            propose_change(&mut nodes, change, id, &join(id as u8));
+            assert!(!nodes[&1].node.change_pending());
+        }
+        for member in nodes.values() {
+            let conf = member.node.configuration();
+            assert_eq!(conf.voters, vec![1, 2], "member {}", member.node.id());
+            assert_eq!(conf.learners, vec![3], "member {}", member.node.id());
+            assert_eq!(member.node.state().members().len(), 3);
+        }
+        // The learner restarts from its disk and still knows the group.
+        drop(nodes.remove(&3));
+        let back = Member::open(3, dirs[2].path(), &[]).unwrap();
+        let mut ids = back.node.member_ids();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2, 3]);
+        nodes.insert(3, back);
+        // The learner leaves; until the voter acknowledges, no second change may start.
+        let leave = |n: u8| Command::Leave {
+            node: NodeId(vec![n]),
+        };
+        let leader = nodes.get_mut(&1).unwrap();
+        let out = leader
+            .node
+            .propose_change(MemberChange::Remove, 3, &leave(3))
+            .unwrap();
+        assert!(leader.node.change_pending());
+        assert!(matches!(
+            leader
+                .node
+                .propose_change(MemberChange::AddVoter, 9, &join(9)),
+            Err(GroupError::ChangePending)
+        ));
+        let wire = leader.settle(out);
+        deliver(&mut nodes, wire.into());
+        for _ in 0..3 {
+            tick_all(&mut nodes);
+        }
+        // Then the voter: gone from raft and from the member table.
+        propose_change(&mut nodes, MemberChange::Remove, 2, &leave(2));
+        let conf = nodes[&1].node.configuration();
+        assert_eq!((conf.voters, conf.learners), (vec![1], vec![]));
+        assert_eq!(nodes[&1].node.state().members().len(), 1);
+    }
+
     #[test]
     fn a_damaged_log_entry_is_refused_at_load_and_a_destroyed_group_starts_fresh() {
         let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,8 @@ pub struct NodeStorage {
     handle: StorageHandle,
     reports: mpsc::Sender<StorageReport>,
     backlog: VecDeque<(Request, Option<Owner>)>,
+    /// Set once the store failed: every later request is refused at once.
+    stopped: Option<String>,
 }
 
 impl NodeStorage {
@@ -66,6 +68,7 @@ impl NodeStorage {
                 handle,
                 reports,
                 backlog: VecDeque::new(),
+                stopped: None,
             },
             rx,
         )
@@ -90,7 +93,22 @@ impl NodeStorage {
         self.submit(Request::Job { job, durable }, Some((owner, token)));
     }
 
+    /// The store failed: from now on nothing is written or read; a request that expects an
+    /// answer gets the failure, a buffered write is dropped (the node is in safe mode).
+    pub fn stop_writing(&mut self, reason: &str) {
+        if self.stopped.is_none() {
+            self.stopped = Some(format!("the store failed earlier: {reason}"));
+        }
+    }
+
     fn submit(&mut self, request: Request, owner: Option<Owner>) {
+        if let Some(reason) = &self.stopped {
+            if owner.is_some() {
+                let job = matches!(request, Request::Job { .. });
+                self.refused(owner, job, reason.clone());
+            }
+            return;
+        }
         if !self.backlog.is_empty() {
             // Keep the order: nothing overtakes what already waits.
             self.backlog.push_back((request, owner));

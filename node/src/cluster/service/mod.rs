@@ -421,6 +421,19 @@ impl std::fmt::Debug for ClusterService {
 enum AfterDurable {
     /// The group's request `number` (and every one before it) is stored.
     Raft { epoch: u64, number: u64 },
+    /// A worker's result is on this coordinator's disk: propose `Finished`, answer the worker.
+    ResultStored {
+        command: Box<Command>,
+        cluster: String,
+        answer: InboundId,
+    },
+    /// This node's run output is on its disk: report `Finished`.
+    RunStored {
+        task: fogmesh_consensus::task::TaskId,
+        term: u64,
+        result: blobs::Hash,
+        at_ms: u64,
+    },
     /// A submission from the API is stored: answer its id and hand it on.
     Submitted {
         record: Box<submit::SubmittedRecord>,
@@ -969,6 +982,24 @@ impl ClusterService {
         Ok(hash)
     }
 
+    /// Puts `bytes` in a durable batch of their own; `after` runs once it is on disk (and
+    /// with it every write queued before).
+    fn put_blob_durable(
+        &mut self,
+        bytes: &[u8],
+        after: AfterDurable,
+        out: &mut Outbox,
+    ) -> Result<blobs::Hash, blobs::BlobError> {
+        let mut batch = Batch::new();
+        let hash = self.blobs.put(bytes, &mut batch)?;
+        self.metrics.blobs.set(self.blobs.count() as i64);
+        let token = self.next_durable;
+        self.next_durable += 1;
+        self.durable.insert(token, after);
+        out.push(Effect::PersistDurable { batch, token });
+        Ok(hash)
+    }
+
     /// A fetch from a peer: answered now if the blob is in memory, when read if on disk.
     pub(super) fn answer_fetch(&mut self, id: InboundId, hash: blobs::Hash, out: &mut Outbox) {
         if !self.blobs.contains(&hash) {
@@ -1186,10 +1217,22 @@ impl Capability for ClusterService {
             Some(AfterDurable::Raft { epoch, number }) => {
                 self.on_group_persisted(now_ms, epoch, number, result, out)
             }
+            Some(AfterDurable::ResultStored {
+                command,
+                cluster,
+                answer,
+            }) => self.on_result_stored(*command, cluster, answer, result, out),
+            // Not stored (the store failed): the node is in safe mode, nothing to report.
+            Some(AfterDurable::RunStored {
+                task,
+                term,
+                result: hash,
+                at_ms,
+            }) if result.is_ok() => self.report_finished(now_ms, task, term, hash, at_ms, out),
             Some(AfterDurable::Submitted { record, reply }) => {
                 self.on_submission_stored(now_ms, *record, reply, result, out)
             }
-            None => {}
+            Some(AfterDurable::RunStored { .. }) | None => {}
         }
     }
 

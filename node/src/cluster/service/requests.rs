@@ -83,7 +83,10 @@ impl ClusterService {
                 cluster,
                 command,
                 result,
-            } => self.on_propose(peer, cluster, command, Some(result.into_vec()), out),
+            } => {
+                let finished = (peer, cluster, command);
+                return self.on_finished(finished, result.into_vec(), id, out);
+            }
         };
         Some(answer)
     }
@@ -210,19 +213,63 @@ impl ClusterService {
                 reason: "not a command this node may propose".into(),
             };
         }
-        if let Some(result) = result {
-            // The result is on the coordinator's disk before the cluster calls it done: its
-            // batch goes ahead of the raft entry proposed next.
-            if let Err(error) = self.put_blob(&result, out) {
-                return ClusterResponse::Refused {
-                    reason: format!("cannot store the result: {error}"),
-                };
-            }
+        if result.is_some() {
+            // Checked; the caller stores the result before proposing.
+            return ClusterResponse::Proposed { cluster };
         }
         match self.propose(command, out) {
             Ok(()) => ClusterResponse::Proposed { cluster },
             Err(reason) => ClusterResponse::Refused { reason },
         }
+    }
+
+    /// A worker's `Finished` with its result: checked like any proposal, then the result is
+    /// put on this coordinator's disk and only then proposed (answered once proposed), so
+    /// the cluster never calls a task done whose result its coordinator could lose.
+    fn on_finished(
+        &mut self,
+        (peer, cluster, command): (PeerId, String, Command),
+        result: Vec<u8>,
+        id: InboundId,
+        out: &mut Outbox,
+    ) -> Option<ClusterResponse> {
+        match self.on_propose(
+            peer,
+            cluster.clone(),
+            command.clone(),
+            Some(result.clone()),
+            out,
+        ) {
+            ClusterResponse::Proposed { .. } => {}
+            refused => return Some(refused),
+        }
+        let after = super::AfterDurable::ResultStored {
+            command: Box::new(command),
+            cluster,
+            answer: id,
+        };
+        match self.put_blob_durable(&result, after, out) {
+            Ok(_) => None,
+            Err(error) => Some(ClusterResponse::Refused {
+                reason: format!("cannot store the result: {error}"),
+            }),
+        }
+    }
+
+    /// The result of a worker's `Finished` is on disk: propose it and answer the worker.
+    pub(super) fn on_result_stored(
+        &mut self,
+        command: Command,
+        cluster: String,
+        answer: InboundId,
+        result: Result<(), String>,
+        out: &mut Outbox,
+    ) {
+        let response = match result.and_then(|()| self.propose(command, out)) {
+            Ok(()) => ClusterResponse::Proposed { cluster },
+            Err(reason) => ClusterResponse::Refused { reason },
+        };
+        super::respond(answer, &response, out);
     }
 
     // ---- answers to our requests ----

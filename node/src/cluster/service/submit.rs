@@ -2,7 +2,7 @@
 //! that dissolved or was lost.
 //!
 //! A submission is on disk (its record, module and input) before the submitter gets its id,
-//! and stays until a cluster has it: each second an unconfirmed one goes to the node's own
+//! and stays until a cluster has it: every 2 s an unconfirmed one goes to the node's own
 //! coordinator, or else to the coordinator of a reachable cluster, and counts as taken only
 //! once a member's state shows it (a `Status` answer). A task outside any reachable cluster
 //! therefore waits on disk, with `task status` saying why, and is never dropped. The
@@ -232,7 +232,14 @@ impl ClusterService {
         if let Err(reason) = check_requirements(&task.requirements) {
             return refuse(SubmitError::BadRequirements(reason), reply);
         }
-        // The blobs, the record and any record dropped for room: one batch, durable.
+        // The blobs, the record and any record dropped for room: one batch, durable. Every
+        // refusal comes before anything is put.
+        let blobs: Vec<&[u8]> = std::iter::once(task.module.as_slice())
+            .chain(task.input.as_deref())
+            .collect();
+        if let Err(error) = self.blobs.room_for(&blobs) {
+            return refuse(SubmitError::Store(error.to_string()), reply);
+        }
         let mut batch = Batch::new();
         if !self.submissions.make_room(&mut batch) {
             return refuse(SubmitError::Full, reply);

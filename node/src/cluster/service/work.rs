@@ -409,23 +409,19 @@ impl ClusterService {
     ) {
         let node = self.me_node.clone();
         match outcome {
-            // Stored ahead of the report (and the coordinator stores its own copy ahead of
-            // the entry that calls the task done).
-            Ok(output) => match self.put_blob(&output, out) {
-                Ok(result) => {
-                    self.report(
-                        now_ms,
-                        Command::Finished {
-                            task,
-                            node,
-                            term,
-                            result,
-                            at_ms: now_ms,
-                        },
-                        Some(result),
-                        out,
-                    );
-                }
+            // On this node's disk before it is reported (and the coordinator puts its own
+            // copy on disk before it proposes the task done).
+            Ok(output) => match self.put_blob_durable(
+                &output,
+                super::AfterDurable::RunStored {
+                    task,
+                    term,
+                    result: blobs::hash(&output),
+                    at_ms: now_ms,
+                },
+                out,
+            ) {
+                Ok(_) => {}
                 Err(error) => self.report(
                     now_ms,
                     Command::Failed {
@@ -450,6 +446,31 @@ impl ClusterService {
                 out,
             ),
         }
+    }
+
+    /// A run's output is on disk: its `Finished` goes to the coordinator.
+    pub(super) fn report_finished(
+        &mut self,
+        now_ms: u64,
+        task: TaskId,
+        term: u64,
+        result: [u8; 32],
+        at_ms: u64,
+        out: &mut Outbox,
+    ) {
+        let node = self.me_node.clone();
+        self.report(
+            now_ms,
+            Command::Finished {
+                task,
+                node,
+                term,
+                result,
+                at_ms,
+            },
+            Some(result),
+            out,
+        );
     }
 
     /// Sends a report now and keeps it until the state shows it.
