@@ -181,6 +181,27 @@ pub(crate) enum TestnetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure durable single-key writes through fogmesh's control API side by side with
+    /// etcd's HTTP gateway (one etcd member on loopback, started and stopped by the bench).
+    PutBench {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// The etcd binary (Debian: `apt-get install etcd-server`); without it, fogmesh alone.
+        #[arg(long)]
+        etcd: Option<PathBuf>,
+        /// Writes per phase.
+        #[arg(long, default_value_t = 5_000)]
+        puts: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Concurrent writers of each phase.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        writers: Vec<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure convergence, propagation latency, memory and CPU on testnets.
     Bench {
         #[command(flatten)]
@@ -375,6 +396,28 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             };
             let report =
                 testnet_lib::stall_bench::stall_bench(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+        TestnetCommand::PutBench {
+            dir,
+            nodes,
+            etcd,
+            puts,
+            rounds,
+            writers,
+            json,
+        } => {
+            let options = testnet_lib::put_bench::PutBenchOptions {
+                dir: dir.dir,
+                binary,
+                nodes,
+                etcd,
+                puts,
+                rounds,
+                writers,
+            };
+            let report =
+                testnet_lib::put_bench::put_bench(&options, |line| eprintln!("{line}")).await?;
             print_out(json, &report, || report.to_markdown())
         }
         TestnetCommand::Bench {
