@@ -1,4 +1,4 @@
-//! A device as fogmesh sees it, as pure functions (docs/power.md): its readings
+//! A device as fogmesh sees it, as pure functions (docs/power-policy.md): its readings
 //! ([`readings`]), its class ([`classify`]), the power policy's decision ([`policy`]), its
 //! score for the coordinator ([`score`]), and simulated devices for tests and testnets
 //! ([`simulate`]). No sensor is read here: the node's device capability senses and hands

@@ -3,7 +3,7 @@
 //! The node is a runtime ([`runtime`]) running capabilities, one folder each, registered in
 //! [`capabilities`]: [`device`], [`telemetry`], [`revocations`], [`relay`], [`cluster`],
 //! [`kv`]. Around them: start-up ([`node`]), admission ([`admission`]), peer management
-//! ([`peers`]), the control API ([`control`]) and its client ([`client`]), configuration
+//! (`runtime::peers`), the control API ([`control`]) and its client ([`client`]), configuration
 //! and identity. `docs/architecture.md` draws the picture.
 
 pub mod admission;

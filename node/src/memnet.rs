@@ -1,7 +1,7 @@
 //! The in-memory network: many real nodes in one process, talking over the memory transport.
 //!
 //! Every node is a full node ([`crate::node::start_on`] with [`Network::Memory`]): its own
-//! data dir, identity, store, services and driver, and the real secure channel and yamux over
+//! data dir, identity, store, capabilities and driver, and the real secure channel and yamux over
 //! `/memory/<port>` links. Only the sockets are missing, so tests that need "several nodes
 //! talking" run in one process without ports, processes or HTTP, and a few hundred nodes fit
 //! on a laptop.

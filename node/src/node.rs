@@ -192,7 +192,7 @@ impl RunningNode {
         let _ = (&mut self.task).await;
     }
 
-    /// Waits until the node stops by itself (it does not, short of a panic) or is shut down.
+    /// Whether the node has stopped: shut down, or by itself (it does not, short of a panic).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! A capability written against the public contract only (docs/architecture.md, "Adding a
 //! capability"): the greeting capability greets every peer it connects to on its own
-//! request-response protocol, answers greetings, counts both, shows them in a view and on
+//! request-response protocol, answers greetings, keeps both, shows them in a view and on
 //! the control API, and tells the event stream. It is registered with one line (here the
 //! test network's `NodeSpec::capability`; in the node, `capabilities::ALL`), and nothing in
 //! the runtime knows its name.

@@ -3,7 +3,7 @@
 //! No sled type leaves this crate: callers see [`Store`], typed [`Table`]s keyed by string,
 //! [`OrderedTable`]s keyed by `(scope, u64)` in numeric order (a Raft log, per-origin
 //! sequences), and [`Batch`]es that change several tables atomically. Values go through the
-//! one [`codec`]. Services write through the storage task ([`task`]): sled work off the
+//! one [`codec`]. The node writes through the storage task ([`task`]): sled work off the
 //! swarm task, behind a bounded queue, with durable writes acknowledged only once on disk.
 //!
 //! Durability (the full statement, measured, is in `docs/storage.md`): sled 0.34's own

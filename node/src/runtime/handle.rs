@@ -5,7 +5,7 @@
 //! - [`NodeHandle::call`] runs a closure on one capability, found by its type, on the
 //!   driver's task, with the time and an outbox whose effects the driver then executes; its
 //!   result comes back. Each capability wraps the calls it offers in typed functions of its
-//!   own (`kv::api::put`, `cluster::api::submit`, ...). Calls queue in a bounded channel
+//!   own (`kv::api::write`, `cluster::api::submit`, ...). Calls queue in a bounded channel
 //!   ([`CALL_QUEUE`]); a caller waits for room rather than being refused (backpressure), and
 //!   gives up after [`CALL_TIMEOUT`].
 //! - Views ([`ViewCell`]) are what capabilities publish for readers: plain values behind a

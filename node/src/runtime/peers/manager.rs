@@ -8,8 +8,8 @@
 //!   [`PeerManagerConfig::max_known_peers`] (the least recently seen peer that is not
 //!   connected is forgotten for a new one); changes are reported as events for the driver
 //!   to persist;
-//! - bootstrap redials with backoff (the pure [`crate::bootstrap`] core);
-//! - the connection budget (the pure [`crate::connection_budget`] core), checked every second;
+//! - bootstrap redials with backoff (the pure [`super::bootstrap`] core);
+//! - the connection budget (the pure [`super::budget`] core), checked every second;
 //! - dials to peers found by mDNS, and redials of known peers at start;
 //! - closing connections on request (peers whose admission a revocation withdrew);
 //! - which links the budget spares: the gossip mesh (handed in every second) and the links
