@@ -3,14 +3,31 @@
 //! into a relay service (never a panic, the node's tables stay within their bounds).
 #![no_main]
 
+use std::sync::OnceLock;
+
 use fogmesh_node::relay::packet;
-use fogmesh_node::services::relay::{LinkKind, RelayConfig, RelayMetrics, RelayService};
-use fogmesh_node::services::Outbox;
+use fogmesh_node::relay::service::{LinkKind, RelayConfig, RelayMetrics, RelayService};
+use fogmesh_node::relay::tables::RelayTables;
+use fogmesh_node::relay::MessagesView;
+use fogmesh_node::runtime::capability::Outbox;
+use fogmesh_node::runtime::handle::Views;
+use fogmesh_store::{Store, StoreOptions};
 use libfuzzer_sys::fuzz_target;
 use libp2p::identity::Keypair;
 use rand::SeedableRng;
 
 const NOW: u64 = 1_700_000_000_000;
+
+/// One store for the whole run: the relay only builds batches for it (nothing runs them
+/// here), so it stays empty.
+fn tables() -> Option<RelayTables> {
+    static STORE: OnceLock<Option<Store>> = OnceLock::new();
+    let store = STORE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fogmesh-fuzz-relay-{}", std::process::id()));
+        Store::open(&dir, &StoreOptions::default()).ok()
+    });
+    RelayTables::open(store.as_ref()?).ok()
+}
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = packet::decode(data) {
@@ -25,10 +42,15 @@ fuzz_target!(|data: &[u8]| {
         held_per_recipient: 2,
         ..RelayConfig::default()
     };
+    let Some(tables) = tables() else {
+        return;
+    };
     let Ok(mut relay) = RelayService::new(
         key,
         config,
         rand::rngs::StdRng::seed_from_u64(1),
+        tables,
+        Views::default().add(MessagesView::default()),
         RelayMetrics::default(),
     ) else {
         return;
@@ -49,5 +71,5 @@ fuzz_target!(|data: &[u8]| {
         relay.on_packet(now, neighbour, packet, &mut out);
         rest = tail;
     }
-    assert!(relay.view().held <= 8);
+    assert!(relay.messages().held <= 8);
 });

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fogmesh_store::generation::MARKER_FILE;
 use fogmesh_store::{
     Batch, Scope, StorageConfig, StorageError, StorageHandle, Store, StoreOptions, Table,
     TryWriteError,
@@ -51,10 +50,8 @@ fn put(table: &Table<String>, key: &str) -> Batch {
 }
 
 fn marker(store: &Store) -> u64 {
-    std::fs::read_to_string(store.path().join(MARKER_FILE))
+    fogmesh_store::generation::read_marker(store.path())
         .unwrap()
-        .trim()
-        .parse()
         .unwrap()
 }
 
