@@ -127,16 +127,12 @@ pub async fn failover(
     options: &FailoverOptions,
     mut log: impl FnMut(String),
 ) -> Result<FailoverReport, TestnetError> {
-    let up_options = UpOptions {
-        radio: None,
-        nodes: options.nodes,
-        dir: options.dir.clone(),
-        binary: options.binary.clone(),
-        telemetry_interval: None,
-        timeout: Duration::from_secs(120),
-        profile: Profile::Mixed,
-        open: false,
-    };
+    let up_options = UpOptions::bench(
+        options.dir.clone(),
+        options.binary.clone(),
+        options.nodes,
+        Profile::Mixed,
+    );
     let started = Instant::now();
     with_testnet(&up_options, run_trials(options, started, &mut log)).await
 }

@@ -166,14 +166,14 @@ pub async fn kv_bench(
     mut log: impl FnMut(String),
 ) -> Result<KvBenchReport, TestnetError> {
     let up_options = UpOptions {
-        radio: None,
-        nodes: options.nodes,
-        dir: options.dir.clone(),
-        binary: options.binary.clone(),
-        telemetry_interval: None,
+        // 100,000 keys of catch-up after a restart: more time to settle.
         timeout: Duration::from_secs(180),
-        profile: Profile::Uniform,
-        open: false,
+        ..UpOptions::bench(
+            options.dir.clone(),
+            options.binary.clone(),
+            options.nodes,
+            Profile::Uniform,
+        )
     };
     with_testnet(&up_options, run(options, &mut log)).await
 }

@@ -133,6 +133,23 @@ pub struct UpOptions {
     pub radio: Option<radio::Layout>,
 }
 
+impl UpOptions {
+    /// A closed-mesh testnet of `nodes` with the nodes' default telemetry interval, as the
+    /// benchmarks start it.
+    pub fn bench(dir: PathBuf, binary: PathBuf, nodes: usize, profile: Profile) -> Self {
+        UpOptions {
+            radio: None,
+            nodes,
+            dir,
+            binary,
+            telemetry_interval: None,
+            timeout: Duration::from_secs(120),
+            profile,
+            open: false,
+        }
+    }
+}
+
 /// Name of the mesh a testnet creates.
 pub const MESH_NAME: &str = "testnet";
 

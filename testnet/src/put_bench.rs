@@ -152,16 +152,12 @@ pub async fn put_bench(
         Some(binary) => Some(Etcd::start(binary, &options.dir.join("etcd")).await?),
         None => None,
     };
-    let up_options = UpOptions {
-        radio: None,
-        nodes: options.nodes,
-        dir: options.dir.join("testnet"),
-        binary: options.binary.clone(),
-        telemetry_interval: None,
-        timeout: Duration::from_secs(120),
-        profile: Profile::Uniform,
-        open: false,
-    };
+    let up_options = UpOptions::bench(
+        options.dir.join("testnet"),
+        options.binary.clone(),
+        options.nodes,
+        Profile::Uniform,
+    );
     let etcd_target = etcd
         .as_ref()
         .map(|e| (Target::Etcd { port: e.port }, e.version.clone()));

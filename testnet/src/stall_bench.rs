@@ -64,16 +64,12 @@ pub async fn stall_bench(
     options: &StallBenchOptions,
     mut log: impl FnMut(String),
 ) -> Result<StallBenchReport, TestnetError> {
-    let up_options = UpOptions {
-        radio: None,
-        nodes: options.nodes,
-        dir: options.dir.clone(),
-        binary: options.binary.clone(),
-        telemetry_interval: None,
-        timeout: Duration::from_secs(120),
-        profile: Profile::Mixed,
-        open: false,
-    };
+    let up_options = UpOptions::bench(
+        options.dir.clone(),
+        options.binary.clone(),
+        options.nodes,
+        Profile::Mixed,
+    );
     with_testnet(&up_options, run(options, &mut log)).await
 }
 

@@ -550,6 +550,12 @@ impl ClusterService {
     /// A blob was read from disk: runs waiting to start try again, and a report carrying it
     /// goes.
     pub(super) fn resume_work(&mut self, now_ms: u64, hash: [u8; 32], out: &mut Outbox) {
+        self.advance_waiting(now_ms, out);
+        self.resend_reports(now_ms, |r| r.result == Some(hash), out);
+    }
+
+    /// Runs waiting for a blob and not waiting on a fetch try to start.
+    fn advance_waiting(&mut self, now_ms: u64, out: &mut Outbox) {
         let waiting: Vec<TaskId> = self
             .work
             .runs
@@ -560,17 +566,26 @@ impl ClusterService {
         for id in waiting {
             self.advance(now_ms, id, out);
         }
-        let reports: Vec<(Command, Option<[u8; 32]>)> = self
+    }
+
+    /// Sends again the outstanding reports `which` picks.
+    fn resend_reports(
+        &mut self,
+        now_ms: u64,
+        which: impl Fn(&Outstanding) -> bool,
+        out: &mut Outbox,
+    ) {
+        let again: Vec<(Command, Option<[u8; 32]>)> = self
             .work
             .reports
             .values_mut()
-            .filter(|r| r.result == Some(hash))
+            .filter(|r| which(r))
             .map(|r| {
                 r.sent_ms = now_ms;
                 (r.command.clone(), r.result)
             })
             .collect();
-        for (command, result) in reports {
+        for (command, result) in again {
             self.send_report(command, result, out);
         }
     }
@@ -578,29 +593,12 @@ impl ClusterService {
     /// Once a second: reports not yet in the state go again; runs waiting on a blob ask on.
     pub(super) fn step_work(&mut self, now_ms: u64, out: &mut Outbox) {
         self.reconcile(now_ms, out);
-        let waiting: Vec<TaskId> = self
-            .work
-            .runs
-            .iter()
-            .filter(|(_, r)| r.phase == Phase::Fetching && !r.asked)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
-            self.advance(now_ms, id, out);
-        }
-        let due: Vec<(Command, Option<[u8; 32]>)> = self
-            .work
-            .reports
-            .values_mut()
-            .filter(|r| now_ms.saturating_sub(r.sent_ms) >= REPORT_RETRY_MS)
-            .map(|r| {
-                r.sent_ms = now_ms;
-                (r.command.clone(), r.result)
-            })
-            .collect();
-        for (command, result) in due {
-            self.send_report(command, result, out);
-        }
+        self.advance_waiting(now_ms, out);
+        self.resend_reports(
+            now_ms,
+            |r| now_ms.saturating_sub(r.sent_ms) >= REPORT_RETRY_MS,
+            out,
+        );
     }
 
     /// Tells the cluster this node's capacity while the state holds another (at most once a
