@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fogmesh_node::exec::{self, ExecLimits};
+use fogmesh_node::cluster::exec::{self, ExecLimits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
