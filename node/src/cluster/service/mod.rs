@@ -5,10 +5,11 @@
 //!   [`ANNOUNCE_TOPIC`]; an unclustered node joins the fullest one with room or, if it may
 //!   coordinate and none is in reach, founds one; coordinators remove silent members, hand
 //!   leadership to a clearly better-scored voter, and merge small clusters;
-//! - the cluster's Raft group ([`fogmesh_consensus::group`]), ticked every
+//! - the cluster's Raft group ([`fogmesh_consensus::group`], `raft.rs`), ticked every
 //!   [`group::TICK_MS`], its messages carried by `/fogmesh/cluster/1`
 //!   ([`crate::cluster::protocol`]) and admitted only from members
 //!   ([`fogmesh_consensus::wire::admit`]);
+//! - blobs (`blob_io.rs`): from the cache, or read from disk with their waiters resumed;
 //! - the coordinator's scheduling (on every change, and every `schedule_every_ms`);
 //!   formation and the coordinator's round live in `coordination.rs`, what other nodes ask
 //!   and the answers to what this node asked in `requests.rs`;
@@ -57,11 +58,15 @@ use crate::runtime::capability::{
 use crate::runtime::events::EventKind;
 use crate::runtime::handle::ViewCell;
 
+mod blob_io;
 mod coordination;
+mod raft;
 mod requests;
 mod submit;
 mod view;
 mod work;
+
+use blob_io::BlobWaiter;
 
 pub use submit::{SubmitError, SubmitTask, SubmittedRecord};
 pub use view::{ClusterView, KnownCluster, MemberView, TaskView};
@@ -441,39 +446,6 @@ enum AfterDurable {
     },
 }
 
-/// Who waits for a blob being read from disk.
-#[derive(Debug)]
-enum BlobWaiter {
-    /// A peer's fetch.
-    Fetch(InboundId),
-    /// `task result` from the API.
-    Result(submit::ResultReply),
-}
-
-impl BlobWaiter {
-    fn answer(self, bytes: Option<&Vec<u8>>, out: &mut Outbox) {
-        match (self, bytes) {
-            (BlobWaiter::Fetch(id), Some(bytes)) => respond(
-                id,
-                &ClusterResponse::Blob(ByteBuf::from(bytes.clone())),
-                out,
-            ),
-            (BlobWaiter::Fetch(id), None) => respond(id, &ClusterResponse::Missing, out),
-            (BlobWaiter::Result(reply), Some(bytes)) => {
-                let _ = reply.send(Ok(bytes.clone()));
-            }
-            (BlobWaiter::Result(reply), None) => {
-                let _ = reply.send(Err(
-                    "the result is not readable here right now; try again shortly".into(),
-                ));
-            }
-        }
-    }
-}
-
-/// Waiters for blobs read from disk, at most.
-const MAX_BLOB_WAITERS: usize = 256;
-
 /// What the last cluster event said: state, cluster, term, coordinator, members.
 type EventKey = (String, Option<String>, u64, Option<u64>, usize);
 
@@ -585,105 +557,6 @@ impl ClusterService {
         Ok(service)
     }
 
-    fn new_group(
-        &self,
-        storage: fogmesh_consensus::raft::storage::MemStorage,
-    ) -> Result<ClusterNode, GroupError> {
-        ClusterNode::new(self.me_id, storage, self.config.raft, &group::raft_logger())
-    }
-
-    /// Becomes a member of `cluster` with a fresh group (founded with `founders`, or joined
-    /// through `via` with none: the log tells the configuration). The record and the group's
-    /// initial state go to the store in one batch, ahead of anything the group writes.
-    pub(super) fn begin_membership(
-        &mut self,
-        now_ms: u64,
-        cluster: String,
-        founders: Vec<u64>,
-        via: Option<PeerId>,
-        out: &mut Outbox,
-    ) -> Result<(), String> {
-        let group = self
-            .new_group(group::founding_storage(&founders))
-            .map_err(|e| e.to_string())?;
-        let record = MembershipRecord {
-            cluster: cluster.clone(),
-            founders,
-            via: via.map(|v| ByteBuf::from(v.to_bytes())),
-        };
-        let mut batch = Batch::new();
-        batch
-            .put(&self.membership_table, MEMBERSHIP_KEY, &record)
-            .map_err(|e| e.to_string())?;
-        self.raft_tables
-            .write(&cluster, &group.initial_request(), &mut batch)
-            .map_err(|e| e.to_string())?;
-        out.push(Effect::Persist(batch));
-        let membership = self.new_membership(cluster, group, now_ms, via);
-        self.situation = Situation::Member(Box::new(membership));
-        self.prefer = None;
-        Ok(())
-    }
-
-    /// Writes what the group asked to store; the synced part durably, reported back to the
-    /// group once on disk (its messages wait in it until then).
-    fn persist_group(&mut self, requests: &[PersistRequest], out: &mut Outbox) {
-        let Situation::Member(m) = &mut self.situation else {
-            return;
-        };
-        if requests.is_empty() {
-            return;
-        }
-        let mut batch = Batch::new();
-        for request in requests {
-            if let Err(error) = self.raft_tables.write(&m.cluster, request, &mut batch) {
-                let reason = format!("raft log not writable: {error}");
-                m.group.on_persist_failed(reason.clone());
-                out.push(Effect::StoreFailed(reason));
-                return;
-            }
-        }
-        match requests.iter().rev().find(|r| r.sync) {
-            Some(last_synced) => {
-                let token = self.next_durable;
-                self.next_durable += 1;
-                self.durable.insert(
-                    token,
-                    AfterDurable::Raft {
-                        epoch: m.epoch,
-                        number: last_synced.number,
-                    },
-                );
-                out.push(Effect::PersistDurable { batch, token });
-            }
-            None => out.push(Effect::Persist(batch)),
-        }
-    }
-
-    fn on_group_persisted(
-        &mut self,
-        now_ms: u64,
-        epoch: u64,
-        number: u64,
-        result: Result<(), String>,
-        out: &mut Outbox,
-    ) {
-        let Situation::Member(m) = &mut self.situation else {
-            return;
-        };
-        if m.epoch != epoch {
-            return;
-        }
-        match result {
-            Ok(()) => {
-                let output = m.group.on_persisted(number);
-                self.after_output(now_ms, output, out);
-            }
-            // The runtime sends the node to safe mode; the group stops for good.
-            Err(reason) => m.group.on_persist_failed(reason),
-        }
-    }
-
     fn new_membership(
         &mut self,
         cluster: String,
@@ -769,285 +642,6 @@ impl ClusterService {
             None => false,
         }
     }
-
-    // ---- the raft group ----
-
-    /// Sends a group's output and reacts to what it applied.
-    fn after_output(&mut self, now_ms: u64, mut output: Output, out: &mut Outbox) {
-        let persist = std::mem::take(&mut output.persist);
-        self.persist_group(&persist, out);
-        let Situation::Member(m) = &mut self.situation else {
-            return;
-        };
-        for message in output.messages {
-            let Some(peer) = m.peers.get(&message.to).copied().or_else(|| {
-                m.via
-                    .filter(|v| wire::member_id(&v.to_bytes()) == message.to)
-            }) else {
-                continue;
-            };
-            match wire::encode(&m.cluster, &message) {
-                Ok(frame) => {
-                    self.metrics.raft_messages_out.inc();
-                    let request = ClusterRequest::Raft {
-                        frame: ByteBuf::from(frame),
-                    };
-                    send(peer, &request, NO_ANSWER, out);
-                }
-                Err(error) => tracing::warn!(%error, "raft message not encodable"),
-            }
-        }
-        if output.applied.is_empty() {
-            return;
-        }
-        let cluster = m.cluster.clone();
-        let mut members_changed = false;
-        for (command, outcome) in &output.applied {
-            if matches!(command, Command::Join { .. } | Command::Leave { .. }) {
-                members_changed = true;
-            }
-            if let Command::Join { node, .. } = command {
-                if *node == self.me_node && !m.joined {
-                    m.joined = true;
-                    self.metrics.change("joined");
-                    tracing::info!(%cluster, "joined the cluster");
-                }
-                if let Ok(peer) = PeerId::from_bytes(&node.0) {
-                    m.heard.insert(wire::member_id(&peer.to_bytes()), now_ms);
-                }
-            }
-            m.schedule_soon |= matches!(
-                outcome,
-                Ok(Applied::Submitted
-                    | Applied::Finished
-                    | Applied::Failed { .. }
-                    | Applied::Cancelled
-                    | Applied::MemberJoined
-                    | Applied::MemberLeft { .. }
-                    | Applied::CapacityChanged)
-            );
-            task_event(&cluster, command, outcome, out);
-        }
-        if members_changed {
-            m.refresh_peers();
-        }
-        // Local work first: place what just became placeable now, not at the next tick
-        // (submit-to-start is one commit, not a scheduling period).
-        let place_now = m.schedule_soon && m.group.is_leader() && !self.scheduling;
-        self.reconcile(now_ms, out);
-        if place_now {
-            self.scheduling = true;
-            self.schedule(now_ms, out);
-            self.scheduling = false;
-        }
-    }
-
-    fn on_raft(&mut self, now_ms: u64, peer: PeerId, frame: &[u8], out: &mut Outbox) {
-        let (cluster, message) = match wire::decode(frame) {
-            Ok(decoded) => decoded,
-            Err(error) => {
-                self.metrics.refuse(error.reason());
-                return;
-            }
-        };
-        let Situation::Member(m) = &mut self.situation else {
-            self.metrics.refuse("not_in_a_cluster");
-            return;
-        };
-        let mut leaders = m.group.configuration().voters;
-        if !m.joined {
-            leaders.extend(m.via.map(|v| wire::member_id(&v.to_bytes())));
-        }
-        if let Err(error) = wire::admit(
-            &cluster,
-            &message,
-            &m.cluster,
-            self.me_id,
-            &peer.to_bytes(),
-            &m.allowed_senders(),
-        )
-        .and_then(|()| wire::admit_role(&message, &leaders, m.group.leader()))
-        {
-            self.metrics.refuse(error.reason());
-            return;
-        }
-        self.metrics.raft_messages_in.inc();
-        let from = message.from;
-        m.heard.insert(from, now_ms);
-        match m.group.step(message) {
-            Ok(output) => {
-                if m.group.leader() == Some(from) {
-                    m.contact_ms = now_ms;
-                }
-                self.after_output(now_ms, output, out);
-            }
-            Err(GroupError::DiskFailed(reason)) => {
-                tracing::error!(%reason, "raft disk failed");
-                out.push(Effect::StoreFailed(reason));
-            }
-            Err(GroupError::Panicked) => {
-                // A voter sent what raft cannot take: this replica is no longer
-                // trustworthy. Leave; the node starts over unclustered.
-                self.metrics.refuse("raft_impossible");
-                self.leave(now_ms, "raft_failed", false, out);
-            }
-            Err(GroupError::Impossible(what)) => {
-                tracing::warn!(peer_id = %peer, what, "impossible raft message refused");
-                self.metrics.refuse("raft_impossible");
-            }
-            Err(error) => tracing::debug!(%error, "raft message not stepped"),
-        }
-    }
-
-    fn tick(&mut self, now_ms: u64, out: &mut Outbox) {
-        if let Situation::Member(m) = &mut self.situation {
-            let output = m.group.tick();
-            if m.group.is_leader() {
-                m.contact_ms = now_ms;
-            } else {
-                m.was_leader = false;
-            }
-            self.after_output(now_ms, output, out);
-        }
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(STEP_TICKS) {
-            self.step(now_ms, out);
-        } else if let Situation::Member(m) = &self.situation {
-            if m.schedule_soon && m.group.is_leader() {
-                self.schedule(now_ms, out);
-            }
-        }
-    }
-
-    /// Proposes `command` as coordinator, or sends it to the coordinator.
-    fn propose(&mut self, command: Command, out: &mut Outbox) -> Result<(), String> {
-        let now_ms = self.now_ms;
-        let Situation::Member(m) = &mut self.situation else {
-            return Err("not in a cluster".into());
-        };
-        if m.group.is_leader() {
-            let output = m.group.propose(&command).map_err(|e| e.to_string())?;
-            self.after_output(now_ms, output, out);
-            return Ok(());
-        }
-        let Some(coordinator) = m.coordinator_peer() else {
-            return Err("the cluster has no coordinator right now".into());
-        };
-        let cluster = m.cluster.clone();
-        if self.ask(
-            coordinator,
-            ClusterRequest::Propose { cluster, command },
-            Pending::Report,
-            out,
-        ) {
-            Ok(())
-        } else {
-            Err("too many requests outstanding".into())
-        }
-    }
-}
-
-// ---- blobs ----
-
-impl ClusterService {
-    /// The blob if it is in memory; else it is read from disk and whoever needed it is
-    /// resumed by [`ClusterService::blob_ready`].
-    pub(super) fn blob(&mut self, hash: &blobs::Hash, out: &mut Outbox) -> Option<Vec<u8>> {
-        if let Some(bytes) = self.blobs.cached(hash) {
-            return Some(bytes);
-        }
-        if let Some(job) = self.blobs.load(*hash) {
-            out.push(Effect::Job {
-                lane: Lane::Storage { durable: false },
-                job,
-                token: BLOB_LOAD,
-            });
-        }
-        None
-    }
-
-    /// Puts `bytes` into a batch of their own (buffered: see `crate::cluster::blobs` for
-    /// why that is durable enough).
-    pub(super) fn put_blob(
-        &mut self,
-        bytes: &[u8],
-        out: &mut Outbox,
-    ) -> Result<blobs::Hash, blobs::BlobError> {
-        let mut batch = Batch::new();
-        let hash = self.blobs.put(bytes, &mut batch)?;
-        if !batch.is_empty() {
-            out.push(Effect::Persist(batch));
-            self.metrics.blobs.set(self.blobs.count() as i64);
-        }
-        Ok(hash)
-    }
-
-    /// Puts `bytes` in a durable batch of their own; `after` runs once it is on disk (and
-    /// with it every write queued before).
-    fn put_blob_durable(
-        &mut self,
-        bytes: &[u8],
-        after: AfterDurable,
-        out: &mut Outbox,
-    ) -> Result<blobs::Hash, blobs::BlobError> {
-        let mut batch = Batch::new();
-        let hash = self.blobs.put(bytes, &mut batch)?;
-        self.metrics.blobs.set(self.blobs.count() as i64);
-        let token = self.next_durable;
-        self.next_durable += 1;
-        self.durable.insert(token, after);
-        out.push(Effect::PersistDurable { batch, token });
-        Ok(hash)
-    }
-
-    /// A fetch from a peer: answered now if the blob is in memory, when read if on disk.
-    pub(super) fn answer_fetch(&mut self, id: InboundId, hash: blobs::Hash, out: &mut Outbox) {
-        if !self.blobs.contains(&hash) {
-            return respond(id, &ClusterResponse::Missing, out);
-        }
-        match self.blob(&hash, out) {
-            Some(bytes) => respond(id, &ClusterResponse::Blob(ByteBuf::from(bytes)), out),
-            None => self.wait_for_blob(hash, BlobWaiter::Fetch(id), out),
-        }
-    }
-
-    /// `waiter` is answered once `hash` was read from disk (a read was asked for).
-    fn wait_for_blob(&mut self, hash: blobs::Hash, waiter: BlobWaiter, out: &mut Outbox) {
-        let waiting: usize = self.blob_waiters.values().map(Vec::len).sum();
-        if waiting >= MAX_BLOB_WAITERS || !self.blobs.is_loading(&hash) {
-            self.metrics.refuse("blob_read_backlog");
-            return waiter.answer(None, out);
-        }
-        self.blob_waiters.entry(hash).or_default().push(waiter);
-    }
-
-    fn on_blob_loaded(&mut self, now_ms: u64, loaded: blobs::Loaded, out: &mut Outbox) {
-        let hash = loaded.hash;
-        self.blobs.on_loaded(loaded);
-        self.metrics.blobs.set(self.blobs.count() as i64);
-        self.blob_ready(now_ms, hash, out);
-    }
-
-    /// Blob reads failed (the store did; the node goes to safe mode): nobody waits on them.
-    fn loads_failed(&mut self, out: &mut Outbox) {
-        self.blobs.forget_loads();
-        for waiter in std::mem::take(&mut self.blob_waiters)
-            .into_values()
-            .flatten()
-        {
-            waiter.answer(None, out);
-        }
-    }
-
-    /// A blob was read from disk (or found missing): what waited for it goes on.
-    fn blob_ready(&mut self, now_ms: u64, hash: blobs::Hash, out: &mut Outbox) {
-        let cached = self.blobs.cached(&hash);
-        for waiter in self.blob_waiters.remove(&hash).unwrap_or_default() {
-            waiter.answer(cached.as_ref(), out);
-        }
-        self.resume_work(now_ms, hash, out);
-        self.resume_results(hash, out);
-    }
 }
 
 /// Answers an inbound request.
@@ -1055,50 +649,6 @@ fn respond(id: InboundId, answer: &ClusterResponse, out: &mut Outbox) {
     match answer.encode() {
         Ok(data) => out.respond(id, data),
         Err(error) => tracing::warn!(%error, "cluster answer not encodable"),
-    }
-}
-
-fn task_event(
-    cluster: &str,
-    command: &Command,
-    outcome: &Result<Applied, Refusal>,
-    out: &mut Outbox,
-) {
-    let (id, node) = match command {
-        Command::Submit { spec } => (spec.id, None),
-        Command::Assign { task, node, .. }
-        | Command::Started { task, node, .. }
-        | Command::Finished { task, node, .. }
-        | Command::Failed { task, node, .. } => (*task, Some(node)),
-        Command::Cancel { task } => (*task, None),
-        _ => return,
-    };
-    let (state, detail) = match outcome {
-        Ok(Applied::Submitted) => ("queued", None),
-        Ok(Applied::Assigned) => ("assigned", None),
-        Ok(Applied::Started) => ("running", None),
-        Ok(Applied::Finished) => ("done", None),
-        Ok(Applied::Failed { retry: true }) => ("queued", failure_reason(command)),
-        Ok(Applied::Failed { retry: false }) => ("failed", failure_reason(command)),
-        Ok(Applied::Cancelled) => ("cancelled", None),
-        Ok(_) => return,
-        Err(refusal) => ("refused", Some(refusal.to_string())),
-    };
-    out.event(TaskChanged {
-        id: id.to_string(),
-        state: state.into(),
-        node: node
-            .and_then(|n| PeerId::from_bytes(&n.0).ok())
-            .map(|p| p.to_string()),
-        cluster: Some(cluster.to_owned()),
-        detail,
-    });
-}
-
-fn failure_reason(command: &Command) -> Option<String> {
-    match command {
-        Command::Failed { reason, .. } => Some(reason.clone()),
-        _ => None,
     }
 }
 

@@ -845,7 +845,7 @@ impl ClusterService {
             Some(bytes) => {
                 let _ = reply.send(Ok(bytes));
             }
-            None => self.wait_for_blob(hash, super::BlobWaiter::Result(reply), out),
+            None => self.wait_for_blob(hash, super::blob_io::BlobWaiter::Result(reply), out),
         }
     }
 
