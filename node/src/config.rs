@@ -159,8 +159,23 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_TELEMETRY_MAX_ORIGINS",
 ];
 
-/// Reads `FOGMESH_*` variables from `vars`. Lists are comma-separated. An unknown
-/// `FOGMESH_*` variable is an error, so a typo never silently does nothing.
+/// The `FOGMESH_*` variables in `vars` this node does not know (a typo, a script's own
+/// `FOGMESH_BIN`, a variable of a newer version): ignored by [`load_env`], and worth a
+/// warning naming the known ones ([`ENV_VARS`]).
+pub fn unknown_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    vars.into_iter()
+        .map(|(var, _)| var)
+        .filter(|var| {
+            var.starts_with("FOGMESH_")
+                && var != "FOGMESH_CONFIG"
+                && !ENV_VARS.contains(&var.as_str())
+        })
+        .collect()
+}
+
+/// Reads `FOGMESH_*` variables from `vars`. Lists are comma-separated. A known variable
+/// with a bad value is an error naming it; an unknown one is skipped (see
+/// [`unknown_env_vars`]), so a variable meant for something else never stops the node.
 pub fn load_env(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<ConfigLayer, ConfigError> {
@@ -216,12 +231,7 @@ pub fn load_env(
                     other => return Err(err(format!("expected text or json, got {other:?}"))),
                 })
             }
-            _ => {
-                return Err(err(format!(
-                    "unknown variable; known ones are FOGMESH_CONFIG, {}",
-                    ENV_VARS.join(", ")
-                )))
-            }
+            _ => {}
         }
     }
     validate(&layer, "environment")?;
@@ -698,12 +708,28 @@ mod tests {
         for (var, value) in [
             ("FOGMESH_BOOTSTRAP", "/ip4/1.2.3.4/tcp/x"),
             ("FOGMESH_MDNS", "perhaps"),
-            ("FOGMESH_TELEMETRY_INTERVL", "1s"),
             ("FOGMESH_LOG_FORMAT", "xml"),
         ] {
             let err = load_env(env(&[(var, value)])).unwrap_err().to_string();
             assert!(err.contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn unknown_env_vars_are_skipped_and_named_for_a_warning() {
+        let vars = env(&[
+            ("FOGMESH_TELEMETRY_INTERVL", "1s"),
+            ("FOGMESH_BIN", "/usr/bin/fogmesh"),
+            ("FOGMESH_MDNS", "false"),
+            ("FOGMESH_CONFIG", "x.toml"),
+            ("HOME", "/root"),
+        ]);
+        let layer = load_env(vars.clone()).unwrap();
+        assert_eq!(layer.mdns, Some(false));
+        assert_eq!(
+            unknown_env_vars(vars),
+            vec!["FOGMESH_TELEMETRY_INTERVL", "FOGMESH_BIN"]
+        );
     }
 
     #[test]

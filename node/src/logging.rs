@@ -22,16 +22,47 @@ pub fn init(filter: &str, format: LogFormat) {
     };
 }
 
-/// libp2p-swarm says the local PeerId at info when a swarm is built; the node says it once
-/// itself (`node started`), so the swarm is kept to warnings unless the filter names it or
-/// asks for debug detail anyway.
+/// Libraries kept quieter than the node's filter, unless the filter names them or asks for
+/// debug detail anyway:
+/// - libp2p-swarm says the local PeerId at info when a swarm is built; the node says it once
+///   itself (`node started`);
+/// - libp2p-kad warns "Failed to trigger bootstrap: No known peers" at every start of a lone
+///   node (a new listen address with no peer schedules a bootstrap, and its throttle is not
+///   configurable); the peer manager walks the DHT itself once peers are known. The module's
+///   one other warning is about record replication, which fogmesh does not use.
+const QUIETER: [(&str, &str); 2] = [
+    ("libp2p_swarm", "libp2p_swarm=warn"),
+    ("libp2p_kad", "libp2p_kad::behaviour=error"),
+];
+
 fn with_quiet_swarm(filter: &str) -> String {
-    if ["libp2p_swarm", "debug", "trace"]
-        .iter()
-        .any(|word| filter.contains(word))
-    {
-        filter.to_owned()
-    } else {
-        format!("{filter},libp2p_swarm=warn")
+    if ["debug", "trace"].iter().any(|word| filter.contains(word)) {
+        return filter.to_owned();
+    }
+    let mut directives = filter.to_owned();
+    for (named, directive) in QUIETER {
+        if !filter.contains(named) {
+            directives.push(',');
+            directives.push_str(directive);
+        }
+    }
+    directives
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noisy_libraries_are_quieter_unless_named_or_debugging() {
+        assert_eq!(
+            with_quiet_swarm("info"),
+            "info,libp2p_swarm=warn,libp2p_kad::behaviour=error"
+        );
+        assert_eq!(
+            with_quiet_swarm("info,libp2p_kad=warn"),
+            "info,libp2p_kad=warn,libp2p_swarm=warn"
+        );
+        assert_eq!(with_quiet_swarm("debug"), "debug");
     }
 }

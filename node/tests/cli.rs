@@ -401,6 +401,23 @@ fn id_is_stable_and_config_init_writes_a_loadable_file() {
     assert!(first.status.success());
     assert_eq!(first.stdout, second.stdout);
     assert!(String::from_utf8_lossy(&first.stdout).starts_with("12D3KooW"));
+    // A FOGMESH_ variable meant for something else is named in a warning, not an error.
+    let with_stranger = Command::new(bin())
+        .args(args)
+        .env("FOGMESH_BIN", "/usr/local/bin/fogmesh")
+        .output()
+        .unwrap();
+    assert!(
+        with_stranger.status.success(),
+        "{}",
+        stderr_of(&with_stranger)
+    );
+    assert_eq!(with_stranger.stdout, first.stdout);
+    let warning = stderr_of(&with_stranger);
+    assert!(
+        warning.contains("FOGMESH_BIN") && warning.contains("FOGMESH_DATA_DIR"),
+        "{warning}"
+    );
 
     let path = dir.path().join("conf/fogmesh.toml");
     let out = fogmesh(&["config", "init", "--path", path.to_str().unwrap()]);

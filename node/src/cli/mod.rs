@@ -112,6 +112,15 @@ impl NodeSelect {
             data_dir: self.data_dir.clone(),
             ..flags
         };
+        let unknown = crate::config::unknown_env_vars(std::env::vars());
+        if !unknown.is_empty() {
+            // Logging is not set up yet: straight to stderr, once per command.
+            eprintln!(
+                "warning: ignoring unknown environment variable(s) {}; fogmesh reads FOGMESH_CONFIG, {}",
+                unknown.join(", "),
+                crate::config::ENV_VARS.join(", ")
+            );
+        }
         Ok(Settings::load(
             self.config.as_deref(),
             std::env::vars(),
