@@ -90,7 +90,12 @@ pub async fn up(
                     "--peer",
                     &peer,
                     "--roles",
-                    "worker,coordinator,submitter,writer",
+                    // Node 0 also administers the store's `mesh` namespace (docs/admission.md).
+                    if index == 0 {
+                        "worker,coordinator,submitter,writer,admin"
+                    } else {
+                        "worker,coordinator,submitter,writer"
+                    },
                     "--valid",
                     "30d",
                     "--out",

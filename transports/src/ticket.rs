@@ -31,7 +31,14 @@ pub const DEFAULT_CLOCK_SKEW_S: u64 = 300;
 /// Most revocations a node keeps; beyond this new ones are refused (and counted).
 pub const MAX_REVOCATIONS: usize = 65_536;
 /// Roles this version knows. Others are carried but grant nothing here.
-pub const KNOWN_ROLES: &[&str] = &["worker", "coordinator", "submitter", "writer", "gateway"];
+pub const KNOWN_ROLES: &[&str] = &[
+    "worker",
+    "coordinator",
+    "submitter",
+    "writer",
+    "admin",
+    "gateway",
+];
 
 const MESH_TAG: &[u8] = b"fogmesh/mesh/v1\0";
 const TICKET_TAG: &[u8] = b"fogmesh/ticket/v1\0";

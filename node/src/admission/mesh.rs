@@ -302,11 +302,16 @@ mod tests {
         let err = issue(
             &key,
             PeerId::random(),
-            &["admin".into()],
+            &["mayor".into()],
             Duration::from_secs(60),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("admin"));
+        assert!(err.to_string().contains("mayor"));
+        // Every role the node interprets can be granted, `admin` (the store's `mesh`
+        // namespace) among them.
+        let every: Vec<String> = ticket::KNOWN_ROLES.iter().map(|r| r.to_string()).collect();
+        assert!(every.contains(&"admin".to_string()));
+        issue(&key, PeerId::random(), &every, Duration::from_secs(60)).unwrap();
     }
 
     #[test]

@@ -247,6 +247,19 @@ fn in_a_mesh_with_tickets_only_writers_write_and_revoked_authors_are_refused() {
         kv.get("app", "ok").unwrap().is_some(),
         "earlier writes stay"
     );
+    // An author whose ticket grants `admin` writes the reserved namespace.
+    let admin = Keypair::generate_ed25519();
+    let mut by_admin = signed(&admin, "registry", b"v", T0);
+    by_admin.namespace = RESERVED_NAMESPACE.into();
+    by_admin.signature = ByteBuf::from(admin.sign(&by_admin.signing_bytes()).unwrap());
+    let push = SyncRequest::Push {
+        entries: vec![by_admin],
+        credentials: vec![ByteBuf::from(ticket_for(&admin, &["writer", "admin"]))],
+    };
+    assert!(matches!(
+        kv.answer(T0, push).0,
+        SyncResponse::Pushed { accepted: 1, .. }
+    ));
     // This node's own ticket grants `writer` but not `admin`.
     let own = KvWrite {
         namespace: RESERVED_NAMESPACE.into(),
