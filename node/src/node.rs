@@ -296,6 +296,10 @@ pub async fn start_with_capabilities(
     if let Some(radio) = network.radio() {
         swarm.behaviour_mut().peers.set_radio(radio);
     }
+    swarm
+        .behaviour_mut()
+        .peers
+        .check_admissions(channel.clone());
     let listeners = listen(&mut swarm, &settings, quic)?;
     let (control_listener, control_addr) = bind_control(&settings).await?;
 

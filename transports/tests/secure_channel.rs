@@ -191,6 +191,41 @@ async fn an_open_node_admits_anyone_but_a_mesh_node_refuses_it() {
     assert_eq!(refused.get("outbound.missing_ticket"), Some(&1));
 }
 
+/// A revocation finds every peer whose handshake admitted it, before the swarm reports any
+/// connection; the record outlives the close of an older connection while a newer handshake
+/// with the same peer is still being set up.
+#[tokio::test]
+async fn a_revoked_peer_is_found_from_the_end_of_its_handshake() {
+    let mesh = Mesh::new();
+    let (ka, pa) = mesh.member();
+    let (kb, pb) = mesh.member();
+    let (a, b) = (channel(&ka, pa), channel(&kb, pb));
+    let before_handshake = std::time::Instant::now();
+    let ((_, _to_b), (peer_a, _to_a)) = connected(&a, &b).await;
+    assert!(b.revoked_admitted().is_empty());
+
+    let revocation = ticket::revoke(
+        &mesh.root,
+        RevocationTarget::Subject(peer_a.to_bytes()),
+        now(),
+    )
+    .unwrap();
+    mesh.revocations
+        .write()
+        .unwrap()
+        .add(&revocation, &mesh.root.public())
+        .unwrap();
+    assert_eq!(b.revoked_admitted(), vec![peer_a]);
+    assert_eq!(b.revoked_among([&peer_a]), vec![peer_a]);
+
+    // An older connection closing does not forget an admission recorded after it was up.
+    b.forget(&peer_a, before_handshake);
+    assert_eq!(b.revoked_admitted(), vec![peer_a]);
+    b.forget(&peer_a, std::time::Instant::now());
+    assert!(b.revoked_admitted().is_empty());
+    assert!(b.admission_of(&peer_a).is_none());
+}
+
 /// A dialer whose ticket is wrong in each documented way is refused by the listener, and
 /// both sides name the same reason.
 #[tokio::test]

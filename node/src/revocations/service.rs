@@ -9,7 +9,7 @@
 //! A revocation submitted through the control API is answered only once it is on disk
 //! (`PersistDurable`, then the reply): "done" means it survives a crash.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::revocations::{RevocationOutcome, StoredRevocation};
 use crate::runtime::capability::{
-    duration_ms, Capability, Effect, GossipIn, Notice, Outbox, ReasonLabel, TimerId, Token, Verdict,
+    duration_ms, Capability, Effect, GossipIn, Outbox, ReasonLabel, TimerId, Token, Verdict,
 };
 use crate::runtime::events::EventKind;
 use crate::runtime::status::StatusView;
@@ -98,7 +98,6 @@ pub struct RevocationService {
     channel: SecureChannel,
     table: Table<StoredRevocation>,
     recent: VecDeque<StoredRevocation>,
-    connected: HashSet<PeerId>,
     /// Control requests waiting for their revocation to reach the disk.
     waiting: HashMap<Token, (Reply, RevocationOutcome)>,
     next_token: Token,
@@ -120,7 +119,6 @@ impl RevocationService {
             channel,
             table,
             recent: VecDeque::new(),
-            connected: HashSet::new(),
             waiting: HashMap::new(),
             next_token: 0,
             metrics,
@@ -242,7 +240,10 @@ impl RevocationService {
                 "this node's own ticket has been revoked: peers will refuse new connections from it"
             );
         }
-        let revoked = self.channel.revoked_among(self.connected.iter());
+        // Every peer whose handshake admitted it, not only those reported connected: a
+        // connection whose multiplexer is still coming up is not reported yet, and the peer
+        // manager refuses it as it is established.
+        let revoked = self.channel.revoked_admitted();
         for peer in &revoked {
             tracing::warn!(%peer, "closing connections: ticket revoked");
         }
@@ -309,18 +310,6 @@ impl Capability for RevocationService {
                 topic: mesh.topic.clone(),
                 data: revocation.bytes.clone(),
             });
-        }
-    }
-
-    fn on_notice(&mut self, _now_ms: u64, notice: &Notice, _out: &mut Outbox) {
-        match notice {
-            Notice::PeerConnected { peer, .. } => {
-                self.connected.insert(*peer);
-            }
-            Notice::PeerDisconnected(peer) => {
-                self.connected.remove(peer);
-            }
-            _ => {}
         }
     }
 
@@ -454,6 +443,35 @@ mod tests {
             Ok(Ok(RevocationOutcome { new: false, .. }))
         ));
         assert_eq!(m.service.metrics().duplicates.get(), 1);
+    }
+
+    /// The swarm reports a connection only once its multiplexer is up; a revocation before
+    /// that still names the peer whose handshake admitted it.
+    #[tokio::test]
+    async fn closes_a_peer_admitted_but_not_yet_reported_connected() {
+        let pair = crate::runtime::testing::AdmittedPair::new().await.unwrap();
+        let mut service = RevocationService::new(
+            Some(MeshAuthority {
+                root: pair.root.public(),
+                own_admission: pair.listener_admission.clone(),
+                topic: "revocations".into(),
+            }),
+            pair.listener.clone(),
+            table(),
+            RevocationMetrics::default(),
+        );
+        let mut out = Outbox::default();
+        let (reply, _answer) = oneshot::channel();
+        service.submit(T0, reply, pair.revoke_dialer().unwrap(), &mut out);
+        let closed: Vec<&Vec<PeerId>> = out
+            .effects()
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Disconnect { peers, .. } => Some(peers),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, vec![&vec![pair.dialer]]);
     }
 
     #[test]

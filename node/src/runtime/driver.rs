@@ -640,9 +640,13 @@ impl Driver {
                 });
                 self.peers_changed();
             }
-            PeerManagerEvent::Disconnected { peer, cause } => {
+            PeerManagerEvent::Disconnected {
+                peer,
+                cause,
+                newest_established,
+            } => {
                 tracing::info!(peer_id = %peer, %cause, "peer disconnected");
-                self.channel.forget(&peer);
+                self.channel.forget(&peer, newest_established);
                 self.events.publish(
                     events::PeerDisconnected {
                         peer_id: peer.to_string(),

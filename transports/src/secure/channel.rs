@@ -44,10 +44,18 @@ use super::HandshakeError;
 /// The multistream-select protocol name of this channel.
 pub const PROTOCOL: &str = "/fogmesh/xk/1";
 const YAMUX: &str = "/yamux/1.0.0";
-/// Peers whose admission is remembered (to re-check live connections against new
-/// revocations). Far above any connection limit; should it fill, further peers are not
-/// remembered, so a revocation reaches their live connection only when it reconnects.
+/// Peers whose admission is remembered (to re-check connections against new revocations,
+/// from the end of the handshake until the peer's last connection closes). Far above any
+/// connection limit; should it fill, further peers are not remembered, so a revocation
+/// reaches their live connection only when it reconnects.
 const MAX_REMEMBERED: usize = 8192;
+
+/// An admission kept for re-checking, and when its handshake ended.
+#[derive(Debug, Clone)]
+struct Remembered {
+    admission: Admission,
+    at: Instant,
+}
 
 /// A connection that went through protocol negotiation here, or arrived negotiated.
 pub type Negotiable<C> = Either<Negotiated<C>, C>;
@@ -79,7 +87,7 @@ struct Shared {
     handshake_timeout: Duration,
     guard: Mutex<HandshakeGuard>,
     stats: Arc<SecurityStats>,
-    admitted: Mutex<HashMap<PeerId, Admission>>,
+    admitted: Mutex<HashMap<PeerId, Remembered>>,
     log_limit: Mutex<super::log_limit::LogLimiter>,
     /// Where refusals are reported as they happen, once someone asks (see
     /// [`SecureChannel::watch_refusals`]).
@@ -264,7 +272,9 @@ impl SecureChannel {
 
     /// The ticket `peer` was last admitted with, if it is remembered.
     pub fn admission_of(&self, peer: &PeerId) -> Option<Admission> {
-        lock(&self.shared.admitted).get(peer).cloned()
+        lock(&self.shared.admitted)
+            .get(peer)
+            .map(|r| r.admission.clone())
     }
 
     /// Which of `peers` hold admissions the current revocations withdraw.
@@ -275,15 +285,34 @@ impl SecureChannel {
             .filter(|p| {
                 admitted
                     .get(p)
-                    .is_some_and(|a| !self.shared.policy.still_admitted(a))
+                    .is_some_and(|r| !self.shared.policy.still_admitted(&r.admission))
             })
             .copied()
             .collect()
     }
 
-    /// Forgets a peer that is no longer connected.
-    pub fn forget(&self, peer: &PeerId) {
-        lock(&self.shared.admitted).remove(peer);
+    /// Every remembered peer whose admission the current revocations withdraw: those with a
+    /// live connection and those whose handshake is done but whose connection is not yet
+    /// established (the swarm reports a connection only once its multiplexer is up).
+    pub fn revoked_admitted(&self) -> Vec<PeerId> {
+        lock(&self.shared.admitted)
+            .iter()
+            .filter(|(_, r)| !self.shared.policy.still_admitted(&r.admission))
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
+    /// Forgets a peer whose last connection closed, unless a handshake with it ended after
+    /// `newest_established` (when its newest connection was established): that admission
+    /// belongs to a connection still being set up, which must stay checkable.
+    pub fn forget(&self, peer: &PeerId, newest_established: Instant) {
+        let mut admitted = lock(&self.shared.admitted);
+        if admitted
+            .get(peer)
+            .is_some_and(|r| r.at <= newest_established)
+        {
+            admitted.remove(peer);
+        }
     }
 
     /// The libp2p upgrade for one connection; `remote` is required when dialing.
@@ -518,7 +547,13 @@ impl SecureChannel {
         if let Some(admission) = established.admission {
             let mut admitted = lock(&self.shared.admitted);
             if admitted.len() < MAX_REMEMBERED || admitted.contains_key(&remote) {
-                admitted.insert(remote, admission);
+                admitted.insert(
+                    remote,
+                    Remembered {
+                        admission,
+                        at: Instant::now(),
+                    },
+                );
             }
         }
         let stream = XkStream::with_pending(

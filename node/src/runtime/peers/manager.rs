@@ -43,6 +43,7 @@ use prometheus_client::registry::Registry;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use fogmesh_transports::ble::driver::{BleDriver as _, SharedDriver};
+use fogmesh_transports::secure::SecureChannel;
 use fogmesh_transports::LinkKind;
 use serde::{Deserialize, Serialize};
 
@@ -135,7 +136,12 @@ pub enum PeerManagerEvent {
         dialer: bool,
     },
     /// The last connection to `peer` closed.
-    Disconnected { peer: PeerId, cause: String },
+    Disconnected {
+        peer: PeerId,
+        cause: String,
+        /// When its newest connection was established (see [`SecureChannel::forget`]).
+        newest_established: Instant,
+    },
     /// Persist this record.
     RecordChanged { peer: PeerId, record: PeerRecord },
     /// Forget this peer in the store too.
@@ -153,6 +159,9 @@ pub struct PeerMetrics {
     pub connections_closed: Counter,
     pub pruned: Counter,
     pub revoked_disconnects: Counter,
+    /// Connections refused as they were established: the peer's admission was withdrawn
+    /// after its handshake.
+    pub revoked_refused: Counter,
     /// Internet connections closed / refused because the power policy said Bluetooth only.
     pub policy_disconnects: Counter,
     pub policy_refused: Counter,
@@ -222,6 +231,11 @@ impl PeerMetrics {
             self.revoked_disconnects.clone(),
         );
         r.register(
+            "revoked_refused",
+            "Connections refused as they were established: admission withdrawn after the handshake",
+            self.revoked_refused.clone(),
+        );
+        r.register(
             "bootstrap_dial_failures",
             "Failed dials of bootstrap peers",
             self.bootstrap_dial_failures.clone(),
@@ -246,6 +260,8 @@ pub struct LivePeer {
     pub dialer: bool,
     pub rtt: Option<Duration>,
     pub since: Instant,
+    /// When its newest connection was established.
+    newest: Instant,
     connections: usize,
 }
 
@@ -253,6 +269,12 @@ pub struct LivePeer {
 #[derive(Debug, thiserror::Error)]
 #[error("the power policy allows Bluetooth LE links only (critical battery)")]
 pub struct PolicyRefusal;
+
+/// Why a connection was refused as it was established: a revocation withdrew the peer's
+/// admission after its handshake ended.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer's admission was revoked after its handshake")]
+pub struct RevokedRefusal;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -277,6 +299,8 @@ pub struct PeerManager {
     /// The power policy says Bluetooth only, and the node has a radio: internet connections
     /// are closed and refused (see [`PeerManager::set_radio_only`]).
     radio_only: bool,
+    /// Where admissions are re-checked as connections are established (closed meshes).
+    admissions: Option<SecureChannel>,
 }
 
 impl PeerManager {
@@ -298,6 +322,7 @@ impl PeerManager {
             tick: None,
             rng,
             metrics,
+            admissions: None,
             radio_only: false,
         }
     }
@@ -346,10 +371,25 @@ impl PeerManager {
         }
     }
 
-    fn admit(&self, addr: &Multiaddr) -> Result<(), ConnectionDenied> {
+    /// Re-checks each connection's admission against the revocations in force as it is
+    /// established: a revocation that lands between a peer's handshake and its multiplexer
+    /// coming up finds no live connection to close, so the connection is refused here
+    /// instead, before any protocol can open a stream on it.
+    pub fn check_admissions(&mut self, channel: SecureChannel) {
+        self.admissions = Some(channel);
+    }
+
+    fn admit(&self, peer: PeerId, addr: &Multiaddr) -> Result<(), ConnectionDenied> {
         if self.radio_only && !is_radio(addr) {
             self.metrics.policy_refused.inc();
             return Err(ConnectionDenied::new(PolicyRefusal));
+        }
+        if let Some(channel) = &self.admissions {
+            if !channel.revoked_among([&peer]).is_empty() {
+                tracing::info!(%peer, "connection refused: ticket revoked after its handshake");
+                self.metrics.revoked_refused.inc();
+                return Err(ConnectionDenied::new(RevokedRefusal));
+            }
         }
         Ok(())
     }
@@ -633,8 +673,10 @@ impl PeerManager {
             ConnectedPoint::Listener { send_back_addr, .. } => (send_back_addr.clone(), false),
         };
         self.bootstrap.connected(connection, peer);
+        let now = Instant::now();
         if let Some(live) = self.live.get_mut(&peer) {
             live.connections += 1;
+            live.newest = now;
             return;
         }
         self.live.insert(
@@ -643,7 +685,8 @@ impl PeerManager {
                 addr: addr.clone(),
                 dialer,
                 rtt: None,
-                since: Instant::now(),
+                since: now,
+                newest: now,
                 connections: 1,
             },
         );
@@ -679,9 +722,9 @@ impl PeerManager {
             }
             return;
         }
-        if self.live.remove(&peer).is_none() {
+        let Some(gone) = self.live.remove(&peer) else {
             return;
-        }
+        };
         self.metrics.connected.set(self.live.len() as i64);
         self.note_peer(peer, Vec::new(), None);
         let jitter = self.rng.gen();
@@ -690,6 +733,7 @@ impl PeerManager {
         self.emit(PeerManagerEvent::Disconnected {
             peer,
             cause: cause.unwrap_or_else(|| "closed".into()),
+            newest_established: gone.newest,
         });
     }
 
@@ -743,23 +787,23 @@ impl NetworkBehaviour for PeerManager {
     fn handle_established_inbound_connection(
         &mut self,
         _connection_id: ConnectionId,
-        _peer: PeerId,
+        peer: PeerId,
         _local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.admit(remote_addr)?;
+        self.admit(peer, remote_addr)?;
         Ok(dummy::ConnectionHandler)
     }
 
     fn handle_established_outbound_connection(
         &mut self,
         _connection_id: ConnectionId,
-        _peer: PeerId,
+        peer: PeerId,
         addr: &Multiaddr,
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.admit(addr)?;
+        self.admit(peer, addr)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -898,6 +942,43 @@ mod tests {
         assert!(b.live()[&pa].dialer);
         assert_eq!(b.metrics().connected.get(), 1);
         assert!(swarms[0].behaviour().registry().contains_key(&pb));
+    }
+
+    /// A revocation that lands between a peer's handshake and its multiplexer coming up
+    /// finds no connection to close: the connection is refused as it is established.
+    #[tokio::test]
+    async fn refuses_a_connection_whose_admission_was_revoked_after_its_handshake() {
+        let pair = crate::runtime::testing::AdmittedPair::new().await.unwrap();
+        let mut pm = PeerManager::new(
+            config(Vec::new(), 8, 16),
+            PeerMetrics::default(),
+            Clock::default(),
+        );
+        pm.check_admissions(pair.listener.clone());
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let id = ConnectionId::new_unchecked;
+        assert!(pm
+            .handle_established_inbound_connection(id(1), pair.dialer, &addr, &addr)
+            .is_ok());
+        let revocation = pair.revoke_dialer().unwrap();
+        pair.revocations
+            .write()
+            .unwrap()
+            .add(&revocation, &pair.root.public())
+            .unwrap();
+        assert!(pm
+            .handle_established_inbound_connection(id(2), pair.dialer, &addr, &addr)
+            .is_err());
+        assert!(pm
+            .handle_established_outbound_connection(
+                id(3),
+                pair.dialer,
+                &addr,
+                Endpoint::Dialer,
+                PortUse::New
+            )
+            .is_err());
+        assert_eq!(pm.metrics().revoked_refused.get(), 2);
     }
 
     #[tokio::test]
