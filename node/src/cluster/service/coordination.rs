@@ -544,14 +544,11 @@ impl ClusterService {
             self.metrics.refuse("announcement_inconsistent");
             return MessageAcceptance::Reject;
         }
-        // A clock far ahead would keep it "fresh" for ever.
-        if announcement.at_ms > now_ms + 60_000 {
-            self.metrics.refuse("announcement_from_the_future");
-            return MessageAcceptance::Ignore;
-        }
-        if !announcement.is_fresh(now_ms, &self.config.formation) {
-            return MessageAcceptance::Ignore;
-        }
+        // The sender's time is not judged against ours: clocks differ by seconds or minutes,
+        // and judging by them split clusters (a node 20 s ahead found every other cluster
+        // stale). Gossip delivers an announcement only from its signer (author == origin),
+        // so an old one cannot be replayed by another peer; freshness counts from receipt
+        // (below) and the sender's time only orders announcements of one cluster.
         // A cluster's announcement is replaced only by its coordinator again or by one of its
         // members (a new coordinator), at the same or a later term: a stranger cannot take
         // over another cluster's id by announcing it with a huge term.
@@ -568,6 +565,7 @@ impl ClusterService {
                     insider && (announcement.term, announcement.at_ms) > (held.term, held.sent_ms())
                 });
         if !replaces {
+            self.metrics.refuse("announcement_not_newer");
             return MessageAcceptance::Ignore;
         }
         // Freshness counts from when we heard it, not from the sender's clock.

@@ -343,3 +343,42 @@ fn a_broken_module_or_impossible_numbers_are_refused_at_submission() {
         Err(SubmitError::BadRequirements(_))
     ));
 }
+
+/// Announcements are judged fresh from when they are heard, whatever the sender's clock says:
+/// a coordinator 20 s ahead or 20 s behind is heard, held and forgotten on the receiver's time.
+#[test]
+fn announcements_are_fresh_from_receipt_whatever_the_senders_clock() {
+    for skew_ms in [20_000i64, -20_000] {
+        let mut a = node(OwnRoles::ALL);
+        founded(&mut a);
+        let mut b = node(OwnRoles::ALL);
+        let sent_at = T0.saturating_add_signed(skew_ms) + 60_000;
+        let mut out = Outbox::default();
+        a.service.announce(sent_at, &mut out);
+        let data = out
+            .effects()
+            .iter()
+            .find_map(|e| match e {
+                Effect::Publish { topic, data } if topic == ANNOUNCE_TOPIC => Some(data.clone()),
+                _ => None,
+            })
+            .expect("announced");
+        let heard_at = T0 + 60_000;
+        assert_eq!(
+            b.service.on_announcement(heard_at, &data),
+            libp2p::gossipsub::MessageAcceptance::Accept,
+            "skew {skew_ms} ms"
+        );
+        let Situation::Member(m) = &a.service.situation else {
+            panic!("a coordinates");
+        };
+        assert!(b.service.announcements.contains_key(&m.cluster));
+        // Forgotten on the receiver's clock once not heard for fresh_ms.
+        let fresh = b.service.config.formation.fresh_ms;
+        let mut out = Outbox::default();
+        b.service.step(heard_at + fresh - 1, &mut out);
+        assert!(b.service.announcements.contains_key(&m.cluster));
+        b.service.step(heard_at + fresh + 1, &mut out);
+        assert!(!b.service.announcements.contains_key(&m.cluster));
+    }
+}
