@@ -151,3 +151,85 @@ async fn two_halves_written_apart_converge_once_joined() {
     assert_eq!(shared.overwritten[0].value.as_deref(), Some("A's"));
     net.shutdown().await;
 }
+
+/// Four nodes, one 90 s ahead and one 90 s behind: each learns how far it is from the mesh
+/// from its peers' signed timestamps, stamps and judges hybrid clocks in mesh time, and so a
+/// later write wins whoever made it, and nobody refuses anybody's entries as "from the
+/// future".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_ninety_seconds_apart_agree_and_the_later_write_wins() {
+    use fogmesh_node::runtime::clock::system_wall_ms;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = common::memnet(dir.path(), Duration::from_millis(500))
+        .nodes(0)
+        .start()
+        .await
+        .unwrap();
+    const SKEW: [i64; 4] = [0, 0, 90_000, -90_000];
+    for (i, skew) in SKEW.into_iter().enumerate() {
+        let spec = NodeSpec::new()
+            .bootstrap((i > 0).then_some(0))
+            .wall_clock(Arc::new(move || {
+                system_wall_ms().saturating_add_signed(skew)
+            }));
+        net.add_node(spec).await.unwrap();
+    }
+    let offsets = |net: &MemNet| -> Vec<i64> {
+        (0..4)
+            .map(|i| net.status(i).unwrap().mesh_clock.offset_ms)
+            .collect()
+    };
+    // Each node's correction undoes its skew (within the transit time of a telemetry record).
+    wait_until(
+        "every node knows its offset",
+        Duration::from_secs(60),
+        || {
+            let offsets = offsets(&net);
+            async move {
+                offsets
+                    .iter()
+                    .zip(SKEW)
+                    .all(|(offset, skew)| (offset + skew).abs() < 2_000)
+            }
+        },
+    )
+    .await;
+
+    // The fast node writes first, a correct node after: the correct node's write wins.
+    // Then the slow node writes after the correct one: the slow node's write wins.
+    write(&net, 2, vec![("k".into(), Some("fast, first"))]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write(&net, 0, vec![("k".into(), Some("correct, second"))]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write(&net, 3, vec![("k".into(), Some("slow, third"))]).await;
+
+    let writer = net.peer_id(3).unwrap().to_string();
+    wait_until(
+        "all four hold the slow node's write",
+        Duration::from_secs(30),
+        || async {
+            let mut all = Vec::new();
+            for node in 0..4 {
+                all.push(contents(&net, node).await);
+            }
+            all.iter().all(|c| {
+                c == &vec![(
+                    "k".to_string(),
+                    Some("slow, third".to_string()),
+                    writer.clone(),
+                )]
+            })
+        },
+    )
+    .await;
+    for node in 0..4 {
+        let status = net.status(node).unwrap();
+        assert!(
+            !status.mesh_clock.furthest.is_empty(),
+            "node {node} shows its peers' clocks"
+        );
+    }
+    net.shutdown().await;
+}

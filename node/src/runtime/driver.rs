@@ -788,6 +788,7 @@ impl Driver {
                 let live = peers_behaviour.live().get(peer);
                 let mut view = PeerView {
                     device: None,
+                    clock_offset_ms: None,
                     peer_id: peer.to_string(),
                     connected: live.is_some(),
                     connection_addr: live.map(|l| l.addr.to_string()),

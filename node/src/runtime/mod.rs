@@ -7,6 +7,7 @@
 //! - [`storage`] — writes and storage jobs to the storage task, outcomes back;
 //! - [`handle`] — the typed handle the control API and tests use, and the views;
 //! - [`behaviour`] — the swarm's composed behaviours;
+//! - [`mesh_time`] — how far this node's clock is from the mesh's;
 //! - [`clock`], [`events`], [`lifecycle`], [`metrics`]: time, the event stream, the node's
 //!   phase, the metrics registry.
 //!
@@ -19,6 +20,7 @@ pub mod driver;
 pub mod events;
 pub mod handle;
 pub mod lifecycle;
+pub mod mesh_time;
 pub mod metrics;
 pub mod peers;
 pub mod registration;

@@ -71,6 +71,28 @@ pub struct StatusView {
     /// non-zero after the wall clock was stepped while the node ran.
     #[serde(default)]
     pub clock_offset_ms: i64,
+    /// How far this node's wall clock is from the mesh's (docs/kv.md, "Clocks").
+    #[serde(default)]
+    pub mesh_clock: MeshClockStatus,
+}
+
+/// The mesh-time estimate and the peers whose clocks are furthest from this node's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MeshClockStatus {
+    /// Added to this node's wall clock to get mesh time (negative: this node runs ahead).
+    pub offset_ms: i64,
+    /// Peers the estimate is drawn from.
+    pub peers: usize,
+    /// The estimate was beyond the largest correction followed (10 min) and was clamped.
+    pub clamped: bool,
+    /// At most 5 peers, furthest first: their wall clock minus this node's.
+    pub furthest: Vec<PeerClock>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerClock {
+    pub peer_id: String,
+    pub offset_ms: i64,
 }
 
 impl StatusView {
@@ -104,6 +126,7 @@ impl StatusView {
             admission: AdmissionView::default(),
             control_api_refused: 0,
             clock_offset_ms: 0,
+            mesh_clock: MeshClockStatus::default(),
         }
     }
 }
@@ -122,6 +145,9 @@ pub struct PeerView {
     pub last_seen_ms: u64,
     /// Device class, power mode and score from the peer's latest telemetry.
     pub device: Option<DeviceSummary>,
+    /// The peer's wall clock minus this node's, from its latest signed timestamp.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

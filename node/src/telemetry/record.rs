@@ -172,6 +172,9 @@ struct OriginState {
 pub struct TelemetryValidator {
     policy: FreshnessPolicy,
     origins: HashMap<PeerId, OriginState>,
+    /// The origin and signed timestamp of the last message whose signature verified and
+    /// that was not a replay, accepted or refused for its time ([`Self::take_stamp`]).
+    stamp: Option<(PeerId, u64)>,
 }
 
 impl TelemetryValidator {
@@ -182,6 +185,7 @@ impl TelemetryValidator {
         Self {
             policy,
             origins: HashMap::new(),
+            stamp: None,
         }
     }
 
@@ -201,6 +205,13 @@ impl TelemetryValidator {
         self.origins.remove(origin);
     }
 
+    /// The origin and signed timestamp of the message last checked, if its signature
+    /// verified and it was no replay: a sample of the origin's clock even when the message
+    /// was refused for being too far from ours.
+    pub fn take_stamp(&mut self) -> Option<(PeerId, u64)> {
+        self.stamp.take()
+    }
+
     /// How many origins' replay state is held.
     pub fn tracked(&self) -> usize {
         self.origins.len()
@@ -213,9 +224,17 @@ impl TelemetryValidator {
         author: Option<PeerId>,
         bytes: &[u8],
     ) -> Result<Accepted, Rejection> {
+        self.stamp = None;
         let opened = envelope::open(bytes, MessageKind::Telemetry)?;
         if author != Some(opened.origin) {
             return Err(sender_mismatch(opened.origin, author));
+        }
+        if self
+            .origins
+            .get(&opened.origin)
+            .is_none_or(|state| opened.seq > state.last_seq)
+        {
+            self.stamp = Some((opened.origin, opened.timestamp_ms));
         }
         let max_age = duration_ms(self.policy.max_age);
         let max_skew = duration_ms(self.policy.max_clock_skew);

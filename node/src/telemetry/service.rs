@@ -45,7 +45,11 @@ use crate::runtime::capability::{
 use crate::runtime::events::EventKind;
 use crate::runtime::handle::ViewCell;
 use crate::runtime::lifecycle::Phase;
-use crate::runtime::status::{PeerView, StatusView};
+use crate::runtime::mesh_time::{ClockOffsets, MeshClock};
+use crate::runtime::status::{MeshClockStatus, PeerClock, PeerView, StatusView};
+
+/// A mesh-time offset at least this large is logged as a warning when it changes.
+const MESH_CLOCK_WARN_MS: i64 = 5_000;
 use crate::telemetry::record::{
     next_seq, FreshnessPolicy, ReceivedTelemetry, Rejection, RejectionCounters, TelemetryRecord,
     TelemetryValidator, TELEMETRY_TOPIC,
@@ -156,6 +160,8 @@ pub struct TelemetryMetrics {
     pub expired: Counter,
     pub evicted: Counter,
     pub origins: Gauge,
+    /// The mesh-time estimate: add to this node's wall clock to get mesh time.
+    pub mesh_clock_offset_ms: Gauge,
 }
 
 impl TelemetryMetrics {
@@ -165,6 +171,11 @@ impl TelemetryMetrics {
             "published",
             "Own telemetry records gossiped",
             self.published.clone(),
+        );
+        r.register(
+            "mesh_clock_offset_ms",
+            "How far this node's wall clock is behind the mesh's (negative: ahead), estimated from peers' signed timestamps",
+            self.mesh_clock_offset_ms.clone(),
         );
         r.register(
             "unsent",
@@ -255,6 +266,12 @@ pub struct TelemetryService {
     phase: Phase,
     /// Origins over the cap when restored, removed from the store at start.
     dropped_at_restore: Vec<String>,
+    /// Peers' clocks from their signed timestamps, and the mesh-time estimate shared with
+    /// the other capabilities (see [`crate::runtime::mesh_time`]).
+    clock_offsets: ClockOffsets,
+    mesh_clock: MeshClock,
+    /// Our wall clock when the estimate was last made.
+    mesh_clock_at_ms: u64,
     metrics: TelemetryMetrics,
 }
 
@@ -287,6 +304,9 @@ impl TelemetryService {
             listen_addrs: Vec::new(),
             phase: Phase::Booting,
             dropped_at_restore: Vec::new(),
+            clock_offsets: ClockOffsets::default(),
+            mesh_clock: MeshClock::default(),
+            mesh_clock_at_ms: 0,
             metrics,
         }
     }
@@ -482,6 +502,28 @@ impl TelemetryService {
         out.push(Effect::RefreshStatus);
     }
 
+    /// Re-estimates mesh time and tells the other capabilities when it moved.
+    fn share_mesh_clock(&mut self, out: &mut Outbox) {
+        let wall_ms = out.wall_ms();
+        self.mesh_clock_at_ms = wall_ms;
+        if let Some(clock) = self.clock_offsets.changed(wall_ms) {
+            if clock.offset_ms.abs() >= MESH_CLOCK_WARN_MS
+                && clock.offset_ms != self.mesh_clock.offset_ms
+            {
+                tracing::warn!(
+                    offset_ms = clock.offset_ms,
+                    peers = clock.peers,
+                    clamped = clock.clamped,
+                    "this node's wall clock is far from the mesh's: hybrid clocks follow mesh time; fix the system clock (NTP)"
+                );
+            }
+            self.mesh_clock = clock;
+            self.metrics.mesh_clock_offset_ms.set(clock.offset_ms);
+            out.push(Effect::Notice(Notice::share(clock)));
+            out.push(Effect::RefreshStatus);
+        }
+    }
+
     fn evict_oldest(&mut self, out: &mut Outbox) {
         let oldest = self
             .latest
@@ -582,7 +624,12 @@ impl Capability for TelemetryService {
     fn on_gossip(&mut self, now_ms: u64, msg: GossipIn<'_>, out: &mut Outbox) -> Verdict {
         // The sender's timestamp is judged against our wall clock (its window); what we
         // remember is when we received it (node time).
-        match self.validator.check(out.wall_ms(), msg.author, msg.data) {
+        let checked = self.validator.check(out.wall_ms(), msg.author, msg.data);
+        if let Some((origin, stamped_ms)) = self.validator.take_stamp() {
+            self.clock_offsets.sample(origin, stamped_ms, out.wall_ms());
+            self.share_mesh_clock(out);
+        }
+        match checked {
             Ok(mut accepted) => {
                 accepted.telemetry.received_at_ms = now_ms;
                 self.accept(accepted.telemetry, out);
@@ -609,7 +656,10 @@ impl Capability for TelemetryService {
     fn on_timer(&mut self, now_ms: u64, timer: TimerId, out: &mut Outbox) {
         match timer {
             PUBLISH => self.publish(now_ms, out),
-            EXPIRE => self.expire(now_ms, out),
+            EXPIRE => {
+                self.expire(now_ms, out);
+                self.share_mesh_clock(out);
+            }
             _ => {}
         }
     }
@@ -645,6 +695,20 @@ impl Capability for TelemetryService {
     }
 
     fn status(&self, now_ms: u64, s: &mut StatusView) {
+        s.mesh_clock = MeshClockStatus {
+            offset_ms: self.mesh_clock.offset_ms,
+            peers: self.mesh_clock.peers,
+            clamped: self.mesh_clock.clamped,
+            furthest: self
+                .clock_offsets
+                .furthest(5, self.mesh_clock_at_ms)
+                .into_iter()
+                .map(|(peer, offset_ms)| PeerClock {
+                    peer_id: peer.to_string(),
+                    offset_ms,
+                })
+                .collect(),
+        };
         s.telemetry_nodes = self.latest.len();
         s.stale_nodes = self.stale_count(now_ms);
         s.telemetry_interval_ms = duration_ms(self.interval());
@@ -657,6 +721,7 @@ impl Capability for TelemetryService {
     }
 
     fn peer_view(&self, peer: &PeerId, view: &mut PeerView) {
+        view.clock_offset_ms = self.clock_offsets.of(peer, self.mesh_clock_at_ms);
         view.device = self
             .latest
             .get(&peer.to_string())

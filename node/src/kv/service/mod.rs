@@ -40,6 +40,7 @@ use crate::runtime::capability::{
     Capability, Effect, GossipId, GossipIn, InboundId, InboundRequest, JobOutput, Lane, Notice,
     Outbox, Protocol, ReasonLabel, Response, TimerId, Token, Verdict,
 };
+use crate::runtime::mesh_time::MeshClock;
 
 pub use crate::kv::core::{
     AccessPolicy, KvMetrics, KvWriteError, MAX_BATCH_WRITES, RESERVED_NAMESPACE, TASKS_NAMESPACE,
@@ -133,6 +134,9 @@ pub struct KvService {
     /// lack); other sessions only pull.
     nudged: HashSet<PeerId>,
     sessions: HashMap<PeerId, Session>,
+    /// How far this node's wall clock is from the mesh's: hybrid clocks are stamped and
+    /// judged in mesh time (docs/kv.md, "Clocks").
+    mesh_clock: MeshClock,
 }
 
 impl std::fmt::Debug for KvService {
@@ -167,6 +171,7 @@ impl KvService {
             due: HashMap::new(),
             nudged: HashSet::new(),
             sessions: HashMap::new(),
+            mesh_clock: MeshClock::default(),
         }
     }
 
@@ -209,7 +214,7 @@ impl KvService {
             return;
         }
         self.pending_writes += 1;
-        let wall_ms = out.wall_ms();
+        let wall_ms = self.mesh_ms(out);
         self.job(
             true,
             Pending::Write(reply),
@@ -310,6 +315,11 @@ impl KvService {
                 self.nudged.insert(*peer);
             }
         }
+    }
+
+    /// Mesh time now: the wall clock corrected by the mesh-time estimate.
+    fn mesh_ms(&self, out: &Outbox) -> u64 {
+        self.mesh_clock.mesh_ms(out.wall_ms())
     }
 
     fn budget(&self, peer: &PeerId) -> usize {
@@ -459,7 +469,7 @@ impl KvService {
                 return self.end_session(now_ms, peer, "failed", out);
             }
         };
-        let (wall_ms, budget) = (out.wall_ms(), self.budget(&peer));
+        let (wall_ms, budget) = (self.mesh_ms(out), self.budget(&peer));
         self.job(
             false,
             Pending::Session(peer),
@@ -497,7 +507,7 @@ impl KvService {
             self.metrics.refuse("malformed_delta");
             return Verdict::Now(MessageAcceptance::Reject);
         }
-        let wall_ms = out.wall_ms();
+        let wall_ms = self.mesh_ms(out);
         self.job(
             false,
             Pending::Delta(id.clone()),
@@ -590,7 +600,7 @@ impl Capability for KvService {
                 return respond(&self.metrics, request.id, &refused, out);
             }
         };
-        let wall_ms = out.wall_ms();
+        let wall_ms = self.mesh_ms(out);
         self.job(
             false,
             Pending::Answer {
@@ -702,6 +712,9 @@ impl Capability for KvService {
                 self.end_session(now_ms, *peer, "disconnected", out);
             }
             shared => {
+                if let Some(clock) = shared.shared::<MeshClock>() {
+                    self.mesh_clock = *clock;
+                }
                 if let Some(done) = shared.shared::<TaskResult>() {
                     // Nobody waits for this write; without `writer` it is simply not made.
                     let write = KvWrite {
