@@ -547,6 +547,7 @@ pub fn render_status(s: &StatusView) -> String {
             ),
         ),
         ("store errors", s.store_errors.to_string()),
+        ("clock", clock_line(s)),
         ("mesh", mesh_line(s)),
         ("handshakes", handshake_line(s)),
     ];
@@ -554,6 +555,57 @@ pub fn render_status(s: &StatusView) -> String {
         t.add_row(vec![k.to_owned(), v]);
     }
     t.to_string()
+}
+
+/// How far this node's clock is from the mesh's, and the peer furthest from it.
+fn clock_line(s: &StatusView) -> String {
+    let m = &s.mesh_clock;
+    if m.peers == 0 {
+        return "no peer heard yet: own clock".into();
+    }
+    let direction = match m.offset_ms {
+        0 => "on mesh time".to_owned(),
+        o if o < 0 => format!("{} ahead of the mesh", signed_ms(-o)),
+        o => format!("{} behind the mesh", signed_ms(o)),
+    };
+    let furthest = m
+        .furthest
+        .first()
+        .map(|p| {
+            format!(
+                "; furthest peer {} {}",
+                short_id(&p.peer_id),
+                offset_text(p.offset_ms)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{direction}{} (from {}){furthest}",
+        if m.clamped {
+            ", correction clamped at 10 min"
+        } else {
+            ""
+        },
+        plural(m.peers as u64, "peer", "peers")
+    )
+}
+
+/// "1.2 s", "350 ms".
+fn signed_ms(ms: i64) -> String {
+    if ms.abs() >= 1000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// A peer's clock relative to ours: "+90.0 s", "-350 ms".
+fn offset_text(ms: i64) -> String {
+    if ms >= 0 {
+        format!("+{}", signed_ms(ms))
+    } else {
+        format!("-{}", signed_ms(-ms))
+    }
 }
 
 /// "1 node", "2 nodes".
@@ -624,6 +676,7 @@ pub fn render_peers(p: &PeersResponse) -> String {
         "state",
         "address",
         "rtt",
+        "clock",
         "device",
         "mode",
         "score",
@@ -646,6 +699,7 @@ pub fn render_peers(p: &PeersResponse) -> String {
             peer.rtt_ms
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_default(),
+            peer.clock_offset_ms.map(offset_text).unwrap_or_default(),
             device,
             mode,
             score,
