@@ -104,17 +104,16 @@ impl ClockOffsets {
         }
     }
 
-    /// The estimate, if it moved enough since the last one returned here to be worth
-    /// sharing.
-    pub fn changed(&mut self, now_ms: u64) -> Option<MeshClock> {
+    /// The estimate now, and whether it moved enough since the last one found worth
+    /// sharing to be shared.
+    pub fn update(&mut self, now_ms: u64) -> (MeshClock, bool) {
         let now = self.estimate(now_ms);
         let moved = (now.offset_ms - self.shared.offset_ms).abs() >= SHARE_STEP_MS
             || now.clamped != self.shared.clamped;
         if moved {
             self.shared = now;
-            return Some(now);
         }
-        None
+        (now, moved)
     }
 
     /// The peers whose clocks are furthest from ours, at most `n`, largest first.
@@ -196,10 +195,11 @@ mod tests {
     #[test]
     fn shares_only_moves_worth_sharing() {
         let mut c = offsets(&[5_000, 5_000]);
-        assert_eq!(c.changed(NOW).map(|m| m.offset_ms), Some(5_000));
-        assert_eq!(c.changed(NOW), None);
+        assert_eq!(c.update(NOW), (c.estimate(NOW), true));
+        assert_eq!(c.update(NOW).0.offset_ms, 5_000);
+        assert!(!c.update(NOW).1);
         c.sample(PeerId::random(), NOW + 5_100, NOW);
-        assert_eq!(c.changed(NOW), None, "moved under the step");
+        assert!(!c.update(NOW).1, "moved under the step");
     }
 
     #[test]

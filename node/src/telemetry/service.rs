@@ -502,24 +502,30 @@ impl TelemetryService {
         out.push(Effect::RefreshStatus);
     }
 
-    /// Re-estimates mesh time and tells the other capabilities when it moved.
+    /// Re-estimates mesh time (at most once a second: it sorts every peer's offset) and
+    /// tells the other capabilities when it moved.
     fn share_mesh_clock(&mut self, out: &mut Outbox) {
         let wall_ms = out.wall_ms();
+        if wall_ms.abs_diff(self.mesh_clock_at_ms) < 1_000 {
+            return;
+        }
         self.mesh_clock_at_ms = wall_ms;
-        if let Some(clock) = self.clock_offsets.changed(wall_ms) {
-            if clock.offset_ms.abs() >= MESH_CLOCK_WARN_MS
-                && clock.offset_ms != self.mesh_clock.offset_ms
-            {
+        let (estimate, moved) = self.clock_offsets.update(wall_ms);
+        if moved {
+            let clock = estimate;
+            if clock.offset_ms.abs() >= MESH_CLOCK_WARN_MS {
                 tracing::warn!(
                     offset_ms = clock.offset_ms,
                     peers = clock.peers,
                     clamped = clock.clamped,
-                    "this node's wall clock is far from the mesh's: hybrid clocks follow mesh time; fix the system clock (NTP)"
+                    "this node's wall clock is far from the mesh's: the store's clocks follow mesh time; fix the system clock (NTP)"
                 );
             }
-            self.mesh_clock = clock;
             self.metrics.mesh_clock_offset_ms.set(clock.offset_ms);
             out.push(Effect::Notice(Notice::share(clock)));
+        }
+        if estimate != self.mesh_clock {
+            self.mesh_clock = estimate;
             out.push(Effect::RefreshStatus);
         }
     }
