@@ -111,9 +111,14 @@ pub fn render_cluster(view: &crate::cluster::service::ClusterView) -> String {
 /// One task, for `fogmesh task status`.
 pub fn render_task(t: &crate::cluster::service::TaskView) -> String {
     format!(
-        "{}  {} ({}){}{}{}{}",
+        "{}  {}{} ({}){}{}{}{}",
         t.id,
         t.state,
+        // Heard from the task's cluster a while ago: say so, it may have moved on.
+        match t.heard_ago_ms {
+            Some(ms) if ms >= 5_000 => format!(" as of {} ago", age(ms)),
+            _ => String::new(),
+        },
         t.priority,
         t.cluster
             .as_deref()

@@ -85,6 +85,12 @@ pub struct SubmittedRecord {
     /// When its cluster last answered about it.
     #[serde(default)]
     pub heard_ms: u64,
+    /// Deliveries that failed in a row (no answer, not connected), and since when: what
+    /// `task status` tells a submitter cut off from the task's cluster.
+    #[serde(default)]
+    pub failed_tries: u32,
+    #[serde(default)]
+    pub failing_since_ms: u64,
 }
 
 #[derive(Debug)]
@@ -184,6 +190,8 @@ impl Submissions {
             note: "its cluster is gone; forwarding it".into(),
             sent_ms: 0,
             heard_ms: 0,
+            failed_tries: 0,
+            failing_since_ms: 0,
         };
         self.save_into(&record, batch);
         self.records.insert(record.spec.id, record);
@@ -280,6 +288,8 @@ impl ClusterService {
             note: "accepted here; looking for a cluster".into(),
             sent_ms: 0,
             heard_ms: 0,
+            failed_tries: 0,
+            failing_since_ms: 0,
         };
         self.submissions.save_into(&record, &mut batch);
         if let Some(error) = batch.error() {
@@ -540,7 +550,25 @@ impl ClusterService {
                 "the cluster's coordinator changed; trying again".into()
             }
             Ok(other) => format!("unexpected answer {other:?}"),
-            Err(error) => format!("not delivered ({error}); trying again"),
+            Err(error) => {
+                let Some(record) = self.submissions.records.get_mut(&id) else {
+                    return;
+                };
+                let since = failing(record, now_ms);
+                let to = record
+                    .cluster
+                    .as_deref()
+                    .map_or("a coordinator".to_owned(), |c| {
+                        format!("the coordinator of cluster {c}")
+                    });
+                format!(
+                    "not in a cluster yet: {to} {} ({} in a row, for {}); trying again every {} s",
+                    plain_failure(&error),
+                    tries_text(record.failed_tries),
+                    age_text(since),
+                    RESEND_MS / 1000
+                )
+            }
         };
         let cluster = self
             .submissions
@@ -577,6 +605,21 @@ impl ClusterService {
                     self.submissions.save(&record, out);
                 }
             }
+            Err(error) => {
+                let Some(record) = self.submissions.records.get_mut(&id) else {
+                    return;
+                };
+                let since = failing(record, now_ms);
+                let heard = now_ms.saturating_sub(record.heard_ms);
+                record.note = format!(
+                    "cluster {asked} {} when asked about it ({} in a row, for {}); what is shown was heard {} ago; asking again every {} s",
+                    plain_failure(&error),
+                    tries_text(record.failed_tries),
+                    age_text(since),
+                    age_text(heard),
+                    RESEND_MS / 1000
+                );
+            }
             _ => {}
         }
     }
@@ -590,6 +633,8 @@ impl ClusterService {
         record.heard_ms = now_ms;
         record.cluster = Some(report.cluster.clone());
         record.note = String::new();
+        record.failed_tries = 0;
+        record.failing_since_ms = 0;
         if record.forwarded {
             // A forwarder's part ends once the next cluster has the task.
             self.submissions.forget(&id, out);
@@ -883,4 +928,44 @@ fn check_requirements(r: &fogmesh_consensus::task::Requirements) -> Result<(), S
         ));
     }
     Ok(())
+}
+
+/// Counts one more failed delivery of `record`; returns for how long deliveries have failed.
+fn failing(record: &mut SubmittedRecord, now_ms: u64) -> u64 {
+    record.failed_tries = record.failed_tries.saturating_add(1);
+    if record.failing_since_ms == 0 {
+        record.failing_since_ms = now_ms;
+    }
+    now_ms.saturating_sub(record.failing_since_ms)
+}
+
+/// A failed request in words a submitter can act on.
+fn plain_failure(error: &str) -> String {
+    if error.contains("Timeout") {
+        format!(
+            "gave no answer within {} s (cut off, or too busy)",
+            crate::cluster::protocol::REQUEST_TIMEOUT.as_secs()
+        )
+    } else if error.contains("Dial") || error.contains("onnection") {
+        format!("could not be reached ({error})")
+    } else {
+        format!("failed ({error})")
+    }
+}
+
+fn tries_text(n: u32) -> String {
+    if n == 1 {
+        "1 try".into()
+    } else {
+        format!("{n} tries")
+    }
+}
+
+/// "12 s", "3 min".
+fn age_text(ms: u64) -> String {
+    if ms >= 120_000 {
+        format!("{} min", ms / 60_000)
+    } else {
+        format!("{} s", ms / 1000)
+    }
 }

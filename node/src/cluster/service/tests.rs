@@ -382,3 +382,64 @@ fn announcements_are_fresh_from_receipt_whatever_the_senders_clock() {
         assert!(!b.service.announcements.contains_key(&m.cluster));
     }
 }
+
+/// A submitter cut off from its task's cluster: `task status` says what it last heard, how
+/// long ago, and why it hears nothing now, instead of a bare "not delivered".
+#[test]
+fn a_cut_off_submitter_says_where_its_task_was_and_why_it_hears_nothing() {
+    let mut submitter = node(OwnRoles {
+        coordinator: false,
+        worker: false,
+        submitter: true,
+    });
+    let id = submitter.submit(T0, task()).unwrap();
+    let timeout = || Err("Timeout while waiting for a response".to_string());
+
+    // Never delivered: it names the failure, counts the tries and their time.
+    let service = &mut submitter.service;
+    service.now_ms = T0 + 2_000;
+    service.on_submit_answer(T0 + 2_000, id, timeout());
+    service.now_ms = T0 + 14_000;
+    service.on_submit_answer(T0 + 14_000, id, timeout());
+    let view = service.task_view(&id).unwrap();
+    assert_eq!(view.state, "submitted");
+    let detail = view.detail.unwrap();
+    assert!(detail.contains("gave no answer within 30 s"), "{detail}");
+    assert!(detail.contains("2 tries in a row, for 12 s"), "{detail}");
+
+    // Then its cluster confirms it (queued), and later stops answering.
+    let report = crate::cluster::protocol::TaskReport {
+        cluster: "c1".into(),
+        state: fogmesh_consensus::state::TaskState::Queued { last_error: None },
+        attempts: 0,
+        waiting: None,
+    };
+    let mut out = Outbox::default();
+    service.on_status_answer(
+        T0 + 20_000,
+        id,
+        "c1",
+        Ok(ClusterResponse::Status(Some(report))),
+        &mut out,
+    );
+    service.now_ms = T0 + 20_000;
+    let view = service.task_view(&id).unwrap();
+    assert_eq!(
+        (view.state.as_str(), view.detail.as_deref()),
+        ("queued", None)
+    );
+    service.on_status_answer(T0 + 45_000, id, "c1", timeout(), &mut out);
+    service.now_ms = T0 + 45_000;
+    let view = service.task_view(&id).unwrap();
+    assert_eq!(view.state, "queued");
+    assert_eq!(view.heard_ago_ms, Some(25_000));
+    let detail = view.detail.clone().unwrap();
+    assert!(detail.contains("cluster c1 gave no answer"), "{detail}");
+    assert!(detail.contains("1 try in a row"), "{detail}");
+    assert!(detail.contains("heard 25 s ago"), "{detail}");
+    assert!(
+        crate::client::render::render_task(&view).contains("queued as of 25s ago"),
+        "{}",
+        crate::client::render::render_task(&view)
+    );
+}

@@ -75,6 +75,11 @@ pub struct TaskView {
     /// Hex SHA-256 of the result, once done.
     pub result: Option<String>,
     pub submitted_here: bool,
+    /// How long ago the state shown was heard from the task's cluster, when it comes from
+    /// this node's submission record rather than its own replica (a submitter outside the
+    /// cluster): the older, the less it may still be true.
+    #[serde(default)]
+    pub heard_ago_ms: Option<u64>,
 }
 
 fn state_name(state: &TaskState) -> &'static str {
@@ -114,18 +119,21 @@ impl ClusterService {
         let record = record?;
         match &record.last {
             Some(last) => {
-                let detail = last
-                    .waiting
-                    .clone()
-                    .or_else(|| (!record.note.is_empty()).then(|| record.note.clone()));
-                Some(self.view_of(
+                let mut view = self.view_of(
                     &record.spec,
                     &last.state,
                     Some(last.cluster.clone()),
                     last.attempts,
-                    detail,
+                    last.waiting.clone(),
                     !record.forwarded,
-                ))
+                );
+                // Trouble reaching the cluster says more than the last reason it gave,
+                // whatever the state.
+                if !record.note.is_empty() {
+                    view.detail = Some(record.note.clone());
+                }
+                view.heard_ago_ms = Some(self.now_ms.saturating_sub(record.heard_ms));
+                Some(view)
             }
             None => Some(TaskView {
                 id: id.to_string(),
@@ -138,6 +146,7 @@ impl ClusterService {
                 detail: Some(record.note.clone()),
                 result: None,
                 submitted_here: !record.forwarded,
+                heard_ago_ms: None,
             }),
         }
     }
@@ -175,6 +184,7 @@ impl ClusterService {
             detail,
             result,
             submitted_here,
+            heard_ago_ms: None,
         }
     }
 
