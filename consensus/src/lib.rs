@@ -9,6 +9,7 @@
 //! - [`group`]: one member's side of the cluster's Raft group, ordering the commands;
 //! - [`formation`]: how nodes group themselves into clusters, and when they change;
 //! - [`log`]: the group's log and hard state as stored, and rebuilt after a restart;
+//! - [`pace`]: how often a member ticks raft, adapted to the round trips of its links;
 //! - [`wire`]: raft messages between members, and who may send them.
 //!
 //! Cluster formation and the node service build on these (issue 11).
@@ -17,6 +18,7 @@ pub mod capacity;
 pub mod formation;
 pub mod group;
 pub mod log;
+pub mod pace;
 pub mod scheduler;
 pub mod state;
 pub mod task;

@@ -66,6 +66,19 @@ struct Frame {
     cluster: String,
     #[serde(with = "serde_bytes")]
     raft: Vec<u8>,
+    /// The sender's raft pace in ms per tick ([`crate::pace`]); members follow their
+    /// coordinator's. Absent from senders that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pace_ms: Option<u64>,
+}
+
+/// A frame as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub cluster: String,
+    pub message: Message,
+    /// The sender's raft pace, if it said.
+    pub pace_ms: Option<u64>,
 }
 
 /// The raft member id of a peer (by its PeerId bytes).
@@ -77,7 +90,7 @@ pub fn member_id(peer: &[u8]) -> u64 {
 }
 
 /// A message for the wire.
-pub fn encode(cluster: &str, message: &Message) -> Result<Vec<u8>, WireError> {
+pub fn encode(cluster: &str, message: &Message, pace_ms: u64) -> Result<Vec<u8>, WireError> {
     if cluster.len() > MAX_CLUSTER_ID {
         return Err(WireError::BadCluster);
     }
@@ -87,6 +100,7 @@ pub fn encode(cluster: &str, message: &Message) -> Result<Vec<u8>, WireError> {
     let bytes = fogmesh_wire::codec::encode(&Frame {
         cluster: cluster.to_owned(),
         raft,
+        pace_ms: Some(pace_ms),
     })
     .map_err(|e| WireError::Malformed(e.to_string()))?;
     if bytes.len() > MAX_FRAME_BYTES {
@@ -96,7 +110,7 @@ pub fn encode(cluster: &str, message: &Message) -> Result<Vec<u8>, WireError> {
 }
 
 /// A frame from the wire: its cluster and message. Total: never panics, whatever the bytes.
-pub fn decode(bytes: &[u8]) -> Result<(String, Message), WireError> {
+pub fn decode(bytes: &[u8]) -> Result<Received, WireError> {
     if bytes.len() > MAX_FRAME_BYTES {
         return Err(WireError::Oversized);
     }
@@ -107,7 +121,11 @@ pub fn decode(bytes: &[u8]) -> Result<(String, Message), WireError> {
     }
     let message =
         Message::parse_from_bytes(&frame.raft).map_err(|e| WireError::BadRaft(e.to_string()))?;
-    Ok((frame.cluster, message))
+    Ok(Received {
+        cluster: frame.cluster,
+        message,
+        pace_ms: frame.pace_ms,
+    })
 }
 
 /// Whether a decoded message may be stepped into this member's group: it is for this
@@ -234,8 +252,10 @@ mod tests {
         let bob = b"bob-peer-id".to_vec();
         let (a, b) = (member_id(&alice), member_id(&bob));
         let sent = message(a, b, 3);
-        let (cluster, got) = decode(&encode("c1", &sent).unwrap()).unwrap();
-        assert_eq!(cluster, "c1");
+        let got = decode(&encode("c1", &sent, 300).unwrap()).unwrap();
+        assert_eq!(got.cluster, "c1");
+        assert_eq!(got.pace_ms, Some(300));
+        let got = got.message;
         assert_eq!(got, sent);
         assert_eq!(admit("c1", &got, "c1", b, &alice, &[a, b]), Ok(()));
     }
@@ -282,13 +302,13 @@ mod tests {
     #[test]
     fn oversized_frames_and_clusters_are_refused() {
         let huge = message(1, 2, 4000);
-        assert_eq!(encode("c1", &huge), Err(WireError::Oversized));
+        assert_eq!(encode("c1", &huge, 100), Err(WireError::Oversized));
         assert_eq!(
             decode(&vec![0; MAX_FRAME_BYTES + 1]),
             Err(WireError::Oversized)
         );
         assert_eq!(
-            encode(&"x".repeat(MAX_CLUSTER_ID + 1), &message(1, 2, 0)),
+            encode(&"x".repeat(MAX_CLUSTER_ID + 1), &message(1, 2, 0), 100),
             Err(WireError::BadCluster)
         );
         assert_ne!(member_id(b""), 0);
@@ -302,10 +322,10 @@ mod tests {
 
         #[test]
         fn a_frame_with_junk_raft_bytes_is_refused(raft in proptest::collection::vec(any::<u8>(), 1..256)) {
-            let bytes = fogmesh_wire::codec::encode(&Frame { cluster: "c".into(), raft }).unwrap();
+            let bytes = fogmesh_wire::codec::encode(&Frame { cluster: "c".into(), raft, pace_ms: None }).unwrap();
             // Either junk (refused) or, by chance, a valid protobuf message (decoded).
             match decode(&bytes) {
-                Ok((cluster, _)) => prop_assert_eq!(cluster, "c"),
+                Ok(received) => prop_assert_eq!(received.cluster, "c"),
                 Err(e) => prop_assert!(matches!(e, WireError::BadRaft(_)), "{:?}", e),
             }
         }

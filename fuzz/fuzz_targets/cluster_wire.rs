@@ -28,8 +28,15 @@ fn cluster() -> ClusterState {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((cluster, message)) = wire::decode(data) {
-        let _ = wire::admit(&cluster, &message, "c1", 2, b"peer", &[1, 2, 3]);
+    if let Ok(received) = wire::decode(data) {
+        let _ = wire::admit(
+            &received.cluster,
+            &received.message,
+            "c1",
+            2,
+            b"peer",
+            &[1, 2, 3],
+        );
     }
     if let Ok(command) = fogmesh_wire::codec::decode_bounded::<Command>(data, 64 * 1024) {
         let mut state = cluster();

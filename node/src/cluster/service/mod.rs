@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use fogmesh_consensus::formation::{self, Announcement, LeadershipHysteresis};
 use fogmesh_consensus::group::{self, ClusterNode, GroupError, Output, PersistRequest};
+use fogmesh_consensus::pace::RaftPace;
 use fogmesh_consensus::state::{Applied, Command, NodeId, Refusal};
 use fogmesh_consensus::wire;
 use fogmesh_store::{Batch, Store, Table};
@@ -200,6 +201,8 @@ pub struct ClusterMetrics {
     pub placements: Counter,
     pub raft_messages_in: Counter,
     pub raft_messages_out: Counter,
+    /// The cluster's raft pace: ms per raft tick (100 on good links; see `consensus::pace`).
+    pub raft_tick_ms: Gauge,
     pub blobs: Gauge,
 }
 
@@ -266,6 +269,11 @@ impl ClusterMetrics {
             self.raft_messages_out.clone(),
         );
         registry.register(
+            "cluster_raft_tick_ms",
+            "Milliseconds per raft tick: 100 on good links, slower where round trips are long or lossy",
+            self.raft_tick_ms.clone(),
+        );
+        registry.register(
             "task_blobs",
             "Modules, inputs and results held",
             self.blobs.clone(),
@@ -319,6 +327,8 @@ struct Membership {
     reported_ms: u64,
     /// Whether it coordinated at its last tick (to notice gaining leadership).
     was_leader: bool,
+    /// How often raft ticks, adapted to the round trips of the cluster's links.
+    pace: RaftPace,
 }
 
 impl Membership {
@@ -375,6 +385,10 @@ pub struct ClusterService {
     /// group's readies in flight and the API's call queue.
     durable: HashMap<Token, AfterDurable>,
     next_durable: Token,
+    /// Raft messages awaiting their acknowledgement, by token: when each was sent (for the
+    /// pace's round trips). At most [`MAX_RAFT_IN_FLIGHT`]; beyond, messages go untimed.
+    raft_in_flight: HashMap<Token, u64>,
+    next_raft_token: Token,
     epochs: u64,
     /// Fetches and result queries waiting for blobs read from disk, answered when the read
     /// comes back (at most [`MAX_BLOB_WAITERS`]; beyond, one is answered at once as if the
@@ -508,6 +522,8 @@ impl ClusterService {
             raft_tables,
             durable: HashMap::new(),
             next_durable: 1,
+            raft_in_flight: HashMap::new(),
+            next_raft_token: 0,
             epochs: 0,
             blob_waiters: BTreeMap::new(),
             situation: Situation::Unclustered {
@@ -581,6 +597,7 @@ impl ClusterService {
             schedule_soon: true,
             reported_ms: 0,
             was_leader: false,
+            pace: RaftPace::new(self.config.raft),
         };
         membership.refresh_peers();
         if let Some(capacity) = self.capacity {
@@ -652,8 +669,12 @@ fn respond(id: InboundId, answer: &ClusterResponse, out: &mut Outbox) {
     }
 }
 
-/// The token of a request whose answer nobody waits for (raft messages).
+/// The token of a request whose answer nobody waits for.
 const NO_ANSWER: Token = 0;
+/// Set in the token of a raft message, whose acknowledgement times a round trip.
+const RAFT_TOKEN: Token = 1 << 63;
+/// Raft messages timed at once at most.
+const MAX_RAFT_IN_FLIGHT: usize = 1024;
 /// The token of a task run's job (a blob read's is [`BLOB_LOAD`]).
 const TASK_RUN: Token = 0;
 const BLOB_LOAD: Token = 1;
@@ -718,6 +739,10 @@ impl Capability for ClusterService {
     fn on_response(&mut self, now_ms: u64, response: Response, out: &mut Outbox) {
         self.now_ms = now_ms;
         if response.token == NO_ANSWER {
+            return;
+        }
+        if response.token & RAFT_TOKEN != 0 {
+            self.raft_acknowledged(now_ms, response.token, response.result.is_ok());
             return;
         }
         let answer = response.result.and_then(|bytes| {

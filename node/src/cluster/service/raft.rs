@@ -118,13 +118,21 @@ impl ClusterService {
             }) else {
                 continue;
             };
-            match wire::encode(&m.cluster, &message) {
+            match wire::encode(&m.cluster, &message, m.pace.tick_ms()) {
                 Ok(frame) => {
                     self.metrics.raft_messages_out.inc();
                     let request = ClusterRequest::Raft {
                         frame: ByteBuf::from(frame),
                     };
-                    send(peer, &request, NO_ANSWER, out);
+                    let token = if self.raft_in_flight.len() < MAX_RAFT_IN_FLIGHT {
+                        self.next_raft_token = self.next_raft_token.wrapping_add(1);
+                        let token = RAFT_TOKEN | (self.next_raft_token & !RAFT_TOKEN);
+                        self.raft_in_flight.insert(token, now_ms);
+                        token
+                    } else {
+                        NO_ANSWER
+                    };
+                    send(peer, &request, token, out);
                 }
                 Err(error) => tracing::warn!(%error, "raft message not encodable"),
             }
@@ -175,7 +183,11 @@ impl ClusterService {
     }
 
     pub(super) fn on_raft(&mut self, now_ms: u64, peer: PeerId, frame: &[u8], out: &mut Outbox) {
-        let (cluster, message) = match wire::decode(frame) {
+        let wire::Received {
+            cluster,
+            message,
+            pace_ms,
+        } = match wire::decode(frame) {
             Ok(decoded) => decoded,
             Err(error) => {
                 self.metrics.refuse(error.reason());
@@ -210,6 +222,11 @@ impl ClusterService {
             Ok(output) => {
                 if m.group.leader() == Some(from) {
                     m.contact_ms = now_ms;
+                    // One pace per cluster: the coordinator's.
+                    if let Some(pace_ms) = pace_ms {
+                        m.pace.follow(pace_ms);
+                        self.metrics.raft_tick_ms.set(m.pace.tick_ms() as i64);
+                    }
                 }
                 self.after_output(now_ms, output, out);
             }
@@ -233,21 +250,50 @@ impl ClusterService {
 
     pub(super) fn tick(&mut self, now_ms: u64, out: &mut Outbox) {
         if let Situation::Member(m) = &mut self.situation {
-            let output = m.group.tick();
-            if m.group.is_leader() {
-                m.contact_ms = now_ms;
-            } else {
-                m.was_leader = false;
+            if m.group.is_leader() && m.pace.review(now_ms) {
+                tracing::info!(
+                    cluster = %m.cluster,
+                    tick_ms = m.pace.tick_ms(),
+                    round_trip_p95_ms = m.pace.round_trip_p95(),
+                    "raft pace changed"
+                );
+                self.metrics.raft_tick_ms.set(m.pace.tick_ms() as i64);
             }
-            self.after_output(now_ms, output, out);
+            // The service wakes every base tick; raft ticks at the cluster's pace.
+            if m.pace.due(now_ms) {
+                let output = m.group.tick();
+                if m.group.is_leader() {
+                    m.contact_ms = now_ms;
+                } else {
+                    m.was_leader = false;
+                }
+                self.after_output(now_ms, output, out);
+            }
         }
         self.ticks += 1;
         if self.ticks.is_multiple_of(STEP_TICKS) {
+            // Messages whose acknowledgement never came (a lost connection may report
+            // nothing): forgotten after the request timeout.
+            let timeout_ms =
+                crate::runtime::capability::duration_ms(crate::cluster::protocol::REQUEST_TIMEOUT);
+            self.raft_in_flight
+                .retain(|_, sent| now_ms.saturating_sub(*sent) <= timeout_ms);
             self.step(now_ms, out);
         } else if let Situation::Member(m) = &self.situation {
             if m.schedule_soon && m.group.is_leader() {
                 self.schedule(now_ms, out);
             }
+        }
+    }
+
+    /// A raft message was acknowledged (`delivered`) or failed: one round trip for the pace.
+    pub(super) fn raft_acknowledged(&mut self, now_ms: u64, token: Token, delivered: bool) {
+        let Some(sent_ms) = self.raft_in_flight.remove(&token) else {
+            return;
+        };
+        if let Situation::Member(m) = &mut self.situation {
+            m.pace
+                .sample(delivered.then(|| now_ms.saturating_sub(sent_ms)));
         }
     }
 

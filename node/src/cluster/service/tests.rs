@@ -276,7 +276,7 @@ fn raft_frames_that_are_junk_forged_or_from_strangers_are_refused_and_counted() 
     send(
         &mut coordinator.service,
         stranger,
-        wire::encode(&cluster, &vote).unwrap(),
+        wire::encode(&cluster, &vote, 100).unwrap(),
     );
     assert_eq!(refused(&coordinator.service, "not_member"), 1);
     // Claiming to be someone else.
@@ -284,7 +284,7 @@ fn raft_frames_that_are_junk_forged_or_from_strangers_are_refused_and_counted() 
     send(
         &mut coordinator.service,
         stranger,
-        wire::encode(&cluster, &vote).unwrap(),
+        wire::encode(&cluster, &vote, 100).unwrap(),
     );
     assert_eq!(refused(&coordinator.service, "spoofed"), 1);
     // None of it disturbed the coordinator.
