@@ -498,10 +498,10 @@ fn mesh_init_and_ticket_issue_show_revoke() {
         "--peer",
         &peer,
         "--roles",
-        "admin",
+        "mayor",
     ]);
     assert!(!bad.status.success());
-    assert!(stderr_of(&bad).contains("admin"));
+    assert!(stderr_of(&bad).contains("mayor"));
     let garbage = fogmesh(&[
         "ticket",
         "show",
