@@ -387,7 +387,11 @@ pub struct ClusterService {
     next_durable: Token,
     /// Raft messages awaiting their acknowledgement, by token: when each was sent (for the
     /// pace's round trips). At most [`MAX_RAFT_IN_FLIGHT`]; beyond, messages go untimed.
-    raft_in_flight: HashMap<Token, u64>,
+    raft_in_flight: HashMap<Token, (PeerId, u64)>,
+    /// Raft messages awaiting their acknowledgement, by peer: at most
+    /// [`MAX_RAFT_IN_FLIGHT_PER_PEER`]; beyond, new ones are dropped (raft sends again), so a
+    /// stalled link does not pile up streams that would all land at once when it recovers.
+    raft_in_flight_to: HashMap<PeerId, usize>,
     next_raft_token: Token,
     epochs: u64,
     /// Fetches and result queries waiting for blobs read from disk, answered when the read
@@ -523,6 +527,7 @@ impl ClusterService {
             durable: HashMap::new(),
             next_durable: 1,
             raft_in_flight: HashMap::new(),
+            raft_in_flight_to: HashMap::new(),
             next_raft_token: 0,
             epochs: 0,
             blob_waiters: BTreeMap::new(),
@@ -675,6 +680,10 @@ const NO_ANSWER: Token = 0;
 const RAFT_TOKEN: Token = 1 << 63;
 /// Raft messages timed at once at most.
 const MAX_RAFT_IN_FLIGHT: usize = 1024;
+/// Raft messages to one peer awaiting acknowledgement at most: under the protocol's stream
+/// limit ([`crate::cluster::protocol::MAX_STREAMS`]), leaving room for joins, submissions and
+/// fetches.
+const MAX_RAFT_IN_FLIGHT_PER_PEER: usize = 24;
 /// The token of a task run's job (a blob read's is [`BLOB_LOAD`]).
 const TASK_RUN: Token = 0;
 const BLOB_LOAD: Token = 1;
@@ -742,7 +751,14 @@ impl Capability for ClusterService {
             return;
         }
         if response.token & RAFT_TOKEN != 0 {
-            self.raft_acknowledged(now_ms, response.token, response.result.is_ok());
+            // A timeout is a round trip too long to measure; other failures (a closed
+            // connection, a full stream table) say nothing about the link's round trips.
+            let timed = match &response.result {
+                Ok(_) => Some(true),
+                Err(error) if error.contains("Timeout") => Some(false),
+                Err(_) => None,
+            };
+            self.raft_acknowledged(now_ms, response.token, timed);
             return;
         }
         let answer = response.result.and_then(|bytes| {

@@ -118,20 +118,24 @@ impl ClusterService {
             }) else {
                 continue;
             };
+            let to_peer = self.raft_in_flight_to.entry(peer).or_default();
+            if *to_peer >= MAX_RAFT_IN_FLIGHT_PER_PEER
+                || self.raft_in_flight.len() >= MAX_RAFT_IN_FLIGHT
+            {
+                // The link is not keeping up: raft sends again what matters.
+                self.metrics.refuse("raft_link_backlog");
+                continue;
+            }
             match wire::encode(&m.cluster, &message, m.pace.tick_ms()) {
                 Ok(frame) => {
                     self.metrics.raft_messages_out.inc();
                     let request = ClusterRequest::Raft {
                         frame: ByteBuf::from(frame),
                     };
-                    let token = if self.raft_in_flight.len() < MAX_RAFT_IN_FLIGHT {
-                        self.next_raft_token = self.next_raft_token.wrapping_add(1);
-                        let token = RAFT_TOKEN | (self.next_raft_token & !RAFT_TOKEN);
-                        self.raft_in_flight.insert(token, now_ms);
-                        token
-                    } else {
-                        NO_ANSWER
-                    };
+                    *to_peer += 1;
+                    self.next_raft_token = self.next_raft_token.wrapping_add(1);
+                    let token = RAFT_TOKEN | (self.next_raft_token & !RAFT_TOKEN);
+                    self.raft_in_flight.insert(token, (peer, now_ms));
                     send(peer, &request, token, out);
                 }
                 Err(error) => tracing::warn!(%error, "raft message not encodable"),
@@ -276,8 +280,17 @@ impl ClusterService {
             // nothing): forgotten after the request timeout.
             let timeout_ms =
                 crate::runtime::capability::duration_ms(crate::cluster::protocol::REQUEST_TIMEOUT);
-            self.raft_in_flight
-                .retain(|_, sent| now_ms.saturating_sub(*sent) <= timeout_ms);
+            let expired: Vec<Token> = self
+                .raft_in_flight
+                .iter()
+                .filter(|(_, (_, sent))| now_ms.saturating_sub(*sent) > timeout_ms)
+                .map(|(token, _)| *token)
+                .collect();
+            for token in expired {
+                if let Some((peer, _)) = self.raft_in_flight.remove(&token) {
+                    self.raft_sent_back(&peer);
+                }
+            }
             self.step(now_ms, out);
         } else if let Situation::Member(m) = &self.situation {
             if m.schedule_soon && m.group.is_leader() {
@@ -286,14 +299,25 @@ impl ClusterService {
         }
     }
 
-    /// A raft message was acknowledged (`delivered`) or failed: one round trip for the pace.
-    pub(super) fn raft_acknowledged(&mut self, now_ms: u64, token: Token, delivered: bool) {
-        let Some(sent_ms) = self.raft_in_flight.remove(&token) else {
+    /// A raft message was acknowledged (`Some(true)`), timed out (`Some(false)`) or failed
+    /// otherwise (`None`, not a round trip): one round trip for the pace.
+    pub(super) fn raft_acknowledged(&mut self, now_ms: u64, token: Token, timed: Option<bool>) {
+        let Some((peer, sent_ms)) = self.raft_in_flight.remove(&token) else {
             return;
         };
-        if let Situation::Member(m) = &mut self.situation {
+        self.raft_sent_back(&peer);
+        if let (Situation::Member(m), Some(delivered)) = (&mut self.situation, timed) {
             m.pace
                 .sample(delivered.then(|| now_ms.saturating_sub(sent_ms)));
+        }
+    }
+
+    fn raft_sent_back(&mut self, peer: &PeerId) {
+        if let Some(n) = self.raft_in_flight_to.get_mut(peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.raft_in_flight_to.remove(peer);
+            }
         }
     }
 

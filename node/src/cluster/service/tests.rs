@@ -443,3 +443,60 @@ fn a_cut_off_submitter_says_where_its_task_was_and_why_it_hears_nothing() {
         crate::client::render::render_task(&view)
     );
 }
+
+/// A member whose link stalls (a partition) gets at most `MAX_RAFT_IN_FLIGHT_PER_PEER` raft
+/// messages waiting for their acknowledgement, not one stream per heartbeat that would all
+/// land at once when the link recovers; each acknowledgement lets one more go.
+#[test]
+fn raft_messages_to_a_silent_member_stop_at_the_backlog_cap() {
+    let mut coordinator = node(OwnRoles::ALL);
+    founded(&mut coordinator);
+    let cluster = coordinator.service.cluster_id().unwrap().to_owned();
+    let joiner = PeerId::random();
+    let capacity = coordinator.service.capacity.map(|c| c.capacity).unwrap();
+    let mut out = Outbox::default();
+    coordinator.service.handle_request(
+        T0,
+        joiner,
+        &PeerRoles(Some(vec!["worker".into()])),
+        ClusterRequest::Join { cluster, capacity },
+        InboundId(0),
+        &mut out,
+    );
+    coordinator.settle(T0, &mut out);
+    // 10 s of heartbeats every 200 ms (before the silent member is removed, at 15 s).
+    let mut now = T0;
+    for _ in 0..100 {
+        now += group::TICK_MS;
+        coordinator.tick(now, &mut out);
+    }
+    let sent_to_joiner = |out: &Outbox| -> Vec<Token> {
+        out.effects()
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { peer, token, .. } if *peer == joiner => Some(*token),
+                _ => None,
+            })
+            .collect()
+    };
+    let sent = sent_to_joiner(&out);
+    assert_eq!(sent.len(), MAX_RAFT_IN_FLIGHT_PER_PEER);
+    assert!(refused(&coordinator.service, "raft_link_backlog") > 0);
+
+    // One acknowledgement: the next heartbeat goes.
+    let mut out = Outbox::default();
+    coordinator.service.on_response(
+        now,
+        Response {
+            peer: joiner,
+            token: sent[0],
+            result: Ok(Vec::new()),
+        },
+        &mut out,
+    );
+    for _ in 0..10 {
+        now += group::TICK_MS;
+        coordinator.tick(now, &mut out);
+    }
+    assert_eq!(sent_to_joiner(&out).len(), 1);
+}
