@@ -114,7 +114,11 @@ pub(crate) fn build(
             identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())
                 .with_agent_version(format!("fogmesh/{VERSION}")),
         ),
-        ping: ping::Behaviour::new(ping::Config::new()),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(crate::runtime::peers::recovery::PING_EVERY)
+                .with_timeout(crate::runtime::peers::recovery::PING_TIMEOUT),
+        ),
         rpc,
     })
 }

@@ -566,9 +566,18 @@ impl Driver {
                 );
             }
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => {
+                // Failures are not acted on: the peer manager closes a connection that has
+                // answered no ping for a while (libp2p-ping keeps the first failure quiet,
+                // and a peer that does not speak ping never answers).
                 if let Ok(rtt) = result {
-                    self.swarm.behaviour_mut().peers.on_rtt(peer, rtt);
+                    let peers = &mut self.swarm.behaviour_mut().peers;
+                    peers.on_rtt(peer, rtt);
+                    peers.on_pong(peer, connection);
                 }
             }
             BehaviourEvent::Kad(_) => {}

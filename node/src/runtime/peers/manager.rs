@@ -51,6 +51,7 @@ use crate::runtime::capability::RadioPolicy;
 use crate::runtime::clock::Clock;
 use crate::runtime::peers::bootstrap::{BootstrapDialer, FailedDial};
 use crate::runtime::peers::budget::{self as connection_budget, Candidate};
+use crate::runtime::peers::recovery::{self, Recovery};
 
 /// What the address book keeps about a peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +163,8 @@ pub struct PeerMetrics {
     /// Connections refused as they were established: the peer's admission was withdrawn
     /// after its handshake.
     pub revoked_refused: Counter,
+    /// Connections closed because their pings went unanswered (a stalled link).
+    pub stalled_closed: Counter,
     /// Internet connections closed / refused because the power policy said Bluetooth only.
     pub policy_disconnects: Counter,
     pub policy_refused: Counter,
@@ -229,6 +232,11 @@ impl PeerMetrics {
             "revoked_disconnects",
             "Peers disconnected because their admission was withdrawn",
             self.revoked_disconnects.clone(),
+        );
+        r.register(
+            "stalled_closed",
+            "Connections closed because their pings went unanswered (a stalled link: its peer is dialled again every 2 s)",
+            self.stalled_closed.clone(),
         );
         r.register(
             "revoked_refused",
@@ -301,6 +309,15 @@ pub struct PeerManager {
     radio_only: bool,
     /// Where admissions are re-checked as connections are established (closed meshes).
     admissions: Option<SecureChannel>,
+    /// Peers whose link stalled, dialled again quickly.
+    recovery: Recovery,
+    /// Each watched connection's peer and when it last answered a ping, in node time: the
+    /// stall detector's input. A connection is watched from its first answered ping (a peer
+    /// that does not speak ping is never judged by it); radio links never (the radio's duty
+    /// cycle pauses them on purpose).
+    answered: HashMap<ConnectionId, (PeerId, u64)>,
+    /// Internet connections, which may be watched.
+    watchable: HashSet<ConnectionId>,
 }
 
 impl PeerManager {
@@ -323,6 +340,9 @@ impl PeerManager {
             rng,
             metrics,
             admissions: None,
+            recovery: Recovery::default(),
+            answered: HashMap::new(),
+            watchable: HashSet::new(),
             radio_only: false,
         }
     }
@@ -471,6 +491,56 @@ impl PeerManager {
         self.note_peer(peer, listen_addrs, Some(agent));
     }
 
+    /// A ping on `connection` was answered.
+    pub fn on_pong(&mut self, peer: PeerId, connection: ConnectionId) {
+        if self.watchable.contains(&connection) {
+            self.answered
+                .insert(connection, (peer, self.clock.now_ms()));
+        }
+    }
+
+    /// Closes the connections that answered no ping for [`recovery::STALL_AFTER_MS`].
+    fn close_stalled(&mut self) {
+        let now = self.clock.now_ms();
+        let stalled: Vec<(ConnectionId, PeerId)> = self
+            .answered
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_sub(*at) > recovery::STALL_AFTER_MS)
+            .map(|(connection, (peer, _))| (*connection, *peer))
+            .collect();
+        for (connection, peer) in stalled {
+            self.answered.remove(&connection);
+            self.on_stalled(peer, connection);
+        }
+    }
+
+    /// `connection`'s link is stalled (a partition, a dead route). It is closed, since TCP
+    /// would only deliver again after its doubled retransmission timeouts, and the peer is
+    /// dialled again every 2 s with fresh connections ([`super::recovery`]).
+    fn on_stalled(&mut self, peer: PeerId, connection: ConnectionId) {
+        if !self.live.contains_key(&peer) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut addrs: Vec<Multiaddr> = self
+            .registry
+            .get(&peer)
+            .map(|r| r.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
+        if let Some(live) = self.live.get(&peer).filter(|l| l.dialer) {
+            if !addrs.contains(&live.addr) {
+                addrs.push(live.addr.clone());
+            }
+        }
+        tracing::info!(%peer, "closing a stalled connection: its pings went unanswered");
+        self.metrics.stalled_closed.inc();
+        self.recovery.lost(peer, addrs, now);
+        self.queue.push_back(ToSwarm::CloseConnection {
+            peer_id: peer,
+            connection: CloseConnection::One(connection),
+        });
+    }
+
     pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration) {
         if let Some(live) = self.live.get_mut(&peer) {
             live.rtt = Some(rtt);
@@ -581,6 +651,17 @@ impl PeerManager {
             self.emit(PeerManagerEvent::WalkDht);
         }
         self.dial_radio_neighbours();
+        self.close_stalled();
+        let live = &self.live;
+        for (peer, addrs) in self.recovery.due(now, |p| live.contains_key(p)) {
+            // Not "and not dialling": an earlier dial may sit in TCP's SYN retries.
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::Disconnected)
+                .build();
+            self.recovery.dialling(&peer, opts.connection_id());
+            self.queue.push_back(ToSwarm::Dial { opts });
+        }
         for due in self.bootstrap.due(now) {
             let opts = match due.peer {
                 Some(peer) => DialOpts::peer_id(peer)
@@ -673,6 +754,10 @@ impl PeerManager {
             ConnectedPoint::Listener { send_back_addr, .. } => (send_back_addr.clone(), false),
         };
         self.bootstrap.connected(connection, peer);
+        self.recovery.connected(&peer);
+        if !is_radio(endpoint.get_remote_address()) {
+            self.watchable.insert(connection);
+        }
         let now = Instant::now();
         if let Some(live) = self.live.get_mut(&peer) {
             live.connections += 1;
@@ -704,12 +789,15 @@ impl PeerManager {
 
     fn on_closed(
         &mut self,
+        connection: ConnectionId,
         peer: PeerId,
         endpoint: &ConnectedPoint,
         remaining: usize,
         cause: Option<String>,
     ) {
         self.metrics.connections_closed.inc();
+        self.answered.remove(&connection);
+        self.watchable.remove(&connection);
         self.metrics
             .connections
             .get_or_create(&TransportLabel {
@@ -743,6 +831,7 @@ impl PeerManager {
         connection: ConnectionId,
         error: &DialError,
     ) {
+        self.recovery.dial_failed(connection);
         if let (DialError::DialPeerConditionFalse(_), Some(peer)) = (error, peer) {
             if self.live.contains_key(&peer) {
                 // Already connected: nothing to do until it is lost.
@@ -813,6 +902,7 @@ impl NetworkBehaviour for PeerManager {
                 self.on_established(e.peer_id, e.connection_id, e.endpoint)
             }
             FromSwarm::ConnectionClosed(e) => self.on_closed(
+                e.connection_id,
                 e.peer_id,
                 e.endpoint,
                 e.remaining_established,
@@ -979,6 +1069,73 @@ mod tests {
             )
             .is_err());
         assert_eq!(pm.metrics().revoked_refused.get(), 2);
+    }
+
+    /// A connection that stops answering pings (a silent partition) is closed after
+    /// `STALL_AFTER_MS`, and its peer is dialled again every 2 s until it is back.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_connection_is_closed_and_its_peer_dialled_again() {
+        use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
+
+        let mut pm = PeerManager::new(
+            config(Vec::new(), 8, 16),
+            PeerMetrics::default(),
+            Clock::default(),
+        );
+        let peer = PeerId::random();
+        let addr: Multiaddr = "/ip4/10.0.0.2/tcp/4747".parse().unwrap();
+        let endpoint = ConnectedPoint::Dialer {
+            address: addr.clone(),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::New,
+        };
+        let connection = ConnectionId::new_unchecked(7);
+        pm.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        let closes = |pm: &mut PeerManager| {
+            pm.queue
+                .drain(..)
+                .filter(|e| {
+                    matches!(e, ToSwarm::CloseConnection { connection: CloseConnection::One(c), .. } if *c == connection)
+                })
+                .count()
+        };
+        // Answering: kept.
+        pm.on_pong(peer, connection);
+        tokio::time::advance(Duration::from_millis(recovery::STALL_AFTER_MS - 1_000)).await;
+        pm.on_tick();
+        assert_eq!(closes(&mut pm), 0);
+        // Silent past the bound: closed, once.
+        tokio::time::advance(Duration::from_millis(2_000)).await;
+        pm.on_tick();
+        assert_eq!(closes(&mut pm), 1);
+        pm.on_tick();
+        assert_eq!(closes(&mut pm), 0);
+        assert_eq!(pm.metrics().stalled_closed.get(), 1);
+        pm.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint: &endpoint,
+            cause: None,
+            remaining_established: 0,
+        }));
+        // Dialled again at once and every 2 s.
+        let mut dials = 0;
+        for _ in 0..4 {
+            pm.on_tick();
+            dials += pm
+                .queue
+                .drain(..)
+                .filter(|e| matches!(e, ToSwarm::Dial { opts } if opts.get_peer_id() == Some(peer)))
+                .count();
+            tokio::time::advance(Duration::from_millis(1_000)).await;
+        }
+        assert_eq!(dials, 2);
     }
 
     #[tokio::test]

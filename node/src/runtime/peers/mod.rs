@@ -4,8 +4,10 @@
 //! - [`manager`] — the `NetworkBehaviour` — the address book, redials, the connection
 //!   budget, mDNS dials, the radio's neighbours, DHT walk cadence, closing on request;
 //! - [`bootstrap`] — bootstrap redials with backoff (pure);
-//! - [`budget`] — which connections to prune above the target (pure).
+//! - [`budget`] — which connections to prune above the target (pure);
+//! - [`recovery`] — closing stalled links and dialling their peers back quickly (pure).
 
 pub mod bootstrap;
 pub mod budget;
 pub mod manager;
+pub mod recovery;
