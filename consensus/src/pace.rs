@@ -1,8 +1,8 @@
 //! How often a member ticks its raft group, adapted to its links.
 //!
 //! Raft's timeouts are counted in ticks ([`crate::group::Timing`]). At the base pace
-//! ([`BASE_TICK_MS`]) a member on a good link hears a heartbeat every 200 ms and starts an
-//! election after 500–1000 ms of silence, so a dead coordinator is replaced in about a second.
+//! ([`BASE_TICK_MS`]) a member on a good link hears a heartbeat every 100 ms and starts an
+//! election after 300–600 ms of silence, so a dead coordinator is replaced within a second.
 //! On a slow or lossy link (200 ms round trips, 10 % loss, where TCP holds every message
 //! behind a lost one until it is sent again) that silence happens while everybody is alive:
 //! the coordinator steps down ("quorum is not active") and the cluster falls apart. So the
@@ -24,7 +24,7 @@ use crate::group::{Timing, TICK_MS};
 
 /// The fastest pace: raft's timing as configured.
 pub const BASE_TICK_MS: u64 = TICK_MS;
-/// The slowest pace: 10 × the base (elections after 5–10 s on internet timing).
+/// The slowest pace: 10 × the base (elections after 3–6 s on internet timing).
 pub const MAX_TICK_MS: u64 = 10 * TICK_MS;
 /// Round trips remembered (the newest).
 pub const WINDOW: usize = 128;
@@ -129,10 +129,15 @@ impl RaftPace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::LAN_TIMING;
+
+    /// Elections after 5–10 ticks.
+    const TIMING: Timing = Timing {
+        heartbeat_ticks: 2,
+        election_ticks: 5,
+    };
 
     fn paced(round_trips: impl IntoIterator<Item = Option<u64>>) -> RaftPace {
-        let mut pace = RaftPace::new(LAN_TIMING);
+        let mut pace = RaftPace::new(TIMING);
         for rtt in round_trips {
             pace.sample(rtt);
         }
@@ -178,7 +183,7 @@ mod tests {
 
     #[test]
     fn ticks_come_at_the_pace_and_members_follow_the_coordinator() {
-        let mut pace = RaftPace::new(LAN_TIMING);
+        let mut pace = RaftPace::new(TIMING);
         pace.follow(300);
         let due: Vec<u64> = (0..10u64)
             .map(|i| i * 100)

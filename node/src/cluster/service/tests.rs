@@ -464,7 +464,7 @@ fn raft_messages_to_a_silent_member_stop_at_the_backlog_cap() {
         &mut out,
     );
     coordinator.settle(T0, &mut out);
-    // 10 s of heartbeats every 200 ms (before the silent member is removed, at 15 s).
+    // 10 s of heartbeats (before the silent member is removed, at 15 s).
     let mut now = T0;
     for _ in 0..100 {
         now += group::TICK_MS;
