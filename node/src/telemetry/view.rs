@@ -35,6 +35,10 @@ pub struct TelemetryView {
     pub received_at_ms: u64,
     pub age_ms: u64,
     pub stale: bool,
+    /// The origin's clock minus this node's when the record arrived (its signed timestamp
+    /// against the receipt time; transit time included): how far apart the two clocks are.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
     pub record: TelemetryRecord,
 }
 
@@ -155,6 +159,9 @@ fn row(peer_id: String, local: bool, t: ReceivedTelemetry, now: u64) -> Telemetr
         received_at_ms: t.received_at_ms,
         age_ms: now.saturating_sub(t.received_at_ms),
         stale: !local && t.is_stale(now),
+        clock_offset_ms: (!local).then(|| {
+            i64::try_from(i128::from(t.timestamp_ms) - i128::from(t.received_at_ms)).unwrap_or(0)
+        }),
         record: t.record,
     }
 }
