@@ -13,10 +13,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use common::vectors::{
+    cbor_array as array, cbor_bytes as bytes, cbor_map as map, cbor_text as text,
+    cbor_uint as uint, check_or_write, render, unhex,
+};
 use fogmesh_kv::sync::{SyncRequest, SyncResponse};
 use fogmesh_kv::tree::bucket_of;
 use fogmesh_kv::{key_id, Entry, Hlc, Merged, Slot, Version};
@@ -37,8 +42,6 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-const WRITE_ENV: &str = "FOGMESH_WRITE_VECTORS";
-const COMMAND: &str = "FOGMESH_WRITE_VECTORS=1 cargo test -p fogmesh --test kv_vectors --locked";
 /// The receiver's wall clock for every case (ms): 2027-01-15T08:00:00Z.
 const NOW_MS: u64 = 1_800_000_000_000;
 /// The same, in the Unix seconds tickets count in.
@@ -227,14 +230,6 @@ struct VerdictVector {
     verdict: String,
 }
 
-fn vectors_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/test-vectors/kv.json")
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    hex::decode(s).unwrap()
-}
-
 // ---------------------------------------------------------------------------------------
 // Keys
 // ---------------------------------------------------------------------------------------
@@ -280,46 +275,6 @@ fn key_vector(name: &str) -> KeyVector {
 // ---------------------------------------------------------------------------------------
 // CBOR, written and read byte by byte (independently of serde)
 // ---------------------------------------------------------------------------------------
-
-fn head(major: u8, arg: u64) -> Vec<u8> {
-    let m = major << 5;
-    match arg {
-        0..=23 => vec![m | arg as u8],
-        24..=0xff => vec![m | 24, arg as u8],
-        0x100..=0xffff => [vec![m | 25], (arg as u16).to_be_bytes().to_vec()].concat(),
-        0x1_0000..=0xffff_ffff => [vec![m | 26], (arg as u32).to_be_bytes().to_vec()].concat(),
-        _ => [vec![m | 27], arg.to_be_bytes().to_vec()].concat(),
-    }
-}
-
-fn uint(n: u64) -> Vec<u8> {
-    head(0, n)
-}
-
-fn text(s: &str) -> Vec<u8> {
-    [head(3, s.len() as u64), s.as_bytes().to_vec()].concat()
-}
-
-fn bytes(b: &[u8]) -> Vec<u8> {
-    [head(2, b.len() as u64), b.to_vec()].concat()
-}
-
-fn array(items: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = head(4, items.len() as u64);
-    for item in items {
-        out.extend(item);
-    }
-    out
-}
-
-fn map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut out = head(5, entries.len() as u64);
-    for (k, v) in entries {
-        out.extend(text(k));
-        out.extend(v);
-    }
-    out
-}
 
 const NULL: u8 = 0xf6;
 
@@ -1799,7 +1754,7 @@ fn generate() -> Vectors {
                       gives. Bytes are lowercase hex; `*_diag` fields are RFC 8949 \
                       diagnostic notation of the bytes next to them."
             .into(),
-        generated_by: COMMAND.into(),
+        generated_by: common::vectors::command("kv_vectors"),
         spec: "docs/kv.md".into(),
         topic: TOPIC.into(),
         protocol: PROTOCOL.into(),
@@ -1830,25 +1785,9 @@ fn generate() -> Vectors {
     }
 }
 
-fn render(v: &Vectors) -> String {
-    serde_json::to_string_pretty(v).unwrap() + "\n"
-}
-
 #[test]
 fn vectors_file_is_what_the_generator_produces() {
-    let generated = render(&generate());
-    let path = vectors_path();
-    if std::env::var_os(WRITE_ENV).is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        on_disk == generated,
-        "{} is out of date; regenerate with `{COMMAND}` and review the diff",
-        path.display()
-    );
+    check_or_write("kv.json", &render(&generate()), "kv_vectors");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1856,13 +1795,7 @@ fn vectors_file_is_what_the_generator_produces() {
 // ---------------------------------------------------------------------------------------
 
 fn read_vectors() -> Vectors {
-    // While regenerating, the file may be mid-write by the other test.
-    let text = if std::env::var_os(WRITE_ENV).is_some() {
-        render(&generate())
-    } else {
-        std::fs::read_to_string(vectors_path()).unwrap()
-    };
-    serde_json::from_str(&text).unwrap()
+    common::vectors::read("kv.json", || render(&generate()))
 }
 
 /// The entry a vector describes, built from its fields alone.

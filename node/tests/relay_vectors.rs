@@ -15,10 +15,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use common::vectors::{
+    cbor_bytes, cbor_map as map, cbor_text, cbor_uint, check_or_write, head, render, unhex,
+};
 use fogmesh_node::relay::packet::{
     self, AppPayload, Content, MAX_APP_DATA, MAX_APP_NAME, MAX_PACKET_LEN, MAX_TTL,
 };
@@ -38,8 +41,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
 use zeroize::Zeroizing;
 
-const WRITE_ENV: &str = "FOGMESH_WRITE_VECTORS";
-const COMMAND: &str = "FOGMESH_WRITE_VECTORS=1 cargo test -p fogmesh --test relay_vectors --locked";
 /// The receiving node's wall clock for every case: 2026-01-01T00:00:00Z.
 const NOW_MS: u64 = 1_767_225_600_000;
 /// When the origin made the vector messages: 1.5 s earlier, by its clock.
@@ -206,10 +207,6 @@ struct CaseVector {
     hop_answer: u8,
 }
 
-fn vectors_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/test-vectors/relay.json")
-}
-
 fn key(seed_byte: u8) -> Keypair {
     Keypair::ed25519_from_bytes([seed_byte; 32]).unwrap()
 }
@@ -222,47 +219,11 @@ fn h(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    hex::decode(s).unwrap()
-}
-
 fn arr32(bytes: &[u8]) -> [u8; 32] {
     bytes.try_into().unwrap()
 }
 
 // A minimal CBOR writer, so every byte is built without the relay's encoders.
-
-fn head(major: u8, arg: u64) -> Vec<u8> {
-    let m = major << 5;
-    match arg {
-        0..=23 => vec![m | arg as u8],
-        24..=0xff => vec![m | 24, arg as u8],
-        0x100..=0xffff => [vec![m | 25], (arg as u16).to_be_bytes().to_vec()].concat(),
-        0x1_0000..=0xffff_ffff => [vec![m | 26], (arg as u32).to_be_bytes().to_vec()].concat(),
-        _ => [vec![m | 27], arg.to_be_bytes().to_vec()].concat(),
-    }
-}
-
-fn cbor_uint(n: u64) -> Vec<u8> {
-    head(0, n)
-}
-
-fn cbor_text(s: &str) -> Vec<u8> {
-    [head(3, s.len() as u64), s.as_bytes().to_vec()].concat()
-}
-
-fn cbor_bytes(b: &[u8]) -> Vec<u8> {
-    [head(2, b.len() as u64), b.to_vec()].concat()
-}
-
-fn map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut out = head(5, entries.len() as u64);
-    for (k, v) in entries {
-        out.extend(cbor_text(k));
-        out.extend(v);
-    }
-    out
-}
 
 fn frame(ttl: u8, envelope: &[u8]) -> Vec<u8> {
     map(&[
@@ -854,7 +815,7 @@ fn generate() -> Vectors {
                       one packet of each kind, and packets with the outcome a receiving node \
                       must reach. Bytes are hex."
             .into(),
-        generated_by: COMMAND.into(),
+        generated_by: common::vectors::command("relay_vectors"),
         spec: "docs/relay.md".into(),
         protocol: PROTOCOL.into(),
         constants: Constants {
@@ -897,35 +858,13 @@ impl Constants {
     }
 }
 
-fn render(v: &Vectors) -> String {
-    serde_json::to_string_pretty(v).unwrap() + "\n"
-}
-
 #[test]
 fn vectors_file_is_what_the_generator_produces() {
-    let generated = render(&generate());
-    let path = vectors_path();
-    if std::env::var_os(WRITE_ENV).is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        on_disk == generated,
-        "{} is out of date; regenerate with `{COMMAND}` and review the diff",
-        path.display()
-    );
+    check_or_write("relay.json", &render(&generate()), "relay_vectors");
 }
 
 fn read_vectors() -> Vectors {
-    // While regenerating, the file may be mid-write by the other test.
-    let text = if std::env::var_os(WRITE_ENV).is_some() {
-        render(&generate())
-    } else {
-        std::fs::read_to_string(vectors_path()).unwrap()
-    };
-    serde_json::from_str(&text).unwrap()
+    common::vectors::read("relay.json", || render(&generate()))
 }
 
 struct Keys(Vec<(String, Keypair)>);

@@ -9,8 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
 
+use common::vectors::{
+    cbor_bytes, cbor_map as map, cbor_text, check_or_write, head, render, unhex,
+};
 use fogmesh_node::device::{DeviceClass, DeviceSummary, PowerMode, TransportPreference};
 use fogmesh_node::telemetry::record::{
     FreshnessPolicy, TelemetryRecord, TelemetryValidator, TELEMETRY_TOPIC,
@@ -22,9 +25,6 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const WRITE_ENV: &str = "FOGMESH_WRITE_VECTORS";
-const COMMAND: &str =
-    "FOGMESH_WRITE_VECTORS=1 cargo test -p fogmesh --test telemetry_vectors --locked";
 /// The receiver's clock for every case: 2026-01-01T00:00:00Z.
 const NOW_MS: u64 = 1_767_225_600_000;
 /// When the vector messages were published: 1.5 s before the receiver's clock.
@@ -88,10 +88,6 @@ struct CaseVector {
     verdict: String,
 }
 
-fn vectors_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/test-vectors/telemetry.json")
-}
-
 fn key(seed_byte: u8) -> Keypair {
     Keypair::ed25519_from_bytes([seed_byte; 32]).unwrap()
 }
@@ -101,25 +97,6 @@ fn peer(key: &Keypair) -> PeerId {
 }
 
 // A minimal CBOR writer, so invalid encodings can be built byte by byte.
-
-fn head(major: u8, arg: u64) -> Vec<u8> {
-    let m = major << 5;
-    match arg {
-        0..=23 => vec![m | arg as u8],
-        24..=0xff => vec![m | 24, arg as u8],
-        0x100..=0xffff => [vec![m | 25], (arg as u16).to_be_bytes().to_vec()].concat(),
-        0x1_0000..=0xffff_ffff => [vec![m | 26], (arg as u32).to_be_bytes().to_vec()].concat(),
-        _ => [vec![m | 27], arg.to_be_bytes().to_vec()].concat(),
-    }
-}
-
-fn cbor_text(s: &str) -> Vec<u8> {
-    [head(3, s.len() as u64), s.as_bytes().to_vec()].concat()
-}
-
-fn cbor_bytes(b: &[u8]) -> Vec<u8> {
-    [head(2, b.len() as u64), b.to_vec()].concat()
-}
 
 /// CBOR map entries: text key, encoded value.
 type Entries = Vec<(String, Vec<u8>)>;
@@ -158,15 +135,6 @@ impl Parts {
         self.signature = key.sign(&raw_signing_bytes(&self)).unwrap();
         self
     }
-}
-
-fn map(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = head(5, entries.len() as u64);
-    for (k, v) in entries {
-        out.extend(cbor_text(k));
-        out.extend(v);
-    }
-    out
 }
 
 /// The signing layout written out independently of `envelope::signing_bytes`, so the two
@@ -723,7 +691,7 @@ fn generate() -> Vectors {
                       ids, and cases (envelope, gossipsub author, receiver clock, last \
                       accepted seq) with the outcome each must get. Bytes are hex."
             .into(),
-        generated_by: COMMAND.into(),
+        generated_by: common::vectors::command("telemetry_vectors"),
         spec: "docs/telemetry.md".into(),
         topic: TELEMETRY_TOPIC.into(),
         keys: vec![key_vector("origin", &origin), key_vector("other", &other)],
@@ -732,40 +700,14 @@ fn generate() -> Vectors {
     }
 }
 
-fn render(v: &Vectors) -> String {
-    serde_json::to_string_pretty(v).unwrap() + "\n"
-}
-
 #[test]
 fn vectors_file_is_what_the_generator_produces() {
-    let generated = render(&generate());
-    let path = vectors_path();
-    if std::env::var_os(WRITE_ENV).is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &generated).unwrap();
-        return;
-    }
-    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        on_disk == generated,
-        "{} is out of date; regenerate with `{COMMAND}` and review the diff",
-        path.display()
-    );
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    hex::decode(s).unwrap()
+    check_or_write("telemetry.json", &render(&generate()), "telemetry_vectors");
 }
 
 #[test]
 fn implementation_passes_every_vector() {
-    // While regenerating, the file may be mid-write by the other test.
-    let text = if std::env::var_os(WRITE_ENV).is_some() {
-        render(&generate())
-    } else {
-        std::fs::read_to_string(vectors_path()).unwrap()
-    };
-    let v: Vectors = serde_json::from_str(&text).unwrap();
+    let v: Vectors = common::vectors::read("telemetry.json", || render(&generate()));
     assert_eq!(v.topic, TELEMETRY_TOPIC);
 
     let mut keys = std::collections::HashMap::new();

@@ -5,6 +5,8 @@
 //! for the tests that are about real sockets (ports, the control API, processes).
 #![allow(dead_code)]
 
+pub mod vectors;
+
 use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
