@@ -10,8 +10,10 @@
 //! percentile of the round trips measured on raft's own messages (each is acknowledged),
 //! a failed message counting as a round trip too long to measure; heartbeats slow with it.
 //!
-//! One pace per cluster: the coordinator sets it from its links to every member (up at once,
-//! down by at most 10 % per review, once a second) and sends it with every raft frame;
+//! One pace per cluster: the coordinator sets it from its links to every member (up by at
+//! most double per review, so a member's election timeout, still counted at the old pace,
+//! outlasts the next heartbeat at the new one; down by at most 10 %; once a second) and
+//! sends it with every raft frame;
 //! members follow the coordinator's (a member whose elections came sooner than the
 //! coordinator's heartbeats would keep asking for votes). Without a coordinator a member keeps
 //! the last pace it followed.
@@ -86,7 +88,7 @@ impl RaftPace {
     }
 
     /// As coordinator, at most once per [`REVIEW_EVERY_MS`]: moves the pace toward what the
-    /// links call for (up at once, down by at most 10 %). True if it changed.
+    /// links call for (up by at most double, down by at most 10 %). True if it changed.
     pub fn review(&mut self, now_ms: u64) -> bool {
         if now_ms.saturating_sub(self.last_review_at) < REVIEW_EVERY_MS {
             return false;
@@ -96,7 +98,7 @@ impl RaftPace {
             return false;
         };
         let next = if wanted >= self.tick_ms {
-            wanted
+            wanted.min(self.tick_ms.saturating_mul(2))
         } else {
             wanted.max(self.tick_ms - self.tick_ms / 10)
         };
@@ -164,17 +166,20 @@ mod tests {
     }
 
     #[test]
-    fn the_coordinator_slows_at_once_and_speeds_up_by_tenths() {
+    fn the_coordinator_slows_by_doubling_and_speeds_up_by_tenths() {
         let mut pace = paced((0..WINDOW).map(|_| Some(500)));
         assert!(pace.review(1_000));
-        assert_eq!(pace.tick_ms(), 400);
+        assert_eq!(pace.tick_ms(), 200);
         assert!(!pace.review(1_500), "once a second");
+        assert!(pace.review(2_000));
+        assert_eq!(pace.tick_ms(), 400);
+        assert!(!pace.review(3_000), "there");
         for _ in 0..WINDOW {
             pace.sample(Some(3));
         }
-        assert!(pace.review(2_000));
+        assert!(pace.review(4_000));
         assert_eq!(pace.tick_ms(), 360);
-        let mut now = 2_000;
+        let mut now = 4_000;
         while pace.review(now + 1_000) {
             now += 1_000;
         }

@@ -3,7 +3,9 @@
 //! "now" is where it matters (the replicated store's hybrid clocks).
 //!
 //! Each sample is one peer's raw wall clock minus ours at receipt (the message's transit
-//! time, milliseconds on a mesh, is ignored). The estimate is the median of this node's own
+//! time, milliseconds on a mesh, is ignored), taken only from what a direct neighbour sent
+//! of its own (the caller's rule): a peer has one sample however many keys it makes, and no
+//! relay can replay another's old timestamps into the estimate. The estimate is the median of this node's own
 //! offset (0) and the latest sample of every peer heard in the last [`SAMPLE_TTL_MS`] (the
 //! mean of the middle two for an even count). Every node sees roughly the same set of raw
 //! clocks, so every node steers to roughly the same reference, the median clock of the mesh:
@@ -52,22 +54,24 @@ impl MeshClock {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct ClockOffsets {
-    /// By peer: (their wall minus ours, when heard by our wall clock).
+    /// By peer: (their wall minus ours, when heard in node time).
     samples: HashMap<PeerId, (i64, u64)>,
     shared: MeshClock,
 }
 
 impl ClockOffsets {
-    /// `peer` stamped `their_ms` on something we received at our wall time `our_ms`.
-    pub fn sample(&mut self, peer: PeerId, their_ms: u64, our_ms: u64) {
+    /// `peer` stamped `their_ms` on something we received at our wall time `our_ms`, at
+    /// node time `at_ms` (expiry follows node time: a step of the wall clock keeps no stale
+    /// sample alive).
+    pub fn sample(&mut self, peer: PeerId, their_ms: u64, our_ms: u64, at_ms: u64) {
         if self.samples.len() >= MAX_SAMPLED_PEERS && !self.samples.contains_key(&peer) {
-            self.expire(our_ms);
+            self.expire(at_ms);
             if self.samples.len() >= MAX_SAMPLED_PEERS {
                 return;
             }
         }
         let offset = i64::try_from(i128::from(their_ms) - i128::from(our_ms)).unwrap_or(0);
-        self.samples.insert(peer, (offset, our_ms));
+        self.samples.insert(peer, (offset, at_ms));
     }
 
     /// One peer's latest offset (their clock minus ours), if it is fresh.
@@ -139,7 +143,12 @@ mod tests {
     fn offsets(peer_offsets: &[i64]) -> ClockOffsets {
         let mut c = ClockOffsets::default();
         for offset in peer_offsets {
-            c.sample(PeerId::random(), NOW.saturating_add_signed(*offset), NOW);
+            c.sample(
+                PeerId::random(),
+                NOW.saturating_add_signed(*offset),
+                NOW,
+                NOW,
+            );
         }
         c
     }
@@ -198,7 +207,7 @@ mod tests {
         assert_eq!(c.update(NOW), (c.estimate(NOW), true));
         assert_eq!(c.update(NOW).0.offset_ms, 5_000);
         assert!(!c.update(NOW).1);
-        c.sample(PeerId::random(), NOW + 5_100, NOW);
+        c.sample(PeerId::random(), NOW + 5_100, NOW, NOW);
         assert!(!c.update(NOW).1, "moved under the step");
     }
 
@@ -206,8 +215,8 @@ mod tests {
     fn the_furthest_peers_come_first() {
         let mut c = ClockOffsets::default();
         let (a, b) = (PeerId::random(), PeerId::random());
-        c.sample(a, NOW - 500, NOW);
-        c.sample(b, NOW + 90_000, NOW);
+        c.sample(a, NOW - 500, NOW, NOW);
+        c.sample(b, NOW + 90_000, NOW, NOW);
         assert_eq!(c.furthest(1, NOW), vec![(b, 90_000)]);
         assert_eq!(c.of(&a, NOW), Some(-500));
     }

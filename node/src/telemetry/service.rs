@@ -270,7 +270,7 @@ pub struct TelemetryService {
     /// the other capabilities (see [`crate::runtime::mesh_time`]).
     clock_offsets: ClockOffsets,
     mesh_clock: MeshClock,
-    /// Our wall clock when the estimate was last made.
+    /// Node time when the estimate was last made.
     mesh_clock_at_ms: u64,
     metrics: TelemetryMetrics,
 }
@@ -504,13 +504,12 @@ impl TelemetryService {
 
     /// Re-estimates mesh time (at most once a second: it sorts every peer's offset) and
     /// tells the other capabilities when it moved.
-    fn share_mesh_clock(&mut self, out: &mut Outbox) {
-        let wall_ms = out.wall_ms();
-        if wall_ms.abs_diff(self.mesh_clock_at_ms) < 1_000 {
+    fn share_mesh_clock(&mut self, now_ms: u64, out: &mut Outbox) {
+        if now_ms.abs_diff(self.mesh_clock_at_ms) < 1_000 {
             return;
         }
-        self.mesh_clock_at_ms = wall_ms;
-        let (estimate, moved) = self.clock_offsets.update(wall_ms);
+        self.mesh_clock_at_ms = now_ms;
+        let (estimate, moved) = self.clock_offsets.update(now_ms);
         if moved {
             let clock = estimate;
             if clock.offset_ms.abs() >= MESH_CLOCK_WARN_MS {
@@ -632,8 +631,12 @@ impl Capability for TelemetryService {
         // remember is when we received it (node time).
         let checked = self.validator.check(out.wall_ms(), msg.author, msg.data);
         if let Some((origin, stamped_ms)) = self.validator.take_stamp() {
-            self.clock_offsets.sample(origin, stamped_ms, out.wall_ms());
-            self.share_mesh_clock(out);
+            // Only a neighbour's own record: one sample per connection, none replayed.
+            if origin == msg.propagation_source {
+                self.clock_offsets
+                    .sample(origin, stamped_ms, out.wall_ms(), now_ms);
+                self.share_mesh_clock(now_ms, out);
+            }
         }
         match checked {
             Ok(mut accepted) => {
@@ -664,7 +667,7 @@ impl Capability for TelemetryService {
             PUBLISH => self.publish(now_ms, out),
             EXPIRE => {
                 self.expire(now_ms, out);
-                self.share_mesh_clock(out);
+                self.share_mesh_clock(now_ms, out);
             }
             _ => {}
         }

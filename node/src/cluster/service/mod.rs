@@ -386,7 +386,7 @@ pub struct ClusterService {
     durable: HashMap<Token, AfterDurable>,
     next_durable: Token,
     /// Raft messages awaiting their acknowledgement, by token: when each was sent (for the
-    /// pace's round trips). At most [`MAX_RAFT_IN_FLIGHT`]; beyond, messages go untimed.
+    /// pace's round trips). At most [`MAX_RAFT_IN_FLIGHT`]; beyond, new ones are dropped.
     raft_in_flight: HashMap<Token, (PeerId, u64)>,
     /// Raft messages awaiting their acknowledgement, by peer: at most
     /// [`MAX_RAFT_IN_FLIGHT_PER_PEER`]; beyond, new ones are dropped (raft sends again), so a

@@ -118,8 +118,8 @@ impl ClusterService {
             }) else {
                 continue;
             };
-            let to_peer = self.raft_in_flight_to.entry(peer).or_default();
-            if *to_peer >= MAX_RAFT_IN_FLIGHT_PER_PEER
+            let waiting = self.raft_in_flight_to.get(&peer).copied().unwrap_or(0);
+            if waiting >= MAX_RAFT_IN_FLIGHT_PER_PEER
                 || self.raft_in_flight.len() >= MAX_RAFT_IN_FLIGHT
             {
                 // The link is not keeping up: raft sends again what matters.
@@ -132,7 +132,7 @@ impl ClusterService {
                     let request = ClusterRequest::Raft {
                         frame: ByteBuf::from(frame),
                     };
-                    *to_peer += 1;
+                    *self.raft_in_flight_to.entry(peer).or_default() += 1;
                     self.next_raft_token = self.next_raft_token.wrapping_add(1);
                     let token = RAFT_TOKEN | (self.next_raft_token & !RAFT_TOKEN);
                     self.raft_in_flight.insert(token, (peer, now_ms));

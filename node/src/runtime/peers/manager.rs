@@ -47,7 +47,7 @@ use fogmesh_transports::secure::SecureChannel;
 use fogmesh_transports::LinkKind;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::capability::RadioPolicy;
+use crate::runtime::capability::{duration_ms, RadioPolicy};
 use crate::runtime::clock::Clock;
 use crate::runtime::peers::bootstrap::{BootstrapDialer, FailedDial};
 use crate::runtime::peers::budget::{self as connection_budget, Candidate};
@@ -318,10 +318,13 @@ pub struct PeerManager {
     answered: HashMap<ConnectionId, (PeerId, u64)>,
     /// Internet connections, which may be watched.
     watchable: HashSet<ConnectionId>,
+    /// When the stall check last ran (node time).
+    last_stall_check: u64,
 }
 
 impl PeerManager {
     pub fn new(config: PeerManagerConfig, metrics: PeerMetrics, clock: Clock) -> Self {
+        let started_ms = clock.now_ms();
         let mut rng = StdRng::from_entropy();
         let jitter = DHT_FIRST_WALK.mul_f64(rng.gen::<f64>());
         Self {
@@ -343,6 +346,7 @@ impl PeerManager {
             recovery: Recovery::default(),
             answered: HashMap::new(),
             watchable: HashSet::new(),
+            last_stall_check: started_ms,
             radio_only: false,
         }
     }
@@ -384,6 +388,7 @@ impl PeerManager {
             .collect();
         for peer in internet {
             self.metrics.policy_disconnects.inc();
+            self.recovery.connected(&peer);
             self.queue.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
                 connection: CloseConnection::All,
@@ -479,6 +484,8 @@ impl PeerManager {
             if reason == "ticket revoked" {
                 self.metrics.revoked_disconnects.inc();
             }
+            // Closed on purpose: not to be dialled back.
+            self.recovery.connected(peer);
             self.queue.push_back(ToSwarm::CloseConnection {
                 peer_id: *peer,
                 connection: CloseConnection::All,
@@ -499,9 +506,18 @@ impl PeerManager {
         }
     }
 
-    /// Closes the connections that answered no ping for [`recovery::STALL_AFTER_MS`].
+    /// Closes the connections that answered no ping for [`recovery::STALL_AFTER_MS`]. After
+    /// a pause of this node itself (CPU starvation, a frozen container: ticks came late), the
+    /// silence was ours, and every connection's clock starts again.
     fn close_stalled(&mut self) {
         let now = self.clock.now_ms();
+        let last = std::mem::replace(&mut self.last_stall_check, now);
+        if now.saturating_sub(last) > 3 * duration_ms(TICK) {
+            for (_, at) in self.answered.values_mut() {
+                *at = now;
+            }
+            return;
+        }
         let stalled: Vec<(ConnectionId, PeerId)> = self
             .answered
             .iter()
@@ -534,7 +550,10 @@ impl PeerManager {
         }
         tracing::info!(%peer, "closing a stalled connection: its pings went unanswered");
         self.metrics.stalled_closed.inc();
-        self.recovery.lost(peer, addrs, now);
+        // Its other connection, if any, carries on (and is judged by its own pings).
+        if self.live.get(&peer).is_some_and(|l| l.connections <= 1) {
+            self.recovery.lost(peer, addrs, now);
+        }
         self.queue.push_back(ToSwarm::CloseConnection {
             peer_id: peer,
             connection: CloseConnection::One(connection),
@@ -729,6 +748,7 @@ impl PeerManager {
         for peer in internet.into_iter().chain(radio) {
             tracing::debug!(%peer, connected = self.live.len(), "pruning surplus connection");
             self.metrics.pruned.inc();
+            self.recovery.connected(&peer);
             self.queue.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
                 connection: CloseConnection::All,
@@ -1105,13 +1125,20 @@ mod tests {
                 })
                 .count()
         };
-        // Answering: kept.
+        // The node itself paused (no tick for 20 s): the silence was its own, nothing closes.
         pm.on_pong(peer, connection);
-        tokio::time::advance(Duration::from_millis(recovery::STALL_AFTER_MS - 1_000)).await;
+        pm.on_tick();
+        tokio::time::advance(Duration::from_secs(20)).await;
         pm.on_tick();
         assert_eq!(closes(&mut pm), 0);
-        // Silent past the bound: closed, once.
-        tokio::time::advance(Duration::from_millis(2_000)).await;
+        // Ticking every second: kept while within the bound...
+        for _ in 0..recovery::STALL_AFTER_MS / 1_000 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            pm.on_tick();
+        }
+        assert_eq!(closes(&mut pm), 0);
+        // ...and closed, once, past it.
+        tokio::time::advance(Duration::from_secs(1)).await;
         pm.on_tick();
         assert_eq!(closes(&mut pm), 1);
         pm.on_tick();
