@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use fogmesh_consensus::group::{founding_storage, raft_logger, ClusterNode, Output, LAN_TIMING};
 use fogmesh_consensus::pace::{RaftPace, BASE_TICK_MS};
@@ -35,25 +35,6 @@ enum Packet {
     Ack { to: u64, sent_at: u64 },
 }
 
-/// Ordered by (time, sequence) alone.
-struct InFlight(Packet);
-impl PartialEq for InFlight {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for InFlight {}
-impl PartialOrd for InFlight {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for InFlight {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
-}
-
 struct Member {
     node: ClusterNode,
     pace: RaftPace,
@@ -64,7 +45,9 @@ struct Sim {
     now: u64,
     adaptive: bool,
     members: BTreeMap<u64, Member>,
-    wire: BinaryHeap<Reverse<(u64, u64, InFlight)>>,
+    /// Arrivals by (time, sequence); the packets themselves by sequence.
+    wire: BinaryHeap<Reverse<(u64, u64)>>,
+    packets: HashMap<u64, Packet>,
     seq: u64,
     /// Per directed link: when its last packet arrives (TCP delivers in order).
     link_free: BTreeMap<(u64, u64), u64>,
@@ -93,6 +76,7 @@ impl Sim {
             adaptive,
             members,
             wire: BinaryHeap::new(),
+            packets: HashMap::new(),
             seq: 0,
             link_free: BTreeMap::new(),
             led_terms: BTreeMap::new(),
@@ -117,7 +101,8 @@ impl Sim {
     fn send(&mut self, from: u64, to: u64, packet: Packet) {
         let at = self.arrival(from, to);
         self.seq += 1;
-        self.wire.push(Reverse((at, self.seq, InFlight(packet))));
+        self.packets.insert(self.seq, packet);
+        self.wire.push(Reverse((at, self.seq)));
     }
 
     /// Takes a member's output: persists at once, sends its messages.
@@ -186,11 +171,12 @@ impl Sim {
         let end = self.now + ms;
         while self.now < end {
             self.now += 1;
-            while let Some(Reverse((at, _, _))) = self.wire.peek() {
-                if *at > self.now {
+            while let Some(Reverse((at, seq))) = self.wire.peek().copied() {
+                if at > self.now {
                     break;
                 }
-                let Reverse((_, _, InFlight(packet))) = self.wire.pop().unwrap();
+                self.wire.pop();
+                let packet = self.packets.remove(&seq).unwrap();
                 self.deliver(packet);
             }
             if self.now.is_multiple_of(BASE_TICK_MS) {
