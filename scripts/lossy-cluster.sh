@@ -10,6 +10,9 @@
 #
 # Usage: scripts/lossy-cluster.sh [BIN] [LOSS] [WATCH_S] [NODES]
 #   defaults: target/release/fogmesh, 10 (%), 120 (s), 3
+# With HEAL_AFTER_S set, the loss stops that many seconds into the watch (LOSS=100 makes it a
+# partition of every node from every other, then a heal); the streams each node dropped for
+# being at capacity are counted either way.
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/fogmesh}")
@@ -91,13 +94,21 @@ for i in $(seq 0 $((NODES - 1))); do
   ns="fm-loss-$i"
   ip netns exec "$ns" nft add table inet fmloss
   ip netns exec "$ns" nft add chain inet fmloss out '{ type filter hook output priority 0; policy accept; }'
-  ip netns exec "$ns" nft add rule inet fmloss out ip daddr 10.78.0.0/24 numgen random mod 100 \< "$LOSS" drop
+  if [ "$LOSS" -ge 100 ]; then
+    ip netns exec "$ns" nft add rule inet fmloss out ip daddr 10.78.0.0/24 drop
+  else
+    ip netns exec "$ns" nft add rule inet fmloss out ip daddr 10.78.0.0/24 numgen random mod 100 \< "$LOSS" drop
+  fi
 done
 
 terms=$(mktemp)
 leaderless=0
 left=0
-for _ in $(seq 1 "$WATCH_S"); do
+for second in $(seq 1 "$WATCH_S"); do
+  if [ "$second" = "${HEAL_AFTER_S:-none}" ]; then
+    for i in $(seq 0 $((NODES - 1))); do ip netns exec "fm-loss-$i" nft delete table inet fmloss; done
+    echo "healed after ${HEAL_AFTER_S} s"
+  fi
   v=$(view)
   echo "$v" | awk '$2 > 0 {print $2}' >>"$terms"
   # No node names a coordinator: the cluster has none right now.
@@ -111,5 +122,5 @@ echo "loss ${LOSS}% each way, ${NODES} nodes, watched ${WATCH_S} s"
 echo "terms: from $first to $last ($((last - first)) elections)"
 echo "seconds with no coordinator: $leaderless; node-seconds outside the cluster: $left"
 for i in $(seq 0 $((NODES - 1))); do
-  echo "node $i: $(grep -c 'left the cluster\|leaving' "$WORK/n$i.log" || true) leave lines, $(grep -c 'raft pace changed' "$WORK/n$i.log" || true) pace changes, $(grep 'raft pace changed' "$WORK/n$i.log" | tail -1 | grep -o 'tick_ms=[0-9]*' || true)"
+  echo "node $i: $(grep -c 'left the cluster\|leaving' "$WORK/n$i.log" || true) leave lines, $(grep -c 'raft pace changed' "$WORK/n$i.log" || true) pace changes, $(grep 'raft pace changed' "$WORK/n$i.log" | tail -1 | grep -o 'tick_ms=[0-9]*' || true), $(grep -c 'at capacity' "$WORK/n$i.log" || true) streams dropped at capacity, $(grep -c 'stalled connection' "$WORK/n$i.log" || true) stalled connections closed"
 done
