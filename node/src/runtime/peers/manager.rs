@@ -518,25 +518,30 @@ impl PeerManager {
             }
             return;
         }
-        let stalled: Vec<(ConnectionId, PeerId)> = self
-            .answered
-            .iter()
-            .filter(|(_, (_, at))| now.saturating_sub(*at) > recovery::STALL_AFTER_MS)
-            .map(|(connection, (peer, _))| (*connection, *peer))
-            .collect();
-        for (connection, peer) in stalled {
-            self.answered.remove(&connection);
-            self.on_stalled(peer, connection);
+        let mut stalled: HashMap<PeerId, Vec<ConnectionId>> = HashMap::new();
+        for (connection, (peer, at)) in &self.answered {
+            if now.saturating_sub(*at) > recovery::STALL_AFTER_MS {
+                stalled.entry(*peer).or_default().push(*connection);
+            }
+        }
+        for (peer, connections) in stalled {
+            for connection in &connections {
+                self.answered.remove(connection);
+            }
+            self.on_stalled(peer, connections);
         }
     }
 
-    /// `connection`'s link is stalled (a partition, a dead route). It is closed, since TCP
-    /// would only deliver again after its doubled retransmission timeouts, and the peer is
-    /// dialled again every 2 s with fresh connections ([`super::recovery`]).
-    fn on_stalled(&mut self, peer: PeerId, connection: ConnectionId) {
-        if !self.live.contains_key(&peer) {
+    /// `connections` of `peer` are stalled (a partition, a dead route). They are closed, since
+    /// TCP would only deliver again after its doubled retransmission timeouts, and unless the
+    /// peer keeps another connection that still answers, it is dialled again every 2 s with
+    /// fresh connections ([`super::recovery`]).
+    fn on_stalled(&mut self, peer: PeerId, connections: Vec<ConnectionId>) {
+        let Some(live) = self.live.get(&peer) else {
             return;
-        }
+        };
+        // A peer keeping another, answering connection is not lost: that one carries on.
+        let lost = connections.len() >= live.connections;
         let now = self.clock.now_ms();
         let mut addrs: Vec<Multiaddr> = self
             .registry
@@ -548,16 +553,17 @@ impl PeerManager {
                 addrs.push(live.addr.clone());
             }
         }
-        tracing::info!(%peer, "closing a stalled connection: its pings went unanswered");
-        self.metrics.stalled_closed.inc();
-        // Its other connection, if any, carries on (and is judged by its own pings).
-        if self.live.get(&peer).is_some_and(|l| l.connections <= 1) {
+        tracing::info!(%peer, connections = connections.len(), "closing stalled connections: their pings went unanswered");
+        if lost {
             self.recovery.lost(peer, addrs, now);
         }
-        self.queue.push_back(ToSwarm::CloseConnection {
-            peer_id: peer,
-            connection: CloseConnection::One(connection),
-        });
+        for connection in connections {
+            self.metrics.stalled_closed.inc();
+            self.queue.push_back(ToSwarm::CloseConnection {
+                peer_id: peer,
+                connection: CloseConnection::One(connection),
+            });
+        }
     }
 
     pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration) {
@@ -1109,24 +1115,32 @@ mod tests {
             role_override: Endpoint::Dialer,
             port_use: PortUse::New,
         };
-        let connection = ConnectionId::new_unchecked(7);
-        pm.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
-            peer_id: peer,
-            connection_id: connection,
-            endpoint: &endpoint,
-            failed_addresses: &[],
-            other_established: 0,
-        }));
+        // Two connections to the peer (a simultaneous dial), both silenced by the partition.
+        let connections = [
+            ConnectionId::new_unchecked(7),
+            ConnectionId::new_unchecked(8),
+        ];
+        for (i, connection) in connections.iter().enumerate() {
+            pm.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: peer,
+                connection_id: *connection,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: i,
+            }));
+        }
         let closes = |pm: &mut PeerManager| {
             pm.queue
                 .drain(..)
                 .filter(|e| {
-                    matches!(e, ToSwarm::CloseConnection { connection: CloseConnection::One(c), .. } if *c == connection)
+                    matches!(e, ToSwarm::CloseConnection { connection: CloseConnection::One(c), .. } if connections.contains(c))
                 })
                 .count()
         };
         // The node itself paused (no tick for 20 s): the silence was its own, nothing closes.
-        pm.on_pong(peer, connection);
+        for connection in connections {
+            pm.on_pong(peer, connection);
+        }
         pm.on_tick();
         tokio::time::advance(Duration::from_secs(20)).await;
         pm.on_tick();
@@ -1137,20 +1151,22 @@ mod tests {
             pm.on_tick();
         }
         assert_eq!(closes(&mut pm), 0);
-        // ...and closed, once, past it.
+        // ...and closed, once each, past it.
         tokio::time::advance(Duration::from_secs(1)).await;
         pm.on_tick();
-        assert_eq!(closes(&mut pm), 1);
+        assert_eq!(closes(&mut pm), 2);
         pm.on_tick();
         assert_eq!(closes(&mut pm), 0);
-        assert_eq!(pm.metrics().stalled_closed.get(), 1);
-        pm.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
-            peer_id: peer,
-            connection_id: connection,
-            endpoint: &endpoint,
-            cause: None,
-            remaining_established: 0,
-        }));
+        assert_eq!(pm.metrics().stalled_closed.get(), 2);
+        for (remaining, connection) in connections.iter().enumerate() {
+            pm.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id: peer,
+                connection_id: *connection,
+                endpoint: &endpoint,
+                cause: None,
+                remaining_established: 1 - remaining,
+            }));
+        }
         // Dialled again at once and every 2 s.
         let mut dials = 0;
         for _ in 0..4 {
