@@ -385,13 +385,12 @@ pub struct ClusterService {
     /// group's readies in flight and the API's call queue.
     durable: HashMap<Token, AfterDurable>,
     next_durable: Token,
-    /// Raft messages awaiting their acknowledgement, by token: when each was sent (for the
-    /// pace's round trips). At most [`MAX_RAFT_IN_FLIGHT`]; beyond, new ones are dropped.
+    /// Raft messages awaiting their acknowledgement, by token: to whom and when each was sent
+    /// (for the pace's round trips). At most [`MAX_RAFT_IN_FLIGHT`] in all and
+    /// [`MAX_RAFT_IN_FLIGHT_PER_PEER`] to one peer; beyond, new ones are dropped (raft sends
+    /// again), so a stalled link does not pile up streams that would all land at once when it
+    /// recovers.
     raft_in_flight: HashMap<Token, (PeerId, u64)>,
-    /// Raft messages awaiting their acknowledgement, by peer: at most
-    /// [`MAX_RAFT_IN_FLIGHT_PER_PEER`]; beyond, new ones are dropped (raft sends again), so a
-    /// stalled link does not pile up streams that would all land at once when it recovers.
-    raft_in_flight_to: HashMap<PeerId, usize>,
     next_raft_token: Token,
     epochs: u64,
     /// Fetches and result queries waiting for blobs read from disk, answered when the read
@@ -527,7 +526,6 @@ impl ClusterService {
             durable: HashMap::new(),
             next_durable: 1,
             raft_in_flight: HashMap::new(),
-            raft_in_flight_to: HashMap::new(),
             next_raft_token: 0,
             epochs: 0,
             blob_waiters: BTreeMap::new(),

@@ -118,7 +118,12 @@ impl ClusterService {
             }) else {
                 continue;
             };
-            let waiting = self.raft_in_flight_to.get(&peer).copied().unwrap_or(0);
+            // A count over at most MAX_RAFT_IN_FLIGHT entries, per message sent.
+            let waiting = self
+                .raft_in_flight
+                .values()
+                .filter(|(to, _)| *to == peer)
+                .count();
             if waiting >= MAX_RAFT_IN_FLIGHT_PER_PEER
                 || self.raft_in_flight.len() >= MAX_RAFT_IN_FLIGHT
             {
@@ -132,7 +137,6 @@ impl ClusterService {
                     let request = ClusterRequest::Raft {
                         frame: ByteBuf::from(frame),
                     };
-                    *self.raft_in_flight_to.entry(peer).or_default() += 1;
                     self.next_raft_token = self.next_raft_token.wrapping_add(1);
                     let token = RAFT_TOKEN | (self.next_raft_token & !RAFT_TOKEN);
                     self.raft_in_flight.insert(token, (peer, now_ms));
@@ -280,17 +284,8 @@ impl ClusterService {
             // nothing): forgotten after the request timeout.
             let timeout_ms =
                 crate::runtime::capability::duration_ms(crate::cluster::protocol::REQUEST_TIMEOUT);
-            let expired: Vec<Token> = self
-                .raft_in_flight
-                .iter()
-                .filter(|(_, (_, sent))| now_ms.saturating_sub(*sent) > timeout_ms)
-                .map(|(token, _)| *token)
-                .collect();
-            for token in expired {
-                if let Some((peer, _)) = self.raft_in_flight.remove(&token) {
-                    self.raft_sent_back(&peer);
-                }
-            }
+            self.raft_in_flight
+                .retain(|_, (_, sent)| now_ms.saturating_sub(*sent) <= timeout_ms);
             self.step(now_ms, out);
         } else if let Situation::Member(m) = &self.situation {
             if m.schedule_soon && m.group.is_leader() {
@@ -302,22 +297,12 @@ impl ClusterService {
     /// A raft message was acknowledged (`Some(true)`), timed out (`Some(false)`) or failed
     /// otherwise (`None`, not a round trip): one round trip for the pace.
     pub(super) fn raft_acknowledged(&mut self, now_ms: u64, token: Token, timed: Option<bool>) {
-        let Some((peer, sent_ms)) = self.raft_in_flight.remove(&token) else {
+        let Some((_, sent_ms)) = self.raft_in_flight.remove(&token) else {
             return;
         };
-        self.raft_sent_back(&peer);
         if let (Situation::Member(m), Some(delivered)) = (&mut self.situation, timed) {
             m.pace
                 .sample(delivered.then(|| now_ms.saturating_sub(sent_ms)));
-        }
-    }
-
-    fn raft_sent_back(&mut self, peer: &PeerId) {
-        if let Some(n) = self.raft_in_flight_to.get_mut(peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.raft_in_flight_to.remove(peer);
-            }
         }
     }
 

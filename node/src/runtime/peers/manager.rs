@@ -388,7 +388,7 @@ impl PeerManager {
             .collect();
         for peer in internet {
             self.metrics.policy_disconnects.inc();
-            self.recovery.connected(&peer);
+            self.recovery.forget(&peer);
             self.queue.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
                 connection: CloseConnection::All,
@@ -485,7 +485,7 @@ impl PeerManager {
                 self.metrics.revoked_disconnects.inc();
             }
             // Closed on purpose: not to be dialled back.
-            self.recovery.connected(peer);
+            self.recovery.forget(peer);
             self.queue.push_back(ToSwarm::CloseConnection {
                 peer_id: *peer,
                 connection: CloseConnection::All,
@@ -754,7 +754,7 @@ impl PeerManager {
         for peer in internet.into_iter().chain(radio) {
             tracing::debug!(%peer, connected = self.live.len(), "pruning surplus connection");
             self.metrics.pruned.inc();
-            self.recovery.connected(&peer);
+            self.recovery.forget(&peer);
             self.queue.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
                 connection: CloseConnection::All,
@@ -780,7 +780,7 @@ impl PeerManager {
             ConnectedPoint::Listener { send_back_addr, .. } => (send_back_addr.clone(), false),
         };
         self.bootstrap.connected(connection, peer);
-        self.recovery.connected(&peer);
+        self.recovery.forget(&peer);
         if !is_radio(endpoint.get_remote_address()) {
             self.watchable.insert(connection);
         }

@@ -111,8 +111,8 @@ impl Recovery {
         }
     }
 
-    /// `peer` is connected again: recovered.
-    pub fn connected(&mut self, peer: &PeerId) {
+    /// Stops recovering `peer`: it is connected again, or was closed on purpose.
+    pub fn forget(&mut self, peer: &PeerId) {
         self.lost.remove(peer);
     }
 
@@ -148,7 +148,7 @@ mod tests {
         r.dial_failed(ConnectionId::new_unchecked(1));
         assert!(r.due(20_000, |_| true).is_empty(), "still connected");
         assert_eq!(r.due(20_000, |_| false).len(), 1);
-        r.connected(&peer);
+        r.forget(&peer);
         assert!(!r.is_recovering(&peer));
         assert!(r.due(30_000, |_| false).is_empty());
     }
