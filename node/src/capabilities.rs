@@ -12,4 +12,5 @@ pub const ALL: &[Register] = &[
     crate::relay::register,
     crate::cluster::register,
     crate::kv::register,
+    crate::reach::register,
 ];

@@ -66,6 +66,15 @@ pub struct ConfigLayer {
     pub telemetry_expire_after: Option<Duration>,
     /// Most nodes whose telemetry is kept (the one heard from longest ago makes room).
     pub telemetry_max_origins: Option<usize>,
+    /// Find out whether this node is reachable (AutoNAT), reserve a slot on a relay when it
+    /// is not, and upgrade relayed connections to direct ones by hole punching (docs/nat.md).
+    pub nat_traversal: Option<bool>,
+    /// Relay for other nodes once this node is confirmed publicly reachable.
+    pub relay_service: Option<bool>,
+    /// Relay slots held for other nodes at once.
+    pub relay_max_reservations: Option<u32>,
+    /// Circuits relayed at once.
+    pub relay_max_circuits: Option<u32>,
 }
 
 impl ConfigLayer {
@@ -92,7 +101,11 @@ impl ConfigLayer {
             ticket,
             exempt_loopback,
             telemetry_expire_after,
-            telemetry_max_origins
+            telemetry_max_origins,
+            nat_traversal,
+            relay_service,
+            relay_max_reservations,
+            relay_max_circuits
         );
         self.simulate = match (self.simulate, other.simulate) {
             (Some(mine), Some(theirs)) => Some(mine.overlay(theirs)),
@@ -157,6 +170,10 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_EXEMPT_LOOPBACK",
     "FOGMESH_TELEMETRY_EXPIRE_AFTER",
     "FOGMESH_TELEMETRY_MAX_ORIGINS",
+    "FOGMESH_NAT_TRAVERSAL",
+    "FOGMESH_RELAY_SERVICE",
+    "FOGMESH_RELAY_MAX_RESERVATIONS",
+    "FOGMESH_RELAY_MAX_CIRCUITS",
 ];
 
 /// The `FOGMESH_*` variables in `vars` this node does not know (a typo, a script's own
@@ -210,6 +227,14 @@ pub fn load_env(
             "FOGMESH_LOG" => layer.log = Some(value.clone()),
             "FOGMESH_MESH" => layer.mesh = Some(PathBuf::from(&value)),
             "FOGMESH_TICKET" => layer.ticket = Some(PathBuf::from(&value)),
+            "FOGMESH_NAT_TRAVERSAL" => layer.nat_traversal = Some(parse_bool(&value).map_err(err)?),
+            "FOGMESH_RELAY_SERVICE" => layer.relay_service = Some(parse_bool(&value).map_err(err)?),
+            "FOGMESH_RELAY_MAX_RESERVATIONS" => {
+                layer.relay_max_reservations = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+            }
+            "FOGMESH_RELAY_MAX_CIRCUITS" => {
+                layer.relay_max_circuits = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+            }
             "FOGMESH_EXEMPT_LOOPBACK" => {
                 layer.exempt_loopback = Some(parse_bool(&value).map_err(err)?)
             }
@@ -376,6 +401,10 @@ pub struct Settings {
     pub exempt_loopback: bool,
     pub telemetry_expire_after: Duration,
     pub telemetry_max_origins: usize,
+    pub nat_traversal: bool,
+    pub relay_service: bool,
+    pub relay_max_reservations: u32,
+    pub relay_max_circuits: u32,
 }
 
 /// Where a node finds its mesh's public description and its own ticket.
@@ -448,6 +477,10 @@ impl Settings {
                 .telemetry_expire_after
                 .unwrap_or(Duration::from_secs(30 * 60)),
             telemetry_max_origins: layer.telemetry_max_origins.unwrap_or(4096),
+            nat_traversal: layer.nat_traversal.unwrap_or(true),
+            relay_service: layer.relay_service.unwrap_or(true),
+            relay_max_reservations: layer.relay_max_reservations.unwrap_or(64),
+            relay_max_circuits: layer.relay_max_circuits.unwrap_or(32),
         }
     }
 
@@ -544,6 +577,16 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 # ago makes room for a new one).
 # telemetry_expire_after = "30m"
 # telemetry_max_origins = 4096
+
+# Internet reach (docs/nat.md): find out whether this node is reachable from the internet
+# (AutoNAT v2), reserve a slot on a relay when it is not, and turn relayed connections into
+# direct ones by hole punching where both NATs allow it.
+# nat_traversal = true
+# Relay for other nodes, once this node is confirmed publicly reachable; bounded by these
+# (per peer: 2 slots and 4 circuits; a circuit lasts at most 30 min and carries at most 32 MiB).
+# relay_service = true
+# relay_max_reservations = 64
+# relay_max_circuits = 32
 
 # How often the device (battery, temperature, load) is re-sensed; every 5 s at most while the
 # battery is low or the device is warm.

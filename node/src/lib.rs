@@ -19,6 +19,7 @@ pub mod kv;
 pub mod logging;
 pub mod memnet;
 pub mod node;
+pub mod reach;
 pub mod relay;
 pub mod revocations;
 pub mod runtime;

@@ -412,6 +412,10 @@ impl MemNet {
             bootstrap: Some(bootstrap),
             mdns: Some(false),
             quic: Some(false),
+            // In-process nodes all reach each other; a test that wants reachability checks,
+            // relays and hole punching turns them on with a tweak.
+            nat_traversal: Some(false),
+            relay_service: Some(false),
             telemetry_interval: Some(self.telemetry_interval),
             // The host's own battery and temperature would make the power mode (and with it
             // the telemetry cadence) differ from machine to machine; a mains-powered desktop

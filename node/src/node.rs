@@ -89,10 +89,11 @@ impl Network {
         keypair: &Keypair,
         channel: &SecureChannel,
         config: &TransportConfig,
+        relay: Option<libp2p::relay::client::Transport>,
     ) -> Result<BoxedTransport, TransportBuildError> {
         match self {
-            Network::Internet => build_transport(keypair, channel, config),
-            Network::Memory => build_memory_transport(keypair, channel, config),
+            Network::Internet => build_transport(keypair, channel, config, relay),
+            Network::Memory => build_memory_transport(keypair, channel, config, relay),
             Network::Radio(device) => {
                 secure_transport(keypair, channel, ble(device), config.upgrade_timeout)
             }
@@ -127,6 +128,12 @@ impl Network {
             Network::Offline(driver) => (driver.clone(), true),
         };
         Some(Radio { driver, discovers })
+    }
+
+    /// Whether circuits through relays (and so NAT traversal) can run: over internet
+    /// transports, real or in-process, not on a radio.
+    fn allows_relays(&self) -> bool {
+        matches!(self, Network::Internet | Network::Memory)
     }
 
     /// Whether mDNS may run: only beside real internet transports.
@@ -230,6 +237,10 @@ pub async fn start_with_capabilities(
         // in-process networks.
         settings.mdns = false;
     }
+    if !network.allows_relays() {
+        settings.nat_traversal = false;
+        settings.relay_service = false;
+    }
     let data_dir = settings.data_dir.clone();
     prepare_data_dir(&data_dir)?;
     let keypair = identity::load_or_create(&data_dir)?;
@@ -247,7 +258,13 @@ pub async fn start_with_capabilities(
             "QUIC is off: its handshake cannot carry tickets, so a closed mesh runs TCP only"
         );
     }
-    let transport = network.build(&keypair, &channel, &transport_config)?;
+    let (relay_transport, relay_client) = if settings.nat_traversal {
+        let (transport, behaviour) = libp2p::relay::client::new(peer_id);
+        (Some(transport), Some(behaviour))
+    } else {
+        (None, None)
+    };
+    let transport = network.build(&keypair, &channel, &transport_config, relay_transport)?;
 
     let mut metrics = MetricsRegistry::new();
     let libp2p_metrics = metrics.libp2p();
@@ -283,7 +300,14 @@ pub async fn start_with_capabilities(
     peer_metrics.register(metrics.fogmesh());
     let mut swarm = Swarm::new(
         transport,
-        behaviour::build(&keypair, &settings, peer_metrics, clock.clone(), rpc)?,
+        behaviour::build(
+            &keypair,
+            &settings,
+            peer_metrics,
+            clock.clone(),
+            rpc,
+            relay_client,
+        )?,
         peer_id,
         libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(600)),

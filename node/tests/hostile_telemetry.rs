@@ -53,6 +53,7 @@ fn attacker(key: &Keypair) -> Swarm<gossipsub::Behaviour> {
                 k,
                 &channel,
                 &TransportConfig::default(),
+                None,
             )?)
         })
         .unwrap()

@@ -11,6 +11,10 @@
 //!
 //! An open mesh admits anyone, so its TCP path also speaks libp2p's own `/noise`
 //! ([`secure::open`]): stock libp2p peers connect over TCP as they do over QUIC.
+//!
+//! A relayed connection (circuit relay v2, `/p2p-circuit` addresses) is a byte stream
+//! through a relay, so it goes through the same secure channel as TCP: the ticket check and
+//! the encryption run end to end between the two peers, and the relay sees ciphertext only.
 
 pub mod ble;
 pub mod secure;
@@ -23,7 +27,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{Boxed, MemoryTransport, OptionalTransport};
 use libp2p::identity::Keypair;
-use libp2p::{dns, quic, tcp, yamux, PeerId, Transport};
+use libp2p::{dns, quic, relay, tcp, yamux, PeerId, Transport};
 
 use secure::open::OpenSecurity;
 use secure::SecureChannel;
@@ -92,17 +96,19 @@ pub fn quic_enabled(config: &TransportConfig, channel: &SecureChannel) -> bool {
     config.quic && !channel.policy().requires_tickets()
 }
 
-/// Builds the internet-side transport stack for `keypair`, secured by `channel`.
+/// Builds the internet-side transport stack for `keypair`, secured by `channel`; with
+/// `relay`, `/p2p-circuit` addresses are dialled and listened on through relays too.
 pub fn build_transport(
     keypair: &Keypair,
     channel: &SecureChannel,
     config: &TransportConfig,
+    relay: Option<relay::client::Transport>,
 ) -> Result<BoxedTransport, TransportBuildError> {
     if !config.tcp && !quic_enabled(config, channel) {
         return Err(TransportBuildError::NothingEnabled);
     }
     if config.dns {
-        match dns::tokio::Transport::system(ip_stack(keypair, channel, config)?) {
+        match dns::tokio::Transport::system(ip_stack(keypair, channel, config, relay)?) {
             Ok(with_dns) => return Ok(with_dns.boxed()),
             // A device without a readable resolver configuration (some phones, minimal
             // containers) still works with IP multiaddrs, so DNS is best effort.
@@ -111,7 +117,7 @@ pub fn build_transport(
             }
         }
     }
-    ip_stack(keypair, channel, config)
+    ip_stack(keypair, channel, config, None)
 }
 
 /// Puts the node's security and multiplexing on any byte-stream transport: XK with tickets
@@ -141,31 +147,40 @@ where
 }
 
 /// The in-process transport (`/memory/<port>` addresses) with the real secure channel and
-/// yamux on top: what the in-memory test network runs on. Ports are process-wide.
+/// yamux on top: what the in-memory test network runs on. Ports are process-wide. With
+/// `relay`, circuits through relays run over it too.
 pub fn build_memory_transport(
     keypair: &Keypair,
     channel: &SecureChannel,
     config: &TransportConfig,
+    relay: Option<relay::client::Transport>,
 ) -> Result<BoxedTransport, TransportBuildError> {
     secure_transport(
         keypair,
         channel,
-        MemoryTransport::default(),
+        optional(relay).or_transport(MemoryTransport::default()),
         config.upgrade_timeout,
     )
+}
+
+fn optional<T>(transport: Option<T>) -> OptionalTransport<T> {
+    transport.map_or_else(OptionalTransport::none, OptionalTransport::some)
 }
 
 fn ip_stack(
     keypair: &Keypair,
     channel: &SecureChannel,
     config: &TransportConfig,
+    relay: Option<relay::client::Transport>,
 ) -> Result<BoxedTransport, TransportBuildError> {
-    let tcp_stack = if config.tcp {
-        let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp_stack = if config.tcp || relay.is_some() {
+        let tcp = config
+            .tcp
+            .then(|| tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)));
         OptionalTransport::some(secure_transport(
             keypair,
             channel,
-            tcp,
+            optional(relay).or_transport(optional(tcp)),
             config.upgrade_timeout,
         )?)
     } else {
@@ -216,7 +231,7 @@ mod tests {
             ..TransportConfig::default()
         };
         assert!(matches!(
-            build_transport(&key, &closed, &tcp_off),
+            build_transport(&key, &closed, &tcp_off, None),
             Err(TransportBuildError::NothingEnabled)
         ));
     }
@@ -234,7 +249,7 @@ mod tests {
             ..TransportConfig::default()
         };
         assert!(matches!(
-            build_transport(&Keypair::generate_ed25519(), &channel, &config),
+            build_transport(&Keypair::generate_ed25519(), &channel, &config, None),
             Err(TransportBuildError::OpenMesh(
                 secure::open::OpenSetupError::IdentityMismatch { .. }
             ))
@@ -255,7 +270,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            build_transport(&key, &channel, &config),
+            build_transport(&key, &channel, &config, None),
             Err(TransportBuildError::NothingEnabled)
         ));
     }

@@ -58,7 +58,7 @@ fn fogmesh(key: Keypair, policy: AdmissionPolicy) -> (Swarm<Probe>, SecureChanne
         dns: false,
         ..TransportConfig::default()
     };
-    let transport = build_transport(&key, &channel, &config).unwrap();
+    let transport = build_transport(&key, &channel, &config, None).unwrap();
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|_| transport)

@@ -27,6 +27,12 @@ pub(crate) struct RunArgs {
     /// Turn off QUIC (TCP only).
     #[arg(long)]
     no_quic: bool,
+    /// Relay for no other node, even when this one is publicly reachable.
+    #[arg(long)]
+    no_relay_service: bool,
+    /// No reachability checks, relay reservations or hole punching (docs/nat.md).
+    #[arg(long)]
+    no_nat_traversal: bool,
     /// Let handshakes from this machine skip the per-address rate limit and backoff (local
     /// testnets, where every node dials from 127.0.0.1).
     #[arg(long)]
@@ -124,6 +130,10 @@ impl RunArgs {
             // Config file and FOGMESH_* only: tuning, not something to type per run.
             telemetry_expire_after: None,
             telemetry_max_origins: None,
+            nat_traversal: self.no_nat_traversal.then_some(false),
+            relay_service: self.no_relay_service.then_some(false),
+            relay_max_reservations: None,
+            relay_max_circuits: None,
         }
     }
 }

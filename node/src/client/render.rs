@@ -555,11 +555,63 @@ pub fn render_status(s: &StatusView) -> String {
         ("clock", clock_line(s)),
         ("mesh", mesh_line(s)),
         ("handshakes", handshake_line(s)),
+        ("reach", reach_line(s)),
     ];
     for (k, v) in rows {
         t.add_row(vec![k.to_owned(), v]);
     }
     t.to_string()
+}
+
+/// Reachability with its evidence, relay slots, and what this node relays for others.
+fn reach_line(s: &StatusView) -> String {
+    let r = &s.reach;
+    if r.reachability.is_empty() || r.reachability == "off" {
+        return "NAT traversal off".into();
+    }
+    let mut lines = vec![r.reachability.clone()];
+    for a in &r.addresses {
+        lines.push(format!(
+            "{} {} ({} {} {} ago{})",
+            a.addr,
+            a.verdict,
+            if a.evidence.is_empty() || a.evidence == "dial-back" {
+                "dial-back by".to_owned()
+            } else {
+                format!("{}, last", a.evidence)
+            },
+            short_id(&a.server),
+            age(a.age_ms),
+            a.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    for slot in &r.reservations {
+        lines.push(format!(
+            "relay slot on {} ({}): {}",
+            short_id(&slot.relay),
+            slot.state,
+            slot.addr
+        ));
+    }
+    lines.push(format!(
+        "relays for others: {}{}; hole punches {} direct / {} failed",
+        if r.relay_service { "yes" } else { "no" },
+        if r.relay_service || r.relaying_circuits > 0 {
+            format!(
+                " ({}, {})",
+                plural(r.relaying_reservations, "slot", "slots"),
+                plural(r.relaying_circuits, "circuit", "circuits")
+            )
+        } else {
+            String::new()
+        },
+        r.hole_punches_ok,
+        r.hole_punches_failed
+    ));
+    lines.join("\n")
 }
 
 /// How far this node's clock is from the mesh's, and the peer furthest from it.
@@ -680,6 +732,7 @@ pub fn render_peers(p: &PeersResponse) -> String {
         "peer",
         "state",
         "address",
+        "path",
         "rtt",
         "clock",
         "device",
@@ -701,6 +754,11 @@ pub fn render_peers(p: &PeersResponse) -> String {
                 .clone()
                 .or_else(|| peer.known_addrs.first().cloned())
                 .unwrap_or_default(),
+            match (&peer.path, &peer.via) {
+                (Some(path), Some(via)) if path == "direct" => format!("direct ({via})"),
+                (Some(path), _) => path.clone(),
+                _ => String::new(),
+            },
             peer.rtt_ms
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_default(),

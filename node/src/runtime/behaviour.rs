@@ -1,4 +1,5 @@
-//! The swarm's behaviours: the peer manager beside the protocols every node speaks, and one
+//! The swarm's behaviours: the peer manager beside the protocols every node speaks, the
+//! NAT-traversal trio (AutoNAT v2, circuit relay v2, DCUtR: docs/nat.md), and one
 //! request-response behaviour carrying every capability's protocols ([`Rpc`]).
 
 use std::time::Duration;
@@ -6,7 +7,9 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, StreamProtocol};
+use libp2p::{
+    autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, ping, relay, StreamProtocol,
+};
 
 use crate::config::Settings;
 use crate::runtime::peers::manager::{PeerManager, PeerManagerConfig, PeerMetrics};
@@ -34,7 +37,38 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
+    /// Tests this node's addresses by asking peers to dial back (only confirmed addresses
+    /// are announced: docs/nat.md).
+    pub(crate) autonat: Toggle<autonat::v2::client::Behaviour>,
+    /// Dials peers back at the addresses they ask about.
+    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Reserves slots on relays and accepts circuits through them.
+    pub(crate) relay_client: Toggle<relay::client::Behaviour>,
+    /// Relays for others, once this node is confirmed publicly reachable.
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    /// Turns relayed connections into direct ones by hole punching.
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
     pub(crate) rpc: Rpc,
+}
+
+/// Per peer: relay slots held for it, circuits relayed for it.
+const RELAY_RESERVATIONS_PER_PEER: usize = 2;
+const RELAY_CIRCUITS_PER_PEER: usize = 4;
+/// A relayed circuit is closed after this long or this many bytes; the peers' connection
+/// is re-established (through a relay again, or directly) as any lost connection is.
+const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
+const RELAY_CIRCUIT_BYTES: u64 = 32 << 20;
+
+/// The relay service's bounds (docs/nat.md, "Relay limits").
+fn relay_config(settings: &Settings) -> relay::Config {
+    let mut config = relay::Config::default();
+    config.max_reservations = settings.relay_max_reservations as usize;
+    config.max_reservations_per_peer = RELAY_RESERVATIONS_PER_PEER;
+    config.max_circuits = settings.relay_max_circuits as usize;
+    config.max_circuits_per_peer = RELAY_CIRCUITS_PER_PEER;
+    config.max_circuit_duration = RELAY_CIRCUIT_DURATION;
+    config.max_circuit_bytes = RELAY_CIRCUIT_BYTES;
+    config
 }
 
 pub(crate) fn build(
@@ -43,6 +77,7 @@ pub(crate) fn build(
     peer_metrics: PeerMetrics,
     clock: crate::runtime::clock::Clock,
     rpc: Rpc,
+    relay_client: Option<relay::client::Behaviour>,
 ) -> Result<Behaviour, SetupError> {
     let peer_id = keypair.public().to_peer_id();
     let setup = |what: &'static str| move |e: String| SetupError::Failed { what, reason: e };
@@ -118,6 +153,30 @@ pub(crate) fn build(
             ping::Config::new()
                 .with_interval(crate::runtime::peers::recovery::PING_EVERY)
                 .with_timeout(crate::runtime::peers::recovery::PING_TIMEOUT),
+        ),
+        autonat: Toggle::from(
+            settings
+                .nat_traversal
+                .then(autonat::v2::client::Behaviour::default),
+        ),
+        autonat_server: Toggle::from(
+            settings
+                .nat_traversal
+                .then(autonat::v2::server::Behaviour::default),
+        ),
+        relay_client: Toggle::from(relay_client),
+        relay_server: Toggle::from(settings.relay_service.then(|| {
+            let mut server = relay::Behaviour::new(peer_id, relay_config(settings));
+            // Off until the reach capability says this node is publicly reachable: libp2p's
+            // own rule (any external address) would count the circuit addresses a node
+            // behind a NAT holds through its relays.
+            server.set_status(Some(relay::Status::Disable));
+            server
+        })),
+        dcutr: Toggle::from(
+            settings
+                .nat_traversal
+                .then(|| dcutr::Behaviour::new(peer_id)),
         ),
         rpc,
     })

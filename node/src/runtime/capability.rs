@@ -31,6 +31,7 @@ use libp2p::PeerId;
 
 use crate::runtime::events::NodeEvent;
 use crate::runtime::lifecycle::Phase;
+pub use crate::runtime::paths::PathFact;
 use crate::runtime::status::{PeerView, StatusView};
 
 /// Milliseconds of `d`, saturating: the unit capabilities count time in.
@@ -205,6 +206,19 @@ pub enum Effect {
     Notice(Notice),
     /// Run the radio this way.
     Radio(RadioPolicy),
+    /// Ask `relay` (at `relay_addr`, one of its addresses) for a slot, so peers reach this
+    /// node through it; the outcome comes back as [`PathFact`]s.
+    Reserve {
+        relay: PeerId,
+        relay_addr: libp2p::Multiaddr,
+    },
+    /// Give up this node's slot on `relay`.
+    Unreserve { relay: PeerId },
+    /// Relay for others, or stop (existing circuits run to their end).
+    RelayService(bool),
+    /// `addr` is confirmed to reach this node: announce it (identify) and let the relay
+    /// service run.
+    ConfirmAddress(libp2p::Multiaddr),
     /// What [`Capability::status`] shows changed: refresh the status view after this turn
     /// (it is refreshed every second anyway).
     RefreshStatus,
@@ -266,6 +280,16 @@ impl std::fmt::Debug for Effect {
             Effect::KeepLinks(peers) => f.debug_tuple("KeepLinks").field(peers).finish(),
             Effect::Notice(notice) => f.debug_tuple("Notice").field(notice).finish(),
             Effect::Radio(policy) => f.debug_tuple("Radio").field(policy).finish(),
+            Effect::Reserve { relay, relay_addr } => f
+                .debug_struct("Reserve")
+                .field("relay", relay)
+                .field("relay_addr", relay_addr)
+                .finish(),
+            Effect::Unreserve { relay } => {
+                f.debug_struct("Unreserve").field("relay", relay).finish()
+            }
+            Effect::RelayService(on) => f.debug_tuple("RelayService").field(on).finish(),
+            Effect::ConfirmAddress(addr) => f.debug_tuple("ConfirmAddress").field(addr).finish(),
             Effect::RefreshStatus => f.write_str("RefreshStatus"),
             Effect::StoreFailed(error) => f.debug_tuple("StoreFailed").field(error).finish(),
         }
@@ -296,6 +320,9 @@ pub enum Notice {
     },
     /// The lifecycle phase changed.
     Phase(Phase),
+    /// Something learned about the paths to other nodes (reachability, relays, hole
+    /// punches).
+    Path(PathFact),
     /// From one capability to the others.
     Shared(Shared),
 }
@@ -339,6 +366,7 @@ impl std::fmt::Debug for Notice {
                 .field("listen_addrs", listen_addrs)
                 .finish(),
             Notice::Phase(phase) => f.debug_tuple("Phase").field(phase).finish(),
+            Notice::Path(fact) => f.debug_tuple("Path").field(fact).finish(),
             Notice::Shared(_) => f.write_str("Shared(..)"),
         }
     }

@@ -33,8 +33,8 @@ use tokio::task::JoinHandle;
 
 use crate::runtime::behaviour::{Behaviour, BehaviourEvent};
 use crate::runtime::capability::{
-    Capability, Effect, GossipId, GossipIn, JobOutput, Lane, Notice, Outbox, PublishOutcome,
-    TimerId, Token, Verdict,
+    duration_ms, Capability, Effect, GossipId, GossipIn, JobOutput, Lane, Notice, Outbox, PathFact,
+    PublishOutcome, TimerId, Token, Verdict,
 };
 use crate::runtime::clock::Clock;
 use crate::runtime::events::{self, EventBus};
@@ -60,6 +60,8 @@ pub struct PhaseLabel {
 #[derive(Debug, Clone)]
 pub struct DriverMetrics {
     pub gossip_unrouted: prometheus_client::metrics::counter::Counter,
+    /// Peer addresses dropped as implausible for the link they were heard on.
+    pub addrs_dropped: prometheus_client::metrics::counter::Counter,
     /// Seconds one turn of the loop took: 5 µs to ~0.64 s in steps of 1.5x (longer turns
     /// land in the overflow bucket).
     pub turn: prometheus_client::metrics::histogram::Histogram,
@@ -76,6 +78,7 @@ impl Default for DriverMetrics {
     fn default() -> Self {
         Self {
             gossip_unrouted: Default::default(),
+            addrs_dropped: Default::default(),
             turn: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_005, 1.5, 30),
             ),
@@ -111,6 +114,11 @@ impl DriverMetrics {
             "gossip_unrouted",
             "Gossip messages on a topic no capability owns (rejected)",
             self.gossip_unrouted.clone(),
+        );
+        registry.register(
+            "peer_addrs_dropped",
+            "Addresses peers reported that are not kept: loopback or private addresses heard over a wider link, or undialable ones",
+            self.addrs_dropped.clone(),
         );
         registry.register(
             "lifecycle_phase",
@@ -174,6 +182,9 @@ pub(crate) struct Driver {
     events: EventBus,
     lifecycle: Lifecycle,
     listeners: HashSet<ListenerId>,
+    /// Listeners on relay circuits (a slot on each relay), apart from `listeners`: losing
+    /// them all is not losing the node's own listening.
+    circuits: HashMap<ListenerId, PeerId>,
     listen_addrs: Vec<libp2p::Multiaddr>,
     control_file: PathBuf,
     channel: SecureChannel,
@@ -229,6 +240,7 @@ impl Driver {
             events: p.events,
             lifecycle: p.lifecycle,
             listeners: p.listeners,
+            circuits: HashMap::new(),
             listen_addrs: Vec::new(),
             control_file: p.control_file,
             channel: p.channel,
@@ -398,8 +410,52 @@ impl Driver {
                 }
             }
             Effect::Radio(policy) => self.swarm.behaviour_mut().peers.set_radio_policy(policy),
+            Effect::Reserve { relay, relay_addr } => self.reserve(relay, relay_addr),
+            Effect::RelayService(on) => {
+                use libp2p::relay::Status;
+                if let Some(server) = self.swarm.behaviour_mut().relay_server.as_mut() {
+                    tracing::info!(serving = on, "relay service");
+                    server.set_status(Some(if on { Status::Enable } else { Status::Disable }));
+                }
+            }
+            Effect::ConfirmAddress(addr) => {
+                tracing::info!(%addr, "external address confirmed");
+                self.swarm.add_external_address(addr);
+            }
+            Effect::Unreserve { relay } => {
+                let ids: Vec<ListenerId> = self
+                    .circuits
+                    .iter()
+                    .filter(|(_, r)| **r == relay)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.swarm.remove_listener(id);
+                }
+            }
             Effect::RefreshStatus => self.status_dirty = true,
             Effect::StoreFailed(error) => self.store_failed(error),
+        }
+    }
+
+    /// Listens through `relay`: the relay client asks it for a slot on the connection we
+    /// have to it. The outcome comes back as path facts.
+    fn reserve(&mut self, relay: PeerId, relay_addr: libp2p::Multiaddr) {
+        use libp2p::multiaddr::Protocol;
+        let mut addr: libp2p::Multiaddr = relay_addr
+            .iter()
+            .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
+            .collect();
+        addr.push(Protocol::P2p(relay));
+        addr.push(Protocol::P2pCircuit);
+        match self.swarm.listen_on(addr) {
+            Ok(id) => {
+                self.circuits.insert(id, relay);
+            }
+            Err(error) => self.notify_all(&Notice::Path(PathFact::ReservationEnded {
+                relay,
+                reason: error.to_string(),
+            })),
         }
     }
 
@@ -492,8 +548,21 @@ impl Driver {
             SwarmEvent::ListenerClosed {
                 listener_id,
                 reason,
-                ..
+                addresses,
             } => {
+                for address in &addresses {
+                    self.listen_addrs.retain(|a| a != address);
+                }
+                if let Some(relay) = self.circuits.remove(&listener_id) {
+                    let reason = match reason {
+                        Ok(()) => "closed".to_owned(),
+                        Err(error) => error.to_string(),
+                    };
+                    tracing::info!(relay = %relay, %reason, "relay slot ended");
+                    self.local_changed();
+                    self.notify_all(&Notice::Path(PathFact::ReservationEnded { relay, reason }));
+                    return;
+                }
                 self.listeners.remove(&listener_id);
                 if let Err(error) = reason {
                     tracing::error!(%error, "listener closed");
@@ -552,19 +621,11 @@ impl Driver {
                     .peers
                     .on_mdns_expired(lost.into_iter().map(|(p, _)| p));
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                for addr in &info.listen_addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, addr.clone());
-                }
-                self.swarm.behaviour_mut().peers.on_identified(
-                    peer_id,
-                    info.listen_addrs,
-                    info.agent_version,
-                );
-            }
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => self.on_identified(peer_id, connection_id, info),
             BehaviourEvent::Identify(_) => {}
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -581,6 +642,65 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(_) => {}
+            BehaviourEvent::Autonat(event) => {
+                let (reachable, error) = match event.result {
+                    Ok(()) => (true, None),
+                    Err(error) => (false, Some(error.to_string())),
+                };
+                tracing::info!(addr = %event.tested_addr, server = %event.server, reachable, "address tested");
+                self.notify_all(&Notice::Path(PathFact::AddressTested {
+                    addr: event.tested_addr,
+                    server: event.server,
+                    reachable,
+                    error,
+                }));
+            }
+            BehaviourEvent::AutonatServer(event) => {
+                tracing::debug!(client = %event.client, addr = %event.tested_addr, ok = event.result.is_ok(), "dialled a peer back");
+            }
+            BehaviourEvent::RelayClient(event) => {
+                if let libp2p::relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                } = event
+                {
+                    if !renewal {
+                        tracing::info!(relay = %relay_peer_id, "relay slot reserved");
+                    }
+                    self.notify_all(&Notice::Path(PathFact::ReservationAccepted {
+                        relay: relay_peer_id,
+                        renewal,
+                    }));
+                }
+            }
+            BehaviourEvent::RelayServer(event) => {
+                if let Some(fact) = crate::runtime::paths::served(&event) {
+                    self.notify_all(&Notice::Path(fact));
+                }
+            }
+            BehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => {
+                let (ok, error) = match result {
+                    Ok(connection) => {
+                        self.swarm
+                            .behaviour_mut()
+                            .peers
+                            .on_hole_punched(remote_peer_id, connection);
+                        (true, None)
+                    }
+                    Err(error) => (false, Some(error.to_string())),
+                };
+                tracing::info!(peer_id = %remote_peer_id, ok, error, "hole punch ended");
+                self.notify_all(&Notice::Path(PathFact::HolePunch {
+                    peer: remote_peer_id,
+                    ok,
+                    error,
+                }));
+                self.publish_views();
+            }
             BehaviourEvent::Rpc(RpcEvent::Request { owner, request }) => {
                 self.with_capability(owner, |c, now, out| c.on_request(now, request, out));
             }
@@ -588,6 +708,74 @@ impl Driver {
                 self.with_capability(owner, |c, now, out| c.on_response(now, response, out));
             }
             BehaviourEvent::Limits(never) => match never {},
+        }
+    }
+
+    /// A peer told us its addresses and protocols. Only its addresses plausible for the
+    /// connection we heard them on are kept and passed to the DHT (`peers::hygiene`); one
+    /// that offers to relay is announced as such.
+    fn on_identified(
+        &mut self,
+        peer: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        info: identify::Info,
+    ) {
+        use crate::runtime::peers::hygiene;
+        let peers = &self.swarm.behaviour().peers;
+        let Some(via) = peers.connection_addr(&peer, connection).cloned() else {
+            return;
+        };
+        let dialled_in = peers.dialled_in(&peer, connection);
+        let reported = info.listen_addrs.len();
+        let addrs = hygiene::keep_plausible(info.listen_addrs, &via);
+        if addrs.len() < reported {
+            self.metrics
+                .addrs_dropped
+                .inc_by((reported - addrs.len()) as u64);
+        }
+        for addr in &addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        let offers_relay = info
+            .protocols
+            .iter()
+            .any(|p| *p == libp2p::relay::HOP_PROTOCOL_NAME);
+        if offers_relay {
+            // The address we reached it at first (when we dialled it), then what it reports.
+            let mut relay_addrs: Vec<_> = addrs
+                .iter()
+                .filter(|a| !hygiene::is_relayed(a))
+                .cloned()
+                .collect();
+            if self
+                .swarm
+                .behaviour()
+                .peers
+                .live()
+                .get(&peer)
+                .is_some_and(|l| l.dialer && !hygiene::is_relayed(&l.addr))
+            {
+                relay_addrs.insert(0, via.clone());
+            }
+            if !relay_addrs.is_empty() {
+                self.notify_all(&Notice::Path(PathFact::RelayOffered {
+                    relay: peer,
+                    addrs: relay_addrs,
+                }));
+            }
+        }
+        self.swarm
+            .behaviour_mut()
+            .peers
+            .on_identified(peer, addrs, info.agent_version);
+        if dialled_in {
+            self.notify_all(&Notice::Path(PathFact::DialledIn {
+                peer,
+                observed: info.observed_addr,
+            }));
         }
     }
 
@@ -739,7 +927,11 @@ impl Driver {
 
     async fn drain(&mut self) {
         self.apply_lifecycle(LifecycleInput::ShutdownRequested);
-        for id in self.listeners.drain() {
+        for id in self
+            .listeners
+            .drain()
+            .chain(self.circuits.drain().map(|(id, _)| id))
+        {
             self.swarm.remove_listener(id);
         }
         let mut batch = Batch::new();
@@ -798,6 +990,9 @@ impl Driver {
                 let mut view = PeerView {
                     device: None,
                     clock_offset_ms: None,
+                    path: live.map(|l| l.path().to_owned()),
+                    via: live.map(|l| l.via().as_str().to_owned()),
+                    direct_after_ms: live.and_then(|l| l.direct_after).map(duration_ms),
                     peer_id: peer.to_string(),
                     connected: live.is_some(),
                     connection_addr: live.map(|l| l.addr.to_string()),

@@ -22,6 +22,7 @@ pub mod handle;
 pub mod lifecycle;
 pub mod mesh_time;
 pub mod metrics;
+pub mod paths;
 pub mod peers;
 pub mod registration;
 pub mod rpc;

@@ -74,6 +74,57 @@ pub struct StatusView {
     /// How far this node's wall clock is from the mesh's (docs/kv.md, "Clocks").
     #[serde(default)]
     pub mesh_clock: MeshClockStatus,
+    /// Whether the node is reachable from the internet, its relay slots, and what it relays
+    /// for others (docs/nat.md).
+    #[serde(default)]
+    pub reach: ReachStatus,
+}
+
+/// Internet reach: filled by the reach capability.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReachStatus {
+    /// `public`, `private` or `unknown`: public once any address is confirmed reachable,
+    /// private once every tested address failed, unknown before any test ended.
+    pub reachability: String,
+    /// Each address tested, with its verdict and the evidence.
+    pub addresses: Vec<AddressReach>,
+    /// Relays this node holds a slot on (it is reachable through them).
+    pub reservations: Vec<RelaySlot>,
+    /// This node relays for others (it is publicly reachable and the service is on).
+    pub relay_service: bool,
+    /// Slots this node holds for others, and circuits it relays now.
+    pub relaying_reservations: u64,
+    pub relaying_circuits: u64,
+    /// Hole punches that ended in a direct connection, and those that did not.
+    pub hole_punches_ok: u64,
+    pub hole_punches_failed: u64,
+}
+
+/// One address's reachability.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddressReach {
+    pub addr: String,
+    /// `public` (a server dialled it back) or `private` (a server could not).
+    pub verdict: String,
+    /// Which peer said so (the dial-back server, or the last peer that dialled in), how
+    /// long ago, and its error if any.
+    pub server: String,
+    /// `dial-back` (AutoNAT v2) or `dialled in by N peers`.
+    #[serde(default)]
+    pub evidence: String,
+    pub age_ms: u64,
+    pub error: Option<String>,
+}
+
+/// A relay slot this node holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelaySlot {
+    pub relay: String,
+    /// The address peers reach this node at through the relay.
+    pub addr: String,
+    /// `pending` until the relay accepted, then `active`.
+    pub state: String,
+    pub renewals: u64,
 }
 
 /// The mesh-time estimate and the peers whose clocks are furthest from this node's.
@@ -127,6 +178,7 @@ impl StatusView {
             control_api_refused: 0,
             clock_offset_ms: 0,
             mesh_clock: MeshClockStatus::default(),
+            reach: ReachStatus::default(),
         }
     }
 }
@@ -148,6 +200,17 @@ pub struct PeerView {
     /// The peer's wall clock minus this node's, from its latest signed timestamp.
     #[serde(default)]
     pub clock_offset_ms: Option<i64>,
+    /// `direct` or `relayed` (through a circuit relay), if connected.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How the connection in use came about: `dialled`, `accepted`, `hole-punched`, or
+    /// `relay` for a relayed one.
+    #[serde(default)]
+    pub via: Option<String>,
+    /// From the first connection with the peer (this time it was connected) to the first
+    /// direct one, in ms: 0 when the first was direct.
+    #[serde(default)]
+    pub direct_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

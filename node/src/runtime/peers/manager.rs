@@ -51,6 +51,7 @@ use crate::runtime::capability::{duration_ms, RadioPolicy};
 use crate::runtime::clock::Clock;
 use crate::runtime::peers::bootstrap::{BootstrapDialer, FailedDial};
 use crate::runtime::peers::budget::{self as connection_budget, Candidate};
+use crate::runtime::peers::hygiene::is_relayed;
 use crate::runtime::peers::recovery::{self, Recovery};
 
 /// What the address book keeps about a peer.
@@ -264,13 +265,69 @@ impl PeerMetrics {
 /// What we know of a connected peer.
 #[derive(Debug, Clone)]
 pub struct LivePeer {
+    /// The address of the connection in use (a direct one if there is one).
     pub addr: Multiaddr,
     pub dialer: bool,
     pub rtt: Option<Duration>,
     pub since: Instant,
     /// When its newest connection was established.
     newest: Instant,
-    connections: usize,
+    /// Its open connections.
+    links: Vec<Link>,
+    /// From `since` to its first direct connection.
+    pub direct_after: Option<Duration>,
+}
+
+impl LivePeer {
+    /// `direct` when any connection is direct, else `relayed`.
+    pub fn path(&self) -> &'static str {
+        if self.links.iter().any(|l| !l.relayed) {
+            "direct"
+        } else {
+            "relayed"
+        }
+    }
+
+    /// How the connection in use came about.
+    pub fn via(&self) -> Via {
+        self.links
+            .iter()
+            .find(|l| !l.relayed)
+            .or(self.links.first())
+            .map_or(Via::Dialled, |l| l.via)
+    }
+}
+
+/// One open connection of a live peer.
+#[derive(Debug, Clone)]
+struct Link {
+    id: ConnectionId,
+    addr: Multiaddr,
+    dialer: bool,
+    relayed: bool,
+    via: Via,
+}
+
+/// How a connection came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Dialled,
+    Accepted,
+    /// Both ends dialled at once, coordinated over a relayed connection (DCUtR).
+    HolePunched,
+    /// Through a circuit relay.
+    Relay,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Dialled => "dialled",
+            Via::Accepted => "accepted",
+            Via::HolePunched => "hole-punched",
+            Via::Relay => "relay",
+        }
+    }
 }
 
 /// Why an internet connection was refused: the power policy wants Bluetooth only.
@@ -493,6 +550,36 @@ impl PeerManager {
         }
     }
 
+    /// The remote address of one of `peer`'s connections.
+    pub fn connection_addr(&self, peer: &PeerId, connection: ConnectionId) -> Option<&Multiaddr> {
+        self.live
+            .get(peer)?
+            .links
+            .iter()
+            .find(|l| l.id == connection)
+            .map(|l| &l.addr)
+    }
+
+    /// Whether `connection` of `peer` is a direct one the peer dialled.
+    pub fn dialled_in(&self, peer: &PeerId, connection: ConnectionId) -> bool {
+        self.live.get(peer).is_some_and(|l| {
+            l.links
+                .iter()
+                .any(|k| k.id == connection && !k.dialer && !k.relayed)
+        })
+    }
+
+    /// DCUtR made `connection` by hole punching.
+    pub fn on_hole_punched(&mut self, peer: PeerId, connection: ConnectionId) {
+        if let Some(link) = self
+            .live
+            .get_mut(&peer)
+            .and_then(|l| l.links.iter_mut().find(|l| l.id == connection))
+        {
+            link.via = Via::HolePunched;
+        }
+    }
+
     /// Identify told us a peer's listen addresses and agent.
     pub fn on_identified(&mut self, peer: PeerId, listen_addrs: Vec<Multiaddr>, agent: String) {
         self.note_peer(peer, listen_addrs, Some(agent));
@@ -541,7 +628,7 @@ impl PeerManager {
             return;
         };
         // A peer keeping another, answering connection is not lost: that one carries on.
-        let lost = connections.len() >= live.connections;
+        let lost = connections.len() >= live.links.len();
         let now = self.clock.now_ms();
         let mut addrs: Vec<Multiaddr> = self
             .registry
@@ -775,9 +862,24 @@ impl PeerManager {
                 transport: transport_of(endpoint.get_remote_address()),
             })
             .inc();
-        let (addr, dialer) = match endpoint {
-            ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
-            ConnectedPoint::Listener { send_back_addr, .. } => (send_back_addr.clone(), false),
+        let (addr, dialer, relayed) = match endpoint {
+            ConnectedPoint::Dialer { address, .. } => (address.clone(), true, is_relayed(address)),
+            ConnectedPoint::Listener {
+                send_back_addr,
+                local_addr,
+            } => (send_back_addr.clone(), false, is_relayed(local_addr)),
+        };
+        let via = match (relayed, dialer) {
+            (true, _) => Via::Relay,
+            (false, true) => Via::Dialled,
+            (false, false) => Via::Accepted,
+        };
+        let link = Link {
+            id: connection,
+            addr: addr.clone(),
+            dialer,
+            relayed,
+            via,
         };
         self.bootstrap.connected(connection, peer);
         self.recovery.forget(&peer);
@@ -786,8 +888,21 @@ impl PeerManager {
         }
         let now = Instant::now();
         if let Some(live) = self.live.get_mut(&peer) {
-            live.connections += 1;
             live.newest = now;
+            if !relayed && live.path() == "relayed" {
+                // The first direct connection: it becomes the one in use, and the relayed
+                // ones are closed (a relay's circuits are bounded; nothing needs them now).
+                live.direct_after.get_or_insert(now - live.since);
+                live.addr = addr;
+                live.dialer = dialer;
+                for old in live.links.iter().filter(|l| l.relayed) {
+                    self.queue.push_back(ToSwarm::CloseConnection {
+                        peer_id: peer,
+                        connection: CloseConnection::One(old.id),
+                    });
+                }
+            }
+            live.links.push(link);
             return;
         }
         self.live.insert(
@@ -798,7 +913,8 @@ impl PeerManager {
                 rtt: None,
                 since: now,
                 newest: now,
-                connections: 1,
+                links: vec![link],
+                direct_after: (!relayed).then_some(Duration::ZERO),
             },
         );
         self.metrics.connected.set(self.live.len() as i64);
@@ -832,7 +948,17 @@ impl PeerManager {
             .dec();
         if remaining > 0 {
             if let Some(live) = self.live.get_mut(&peer) {
-                live.connections = remaining;
+                live.links.retain(|l| l.id != connection);
+                let in_use = live
+                    .links
+                    .iter()
+                    .find(|l| !l.relayed)
+                    .or(live.links.first())
+                    .map(|l| (l.addr.clone(), l.dialer));
+                if let Some((addr, dialer)) = in_use {
+                    live.addr = addr;
+                    live.dialer = dialer;
+                }
             }
             return;
         }
