@@ -20,6 +20,8 @@
 pub mod bench;
 pub mod failover;
 pub mod kv_bench;
+pub mod nat_lab;
+pub mod netns;
 pub mod probe;
 pub mod procs;
 pub mod put_bench;
@@ -108,6 +110,30 @@ pub enum TestnetError {
     /// A benchmark could not run (its peer did not start, a port was not free).
     #[error("{0}")]
     Bench(String),
+    #[error(transparent)]
+    NatLab(#[from] NatLabError),
+}
+
+/// Why the NAT lab (docs/nat-lab.md) cannot be built or asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NatLabError {
+    #[error("the NAT lab needs Linux (network namespaces, nftables)")]
+    NotLinux,
+    #[error("the NAT lab needs root (it creates network namespaces and nftables rules); run it with sudo")]
+    NotRoot,
+    #[error("the NAT lab needs `{tool}`, which is not on PATH (Debian/Ubuntu: apt-get install -y {package})")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("bad lab layout {layout:?}: {reason}")]
+    BadLayout { layout: String, reason: String },
+    #[error("`{command}` failed: {reason}")]
+    Command { command: String, reason: String },
+    #[error("cannot find an unused lab id (namespaces fmlab-<id>-*) after {0} tries")]
+    NoLabId(usize),
+    #[error("the testnet in {0} is not a NAT lab (start one with `fogmesh testnet up --nat lab`)")]
+    NotALab(PathBuf),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TestnetError + '_ {

@@ -32,6 +32,10 @@ pub struct NodeEntry {
     /// Set by `testnet kill`, cleared by `testnet restart`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub killed: Option<KillMark>,
+    /// NAT lab nodes: the network namespace the node runs in (its control API is on that
+    /// namespace's 127.0.0.1, not this one's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl NodeEntry {
@@ -53,6 +57,91 @@ pub struct KillMark {
 pub struct TestnetState {
     pub created_at_ms: u64,
     pub nodes: Vec<NodeEntry>,
+    /// Set when the testnet is a NAT lab (`testnet up --nat lab`): what `down` must undo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lab: Option<LabRecord>,
+}
+
+/// Where a NAT lab node sits: on the lab's internet, or behind a router of some NAT kind
+/// (docs/nat-lab.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeKind {
+    /// A public address on the lab's internet, no NAT.
+    Public,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering (a home router).
+    PortRestricted,
+    /// Address-and-port-dependent mapping and filtering (a carrier-grade NAT).
+    Symmetric,
+}
+
+impl NodeKind {
+    pub const ALL: [NodeKind; 4] = [
+        NodeKind::Public,
+        NodeKind::FullCone,
+        NodeKind::PortRestricted,
+        NodeKind::Symmetric,
+    ];
+
+    /// The name used in layouts, reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeKind::Public => "public",
+            NodeKind::FullCone => "full-cone",
+            NodeKind::PortRestricted => "port-restricted",
+            NodeKind::Symmetric => "symmetric",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<NodeKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn is_nated(self) -> bool {
+        self != NodeKind::Public
+    }
+}
+
+impl std::fmt::Display for NodeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One node of a NAT lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabNodeRecord {
+    pub index: usize,
+    pub kind: NodeKind,
+    /// The namespace the node runs in (a public node's own, or the host behind a router).
+    pub namespace: String,
+    /// The router's namespace, for NATed nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+    /// The node's own address: public, or private behind its router.
+    pub addr: std::net::Ipv4Addr,
+    /// The address the lab's internet sees it as: its own, or its router's outside address.
+    pub external: std::net::Ipv4Addr,
+    pub peer_id: String,
+}
+
+/// What a NAT lab made, so `down` removes exactly that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabRecord {
+    /// The lab's id: every namespace it made is named `fmlab-<id>-...`.
+    pub id: String,
+    /// Every network namespace the lab created, in creation order. Recorded *before* each
+    /// is created, so an interrupted `up` leaves none that `down` does not know about.
+    pub namespaces: Vec<String>,
+    /// `ip` as found when the lab was built (`down` runs the same one).
+    pub ip: PathBuf,
+    /// The `fogmesh` binary, to ask nodes in their namespaces.
+    pub binary: PathBuf,
+    pub nodes: Vec<LabNodeRecord>,
+    /// The layout the lab was built from, as given to `--lab-layout`.
+    pub layout: String,
 }
 
 pub fn path(dir: &Path) -> PathBuf {
@@ -142,10 +231,32 @@ mod tests {
                     signal: "SIGKILL".into(),
                     at_ms: 6,
                 }),
+                namespace: Some("fmlab-ab12-nat0".into()),
             }],
+            lab: Some(LabRecord {
+                id: "ab12".into(),
+                namespaces: vec!["fmlab-ab12-inet".into(), "fmlab-ab12-nat0".into()],
+                ip: "/sbin/ip".into(),
+                binary: "/bin/fogmesh".into(),
+                nodes: vec![LabNodeRecord {
+                    index: 0,
+                    kind: NodeKind::Symmetric,
+                    namespace: "fmlab-ab12-nat0".into(),
+                    router: Some("fmlab-ab12-rtr0".into()),
+                    addr: std::net::Ipv4Addr::new(10, 1, 0, 2),
+                    external: std::net::Ipv4Addr::new(198, 18, 0, 100),
+                    peer_id: "12D3KooW".into(),
+                }],
+                layout: "public=0,symmetric=1".into(),
+            }),
         };
         save(dir.path(), &state).unwrap();
-        let node = &load(dir.path()).unwrap().unwrap().nodes[0];
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.lab, state.lab);
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(text.contains("\"kind\": \"symmetric\""), "{text}");
+        let node = &loaded.nodes[0];
+        assert_eq!(node.namespace.as_deref(), Some("fmlab-ab12-nat0"));
         assert_eq!(node.binary(), Some(Path::new("/bin/fogmesh")));
         assert_eq!(node.command, state.nodes[0].command);
         assert_eq!(node.killed, state.nodes[0].killed);

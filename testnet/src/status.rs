@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::probe::{self, Prober};
 use crate::procs::{self, FoundBy, NodeClues, NodeProcess};
-use crate::state::{self, KillMark, NodeEntry};
+use crate::state::{self, KillMark, LabRecord, NodeEntry};
 use crate::*;
 
 /// The live process of `node`, if one can be tied to it: the recorded one, or the one its
@@ -25,6 +25,22 @@ pub fn locate(node: &NodeEntry) -> Option<NodeProcess> {
         },
         procs::proc_info,
     )
+}
+
+/// Asks a node for its status: on this machine's loopback, or, for a NAT lab node, inside
+/// its network namespace (where its control API listens).
+pub(crate) async fn probe_status(
+    prober: &Prober,
+    lab: Option<&LabRecord>,
+    node: &NodeEntry,
+    control_port: u16,
+) -> Option<probe::StatusProbe> {
+    match (&node.namespace, lab) {
+        (Some(ns), Some(lab)) => {
+            crate::netns::query(&lab.ip, &lab.binary, ns, control_port, "status").await
+        }
+        _ => prober.status(control_port).await,
+    }
 }
 
 /// The fields of a node's `control.json` the testnet uses.
@@ -60,6 +76,9 @@ pub struct NodeRow {
     /// Radio testnets: the nodes this one hears, per the medium file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub radio_neighbours: Option<Vec<usize>>,
+    /// NAT lab nodes: the network namespace the node runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,7 +104,7 @@ pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
             _ => node.control_port,
         };
         let status = match live {
-            Some(_) => prober.status(control_port).await,
+            Some(_) => probe_status(&prober, record.lab.as_ref(), node, control_port).await,
             None => None,
         };
         rows.push(NodeRow {
@@ -105,6 +124,7 @@ pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
             radio_neighbours: radio_neighbours
                 .as_mut()
                 .and_then(|n| n.get_mut(node.index).map(std::mem::take)),
+            namespace: node.namespace.clone(),
         });
     }
     Ok(TestnetStatus {
@@ -116,7 +136,8 @@ pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
 pub fn render_status(s: &TestnetStatus) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
-    t.set_header(vec![
+    let lab = s.nodes.iter().any(|n| n.namespace.is_some());
+    let mut header = vec![
         "#",
         "pid",
         "peer",
@@ -128,7 +149,11 @@ pub fn render_status(s: &TestnetStatus) -> String {
         "api port",
         "rss",
         "radio neighbours",
-    ]);
+    ];
+    if lab {
+        header.push("namespace");
+    }
+    t.set_header(header);
     for n in &s.nodes {
         let (peer, phase, peers, tele, stale) = match &n.status {
             Some(st) => (
@@ -154,7 +179,7 @@ pub fn render_status(s: &TestnetStatus) -> String {
             Some(FoundBy::ControlFile) => format!("{}*", n.pid),
             _ => n.pid.to_string(),
         };
-        t.add_row(vec![
+        let mut row = vec![
             n.index.to_string(),
             pid,
             peer,
@@ -176,7 +201,11 @@ pub fn render_status(s: &TestnetStatus) -> String {
                         .join(",")
                 })
                 .unwrap_or_default(),
-        ]);
+        ];
+        if lab {
+            row.push(n.namespace.clone().unwrap_or_default());
+        }
+        t.add_row(row);
     }
     let mut out = t.to_string();
     if s.nodes

@@ -75,6 +75,12 @@ pub struct DownReport {
     #[serde(default)]
     pub survivors: Vec<u32>,
     pub removed_dir: bool,
+    /// NAT lab: network namespaces deleted.
+    #[serde(default)]
+    pub namespaces_deleted: usize,
+    /// NAT lab: namespaces that could not be deleted, with why.
+    #[serde(default)]
+    pub namespaces_left: Vec<(String, String)>,
 }
 
 impl fmt::Display for DownReport {
@@ -96,6 +102,19 @@ impl fmt::Display for DownReport {
         }
         if !self.survivors.is_empty() {
             write!(f, "; still running after SIGKILL: {:?}", self.survivors)?;
+        }
+        if self.namespaces_deleted > 0 {
+            write!(
+                f,
+                "; {} lab network namespaces deleted",
+                self.namespaces_deleted
+            )?;
+        }
+        for (name, why) in &self.namespaces_left {
+            write!(
+                f,
+                "; namespace {name} NOT deleted ({why}): `ip netns del {name}`"
+            )?;
         }
         if self.removed_dir {
             write!(f, "; testnet directory removed")?;
@@ -126,6 +145,22 @@ pub async fn down(dir: &Path, clean: bool) -> Result<DownReport, TestnetError> {
     report.stopped = stopped.cleanly.len();
     report.killed = stopped.killed.len();
     report.survivors = stopped.survivors.iter().map(|p| p.pid).collect();
+    if let Some(lab) = &record.lab {
+        // After the processes: a namespace lives on while a process runs inside it.
+        let present = lab
+            .namespaces
+            .iter()
+            .filter(|n| crate::netns::exists(n))
+            .count();
+        report.namespaces_left = crate::netns::delete(&lab.ip, &lab.namespaces).await;
+        report.namespaces_deleted = present.saturating_sub(report.namespaces_left.len());
+        tracing::info!(
+            lab = %lab.id,
+            deleted = report.namespaces_deleted,
+            left = report.namespaces_left.len(),
+            "lab namespaces deleted"
+        );
+    }
     state::remove(dir)?;
     if clean {
         std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
@@ -290,13 +325,17 @@ pub async fn restart(
     node.start_time = procs::start_time(node.pid);
     node.started_at_ms = Some(now_ms());
     node.killed = None;
-    let (pid, control_port, log_file) = (node.pid, node.control_port, node.log_file.clone());
+    let (pid, log_file) = (node.pid, node.log_file.clone());
+    let node = node.clone();
     state::save(dir, &record)?;
     tracing::info!(index, pid, "testnet node restarted");
 
     let prober = Prober::new();
     loop {
-        if prober.status(control_port).await.is_some() {
+        if probe_status(&prober, record.lab.as_ref(), &node, node.control_port)
+            .await
+            .is_some()
+        {
             return Ok(RestartReport {
                 index,
                 stopped_pid,

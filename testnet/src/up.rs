@@ -68,44 +68,7 @@ pub async fn up(
     } else {
         Some(create_mesh(options, &config).await?)
     };
-    let mut peer_ids = Vec::with_capacity(options.nodes);
-    for index in 0..options.nodes {
-        let data_dir = node_dir(dir, index);
-        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
-        let peer = run_tool(
-            options,
-            &config,
-            &["id", "--data-dir", &path_arg(&data_dir)],
-        )
-        .await?;
-        if let Some(mesh) = &mesh {
-            run_tool(
-                options,
-                &config,
-                &[
-                    "ticket",
-                    "issue",
-                    "--mesh-key",
-                    &path_arg(&mesh.root_key),
-                    "--peer",
-                    &peer,
-                    "--roles",
-                    // Node 0 also administers the store's `mesh` namespace (docs/admission.md).
-                    if index == 0 {
-                        "worker,coordinator,submitter,writer,admin"
-                    } else {
-                        "worker,coordinator,submitter,writer"
-                    },
-                    "--valid",
-                    "30d",
-                    "--out",
-                    &path_arg(&data_dir.join(TICKET_FILE)),
-                ],
-            )
-            .await?;
-        }
-        peer_ids.push(peer);
-    }
+    let peer_ids = prepare_nodes(options, &config, mesh.as_ref(), options.nodes).await?;
 
     let ports = allocate_ports(options.nodes)?;
     let medium = match options.radio {
@@ -125,6 +88,7 @@ pub async fn up(
     let mut record = TestnetState {
         created_at_ms: now_ms(),
         nodes: Vec::with_capacity(options.nodes),
+        lab: None,
     };
     let mut children = Vec::with_capacity(options.nodes);
     let started = Instant::now();
@@ -291,11 +255,55 @@ pub(crate) fn path_arg(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// Gives nodes `0..count` their data dir and identity ahead of time and, in a closed mesh, a
+/// ticket for it (node 0 also administers the store's `mesh` namespace); their PeerIds.
+pub(crate) async fn prepare_nodes(
+    options: &UpOptions,
+    config: &Path,
+    mesh: Option<&TestnetMesh>,
+    count: usize,
+) -> Result<Vec<String>, TestnetError> {
+    let mut peer_ids = Vec::with_capacity(count);
+    for index in 0..count {
+        let data_dir = node_dir(&options.dir, index);
+        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+        let peer = run_tool(options, config, &["id", "--data-dir", &path_arg(&data_dir)]).await?;
+        if let Some(mesh) = mesh {
+            run_tool(
+                options,
+                config,
+                &[
+                    "ticket",
+                    "issue",
+                    "--mesh-key",
+                    &path_arg(&mesh.root_key),
+                    "--peer",
+                    &peer,
+                    "--roles",
+                    // Node 0 also administers the store's `mesh` namespace (docs/admission.md).
+                    if index == 0 {
+                        "worker,coordinator,submitter,writer,admin"
+                    } else {
+                        "worker,coordinator,submitter,writer"
+                    },
+                    "--valid",
+                    "30d",
+                    "--out",
+                    &path_arg(&data_dir.join(TICKET_FILE)),
+                ],
+            )
+            .await?;
+        }
+        peer_ids.push(peer);
+    }
+    Ok(peer_ids)
+}
+
 /// The testnet's own mesh.
 #[derive(Debug, Clone)]
 pub(crate) struct TestnetMesh {
-    root_key: PathBuf,
-    description: PathBuf,
+    pub(crate) root_key: PathBuf,
+    pub(crate) description: PathBuf,
 }
 
 pub(crate) async fn create_mesh(
@@ -438,6 +446,7 @@ pub(crate) fn spawn_node(
             command: Some(command),
             started_at_ms: Some(now_ms()),
             killed: None,
+            namespace: None,
         },
         child,
     ))
