@@ -83,6 +83,35 @@ pub(crate) enum TestnetCommand {
         /// No internet transport on any node: Bluetooth LE on the simulated radio only.
         #[arg(long, requires = "radio")]
         offline: bool,
+        /// `lab`: the NAT lab instead of the loopback testnet: nodes in network namespaces
+        /// behind real kernel NATs (nftables) of several kinds, then a report of who
+        /// connected to whom and how (Linux, root; docs/nat-lab.md). It runs until `down`.
+        #[arg(long, value_enum, conflicts_with_all = ["nodes", "open", "radio", "offline"])]
+        nat: Option<testnet_lib::nat_lab::NatMode>,
+        /// The lab's nodes: public ones and NATed ones per kind (port-restricted, full-cone,
+        /// symmetric), e.g. `public=1,port-restricted=2,symmetric=1`.
+        #[arg(
+            long,
+            default_value = "public=2,port-restricted=2,full-cone=1,symmetric=2",
+            requires = "nat"
+        )]
+        lab_layout: testnet_lib::nat_lab::Layout,
+        /// The longest wait for the lab's NATed nodes to settle (every pair connected, no
+        /// relayed pair turning direct for `--settle-quiet`); the report is printed either way.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "nat")]
+        settle: Duration,
+        /// How long nothing may change (no pair connecting, no relayed pair turning direct)
+        /// before the lab counts as settled.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "nat")]
+        settle_quiet: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the NAT lab's report again: every pair with a NATed node, connected or not,
+    /// direct or relayed, how and how fast (see `testnet up --nat lab`).
+    NatReport {
+        #[command(flatten)]
+        dir: TestnetDir,
         #[arg(long)]
         json: bool,
     },
@@ -234,6 +263,62 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
     match cmd {
         TestnetCommand::Up {
             dir,
+            // clap refuses these beside --nat.
+            nodes: _,
+            telemetry_interval,
+            timeout,
+            profile,
+            open: _,
+            radio: _,
+            offline: _,
+            nat: Some(testnet_lib::nat_lab::NatMode::Lab),
+            lab_layout,
+            settle,
+            settle_quiet,
+            json,
+        } => {
+            let mut options =
+                testnet_lib::nat_lab::LabOptions::new(dir.dir.clone(), binary, lab_layout);
+            options.telemetry_interval = telemetry_interval;
+            options.profile = profile;
+            options.settle_timeout = settle;
+            options.quiet = settle_quiet;
+            options.answer_timeout = timeout;
+            let lab = testnet_lib::nat_lab::up(&options, |line| eprintln!("{line}"));
+            // Ctrl-C while the lab is being built or settles: undo all of it. (Once `up` has
+            // returned, the lab runs on until `testnet down`.)
+            let report = tokio::select! {
+                report = lab => report?,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("interrupted: tearing the lab down");
+                    match testnet_lib::down(&dir.dir, false).await {
+                        Ok(down) => eprintln!("{down}"),
+                        // Interrupted before anything was recorded: nothing was built.
+                        Err(testnet_lib::TestnetError::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    anyhow::bail!("interrupted");
+                }
+            };
+            if json {
+                print_line(&serde_json::to_string_pretty(&report)?)
+            } else {
+                print_line(&format!(
+                    "{}\nthe lab runs until `fogmesh testnet down --dir {}`; `fogmesh testnet nat-report --dir {}` asks again",
+                    testnet_lib::nat_lab::report::render(&report),
+                    dir.dir.display(),
+                    dir.dir.display()
+                ))
+            }
+        }
+        TestnetCommand::NatReport { dir, json } => {
+            let report = testnet_lib::nat_lab::lab_report(&dir.dir).await?;
+            print_out(json, &report, || {
+                testnet_lib::nat_lab::report::render(&report)
+            })
+        }
+        TestnetCommand::Up {
+            dir,
             nodes,
             telemetry_interval,
             timeout,
@@ -241,6 +326,10 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             open,
             radio,
             offline: _,
+            nat: None,
+            lab_layout: _,
+            settle: _,
+            settle_quiet: _,
             json,
         } => {
             let options = testnet_lib::UpOptions {
