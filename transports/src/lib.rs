@@ -66,6 +66,10 @@ pub struct TransportConfig {
     pub dns: bool,
     /// Upper bound for the security and muxer upgrade of one TCP connection.
     pub upgrade_timeout: Duration,
+    /// Upper bound for a TCP connect. A SYN that a NAT or firewall drops silently is
+    /// otherwise retried for minutes by the kernel; a dial-back test (AutoNAT) must fail
+    /// well within its 10 s to report the address unreachable.
+    pub connect_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -75,6 +79,7 @@ impl Default for TransportConfig {
             quic: true,
             dns: true,
             upgrade_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -86,6 +91,8 @@ pub enum TransportBuildError {
     NothingEnabled,
     #[error("open-mesh TCP security: {0}")]
     OpenMesh(#[from] secure::open::OpenSetupError),
+    #[error("DNS resolver configuration changed while the transport was built: {0}")]
+    Dns(String),
 }
 
 /// The boxed transport a swarm is built on.
@@ -107,17 +114,21 @@ pub fn build_transport(
     if !config.tcp && !quic_enabled(config, channel) {
         return Err(TransportBuildError::NothingEnabled);
     }
-    if config.dns {
-        match dns::tokio::Transport::system(ip_stack(keypair, channel, config, relay)?) {
-            Ok(with_dns) => return Ok(with_dns.boxed()),
-            // A device without a readable resolver configuration (some phones, minimal
-            // containers) still works with IP multiaddrs, so DNS is best effort.
-            Err(error) => {
-                tracing::warn!(%error, "system DNS configuration unreadable; /dns multiaddrs will not resolve")
-            }
-        }
+    let stack = ip_stack(keypair, channel, config, relay)?;
+    if !config.dns {
+        return Ok(stack);
     }
-    ip_stack(keypair, channel, config, None)
+    // Probe the resolver configuration first: a failed wrap would drop the stack, and with
+    // it the relay transport its relay behaviour must outlive.
+    if let Err(error) = dns::tokio::Transport::system(()) {
+        // A device without a readable resolver configuration (some phones, minimal
+        // containers) still works with IP multiaddrs, so DNS is best effort.
+        tracing::warn!(%error, "system DNS configuration unreadable; /dns multiaddrs will not resolve");
+        return Ok(stack);
+    }
+    dns::tokio::Transport::system(stack)
+        .map(|with_dns| with_dns.boxed())
+        .map_err(|e| TransportBuildError::Dns(e.to_string()))
 }
 
 /// Puts the node's security and multiplexing on any byte-stream transport: XK with tickets
@@ -174,9 +185,12 @@ fn ip_stack(
     relay: Option<relay::client::Transport>,
 ) -> Result<BoxedTransport, TransportBuildError> {
     let tcp_stack = if config.tcp || relay.is_some() {
-        let tcp = config
-            .tcp
-            .then(|| tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)));
+        let tcp = config.tcp.then(|| {
+            TransportTimeout::with_outgoing_timeout(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
+                config.connect_timeout,
+            )
+        });
         OptionalTransport::some(secure_transport(
             keypair,
             channel,

@@ -28,16 +28,19 @@ pub const MAX_OFFERS: usize = 32;
 pub const MAX_SLOTS: usize = 2;
 /// A relay whose slot ended (or was refused) is asked again after this.
 pub const RETRY_AFTER_MS: u64 = 30_000;
-/// Without any verdict this long after start (no server answered), slots are taken anyway:
-/// better reachable through a relay than not at all.
-pub const UNKNOWN_GRACE_MS: u64 = 20_000;
+/// Without any verdict this long after start, slots are taken anyway: better reachable
+/// through a relay than not at all. A dial-back to an address behind a NAT that drops it
+/// silently fails only at the server's dial timeout (20 s), so waiting for the verdict would
+/// keep a NATed node unreachable that long; a public node that took a slot gives it up at
+/// its first confirmed address.
+pub const UNKNOWN_GRACE_MS: u64 = 8_000;
 /// Distinct peers that must have dialled this node at one public address before it counts
 /// as reachable there without a dial-back test. AutoNAT v2 tests only through peers this
 /// node dialled, so a seed node that only ever accepts connections would otherwise never
 /// learn it is public (and never relay).
 pub const DIALLED_IN_QUORUM: usize = 2;
 /// How often the slots are reviewed besides on every fact.
-const REVIEW_EVERY_MS: u64 = 5_000;
+const REVIEW_EVERY_MS: u64 = 2_000;
 const REVIEW: TimerId = TimerId(0);
 
 /// The label of a test's verdict.
@@ -306,6 +309,11 @@ impl Reach {
             }
             PathFact::ReservationAccepted { relay, renewal } => {
                 if let Some(slot) = self.slots.get_mut(relay) {
+                    if !slot.active {
+                        // Reachable at a new address: walk the DHT, so peers that look for
+                        // this node find the circuit, and it finds those already reachable.
+                        out.push(Effect::WalkDht);
+                    }
                     slot.active = true;
                     if *renewal {
                         slot.renewals += 1;
@@ -339,13 +347,15 @@ impl Reach {
         self.review(now_ms, out);
     }
 
-    /// Keeps `tested` as the latest verdict for `addr` (the oldest goes beyond the bound).
+    /// Keeps `tested` as the latest verdict for `addr`. Beyond the bound the oldest
+    /// `private` verdict goes (a confirmed address is worth more than any failed one), and
+    /// only when every verdict is `public` the oldest of those.
     fn record(&mut self, now_ms: u64, addr: Multiaddr, tested: Tested, out: &mut Outbox) {
         if !self.tested.contains_key(&addr) && self.tested.len() >= MAX_TESTED {
             if let Some(oldest) = self
                 .tested
                 .iter()
-                .min_by_key(|(_, t)| t.at_ms)
+                .min_by_key(|(_, t)| (t.reachable, t.at_ms))
                 .map(|(a, _)| a.clone())
             {
                 self.tested.remove(&oldest);
@@ -661,6 +671,25 @@ mod tests {
         assert!(!reach
             .tested
             .contains_key(&addr("/ip4/198.18.0.101/tcp/1000")));
+    }
+
+    #[test]
+    fn a_confirmed_address_outlives_any_number_of_failed_ones() {
+        let (mut reach, mut out) = reach();
+        tested(&mut reach, 0, true, &mut out);
+        for i in 0..(MAX_TESTED as u16 * 3) {
+            reach.on_notice(
+                1 + u64::from(i),
+                &Notice::Path(PathFact::AddressTested {
+                    addr: addr(&format!("/ip4/198.18.0.101/tcp/{}", 1000 + i)),
+                    server: peer(),
+                    reachable: false,
+                    error: None,
+                }),
+                &mut out,
+            );
+        }
+        assert_eq!(reach.reachability(), Reachability::Public);
     }
 
     #[test]

@@ -59,7 +59,9 @@ const RELAY_CIRCUITS_PER_PEER: usize = 4;
 const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
 const RELAY_CIRCUIT_BYTES: u64 = 32 << 20;
 
-/// The relay service's bounds (docs/nat.md, "Relay limits").
+/// The relay service's bounds (docs/nat.md, "Relay limits"). Set field by field: the
+/// config has private fields (its rate limiters), so it cannot be built literally.
+#[allow(clippy::field_reassign_with_default)]
 fn relay_config(settings: &Settings) -> relay::Config {
     let mut config = relay::Config::default();
     config.max_reservations = settings.relay_max_reservations as usize;
@@ -147,7 +149,10 @@ pub(crate) fn build(
         mdns: Toggle::from(mdns),
         identify: identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())
-                .with_agent_version(format!("fogmesh/{VERSION}")),
+                .with_agent_version(format!("fogmesh/{VERSION}"))
+                // A new address (a relay slot, a confirmed external address) reaches the
+                // connected peers at once, not at the next identify round minutes later.
+                .with_push_listen_addr_updates(true),
         ),
         ping: ping::Behaviour::new(
             ping::Config::new()

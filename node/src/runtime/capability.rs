@@ -216,6 +216,9 @@ pub enum Effect {
     Unreserve { relay: PeerId },
     /// Relay for others, or stop (existing circuits run to their end).
     RelayService(bool),
+    /// Walk the DHT now (this node just became reachable at a new address: peers looking
+    /// find it, and it finds them).
+    WalkDht,
     /// `addr` is confirmed to reach this node: announce it (identify) and let the relay
     /// service run.
     ConfirmAddress(libp2p::Multiaddr),
@@ -289,6 +292,7 @@ impl std::fmt::Debug for Effect {
                 f.debug_struct("Unreserve").field("relay", relay).finish()
             }
             Effect::RelayService(on) => f.debug_tuple("RelayService").field(on).finish(),
+            Effect::WalkDht => f.write_str("WalkDht"),
             Effect::ConfirmAddress(addr) => f.debug_tuple("ConfirmAddress").field(addr).finish(),
             Effect::RefreshStatus => f.write_str("RefreshStatus"),
             Effect::StoreFailed(error) => f.debug_tuple("StoreFailed").field(error).finish(),

@@ -418,6 +418,10 @@ impl Driver {
                     server.set_status(Some(if on { Status::Enable } else { Status::Disable }));
                 }
             }
+            Effect::WalkDht => {
+                // Fails only without known peers: then there is nobody to find anyway.
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
             Effect::ConfirmAddress(addr) => {
                 tracing::info!(%addr, "external address confirmed");
                 self.swarm.add_external_address(addr);
@@ -739,10 +743,7 @@ impl Driver {
                 .kad
                 .add_address(&peer, addr.clone());
         }
-        let offers_relay = info
-            .protocols
-            .iter()
-            .any(|p| *p == libp2p::relay::HOP_PROTOCOL_NAME);
+        let offers_relay = info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME);
         if offers_relay {
             // The address we reached it at first (when we dialled it), then what it reports.
             let mut relay_addrs: Vec<_> = addrs
