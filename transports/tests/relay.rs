@@ -10,7 +10,7 @@ use std::time::Duration;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use relay_harness::{circuit, drive, listen, reserve, swarm, Mesh};
+use relay_harness::{circuit, drive, listen, relay_config, reserve, swarm, swarm_with, Mesh};
 
 fn is_relayed(endpoint: &ConnectedPoint) -> bool {
     let addr = match endpoint {
@@ -143,5 +143,68 @@ async fn a_relay_cannot_get_a_node_admitted_that_the_far_end_refuses() {
         before.refused.get("inbound.revoked").copied().unwrap_or(0) + 1,
         "B refused it as revoked: {:?}",
         after.refused
+    );
+}
+
+/// A relay asked for more slots than it holds refuses the rest, says why, and its own
+/// traffic goes on.
+#[tokio::test]
+async fn a_reservation_flood_is_refused_at_the_bound_and_the_relay_keeps_working() {
+    let mesh = Mesh::new();
+    let (relay_key, relay_policy) = mesh.member();
+    let relay = relay_key.public().to_peer_id();
+    let mut config = relay_config();
+    config.max_reservations = 2;
+    let (r, _) = swarm_with(relay_key, relay_policy, Some(config));
+    let mut swarms = vec![r];
+    for _ in 0..5 {
+        let (key, policy) = mesh.member();
+        swarms.push(swarm(key, policy, false).0);
+    }
+    let relay_addr = listen(&mut swarms, 0).await;
+    for holder in 1..swarms.len() {
+        swarms[holder]
+            .listen_on(circuit(&relay_addr, relay))
+            .unwrap();
+    }
+    let (mut accepted, mut refused, mut lost) = (0, 0, 0);
+    drive(&mut swarms, Duration::from_secs(10), |i, e| {
+        match e {
+            SwarmEvent::Behaviour(relay_harness::NodeEvent::RelayServer(
+                libp2p::relay::Event::ReservationReqAccepted { .. },
+            )) => accepted += 1,
+            SwarmEvent::Behaviour(relay_harness::NodeEvent::RelayServer(
+                libp2p::relay::Event::ReservationReqDenied { status, .. },
+            )) => {
+                assert!(
+                    matches!(status, libp2p::relay::StatusCode::ResourceLimitExceeded),
+                    "{status:?}"
+                );
+                refused += 1;
+            }
+            SwarmEvent::ListenerClosed { .. } if i > 0 => lost += 1,
+            _ => {}
+        }
+        accepted + refused == 5 && lost == 3
+    })
+    .await;
+    assert_eq!((accepted, refused, lost), (2, 3, 3));
+    // The relay still answers its own pings on every connection.
+    let mut pongs = std::collections::HashSet::new();
+    assert!(
+        drive(&mut swarms, Duration::from_secs(5), |i, e| {
+            if let SwarmEvent::Behaviour(relay_harness::NodeEvent::Ping(libp2p::ping::Event {
+                peer,
+                result: Ok(_),
+                ..
+            })) = e
+            {
+                if i == 0 {
+                    pongs.insert(*peer);
+                }
+            }
+            pongs.len() == 5
+        })
+        .await
     );
 }

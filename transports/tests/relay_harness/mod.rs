@@ -149,8 +149,26 @@ impl Mesh {
     }
 }
 
+/// The relay server's config in these swarms: circuits big and long enough for the
+/// benchmark.
+pub fn relay_config() -> relay::Config {
+    let mut config = relay::Config::default();
+    config.max_circuit_bytes = 64 << 20;
+    config.max_circuit_duration = Duration::from_secs(600);
+    config
+}
+
 /// A swarm with the node's stack; `relays` runs a relay server for others.
 pub fn swarm(key: Keypair, policy: AdmissionPolicy, relays: bool) -> (Swarm<Node>, SecureChannel) {
+    swarm_with(key, policy, relays.then(relay_config))
+}
+
+/// A swarm with the node's stack, relaying with `relay` if given.
+pub fn swarm_with(
+    key: Keypair,
+    policy: AdmissionPolicy,
+    relay: Option<relay::Config>,
+) -> (Swarm<Node>, SecureChannel) {
     let peer_id = key.public().to_peer_id();
     let mut config = SecureChannelConfig::new(policy);
     config.guard.exempt_loopback = true;
@@ -167,10 +185,7 @@ pub fn swarm(key: Keypair, policy: AdmissionPolicy, relays: bool) -> (Swarm<Node
         Some(relay_transport),
     )
     .unwrap();
-    let relay_server = relays.then(|| {
-        let mut config = relay::Config::default();
-        config.max_circuit_bytes = 64 << 20;
-        config.max_circuit_duration = Duration::from_secs(600);
+    let relay_server = relay.map(|config| {
         let mut server = relay::Behaviour::new(peer_id, config);
         server.set_status(Some(relay::Status::Enable));
         server
