@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{ping, request_response, Multiaddr, PeerId, Swarm};
-use relay_harness::{circuit, drive, listen, reserve, swarm, Mesh, Node, NodeEvent};
+use relay_harness::{drive, listen, reserve, trio, Mesh, Node, NodeEvent, Trio};
 
 const PINGS: usize = 30;
 const CHUNK: usize = 1 << 20;
@@ -91,19 +91,18 @@ async fn measure(swarms: &mut [Swarm<Node>], to: PeerId) -> Figures {
 
 async fn run(relayed: bool) -> Figures {
     let mesh = Mesh::new();
-    let (relay_key, relay_policy) = mesh.member();
-    let (b_key, b_policy) = mesh.member();
-    let (a_key, a_policy) = mesh.member();
-    let relay = relay_key.public().to_peer_id();
-    let b = b_key.public().to_peer_id();
-    let (r, _) = swarm(relay_key, relay_policy, true);
-    let (sb, _) = swarm(b_key, b_policy, false);
-    let (sa, _) = swarm(a_key, a_policy, false);
-    let mut swarms = [r, sb, sa];
-    let relay_addr = listen(&mut swarms, 0).await;
+    let trio = trio(&mesh, mesh.member(), mesh.member()).await;
+    let b_via_relay = trio.b_via_relay();
+    let Trio {
+        mut swarms,
+        relay,
+        relay_addr,
+        b,
+        ..
+    } = trio;
     let target: Multiaddr = if relayed {
         assert!(reserve(&mut swarms, 1, &relay_addr, relay).await);
-        circuit(&relay_addr, relay).with(Protocol::P2p(b))
+        b_via_relay
     } else {
         listen(&mut swarms, 1).await.with(Protocol::P2p(b))
     };

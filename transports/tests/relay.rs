@@ -10,7 +10,9 @@ use std::time::Duration;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use relay_harness::{circuit, drive, listen, relay_config, reserve, swarm, swarm_with, Mesh};
+use relay_harness::{
+    circuit, drive, listen, relay_config, reserve, swarm, swarm_with, trio, Mesh, Trio,
+};
 
 fn is_relayed(endpoint: &ConnectedPoint) -> bool {
     let addr = match endpoint {
@@ -23,24 +25,21 @@ fn is_relayed(endpoint: &ConnectedPoint) -> bool {
 #[tokio::test]
 async fn members_reach_each_other_through_a_relay_admitted_end_to_end() {
     let mesh = Mesh::new();
-    let (relay_key, relay_policy) = mesh.member();
-    let (b_key, b_policy) = mesh.member();
-    let (a_key, a_policy) = mesh.member();
-    let relay = relay_key.public().to_peer_id();
-    let b = b_key.public().to_peer_id();
-    let a = a_key.public().to_peer_id();
-    let (r, _) = swarm(relay_key, relay_policy, true);
-    let (sb, b_channel) = swarm(b_key, b_policy, false);
-    let (sa, a_channel) = swarm(a_key, a_policy, false);
-    let mut swarms = [r, sb, sa];
-    let relay_addr = listen(&mut swarms, 0).await;
+    let Trio {
+        mut swarms,
+        relay,
+        relay_addr,
+        b,
+        a,
+        b_channel,
+        a_channel,
+    } = trio(&mesh, mesh.member(), mesh.member()).await;
+    let b_via_relay = circuit(&relay_addr, relay).with(Protocol::P2p(b));
     // B listens nowhere but through the relay.
     assert!(reserve(&mut swarms, 1, &relay_addr, relay).await);
 
     let before = b_channel.stats().snapshot();
-    swarms[2]
-        .dial(circuit(&relay_addr, relay).with(Protocol::P2p(b)))
-        .unwrap();
+    swarms[2].dial(b_via_relay).unwrap();
     let (mut a_sees_b, mut b_sees_a) = (false, false);
     assert!(
         drive(&mut swarms, Duration::from_secs(10), |i, e| {
@@ -101,24 +100,23 @@ async fn members_reach_each_other_through_a_relay_admitted_end_to_end() {
 #[tokio::test]
 async fn a_relay_cannot_get_a_node_admitted_that_the_far_end_refuses() {
     let mesh = Mesh::new();
-    let (relay_key, relay_policy) = mesh.member();
-    let relay = relay_key.public().to_peer_id();
     let b_revocations = std::sync::Arc::default();
-    let (b_key, b_policy) = mesh.member_with(std::sync::Arc::clone(&b_revocations));
-    let b = b_key.public().to_peer_id();
-    let (revoked_key, revoked_policy) = mesh.member();
-    mesh.revoke(revoked_key.public().to_peer_id(), &b_revocations);
-    let (r, _) = swarm(relay_key, relay_policy, true);
-    let (sb, b_channel) = swarm(b_key, b_policy, false);
-    let (sr, _) = swarm(revoked_key, revoked_policy, false);
-    let mut swarms = [r, sb, sr];
-    let relay_addr = listen(&mut swarms, 0).await;
+    let revoked = mesh.member();
+    mesh.revoke(revoked.0.public().to_peer_id(), &b_revocations);
+    let b = mesh.member_with(std::sync::Arc::clone(&b_revocations));
+    let trio = trio(&mesh, b, revoked).await;
+    let b_via_relay = trio.b_via_relay();
+    let Trio {
+        mut swarms,
+        relay,
+        relay_addr,
+        b_channel,
+        ..
+    } = trio;
     assert!(reserve(&mut swarms, 1, &relay_addr, relay).await);
 
     let before = b_channel.stats().snapshot();
-    swarms[2]
-        .dial(circuit(&relay_addr, relay).with(Protocol::P2p(b)))
-        .unwrap();
+    swarms[2].dial(b_via_relay).unwrap();
     let mut relay_accepted = false;
     let failed = drive(&mut swarms, Duration::from_secs(10), |i, e| {
         relay_accepted |= i == 0
@@ -162,10 +160,8 @@ async fn a_reservation_flood_is_refused_at_the_bound_and_the_relay_keeps_working
         swarms.push(swarm(key, policy, false).0);
     }
     let relay_addr = listen(&mut swarms, 0).await;
-    for holder in 1..swarms.len() {
-        swarms[holder]
-            .listen_on(circuit(&relay_addr, relay))
-            .unwrap();
+    for holder in swarms.iter_mut().skip(1) {
+        holder.listen_on(circuit(&relay_addr, relay)).unwrap();
     }
     let (mut accepted, mut refused, mut lost) = (0, 0, 0);
     drive(&mut swarms, Duration::from_secs(10), |i, e| {

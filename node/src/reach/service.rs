@@ -565,10 +565,14 @@ mod tests {
     }
 
     fn tested(reach: &mut Reach, now: u64, reachable: bool, out: &mut Outbox) {
+        tested_at(reach, now, "/ip4/198.18.0.101/tcp/4747", reachable, out);
+    }
+
+    fn tested_at(reach: &mut Reach, now: u64, at: &str, reachable: bool, out: &mut Outbox) {
         reach.on_notice(
             now,
             &Notice::Path(PathFact::AddressTested {
-                addr: addr("/ip4/198.18.0.101/tcp/4747"),
+                addr: addr(at),
                 server: peer(),
                 reachable,
                 error: (!reachable).then(|| "dial back failed".into()),
@@ -656,16 +660,8 @@ mod tests {
     fn tested_addresses_are_bounded_and_the_oldest_goes() {
         let (mut reach, mut out) = reach();
         for i in 0..(MAX_TESTED as u16 + 4) {
-            reach.on_notice(
-                u64::from(i),
-                &Notice::Path(PathFact::AddressTested {
-                    addr: addr(&format!("/ip4/198.18.0.101/tcp/{}", 1000 + i)),
-                    server: peer(),
-                    reachable: false,
-                    error: None,
-                }),
-                &mut out,
-            );
+            let at = format!("/ip4/198.18.0.101/tcp/{}", 1000 + i);
+            tested_at(&mut reach, u64::from(i), &at, false, &mut out);
         }
         assert_eq!(reach.tested.len(), MAX_TESTED);
         assert!(!reach
@@ -678,16 +674,8 @@ mod tests {
         let (mut reach, mut out) = reach();
         tested(&mut reach, 0, true, &mut out);
         for i in 0..(MAX_TESTED as u16 * 3) {
-            reach.on_notice(
-                1 + u64::from(i),
-                &Notice::Path(PathFact::AddressTested {
-                    addr: addr(&format!("/ip4/198.18.0.101/tcp/{}", 1000 + i)),
-                    server: peer(),
-                    reachable: false,
-                    error: None,
-                }),
-                &mut out,
-            );
+            let at = format!("/ip4/198.18.0.101/tcp/{}", 1000 + i);
+            tested_at(&mut reach, 1 + u64::from(i), &at, false, &mut out);
         }
         assert_eq!(reach.reachability(), Reachability::Public);
     }

@@ -304,3 +304,47 @@ pub async fn reserve(
     })
     .await
 }
+
+/// A relay (swarm 0, a member of the mesh, listening), B (1) and A (2).
+pub struct Trio {
+    pub swarms: [Swarm<Node>; 3],
+    pub relay: PeerId,
+    pub relay_addr: Multiaddr,
+    pub b: PeerId,
+    pub a: PeerId,
+    pub b_channel: SecureChannel,
+    pub a_channel: SecureChannel,
+}
+
+/// Starts a [`Trio`] with B's and A's keys and policies.
+pub async fn trio(
+    mesh: &Mesh,
+    (b_key, b_policy): (Keypair, AdmissionPolicy),
+    (a_key, a_policy): (Keypair, AdmissionPolicy),
+) -> Trio {
+    let (relay_key, relay_policy) = mesh.member();
+    let relay = relay_key.public().to_peer_id();
+    let b = b_key.public().to_peer_id();
+    let a = a_key.public().to_peer_id();
+    let (r, _) = swarm(relay_key, relay_policy, true);
+    let (sb, b_channel) = swarm(b_key, b_policy, false);
+    let (sa, a_channel) = swarm(a_key, a_policy, false);
+    let mut swarms = [r, sb, sa];
+    let relay_addr = listen(&mut swarms, 0).await;
+    Trio {
+        swarms,
+        relay,
+        relay_addr,
+        b,
+        a,
+        b_channel,
+        a_channel,
+    }
+}
+
+impl Trio {
+    /// B's address through the relay.
+    pub fn b_via_relay(&self) -> Multiaddr {
+        circuit(&self.relay_addr, self.relay).with(Protocol::P2p(self.b))
+    }
+}
