@@ -39,6 +39,10 @@ pub const UNKNOWN_GRACE_MS: u64 = 8_000;
 /// node dialled, so a seed node that only ever accepts connections would otherwise never
 /// learn it is public (and never relay).
 pub const DIALLED_IN_QUORUM: usize = 2;
+/// Distinct servers that must fail to dial back a confirmed address before it counts as
+/// private again. One failure proves little: the server may have been at its connection
+/// limit, or its own network may have failed.
+pub const FAILURES_TO_OVERTURN: usize = 3;
 /// How often the slots are reviewed besides on every fact.
 const REVIEW_EVERY_MS: u64 = 2_000;
 const REVIEW: TimerId = TimerId(0);
@@ -115,7 +119,10 @@ impl ReachMetrics {
 
 #[derive(Debug, Clone)]
 struct Tested {
+    /// Public until [`FAILURES_TO_OVERTURN`] distinct servers failed to reach it since.
     reachable: bool,
+    /// Servers that failed to dial back a public address since it was last confirmed.
+    failed_since: BTreeSet<PeerId>,
     server: PeerId,
     at_ms: u64,
     error: Option<String>,
@@ -294,6 +301,7 @@ impl Reach {
                         at_ms: now_ms,
                         error: error.clone(),
                         evidence: "dial-back".into(),
+                        failed_since: BTreeSet::new(),
                     },
                     out,
                 );
@@ -350,7 +358,17 @@ impl Reach {
     /// Keeps `tested` as the latest verdict for `addr`. Beyond the bound the oldest
     /// `private` verdict goes (a confirmed address is worth more than any failed one), and
     /// only when every verdict is `public` the oldest of those.
-    fn record(&mut self, now_ms: u64, addr: Multiaddr, tested: Tested, out: &mut Outbox) {
+    fn record(&mut self, now_ms: u64, addr: Multiaddr, mut tested: Tested, out: &mut Outbox) {
+        if let Some(held) = self.tested.get_mut(&addr).filter(|t| t.reachable) {
+            if !tested.reachable {
+                held.failed_since.insert(tested.server);
+                if held.failed_since.len() < FAILURES_TO_OVERTURN {
+                    return;
+                }
+            } else {
+                tested.failed_since.clear();
+            }
+        }
         if !self.tested.contains_key(&addr) && self.tested.len() >= MAX_TESTED {
             if let Some(oldest) = self
                 .tested
@@ -402,6 +420,7 @@ impl Reach {
                 at_ms: now_ms,
                 error: None,
                 evidence: format!("dialled in by {count} peers"),
+                failed_since: BTreeSet::new(),
             },
             out,
         );
@@ -678,6 +697,18 @@ mod tests {
             tested_at(&mut reach, 1 + u64::from(i), &at, false, &mut out);
         }
         assert_eq!(reach.reachability(), Reachability::Public);
+    }
+
+    #[test]
+    fn one_failed_dial_back_does_not_overturn_a_confirmed_address() {
+        let (mut reach, mut out) = reach();
+        tested(&mut reach, 0, true, &mut out);
+        for n in 1..FAILURES_TO_OVERTURN {
+            tested(&mut reach, n as u64, false, &mut out);
+            assert_eq!(reach.reachability(), Reachability::Public, "after {n}");
+        }
+        tested(&mut reach, 10, false, &mut out);
+        assert_eq!(reach.reachability(), Reachability::Private);
     }
 
     #[test]

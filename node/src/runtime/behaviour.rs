@@ -128,11 +128,15 @@ pub(crate) fn build(
     };
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(settings.max_connections))
-        .with_max_established_per_peer(Some(2))
+        // Two for a simultaneous dial (or a relayed connection and the direct one that
+        // replaces it), one more for a peer's AutoNAT dial-back: at two, a dial-back to a
+        // peer already connected twice was refused, and this node wrongly judged private.
+        .with_max_established_per_peer(Some(3))
         .with_max_pending_incoming(Some(64))
         .with_max_pending_outgoing(Some(64));
     let peers = PeerManager::new(
         PeerManagerConfig {
+            local: peer_id,
             bootstrap: settings.bootstrap.clone(),
             target_peers: settings.target_peers as usize,
             max_known_peers: MAX_KNOWN_PEERS,

@@ -651,7 +651,7 @@ impl Driver {
                     Ok(()) => (true, None),
                     Err(error) => (false, Some(error.to_string())),
                 };
-                tracing::info!(addr = %event.tested_addr, server = %event.server, reachable, "address tested");
+                tracing::debug!(addr = %event.tested_addr, server = %event.server, reachable, "address tested");
                 self.notify_all(&Notice::Path(PathFact::AddressTested {
                     addr: event.tested_addr,
                     server: event.server,

@@ -121,6 +121,8 @@ const MAX_QUEUED: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct PeerManagerConfig {
+    /// This node: which of two relayed connections to one peer is kept depends on it.
+    pub local: PeerId,
     pub bootstrap: Vec<Multiaddr>,
     pub target_peers: usize,
     pub max_known_peers: usize,
@@ -889,6 +891,29 @@ impl PeerManager {
         let now = Instant::now();
         if let Some(live) = self.live.get_mut(&peer) {
             live.newest = now;
+            if relayed {
+                // Two nodes that found each other's circuit at once dial each other through
+                // relays: two relayed connections, each starting a hole punch from the same
+                // ports, and both punches fail. Both ends keep the one dialled by the smaller
+                // PeerId, so they agree without a word.
+                let keep_ours = self.config.local < peer;
+                let duplicate = live
+                    .links
+                    .iter()
+                    .find(|l| l.relayed)
+                    .map(|old| (old.id, old.dialer));
+                if let Some((old, old_dialer)) = duplicate {
+                    let close = if old_dialer == keep_ours && dialer != keep_ours {
+                        connection
+                    } else {
+                        old
+                    };
+                    self.queue.push_back(ToSwarm::CloseConnection {
+                        peer_id: peer,
+                        connection: CloseConnection::One(close),
+                    });
+                }
+            }
             if !relayed && live.path() == "relayed" {
                 // The first direct connection: it becomes the one in use, and the relayed
                 // ones are closed (a relay's circuits are bounded; nothing needs them now).
@@ -1113,6 +1138,7 @@ mod tests {
 
     fn config(bootstrap: Vec<Multiaddr>, target: usize, known: usize) -> PeerManagerConfig {
         PeerManagerConfig {
+            local: PeerId::random(),
             bootstrap,
             target_peers: target,
             max_known_peers: known,
