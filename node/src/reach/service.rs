@@ -46,6 +46,12 @@ pub const FAILURES_TO_OVERTURN: usize = 3;
 /// How often the slots are reviewed besides on every fact.
 const REVIEW_EVERY_MS: u64 = 2_000;
 const REVIEW: TimerId = TimerId(0);
+const WALK: TimerId = TimerId(1);
+/// The DHT walk after the first slot waits up to this long, spread by PeerId: nodes behind
+/// NATs that started together get their slots together, and walking at the same moment
+/// they would dial each other through relays at once; of two crossing relayed connections
+/// one is closed, and a hole punch started on it fails.
+pub const WALK_SPREAD_MS: u64 = 3_000;
 
 /// The label of a test's verdict.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -213,6 +219,14 @@ impl Reach {
         }
     }
 
+    /// This node's share of [`WALK_SPREAD_MS`]: from its PeerId, so no randomness is needed
+    /// and nodes spread evenly.
+    fn walk_delay_ms(&self) -> u64 {
+        let bytes = self.local.to_bytes();
+        let tail: [u8; 8] = bytes[bytes.len() - 8..].try_into().unwrap_or_default();
+        u64::from_le_bytes(tail) % WALK_SPREAD_MS
+    }
+
     /// Whether this node should hold relay slots now.
     fn wants_slots(&self, now_ms: u64) -> bool {
         if !self.enabled {
@@ -316,11 +330,12 @@ impl Reach {
                 }
             }
             PathFact::ReservationAccepted { relay, renewal } => {
+                let walk_at = now_ms + self.walk_delay_ms();
                 if let Some(slot) = self.slots.get_mut(relay) {
                     if !slot.active {
                         // Reachable at a new address: walk the DHT, so peers that look for
                         // this node find the circuit, and it finds those already reachable.
-                        out.push(Effect::WalkDht);
+                        out.timer(walk_at, WALK);
                     }
                     slot.active = true;
                     if *renewal {
@@ -493,7 +508,11 @@ impl Capability for Reach {
         }
     }
 
-    fn on_timer(&mut self, now_ms: u64, _timer: TimerId, out: &mut Outbox) {
+    fn on_timer(&mut self, now_ms: u64, timer: TimerId, out: &mut Outbox) {
+        if timer == WALK {
+            out.push(Effect::WalkDht);
+            return;
+        }
         self.review(now_ms, out);
         out.timer(now_ms + REVIEW_EVERY_MS, REVIEW);
     }
