@@ -173,6 +173,8 @@ pub struct PeerMetrics {
     pub policy_refused: Counter,
     pub bootstrap_dial_failures: Counter,
     pub mdns_discovered: Counter,
+    /// Peers reached only through a relay dialled at an address of their own.
+    pub direct_upgrade_dials: Counter,
     pub connections: Family<TransportLabel, Gauge>,
 }
 
@@ -242,6 +244,11 @@ impl PeerMetrics {
             self.stalled_closed.clone(),
         );
         r.register(
+            "direct_upgrade_dials",
+            "Peers reached only through a relay, dialled once at an address they report (a direct connection replaces the relayed one)",
+            self.direct_upgrade_dials.clone(),
+        );
+        r.register(
             "revoked_refused",
             "Connections refused as they were established: admission withdrawn after the handshake",
             self.revoked_refused.clone(),
@@ -278,6 +285,8 @@ pub struct LivePeer {
     links: Vec<Link>,
     /// From `since` to its first direct connection.
     pub direct_after: Option<Duration>,
+    /// A relayed peer's own address was dialled once (see [`PeerManager::on_identified`]).
+    direct_tried: bool,
 }
 
 impl LivePeer {
@@ -583,7 +592,29 @@ impl PeerManager {
     }
 
     /// Identify told us a peer's listen addresses and agent.
+    ///
+    /// A peer reached only through a relay that reports an address of its own (it is
+    /// publicly reachable, or behind a NAT that lets dials in) is dialled there once: a
+    /// direct connection then replaces the relayed one. Hole punching would find no such
+    /// path when this node's NAT is symmetric, since it starts from this node's candidates.
     pub fn on_identified(&mut self, peer: PeerId, listen_addrs: Vec<Multiaddr>, agent: String) {
+        if let Some(live) = self.live.get_mut(&peer) {
+            let direct: Vec<Multiaddr> = listen_addrs
+                .iter()
+                .filter(|a| !is_relayed(a) && !is_radio(a))
+                .cloned()
+                .collect();
+            if live.path() == "relayed" && !live.direct_tried && !direct.is_empty() {
+                live.direct_tried = true;
+                self.metrics.direct_upgrade_dials.inc();
+                self.queue.push_back(ToSwarm::Dial {
+                    opts: DialOpts::peer_id(peer)
+                        .addresses(direct)
+                        .condition(PeerCondition::Always)
+                        .build(),
+                });
+            }
+        }
         self.note_peer(peer, listen_addrs, Some(agent));
     }
 
@@ -940,6 +971,7 @@ impl PeerManager {
                 newest: now,
                 links: vec![link],
                 direct_after: (!relayed).then_some(Duration::ZERO),
+                direct_tried: false,
             },
         );
         self.metrics.connected.set(self.live.len() as i64);
