@@ -29,11 +29,10 @@ pub const MAX_SLOTS: usize = 2;
 /// A relay whose slot ended (or was refused) is asked again after this.
 pub const RETRY_AFTER_MS: u64 = 30_000;
 /// Without any verdict this long after start, slots are taken anyway: better reachable
-/// through a relay than not at all. A dial-back to an address behind a NAT that drops it
-/// silently fails only at the server's dial timeout (20 s), so waiting for the verdict would
-/// keep a NATed node unreachable that long; a public node that took a slot gives it up at
-/// its first confirmed address.
-pub const UNKNOWN_GRACE_MS: u64 = 8_000;
+/// through a relay than not at all. A verdict normally comes within about 10 s (the first
+/// probe after 5 s; a dial-back that a NAT drops silently fails at the 5 s connect
+/// timeout); a public node that took a slot gives it up at its first confirmed address.
+pub const UNKNOWN_GRACE_MS: u64 = 15_000;
 /// Distinct peers that must have dialled this node at one public address before it counts
 /// as reachable there without a dial-back test. AutoNAT v2 tests only through peers this
 /// node dialled, so a seed node that only ever accepts connections would otherwise never
@@ -227,6 +226,15 @@ impl Reach {
         u64::from_le_bytes(tail) % WALK_SPREAD_MS
     }
 
+    /// Confirmed reachable at a global address: what relaying for others needs. A node
+    /// reachable on loopback or a LAN only (a local testnet) is `public` there, and relays
+    /// for nobody.
+    fn publicly_reachable(&self) -> bool {
+        self.tested
+            .iter()
+            .any(|(addr, t)| t.reachable && is_global(addr))
+    }
+
     /// Whether this node should hold relay slots now.
     fn wants_slots(&self, now_ms: u64) -> bool {
         if !self.enabled {
@@ -244,7 +252,7 @@ impl Reach {
     /// Takes slots up to [`MAX_SLOTS`] while wanted, gives them all up when not; runs the
     /// relay service while this node is public.
     fn review(&mut self, now_ms: u64, out: &mut Outbox) {
-        let serve = self.relay_service && self.reachability() == Reachability::Public;
+        let serve = self.relay_service && self.publicly_reachable();
         if serve != self.serving {
             self.serving = serve;
             out.push(Effect::RelayService(serve));
@@ -324,7 +332,11 @@ impl Reach {
                 self.on_dialled_in(now_ms, *peer, observed, out)
             }
             PathFact::RelayOffered { relay, addrs } => {
-                let Some(first) = addrs.first() else { return };
+                // A relay on this machine or a LAN reaches nobody who could not dial this
+                // node directly: only a relay at a global address is worth a slot.
+                let Some(first) = addrs.iter().find(|a| is_global(a)) else {
+                    return;
+                };
                 if self.offers.contains_key(relay) || self.offers.len() < MAX_OFFERS {
                     self.offers.insert(*relay, first.clone());
                 }
@@ -474,6 +486,11 @@ impl Reach {
             .served_circuits
             .set(self.served_circuits as i64);
     }
+}
+
+fn is_global(addr: &Multiaddr) -> bool {
+    crate::runtime::peers::hygiene::scope(addr)
+        == Some(crate::runtime::peers::hygiene::Scope::Global)
 }
 
 /// The TCP or UDP port of `addr`.
@@ -855,6 +872,30 @@ mod tests {
             );
         }
         assert_eq!(reach.reachability(), Reachability::Unknown);
+    }
+
+    #[test]
+    fn on_a_local_testnet_nobody_takes_slots_or_relays() {
+        let (mut reach, mut out) = reach();
+        reach.on_notice(
+            0,
+            &Notice::Path(PathFact::RelayOffered {
+                relay: peer(),
+                addrs: vec![
+                    addr("/ip4/127.0.0.1/tcp/4001"),
+                    addr("/ip4/10.0.0.7/tcp/4001"),
+                ],
+            }),
+            &mut out,
+        );
+        tested_at(&mut reach, 0, "/ip4/10.0.0.9/tcp/4747", false, &mut out);
+        assert!(
+            reserves(&mut out).is_empty(),
+            "no slot on a relay at a local address"
+        );
+        tested_at(&mut reach, 1, "/ip4/127.0.0.1/tcp/4747", true, &mut out);
+        assert_eq!(reach.reachability(), Reachability::Public);
+        assert!(!out.drain().any(|e| matches!(e, Effect::RelayService(true))));
     }
 
     #[test]
