@@ -150,8 +150,9 @@ pub struct Reach {
     relay_service: bool,
     started_ms: Option<u64>,
     tested: BTreeMap<Multiaddr, Tested>,
-    /// Public addresses peers dialled this node at, and which peers (up to the quorum).
-    dialled_in: BTreeMap<Multiaddr, BTreeSet<PeerId>>,
+    /// Public addresses peers dialled this node at, and from which source addresses (up to
+    /// the quorum).
+    dialled_in: BTreeMap<Multiaddr, BTreeSet<std::net::IpAddr>>,
     /// The TCP/UDP ports this node listens on.
     listen_ports: BTreeSet<u16>,
     offers: BTreeMap<PeerId, Multiaddr>,
@@ -240,9 +241,13 @@ impl Reach {
         if !self.enabled {
             return false;
         }
+        // Reachable on a LAN only (a neighbour found by mDNS dialled it back) is still
+        // unreachable from the internet: slots are given up only at a global address.
+        if self.publicly_reachable() {
+            return false;
+        }
         match self.reachability() {
-            Reachability::Public => false,
-            Reachability::Private => true,
+            Reachability::Public | Reachability::Private => true,
             Reachability::Unknown => {
                 now_ms.saturating_sub(self.started_ms.unwrap_or(now_ms)) >= UNKNOWN_GRACE_MS
             }
@@ -328,9 +333,11 @@ impl Reach {
                     out,
                 );
             }
-            PathFact::DialledIn { peer, observed } => {
-                self.on_dialled_in(now_ms, *peer, observed, out)
-            }
+            PathFact::DialledIn {
+                peer,
+                from,
+                observed,
+            } => self.on_dialled_in(now_ms, *peer, *from, observed, out),
             PathFact::RelayOffered { relay, addrs } => {
                 // A relay on this machine or a LAN reaches nobody who could not dial this
                 // node directly: only a relay at a global address is worth a slot.
@@ -416,9 +423,19 @@ impl Reach {
         out.push(Effect::RefreshStatus);
     }
 
-    /// A peer dialled us and saw us at `observed`. Once [`DIALLED_IN_QUORUM`] distinct peers
-    /// did so at one public address on a port we listen on, that address is confirmed.
-    fn on_dialled_in(&mut self, now_ms: u64, peer: PeerId, observed: &Multiaddr, out: &mut Outbox) {
+    /// A peer dialled us from `from` and saw us at `observed`. Once peers from
+    /// [`DIALLED_IN_QUORUM`] distinct source addresses did so at one public address on a
+    /// port we listen on, that address is confirmed. Counting source addresses, not
+    /// PeerIds, keeps identities minted on one machine from confirming an address that
+    /// does not reach us.
+    fn on_dialled_in(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        from: std::net::IpAddr,
+        observed: &Multiaddr,
+        out: &mut Outbox,
+    ) {
         let public = crate::runtime::peers::hygiene::scope(observed)
             == Some(crate::runtime::peers::hygiene::Scope::Global);
         let on_our_port = port_of(observed).is_some_and(|p| self.listen_ports.contains(&p));
@@ -429,14 +446,17 @@ impl Reach {
             return;
         }
         if !self.dialled_in.contains_key(observed) && self.dialled_in.len() >= MAX_TESTED {
+            // Full of claims nobody else backed: drop one, so claims cannot lock it.
+            if let Some(lone) = self.dialled_in.keys().next().cloned() {
+                self.dialled_in.remove(&lone);
+            }
+        }
+        let sources = self.dialled_in.entry(observed.clone()).or_default();
+        sources.insert(from);
+        if sources.len() < DIALLED_IN_QUORUM {
             return;
         }
-        let peers = self.dialled_in.entry(observed.clone()).or_default();
-        peers.insert(peer);
-        if peers.len() < DIALLED_IN_QUORUM {
-            return;
-        }
-        let count = peers.len();
+        let count = sources.len();
         self.dialled_in.remove(observed);
         self.record(
             now_ms,
@@ -446,7 +466,7 @@ impl Reach {
                 server: peer,
                 at_ms: now_ms,
                 error: None,
-                evidence: format!("dialled in by {count} peers"),
+                evidence: format!("dialled in from {count} addresses"),
                 failed_since: BTreeSet::new(),
             },
             out,
@@ -800,11 +820,12 @@ mod tests {
         );
     }
 
-    fn dialled_in(reach: &mut Reach, peer: PeerId, observed: &str, out: &mut Outbox) {
+    fn dialled_in(reach: &mut Reach, from: [u8; 4], observed: &str, out: &mut Outbox) {
         reach.on_notice(
             10,
             &Notice::Path(PathFact::DialledIn {
-                peer,
+                peer: peer(),
+                from: std::net::IpAddr::from(from),
                 observed: addr(observed),
             }),
             out,
@@ -812,23 +833,38 @@ mod tests {
     }
 
     #[test]
-    fn two_peers_dialling_in_at_a_public_address_confirm_it_and_start_the_relay_service() {
+    fn peers_from_two_addresses_dialling_in_at_a_public_address_confirm_it() {
         let (mut reach, mut out) = reach();
         local(&mut reach, &mut out);
-        let one = peer();
+        let one = [198, 18, 0, 100];
         dialled_in(&mut reach, one, "/ip4/198.18.0.10/tcp/4747", &mut out);
         dialled_in(&mut reach, one, "/ip4/198.18.0.10/tcp/4747", &mut out);
         assert_eq!(
             reach.reachability(),
             Reachability::Unknown,
-            "one peer twice is one peer"
+            "two identities from one address are one witness"
         );
         // Not our listening port, or not a public address: no evidence.
-        dialled_in(&mut reach, peer(), "/ip4/198.18.0.10/tcp/5000", &mut out);
-        dialled_in(&mut reach, peer(), "/ip4/10.0.0.5/tcp/4747", &mut out);
+        dialled_in(
+            &mut reach,
+            [198, 18, 0, 101],
+            "/ip4/198.18.0.10/tcp/5000",
+            &mut out,
+        );
+        dialled_in(
+            &mut reach,
+            [198, 18, 0, 102],
+            "/ip4/10.0.0.5/tcp/4747",
+            &mut out,
+        );
         assert_eq!(reach.reachability(), Reachability::Unknown);
         out.drain().for_each(drop);
-        dialled_in(&mut reach, peer(), "/ip4/198.18.0.10/tcp/4747", &mut out);
+        dialled_in(
+            &mut reach,
+            [198, 18, 0, 103],
+            "/ip4/198.18.0.10/tcp/4747",
+            &mut out,
+        );
         assert_eq!(reach.reachability(), Reachability::Public);
         let effects: Vec<String> = out.drain().map(|e| format!("{e:?}")).collect();
         assert!(
@@ -896,6 +932,16 @@ mod tests {
         tested_at(&mut reach, 1, "/ip4/127.0.0.1/tcp/4747", true, &mut out);
         assert_eq!(reach.reachability(), Reachability::Public);
         assert!(!out.drain().any(|e| matches!(e, Effect::RelayService(true))));
+    }
+
+    #[test]
+    fn reachable_on_the_lan_only_still_holds_its_relay_slots() {
+        let (mut reach, mut out) = reach();
+        offer(&mut reach, 0, peer(), &mut out);
+        tested(&mut reach, 0, false, &mut out);
+        assert_eq!(reserves(&mut out).len(), 1);
+        tested_at(&mut reach, 1, "/ip4/192.168.1.20/tcp/4747", true, &mut out);
+        assert!(!out.drain().any(|e| matches!(e, Effect::Unreserve { .. })));
     }
 
     #[test]

@@ -568,6 +568,9 @@ impl Driver {
                     return;
                 }
                 self.listeners.remove(&listener_id);
+                if !addresses.is_empty() {
+                    self.local_changed();
+                }
                 if let Err(error) = reason {
                     tracing::error!(%error, "listener closed");
                     if self.listeners.is_empty() {
@@ -751,14 +754,9 @@ impl Driver {
                 .filter(|a| !hygiene::is_relayed(a))
                 .cloned()
                 .collect();
-            if self
-                .swarm
-                .behaviour()
-                .peers
-                .live()
-                .get(&peer)
-                .is_some_and(|l| l.dialer && !hygiene::is_relayed(&l.addr))
-            {
+            // `via` is the connection identify came over: put it first only if it is a
+            // direct one we dialled (a relay's address, known to work).
+            if !hygiene::is_relayed(&via) && !dialled_in {
                 relay_addrs.insert(0, via.clone());
             }
             if !relay_addrs.is_empty() {
@@ -772,9 +770,15 @@ impl Driver {
             .behaviour_mut()
             .peers
             .on_identified(peer, addrs, info.agent_version);
-        if dialled_in {
+        let from = via.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+            libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        });
+        if let (true, Some(from)) = (dialled_in, from) {
             self.notify_all(&Notice::Path(PathFact::DialledIn {
                 peer,
+                from,
                 observed: info.observed_addr,
             }));
         }

@@ -16,9 +16,13 @@ pub enum PathFact {
         reachable: bool,
         error: Option<String>,
     },
-    /// A peer that dialled this node (a direct inbound connection) saw it at `observed`:
-    /// evidence that the address reaches this node from where that peer is.
-    DialledIn { peer: PeerId, observed: Multiaddr },
+    /// A peer that dialled this node from `from` (a direct inbound connection) saw it at
+    /// `observed`: evidence that the address reaches this node from where that peer is.
+    DialledIn {
+        peer: PeerId,
+        from: std::net::IpAddr,
+        observed: Multiaddr,
+    },
     /// A connected peer offers to relay (it speaks the circuit relay's hop protocol), at
     /// these of its addresses, best first.
     RelayOffered {

@@ -927,18 +927,26 @@ impl PeerManager {
                 // relays: two relayed connections, each starting a hole punch from the same
                 // ports, and both punches fail. Both ends keep the one dialled by the smaller
                 // PeerId, so they agree without a word.
+                // Both of one side's own dials through relays can succeed too (a redial
+                // while the first was slow): then only that side closes, the newer one.
                 let keep_ours = self.config.local < peer;
                 let duplicate = live
                     .links
                     .iter()
                     .find(|l| l.relayed)
                     .map(|old| (old.id, old.dialer));
-                if let Some((old, old_dialer)) = duplicate {
-                    let close = if old_dialer == keep_ours && dialer != keep_ours {
+                let close = match duplicate {
+                    // A direct link is up already: the relayed one is not needed.
+                    _ if live.path() == "direct" => Some(connection),
+                    Some((_, old_dialer)) if old_dialer == dialer => dialer.then_some(connection),
+                    Some((old, old_dialer)) => Some(if old_dialer == keep_ours {
                         connection
                     } else {
                         old
-                    };
+                    }),
+                    None => None,
+                };
+                if let Some(close) = close {
                     self.queue.push_back(ToSwarm::CloseConnection {
                         peer_id: peer,
                         connection: CloseConnection::One(close),
