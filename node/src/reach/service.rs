@@ -20,6 +20,9 @@ use crate::runtime::capability::{Capability, Effect, Notice, Outbox, ReasonLabel
 use crate::runtime::paths::{PathFact, Served};
 use crate::runtime::status::{AddressReach, ReachStatus, RelaySlot, StatusView};
 
+/// Slots a relay ended or refused in a row before it is no longer asked (until it offers
+/// again on a new connection).
+pub const FAILURES_TO_DROP_RELAY: u32 = 3;
 /// Addresses whose latest verdict is remembered.
 pub const MAX_TESTED: usize = 16;
 /// Relays on offer remembered.
@@ -158,6 +161,8 @@ pub struct Reach {
     offers: BTreeMap<PeerId, Multiaddr>,
     slots: BTreeMap<PeerId, Slot>,
     retry_at: BTreeMap<PeerId, u64>,
+    /// Slots each relay on offer ended or refused in a row.
+    relay_failures: BTreeMap<PeerId, u32>,
     serving: bool,
     served_reservations: u64,
     served_circuits: u64,
@@ -200,6 +205,7 @@ impl Reach {
             offers: BTreeMap::new(),
             slots: BTreeMap::new(),
             retry_at: BTreeMap::new(),
+            relay_failures: BTreeMap::new(),
             serving: false,
             served_reservations: 0,
             served_circuits: 0,
@@ -349,6 +355,7 @@ impl Reach {
                 }
             }
             PathFact::ReservationAccepted { relay, renewal } => {
+                self.relay_failures.remove(relay);
                 let walk_at = now_ms + self.walk_delay_ms();
                 if let Some(slot) = self.slots.get_mut(relay) {
                     if !slot.active {
@@ -369,8 +376,18 @@ impl Reach {
                     self.metrics.slots_lost.inc();
                 }
                 self.retry_at.insert(*relay, now_ms + RETRY_AFTER_MS);
+                if self.offers.contains_key(relay) {
+                    let failures = self.relay_failures.entry(*relay).or_default();
+                    *failures += 1;
+                    if *failures >= FAILURES_TO_DROP_RELAY {
+                        // A relay that keeps refusing (or a peer that only pretends to
+                        // relay) stops holding a place among the offers.
+                        self.forget_relay(relay);
+                    }
+                }
                 out.push(Effect::RefreshStatus);
             }
+            PathFact::RelayWithdrawn { relay } => self.forget_relay(relay),
             PathFact::RelayServed(served) => self.on_served(*served),
             PathFact::HolePunch { ok, .. } => {
                 let verdict = if *ok {
@@ -474,6 +491,12 @@ impl Reach {
         out.push(Effect::ConfirmAddress(observed.clone()));
     }
 
+    fn forget_relay(&mut self, relay: &PeerId) {
+        self.offers.remove(relay);
+        self.relay_failures.remove(relay);
+        self.retry_at.remove(relay);
+    }
+
     fn on_served(&mut self, served: Served) {
         match served {
             Served::ReservationAccepted { renewal: false } => self.served_reservations += 1,
@@ -557,9 +580,7 @@ impl Capability for Reach {
     fn on_notice(&mut self, now_ms: u64, notice: &Notice, out: &mut Outbox) {
         match notice {
             Notice::Path(fact) => self.on_fact(now_ms, fact, out),
-            Notice::PeerDisconnected(peer) => {
-                self.offers.remove(peer);
-            }
+            Notice::PeerDisconnected(peer) => self.forget_relay(peer),
             Notice::Local { listen_addrs, .. } => {
                 self.listen_ports = listen_addrs
                     .iter()
@@ -942,6 +963,32 @@ mod tests {
         assert_eq!(reserves(&mut out).len(), 1);
         tested_at(&mut reach, 1, "/ip4/192.168.1.20/tcp/4747", true, &mut out);
         assert!(!out.drain().any(|e| matches!(e, Effect::Unreserve { .. })));
+    }
+
+    #[test]
+    fn a_relay_that_keeps_refusing_or_stops_offering_is_forgotten() {
+        let (mut reach, mut out) = reach();
+        let (refuser, quitter) = (peer(), peer());
+        offer(&mut reach, 0, refuser, &mut out);
+        offer(&mut reach, 0, quitter, &mut out);
+        for n in 0..FAILURES_TO_DROP_RELAY {
+            reach.on_notice(
+                u64::from(n),
+                &Notice::Path(PathFact::ReservationEnded {
+                    relay: refuser,
+                    reason: "refused".into(),
+                }),
+                &mut out,
+            );
+        }
+        assert!(!reach.offers.contains_key(&refuser));
+        reach.on_notice(
+            10,
+            &Notice::Path(PathFact::RelayWithdrawn { relay: quitter }),
+            &mut out,
+        );
+        assert!(reach.offers.is_empty());
+        assert!(reach.relay_failures.is_empty() && reach.retry_at.is_empty());
     }
 
     #[test]

@@ -765,6 +765,8 @@ impl Driver {
                     addrs: relay_addrs,
                 }));
             }
+        } else {
+            self.notify_all(&Notice::Path(PathFact::RelayWithdrawn { relay: peer }));
         }
         self.swarm
             .behaviour_mut()

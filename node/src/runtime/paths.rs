@@ -29,6 +29,8 @@ pub enum PathFact {
         relay: PeerId,
         addrs: Vec<Multiaddr>,
     },
+    /// A connected peer told its protocols again and no longer offers to relay.
+    RelayWithdrawn { relay: PeerId },
     /// A relay accepted (or renewed) this node's slot.
     ReservationAccepted { relay: PeerId, renewal: bool },
     /// This node's slot on a relay is gone (refused, expired, or the relay went away).
