@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::runtime::capability::{Capability, Effect, Notice, Outbox, ReasonLabel, TimerId};
 use crate::runtime::paths::{PathFact, Served};
+use crate::runtime::peers::hygiene::{ip_of, is_global, is_relayed, relay_circuit};
 use crate::runtime::status::{AddressReach, ReachStatus, RelaySlot, StatusView};
 
 /// Slots a relay ended or refused in a row before it is no longer asked (until it offers
@@ -290,16 +291,16 @@ impl Reach {
             if self.slots.len() >= MAX_SLOTS {
                 break;
             }
-            let addr = circuit_addr(&relay_addr, relay, self.local);
+            let circuit = relay_circuit(&relay_addr, relay);
             self.slots.insert(
                 relay,
                 Slot {
-                    addr,
+                    addr: circuit.clone().with(Protocol::P2p(self.local)),
                     active: false,
                     renewals: 0,
                 },
             );
-            out.push(Effect::Reserve { relay, relay_addr });
+            out.push(Effect::Reserve { relay, circuit });
         }
         self.metrics.slots_held.set(self.slots.len() as i64);
     }
@@ -314,10 +315,7 @@ impl Reach {
             } => {
                 // Candidates from relayed connections (a circuit, a bare `/p2p/..`) say
                 // nothing about this node's own addresses.
-                let has_ip = addr
-                    .iter()
-                    .any(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)));
-                if !has_ip || crate::runtime::peers::hygiene::is_relayed(addr) {
+                if ip_of(addr).is_none() || is_relayed(addr) {
                     return;
                 }
                 let verdict = if *reachable { "public" } else { "private" };
@@ -453,8 +451,7 @@ impl Reach {
         observed: &Multiaddr,
         out: &mut Outbox,
     ) {
-        let public = crate::runtime::peers::hygiene::scope(observed)
-            == Some(crate::runtime::peers::hygiene::Scope::Global);
+        let public = is_global(observed);
         let on_our_port = port_of(observed).is_some_and(|p| self.listen_ports.contains(&p));
         if !self.enabled || !public || !on_our_port {
             return;
@@ -531,29 +528,12 @@ impl Reach {
     }
 }
 
-fn is_global(addr: &Multiaddr) -> bool {
-    crate::runtime::peers::hygiene::scope(addr)
-        == Some(crate::runtime::peers::hygiene::Scope::Global)
-}
-
 /// The TCP or UDP port of `addr`.
 fn port_of(addr: &Multiaddr) -> Option<u16> {
     addr.iter().find_map(|p| match p {
         Protocol::Tcp(port) | Protocol::Udp(port) => Some(port),
         _ => None,
     })
-}
-
-/// The address peers reach `local` at through `relay`.
-fn circuit_addr(relay_addr: &Multiaddr, relay: PeerId, local: PeerId) -> Multiaddr {
-    let mut addr: Multiaddr = relay_addr
-        .iter()
-        .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
-        .collect();
-    addr.push(Protocol::P2p(relay));
-    addr.push(Protocol::P2pCircuit);
-    addr.push(Protocol::P2p(local));
-    addr
 }
 
 impl Capability for Reach {
@@ -585,7 +565,7 @@ impl Capability for Reach {
                 self.listen_ports = listen_addrs
                     .iter()
                     .filter_map(|a| a.parse::<Multiaddr>().ok())
-                    .filter(|a| !crate::runtime::peers::hygiene::is_relayed(a))
+                    .filter(|a| !is_relayed(a))
                     .filter_map(|a| port_of(&a))
                     .collect();
             }

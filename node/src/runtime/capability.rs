@@ -206,11 +206,11 @@ pub enum Effect {
     Notice(Notice),
     /// Run the radio this way.
     Radio(RadioPolicy),
-    /// Ask `relay` (at `relay_addr`, one of its addresses) for a slot, so peers reach this
-    /// node through it; the outcome comes back as [`PathFact`]s.
+    /// Ask `relay` for a slot by listening on `circuit` (`<relay addr>/p2p/<relay>/p2p-circuit`),
+    /// so peers reach this node through it; the outcome comes back as [`PathFact`]s.
     Reserve {
         relay: PeerId,
-        relay_addr: libp2p::Multiaddr,
+        circuit: libp2p::Multiaddr,
     },
     /// Give up this node's slot on `relay`.
     Unreserve { relay: PeerId },
@@ -283,10 +283,10 @@ impl std::fmt::Debug for Effect {
             Effect::KeepLinks(peers) => f.debug_tuple("KeepLinks").field(peers).finish(),
             Effect::Notice(notice) => f.debug_tuple("Notice").field(notice).finish(),
             Effect::Radio(policy) => f.debug_tuple("Radio").field(policy).finish(),
-            Effect::Reserve { relay, relay_addr } => f
+            Effect::Reserve { relay, circuit } => f
                 .debug_struct("Reserve")
                 .field("relay", relay)
-                .field("relay_addr", relay_addr)
+                .field("circuit", circuit)
                 .finish(),
             Effect::Unreserve { relay } => {
                 f.debug_struct("Unreserve").field("relay", relay).finish()

@@ -410,7 +410,7 @@ impl Driver {
                 }
             }
             Effect::Radio(policy) => self.swarm.behaviour_mut().peers.set_radio_policy(policy),
-            Effect::Reserve { relay, relay_addr } => self.reserve(relay, relay_addr),
+            Effect::Reserve { relay, circuit } => self.reserve(relay, circuit),
             Effect::RelayService(on) => {
                 use libp2p::relay::Status;
                 if let Some(server) = self.swarm.behaviour_mut().relay_server.as_mut() {
@@ -442,17 +442,10 @@ impl Driver {
         }
     }
 
-    /// Listens through `relay`: the relay client asks it for a slot on the connection we
-    /// have to it. The outcome comes back as path facts.
-    fn reserve(&mut self, relay: PeerId, relay_addr: libp2p::Multiaddr) {
-        use libp2p::multiaddr::Protocol;
-        let mut addr: libp2p::Multiaddr = relay_addr
-            .iter()
-            .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
-            .collect();
-        addr.push(Protocol::P2p(relay));
-        addr.push(Protocol::P2pCircuit);
-        match self.swarm.listen_on(addr) {
+    /// Listens on `circuit` through `relay`: the relay client asks it for a slot on the
+    /// connection we have to it. The outcome comes back as path facts.
+    fn reserve(&mut self, relay: PeerId, circuit: libp2p::Multiaddr) {
+        match self.swarm.listen_on(circuit) {
             Ok(id) => {
                 self.circuits.insert(id, relay);
             }
@@ -772,12 +765,7 @@ impl Driver {
             .behaviour_mut()
             .peers
             .on_identified(peer, addrs, info.agent_version);
-        let from = via.iter().find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-            libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        });
-        if let (true, Some(from)) = (dialled_in, from) {
+        if let (true, Some(from)) = (dialled_in, hygiene::ip_of(&via)) {
             self.notify_all(&Notice::Path(PathFact::DialledIn {
                 peer,
                 from,

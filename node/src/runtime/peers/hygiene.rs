@@ -31,14 +31,33 @@ pub enum Scope {
 /// The scope of `addr` (by its first IP), or `None` for an address nobody can dial
 /// (unspecified, multicast, broadcast).
 pub fn scope(addr: &Multiaddr) -> Option<Scope> {
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::Ip4(ip) => return ip_scope(IpAddr::V4(ip)),
-            Protocol::Ip6(ip) => return ip_scope(IpAddr::V6(ip)),
-            _ => {}
-        }
-    }
-    Some(Scope::Global)
+    ip_of(addr).map_or(Some(Scope::Global), ip_scope)
+}
+
+/// The first IP of `addr` (the relay's, for a circuit).
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Whether `addr` reaches as far as anything (and is dialable).
+pub fn is_global(addr: &Multiaddr) -> bool {
+    scope(addr) == Some(Scope::Global)
+}
+
+/// `<relay_addr's transport part>/p2p/<relay>/p2p-circuit`: where a node listens through
+/// `relay` (and, with `/p2p/<node>` after it, where peers reach it).
+pub fn relay_circuit(relay_addr: &Multiaddr, relay: libp2p::PeerId) -> Multiaddr {
+    let mut addr: Multiaddr = relay_addr
+        .iter()
+        .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
+        .collect();
+    addr.push(Protocol::P2p(relay));
+    addr.push(Protocol::P2pCircuit);
+    addr
 }
 
 fn ip_scope(ip: IpAddr) -> Option<Scope> {

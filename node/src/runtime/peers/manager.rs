@@ -290,9 +290,14 @@ pub struct LivePeer {
 }
 
 impl LivePeer {
+    /// Whether any of its connections is direct (not through a relay).
+    pub fn has_direct(&self) -> bool {
+        self.links.iter().any(|l| !l.relayed)
+    }
+
     /// `direct` when any connection is direct, else `relayed`.
     pub fn path(&self) -> &'static str {
-        if self.links.iter().any(|l| !l.relayed) {
+        if self.has_direct() {
             "direct"
         } else {
             "relayed"
@@ -604,7 +609,7 @@ impl PeerManager {
                 .filter(|a| !is_relayed(a) && !is_radio(a))
                 .cloned()
                 .collect();
-            if live.path() == "relayed" && !live.direct_tried && !direct.is_empty() {
+            if !live.has_direct() && !live.direct_tried && !direct.is_empty() {
                 live.direct_tried = true;
                 self.metrics.direct_upgrade_dials.inc();
                 self.queue.push_back(ToSwarm::Dial {
@@ -937,7 +942,7 @@ impl PeerManager {
                     .map(|old| (old.id, old.dialer));
                 let close = match duplicate {
                     // A direct link is up already: the relayed one is not needed.
-                    _ if live.path() == "direct" => Some(connection),
+                    _ if live.has_direct() => Some(connection),
                     Some((_, old_dialer)) if old_dialer == dialer => dialer.then_some(connection),
                     Some((old, old_dialer)) => Some(if old_dialer == keep_ours {
                         connection
@@ -953,7 +958,7 @@ impl PeerManager {
                     });
                 }
             }
-            if !relayed && live.path() == "relayed" {
+            if !relayed && !live.has_direct() {
                 // The first direct connection: it becomes the one in use, and the relayed
                 // ones are closed (a relay's circuits are bounded; nothing needs them now).
                 live.direct_after.get_or_insert(now - live.since);
