@@ -93,7 +93,8 @@ first, total = int(sys.argv[1]), int(sys.argv[2])
 print(json.dumps({"writes": [{"key": f"k{i:06d}", "value": f"v{i}"}
                               for i in range(first, min(first + 500, total))]}))' \
     "$first" "$KEYS" >"$WORK/batch.json"
-  in_a curl -sf -X POST -H 'content-type: application/json' --data-binary @"$WORK/batch.json" \
+  in_a curl -sf -X POST -H 'content-type: application/json' \
+    -H "Authorization: Bearer $(cat "$WORK/a/api-token")" --data-binary @"$WORK/batch.json" \
     http://127.0.0.1:7471/v1/kv/heal >/dev/null
 done
 written=$(kv_count "$NS_A")

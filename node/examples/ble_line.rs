@@ -178,7 +178,7 @@ async fn main() {
 /// time until the sender holds the ack.
 async fn relay_messages(nodes: &[RunningNode], count: usize) {
     let (first, last) = (&nodes[0], &nodes[nodes.len() - 1]);
-    let client = ControlClient::new(first.control_addr);
+    let client = ControlClient::new(first.control_addr).with_token(first.api_token.clone());
     let mut ids = Vec::new();
     for i in 0..count {
         let sent = client

@@ -13,4 +13,5 @@ pub const ALL: &[Register] = &[
     crate::cluster::register,
     crate::kv::register,
     crate::reach::register,
+    crate::dashboard::register,
 ];

@@ -174,6 +174,9 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_RELAY_SERVICE",
     "FOGMESH_RELAY_MAX_RESERVATIONS",
     "FOGMESH_RELAY_MAX_CIRCUITS",
+    // Read by the CLI and the dashboard, not the node's settings.
+    "FOGMESH_API_TOKEN",
+    "FOGMESH_DASHBOARD_DIR",
 ];
 
 /// The `FOGMESH_*` variables in `vars` this node does not know (a typo, a script's own

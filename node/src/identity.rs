@@ -85,6 +85,18 @@ pub fn read_keypair(path: &Path) -> Result<Keypair, IdentityError> {
 
 /// Writes `keypair` to `path` with mode 0600, atomically (temporary file, then rename).
 pub fn write_keypair(path: &Path, keypair: &Keypair) -> Result<(), IdentityError> {
+    let bytes = keypair
+        .to_protobuf_encoding()
+        .map_err(|e| IdentityError::Create {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    write_secret(path, &bytes)
+}
+
+/// Writes a secret (a key, the control API token) to `path`, readable by its owner only
+/// (mode 0600), atomically: a temporary file beside it, synced, then renamed.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     let err = |e: std::io::Error| IdentityError::Create {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -101,13 +113,9 @@ pub fn write_keypair(path: &Path, keypair: &Keypair) -> Result<(), IdentityError
             std::fs::create_dir_all(dir).map_err(err)?;
         }
     }
-    let bytes = keypair
-        .to_protobuf_encoding()
-        .map_err(|e| IdentityError::Create {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    let tmp = path.with_extension("key.tmp");
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -117,7 +125,7 @@ pub fn write_keypair(path: &Path, keypair: &Keypair) -> Result<(), IdentityError
             options.mode(0o600);
         }
         let mut file = options.open(&tmp).map_err(err)?;
-        file.write_all(&bytes).map_err(err)?;
+        file.write_all(bytes).map_err(err)?;
         file.sync_all().map_err(err)?;
     }
     std::fs::rename(&tmp, path).map_err(err)

@@ -13,6 +13,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod device;
 pub mod identity;
 pub mod kv;

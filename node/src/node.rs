@@ -184,6 +184,8 @@ impl From<SetupError> for StartError {
 pub struct RunningNode {
     pub peer_id: PeerId,
     pub control_addr: SocketAddr,
+    /// The secret write requests to the control API carry (`<data_dir>/api-token`).
+    pub api_token: control::access::ApiToken,
     /// The typed handle to the node: calls, views, events, metrics.
     pub handle: NodeHandle,
     shutdown: Option<oneshot::Sender<()>>,
@@ -264,9 +266,13 @@ pub async fn start_with_capabilities(
     } else {
         (None, None)
     };
-    let transport = network.build(&keypair, &channel, &transport_config, relay_transport)?;
-
     let mut metrics = MetricsRegistry::new();
+    let transport = metrics.count_bandwidth(network.build(
+        &keypair,
+        &channel,
+        &transport_config,
+        relay_transport,
+    )?);
     let libp2p_metrics = metrics.libp2p();
     let views = Arc::new(Views::default());
     let registered = register_capabilities(
@@ -343,6 +349,11 @@ pub async fn start_with_capabilities(
     metrics.fogmesh().register_collector(Box::new(
         crate::admission::metrics::HandshakeCollector::new(channel.stats().clone()),
     ));
+    let api_token = control::access::load_or_create(&data_dir).map_err(|e| StartError::Setup {
+        what: "control API token",
+        reason: e.to_string(),
+    })?;
+    let access = control::access::Access::new(api_token.clone(), metrics.fogmesh());
     let api_limits = Arc::default();
     let handle = NodeHandle::new(HandleParts {
         peer_id,
@@ -358,7 +369,7 @@ pub async fn start_with_capabilities(
 
     let control_file = write_control_file(&data_dir, control_addr, peer_id)?;
     let (api_stop_tx, api_stop_rx) = oneshot::channel::<()>();
-    let router = control::router(handle.clone(), capability_routes);
+    let router = control::router(handle.clone(), capability_routes, access);
     let api_task = tokio::spawn(control::server::serve(
         control_listener,
         router,
@@ -399,6 +410,7 @@ pub async fn start_with_capabilities(
     Ok(RunningNode {
         peer_id,
         control_addr,
+        api_token,
         handle,
         shutdown: Some(shutdown_tx),
         task,

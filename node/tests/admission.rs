@@ -135,7 +135,10 @@ async fn a_revocation_spreads_persists_and_closes_existing_connections() {
 
     // The root revokes c, and the revocation is handed to a alone, through its control API.
     let revocation = root.revoke(c_id).unwrap();
-    let api_of = |i: usize| ControlClient::new(net.node(i).unwrap().control_addr);
+    let api_of = |i: usize| {
+        let node = net.node(i).unwrap();
+        ControlClient::new(node.control_addr).with_token(node.api_token.clone())
+    };
     let outcome = api_of(a)
         .submit_revocation(revocation.clone())
         .await

@@ -119,6 +119,7 @@ fn line_radio(seed: u64) -> SimRadio {
 
 async fn send(from: &RunningNode, to: PeerId, text: &str) -> String {
     ControlClient::new(from.control_addr)
+        .with_token(from.api_token.clone())
         .send_message(&SendMessageRequest {
             to: Some(to.to_string()),
             text: text.into(),

@@ -41,13 +41,17 @@ impl Served {
         let bus = EventBus::new(config);
         bus.register_metrics(registry.fogmesh());
         let _libp2p = registry.libp2p();
+        let access = fogmesh_node::control::access::Access::new(
+            fogmesh_node::control::access::ApiToken::generate(),
+            registry.fogmesh(),
+        );
         let handle = NodeHandle::detached(bus.clone(), registry.freeze());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_signal) = oneshot::channel();
         let task = tokio::spawn(api_server::serve_with(
             listener,
-            fogmesh_node::control::router(handle, Vec::new()),
+            fogmesh_node::control::router(handle, Vec::new(), access),
             std::sync::Arc::default(),
             stop_signal,
             bounds,

@@ -150,6 +150,7 @@ async fn events_and_metrics_follow_a_scripted_scenario_in_order() {
     // The root revokes B through A: applied, then B's connection closes, A goes idle.
     let revocation = mesh::revoke(&root_key, mesh::RevokeTarget::Peer(b.peer_id)).unwrap();
     let outcome = ControlClient::new(a.control_addr)
+        .with_token(a.api_token.clone())
         .submit_revocation(revocation)
         .await
         .unwrap();

@@ -142,7 +142,7 @@ async fn run_trials(
     started: Instant,
     log: &mut impl FnMut(String),
 ) -> Result<FailoverReport, TestnetError> {
-    let prober = Prober::new();
+    let prober = Prober::for_testnet(&options.dir);
     let ports: BTreeMap<usize, u16> = state::load(&options.dir)?
         .map(|s| s.nodes.iter().map(|n| (n.index, n.control_port)).collect())
         .unwrap_or_default();

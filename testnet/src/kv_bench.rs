@@ -65,8 +65,9 @@ fn base(port: u16) -> String {
     format!("http://{}", SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
-pub(crate) fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// A client for the testnet in `dir`, with its token.
+pub(crate) fn client(dir: &std::path::Path) -> reqwest::Client {
+    crate::access::authorized(reqwest::Client::builder(), dir)
         .timeout(Duration::from_secs(20))
         .no_proxy()
         .build()
@@ -182,7 +183,7 @@ async fn run(
     options: &KvBenchOptions,
     log: &mut impl FnMut(String),
 ) -> Result<KvBenchReport, TestnetError> {
-    let http = client();
+    let http = client(&options.dir);
     let ports: Vec<u16> = state::load(&options.dir)?
         .map(|s| s.nodes.iter().map(|n| n.control_port).collect())
         .unwrap_or_default();

@@ -17,6 +17,7 @@
 //! command line, so `restart` needs nothing but the testnet dir. A node restarted by other means
 //! is still found through its data dir's `control.json` (see [`procs::choose`]).
 
+pub mod access;
 pub mod bench;
 pub mod failover;
 pub mod kv_bench;

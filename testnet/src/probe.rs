@@ -71,8 +71,18 @@ impl Default for Prober {
 
 impl Prober {
     pub fn new() -> Self {
+        Self::with_builder(reqwest::Client::builder())
+    }
+
+    /// A prober that may also write (submit tasks) to the testnet in `dir`: it sends the
+    /// testnet's token.
+    pub fn for_testnet(dir: &std::path::Path) -> Self {
+        Self::with_builder(crate::access::authorized(reqwest::Client::builder(), dir))
+    }
+
+    fn with_builder(builder: reqwest::ClientBuilder) -> Self {
         Self {
-            http: reqwest::Client::builder()
+            http: builder
                 .timeout(Duration::from_secs(3))
                 .no_proxy()
                 .build()

@@ -202,7 +202,7 @@ async fn run(
             });
         }
     }
-    let http = crate::kv_bench::client();
+    let http = crate::kv_bench::client(&up.dir);
     let value = vec![b'v'; VALUE_BYTES];
     for round in 0..options.rounds {
         for (t, target) in targets.iter().enumerate() {
@@ -339,7 +339,7 @@ impl Etcd {
             port: client,
             version,
         };
-        let http = crate::kv_bench::client();
+        let http = crate::kv_bench::client(dir);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let healthy = http

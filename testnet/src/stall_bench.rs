@@ -112,8 +112,8 @@ async fn run(
     for w in 0..options.writers {
         let port = port_list[w % port_list.len()];
         let (acked, refused) = (acked.clone(), refused.clone());
+        let http = crate::kv_bench::client(&options.dir);
         writers.push(tokio::spawn(async move {
-            let http = crate::kv_bench::client();
             let value = vec![b'x'; 100];
             let mut i = 0u64;
             while Instant::now() < deadline {
@@ -166,7 +166,7 @@ async fn run(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let http = crate::kv_bench::client();
+    let http = crate::kv_bench::client(&options.dir);
     let mut per_node = Vec::new();
     for (index, port) in &ports {
         let Some(text) = crate::kv_bench::metrics_text(&http, *port).await else {

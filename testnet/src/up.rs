@@ -382,6 +382,7 @@ pub(crate) fn spawn_node(
 ) -> Result<(NodeEntry, Child), TestnetError> {
     let data_dir = node_dir(&options.dir, index);
     std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+    crate::access::give(&options.dir, &data_dir)?;
     let log_file = data_dir.join("node.log");
     let mut command: Vec<String> = vec![
         path_arg(&options.binary),

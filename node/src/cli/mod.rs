@@ -4,6 +4,7 @@
 //! node goes through the control API's client ([`crate::client`]).
 
 mod admin;
+mod dashboard;
 mod kv;
 mod query;
 mod run;
@@ -25,6 +26,7 @@ use crate::identity;
 
 use admin::{publish_revocation, store_check};
 use admin::{ConfigCommand, MeshCommand, StoreCommand, TicketCommand};
+use dashboard::{dashboard, DashboardArgs};
 use kv::{kv_command, KvCli};
 use query::{device_command, watch, DeviceArgs, WatchArgs};
 use run::RunArgs;
@@ -59,6 +61,9 @@ pub(crate) enum Command {
     Peers(QueryArgs),
     /// Ask the running node for the telemetry it holds.
     Telemetry(QueryArgs),
+    /// Print the address of the node's web dashboard (served by the node on 127.0.0.1,
+    /// with the token it needs to change anything), and with --open open it.
+    Dashboard(DashboardArgs),
     /// What the node detected about its device, its power mode, limits and score.
     Device(DeviceArgs),
     /// Follow the running node's events as they happen: peers, telemetry, refused
@@ -136,6 +141,10 @@ pub(crate) struct QueryArgs {
     /// Control API address to ask instead of finding it through the data dir.
     #[arg(long)]
     api: Option<SocketAddr>,
+    /// The node's control API token (its `<data_dir>/api-token`), for commands that change
+    /// the node when it is found with `--api` rather than through its data dir.
+    #[arg(long, env = "FOGMESH_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -143,20 +152,35 @@ pub(crate) struct QueryArgs {
 
 impl QueryArgs {
     fn client(&self) -> Result<ControlClient> {
-        control_client(&self.select, self.api)
+        control_client(&self.select, self.api, self.api_token.as_deref())
     }
 }
 
-/// The node at `api`, or the one running with the selected data dir.
+/// The node at `api` (with `token`, if given), or the one running with the selected data
+/// dir (with the token its data dir holds).
 pub(crate) fn control_client(
     select: &NodeSelect,
     api: Option<SocketAddr>,
+    token: Option<&str>,
 ) -> Result<ControlClient> {
-    if let Some(addr) = api {
-        return Ok(ControlClient::new(addr));
-    }
-    let settings = select.settings(ConfigLayer::default())?;
-    Ok(ControlClient::for_data_dir(&settings.data_dir)?)
+    let token = token
+        .map(|text| {
+            crate::control::access::ApiToken::parse(text).ok_or_else(|| {
+                anyhow::anyhow!("--api-token (FOGMESH_API_TOKEN) must be the 64 hex digits of a node's api-token file")
+            })
+        })
+        .transpose()?;
+    let client = match api {
+        Some(addr) => ControlClient::new(addr),
+        None => {
+            let settings = select.settings(ConfigLayer::default())?;
+            ControlClient::for_data_dir(&settings.data_dir)?
+        }
+    };
+    Ok(match token {
+        Some(token) => client.with_token(token),
+        None => client,
+    })
 }
 
 /// Runs the command line; what `fogmesh`'s `main` does.
@@ -218,6 +242,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
             print_out(q.json, &m, || crate::client::render::render_messages(&m))
         }
         Some(Command::Watch(args)) => watch(args).await,
+        Some(Command::Dashboard(args)) => dashboard(args).await,
         Some(Command::Config(ConfigCommand::Init { path, force })) => {
             let path = path.unwrap_or_else(config::default_config_path);
             config::write_default(&path, force)?;

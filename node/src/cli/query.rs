@@ -33,7 +33,7 @@ pub(crate) struct WatchArgs {
 
 /// `fogmesh watch`: one line per event until the node ends the stream.
 pub(crate) async fn watch(args: WatchArgs) -> Result<()> {
-    let client = control_client(&args.select, args.api)?;
+    let client = control_client(&args.select, args.api, None)?;
     let mut stream = client.events().await?;
     if !args.json {
         eprintln!(

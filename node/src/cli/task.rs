@@ -80,6 +80,7 @@ pub(crate) async fn task_command(command: TaskCli) -> Result<()> {
             }
             let request = crate::cluster::api::SubmitTaskRequest {
                 module_hex: hex::encode(&module),
+                module_wat: None,
                 input_hex: input.map(hex::encode),
                 priority: Some(args.priority.clone()),
                 cpu_millicores: (args.cpu * 1000.0).round() as u32,

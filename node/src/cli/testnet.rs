@@ -107,6 +107,18 @@ pub(crate) enum TestnetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Serve one web dashboard for the whole testnet (every node's view merged, radio links
+    /// drawn, partitions visible) on 127.0.0.1 until Ctrl-C; prints its address.
+    Dashboard {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Port to serve on (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Open the page in the default browser too.
+        #[arg(long)]
+        open: bool,
+    },
     /// Print the NAT lab's report again: every pair with a NATed node, connected or not,
     /// direct or relayed, how and how fast (see `testnet up --nat lab`).
     NatReport {
@@ -310,6 +322,9 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
                     dir.dir.display()
                 ))
             }
+        }
+        TestnetCommand::Dashboard { dir, port, open } => {
+            super::dashboard::testnet_dashboard(&dir.dir, port, open).await
         }
         TestnetCommand::NatReport { dir, json } => {
             let report = testnet_lib::nat_lab::lab_report(&dir.dir).await?;

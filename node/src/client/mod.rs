@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::control::access::{self, ApiToken};
 use crate::control::events::EventFilter;
 use crate::control::{control_file_path, ControlFile};
 use crate::revocations::RevocationOutcome;
@@ -54,6 +55,8 @@ pub struct ControlClient {
     http: reqwest::Client,
     /// The control file this address came from, to name it when it turns out stale.
     control_file: Option<PathBuf>,
+    /// The node's token, sent with every write (`crate::control::access`).
+    token: Option<ApiToken>,
 }
 
 impl ControlClient {
@@ -67,7 +70,19 @@ impl ControlClient {
             addr,
             http,
             control_file: None,
+            token: None,
         }
+    }
+
+    /// This client with the node's token, for writes.
+    pub fn with_token(mut self, token: ApiToken) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// The token this client sends with writes, if it has one.
+    pub fn token(&self) -> Option<&ApiToken> {
+        self.token.as_ref()
     }
 
     /// Finds the node that runs with `data_dir` through its control file.
@@ -93,8 +108,15 @@ impl ControlClient {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+        // Without a token file (a node older than tokens) reads still work; writes then
+        // get the node's own explanation.
+        let token = access::read(data_dir).map_err(|e| ClientError::BadControlFile {
+            path: access::token_path(data_dir),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             control_file: Some(path),
+            token,
             ..Self::new(file.addr)
         })
     }
@@ -268,7 +290,9 @@ impl ControlClient {
 
     pub async fn cancel_task(&self, id: &str) -> Result<serde_json::Value, ClientError> {
         let path = format!("/v1/tasks/{id}");
-        let response = self.send(self.http.delete(self.url(&path)), &path).await?;
+        let response = self
+            .send(self.authorized(self.http.delete(self.url(&path))), &path)
+            .await?;
         response.json().await.map_err(|e| self.unreachable(e))
     }
 
@@ -313,10 +337,10 @@ impl ControlClient {
     ) -> Result<crate::kv::service::KvWritten, ClientError> {
         let url = self.kv_url(namespace, key)?;
         let path = url.path().to_owned();
-        let request = match value {
+        let request = self.authorized(match value {
             Some(value) => self.http.put(url).body(value),
             None => self.http.delete(url),
-        };
+        });
         let response = self.send(request, &path).await?;
         response.json().await.map_err(|e| self.unreachable(e))
     }
@@ -368,6 +392,14 @@ impl ControlClient {
         response.json().await.map_err(|e| self.unreachable(e))
     }
 
+    /// A write request with the token, when this client has it.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token.as_str()),
+            None => request,
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -379,7 +411,7 @@ impl ControlClient {
         content_type: Option<&str>,
     ) -> Result<T, ClientError> {
         let unreachable = |e: reqwest::Error| self.unreachable(e);
-        let mut request = self.http.post(self.url(path)).body(body);
+        let mut request = self.authorized(self.http.post(self.url(path)).body(body));
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }

@@ -13,10 +13,16 @@ use crate::cluster::service::{ClusterService, ClusterView, SubmitTask, TaskView}
 use crate::control::{api_error, call_failed, ApiError};
 use crate::runtime::handle::{CallError, NodeHandle};
 
-/// `POST /v1/tasks`: the module and input in hex, the requirements in plain units.
+/// `POST /v1/tasks`: the module (binary in hex, or WAT text) and input in hex, the
+/// requirements in plain units.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitTaskRequest {
+    /// The module's bytes in hex; empty when `module_wat` carries it.
+    #[serde(default)]
     pub module_hex: String,
+    /// The module as WAT text, assembled by the node (the dashboard has no assembler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_wat: Option<String>,
     #[serde(default)]
     pub input_hex: Option<String>,
     /// `critical`, `high`, `normal` (default) or `low`.
@@ -110,7 +116,17 @@ async fn submit_task(
     Json(request): Json<SubmitTaskRequest>,
 ) -> Result<Json<SubmittedTask>, ApiError> {
     let bad = |text: String| api_error(StatusCode::BAD_REQUEST, text);
-    let module = hex::decode(&request.module_hex).map_err(|e| bad(format!("module_hex: {e}")))?;
+    let module = match request.module_wat {
+        Some(text) if request.module_hex.is_empty() => {
+            // Assembling is CPU work: off the request threads.
+            tokio::task::spawn_blocking(move || wat::parse_str(&text).map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| bad(format!("module_wat: {e}")))?
+                .map_err(|e| bad(format!("module_wat: {e}")))?
+        }
+        Some(_) => return Err(bad("give module_hex or module_wat, not both".into())),
+        None => hex::decode(&request.module_hex).map_err(|e| bad(format!("module_hex: {e}")))?,
+    };
     let input = request
         .input_hex
         .as_deref()

@@ -6,8 +6,10 @@
 //! module serves what the runtime itself knows (health, status, peers, events, metrics);
 //! each capability adds its own routes from its folder (`<capability>/api.rs`), merged here
 //! through the registration list. The port is written to `<data_dir>/control.json` so
-//! `fogmesh status` finds a node from its data dir alone.
+//! `fogmesh status` finds a node from its data dir alone; writes need the token in
+//! `<data_dir>/api-token`, and no other web page may drive the API ([`access`]).
 
+pub mod access;
 pub mod events;
 pub mod server;
 
@@ -27,8 +29,13 @@ use crate::runtime::status::{PeersResponse, StatusView};
 
 pub const CONTROL_FILE: &str = "control.json";
 
-/// The routes every node serves, with the capabilities' `routes` merged in.
-pub fn router(handle: NodeHandle, capability_routes: Vec<Router<NodeHandle>>) -> Router {
+/// The routes every node serves, with the capabilities' `routes` merged in, every one
+/// behind the host, origin and token checks of [`access`].
+pub fn router(
+    handle: NodeHandle,
+    capability_routes: Vec<Router<NodeHandle>>,
+    access: access::Access,
+) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
         .route("/v1/status", get(status))
@@ -38,7 +45,9 @@ pub fn router(handle: NodeHandle, capability_routes: Vec<Router<NodeHandle>>) ->
     for routes in capability_routes {
         router = router.merge(routes);
     }
-    router.with_state(handle)
+    router
+        .with_state(handle)
+        .layer(axum::middleware::from_fn_with_state(access, access::guard))
 }
 
 /// An error answer: `{"error": text}` with a status code.

@@ -47,6 +47,21 @@ impl MetricsRegistry {
         libp2p::metrics::Metrics::new(&mut self.libp2p)
     }
 
+    /// Wraps the node's transport so every connection's bytes are counted, by direction and
+    /// by its address's protocol stack (`libp2p_bandwidth_bytes_total{protocols,direction}`:
+    /// TCP, QUIC, relayed circuits, the radio, the memory transport apart). One atomic add
+    /// per read or write.
+    pub fn count_bandwidth(
+        &mut self,
+        transport: fogmesh_transports::BoxedTransport,
+    ) -> fogmesh_transports::BoxedTransport {
+        use libp2p::core::muxing::StreamMuxerBox;
+        use libp2p::core::Transport as _;
+        libp2p::metrics::BandwidthTransport::new(transport, &mut self.libp2p)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed()
+    }
+
     /// Ends registration; what is left is served.
     pub fn freeze(self) -> Arc<FrozenMetrics> {
         Arc::new(FrozenMetrics { registry: self })

@@ -445,13 +445,16 @@ impl TelemetryService {
         self.last_record_len = data.len();
         let meta = self.tables.meta.clone();
         self.persist(out, |b| b.put(&meta, META_TELEMETRY_SEQ, &seq));
+        let own_id = self.own_id.clone();
         self.view.update(|v| {
-            v.own = Some(ReceivedTelemetry {
+            let own = ReceivedTelemetry {
                 seq,
                 timestamp_ms: wall_ms,
                 received_at_ms: now_ms,
                 record,
-            })
+            };
+            v.record_sample(&own_id, &own);
+            v.own = Some(own);
         });
         out.push(Effect::Publish {
             topic: TELEMETRY_TOPIC.into(),
@@ -495,6 +498,7 @@ impl TelemetryService {
                 telemetry.timestamp_ms,
                 received_wall_ms,
             );
+            v.record_sample(&origin, &telemetry);
             v.latest.insert(origin.clone(), telemetry.clone());
         });
         self.latest.insert(origin, telemetry);
@@ -553,6 +557,7 @@ impl TelemetryService {
         });
         self.view.update(|v| {
             v.latest.remove(&origin);
+            v.history.remove(&origin);
         });
         self.metrics.origins.set(self.latest.len() as i64);
         out.push(Effect::RefreshStatus);

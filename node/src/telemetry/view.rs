@@ -1,6 +1,7 @@
 //! What the control API shows of telemetry: `/v1/telemetry` (every node's latest record,
-//! stale ones marked) and `/v1/receipts` (when each record arrived, for measuring
-//! propagation).
+//! stale ones marked), `/v1/telemetry/{peer}/history` (a node's last
+//! [`HISTORY_SAMPLES`] readings, for the dashboard's small graphs) and `/v1/receipts` (when
+//! each record arrived, for measuring propagation).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,6 +23,46 @@ pub struct TelemetrySnapshot {
     /// This node's own last publication.
     pub own: Option<ReceivedTelemetry>,
     pub receipts: ReceiptLog,
+    /// The last [`HISTORY_SAMPLES`] readings per node (this one included), oldest first;
+    /// origins come and go with `latest`.
+    pub history: BTreeMap<String, VecDeque<HistorySample>>,
+}
+
+/// Readings kept per node for `/v1/telemetry/{peer}/history`: at the default interval a
+/// few minutes, enough for a trend. 32 small samples per node keep the whole history
+/// near 1.5 MB at a thousand nodes.
+pub const HISTORY_SAMPLES: usize = 32;
+
+/// One reading of a node's telemetry, as the dashboard draws it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HistorySample {
+    pub timestamp_ms: u64,
+    pub battery_pct: Option<f32>,
+    pub temperature_c: Option<f32>,
+    pub cpu_load_pct: Option<f32>,
+    pub score: Option<f64>,
+    pub peer_count: u32,
+}
+
+impl HistorySample {
+    pub fn of(t: &ReceivedTelemetry) -> Self {
+        let device = t.record.device.as_ref();
+        Self {
+            timestamp_ms: t.timestamp_ms,
+            battery_pct: device.and_then(|d| d.battery_pct),
+            temperature_c: device.and_then(|d| d.temperature_c),
+            cpu_load_pct: t.record.cpu_load_pct,
+            score: device.map(|d| d.score),
+            peer_count: t.record.peer_count,
+        }
+    }
+}
+
+/// `GET /v1/telemetry/{peer}/history`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub peer_id: String,
+    pub samples: Vec<HistorySample>,
 }
 
 /// One row of `/v1/telemetry`.
@@ -132,6 +173,16 @@ impl ReceiptLog {
 }
 
 impl TelemetrySnapshot {
+    /// Adds a reading to `origin`'s history, dropping its oldest beyond
+    /// [`HISTORY_SAMPLES`].
+    pub fn record_sample(&mut self, origin: &str, t: &ReceivedTelemetry) {
+        let samples = self.history.entry(origin.to_owned()).or_default();
+        if samples.len() == HISTORY_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(HistorySample::of(t));
+    }
+
     /// `/v1/telemetry` at node time `now`: this node's own record first.
     pub fn response(&self, peer_id: String, now: u64) -> TelemetryResponse {
         let mut nodes: Vec<TelemetryView> = self
@@ -169,7 +220,27 @@ fn row(peer_id: String, local: bool, t: ReceivedTelemetry, now: u64) -> Telemetr
 pub fn routes() -> Router<NodeHandle> {
     Router::new()
         .route("/v1/telemetry", get(telemetry))
+        .route("/v1/telemetry/{peer}/history", get(history))
         .route("/v1/receipts", get(receipts))
+}
+
+async fn history(
+    State(node): State<NodeHandle>,
+    axum::extract::Path(peer): axum::extract::Path<String>,
+) -> Result<Json<HistoryResponse>, crate::control::ApiError> {
+    let samples = node
+        .view::<TelemetrySnapshot>()
+        .and_then(|cell| cell.read(|t| t.history.get(&peer).cloned()));
+    match samples {
+        Some(samples) => Ok(Json(HistoryResponse {
+            peer_id: peer,
+            samples: samples.into_iter().collect(),
+        })),
+        None => Err(crate::control::api_error(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no telemetry history for {peer}"),
+        )),
+    }
 }
 
 async fn telemetry(State(node): State<NodeHandle>) -> Json<TelemetryResponse> {

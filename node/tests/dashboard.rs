@@ -1,0 +1,449 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The dashboard: the control API keeps other web pages out (host, origin, token), and the
+//! page itself, loaded in a real headless Chromium from a small in-process mesh, shows
+//! every node and the cluster's coordinator, writes to the store and sends a message that
+//! other nodes receive, and filters what it shows.
+//!
+//! The browser test needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them); without them it prints one "skipped" line and passes. Screenshots of every view
+//! land in `target/dashboard-screenshots/` (not committed).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{eventually, wait_until};
+use fantoccini::{Client, ClientBuilder, Locator};
+use fogmesh_node::client::ControlClient;
+use fogmesh_node::memnet::{MemNet, Topology};
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn one_node() -> (tempfile::TempDir, MemNet) {
+    let dir = tempfile::tempdir().unwrap();
+    let net = common::memnet(dir.path(), Duration::from_secs(1))
+        .nodes(1)
+        .start()
+        .await
+        .unwrap();
+    (dir, net)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_web_pages_cannot_drive_the_control_api() {
+    let (_dir, net) = one_node().await;
+    let node = net.node(0).unwrap();
+    let base = format!("http://{}", node.control_addr);
+    let token = node.api_token.as_str().to_owned();
+    let http = http();
+    let kv = format!("{base}/v1/kv/default/greeting");
+
+    // The page is served, with a policy that forbids foreign scripts and framing.
+    let page = http.get(format!("{base}/ui/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert!(page.text().await.unwrap().contains("js/main.js"));
+
+    // A write without the token, or with another, is refused and changes nothing.
+    let put = |token: Option<&str>| {
+        let request = http.put(&kv).body("hello");
+        match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+    };
+    assert_eq!(put(None).send().await.unwrap().status(), 401);
+    let wrong = "0".repeat(64);
+    assert_eq!(put(Some(&wrong)).send().await.unwrap().status(), 401);
+    assert_eq!(http.get(&kv).send().await.unwrap().status(), 404);
+
+    // DNS rebinding: a foreign name resolved to 127.0.0.1 still says so in Host.
+    let rebound = http
+        .get(format!("{base}/v1/status"))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    // Another origin, even with the token (say, pasted into a phishing page), is refused;
+    // and nothing tells a browser to let it read answers.
+    let foreign = put(Some(&token))
+        .header("origin", "http://attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert!(foreign
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &kv)
+        .header("origin", "http://attacker.example")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    assert_eq!(http.get(&kv).send().await.unwrap().status(), 404);
+
+    // The page's own origin with the token writes.
+    let own = put(Some(&token))
+        .header("origin", base.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200, "{:?}", own.text().await);
+    assert_eq!(http.get(&kv).send().await.unwrap().status(), 200);
+
+    // Refusals are counted by reason.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in [
+        "missing_token",
+        "wrong_token",
+        "foreign_host",
+        "foreign_origin",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "fogmesh_control_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} not counted:\n{metrics}"
+        );
+    }
+}
+
+/// A chromedriver we started, killed when dropped.
+struct Driver {
+    // Held so the process lives as long as the test needs it (killed on drop).
+    _child: tokio::process::Child,
+    port: u16,
+}
+
+async fn start_chromedriver() -> Option<Driver> {
+    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
+        eprintln!(
+            "skipped: {CHROMIUM} and {CHROMEDRIVER} are needed (Debian: apt-get install chromium chromium-driver; .ci/run does it)"
+        );
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let driver = Driver {
+        _child: child,
+        port,
+    };
+    let status = format!("http://127.0.0.1:{port}/status");
+    eventually("chromedriver answers", Duration::from_secs(20), || {
+        let status = status.clone();
+        async move {
+            http()
+                .get(status)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    Some(driver)
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .unwrap()
+}
+
+async fn js(page: &Client, script: &str) -> Value {
+    page.execute(script, Vec::new()).await.unwrap()
+}
+
+async fn count(page: &Client, selector: &str) -> u64 {
+    let script = format!(
+        "return document.querySelectorAll({}).length",
+        serde_json::to_string(selector).unwrap()
+    );
+    js(page, &script).await.as_u64().unwrap_or(0)
+}
+
+async fn show(page: &Client, view: &str) {
+    page.find(Locator::Css(&format!("button[data-view=\"{view}\"]")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn fill(page: &Client, selector: &str, text: &str) {
+    let field = page.find(Locator::Css(selector)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn click(page: &Client, selector: &str) {
+    page.find(Locator::Css(selector))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn screenshot(page: &Client, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(png) = page.screenshot().await {
+        let _ = std::fs::write(dir.join(format!("{name}.png")), png);
+    }
+}
+
+fn cluster_coordinator(net: &MemNet, node: usize) -> Option<String> {
+    let view = fogmesh_node::cluster::api::view(net.handle(node)?);
+    (view.state == "member")
+        .then_some(view.coordinator)
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
+    let Some(driver) = start_chromedriver().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let net = common::memnet(dir.path(), Duration::from_millis(500))
+        .nodes(3)
+        .topology(Topology::Star)
+        .start()
+        .await
+        .unwrap();
+    net.wait_converged(Duration::from_secs(30)).await.unwrap();
+    let coordinator = eventually("one coordinator", Duration::from_secs(60), || async {
+        let c = cluster_coordinator(&net, 0)?;
+        (0..3)
+            .all(|i| cluster_coordinator(&net, i).as_deref() == Some(c.as_str()))
+            .then_some(c)
+    })
+    .await;
+    let peers: Vec<String> = (0..3)
+        .map(|i| net.peer_id(i).unwrap().to_string())
+        .collect();
+    let node = net.node(0).unwrap();
+    let addr: SocketAddr = node.control_addr;
+
+    let profile = tempfile::tempdir().unwrap();
+    let page = browser(&driver, profile.path()).await;
+    page.goto(&format!(
+        "http://{addr}/ui/#token={}",
+        node.api_token.as_str()
+    ))
+    .await
+    .unwrap();
+
+    // The token was taken from the address bar and the page may write.
+    wait_until(
+        "the page holds the token",
+        Duration::from_secs(10),
+        || async {
+            js(
+                &page,
+                "return document.querySelector('#auth-state')?.textContent ?? ''",
+            )
+            .await
+            .as_str()
+            .is_some_and(|t| t.contains("control"))
+        },
+    )
+    .await;
+    let url = page.current_url().await.unwrap();
+    assert!(!url.as_str().contains("token="), "token left in {url}");
+    screenshot(&page, "node").await;
+
+    // Every node appears in the mesh view, in the table and in the graph.
+    show(&page, "mesh").await;
+    wait_until(
+        "every node in the table",
+        Duration::from_secs(15),
+        || async {
+            let mut all = true;
+            for peer in &peers {
+                all &= count(&page, &format!("#mesh-nodes tr[data-peer=\"{peer}\"]")).await == 1;
+            }
+            all
+        },
+    )
+    .await;
+    wait_until(
+        "every node in the graph",
+        Duration::from_secs(10),
+        || async {
+            js(
+                &page,
+                "return document.querySelector('#mesh-graph')?.dataset.nodeCount ?? '0'",
+            )
+            .await
+            .as_str()
+            .and_then(|n| n.parse::<usize>().ok())
+                == Some(3)
+        },
+    )
+    .await;
+    screenshot(&page, "mesh").await;
+
+    // A filter hides what it should: by role, only the coordinator is left.
+    page.find(Locator::Css("#filter-role"))
+        .await
+        .unwrap()
+        .select_by_value("coordinator")
+        .await
+        .unwrap();
+    wait_until(
+        "only the coordinator shown",
+        Duration::from_secs(10),
+        || async {
+            count(&page, "#mesh-nodes tr[data-peer]:not([hidden])").await == 1
+                && count(
+                    &page,
+                    &format!("#mesh-nodes tr[data-peer=\"{coordinator}\"]:not([hidden])"),
+                )
+                .await
+                    == 1
+        },
+    )
+    .await;
+    page.find(Locator::Css("#filter-role"))
+        .await
+        .unwrap()
+        .select_by_value("any")
+        .await
+        .unwrap();
+
+    // The cluster shows its coordinator.
+    show(&page, "clusters").await;
+    wait_until(
+        "the coordinator is shown",
+        Duration::from_secs(10),
+        || async {
+            count(
+                &page,
+                &format!(".cluster .coordinator[data-peer=\"{coordinator}\"]"),
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+    screenshot(&page, "clusters").await;
+
+    // A key put on the page reaches another node's store.
+    show(&page, "store").await;
+    fill(&page, "#kv-key", "from-the-page").await;
+    fill(&page, "#kv-value", "written in a browser").await;
+    click(&page, "#kv-put").await;
+    let other = ControlClient::new(net.node(2).unwrap().control_addr);
+    let namespace = js(
+        &page,
+        "return document.querySelector('#kv-namespace').value",
+    )
+    .await
+    .as_str()
+    .unwrap_or("default")
+    .to_owned();
+    eventually("the key on node 2", Duration::from_secs(15), || async {
+        let key = other.kv_get(&namespace, "from-the-page").await.ok()??;
+        let value = serde_json::to_string(&key).ok()?;
+        value.contains("written in a browser").then_some(())
+    })
+    .await;
+    screenshot(&page, "store").await;
+
+    // A message sent from the page is delivered.
+    show(&page, "messages").await;
+    fill(&page, "#msg-to", &peers[1]).await;
+    fill(&page, "#msg-text", "hello from the dashboard").await;
+    click(&page, "#msg-send").await;
+    let receiver = ControlClient::new(net.node(1).unwrap().control_addr);
+    eventually(
+        "the message in node 1's inbox",
+        Duration::from_secs(20),
+        || async {
+            let inbox = serde_json::to_string(&receiver.messages().await.ok()?).ok()?;
+            inbox.contains("hello from the dashboard").then_some(())
+        },
+    )
+    .await;
+    wait_until(
+        "the page shows it delivered",
+        Duration::from_secs(20),
+        || async {
+            count(
+                &page,
+                "#msg-sent [data-message-id][data-state=\"delivered\"]",
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+    screenshot(&page, "messages").await;
+
+    show(&page, "events").await;
+    wait_until("events arrive", Duration::from_secs(15), || async {
+        count(&page, "#events-list > *").await >= 1
+    })
+    .await;
+    screenshot(&page, "events").await;
+    show(&page, "traffic").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    screenshot(&page, "traffic").await;
+
+    page.close().await.unwrap();
+    drop(driver);
+}
