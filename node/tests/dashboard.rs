@@ -447,3 +447,126 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
     page.close().await.unwrap();
     drop(driver);
 }
+
+/// `fogmesh testnet dashboard`'s server, over two in-process nodes described by a testnet
+/// state file: it lists the nodes, passes reads on, passes writes on with the node's own
+/// token only when they carry its own, streams events, and keeps foreign pages out too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_testnet_dashboard_passes_requests_on_with_its_own_token() {
+    use fogmesh_testnet::state::{self, NodeEntry, TestnetState};
+    let dir = tempfile::tempdir().unwrap();
+    let net = common::memnet(dir.path(), Duration::from_millis(500))
+        .nodes(2)
+        .start()
+        .await
+        .unwrap();
+    let testnet_dir = dir.path().join("testnet");
+    std::fs::create_dir_all(&testnet_dir).unwrap();
+    let nodes = (0..2)
+        .map(|index| NodeEntry {
+            index,
+            pid: std::process::id(),
+            start_time: None,
+            data_dir: net.dir(index).unwrap().to_path_buf(),
+            log_file: dir.path().join("log"),
+            p2p_port: 0,
+            control_port: net.node(index).unwrap().control_addr.port(),
+            command: None,
+            started_at_ms: None,
+            killed: None,
+            namespace: None,
+        })
+        .collect();
+    state::save(
+        &testnet_dir,
+        &TestnetState {
+            created_at_ms: 1,
+            nodes,
+            lab: None,
+        },
+    )
+    .unwrap();
+    let server = fogmesh_node::dashboard::testnet::start(&testnet_dir, 0)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = http();
+
+    let listed: Value = http
+        .get(format!("{base}/v1/testnet"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["nodes"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed["nodes"][1]["base"], "/node/1");
+
+    let status: Value = http
+        .get(format!("{base}/node/1/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["peer_id"], net.peer_id(1).unwrap().to_string());
+    let page = http.get(format!("{base}/ui/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+
+    let kv = format!("{base}/node/1/v1/kv/default/via-proxy");
+    let refused = http.put(&kv).body("x").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    // A node's own token is not this server's: the page never needs node tokens.
+    let node_token = net.node(1).unwrap().api_token.as_str().to_owned();
+    let refused = http
+        .put(&kv)
+        .bearer_auth(&node_token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let foreign = http
+        .put(&kv)
+        .bearer_auth(server.token.as_str())
+        .header("origin", "http://attacker.example")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    let written = http
+        .put(&kv)
+        .bearer_auth(server.token.as_str())
+        .body("through the testnet dashboard")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 200, "{:?}", written.text().await);
+    let held = ControlClient::new(net.node(1).unwrap().control_addr)
+        .kv_get("default", "via-proxy")
+        .await
+        .unwrap();
+    assert!(held.is_some());
+
+    // The event stream flows through, event by event.
+    let mut events = http
+        .get(format!("{base}/node/0/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert!(events.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&chunk).contains("data:"));
+    drop(events);
+    server.stop().await;
+}
