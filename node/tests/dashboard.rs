@@ -8,20 +8,20 @@
 //! them); without them it prints one "skipped" line and passes. Screenshots of every view
 //! land in `target/dashboard-screenshots/` (not committed).
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use browser::{browser, click, count, fill, js, screenshot, show, start_chromedriver};
 use common::{eventually, wait_until};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::memnet::{MemNet, Topology};
-use serde_json::{json, Value};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+use serde_json::Value;
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
@@ -132,119 +132,6 @@ async fn other_web_pages_cannot_drive_the_control_api() {
     }
 }
 
-/// A chromedriver we started, killed when dropped.
-struct Driver {
-    // Held so the process lives as long as the test needs it (killed on drop).
-    _child: tokio::process::Child,
-    port: u16,
-}
-
-async fn start_chromedriver() -> Option<Driver> {
-    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
-        eprintln!(
-            "skipped: {CHROMIUM} and {CHROMEDRIVER} are needed (Debian: apt-get install chromium chromium-driver; .ci/run does it)"
-        );
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let driver = Driver {
-        _child: child,
-        port,
-    };
-    let status = format!("http://127.0.0.1:{port}/status");
-    eventually("chromedriver answers", Duration::from_secs(20), || {
-        let status = status.clone();
-        async move {
-            http()
-                .get(status)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
-    Some(driver)
-}
-
-async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .unwrap()
-}
-
-async fn js(page: &Client, script: &str) -> Value {
-    page.execute(script, Vec::new()).await.unwrap()
-}
-
-async fn count(page: &Client, selector: &str) -> u64 {
-    let script = format!(
-        "return document.querySelectorAll({}).length",
-        serde_json::to_string(selector).unwrap()
-    );
-    js(page, &script).await.as_u64().unwrap_or(0)
-}
-
-async fn show(page: &Client, view: &str) {
-    page.find(Locator::Css(&format!("button[data-view=\"{view}\"]")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn fill(page: &Client, selector: &str, text: &str) {
-    let field = page.find(Locator::Css(selector)).await.unwrap();
-    field.clear().await.unwrap();
-    field.send_keys(text).await.unwrap();
-}
-
-async fn click(page: &Client, selector: &str) {
-    page.find(Locator::Css(selector))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn screenshot(page: &Client, name: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
-    let _ = std::fs::create_dir_all(&dir);
-    if let Ok(png) = page.screenshot().await {
-        let _ = std::fs::write(dir.join(format!("{name}.png")), png);
-    }
-}
-
 fn cluster_coordinator(net: &MemNet, node: usize) -> Option<String> {
     let view = fogmesh_node::cluster::api::view(net.handle(node)?);
     (view.state == "member")
@@ -254,7 +141,7 @@ fn cluster_coordinator(net: &MemNet, node: usize) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
-    let Some(driver) = start_chromedriver().await else {
+    let Some(driver) = start_chromedriver(Duration::from_secs(20)).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -279,7 +166,8 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
     let addr: SocketAddr = node.control_addr;
 
     let profile = tempfile::tempdir().unwrap();
-    let page = browser(&driver, profile.path()).await;
+    let page = browser(&driver, profile.path(), (1280, 900)).await;
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
     page.goto(&format!(
         "http://{addr}/ui/#token={}",
         node.api_token.as_str()
@@ -304,7 +192,7 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
     .await;
     let url = page.current_url().await.unwrap();
     assert!(!url.as_str().contains("token="), "token left in {url}");
-    screenshot(&page, "node").await;
+    screenshot(&page, &shots, "node").await;
 
     // Every node appears in the mesh view, in the table and in the graph.
     show(&page, "mesh").await;
@@ -335,7 +223,7 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
         },
     )
     .await;
-    screenshot(&page, "mesh").await;
+    screenshot(&page, &shots, "mesh").await;
 
     // A filter hides what it should: by role, only the coordinator is left.
     page.find(Locator::Css("#filter-role"))
@@ -380,7 +268,7 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
         },
     )
     .await;
-    screenshot(&page, "clusters").await;
+    screenshot(&page, &shots, "clusters").await;
 
     // A key put on the page reaches another node's store.
     show(&page, "store").await;
@@ -402,7 +290,7 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
         value.contains("written in a browser").then_some(())
     })
     .await;
-    screenshot(&page, "store").await;
+    screenshot(&page, &shots, "store").await;
 
     // A message sent from the page is delivered.
     show(&page, "messages").await;
@@ -432,17 +320,17 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
         },
     )
     .await;
-    screenshot(&page, "messages").await;
+    screenshot(&page, &shots, "messages").await;
 
     show(&page, "events").await;
     wait_until("events arrive", Duration::from_secs(15), || async {
         count(&page, "#events-list > *").await >= 1
     })
     .await;
-    screenshot(&page, "events").await;
+    screenshot(&page, &shots, "events").await;
     show(&page, "traffic").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    screenshot(&page, "traffic").await;
+    screenshot(&page, &shots, "traffic").await;
 
     page.close().await.unwrap();
     drop(driver);
