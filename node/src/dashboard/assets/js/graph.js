@@ -17,6 +17,8 @@ export class MeshGraph {
     this.groups = [];
     this.alpha = 1;
     this.sig = 0;
+    this.aspect = 1;
+    this.comp = { of: [], size: [], count: 0, big: [] };
     this.hover = null;
     this.selected = null;
     this.view = { s: 1, x: 0, y: 0 };
@@ -48,6 +50,8 @@ export class MeshGraph {
     this.c.width = Math.round(w * dpr);
     this.c.height = Math.round(h * dpr);
     this.dpr = dpr;
+    // Pulled harder vertically on a wide canvas, so the layout fills it.
+    this.aspect = Math.min(3, Math.max(1, w / h));
     this.fit(true);
     this.redraw();
   }
@@ -80,6 +84,7 @@ export class MeshGraph {
     this.p = nodes.map((n) => this.pos.get(n.id));
     if (sig !== this.sig) {
       this.sig = sig;
+      this.comp = components(nodes.length, this.edges);
       this.alpha = Math.max(this.alpha, 0.3);
     }
     this.redraw();
@@ -88,11 +93,30 @@ export class MeshGraph {
   // One step of the layout: pairwise repulsion, springs along links, pull to the middle
   // and towards the cluster's centre.
   step() {
-    const p = this.p, n = p.length, a = this.alpha;
+    const p = this.p, n = p.length, a = this.alpha, comp = this.comp;
+    // Each connected part is pulled to its own centre (so partitions drift apart), and
+    // everything weakly to the middle.
+    const cx = new Float64Array(comp.count), cy = new Float64Array(comp.count);
+    for (let i = 0; i < n; i++) { cx[comp.of[i]] += p[i].x / comp.size[comp.of[i]]; cy[comp.of[i]] += p[i].y / comp.size[comp.of[i]]; }
+    // Parts that overlap push each other apart as wholes.
+    const kx = new Float64Array(comp.count), ky = new Float64Array(comp.count);
+    const big = comp.big;
+    for (let x = 0; x < big.length; x++) {
+      for (let y = x + 1; y < big.length; y++) {
+        const c = big[x], d = big[y];
+        let dx = cx[c] - cx[d], dy = cy[c] - cy[d];
+        const dist = Math.hypot(dx, dy) || ((dx = 1), 1);
+        const want = (Math.sqrt(comp.size[c]) + Math.sqrt(comp.size[d])) * LINK * 0.6;
+        if (dist >= want) continue;
+        const push = ((want - dist) / dist) * 0.04;
+        kx[c] += dx * push; ky[c] += dy * push;
+        kx[d] -= dx * push; ky[d] -= dy * push;
+      }
+    }
     for (let i = 0; i < n; i++) {
-      const pi = p[i];
-      pi.fx = -pi.x * 0.02;
-      pi.fy = -pi.y * 0.02;
+      const pi = p[i], c = comp.of[i];
+      pi.fx = -pi.x * 0.003 + kx[c] + (comp.size[c] > 1 ? (cx[c] - pi.x) * 0.008 : 0);
+      pi.fy = -pi.y * 0.003 * this.aspect + ky[c] + (comp.size[c] > 1 ? (cy[c] - pi.y) * 0.008 : 0);
     }
     for (let i = 0; i < n; i++) {
       const pi = p[i];
@@ -101,8 +125,8 @@ export class MeshGraph {
         let dx = pi.x - pj.x, dy = pi.y - pj.y;
         let d2 = dx * dx + dy * dy;
         if (d2 < 0.01) { dx = Math.random() - 0.5; dy = Math.random() - 0.5; d2 = 0.5; }
-        if (d2 > 90000) continue;
-        const f = 1800 / d2;
+        if (d2 > 160000) continue;
+        const f = 2400 / d2;
         pi.fx += dx * f; pi.fy += dy * f;
         pj.fx -= dx * f; pj.fy -= dy * f;
       }
@@ -179,16 +203,17 @@ export class MeshGraph {
     for (const g of this.groups) {
       if (!g.idx.length) continue;
       const hull = convexHull(g.idx.map((i) => [X(p[i]), Y(p[i])]));
+      const pad = this.nodes[g.idx[0]].r + 7;
       ctx.fillStyle = ctx.strokeStyle = mix(g.colour, col.bg, 0.84);
       ctx.beginPath();
       if (hull.length === 1) {
-        ctx.arc(hull[0][0], hull[0][1], 15, 0, 6.2832);
+        ctx.arc(hull[0][0], hull[0][1], pad, 0, 6.2832);
         ctx.fill();
         continue;
       }
       hull.forEach(([x, y], k) => (k ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
       ctx.closePath();
-      ctx.lineWidth = 30;
+      ctx.lineWidth = 2 * pad;
       ctx.stroke();
       ctx.fill();
     }
@@ -274,6 +299,23 @@ export class MeshGraph {
   tip() { /* set by the view */ }
 
   select(id) { this.selected = id; this.redraw(); }
+}
+
+// Connected components of the drawn links: {of: index -> component, size, count}.
+function components(n, edges) {
+  const parent = Array.from({ length: n }, (_, i) => i);
+  const find = (x) => { while (parent[x] !== x) x = parent[x] = parent[parent[x]]; return x; };
+  for (const e of edges) if (!e.radio) parent[find(e.i)] = find(e.j);
+  const ids = new Map(), of = new Array(n), size = [];
+  for (let i = 0; i < n; i++) {
+    const r = find(i);
+    if (!ids.has(r)) { ids.set(r, ids.size); size.push(0); }
+    of[i] = ids.get(r);
+    size[of[i]]++;
+  }
+  // The parts pushed apart: those of two nodes or more, at most 40.
+  const big = size.map((s, c) => (s > 1 ? c : -1)).filter((c) => c >= 0).slice(0, 40);
+  return { of, size, count: ids.size, big };
 }
 
 const hashes = new Map();

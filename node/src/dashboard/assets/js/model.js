@@ -91,32 +91,41 @@ export function buildModel(state) {
     }
   }
 
+  // Each cluster as its members see it: the view with the highest term (the most members
+  // on a tie) decides who is in it and who coordinates.
   for (const s of state.sources) {
     const c = s.data.cluster;
-    const me = idOf[s.index];
-    if (!c || !me) continue;
-    if (c.cluster) {
-      const cl = cluster(clusters, c.cluster);
-      // The fullest view of a cluster is a member's own, with the highest term.
-      if (!cl.view || c.term > cl.view.term || (c.term === cl.view.term && c.members.length > cl.view.members.length)) cl.view = c;
-      node(me).cluster = c.cluster;
-      if (c.state === 'member' && !node(me).role) node(me).role = 'member';
-      for (const m of c.members) {
-        const n = node(m.peer_id);
-        n.cluster = c.cluster;
-        n.clusterScore = m.score;
-        if (m.coordinator) n.role = 'coordinator';
-        else if (!n.role) n.role = 'member';
-        cl.members.add(m.peer_id);
-      }
-      if (c.coordinator) {
-        const n = node(c.coordinator);
-        n.role = 'coordinator';
-        n.cluster = c.cluster;
-        cl.coordinator = c.coordinator;
-      }
+    if (!c || !c.cluster || !idOf[s.index]) continue;
+    const cl = cluster(clusters, c.cluster);
+    if (!cl.view || c.term > cl.view.term || (c.term === cl.view.term && c.members.length > cl.view.members.length)) cl.view = c;
+  }
+  const fromView = new Set(); // nodes some member's own view places in a cluster
+  for (const cl of clusters.values()) {
+    const v = cl.view;
+    for (const m of v.members) {
+      const n = node(m.peer_id);
+      fromView.add(m.peer_id);
+      n.cluster = cl.id;
+      n.clusterScore = m.score;
+      n.role = m.coordinator || m.peer_id === v.coordinator ? 'coordinator' : 'member';
+      cl.members.add(m.peer_id);
     }
+    if (v.coordinator) {
+      const n = node(v.coordinator);
+      n.role = 'coordinator';
+      n.cluster = cl.id;
+      fromView.add(v.coordinator);
+      cl.coordinator = v.coordinator;
+    }
+  }
+  // Then the clusters only announced. An announcement outlives its cluster for a while:
+  // one whose coordinator a member's own view places in another cluster is stale.
+  for (const s of state.sources) {
+    const c = s.data.cluster;
+    if (!c || !idOf[s.index]) continue;
     for (const k of c.known_clusters || []) {
+      const had = nodes.get(k.coordinator);
+      if (had && had.cluster && had.cluster !== k.cluster && fromView.has(k.coordinator)) continue;
       const cl = cluster(clusters, k.cluster);
       if (!cl.known || k.term >= cl.known.term) cl.known = k;
       const n = node(k.coordinator);

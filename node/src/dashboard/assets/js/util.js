@@ -1,6 +1,8 @@
 // util.js: small DOM and formatting helpers shared by every view. Network text only ever
 // reaches the page through textContent (h(), setText()), never as markup.
 
+import { hasToken } from './auth.js';
+
 export const $ = (sel, root = document) => root.querySelector(sel);
 
 // h('td', {class: 'x', data: {peer: id}, on: {click: f}}, 'text', child...)
@@ -67,9 +69,10 @@ export const fmtTime = (ms) => (ms ? new Date(ms).toLocaleTimeString() : '—');
 export const fmtDate = (ms) => (ms ? new Date(ms).toLocaleString() : '—');
 export const words = (s) => (s ? String(s).replace(/_/g, ' ') : '—');
 
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 export function hex(bytes) {
   let out = '';
-  for (const b of bytes) out += (b < 16 ? '0' : '') + b.toString(16);
+  for (const b of bytes) out += HEX[b];
   return out;
 }
 export const utf8Hex = (text) => hex(new TextEncoder().encode(text));
@@ -106,6 +109,25 @@ export function say(el, text, ok) {
   setText(el, text);
   el.classList.toggle('error', ok === false);
   el.classList.toggle('ok', ok === true);
+}
+
+// Marks a write control busy (disabled) while its request runs.
+export function busy(el, on) {
+  el.dataset.busy = on ? '1' : '';
+  el.disabled = on || !hasToken();
+}
+
+// Runs a write for a control: busy meanwhile, its outcome (f's text) or error shown in out.
+export async function act(btn, out, pending, f) {
+  busy(btn, true);
+  say(out, pending);
+  try {
+    say(out, await f(), true);
+  } catch (e) {
+    say(out, e.message, false);
+  } finally {
+    busy(btn, false);
+  }
 }
 
 // A <dl> whose rows are updated in place (so selections survive a refresh).

@@ -2,18 +2,18 @@
 // term, coordinator and why, members with score, limits and load; others as announced),
 // the tasks table (cancel, result download) and the submit form.
 
-import { $, h, setText, clear, shortId, fmtAge, fmtPct, fmtScore, colourOf, say, utf8Hex, hex } from '../util.js';
+import { $, h, setText, clear, shortId, fmtAge, fmtPct, fmtScore, fmtBytes, colourOf, say, utf8Hex, hex, act } from '../util.js';
 import { state, on, selected, coalesce } from '../store.js';
 import { request, post } from '../api.js';
 import { buildModel } from '../model.js';
 import { kick } from '../poll.js';
-import { busy } from './header.js';
 
 const boxes = new Map(); // cluster id -> {el, ...}
 const taskRows = new Map();
 const ORDER = ['running', 'assigned', 'queued', 'submitted', 'failed', 'done', 'cancelled'];
 const FINAL = new Set(['done', 'failed', 'cancelled']);
 let taskOrder = '';
+let boxOrder = '';
 
 export function init() {
   const draw = coalesce(render);
@@ -38,16 +38,24 @@ function render() {
   const model = buildModel(state);
   const seen = new Set();
   const list = [...model.clusters.values()].sort((a, b) => (a.id === (own && own.cluster) ? -1 : b.id === (own && own.cluster) ? 1 : a.id < b.id ? -1 : 1));
+  const name = (id) => {
+    const n = model.nodes.get(id);
+    return shortId(id) + (n && n.name ? ` (${n.name})` : '');
+  };
   for (const c of list) {
     seen.add(c.id);
-    clusterBox(c, own);
+    clusterBox(c, own, name);
   }
   for (const [id, b] of boxes) if (!seen.has(id)) { b.el.remove(); boxes.delete(id); }
-  for (const c of list) $('#clusters').append(boxes.get(c.id).el);
+  const order = list.map((c) => c.id).join();
+  if (order !== boxOrder) {
+    boxOrder = order;
+    for (const c of list) $('#clusters').append(boxes.get(c.id).el);
+  }
   tasks(s);
 }
 
-function clusterBox(c, own) {
+function clusterBox(c, own, name) {
   let b = boxes.get(c.id);
   if (!b) {
     const title = h('h3', {}, h('span', { class: 'dot' }), 'Cluster ' + c.id.slice(0, 8));
@@ -57,7 +65,7 @@ function clusterBox(c, own) {
     const why = h('p', { class: 'muted small' });
     const body = h('tbody');
     const table = h('div', { class: 'table-wrap' }, h('table', { class: 'members' },
-      h('thead', {}, h('tr', {}, ...['Member', 'Score', 'Cores', 'CPU limit', 'Memory', 'Battery', 'Load'].map((t) => h('th', {}, t)))), body));
+      h('thead', {}, h('tr', {}, ...['Member', 'Score', 'Battery', 'Limits', 'Load'].map((t) => h('th', {}, t)))), body));
     const el = h('div', { class: 'cluster card panel', data: { cluster: c.id } }, title, h('p', {}, 'Coordinator: ', coord), meta, why, table);
     b = { el, coord, meta, why, body, table };
     boxes.set(c.id, b);
@@ -65,7 +73,7 @@ function clusterBox(c, own) {
   const v = c.view;
   const coordinator = (v && v.coordinator) || c.coordinator;
   if (coordinator) b.coord.dataset.peer = coordinator;
-  setText(b.coord, coordinator ? shortId(coordinator) : 'none yet');
+  setText(b.coord, coordinator ? name(coordinator) : 'none yet');
   b.coord.title = coordinator || '';
   const term = v ? v.term : c.known ? c.known.term : '?';
   const size = v ? v.members.length : c.known ? c.known.members : c.members.size;
@@ -75,14 +83,12 @@ function clusterBox(c, own) {
   b.table.hidden = !v;
   if (!v) return;
   const rows = v.members.map((m) => h('tr', { data: { peer: m.peer_id } },
-    h('td', { class: 'mono', title: m.peer_id }, shortId(m.peer_id) + (m.coordinator ? ' ★' : '') + (m.voter ? '' : ' (non-voter)')),
+    h('td', { class: 'mono', title: m.peer_id }, name(m.peer_id) + (m.coordinator ? ' ★' : '') + (m.voter ? '' : ' (non-voter)')),
     h('td', {}, fmtScore(m.score)),
-    h('td', {}, String(m.cores)),
-    h('td', {}, m.cpu_pct + '%'),
-    h('td', {}, m.memory_mb + ' MB'),
     h('td', {}, m.battery_pct == null ? '—' : fmtPct(m.battery_pct) + (m.charging ? ' ⚡' : '')),
-    h('td', {}, `${m.tasks}/${m.max_tasks} tasks, ${m.cpu_millicores} mc, ${m.load_memory_mb} MB`)));
-  const sig = JSON.stringify(v.members);
+    h('td', {}, `${m.cores} cores · ${m.cpu_pct}% · ${fmtBytes(m.memory_mb * 1048576)}`),
+    h('td', {}, `${m.tasks}/${m.max_tasks} tasks · ${m.cpu_millicores / 1000} cores · ${fmtBytes(m.load_memory_mb * 1048576)}`)));
+  const sig = JSON.stringify(v.members) + name(v.members[0] ? v.members[0].peer_id : '');
   if (b.sig !== sig) { b.sig = sig; clear(b.body); b.body.append(...rows); }
 }
 
@@ -134,17 +140,12 @@ function taskRow(id) {
   return r;
 }
 
-async function cancelTask(id, btn, msg) {
-  busy(btn, true);
-  try {
+function cancelTask(id, btn, msg) {
+  act(btn, msg, '', async () => {
     const r = await request(selected().base, '/v1/tasks/' + encodeURIComponent(id), { method: 'DELETE' });
-    say(msg, (r && r.status) || 'cancelled', true);
     kick(selected(), 'tasks');
-  } catch (e) {
-    say(msg, e.message, false);
-  } finally {
-    busy(btn, false);
-  }
+    return (r && r.status) || 'cancelled';
+  });
 }
 
 async function download(id, btn, msg) {
@@ -165,23 +166,13 @@ async function download(id, btn, msg) {
   }
 }
 
-const readFile = (file) => new Promise((ok, fail) => {
-  const r = new FileReader();
-  r.onload = () => ok(r.result);
-  r.onerror = () => fail(r.error);
-  r.readAsArrayBuffer(file);
-});
-
-async function submit(e) {
+function submit(e) {
   e.preventDefault();
   const out = $('#task-result');
-  const btn = $('#task-submit');
   const file = $('#task-module').files[0];
   if (!file) return say(out, 'choose a module (.wasm or .wat) first', false);
-  busy(btn, true);
-  say(out, 'submitting…');
-  try {
-    const bytes = new Uint8Array(await readFile(file));
+  act($('#task-submit'), out, 'submitting…', async () => {
+    const bytes = new Uint8Array(await file.arrayBuffer());
     const body = {
       priority: $('#task-priority').value,
       cpu_millicores: Math.round(Number($('#task-cpu').value)),
@@ -193,19 +184,15 @@ async function submit(e) {
     else body.module_hex = hex(bytes);
     const inFile = $('#task-input-file').files[0];
     const text = $('#task-input').value;
-    if (inFile) body.input_hex = hex(new Uint8Array(await readFile(inFile)));
+    if (inFile) body.input_hex = hex(new Uint8Array(await inFile.arrayBuffer()));
     else if (text) body.input_hex = utf8Hex(text);
     for (const k of ['cpu_millicores', 'memory_mb', 'duration_ms']) {
       if (!(body[k] > 0)) throw new Error(k.replace('_', ' ') + ' must be a positive number');
     }
     const r = await post(selected().base, '/v1/tasks', body);
-    say(out, 'submitted: ' + r.id, true);
     out.dataset.task = r.id;
     kick(selected(), 'tasks');
-  } catch (err) {
-    say(out, err.message, false);
-  } finally {
-    busy(btn, false);
-  }
+    return 'submitted: ' + r.id;
+  });
 }
 

@@ -2,10 +2,9 @@
 // cluster, when it was last heard, sparklines from /v1/telemetry/{peer}/history, and a form
 // to send it a direct message.
 
-import { $, h, setText, clear, shortId, fmtAge, fmtPct, fmtTemp, fmtScore, fmtBytes, fmtSecs, words, copyText, dlUpdate, say } from '../util.js';
+import { $, h, setText, clear, shortId, fmtAge, fmtPct, fmtTemp, fmtScore, fmtBytes, fmtSecs, words, copyText, dlUpdate, say, act } from '../util.js';
 import { get, post } from '../api.js';
 import { selected, state } from '../store.js';
-import { busy } from './header.js';
 import { sparkline } from '../sparkline.js';
 
 let current = null;
@@ -119,21 +118,14 @@ function sparks() {
   box.append(h('p', { class: 'muted small' }, samples.length ? `${samples.length} samples over ${fmtSecs(span / 1000)}` : 'no samples yet'));
 }
 
-async function send(e) {
+function send(e) {
   e.preventDefault();
   const text = $('#details-message-text').value;
   const out = $('#details-message-result');
-  const btn = $('#details-message-send');
   if (!text.trim()) return say(out, 'nothing to send', false);
-  busy(btn, true);
-  say(out, 'sending…');
-  try {
+  act($('#details-message-send'), out, 'sending…', async () => {
     const r = await post(selected().base, '/v1/messages', { to: current, text });
-    say(out, 'sent: ' + r.id, true);
     $('#details-message-text').value = '';
-  } catch (err) {
-    say(out, err.message, false);
-  } finally {
-    busy(btn, false);
-  }
+    return 'sent: ' + r.id;
+  });
 }

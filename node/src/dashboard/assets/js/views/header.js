@@ -38,12 +38,6 @@ function applyAuth() {
   for (const el of document.querySelectorAll('[data-write]')) el.disabled = !ctl || el.dataset.busy === '1';
 }
 
-// Marks a write control busy (disabled) while its request runs.
-export function busy(el, on) {
-  el.dataset.busy = on ? '1' : '';
-  el.disabled = on || !hasToken();
-}
-
 function options() {
   const pick = $('#node-select');
   pick.hidden = !state.testnet;

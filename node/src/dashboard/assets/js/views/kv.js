@@ -2,10 +2,9 @@
 // value and overwritten versions, put and delete, and watch a prefix live from the page's
 // event stream (kv_changed events, filtered here).
 
-import { $, h, setText, clear, shortId, fmtDate, say, dlUpdate } from '../util.js';
+import { $, h, setText, clear, shortId, fmtDate, say, dlUpdate, act } from '../util.js';
 import { state, on, selected } from '../store.js';
 import { get, request } from '../api.js';
-import { busy } from './header.js';
 
 const PAGE = 200;
 const MAX_ROWS = 2000;
@@ -114,29 +113,22 @@ async function show(key) {
   }
 }
 
-async function write(del) {
+function write(del) {
   const key = $('#kv-key').value;
+  const value = $('#kv-value').value;
   const out = $('#kv-result');
-  const btn = del ? $('#kv-delete') : $('#kv-put');
   if (!key) return say(out, 'give a key', false);
   if (key === '.' || key === '..') return say(out, 'a key cannot be `.` or `..`', false);
-  busy(btn, true);
-  say(out, del ? 'deleting…' : 'writing…');
-  try {
+  act(del ? $('#kv-delete') : $('#kv-put'), out, del ? 'deleting…' : 'writing…', async () => {
     const r = await request(selected().base, keyPath(ns(), key), del
-      ? { method: 'DELETE' }
-      : { method: 'PUT', body: new TextEncoder().encode($('#kv-value').value), timeout: 35000 });
-    say(out, `${del ? 'deleted' : 'stored'} ${ns()}/${key} at ${r.hlc}`, true);
+      ? { method: 'DELETE' } : { method: 'PUT', body: new TextEncoder().encode(value) });
     if (listed.ns === ns() && key.startsWith(listed.prefix)) {
       if (del && !$('#kv-deleted').checked) drop(key);
-      else upsert(key, { deleted: del, value: del ? null : $('#kv-value').value });
+      else upsert(key, { deleted: del, value: del ? null : value });
       count();
     }
-  } catch (e) {
-    say(out, e.message, false);
-  } finally {
-    busy(btn, false);
-  }
+    return `${del ? 'deleted' : 'stored'} ${ns()}/${key} at ${r.hlc}`;
+  });
 }
 
 function drop(key) {

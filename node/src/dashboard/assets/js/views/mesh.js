@@ -27,7 +27,7 @@ export function init() {
   });
   graph.tip = tip;
   details.init(() => model, () => { graph.select(null); });
-  const draw = coalesce(update);
+  const draw = throttle(coalesce(update), 250);
   for (const id of ['#filter-heard', '#filter-transport', '#filter-role', '#filter-device', '#mesh-colour']) $(id).addEventListener('change', draw);
   $('#partitions').addEventListener('click', () => { $('#mesh-colour').value = 'partition'; draw(); });
   on('data', () => { if (state.view === 'mesh') draw(); });
@@ -35,6 +35,15 @@ export function init() {
   on('testnet', draw);
   on('view', (v) => { if (v === 'mesh') { draw(); graph.resize(); } });
   setInterval(() => { if (state.view === 'mesh' && document.visibilityState === 'visible') draw(); }, 2000);
+}
+
+// Calls f at most every ms (the last call is not lost).
+function throttle(f, ms) {
+  let last = 0, timer = 0;
+  return () => {
+    const wait = last + ms - Date.now();
+    if (wait <= 0) { last = Date.now(); f(); } else if (!timer) timer = setTimeout(() => { timer = 0; last = Date.now(); f(); }, wait);
+  };
 }
 
 function select(id) {
@@ -88,6 +97,7 @@ function update() {
   }
 
   const ids = new Set(shown.map((n) => n.id));
+  const base = shown.length > 120 ? 3 : shown.length > 40 ? 4 : shown.length > 12 ? 5 : 7;
   const gnodes = shown.map((n) => ({
     id: n.id,
     label: n.name || shortId(n.id),
@@ -95,7 +105,7 @@ function update() {
     coordinator: n.role === 'coordinator',
     self: n.id === model.selId,
     dead: !n.alive || (n.stale && !n.isSource),
-    r: 5 + 4 * Math.min(1, Math.max(0, n.score || 0)),
+    r: base + 3 * Math.min(1, Math.max(0, n.score || 0)),
   }));
   const groups = [];
   for (const c of model.clusters.values()) {

@@ -1,10 +1,9 @@
 // views/messages.js: the Messages tab: inbox and sent lists (delivery state kept fresh by
 // polling and by message events), and a form to send to one node or to everyone.
 
-import { $, h, setText, clear, shortId, fmtTime, say } from '../util.js';
+import { $, h, setText, clear, shortId, fmtTime, say, act } from '../util.js';
 import { state, on, selected, coalesce } from '../store.js';
 import { get, post } from '../api.js';
-import { busy } from './header.js';
 import { buildModel } from '../model.js';
 
 const rows = { inbox: new Map(), sent: new Map() };
@@ -85,24 +84,16 @@ function peers() {
   }
 }
 
-async function send(e) {
+function send(e) {
   e.preventDefault();
   const to = $('#msg-to').value.trim();
   const text = $('#msg-text').value;
   const out = $('#msg-result');
-  const btn = $('#msg-send');
   if (!text.trim()) return say(out, 'nothing to send', false);
-  busy(btn, true);
-  say(out, 'sending…');
-  try {
+  act($('#msg-send'), out, 'sending…', async () => {
     const r = await post(selected().base, '/v1/messages', { to: to || null, text });
-    say(out, `${to ? 'sent' : 'broadcast'}: ${r.id}`, true);
-    out.dataset.messageId = r.id;
     $('#msg-text').value = '';
     load();
-  } catch (err) {
-    say(out, err.message, false);
-  } finally {
-    busy(btn, false);
-  }
+    return `${to ? 'sent' : 'broadcast'}: ${r.id}`;
+  });
 }
