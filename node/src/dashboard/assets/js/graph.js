@@ -24,7 +24,7 @@ export class MeshGraph {
     this.view = { s: 1, x: 0, y: 0 };
     this.running = false;
     this.readColours();
-    matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => { this.readColours(); this.redraw(); });
+    matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => { this.readColours(); this.dirty = true; this.redraw(); });
     new ResizeObserver(() => this.resize()).observe(canvas);
     canvas.addEventListener('mousemove', (e) => this.pointer(e));
     canvas.addEventListener('mouseleave', () => { this.hover = null; this.redraw(); this.tip(null); });
@@ -53,6 +53,7 @@ export class MeshGraph {
     // Pulled harder vertically on a wide canvas, so the layout fills it.
     this.aspect = Math.min(3, Math.max(1, w / h));
     this.fit(true);
+    this.dirty = true;
     this.redraw();
   }
 
@@ -86,6 +87,14 @@ export class MeshGraph {
       this.sig = sig;
       this.comp = components(nodes.length, this.edges);
       this.alpha = Math.max(this.alpha, 0.3);
+    }
+    // The layer is drawn again only if something it shows changed.
+    let look = sig;
+    for (const n of nodes) look = (Math.imul(look, 31) + hash(n.colour + n.r + n.dead + n.coordinator + n.self + n.label)) | 0;
+    for (const e of live) look = (Math.imul(look, 31) + Math.round(Math.log10(Math.max(e.rtt || 1, 1)) * 5)) | 0;
+    if (look !== this.look) {
+      this.look = look;
+      this.dirty = true;
     }
     this.redraw();
   }
@@ -172,6 +181,7 @@ export class MeshGraph {
       let steps = 0;
       while (this.alpha > 0 && steps < 30 && performance.now() - t0 < FRAME_BUDGET) { this.step(); steps++; }
       this.fit(false);
+      this.dirty = true;
     }
     this.draw();
     if (this.alpha > 0) this.redraw();
@@ -189,89 +199,114 @@ export class MeshGraph {
     v.s += (t.s - v.s) * k; v.x += (t.x - v.x) * k; v.y += (t.y - v.y) * k;
   }
 
+  // The scene (hulls, links, nodes) is drawn to an offscreen layer only when something
+  // moved or changed; a hover just copies the layer, dims it and draws the hovered node's
+  // links and neighbours on top.
   draw() {
     const t0 = performance.now();
-    const ctx = this.ctx, { s, x: ox, y: oy } = this.view, col = this.col, p = this.p || [];
-    ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
-    ctx.clearRect(0, 0, this.c.width, this.c.height);
-    const X = (q) => q.x * s + ox, Y = (q) => q.y * s + oy;
-    const hi = this.hover != null ? this.hover : null;
-
-    // Clusters: a padded hull (fill plus a wide round stroke) behind the members.
-    ctx.lineJoin = 'round';
-    ctx.lineCap = 'round';
-    for (const g of this.groups) {
-      if (!g.idx.length) continue;
-      const hull = convexHull(g.idx.map((i) => [X(p[i]), Y(p[i])]));
-      const pad = this.nodes[g.idx[0]].r + 7;
-      ctx.fillStyle = ctx.strokeStyle = mix(g.colour, col.bg, 0.84);
-      ctx.beginPath();
-      if (hull.length === 1) {
-        ctx.arc(hull[0][0], hull[0][1], pad, 0, 6.2832);
-        ctx.fill();
-        continue;
-      }
-      hull.forEach(([x, y], k) => (k ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
-      ctx.closePath();
-      ctx.lineWidth = 2 * pad;
-      ctx.stroke();
-      ctx.fill();
+    const { c, ctx, dpr } = this;
+    if (!dpr) return;
+    if (this.dirty || !this.layer) {
+      this.layer = this.layer || document.createElement('canvas');
+      this.layer.width = c.width;
+      this.layer.height = c.height;
+      const l = this.layer.getContext('2d');
+      l.setTransform(dpr, 0, 0, dpr, 0, 0);
+      this.scene(l, null);
+      this.dirty = false;
     }
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, c.width, c.height);
+    ctx.drawImage(this.layer, 0, 0);
+    const hi = this.hover;
+    if (hi != null && hi < this.nodes.length) {
+      ctx.globalAlpha = 0.6;
+      ctx.fillStyle = this.col.bg;
+      ctx.fillRect(0, 0, c.width, c.height);
+      ctx.globalAlpha = 1;
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      const near = new Set([hi]);
+      for (const e of this.edges) if (e.i === hi || e.j === hi) near.add(e.i).add(e.j);
+      this.scene(ctx, near);
+    }
+    c.dataset.nodeCount = String(this.nodes.length);
+    if (this.perf) this.perf(performance.now() - t0);
+  }
 
+  // Draws the graph, or with only: just those nodes and the links among them (no hulls).
+  scene(ctx, only) {
+    const { s, x: ox, y: oy } = this.view, col = this.col, p = this.p || [];
+    const X = (i) => p[i].x * s + ox, Y = (i) => p[i].y * s + oy;
+    ctx.lineJoin = ctx.lineCap = 'round';
+    if (!only) {
+      // Clusters: the hull of an octagon around each member, filled (cheap to raster).
+      for (const g of this.groups) {
+        if (!g.idx.length) continue;
+        const pad = this.nodes[g.idx[0]].r + 8;
+        const pts = [];
+        for (const i of g.idx) for (let k = 0; k < 8; k++) pts.push([X(i) + pad * OCT[k][0], Y(i) + pad * OCT[k][1]]);
+        ctx.fillStyle = mix(g.colour, col.bg, 0.84);
+        ctx.beginPath();
+        convexHull(pts).forEach(([x, y], k) => (k ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+        ctx.fill();
+      }
+    }
+    // Links, batched by look: one path per transport, dash, width and opacity step.
+    const batches = new Map();
     for (const e of this.edges) {
-      const a = p[e.i], b = p[e.j];
-      const lit = hi != null && (e.i === hi || e.j === hi);
-      const rtt = e.rtt;
-      let w = rtt == null ? 1.2 : Math.min(3, Math.max(0.8, 3 - Math.log10(Math.max(rtt, 1)) * 0.8));
-      let o = rtt == null ? 0.55 : Math.min(0.9, Math.max(0.3, 1 - Math.log10(Math.max(rtt, 1)) / 3.5));
-      if (e.radio) { w = 1; o = 0.6; }
-      if (hi != null) o = lit ? 1 : o * 0.25;
-      ctx.globalAlpha = o;
-      ctx.strokeStyle = col[e.transport] || col.internet;
-      ctx.lineWidth = lit ? w + 1 : w;
-      ctx.setLineDash(e.radio ? [2, 4] : e.transport === 'relayed' ? [6, 4] : []);
+      if (only && !(only.has(e.i) && only.has(e.j) && (e.i === this.hover || e.j === this.hover))) continue;
+      const r = e.rtt == null ? null : Math.log10(Math.max(e.rtt, 1));
+      const w = e.radio ? 1 : r == null ? 1.2 : Math.min(3, Math.max(0.8, 3 - r * 0.8));
+      const o = only ? 1 : e.radio ? 0.6 : r == null ? 0.55 : Math.min(0.9, Math.max(0.3, 1 - r / 3.5));
+      const key = `${e.transport}|${e.radio}|${Math.round(w * 2)}|${Math.round(o * 10)}`;
+      let b = batches.get(key);
+      if (!b) batches.set(key, (b = { e, w: Math.round(w * 2) / 2 + (only ? 1 : 0), o: Math.round(o * 10) / 10, list: [] }));
+      b.list.push(e);
+    }
+    for (const b of batches.values()) {
+      ctx.globalAlpha = b.o;
+      ctx.strokeStyle = col[b.e.transport] || col.internet;
+      ctx.lineWidth = b.w;
+      ctx.setLineDash(b.e.radio ? [2, 4] : b.e.transport === 'relayed' ? [6, 4] : []);
       ctx.beginPath();
-      ctx.moveTo(X(a), Y(a));
-      ctx.lineTo(X(b), Y(b));
+      for (const e of b.list) { ctx.moveTo(X(e.i), Y(e.i)); ctx.lineTo(X(e.j), Y(e.j)); }
       ctx.stroke();
     }
     ctx.setLineDash([]);
+    ctx.globalAlpha = 1;
 
-    const many = this.nodes.length > 50;
-    const near = new Set();
-    if (hi != null) for (const e of this.edges) if (e.i === hi || e.j === hi) near.add(e.i).add(e.j);
-    this.nodes.forEach((n, i) => {
-      const q = p[i], x = X(q), y = Y(q), r = n.r;
-      ctx.globalAlpha = hi != null && i !== hi && !near.has(i) ? 0.35 : 1;
+    // Nodes, batched by fill colour; the dead ones hollow and dashed.
+    const fills = new Map();
+    const idx = only ? [...only] : this.nodes.map((_, i) => i);
+    for (const i of idx) {
+      const n = this.nodes[i];
+      const k = n.dead ? col.bg : n.colour;
+      if (!fills.has(k)) fills.set(k, []);
+      fills.get(k).push(i);
+    }
+    ctx.lineWidth = 1.5;
+    for (const [colour, list] of fills) {
       ctx.beginPath();
-      ctx.arc(x, y, r, 0, 6.2832);
-      if (n.dead) {
-        ctx.fillStyle = col.bg;
-        ctx.fill();
-        ctx.setLineDash([2, 2]);
-        ctx.strokeStyle = col.muted;
-        ctx.lineWidth = 1.5;
-        ctx.stroke();
-        ctx.setLineDash([]);
-      } else {
-        ctx.fillStyle = n.colour;
-        ctx.fill();
-        ctx.strokeStyle = col.bg;
-        ctx.lineWidth = 1.5;
-        ctx.stroke();
-      }
+      for (const i of list) { ctx.moveTo(X(i) + this.nodes[i].r, Y(i)); ctx.arc(X(i), Y(i), this.nodes[i].r, 0, 6.2832); }
+      ctx.fillStyle = colour;
+      ctx.fill();
+      ctx.strokeStyle = colour === col.bg ? col.muted : col.bg;
+      ctx.setLineDash(colour === col.bg ? [2, 2] : []);
+      ctx.stroke();
+    }
+    ctx.setLineDash([]);
+    const many = idx.length > 50;
+    ctx.font = '11px system-ui, sans-serif';
+    for (const i of idx) {
+      const n = this.nodes[i], x = X(i), y = Y(i), r = n.r;
       if (n.coordinator) ring(ctx, x, y, r + 3.5, col.text, 2);
       if (n.self) ring(ctx, x, y, r + (n.coordinator ? 7 : 3.5), col.sel, 2);
       if (n.id === this.selected) ring(ctx, x, y, r + 9, col.sel, 3);
-      if (!many || i === hi || n.self || n.id === this.selected) {
+      if (!many || i === this.hover || n.self || n.id === this.selected) {
         ctx.fillStyle = col.text;
-        ctx.font = '11px system-ui, sans-serif';
         ctx.fillText(n.label, x + r + 4, y + 4);
       }
-    });
-    ctx.globalAlpha = 1;
-    this.c.dataset.nodeCount = String(this.nodes.length);
-    if (this.perf) this.perf(performance.now() - t0);
+    }
   }
 
   hit(e) {
@@ -298,7 +333,7 @@ export class MeshGraph {
 
   tip() { /* set by the view */ }
 
-  select(id) { this.selected = id; this.redraw(); }
+  select(id) { this.selected = id; this.dirty = true; this.redraw(); }
 }
 
 // Connected components of the drawn links: {of: index -> component, size, count}.
@@ -318,6 +353,7 @@ function components(n, edges) {
   return { of, size, count: ids.size, big };
 }
 
+const OCT = Array.from({ length: 8 }, (_, k) => [Math.cos((k * Math.PI) / 4), Math.sin((k * Math.PI) / 4)]);
 const hashes = new Map();
 function hash(id) {
   let x = hashes.get(id);
