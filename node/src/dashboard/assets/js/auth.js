@@ -14,7 +14,7 @@ export function takeTokenFromHash() {
   for (const p of parts) {
     if (p.startsWith('token=')) {
       const t = decodeURIComponent(p.slice(6)).trim();
-      if (t) store(t);
+      if (t) setToken(t);
     } else rest.push(p);
   }
   if (rest.length !== parts.length) {

@@ -1,8 +1,9 @@
-// graph.js: the mesh graph on a canvas. A small force-directed layout (a bounded amount of
-// work per frame, stops once settled), clusters drawn as hulls behind their members, links
-// coloured by transport with width and opacity by RTT, hover highlight and click to select.
+// graph.js: the mesh graph on a canvas (its layout is layout.js): clusters as hulls behind
+// their members, links coloured by transport with width and opacity by RTT, coordinators
+// ringed, hover highlight and click to select. Redraws only when something changed.
 
-const LINK = 70; // rest length of a link, world units
+import { Layout, hash } from './layout.js';
+
 const FRAME_BUDGET = 6; // ms of layout per frame at most
 
 export class MeshGraph {
@@ -11,20 +12,15 @@ export class MeshGraph {
     this.ctx = canvas.getContext('2d');
     this.onSelect = onSelect;
     this.perf = perf;
-    this.pos = new Map(); // id -> {x, y, vx, vy}
+    this.layout = new Layout();
     this.nodes = [];
     this.edges = [];
     this.groups = [];
-    this.alpha = 1;
-    this.sig = 0;
-    this.aspect = 1;
-    this.comp = { of: [], size: [], count: 0, big: [] };
     this.hover = null;
     this.selected = null;
     this.view = { s: 1, x: 0, y: 0 };
-    this.running = false;
     this.readColours();
-    matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => { this.readColours(); this.dirty = true; this.redraw(); });
+    matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => { this.readColours(); this.redraw(true); });
     new ResizeObserver(() => this.resize()).observe(canvas);
     canvas.addEventListener('mousemove', (e) => this.pointer(e));
     canvas.addEventListener('mouseleave', () => { this.hover = null; this.redraw(); this.tip(null); });
@@ -50,148 +46,48 @@ export class MeshGraph {
     this.c.width = Math.round(w * dpr);
     this.c.height = Math.round(h * dpr);
     this.dpr = dpr;
-    // Pulled harder vertically on a wide canvas, so the layout fills it.
-    this.aspect = Math.min(3, Math.max(1, w / h));
+    this.layout.aspect = Math.min(3, Math.max(1, w / h));
     this.fit(true);
-    this.dirty = true;
-    this.redraw();
+    this.redraw(true);
   }
 
   // nodes: [{id, label, colour, coordinator, self, dead, r}], edges: [{a, b, transport,
-  // rtt, radio}], groups: [{colour, ids}]. Positions of known nodes are kept.
+  // rtt, radio}], groups: [{colour, ids}].
   setData(nodes, edges, groups) {
     const index = new Map(nodes.map((n, i) => [n.id, i]));
-    const live = edges.filter((e) => index.has(e.a) && index.has(e.b));
-    for (const n of nodes) {
-      if (this.pos.has(n.id)) continue;
-      // A newcomer starts beside a neighbour already placed, else near the middle.
-      const e = live.find((e) => (e.a === n.id && this.pos.has(e.b)) || (e.b === n.id && this.pos.has(e.a)));
-      const near = e ? this.pos.get(e.a === n.id ? e.b : e.a) : { x: 0, y: 0 };
-      const a = Math.random() * 6.283;
-      const d = e ? LINK * 0.5 : 40 + Math.random() * 60;
-      this.pos.set(n.id, { x: near.x + Math.cos(a) * d, y: near.y + Math.sin(a) * d, vx: 0, vy: 0 });
-    }
-    if (this.pos.size > nodes.length * 2 + 50) {
-      for (const id of this.pos.keys()) if (!index.has(id)) this.pos.delete(id);
-    }
-    // An order-free fingerprint of the topology: the layout warms up again only when it changes.
-    let sig = nodes.length * 7919 + groups.length;
-    for (const n of nodes) sig = (sig + hash(n.id)) | 0;
-    for (const e of live) sig = (sig + Math.imul(hash(e.a) ^ hash(e.b), e.radio ? 3 : 5)) | 0;
     this.nodes = nodes;
-    this.index = index;
-    this.edges = live.map((e) => ({ ...e, i: index.get(e.a), j: index.get(e.b) }));
+    this.edges = edges.filter((e) => index.has(e.a) && index.has(e.b)).map((e) => ({ ...e, i: index.get(e.a), j: index.get(e.b) }));
     this.groups = groups.map((g) => ({ colour: g.colour, idx: g.ids.filter((id) => index.has(id)).map((id) => index.get(id)) }));
-    this.p = nodes.map((n) => this.pos.get(n.id));
-    if (sig !== this.sig) {
-      this.sig = sig;
-      this.comp = components(nodes.length, this.edges);
-      this.alpha = Math.max(this.alpha, 0.3);
-    }
-    // The layer is drawn again only if something it shows changed.
-    let look = sig;
+    let look = this.layout.set(nodes.map((n) => n.id), this.edges, this.groups.map((g) => g.idx));
+    // The picture is drawn again only if something it shows changed.
     for (const n of nodes) look = (Math.imul(look, 31) + hash(n.colour + n.r + n.dead + n.coordinator + n.self + n.label)) | 0;
-    for (const e of live) look = (Math.imul(look, 31) + Math.round(Math.log10(Math.max(e.rtt || 1, 1)) * 5)) | 0;
-    if (look !== this.look) {
-      this.look = look;
-      this.dirty = true;
-    }
-    this.redraw();
+    for (const e of this.edges) look = (Math.imul(look, 31) + Math.round(Math.log10(Math.max(e.rtt || 1, 1)) * 5)) | 0;
+    this.redraw(look !== this.look);
+    this.look = look;
   }
 
-  // One step of the layout: pairwise repulsion, springs along links, pull to the middle
-  // and towards the cluster's centre.
-  step() {
-    const p = this.p, n = p.length, a = this.alpha, comp = this.comp;
-    // Each connected part is pulled to its own centre (so partitions drift apart), and
-    // everything weakly to the middle.
-    const cx = new Float64Array(comp.count), cy = new Float64Array(comp.count);
-    for (let i = 0; i < n; i++) { cx[comp.of[i]] += p[i].x / comp.size[comp.of[i]]; cy[comp.of[i]] += p[i].y / comp.size[comp.of[i]]; }
-    // Parts that overlap push each other apart as wholes.
-    const kx = new Float64Array(comp.count), ky = new Float64Array(comp.count);
-    const big = comp.big;
-    for (let x = 0; x < big.length; x++) {
-      for (let y = x + 1; y < big.length; y++) {
-        const c = big[x], d = big[y];
-        let dx = cx[c] - cx[d], dy = cy[c] - cy[d];
-        const dist = Math.hypot(dx, dy) || ((dx = 1), 1);
-        const want = (Math.sqrt(comp.size[c]) + Math.sqrt(comp.size[d])) * LINK * 0.6;
-        if (dist >= want) continue;
-        const push = ((want - dist) / dist) * 0.04;
-        kx[c] += dx * push; ky[c] += dy * push;
-        kx[d] -= dx * push; ky[d] -= dy * push;
+  redraw(changed) {
+    if (changed) this.dirty = true;
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      if (this.layout.alpha > 0 && this.nodes.length) {
+        const moving = this.layout.run(FRAME_BUDGET);
+        this.fit(false);
+        this.dirty = true;
+        if (moving) this.redraw();
       }
-    }
-    for (let i = 0; i < n; i++) {
-      const pi = p[i], c = comp.of[i];
-      pi.fx = -pi.x * 0.003 + kx[c] + (comp.size[c] > 1 ? (cx[c] - pi.x) * 0.008 : 0);
-      pi.fy = -pi.y * 0.003 * this.aspect + ky[c] + (comp.size[c] > 1 ? (cy[c] - pi.y) * 0.008 : 0);
-    }
-    for (let i = 0; i < n; i++) {
-      const pi = p[i];
-      for (let j = i + 1; j < n; j++) {
-        const pj = p[j];
-        let dx = pi.x - pj.x, dy = pi.y - pj.y;
-        let d2 = dx * dx + dy * dy;
-        if (d2 < 0.01) { dx = Math.random() - 0.5; dy = Math.random() - 0.5; d2 = 0.5; }
-        if (d2 > 160000) continue;
-        const f = 2400 / d2;
-        pi.fx += dx * f; pi.fy += dy * f;
-        pj.fx -= dx * f; pj.fy -= dy * f;
-      }
-    }
-    for (const e of this.edges) {
-      const pa = p[e.i], pb = p[e.j];
-      const dx = pb.x - pa.x, dy = pb.y - pa.y;
-      const d = Math.sqrt(dx * dx + dy * dy) || 1;
-      const k = ((d - (e.radio ? LINK * 1.4 : LINK)) / d) * (e.radio ? 0.02 : 0.06);
-      pa.fx += dx * k; pa.fy += dy * k;
-      pb.fx -= dx * k; pb.fy -= dy * k;
-    }
-    for (const g of this.groups) {
-      if (g.idx.length < 2) continue;
-      let cx = 0, cy = 0;
-      for (const i of g.idx) { cx += p[i].x; cy += p[i].y; }
-      cx /= g.idx.length; cy /= g.idx.length;
-      for (const i of g.idx) { p[i].fx += (cx - p[i].x) * 0.03; p[i].fy += (cy - p[i].y) * 0.03; }
-    }
-    let moved = 0;
-    for (const q of p) {
-      q.vx = (q.vx + q.fx * a) * 0.55;
-      q.vy = (q.vy + q.fy * a) * 0.55;
-      const v = Math.hypot(q.vx, q.vy);
-      if (v > 20) { q.vx *= 20 / v; q.vy *= 20 / v; }
-      q.x += q.vx; q.y += q.vy;
-      moved = Math.max(moved, v);
-    }
-    this.alpha *= 0.985;
-    if (moved < 0.05 || this.alpha < 0.02) this.alpha = 0;
+      this.draw();
+    });
   }
 
-  redraw() {
-    if (this.running) return;
-    this.running = true;
-    requestAnimationFrame(() => this.frame());
-  }
-
-  frame() {
-    this.running = false;
-    if (this.alpha > 0 && this.p && this.p.length) {
-      const t0 = performance.now();
-      let steps = 0;
-      while (this.alpha > 0 && steps < 30 && performance.now() - t0 < FRAME_BUDGET) { this.step(); steps++; }
-      this.fit(false);
-      this.dirty = true;
-    }
-    this.draw();
-    if (this.alpha > 0) this.redraw();
-  }
-
-  // Fits the layout into the canvas (eased while the layout moves).
+  // Fits the layout into the canvas (eased while it moves).
   fit(snap) {
-    if (!this.p || !this.p.length || !this.dpr) return;
+    const p = this.layout.p;
+    if (!p.length || !this.dpr) return;
     let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-    for (const q of this.p) { x0 = Math.min(x0, q.x); x1 = Math.max(x1, q.x); y0 = Math.min(y0, q.y); y1 = Math.max(y1, q.y); }
+    for (const q of p) { x0 = Math.min(x0, q.x); x1 = Math.max(x1, q.x); y0 = Math.min(y0, q.y); y1 = Math.max(y1, q.y); }
     const w = this.c.width / this.dpr, h = this.c.height / this.dpr, pad = 36;
     const s = Math.min((w - 2 * pad) / Math.max(x1 - x0, 1), (h - 2 * pad) / Math.max(y1 - y0, 1), 2.2);
     const t = { s, x: w / 2 - ((x0 + x1) / 2) * s, y: h / 2 - ((y0 + y1) / 2) * s };
@@ -235,7 +131,7 @@ export class MeshGraph {
 
   // Draws the graph, or with only: just those nodes and the links among them (no hulls).
   scene(ctx, only) {
-    const { s, x: ox, y: oy } = this.view, col = this.col, p = this.p || [];
+    const { s, x: ox, y: oy } = this.view, col = this.col, p = this.layout.p;
     const X = (i) => p[i].x * s + ox, Y = (i) => p[i].y * s + oy;
     ctx.lineJoin = ctx.lineCap = 'round';
     if (!only) {
@@ -310,13 +206,13 @@ export class MeshGraph {
   }
 
   hit(e) {
-    if (!this.p) return null;
+    const p = this.layout.p;
     const rect = this.c.getBoundingClientRect();
     const mx = e.clientX - rect.left, my = e.clientY - rect.top;
     const { s, x: ox, y: oy } = this.view;
     let best = null, bd = 14 * 14;
     this.nodes.forEach((n, i) => {
-      const dx = this.p[i].x * s + ox - mx, dy = this.p[i].y * s + oy - my;
+      const dx = p[i].x * s + ox - mx, dy = p[i].y * s + oy - my;
       const d = dx * dx + dy * dy;
       if (d < bd) { bd = d; best = i; }
     });
@@ -333,39 +229,10 @@ export class MeshGraph {
 
   tip() { /* set by the view */ }
 
-  select(id) { this.selected = id; this.dirty = true; this.redraw(); }
-}
-
-// Connected components of the drawn links: {of: index -> component, size, count}.
-function components(n, edges) {
-  const parent = Array.from({ length: n }, (_, i) => i);
-  const find = (x) => { while (parent[x] !== x) x = parent[x] = parent[parent[x]]; return x; };
-  for (const e of edges) if (!e.radio) parent[find(e.i)] = find(e.j);
-  const ids = new Map(), of = new Array(n), size = [];
-  for (let i = 0; i < n; i++) {
-    const r = find(i);
-    if (!ids.has(r)) { ids.set(r, ids.size); size.push(0); }
-    of[i] = ids.get(r);
-    size[of[i]]++;
-  }
-  // The parts pushed apart: those of two nodes or more, at most 40.
-  const big = size.map((s, c) => (s > 1 ? c : -1)).filter((c) => c >= 0).slice(0, 40);
-  return { of, size, count: ids.size, big };
+  select(id) { this.selected = id; this.redraw(true); }
 }
 
 const OCT = Array.from({ length: 8 }, (_, k) => [Math.cos((k * Math.PI) / 4), Math.sin((k * Math.PI) / 4)]);
-const hashes = new Map();
-function hash(id) {
-  let x = hashes.get(id);
-  if (x === undefined) {
-    x = 0;
-    for (let i = 0; i < id.length; i++) x = (Math.imul(x, 31) + id.charCodeAt(i)) | 0;
-    if (hashes.size > 5000) hashes.clear();
-    hashes.set(id, x);
-  }
-  return x;
-}
-
 function ring(ctx, x, y, r, colour, w) {
   ctx.beginPath();
   ctx.arc(x, y, r, 0, 6.2832);
