@@ -72,27 +72,30 @@ export class MeshGraph {
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
-      if (this.layout.alpha > 0 && this.nodes.length) {
-        const moving = this.layout.run(FRAME_BUDGET);
-        this.fit(false);
+      const moving = this.layout.alpha > 0 && this.nodes.length && this.layout.run(FRAME_BUDGET);
+      // The view eases towards fitting the layout, also after the layout stopped.
+      if (moving || !this.fit(false)) {
         this.dirty = true;
-        if (moving) this.redraw();
+        this.redraw();
       }
       this.draw();
     });
   }
 
-  // Fits the layout into the canvas (eased while it moves).
+  // Fits the layout into the canvas (eased unless snap); whether it already fits.
   fit(snap) {
     const p = this.layout.p;
-    if (!p.length || !this.dpr) return;
+    if (!p.length || !this.dpr) return true;
     let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
     for (const q of p) { x0 = Math.min(x0, q.x); x1 = Math.max(x1, q.x); y0 = Math.min(y0, q.y); y1 = Math.max(y1, q.y); }
-    const w = this.c.width / this.dpr, h = this.c.height / this.dpr, pad = 36;
-    const s = Math.min((w - 2 * pad) / Math.max(x1 - x0, 1), (h - 2 * pad) / Math.max(y1 - y0, 1), 2.2);
-    const t = { s, x: w / 2 - ((x0 + x1) / 2) * s, y: h / 2 - ((y0 + y1) / 2) * s };
+    // Room for the nodes' rings, and on the right for their labels when they are drawn.
+    const w = this.c.width / this.dpr, h = this.c.height / this.dpr, pad = 36, right = this.nodes.length > 50 ? pad : 100;
+    const s = Math.min((w - pad - right) / Math.max(x1 - x0, 1), (h - 2 * pad) / Math.max(y1 - y0, 1), 2.2);
+    const t = { s, x: (w + pad - right) / 2 - ((x0 + x1) / 2) * s, y: h / 2 - ((y0 + y1) / 2) * s };
     const v = this.view, k = snap ? 1 : 0.25;
+    if (Math.abs(t.s - v.s) < 0.002 * t.s && Math.abs(t.x - v.x) < 0.5 && Math.abs(t.y - v.y) < 0.5) return true;
     v.s += (t.s - v.s) * k; v.x += (t.x - v.x) * k; v.y += (t.y - v.y) * k;
+    return snap;
   }
 
   // The scene (hulls, links, nodes) is drawn to an offscreen layer only when something

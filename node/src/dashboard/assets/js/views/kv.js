@@ -55,6 +55,9 @@ async function list(more) {
 }
 
 function count() {
+  const empty = $('#kv-list .empty');
+  if (rows.size && empty) empty.remove();
+  if (!rows.size && !empty) $('#kv-list').append(h('li', { class: 'muted empty' }, 'no keys here'));
   setText($('#kv-count'), `${rows.size} key${rows.size === 1 ? '' : 's'} in ${listed.ns}${listed.prefix ? ' under ' + listed.prefix : ''}`);
 }
 
@@ -79,7 +82,7 @@ function upsert(key, v) {
 function insertSorted(li, key) {
   const ul = $('#kv-list');
   for (const other of ul.children) {
-    if (other.dataset.key > key) return ul.insertBefore(li, other);
+    if (other.dataset.key == null || other.dataset.key > key) return ul.insertBefore(li, other);
   }
   ul.append(li);
 }
