@@ -10,6 +10,9 @@ export class MeshGraph {
   constructor(canvas, { onSelect, perf }) {
     this.c = canvas;
     this.ctx = canvas.getContext('2d');
+    this.top = document.createElement('canvas');
+    this.top.className = 'overlay';
+    canvas.after(this.top);
     this.onSelect = onSelect;
     this.perf = perf;
     this.layout = new Layout();
@@ -43,8 +46,13 @@ export class MeshGraph {
     const dpr = window.devicePixelRatio || 1;
     const w = this.c.clientWidth, h = this.c.clientHeight;
     if (!w || !h) return;
-    this.c.width = Math.round(w * dpr);
-    this.c.height = Math.round(h * dpr);
+    this.top.width = this.c.width = Math.round(w * dpr);
+    this.top.height = this.c.height = Math.round(h * dpr);
+    this.top.style.width = w + 'px';
+    this.top.style.height = h + 'px';
+    this.top.style.left = this.c.offsetLeft + 'px';
+    this.top.style.top = this.c.offsetTop + 'px';
+    this.w = w;
     this.dpr = dpr;
     this.layout.aspect = Math.min(3, Math.max(1, w / h));
     this.fit(true);
@@ -98,35 +106,32 @@ export class MeshGraph {
     return snap;
   }
 
-  // The scene (hulls, links, nodes) is drawn to an offscreen layer only when something
-  // moved or changed; a hover just copies the layer, dims it and draws the hovered node's
-  // links and neighbours on top.
+  // The scene (hulls, links, nodes) is drawn again only when something moved or changed.
+  // A hover draws on a transparent canvas laid over it: a veil, and the hovered node's
+  // links and neighbours.
   draw() {
     const t0 = performance.now();
-    const { c, ctx, dpr } = this;
+    const { c, ctx, dpr, top } = this;
     if (!dpr) return;
-    if (this.dirty || !this.layer) {
-      this.layer = this.layer || document.createElement('canvas');
-      this.layer.width = c.width;
-      this.layer.height = c.height;
-      const l = this.layer.getContext('2d');
-      l.setTransform(dpr, 0, 0, dpr, 0, 0);
-      this.scene(l, null);
+    if (this.dirty) {
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.clearRect(0, 0, c.width, c.height);
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      this.scene(ctx, null);
       this.dirty = false;
     }
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.clearRect(0, 0, c.width, c.height);
-    ctx.drawImage(this.layer, 0, 0);
-    const hi = this.hover;
+    const o = top.getContext('2d'), hi = this.hover;
+    o.setTransform(1, 0, 0, 1, 0, 0);
+    o.clearRect(0, 0, top.width, top.height);
     if (hi != null && hi < this.nodes.length) {
-      ctx.globalAlpha = 0.6;
-      ctx.fillStyle = this.col.bg;
-      ctx.fillRect(0, 0, c.width, c.height);
-      ctx.globalAlpha = 1;
-      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      o.globalAlpha = 0.6;
+      o.fillStyle = this.col.bg;
+      o.fillRect(0, 0, top.width, top.height);
+      o.globalAlpha = 1;
+      o.setTransform(dpr, 0, 0, dpr, 0, 0);
       const near = new Set([hi]);
       for (const e of this.edges) if (e.i === hi || e.j === hi) near.add(e.i).add(e.j);
-      this.scene(ctx, near);
+      this.scene(o, near);
     }
     c.dataset.nodeCount = String(this.nodes.length);
     if (this.perf) this.perf(performance.now() - t0);

@@ -131,14 +131,8 @@ function components(n, edges) {
   return { of, size, count: ids.size, big };
 }
 
-const hashes = new Map();
 export function hash(text) {
-  let x = hashes.get(text);
-  if (x === undefined) {
-    x = 0;
-    for (let i = 0; i < text.length; i++) x = (Math.imul(x, 31) + text.charCodeAt(i)) | 0;
-    if (hashes.size > 5000) hashes.clear();
-    hashes.set(text, x);
-  }
+  let x = 0;
+  for (let i = 0; i < text.length; i++) x = (Math.imul(x, 31) + text.charCodeAt(i)) | 0;
   return x;
 }

@@ -179,6 +179,6 @@ function tip(n) {
   const d = m.device || {};
   setText(el, `${m.name ? m.name + ' · ' : ''}${shortId(m.id)}\n${words(d.class)} · battery ${d.battery_pct == null ? '—' : fmtPct(d.battery_pct)} · ${fmtTemp(d.temperature_c)}\nscore ${fmtScore(m.score)} · ${m.role || 'no cluster role'} · heard: ${m.heard}`);
   el.hidden = false;
-  el.style.left = Math.min(n.x + 14, $('#mesh-graph').clientWidth - 220) + 'px';
+  el.style.left = Math.min(n.x + 14, graph.w - 220) + 'px';
   el.style.top = n.y + 14 + 'px';
 }
