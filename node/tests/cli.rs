@@ -140,6 +140,28 @@ fn testnet_up_status_down_leaves_nothing_running() {
 
     let peer_1 = status["nodes"][1]["status"]["peer_id"].clone();
 
+    // Every node holds the testnet's token, and `dashboard` hands it to the page.
+    let token = std::fs::read_to_string(tn.join("api-token")).unwrap();
+    for i in 0..3 {
+        let node_token = tn.join(format!("node-{i}")).join("api-token");
+        assert_eq!(std::fs::read_to_string(node_token).unwrap(), token);
+    }
+    let node_0 = tn.join("node-0");
+    let dashboard = fogmesh(&[
+        "dashboard",
+        "--data-dir",
+        node_0.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(dashboard.status.success(), "{}", stderr_of(&dashboard));
+    let dashboard: serde_json::Value = serde_json::from_slice(&dashboard.stdout).unwrap();
+    let port = status["nodes"][0]["control_port"].as_u64().unwrap();
+    assert_eq!(
+        dashboard["url"],
+        format!("http://127.0.0.1:{port}/ui/#token={}", token.trim())
+    );
+    assert_eq!(dashboard["read_only"], false);
+
     // A second `up` in the same directory refuses to start another testnet.
     let again = fogmesh(&["testnet", "up", "--nodes", "2", "--dir", tn_arg]);
     assert!(!again.status.success());
