@@ -1,6 +1,6 @@
 //! Compiles the dashboard's files into the binary: writes `$OUT_DIR/dashboard_assets.rs`, a
 //! list of `(path, include_bytes!(file))` for every file under `src/dashboard/assets`
-//! (dotfiles and the `FILES` note skipped), so a new front-end file needs no Rust change.
+//! (dotfiles skipped), so a new front-end file needs no Rust change.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +33,7 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "FILES" {
+        if name.starts_with('.') {
             continue;
         }
         // Directories change when files are added; cargo watches them too.
