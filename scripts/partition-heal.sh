@@ -86,7 +86,9 @@ in_a nft add rule inet fmheal in ip saddr 10.77.0.2 drop
 in_a nft add rule inet fmheal out ip daddr 10.77.0.2 drop
 apart_at=$(date +%s.%N)
 
-# A writes while apart, in batches of 500 (one flush each), through its control API.
+# A writes while apart, in batches of 500 (one flush each), through its control API, with
+# its token (from a file in the private work dir, not on curl's command line).
+printf 'Authorization: Bearer %s\n' "$(cat "$WORK/a/api-token")" >"$WORK/auth.header"
 for first in $(seq 0 500 $((KEYS - 1))); do
   python3 -c 'import json, sys
 first, total = int(sys.argv[1]), int(sys.argv[2])
@@ -94,7 +96,7 @@ print(json.dumps({"writes": [{"key": f"k{i:06d}", "value": f"v{i}"}
                               for i in range(first, min(first + 500, total))]}))' \
     "$first" "$KEYS" >"$WORK/batch.json"
   in_a curl -sf -X POST -H 'content-type: application/json' \
-    -H "Authorization: Bearer $(cat "$WORK/a/api-token")" --data-binary @"$WORK/batch.json" \
+    -H @"$WORK/auth.header" --data-binary @"$WORK/batch.json" \
     http://127.0.0.1:7471/v1/kv/heal >/dev/null
 done
 written=$(kv_count "$NS_A")

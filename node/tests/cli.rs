@@ -161,6 +161,9 @@ fn testnet_up_status_down_leaves_nothing_running() {
         format!("http://127.0.0.1:{port}/ui/#token={}", token.trim())
     );
     assert_eq!(dashboard["read_only"], false);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(testnet_dashboard_passes_requests_on(&tn, &status));
 
     // A second `up` in the same directory refuses to start another testnet.
     let again = fogmesh(&["testnet", "up", "--nodes", "2", "--dir", tn_arg]);
@@ -245,6 +248,119 @@ fn testnet_up_status_down_leaves_nothing_running() {
         "a testnet process survived down"
     );
     assert!(!tn.join("testnet.json").exists());
+}
+
+/// `fogmesh testnet dashboard`'s server over a running testnet: it lists the nodes, passes
+/// reads on, passes writes on only with its own token (and the node's in their place),
+/// keeps store keys as they are (a key with `?` or `/../` stays one key), refuses dot
+/// segments and foreign origins, and streams the event stream.
+async fn testnet_dashboard_passes_requests_on(tn: &Path, status: &serde_json::Value) {
+    let server = fogmesh_node::dashboard::testnet::start(tn, 0)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let json = |r: reqwest::Response| async move { r.json::<serde_json::Value>().await.unwrap() };
+
+    let listed = json(http.get(format!("{base}/v1/testnet")).send().await.unwrap()).await;
+    assert_eq!(listed["nodes"].as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(listed["nodes"][1]["base"], "/node/1");
+    assert_eq!(listed["nodes"][1]["alive"], true);
+    let node_1 = json(
+        http.get(format!("{base}/node/1/v1/status"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(node_1["peer_id"], status["nodes"][1]["status"]["peer_id"]);
+    assert_eq!(
+        http.get(format!("{base}/ui/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let put = |key: &str, token: Option<&str>| {
+        let request = http
+            .put(format!("{base}/node/1/v1/kv/default/{key}"))
+            .body(format!("value of {key}"));
+        match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+    };
+    let own = server.token.as_str().to_owned();
+    assert_eq!(put("k", None).send().await.unwrap().status(), 401);
+    // The nodes' token is not this server's: the page never holds node tokens.
+    let node_token = std::fs::read_to_string(tn.join("api-token")).unwrap();
+    assert_eq!(
+        put("k", Some(node_token.trim()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let foreign = put("k", Some(&own))
+        .header("origin", "http://attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    // Keys that a decoding proxy would turn into another key or route stay one key.
+    for (escaped, key) in [
+        ("a%3Fb", "a?b"),
+        ("x%2F..%2F..%2Ftasks%2F1", "x/../../tasks/1"),
+    ] {
+        let written = put(escaped, Some(&own)).send().await.unwrap();
+        assert_eq!(written.status(), 200, "{key}: {:?}", written.text().await);
+        let read = json(
+            http.get(format!("{base}/node/1/v1/kv/default/{escaped}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(read["key"], key, "{read}");
+        assert_eq!(read["value"], format!("value of {escaped}"));
+    }
+    // A dot segment sent as it is (HTTP clients and browsers resolve them first; a raw
+    // client need not) is refused, not resolved into another route of the node.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "DELETE /node/1/v1/kv/default/x/%2e%2e/../tasks/1 HTTP/1.1\r\nHost: {}\r\n\
+             Authorization: Bearer {own}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            server.addr
+        );
+        raw.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        raw.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+
+    // The event stream flows through, event by event.
+    let mut events = http
+        .get(format!("{base}/node/0/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert!(events.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let chunk = tokio::time::timeout(Duration::from_secs(20), events.chunk())
+        .await
+        .expect("an event or keep-alive within 20 s")
+        .unwrap()
+        .unwrap();
+    assert!(!chunk.is_empty());
+    drop(events);
+    server.stop().await;
 }
 
 fn testnet_status(dir: &str) -> serde_json::Value {

@@ -21,7 +21,6 @@ use common::{eventually, wait_until};
 use fantoccini::Locator;
 use fogmesh_node::client::ControlClient;
 use fogmesh_node::memnet::{MemNet, Topology};
-use serde_json::Value;
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
@@ -93,10 +92,37 @@ async fn other_web_pages_cannot_drive_the_control_api() {
         .send()
         .await
         .unwrap();
-    assert!(preflight
-        .headers()
-        .get("access-control-allow-origin")
-        .is_none());
+    assert_eq!(preflight.status(), 403);
+    for (name, value) in [("origin", "null"), ("sec-fetch-site", "cross-site")] {
+        let refused = http
+            .get(format!("{base}/v1/status"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{name}: {value}");
+    }
+    // Every route that changes the node refuses a request without the token, whatever
+    // capability it belongs to; and the received messages are private reads.
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/tasks"),
+        (reqwest::Method::DELETE, "/v1/tasks/00"),
+        (reqwest::Method::POST, "/v1/messages"),
+        (reqwest::Method::POST, "/v1/revocations"),
+        (reqwest::Method::POST, "/v1/kv/default"),
+        (reqwest::Method::DELETE, "/v1/kv/default/greeting"),
+        (reqwest::Method::GET, "/v1/messages"),
+        (reqwest::Method::GET, "/v1/messages/00"),
+    ] {
+        let answer = http
+            .request(method.clone(), format!("{base}{path}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 401, "{method} {path}");
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+    }
     assert_eq!(http.get(&kv).send().await.unwrap().status(), 404);
 
     // The page's own origin with the token writes.
@@ -107,6 +133,45 @@ async fn other_web_pages_cannot_drive_the_control_api() {
         .unwrap();
     assert_eq!(own.status(), 200, "{:?}", own.text().await);
     assert_eq!(http.get(&kv).send().await.unwrap().status(), 200);
+
+    // A one-time sign-in code (what `dashboard --open` gives a browser) is issued only
+    // with the token, traded once for it, and only by the node's own origin.
+    let codes = format!("{base}/v1/signin/codes");
+    assert_eq!(http.post(&codes).send().await.unwrap().status(), 401);
+    let issue = || async {
+        let issued: serde_json::Value = http
+            .post(&codes)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        issued["code"].as_str().unwrap().to_owned()
+    };
+    let trade = |code: String, origin: &str| {
+        http.post(format!("{base}/v1/signin"))
+            .header("origin", origin)
+            .json(&serde_json::json!({ "code": code }))
+            .send()
+    };
+    let code = issue().await;
+    assert_eq!(
+        trade(code.clone(), "http://attacker.example")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let traded: serde_json::Value = trade(code.clone(), &base)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(traded["token"], token.as_str());
+    assert_eq!(trade(code, &base).await.unwrap().status(), 401, "used once");
 
     // Refusals are counted by reason.
     let metrics = http
@@ -168,12 +233,16 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
     let profile = tempfile::tempdir().unwrap();
     let page = browser(&driver, profile.path(), (1280, 900)).await;
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
-    page.goto(&format!(
-        "http://{addr}/ui/#token={}",
-        node.api_token.as_str()
-    ))
-    .await
-    .unwrap();
+    // Opened as `dashboard --open` opens it: with a one-time code the page trades for the
+    // token (the benchmark opens it with the token itself).
+    let code = ControlClient::new(addr)
+        .with_token(node.api_token.clone())
+        .signin_code()
+        .await
+        .unwrap();
+    page.goto(&format!("http://{addr}/ui/#code={code}"))
+        .await
+        .unwrap();
 
     // The token was taken from the address bar and the page may write.
     wait_until(
@@ -191,7 +260,7 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
     )
     .await;
     let url = page.current_url().await.unwrap();
-    assert!(!url.as_str().contains("token="), "token left in {url}");
+    assert!(!url.as_str().contains("code="), "code left in {url}");
     screenshot(&page, &shots, "node").await;
 
     // Every node appears in the mesh view, in the table and in the graph.
@@ -297,7 +366,8 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
     fill(&page, "#msg-to", &peers[1]).await;
     fill(&page, "#msg-text", "hello from the dashboard").await;
     click(&page, "#msg-send").await;
-    let receiver = ControlClient::new(net.node(1).unwrap().control_addr);
+    let receiver = net.node(1).unwrap();
+    let receiver = ControlClient::new(receiver.control_addr).with_token(receiver.api_token.clone());
     eventually(
         "the message in node 1's inbox",
         Duration::from_secs(20),
@@ -334,127 +404,4 @@ async fn the_page_shows_the_mesh_and_drives_the_node_in_a_real_browser() {
 
     page.close().await.unwrap();
     drop(driver);
-}
-
-/// `fogmesh testnet dashboard`'s server, over two in-process nodes described by a testnet
-/// state file: it lists the nodes, passes reads on, passes writes on with the node's own
-/// token only when they carry its own, streams events, and keeps foreign pages out too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_testnet_dashboard_passes_requests_on_with_its_own_token() {
-    use fogmesh_testnet::state::{self, NodeEntry, TestnetState};
-    let dir = tempfile::tempdir().unwrap();
-    let net = common::memnet(dir.path(), Duration::from_millis(500))
-        .nodes(2)
-        .start()
-        .await
-        .unwrap();
-    let testnet_dir = dir.path().join("testnet");
-    std::fs::create_dir_all(&testnet_dir).unwrap();
-    let nodes = (0..2)
-        .map(|index| NodeEntry {
-            index,
-            pid: std::process::id(),
-            start_time: None,
-            data_dir: net.dir(index).unwrap().to_path_buf(),
-            log_file: dir.path().join("log"),
-            p2p_port: 0,
-            control_port: net.node(index).unwrap().control_addr.port(),
-            command: None,
-            started_at_ms: None,
-            killed: None,
-            namespace: None,
-        })
-        .collect();
-    state::save(
-        &testnet_dir,
-        &TestnetState {
-            created_at_ms: 1,
-            nodes,
-            lab: None,
-        },
-    )
-    .unwrap();
-    let server = fogmesh_node::dashboard::testnet::start(&testnet_dir, 0)
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.addr);
-    let http = http();
-
-    let listed: Value = http
-        .get(format!("{base}/v1/testnet"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["nodes"].as_array().unwrap().len(), 2, "{listed}");
-    assert_eq!(listed["nodes"][1]["base"], "/node/1");
-
-    let status: Value = http
-        .get(format!("{base}/node/1/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["peer_id"], net.peer_id(1).unwrap().to_string());
-    let page = http.get(format!("{base}/ui/")).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-
-    let kv = format!("{base}/node/1/v1/kv/default/via-proxy");
-    let refused = http.put(&kv).body("x").send().await.unwrap();
-    assert_eq!(refused.status(), 401);
-    // A node's own token is not this server's: the page never needs node tokens.
-    let node_token = net.node(1).unwrap().api_token.as_str().to_owned();
-    let refused = http
-        .put(&kv)
-        .bearer_auth(&node_token)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 401);
-    let foreign = http
-        .put(&kv)
-        .bearer_auth(server.token.as_str())
-        .header("origin", "http://attacker.example")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(foreign.status(), 403);
-    let written = http
-        .put(&kv)
-        .bearer_auth(server.token.as_str())
-        .body("through the testnet dashboard")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(written.status(), 200, "{:?}", written.text().await);
-    let held = ControlClient::new(net.node(1).unwrap().control_addr)
-        .kv_get("default", "via-proxy")
-        .await
-        .unwrap();
-    assert!(held.is_some());
-
-    // The event stream flows through, event by event.
-    let mut events = http
-        .get(format!("{base}/node/0/v1/events"))
-        .send()
-        .await
-        .unwrap();
-    assert!(events.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
-        .await
-        .expect("an event within 10 s")
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&chunk).contains("data:"));
-    drop(events);
-    server.stop().await;
 }

@@ -206,6 +206,7 @@ async fn run_lab(
     let started = Instant::now();
     for node in &lab.nodes {
         let data_dir = node_dir(dir, node.index);
+        crate::access::give(dir, &data_dir)?;
         let log_file = data_dir.join("node.log");
         let mut command: Vec<String> = vec![
             path_arg(&tools.ip),

@@ -27,6 +27,22 @@ pub fn locate(node: &NodeEntry) -> Option<NodeProcess> {
     )
 }
 
+/// The control port of a node's live process (`None` when the node is not running): the
+/// recorded one, or for a node started again by hand, the one its control file names.
+pub fn live_control_port(node: &NodeEntry) -> Option<u16> {
+    let live = locate(node)?;
+    Some(control_port_of(node, Some(&live)))
+}
+
+fn control_port_of(node: &NodeEntry, live: Option<&NodeProcess>) -> u16 {
+    match live.map(|p| p.found_by) {
+        Some(FoundBy::ControlFile) => read_control(&node.data_dir)
+            .map(|c| c.addr.port())
+            .unwrap_or(node.control_port),
+        _ => node.control_port,
+    }
+}
+
 /// Asks a node for its status: on this machine's loopback, or, for a NAT lab node, inside
 /// its network namespace (where its control API listens).
 pub(crate) async fn probe_status(
@@ -96,13 +112,7 @@ pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
     let mut rows = Vec::with_capacity(record.nodes.len());
     for node in &record.nodes {
         let live = locate(node);
-        // A node started by hand may have been given another control port.
-        let control_port = match live.map(|p| p.found_by) {
-            Some(FoundBy::ControlFile) => read_control(&node.data_dir)
-                .map(|c| c.addr.port())
-                .unwrap_or(node.control_port),
-            _ => node.control_port,
-        };
+        let control_port = control_port_of(node, live.as_ref());
         let status = match live {
             Some(_) => probe_status(&prober, record.lab.as_ref(), node, control_port).await,
             None => None,

@@ -2,7 +2,7 @@
 //! token it needs, printed and optionally opened in the person's browser.
 
 use super::*;
-use crate::dashboard::testnet::page_url;
+use crate::dashboard::testnet::{page_url, page_url_with_code};
 
 #[derive(Debug, Args)]
 pub(crate) struct DashboardArgs {
@@ -31,7 +31,13 @@ pub(crate) async fn dashboard(args: DashboardArgs) -> Result<()> {
     });
     print_out(args.query.json, &answer, || url.clone())?;
     if args.open {
-        open_in_browser(&url);
+        // A browser keeps its arguments readable to every local user: give it a one-time
+        // code, not the token.
+        let to_open = match client.signin_code().await {
+            Ok(code) => page_url_with_code(client.addr(), &code),
+            Err(_) => page_url(client.addr(), None),
+        };
+        open_in_browser(&to_open);
     }
     Ok(())
 }

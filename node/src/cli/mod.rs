@@ -157,28 +157,25 @@ impl QueryArgs {
 }
 
 /// The node at `api` (with `token`, if given), or the one running with the selected data
-/// dir (with the token its data dir holds).
+/// dir (with the token its data dir holds; `token` is then ignored, so a token meant for
+/// another node is never sent to this one).
 pub(crate) fn control_client(
     select: &NodeSelect,
     api: Option<SocketAddr>,
     token: Option<&str>,
 ) -> Result<ControlClient> {
-    let token = token
-        .map(|text| {
-            crate::control::access::ApiToken::parse(text).ok_or_else(|| {
-                anyhow::anyhow!("--api-token (FOGMESH_API_TOKEN) must be the 64 hex digits of a node's api-token file")
-            })
-        })
-        .transpose()?;
-    let client = match api {
-        Some(addr) => ControlClient::new(addr),
-        None => {
-            let settings = select.settings(ConfigLayer::default())?;
-            ControlClient::for_data_dir(&settings.data_dir)?
+    let Some(addr) = api else {
+        if token.is_some() {
+            eprintln!("note: --api-token (FOGMESH_API_TOKEN) is used only with --api; the data dir's token is used");
         }
+        let settings = select.settings(ConfigLayer::default())?;
+        return Ok(ControlClient::for_data_dir(&settings.data_dir)?);
     };
+    let client = ControlClient::new(addr);
     Ok(match token {
-        Some(token) => client.with_token(token),
+        Some(text) => client.with_token(crate::control::access::ApiToken::parse(text).ok_or_else(
+            || anyhow::anyhow!("--api-token (FOGMESH_API_TOKEN) must be the 64 hex digits of a node's api-token file"),
+        )?),
         None => client,
     })
 }

@@ -48,6 +48,25 @@ pub enum ClientError {
     StreamBroken { addr: SocketAddr, reason: String },
 }
 
+/// The HTTP client of [`ControlClient`]: 5 s per request, no proxy, the token if any.
+fn http_client(token: Option<&ApiToken>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        if let Ok(mut value) =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
+        {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
 /// A client of one node's control API.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
@@ -61,21 +80,18 @@ pub struct ControlClient {
 
 impl ControlClient {
     pub fn new(addr: SocketAddr) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .no_proxy()
-            .build()
-            .unwrap_or_default();
         Self {
             addr,
-            http,
+            http: http_client(None),
             control_file: None,
             token: None,
         }
     }
 
-    /// This client with the node's token, for writes.
+    /// This client with the node's token, sent with every request (writes and private
+    /// reads need it; `crate::control::access`).
     pub fn with_token(mut self, token: ApiToken) -> Self {
+        self.http = http_client(Some(&token));
         self.token = Some(token);
         self
     }
@@ -108,16 +124,19 @@ impl ControlClient {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-        // Without a token file (a node older than tokens) reads still work; writes then
-        // get the node's own explanation.
-        let token = access::read(data_dir).map_err(|e| ClientError::BadControlFile {
-            path: access::token_path(data_dir),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
+        let client = Self {
             control_file: Some(path),
-            token,
             ..Self::new(file.addr)
+        };
+        // Without a readable token (a node older than tokens, or another user's node) the
+        // public reads still work; the rest get the node's own explanation.
+        Ok(match access::read(data_dir) {
+            Ok(Some(token)) => client.with_token(token),
+            Ok(None) => client,
+            Err(error) => {
+                tracing::debug!(%error, "no control API token");
+                client
+            }
         })
     }
 
@@ -257,6 +276,13 @@ impl ControlClient {
             .await
     }
 
+    /// A one-time sign-in code for the dashboard (`crate::control::signin`); needs the token.
+    pub async fn signin_code(&self) -> Result<String, ClientError> {
+        let issued: crate::control::signin::IssuedCode =
+            self.post("/v1/signin/codes", Vec::new(), None).await?;
+        Ok(issued.code)
+    }
+
     /// Hands a revocation to the node, which applies, stores and gossips it.
     pub async fn submit_revocation(
         &self,
@@ -290,9 +316,7 @@ impl ControlClient {
 
     pub async fn cancel_task(&self, id: &str) -> Result<serde_json::Value, ClientError> {
         let path = format!("/v1/tasks/{id}");
-        let response = self
-            .send(self.authorized(self.http.delete(self.url(&path))), &path)
-            .await?;
+        let response = self.send(self.http.delete(self.url(&path)), &path).await?;
         response.json().await.map_err(|e| self.unreachable(e))
     }
 
@@ -337,10 +361,10 @@ impl ControlClient {
     ) -> Result<crate::kv::service::KvWritten, ClientError> {
         let url = self.kv_url(namespace, key)?;
         let path = url.path().to_owned();
-        let request = self.authorized(match value {
+        let request = match value {
             Some(value) => self.http.put(url).body(value),
             None => self.http.delete(url),
-        });
+        };
         let response = self.send(request, &path).await?;
         response.json().await.map_err(|e| self.unreachable(e))
     }
@@ -392,14 +416,6 @@ impl ControlClient {
         response.json().await.map_err(|e| self.unreachable(e))
     }
 
-    /// A write request with the token, when this client has it.
-    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(token) => request.bearer_auth(token.as_str()),
-            None => request,
-        }
-    }
-
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -411,7 +427,7 @@ impl ControlClient {
         content_type: Option<&str>,
     ) -> Result<T, ClientError> {
         let unreachable = |e: reqwest::Error| self.unreachable(e);
-        let mut request = self.authorized(self.http.post(self.url(path)).body(body));
+        let mut request = self.http.post(self.url(path)).body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }

@@ -12,15 +12,22 @@
 //!    passes.
 //! 2. **Origin.** A browser names the page behind every cross-origin request and every
 //!    write in `Origin`; one that is not this API's own origin (same scheme, host and port
-//!    as `Host`) is refused with 403, and so is `Sec-Fetch-Site: cross-site`. The API sends
-//!    no CORS headers, so no foreign page can read an answer either, and a preflight
-//!    (`OPTIONS`) finds no route.
-//! 3. **Token.** Every request that changes state (any method but GET and HEAD) must carry
-//!    `Authorization: Bearer <token>`, the per-node secret in `<data_dir>/api-token`
-//!    (32 random bytes in hex, mode 0600, made at first start and kept, so a bookmarked
-//!    dashboard keeps working across restarts). Without it: 401. Reads need no token: the
-//!    checks above keep foreign pages from them, and what they show (telemetry, peers, the
-//!    replicated store) every mesh member may see anyway.
+//!    as `Host`) is refused with 403, and so is any `Sec-Fetch-Site` but `same-origin` and
+//!    `none` (a person typing the address). The API sends no CORS headers, so no foreign
+//!    page can read an answer either; a preflight (`OPTIONS`) is refused like the request
+//!    it announces.
+//! 3. **Token.** Every request that changes state (any method but GET and HEAD), and every
+//!    read of something private to this node ([`PRIVATE_READS`]: the messages it received,
+//!    decrypted), must carry `Authorization: Bearer <token>`, the per-node secret in
+//!    `<data_dir>/api-token` (32 random bytes in hex, mode 0600, made at first start and
+//!    kept, so a bookmarked dashboard keeps working across restarts). Without it: 401. Other
+//!    reads need no token: the checks above keep foreign pages from them, and what they show
+//!    (telemetry, peers, clusters, the replicated store, events) every mesh member may see
+//!    anyway.
+//!
+//! Every answer also says `X-Content-Type-Options: nosniff`, and every answer that sets no
+//! policy of its own gets `Content-Security-Policy: default-src 'none'; sandbox`, so no
+//! answer can ever run as a page in this origin (where the dashboard keeps its token).
 //!
 //! The CLI reads the token from the data dir (or `--api-token` / `FOGMESH_API_TOKEN` with
 //! `--api`); the dashboard gets it in the fragment of the URL `fogmesh dashboard` prints,
@@ -29,7 +36,7 @@
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -37,6 +44,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::runtime::capability::ReasonLabel;
+
+/// The one write that needs no token: trading a one-time sign-in code for it
+/// ([`super::signin`]); the host and origin checks still apply.
+const TOKEN_FREE_WRITES: &[&str] = &[super::signin::SIGNIN_PATH];
+
+/// Reads that need the token too: what this node alone may see.
+pub const PRIVATE_READS: &[&str] = &["/v1/messages"];
 
 /// The token file in the data dir.
 pub const TOKEN_FILE: &str = "api-token";
@@ -190,8 +204,13 @@ impl Refusal {
     }
 }
 
-/// The checks of the module docs, on a request's method and headers.
-pub fn check(method: &Method, headers: &HeaderMap, token: &ApiToken) -> Result<(), Refusal> {
+/// The checks of the module docs, on a request's method, path and headers.
+pub fn check(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    token: &ApiToken,
+) -> Result<(), Refusal> {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if let Some(host) = host {
         if !is_loopback_authority(host) {
@@ -201,11 +220,11 @@ pub fn check(method: &Method, headers: &HeaderMap, token: &ApiToken) -> Result<(
         // Present but not text.
         return Err(Refusal::ForeignHost);
     }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-    {
-        return Err(Refusal::ForeignOrigin);
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.as_bytes();
+        if !(site.eq_ignore_ascii_case(b"same-origin") || site.eq_ignore_ascii_case(b"none")) {
+            return Err(Refusal::ForeignOrigin);
+        }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let own = host.map(|h| format!("http://{h}"));
@@ -217,7 +236,13 @@ pub fn check(method: &Method, headers: &HeaderMap, token: &ApiToken) -> Result<(
             return Err(Refusal::ForeignOrigin);
         }
     }
-    if method == Method::GET || method == Method::HEAD {
+    let private = PRIVATE_READS
+        .iter()
+        .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")));
+    if (method == Method::GET || method == Method::HEAD) && !private {
+        return Ok(());
+    }
+    if method == Method::POST && TOKEN_FREE_WRITES.contains(&path) {
         return Ok(());
     }
     let presented = headers
@@ -236,27 +261,39 @@ pub fn check(method: &Method, headers: &HeaderMap, token: &ApiToken) -> Result<(
 
 /// Whether an HTTP authority (`host[:port]`) names this machine's loopback.
 fn is_loopback_authority(authority: &str) -> bool {
-    let host = match authority.strip_prefix('[') {
-        // [v6]:port
+    // Split off the port (digits only, if present); IPv6 addresses come in brackets.
+    let (host, port) = match authority.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
-            Some((v6, after)) if after.is_empty() || after.starts_with(':') => v6,
-            _ => return false,
+            Some((v6, "")) => (v6, None),
+            Some((v6, after)) => match after.strip_prefix(':') {
+                Some(port) => (v6, Some(port)),
+                None => return false,
+            },
+            None => return false,
         },
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _port)| host),
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
     };
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
     }
-    host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The middleware: refuses what [`check`] refuses, counted, with a JSON reason.
 pub async fn guard(State(access): State<Access>, request: Request, next: Next) -> Response {
-    match check(request.method(), request.headers(), &access.token) {
-        Ok(()) => next.run(request).await,
+    match check(
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+        &access.token,
+    ) {
+        Ok(()) => harden(next.run(request).await),
         Err(refusal) => {
             let reason = match refusal {
                 Refusal::ForeignHost => "foreign_host",
@@ -266,20 +303,37 @@ pub async fn guard(State(access): State<Access>, request: Request, next: Next) -
             };
             access.refused.get_or_create(&ReasonLabel { reason }).inc();
             tracing::debug!(?refusal, method = %request.method(), path = %request.uri().path(), "control API request refused");
-            (
-                refusal.status(),
-                Json(serde_json::json!({ "error": refusal.text() })),
+            harden(
+                (
+                    refusal.status(),
+                    Json(serde_json::json!({ "error": refusal.text() })),
+                )
+                    .into_response(),
             )
-                .into_response()
         }
     }
+}
+
+/// The headers every answer carries (see the module docs).
+fn harden(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; sandbox"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -311,6 +365,14 @@ mod tests {
             "[::1]x",
             "",
             "0.0.0.0:7472",
+            "localhost.:7472",
+            "localhost:7472@evil.example",
+            "127.0.0.1:abc",
+            "127.0.0.1:",
+            "[::1]:x",
+            "[::ffff:127.0.0.1]:7472",
+            "0x7f.1:7472",
+            "127.1:7472",
         ] {
             assert!(!is_loopback_authority(bad), "{bad}");
         }
@@ -320,15 +382,18 @@ mod tests {
     fn reads_pass_the_host_and_origin_checks_without_a_token() {
         let token = ApiToken::generate();
         let ok = headers(&[("host", "127.0.0.1:7472")]);
-        assert_eq!(check(&Method::GET, &ok, &token), Ok(()));
+        assert_eq!(check(&Method::GET, "/v1/status", &ok, &token), Ok(()));
         let same_origin = headers(&[
             ("host", "127.0.0.1:7472"),
             ("origin", "http://127.0.0.1:7472"),
         ]);
-        assert_eq!(check(&Method::GET, &same_origin, &token), Ok(()));
+        assert_eq!(
+            check(&Method::GET, "/v1/status", &same_origin, &token),
+            Ok(())
+        );
         let rebound = headers(&[("host", "attacker.example:7472")]);
         assert_eq!(
-            check(&Method::GET, &rebound, &token),
+            check(&Method::GET, "/v1/status", &rebound, &token),
             Err(Refusal::ForeignHost)
         );
         let foreign = headers(&[
@@ -336,7 +401,7 @@ mod tests {
             ("origin", "http://attacker.example"),
         ]);
         assert_eq!(
-            check(&Method::GET, &foreign, &token),
+            check(&Method::GET, "/v1/status", &foreign, &token),
             Err(Refusal::ForeignOrigin)
         );
         let other_port = headers(&[
@@ -344,19 +409,26 @@ mod tests {
             ("origin", "http://127.0.0.1:8080"),
         ]);
         assert_eq!(
-            check(&Method::GET, &other_port, &token),
+            check(&Method::GET, "/v1/status", &other_port, &token),
             Err(Refusal::ForeignOrigin)
         );
         let opaque = headers(&[("host", "127.0.0.1:7472"), ("origin", "null")]);
         assert_eq!(
-            check(&Method::GET, &opaque, &token),
+            check(&Method::GET, "/v1/status", &opaque, &token),
             Err(Refusal::ForeignOrigin)
         );
-        let cross = headers(&[("host", "127.0.0.1:7472"), ("sec-fetch-site", "cross-site")]);
-        assert_eq!(
-            check(&Method::GET, &cross, &token),
-            Err(Refusal::ForeignOrigin)
-        );
+        for site in ["cross-site", "same-site"] {
+            let other = headers(&[("host", "127.0.0.1:7472"), ("sec-fetch-site", site)]);
+            assert_eq!(
+                check(&Method::GET, "/v1/status", &other, &token),
+                Err(Refusal::ForeignOrigin),
+                "{site}"
+            );
+        }
+        for site in ["same-origin", "none"] {
+            let own = headers(&[("host", "127.0.0.1:7472"), ("sec-fetch-site", site)]);
+            assert_eq!(check(&Method::GET, "/v1/status", &own, &token), Ok(()));
+        }
     }
 
     #[test]
@@ -364,7 +436,7 @@ mod tests {
         let token = ApiToken::generate();
         let host = ("host", "127.0.0.1:7472");
         assert_eq!(
-            check(&Method::PUT, &headers(&[host]), &token),
+            check(&Method::PUT, "/v1/kv/default/k", &headers(&[host]), &token),
             Err(Refusal::MissingToken)
         );
         let wrong = ApiToken::generate();
@@ -372,6 +444,7 @@ mod tests {
         assert_eq!(
             check(
                 &Method::POST,
+                "/v1/messages",
                 &headers(&[host, ("authorization", &bearer(&wrong))]),
                 &token
             ),
@@ -380,6 +453,7 @@ mod tests {
         assert_eq!(
             check(
                 &Method::DELETE,
+                "/v1/tasks/x",
                 &headers(&[host, ("authorization", &bearer(&token))]),
                 &token
             ),
@@ -389,6 +463,7 @@ mod tests {
         assert_eq!(
             check(
                 &Method::POST,
+                "/v1/messages",
                 &headers(&[
                     host,
                     ("origin", "http://attacker.example"),
@@ -397,6 +472,33 @@ mod tests {
                 &token
             ),
             Err(Refusal::ForeignOrigin)
+        );
+    }
+
+    #[test]
+    fn the_messages_are_private_reads() {
+        let token = ApiToken::generate();
+        let host = ("host", "127.0.0.1:7472");
+        for path in ["/v1/messages", "/v1/messages/abcd"] {
+            assert_eq!(
+                check(&Method::GET, path, &headers(&[host]), &token),
+                Err(Refusal::MissingToken),
+                "{path}"
+            );
+            let bearer = format!("Bearer {}", token.as_str());
+            assert_eq!(
+                check(
+                    &Method::GET,
+                    path,
+                    &headers(&[host, ("authorization", &bearer)]),
+                    &token
+                ),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            check(&Method::GET, "/v1/messagesx", &headers(&[host]), &token),
+            Ok(())
         );
     }
 

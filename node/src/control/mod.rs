@@ -12,6 +12,7 @@
 pub mod access;
 pub mod events;
 pub mod server;
+pub mod signin;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,10 @@ pub fn router(
     for routes in capability_routes {
         router = router.merge(routes);
     }
+    router = router.merge(signin::routes(signin::SignIn {
+        token: access.token.clone(),
+        codes: std::sync::Arc::default(),
+    }));
     router
         .with_state(handle)
         .layer(axum::middleware::from_fn_with_state(access, access::guard))

@@ -35,7 +35,13 @@ pub fn content_type(path: &str) -> &'static str {
 pub fn safe_relative(path: &str) -> Option<std::path::PathBuf> {
     let mut out = std::path::PathBuf::new();
     for segment in path.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." || segment.contains('\\') {
+        // `:` too: on Windows a drive prefix (`C:`) or a stream name would leave the folder.
+        if segment.is_empty()
+            || segment == "."
+            || segment == ".."
+            || segment.contains('\\')
+            || segment.contains(':')
+        {
             return None;
         }
         out.push(segment);

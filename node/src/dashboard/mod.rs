@@ -4,10 +4,11 @@
 //! passes the same access checks (`crate::control::access`): it reads without a token and
 //! writes with the one `fogmesh dashboard` hands it in the URL's fragment.
 //!
-//! The capability holds no state and takes no inputs; it only adds routes. Every answer
-//! carries a Content-Security-Policy that allows this origin's scripts, styles and
+//! The capability holds no state and takes no inputs; it only adds routes. The page's files
+//! carry a Content-Security-Policy that allows this origin's scripts, styles and
 //! connections only and forbids framing (clickjacking), so even a value in the store that
-//! looks like markup can never run as script.
+//! looks like markup can never run as script; every other answer of the API gets
+//! `default-src 'none'; sandbox` (`crate::control::access`).
 //!
 //! For front-end work, `FOGMESH_DASHBOARD_DIR=<dir>` on `fogmesh run` serves the files
 //! from that folder instead (read per request: edit, reload, no rebuild). docs/dashboard.md

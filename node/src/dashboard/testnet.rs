@@ -59,11 +59,17 @@ pub struct RadioView {
     pub links: Vec<[usize; 2]>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Shared {
     dir: PathBuf,
     http: reqwest::Client,
+    /// The last `/v1/testnet` answer and when it was made: every open page asks every few
+    /// seconds, and an answer probes every node.
+    listed: tokio::sync::Mutex<Option<(std::time::Instant, TestnetView)>>,
 }
+
+/// How long a `/v1/testnet` answer is reused.
+const LISTING_TTL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestnetDashboardError {
@@ -80,6 +86,8 @@ pub enum TestnetDashboardError {
 pub struct TestnetDashboard {
     pub addr: SocketAddr,
     pub token: ApiToken,
+    /// One-time codes for opening the page in a browser (`crate::control::signin`).
+    pub codes: Arc<crate::control::signin::SignInCodes>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -97,6 +105,12 @@ impl TestnetDashboard {
         }
         let _ = (&mut self.task).await;
     }
+}
+
+/// `http://ADDR/ui/#code=...`: the page with a one-time sign-in code, for a browser's
+/// command line (`crate::control::signin`).
+pub fn page_url_with_code(addr: SocketAddr, code: &str) -> String {
+    format!("http://{addr}{}#code={code}", super::PAGE_PATH)
 }
 
 /// `http://ADDR/ui/#token=...`: the page with a token, or read-only without.
@@ -137,12 +151,20 @@ pub async fn start(dir: &Path, port: u16) -> Result<TestnetDashboard, TestnetDas
     let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
         http,
+        listed: tokio::sync::Mutex::new(None),
     });
+    let codes: Arc<crate::control::signin::SignInCodes> = Arc::default();
     let router = Router::new()
         .route("/v1/testnet", get(testnet_view))
         .route("/node/{index}/{*rest}", any(forward))
         .with_state(shared)
         .merge(super::page_routes(super::dev_dir()))
+        .merge(crate::control::signin::routes(
+            crate::control::signin::SignIn {
+                token: token.clone(),
+                codes: codes.clone(),
+            },
+        ))
         .layer(axum::middleware::from_fn_with_state(access, access::guard));
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(crate::control::server::serve(
@@ -154,13 +176,27 @@ pub async fn start(dir: &Path, port: u16) -> Result<TestnetDashboard, TestnetDas
     Ok(TestnetDashboard {
         addr,
         token,
+        codes,
         stop: Some(stop),
         task,
     })
 }
 
 async fn testnet_view(State(shared): State<Arc<Shared>>) -> Result<Json<TestnetView>, ApiError> {
-    let status = fogmesh_testnet::status(&shared.dir)
+    // One listing at a time; the others wait for it and take it.
+    let mut listed = shared.listed.lock().await;
+    if let Some((at, view)) = listed.as_ref() {
+        if at.elapsed() < LISTING_TTL {
+            return Ok(Json(view.clone()));
+        }
+    }
+    let view = list(&shared.dir).await?;
+    *listed = Some((std::time::Instant::now(), view.clone()));
+    Ok(Json(view))
+}
+
+async fn list(dir: &Path) -> Result<TestnetView, ApiError> {
+    let status = fogmesh_testnet::status(dir)
         .await
         .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let nodes = status
@@ -189,19 +225,26 @@ async fn testnet_view(State(shared): State<Arc<Shared>>) -> Result<Json<TestnetV
         .iter()
         .any(|row| row.radio_neighbours.is_some())
         .then_some(RadioView { links });
-    Ok(Json(TestnetView {
+    Ok(TestnetView {
         dir: status.dir,
         nodes,
         radio,
-    }))
+    })
 }
 
 /// Passes a request on to node `index`, streaming the answer (the event stream included).
+///
+/// The path goes on exactly as it came, still percent-encoded (a store key `a?b` or
+/// `x/../y` stays one key), and a path with a `.` or `..` segment, however spelled, is
+/// refused: nothing the page sends can become another route of the node.
 async fn forward(
     State(shared): State<Arc<Shared>>,
-    UrlPath((index, rest)): UrlPath<(usize, String)>,
+    UrlPath((index, _)): UrlPath<(usize, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let rest = raw_rest(request.uri().path(), index)
+        .ok_or_else(|| api_error(StatusCode::BAD_REQUEST, "not a path this server passes on"))?
+        .to_owned();
     let state = fogmesh_testnet::state::load(&shared.dir)
         .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, "the testnet is gone"))?;
@@ -213,29 +256,40 @@ async fn forward(
     if node.namespace.is_some() {
         return Err(api_error(
             StatusCode::BAD_GATEWAY,
-            format!("node {index} runs in network namespace; its API is out of reach"),
+            format!("node {index} runs in a network namespace; its API is out of reach"),
         ));
     }
-    let mut url = format!("http://127.0.0.1:{}/{rest}", node.control_port);
+    // Only to the node's own live process: a port left behind by a dead node may be
+    // anyone's now, and must not get the node's token.
+    let port = fogmesh_testnet::live_control_port(node).ok_or_else(|| {
+        api_error(
+            StatusCode::BAD_GATEWAY,
+            format!("node {index} is not running"),
+        )
+    })?;
+    let mut url = format!("http://127.0.0.1:{port}{rest}");
     if let Some(query) = request.uri().query() {
         url.push('?');
         url.push_str(query);
     }
+    let url =
+        reqwest::Url::parse(&url).map_err(|e| api_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let method = request.method().clone();
     let writes = method != axum::http::Method::GET && method != axum::http::Method::HEAD;
-    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
-    let body = axum::body::to_bytes(request.into_body(), MAX_FORWARD_BODY)
-        .await
-        .map_err(|e| api_error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
-    let mut outbound = shared.http.request(method, &url).body(body);
-    if let Some(content_type) = content_type {
-        outbound = outbound.header(header::CONTENT_TYPE, content_type);
-    }
+    let mut outbound = shared.http.request(method, url);
     if writes {
-        // The guard checked this server's token; the node wants its own.
-        let token = node_token(&node.data_dir)?;
-        outbound = outbound.bearer_auth(token.as_str());
+        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+            outbound = outbound.header(header::CONTENT_TYPE, content_type.clone());
+        }
+        let body = axum::body::to_bytes(request.into_body(), MAX_FORWARD_BODY)
+            .await
+            .map_err(|e| api_error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
+        outbound = outbound.body(body);
     }
+    // The guard checked this server's token; the node wants its own (reads send it too:
+    // the node's private reads need it).
+    let token = node_token(&node.data_dir)?;
+    outbound = outbound.bearer_auth(token.as_str());
     let answer = outbound.send().await.map_err(|e| {
         api_error(
             StatusCode::BAD_GATEWAY,
@@ -264,6 +318,21 @@ async fn forward(
         .map_err(|e| api_error(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
+/// The part of a raw (still percent-encoded) request path after `/node/{index}`, starting
+/// with `/`; `None` if the path is spelled otherwise or has a dot segment (`.`, `..`, also
+/// as `%2e`), which URL parsing would resolve into another route.
+fn raw_rest(path: &str, index: usize) -> Option<&str> {
+    let rest = path.strip_prefix(&format!("/node/{index}"))?;
+    if !rest.starts_with('/') {
+        return None;
+    }
+    let dot_segment = rest.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    (!dot_segment).then_some(rest)
+}
+
 fn node_token(data_dir: &Path) -> Result<ApiToken, ApiError> {
     match access::read(data_dir) {
         Ok(Some(token)) => Ok(token),
@@ -275,5 +344,30 @@ fn node_token(data_dir: &Path) -> Result<ApiToken, ApiError> {
             ),
         )),
         Err(e) => Err(api_error(StatusCode::BAD_GATEWAY, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_go_on_as_they_came_and_dot_segments_are_refused() {
+        assert_eq!(raw_rest("/node/3/v1/status", 3), Some("/v1/status"));
+        assert_eq!(
+            raw_rest("/node/3/v1/kv/default/a%3Fb%2F..%2Fx", 3),
+            Some("/v1/kv/default/a%3Fb%2F..%2Fx")
+        );
+        for bad in [
+            "/node/3/v1/kv/default/x/../../tasks/1",
+            "/node/3/v1/kv/default/%2e%2e/tasks",
+            "/node/3/v1/kv/default/%2E./tasks",
+            "/node/3/v1/./status",
+            "/node/33/v1/status",
+            "/node/3",
+            "/node/%33/v1/status",
+        ] {
+            assert_eq!(raw_rest(bad, 3), None, "{bad}");
+        }
     }
 }

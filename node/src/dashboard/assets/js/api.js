@@ -1,4 +1,5 @@
-// api.js: every HTTP call to a node: timeouts, the bearer token on writes, and turning an
+// api.js: every HTTP call to a node: timeouts, the bearer token (needed on writes and on the
+// private reads — messages — and sent with every request when held), and turning an
 // error answer ({"error": "..."} or text) into an ApiError with a readable message.
 
 import { token, tokenRefused } from './auth.js';
@@ -26,11 +27,9 @@ export async function request(base, path, opts = {}) {
     body = JSON.stringify(opts.json);
     headers['Content-Type'] = 'application/json';
   }
-  if (write) {
-    const t = token();
-    if (!t) throw new ApiError(0, 'read-only: open the link `fogmesh dashboard` prints to get control');
-    headers.Authorization = 'Bearer ' + t;
-  }
+  const t = token();
+  if (write && !t) throw new ApiError(0, 'read-only: open the link `fogmesh dashboard` prints to get control');
+  if (t) headers.Authorization = 'Bearer ' + t;
   const ac = new AbortController();
   const ms = opts.timeout || (write ? 35000 : 4000);
   const timer = setTimeout(() => ac.abort(), ms);
@@ -42,7 +41,7 @@ export async function request(base, path, opts = {}) {
     throw new ApiError(0, ac.signal.aborted ? `no answer within ${ms / 1000} s` : 'cannot reach the node');
   }
   try {
-    if (!resp.ok) throw await errorOf(resp, write);
+    if (!resp.ok) throw await errorOf(resp);
     if (opts.raw) return resp;
     const type = resp.headers.get('Content-Type') || '';
     return type.includes('json') ? await resp.json() : await resp.text();
@@ -54,7 +53,7 @@ export async function request(base, path, opts = {}) {
   }
 }
 
-async function errorOf(resp, write) {
+async function errorOf(resp) {
   let text = '';
   try { text = (await resp.text()).trim(); } catch { /* none */ }
   try {
@@ -66,7 +65,7 @@ async function errorOf(resp, write) {
     const m = `${resp.status === 401 ? 'not authorised' : 'forbidden'} (${resp.status})${text ? ': ' + text : ''}`;
     // A refused token (rather than a refused operation, like a kv namespace the ticket
     // may not write) is told in the header too.
-    if (write && resp.status === 401) tokenRefused(m);
+    if (resp.status === 401 && token()) tokenRefused(m);
     return new ApiError(resp.status, m);
   }
   return new ApiError(resp.status, text || `HTTP ${resp.status}`);

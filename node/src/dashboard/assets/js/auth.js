@@ -6,8 +6,9 @@ const listeners = new Set();
 let refused = '';
 let memory = ''; // where the token lives when sessionStorage cannot be used
 
-// Reads #token=... (possibly next to a view name: #mesh&token=...), keeps it, and rewrites
-// the address without it. Returns what is left of the fragment.
+// Reads #token=... or a one-time #code=... (possibly next to a view name: #mesh&token=...),
+// keeps the token (trading a code for it), and rewrites the address without either.
+// Returns what is left of the fragment.
 export function takeTokenFromHash() {
   const parts = location.hash.replace(/^#/, '').split('&').filter(Boolean);
   const rest = [];
@@ -15,12 +16,34 @@ export function takeTokenFromHash() {
     if (p.startsWith('token=')) {
       const t = decodeURIComponent(p.slice(6)).trim();
       if (t) setToken(t);
+    } else if (p.startsWith('code=')) {
+      const c = decodeURIComponent(p.slice(5)).trim();
+      if (c) redeem(c);
     } else rest.push(p);
   }
   if (rest.length !== parts.length) {
     history.replaceState(null, '', location.pathname + location.search + (rest.length ? '#' + rest.join('&') : ''));
   }
   return rest.join('&');
+}
+
+// Trades a one-time sign-in code (what `fogmesh dashboard --open` puts in the address, so
+// the token never sits on a browser's command line) for the token.
+async function redeem(code) {
+  try {
+    const resp = await fetch(new URL('../v1/signin', location.href), {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ code }),
+      cache: 'no-store',
+      credentials: 'same-origin',
+    });
+    const body = await resp.json().catch(() => ({}));
+    if (resp.ok && typeof body.token === 'string') setToken(body.token);
+    else tokenRefused(body.error || `sign-in code refused (${resp.status})`);
+  } catch {
+    tokenRefused('could not trade the sign-in code: is the node running?');
+  }
 }
 
 function store(t) {
