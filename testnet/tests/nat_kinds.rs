@@ -260,16 +260,23 @@ fn nat_kinds_behave_as_named() {
         println!("simultaneous open {} <-> {}: {result:?}", a.kind, b.kind);
         result
     };
-    assert_eq!(
-        punch(pr0, pr1),
-        (true, true),
-        "port-restricted pair punches"
-    );
-    assert_eq!(
-        punch(pr0, fc),
-        (true, true),
-        "port-restricted and full cone punch"
-    );
+    // A punch is a race between two SYNs: one that reaches the other NAT before that side's
+    // own SYN made its mapping is refused. Hole punchers try again (DCUtR: 3 attempts), and
+    // so does this test for the pairs that must punch; on a busy CI machine one attempt in
+    // a few lost that race.
+    for (a, b, what) in [
+        (pr0, pr1, "port-restricted pair punches"),
+        (pr0, fc, "port-restricted and full cone punch"),
+    ] {
+        let mut result = (false, false);
+        for _ in 0..3 {
+            result = punch(a, b);
+            if result == (true, true) {
+                break;
+            }
+        }
+        assert_eq!(result, (true, true), "{what}");
+    }
     let failed = |r: (bool, bool)| !r.0 && !r.1;
     assert!(failed(punch(pr0, sym0)), "symmetric must not be punched");
     assert!(
