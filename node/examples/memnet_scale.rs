@@ -6,7 +6,14 @@
 //! cargo run --release -p fogmesh --example memnet_scale -- 200
 //! cargo run --release -p fogmesh --example memnet_scale -- 500 --timeout 60s
 //! cargo run --release -p fogmesh --example memnet_scale -- 200 --target-peers 12 --max-connections 16
+//! cargo run --release -p fogmesh --example memnet_scale -- 100 --upkeep 60s
 //! ```
+//!
+//! `--upkeep WINDOW` then measures the steady state over that window: what each node spends on
+//! keeping the mesh up (telemetry, membership, cluster announcements, revocations, the
+//! store's anti-entropy, pings) when nobody uses it — bytes per second through its
+//! connections (in and out, from `libp2p_bandwidth_bytes_total`), CPU (this process's, per
+//! node) and telemetry records accepted per second.
 //!
 //! Nodes run the node's default settings (telemetry every 30 s, 24 target peers, 128
 //! connections at most) unless a flag says otherwise; each dials `--links` random earlier
@@ -28,10 +35,11 @@ struct Args {
     max_connections: Option<u32>,
     seed: u64,
     timeout: Duration,
+    upkeep: Option<Duration>,
 }
 
 const USAGE: &str = "usage: memnet_scale N [--interval DURATION] [--links K] \
-     [--target-peers P] [--max-connections C] [--seed S] [--timeout DURATION]";
+     [--target-peers P] [--max-connections C] [--seed S] [--timeout DURATION] [--upkeep WINDOW]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
@@ -43,6 +51,7 @@ fn parse_args() -> anyhow::Result<Args> {
         max_connections: None,
         seed: 1,
         timeout: Duration::from_secs(60),
+        upkeep: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -56,6 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--max-connections" => parsed.max_connections = Some(value()?.parse()?),
             "--seed" => parsed.seed = value()?.parse()?,
             "--timeout" => parsed.timeout = humantime::parse_duration(&value()?)?,
+            "--upkeep" => parsed.upkeep = Some(humantime::parse_duration(&value()?)?),
             n if parsed.nodes == 0 => {
                 parsed.nodes = n
                     .parse()
@@ -163,6 +173,58 @@ fn missing_summary(net: &MemNet) -> String {
     )
 }
 
+/// This process's CPU time so far (user + system), from `/proc/self/stat`, Linux only.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Clock ticks are 100 a second on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Every node's bytes through its connections (in + out) and telemetry records accepted.
+fn traffic(net: &MemNet) -> (f64, u64) {
+    let mut bytes = 0.0;
+    let mut accepted = 0;
+    for i in 0..net.len() {
+        if let Some(handle) = net.handle(i) {
+            bytes += handle
+                .metrics()
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        accepted += net.status(i).map(|s| s.telemetry_accepted).unwrap_or(0);
+    }
+    (bytes, accepted)
+}
+
+/// What each node spends on upkeep over `window` of an idle mesh.
+async fn upkeep(net: &MemNet, window: Duration) {
+    let (bytes_0, accepted_0) = traffic(net);
+    let cpu_0 = cpu_time();
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let seconds = t0.elapsed().as_secs_f64();
+    let (bytes_1, accepted_1) = traffic(net);
+    let cpu_1 = cpu_time();
+    let nodes = net.len().max(1) as f64;
+    let cpu_pct = match (cpu_0, cpu_1) {
+        (Some(a), Some(b)) => 100.0 * b.saturating_sub(a).as_secs_f64() / seconds / nodes,
+        _ => f64::NAN,
+    };
+    println!(
+        "UPKEEP over {seconds:.0} s: {:.0} bytes/s a node (in + out), {:.2} % of a core a node,          {:.1} telemetry records accepted/s a node",
+        (bytes_1 - bytes_0) / seconds / nodes,
+        cpu_pct,
+        accepted_1.saturating_sub(accepted_0) as f64 / seconds / nodes,
+    );
+}
+
 fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -268,6 +330,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", missing_summary(&net));
     }
     println!("{}", totals(&net));
+    if let Some(window) = args.upkeep {
+        upkeep(&net, window).await;
+    }
     println!("threads: {:?}", threads_by_name());
     println!(
         "RSS {:.0} MiB before, {:.0} MiB after: {:.2} MiB a node; threads {threads_before} -> {threads_after}",
