@@ -327,6 +327,12 @@ async fn testnet_dashboard_passes_requests_on(tn: &Path, status: &serde_json::Va
         assert_eq!(read["key"], key, "{read}");
         assert_eq!(read["value"], format!("value of {escaped}"));
     }
+    // The node's private reads stay private through the server: only its token opens them.
+    let messages = format!("{base}/node/1/v1/messages");
+    assert_eq!(http.get(&messages).send().await.unwrap().status(), 401);
+    let read = http.get(&messages).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+
     // A dot segment sent as it is (HTTP clients and browsers resolve them first; a raw
     // client need not) is refused, not resolved into another route of the node.
     {

@@ -95,6 +95,11 @@ impl ApiToken {
         &self.0
     }
 
+    /// Whether `headers` carry this token (`Authorization: Bearer <token>`).
+    pub fn is_presented_in(&self, headers: &HeaderMap) -> bool {
+        presented_token(headers).is_some_and(|presented| self.matches(presented))
+    }
+
     /// Compares in time independent of where the first difference is, so answers do not
     /// leak how much of a guess was right.
     fn matches(&self, presented: &str) -> bool {
@@ -245,18 +250,23 @@ pub fn check(
     if method == Method::POST && TOKEN_FREE_WRITES.contains(&path) {
         return Ok(());
     }
-    let presented = headers
+    match presented_token(headers) {
+        None => Err(Refusal::MissingToken),
+        Some(presented) if token.matches(presented) => Ok(()),
+        Some(_) => Err(Refusal::WrongToken),
+    }
+}
+
+/// The bearer token a request presents, if any.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        });
-    match presented {
-        None => Err(Refusal::MissingToken),
-        Some(presented) if token.matches(presented.trim()) => Ok(()),
-        Some(_) => Err(Refusal::WrongToken),
-    }
+        })
+        .map(str::trim)
 }
 
 /// Whether an HTTP authority (`host[:port]`) names this machine's loopback.

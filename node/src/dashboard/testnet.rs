@@ -63,6 +63,8 @@ pub struct RadioView {
 struct Shared {
     dir: PathBuf,
     http: reqwest::Client,
+    /// This server's token: requests that carry it are passed on with the node's.
+    token: ApiToken,
     /// The last `/v1/testnet` answer and when it was made: every open page asks every few
     /// seconds, and an answer probes every node.
     listed: tokio::sync::Mutex<Option<(std::time::Instant, TestnetView)>>,
@@ -151,6 +153,7 @@ pub async fn start(dir: &Path, port: u16) -> Result<TestnetDashboard, TestnetDas
     let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
         http,
+        token: token.clone(),
         listed: tokio::sync::Mutex::new(None),
     });
     let codes: Arc<crate::control::signin::SignInCodes> = Arc::default();
@@ -277,19 +280,23 @@ async fn forward(
     let method = request.method().clone();
     let writes = method != axum::http::Method::GET && method != axum::http::Method::HEAD;
     let mut outbound = shared.http.request(method, url);
+    let (parts, body) = request.into_parts();
+    let request_headers = &parts.headers;
     if writes {
-        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        if let Some(content_type) = request_headers.get(header::CONTENT_TYPE) {
             outbound = outbound.header(header::CONTENT_TYPE, content_type.clone());
         }
-        let body = axum::body::to_bytes(request.into_body(), MAX_FORWARD_BODY)
+        let body = axum::body::to_bytes(body, MAX_FORWARD_BODY)
             .await
             .map_err(|e| api_error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
         outbound = outbound.body(body);
     }
-    // The guard checked this server's token; the node wants its own (reads send it too:
-    // the node's private reads need it).
-    let token = node_token(&node.data_dir)?;
-    outbound = outbound.bearer_auth(token.as_str());
+    // A request with this server's token (the guard checked it for writes) goes on with the
+    // node's own; one without goes on without, so the node's private reads stay private.
+    if shared.token.is_presented_in(request_headers) {
+        let token = node_token(&node.data_dir)?;
+        outbound = outbound.bearer_auth(token.as_str());
+    }
     let answer = outbound.send().await.map_err(|e| {
         api_error(
             StatusCode::BAD_GATEWAY,
