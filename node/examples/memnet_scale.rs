@@ -6,10 +6,12 @@
 //! cargo run --release -p fogmesh --example memnet_scale -- 200
 //! cargo run --release -p fogmesh --example memnet_scale -- 500 --timeout 60s
 //! cargo run --release -p fogmesh --example memnet_scale -- 200 --target-peers 12 --max-connections 16
-//! cargo run --release -p fogmesh --example memnet_scale -- 100 --upkeep 60s
+//! cargo run --release -p fogmesh --example memnet_scale -- 100 --upkeep 60s --settle 60s
 //! ```
 //!
-//! `--upkeep WINDOW` then measures the steady state over that window: what each node spends on
+//! `--upkeep WINDOW` then measures the steady state over that window, after `--settle` (60 s by
+//! default: start-up publishes several records a node as the first device passes come in):
+//! what each node spends on
 //! keeping the mesh up (telemetry, membership, cluster announcements, revocations, the
 //! store's anti-entropy, pings) when nobody uses it — bytes per second through its
 //! connections (in and out, from `libp2p_bandwidth_bytes_total`), CPU (this process's, per
@@ -36,10 +38,11 @@ struct Args {
     seed: u64,
     timeout: Duration,
     upkeep: Option<Duration>,
+    settle: Duration,
 }
 
 const USAGE: &str = "usage: memnet_scale N [--interval DURATION] [--links K] \
-     [--target-peers P] [--max-connections C] [--seed S] [--timeout DURATION] [--upkeep WINDOW]";
+     [--target-peers P] [--max-connections C] [--seed S] [--timeout DURATION] [--upkeep WINDOW [--settle DURATION]]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
@@ -52,6 +55,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seed: 1,
         timeout: Duration::from_secs(60),
         upkeep: None,
+        settle: Duration::from_secs(60),
     };
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -66,6 +70,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seed" => parsed.seed = value()?.parse()?,
             "--timeout" => parsed.timeout = humantime::parse_duration(&value()?)?,
             "--upkeep" => parsed.upkeep = Some(humantime::parse_duration(&value()?)?),
+            "--settle" => parsed.settle = humantime::parse_duration(&value()?)?,
             n if parsed.nodes == 0 => {
                 parsed.nodes = n
                     .parse()
@@ -331,6 +336,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{}", totals(&net));
     if let Some(window) = args.upkeep {
+        tokio::time::sleep(args.settle).await;
         upkeep(&net, window).await;
     }
     println!("threads: {:?}", threads_by_name());
