@@ -47,6 +47,11 @@ use crate::runtime::storage::{NodeStorage, StorageReport};
 
 /// How often views are refreshed and the gossip mesh handed to the peer manager.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two rebuilds of the peers view. Rebuilding it names every known peer
+/// (a base58 PeerId each); done on every connection event it took a fifth of all CPU of a
+/// 100-node in-memory mesh (perf, BENCHMARKS "Mesh-wide scale"). A view at most this old
+/// (or one maintenance tick, when nothing else happens) is as good for its readers.
+const PEERS_VIEW_GAP: Duration = Duration::from_millis(250);
 /// Refused handshakes waiting to be reported on the event stream.
 pub const REFUSAL_QUEUE: usize = 256;
 
@@ -194,6 +199,9 @@ pub(crate) struct Driver {
     work: VecDeque<(usize, Effect)>,
     /// A capability's status changed during this turn.
     status_dirty: bool,
+    /// The peers view is out of date, and when it was last rebuilt (see [`PEERS_VIEW_GAP`]).
+    peers_dirty: bool,
+    peers_published: std::time::Instant,
     clock: Clock,
     started_at_ms: u64,
     metrics: DriverMetrics,
@@ -248,6 +256,8 @@ impl Driver {
             jobs: futures::stream::FuturesUnordered::new(),
             work: VecDeque::new(),
             status_dirty: false,
+            peers_dirty: false,
+            peers_published: std::time::Instant::now(),
             clock: p.clock,
             started_at_ms,
             metrics: p.metrics,
@@ -261,7 +271,7 @@ impl Driver {
             for index in 0..self.capabilities.len() {
                 self.with_capability(index, |c, now, out| c.on_start(now, out));
             }
-            self.publish_views();
+            self.publish_views_now();
         }
         let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,6 +301,9 @@ impl Driver {
             };
             if std::mem::take(&mut self.status_dirty) {
                 self.publish_status();
+            }
+            if self.peers_dirty && self.peers_published.elapsed() >= PEERS_VIEW_GAP {
+                self.publish_peers();
             }
             self.metrics.observe_turn(started.0.elapsed());
         }
@@ -940,13 +953,21 @@ impl Driver {
             tracing::error!(%error, "final store flush failed");
         }
         let _ = std::fs::remove_file(&self.control_file);
-        self.publish_views();
+        self.publish_views_now();
         tracing::info!(peer_id = %self.swarm.local_peer_id(), "node stopped");
     }
 
     // ---- views ----
 
-    fn publish_views(&self) {
+    /// The status now; the peers view at the end of a turn, at most every
+    /// [`PEERS_VIEW_GAP`].
+    fn publish_views(&mut self) {
+        self.publish_status();
+        self.peers_dirty = true;
+    }
+
+    /// Both views now (start and stop).
+    fn publish_views_now(&mut self) {
         self.publish_status();
         self.publish_peers();
     }
@@ -974,7 +995,9 @@ impl Driver {
         self.status.set(status);
     }
 
-    fn publish_peers(&self) {
+    fn publish_peers(&mut self) {
+        self.peers_dirty = false;
+        self.peers_published = std::time::Instant::now();
         let now = self.clock.now_ms();
         let peers_behaviour = &self.swarm.behaviour().peers;
         let mut peers: Vec<PeerView> = peers_behaviour
