@@ -11,11 +11,6 @@ pub fn get(path: &str) -> Option<&'static [u8]> {
         .map(|(_, bytes)| *bytes)
 }
 
-/// Every compiled-in file with its size: what the page adds to the binary.
-pub fn list() -> impl Iterator<Item = (&'static str, usize)> {
-    FILES.iter().map(|(name, bytes)| (*name, bytes.len()))
-}
-
 /// The content type a file is served with, by its extension.
 pub fn content_type(path: &str) -> &'static str {
     match path.rsplit_once('.').map(|(_, ext)| ext) {

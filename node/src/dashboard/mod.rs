@@ -38,8 +38,7 @@ const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
                    script-src 'self'; connect-src 'self'; object-src 'none'; \
                    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-pub fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
-    let _ = setup;
+pub fn register(_setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
     Ok(Registered {
         capability: Box::new(Dashboard),
         routes: page_routes(dev_dir()),
