@@ -34,8 +34,9 @@ use sha2::{Digest, Sha256};
 pub const TARGET_SIZE: usize = 5;
 /// A cluster with fewer members merges into a larger one when one is reachable.
 pub const MERGE_BELOW: usize = 3;
-/// Most cluster announcements a node keeps (the freshest win).
-pub const MAX_ANNOUNCEMENTS: usize = 256;
+/// Most cluster announcements a node keeps (the freshest win): room for a mesh of about
+/// 5,000 nodes in clusters of five.
+pub const MAX_ANNOUNCEMENTS: usize = 1024;
 
 /// Formation timing, per link kind (all in milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,13 @@ pub struct Timing {
     pub reform_after_ms: u64,
     /// A join that has not made the node a member by then is given up.
     pub join_timeout_ms: u64,
+    /// What every cluster's summaries together may take of a link, in bytes per second
+    /// (docs/scale.md): a full cluster's coordinator announces no more often than keeps
+    /// all the clusters it knows within it ([`summary_every_ms`]).
+    pub summary_budget_bytes_per_s: u64,
+    /// A member the coordinator has not heard for this long is marked silent in the
+    /// summary (it is removed only after [`Timing::silent_after_ms`]).
+    pub flag_silent_after_ms: u64,
 }
 
 /// On internet links.
@@ -61,6 +69,8 @@ pub const LAN: Timing = Timing {
     silent_after_ms: 15_000,
     reform_after_ms: 30_000,
     join_timeout_ms: 10_000,
+    summary_budget_bytes_per_s: 2_000,
+    flag_silent_after_ms: 3_000,
 };
 
 /// On Bluetooth links: everything six times slower.
@@ -72,7 +82,45 @@ pub const RADIO: Timing = Timing {
     silent_after_ms: 90_000,
     reform_after_ms: 180_000,
     join_timeout_ms: 60_000,
+    // 2 % of the ~15 KB/s a Bluetooth LE link carries (Reticulum's share for announces).
+    summary_budget_bytes_per_s: 300,
+    flag_silent_after_ms: 18_000,
 };
+
+/// Longest a coordinator waits between two summaries, whatever the budget: a cluster is
+/// forgotten after about three of its periods, so this bounds how long a vanished cluster
+/// is still believed. With 600-byte summaries the budget holds up to 400 clusters (about
+/// 2,000 nodes); past that, summary bytes grow with the mesh again.
+pub const MAX_SUMMARY_EVERY_MS: u64 = 120_000;
+
+/// How often a coordinator announces its cluster: every [`Timing::announce_every_ms`] while
+/// it has room (joiners look for such clusters), otherwise stretched so that `clusters`
+/// summaries of `summary_len` bytes stay within [`Timing::summary_budget_bytes_per_s`]:
+/// bytes a node receives for summaries stay flat as the mesh grows, and the period grows
+/// instead. A change of members, coordinator or silent flags is announced at once anyway.
+pub fn summary_every_ms(
+    timing: &Timing,
+    has_room: bool,
+    clusters: usize,
+    summary_len: usize,
+) -> u64 {
+    if has_room {
+        return timing.announce_every_ms;
+    }
+    let bytes_per_round = (clusters.max(1) as u64).saturating_mul(summary_len as u64);
+    let stretched = bytes_per_round.saturating_mul(1000) / timing.summary_budget_bytes_per_s.max(1);
+    stretched.clamp(timing.announce_every_ms, MAX_SUMMARY_EVERY_MS)
+}
+
+/// One member as its cluster's summary describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    pub capacity: crate::capacity::NodeCapacity,
+    pub load: crate::capacity::Load,
+    /// Not heard by the coordinator for [`Timing::flag_silent_after_ms`].
+    #[serde(default)]
+    pub silent: bool,
+}
 
 /// What a coordinator says about its cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +138,14 @@ pub struct Announcement {
     pub at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at_ms: Option<u64>,
+    /// The summary: per member, in the order of `members`, its capacity, load and whether
+    /// the coordinator still hears it (empty from nodes older than summaries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<MemberSummary>,
+    /// The longest until this cluster's next announcement ([`summary_every_ms`]); receivers
+    /// keep it for about three periods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
 }
 
 impl Announcement {
@@ -113,7 +169,35 @@ impl Announcement {
     }
 
     pub fn is_fresh(&self, now_ms: u64, timing: &Timing) -> bool {
-        now_ms.saturating_sub(self.at_ms) <= timing.fresh_ms
+        now_ms.saturating_sub(self.at_ms) <= self.fresh_for_ms(timing)
+    }
+
+    /// How long after it was heard it counts: [`Timing::fresh_ms`], or three and a half of
+    /// the periods it announced (at most [`MAX_SUMMARY_EVERY_MS`]'s).
+    pub fn fresh_for_ms(&self, timing: &Timing) -> u64 {
+        let every = self.every_ms.unwrap_or(0).min(MAX_SUMMARY_EVERY_MS);
+        timing.fresh_ms.max(every.saturating_mul(7) / 2)
+    }
+
+    /// Whether the summary agrees with itself: one entry per member (or none, from an
+    /// older node), no member twice, the coordinator a member.
+    pub fn is_consistent(&self) -> bool {
+        let mut seen = std::collections::BTreeSet::new();
+        (self.summary.is_empty() || self.summary.len() == self.members.len())
+            && self.members.iter().all(|m| seen.insert(m.as_slice()))
+            && self
+                .members
+                .iter()
+                .any(|m| m.as_slice() == self.coordinator.as_slice())
+    }
+
+    /// Members the coordinator still hears.
+    pub fn live_members(&self) -> impl Iterator<Item = &[u8]> {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.summary.get(*i).is_some_and(|s| s.silent))
+            .map(|(_, m)| m.as_slice())
     }
 }
 
@@ -214,6 +298,50 @@ pub fn merge_target<'a>(
         })
 }
 
+/// Where a submitter outside any cluster (or one asked to look elsewhere) sends a task,
+/// from the clusters' summaries: a fresh cluster in reach with a live member the task fits
+/// on now, the one whose best such member has the most CPU left; failing that, one with a
+/// live member that could run it once idle; then the shortest queue (clusters whose
+/// coordinators send no summary rank by queue alone). Ties go to the lowest id.
+pub fn place_across<'a>(
+    now_ms: u64,
+    timing: &Timing,
+    announcements: impl IntoIterator<Item = &'a Announcement>,
+    req: &crate::task::Requirements,
+    reachable: impl Fn(&[u8]) -> bool,
+) -> Option<&'a Announcement> {
+    let rank = |a: &Announcement| {
+        let live = a.summary.iter().filter(|m| !m.silent);
+        let free_where_fits = live
+            .clone()
+            .filter(|m| m.capacity.fits(&m.load, req))
+            .map(|m| {
+                m.capacity
+                    .cpu_budget_millicores()
+                    .saturating_sub(m.load.cpu_millicores)
+            })
+            .max();
+        let could_ever = a.summary.is_empty()
+            || live
+                .clone()
+                .any(|m| m.capacity.fits(&crate::capacity::Load::default(), req));
+        (
+            free_where_fits.is_some(),
+            could_ever,
+            free_where_fits.unwrap_or(0),
+            std::cmp::Reverse(a.queued),
+        )
+    };
+    announcements
+        .into_iter()
+        .filter(|a| a.is_fresh(now_ms, timing) && reachable(&a.coordinator))
+        .max_by(|a, b| {
+            rank(a)
+                .cmp(&rank(b))
+                .then_with(|| b.cluster.cmp(&a.cluster))
+        })
+}
+
 /// Leadership hands over to a better-scored voter only when it is clearly better (by
 /// [`TRANSFER_MARGIN_MILLI`] and [`TRANSFER_RATIO_PCT`]) and stays so for
 /// [`TRANSFER_AFTER_MS`]: a flickering charger or a passing warm spell moves nothing.
@@ -277,7 +405,163 @@ mod tests {
             queued: 0,
             at_ms,
             sent_at_ms: None,
+            summary: Vec::new(),
+            every_ms: None,
         }
+    }
+
+    fn member(cores: u32, tasks: u32, cpu_used: u32, gpu: bool, silent: bool) -> MemberSummary {
+        MemberSummary {
+            capacity: crate::capacity::NodeCapacity {
+                cores,
+                cpu_pct: 100,
+                memory_mb: 1024,
+                max_tasks: 4,
+                gpu,
+                battery: None,
+                score_milli: 500,
+            },
+            load: crate::capacity::Load {
+                cpu_millicores: cpu_used,
+                memory_mb: 0,
+                tasks,
+            },
+            silent,
+        }
+    }
+
+    fn summarised(cluster: &str, members: Vec<MemberSummary>, queued: u32) -> Announcement {
+        let mut a = ann(cluster, members.len(), 1000);
+        a.summary = members;
+        a.queued = queued;
+        a
+    }
+
+    #[test]
+    fn summaries_are_spaced_to_keep_every_cluster_within_the_budget() {
+        // With room: the base period, whatever the mesh (joiners look for such clusters).
+        assert_eq!(
+            summary_every_ms(&LAN, true, 500, 600),
+            LAN.announce_every_ms
+        );
+        // Full, few clusters: the base period.
+        assert_eq!(summary_every_ms(&LAN, false, 4, 600), LAN.announce_every_ms);
+        // 200 clusters of 600-byte summaries at 2,000 B/s: one round a minute, so a node
+        // receives the same bytes a second as with 20 clusters at the base period.
+        assert_eq!(summary_every_ms(&LAN, false, 200, 600), 60_000);
+        let rate = |clusters: usize| {
+            clusters as f64 * 600.0 * 1000.0 / summary_every_ms(&LAN, false, clusters, 600) as f64
+        };
+        assert!(rate(200) <= LAN.summary_budget_bytes_per_s as f64 + 1.0);
+        assert!(rate(400) <= rate(200) + 1.0, "flat past the budget");
+        // Never beyond the cap (a vanished cluster is forgotten in ~3.5 periods).
+        assert_eq!(
+            summary_every_ms(&LAN, false, 100_000, 600),
+            MAX_SUMMARY_EVERY_MS
+        );
+        // Radio links get a smaller share.
+        assert!(summary_every_ms(&RADIO, false, 20, 600) > summary_every_ms(&LAN, false, 20, 600));
+    }
+
+    #[test]
+    fn a_summary_is_kept_for_about_three_of_its_periods() {
+        let mut a = ann("a", 5, 0);
+        assert_eq!(a.fresh_for_ms(&LAN), LAN.fresh_ms);
+        a.every_ms = Some(60_000);
+        assert_eq!(a.fresh_for_ms(&LAN), 210_000);
+        assert!(a.is_fresh(200_000, &LAN));
+        assert!(!a.is_fresh(211_000, &LAN));
+        // A forged huge period cannot pin a cluster for ever.
+        a.every_ms = Some(u64::MAX);
+        assert_eq!(a.fresh_for_ms(&LAN), MAX_SUMMARY_EVERY_MS * 7 / 2);
+    }
+
+    #[test]
+    fn a_summary_must_agree_with_itself() {
+        let mut a = summarised("a", vec![member(4, 0, 0, false, false); 3], 0);
+        a.coordinator = a.members[0].to_vec();
+        assert!(a.is_consistent());
+        let mut short = a.clone();
+        short.summary.pop();
+        assert!(!short.is_consistent(), "one entry per member");
+        let mut twice = a.clone();
+        twice.members[1] = twice.members[0].clone();
+        assert!(!twice.is_consistent(), "no member twice");
+        let mut outsider = a.clone();
+        outsider.coordinator = b"someone else".to_vec();
+        assert!(!outsider.is_consistent(), "the coordinator is a member");
+        let mut older = a.clone();
+        older.summary.clear();
+        assert!(
+            older.is_consistent(),
+            "nodes older than summaries send none"
+        );
+        let mut silent = a.clone();
+        silent.summary[2].silent = true;
+        assert_eq!(silent.live_members().count(), 2);
+    }
+
+    #[test]
+    fn work_goes_to_the_cluster_with_room_for_it() {
+        let req = crate::task::Requirements {
+            cpu_millicores: 1_500,
+            memory_mb: 64,
+            duration_ms: 1_000,
+            gpu: false,
+        };
+        let all = |_: &[u8]| true;
+        // a: busy (1 core left at best); b: one member with 3 cores free; c: more free CPU
+        // but only on a member its coordinator no longer hears.
+        let list = [
+            summarised("a", vec![member(2, 1, 1_000, false, false)], 0),
+            summarised(
+                "b",
+                vec![
+                    member(4, 1, 1_000, false, false),
+                    member(2, 0, 0, false, false),
+                ],
+                3,
+            ),
+            summarised(
+                "c",
+                vec![member(16, 0, 0, false, true), member(1, 0, 0, false, false)],
+                0,
+            ),
+        ];
+        assert_eq!(
+            place_across(2000, &LAN, &list, &req, all).unwrap().cluster,
+            "b"
+        );
+        // Only a GPU member can take a GPU task.
+        let gpu = crate::task::Requirements { gpu: true, ..req };
+        let with_gpu = [
+            summarised("a", vec![member(8, 0, 0, false, false)], 0),
+            summarised("z", vec![member(2, 0, 0, true, false)], 9),
+        ];
+        assert_eq!(
+            place_across(2000, &LAN, &with_gpu, &gpu, all)
+                .unwrap()
+                .cluster,
+            "z"
+        );
+        // Unreachable or stale clusters are not candidates; with no summary, the shortest queue.
+        let not_z = |c: &[u8]| c != b"z-leader";
+        assert_eq!(
+            place_across(2000, &LAN, &with_gpu, &gpu, not_z)
+                .unwrap()
+                .cluster,
+            "a"
+        );
+        assert!(place_across(60_000, &LAN, &with_gpu, &gpu, all).is_none());
+        let plain = [ann("p", 3, 1000), {
+            let mut q = ann("q", 3, 1000);
+            q.queued = 5;
+            q
+        }];
+        assert_eq!(
+            place_across(2000, &LAN, &plain, &req, all).unwrap().cluster,
+            "p"
+        );
     }
 
     #[test]

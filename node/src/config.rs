@@ -17,6 +17,9 @@ const MIN_TELEMETRY_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_TELEMETRY_INTERVAL: Duration = Duration::from_secs(3600);
 const MIN_EXPIRE_AFTER: Duration = Duration::from_secs(60);
 const MAX_EXPIRE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default `telemetry_full_mesh_below`: a mesh smaller than this sees every node's
+/// telemetry everywhere (docs/scale.md).
+pub const DEFAULT_TELEMETRY_FULL_MESH_BELOW: usize = 32;
 /// Highest accepted `telemetry_max_origins`.
 pub const MAX_TELEMETRY_ORIGINS: usize = 1 << 20;
 
@@ -66,6 +69,9 @@ pub struct ConfigLayer {
     pub telemetry_expire_after: Option<Duration>,
     /// Most nodes whose telemetry is kept (the one heard from longest ago makes room).
     pub telemetry_max_origins: Option<usize>,
+    /// While the mesh has fewer nodes than this, every node's telemetry goes to every node;
+    /// from this size on, in full only within a node's cluster (docs/scale.md).
+    pub telemetry_full_mesh_below: Option<usize>,
     /// Find out whether this node is reachable (AutoNAT), reserve a slot on a relay when it
     /// is not, and upgrade relayed connections to direct ones by hole punching (docs/nat.md).
     pub nat_traversal: Option<bool>,
@@ -102,6 +108,7 @@ impl ConfigLayer {
             exempt_loopback,
             telemetry_expire_after,
             telemetry_max_origins,
+            telemetry_full_mesh_below,
             nat_traversal,
             relay_service,
             relay_max_reservations,
@@ -247,6 +254,10 @@ pub fn load_env(
             }
             "FOGMESH_TELEMETRY_MAX_ORIGINS" => {
                 layer.telemetry_max_origins = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+            }
+            "FOGMESH_TELEMETRY_FULL_MESH_BELOW" => {
+                layer.telemetry_full_mesh_below =
+                    Some(value.parse().map_err(|e| err(format!("{e}")))?)
             }
             "FOGMESH_SENSE_INTERVAL" => {
                 layer.sense_interval =
@@ -404,6 +415,7 @@ pub struct Settings {
     pub exempt_loopback: bool,
     pub telemetry_expire_after: Duration,
     pub telemetry_max_origins: usize,
+    pub telemetry_full_mesh_below: usize,
     pub nat_traversal: bool,
     pub relay_service: bool,
     pub relay_max_reservations: u32,
@@ -480,6 +492,9 @@ impl Settings {
                 .telemetry_expire_after
                 .unwrap_or(Duration::from_secs(30 * 60)),
             telemetry_max_origins: layer.telemetry_max_origins.unwrap_or(4096),
+            telemetry_full_mesh_below: layer
+                .telemetry_full_mesh_below
+                .unwrap_or(DEFAULT_TELEMETRY_FULL_MESH_BELOW),
             nat_traversal: layer.nat_traversal.unwrap_or(true),
             relay_service: layer.relay_service.unwrap_or(true),
             relay_max_reservations: layer.relay_max_reservations.unwrap_or(64),
@@ -580,6 +595,11 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 # ago makes room for a new one).
 # telemetry_expire_after = "30m"
 # telemetry_max_origins = 4096
+
+# Below this many nodes every node's telemetry reaches every node; from it on, telemetry goes
+# in full only to a node's own cluster, and other clusters are known by their coordinators'
+# summaries (docs/scale.md).
+# telemetry_full_mesh_below = 32
 
 # Internet reach (docs/nat.md): find out whether this node is reachable from the internet
 # (AutoNAT v2), reserve a slot on a relay when it is not, and turn relayed connections into

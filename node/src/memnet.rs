@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::admission::mesh::{self, MeshError};
 use crate::capabilities::Register;
+use crate::cluster::service::ClusterView;
 use crate::config::{ConfigLayer, MeshFiles, Settings};
 use crate::identity::{self, IdentityError};
 use crate::node::{self, Network, RunningNode, StartError};
@@ -579,22 +580,53 @@ impl MemNet {
         })
     }
 
-    /// Running nodes that hold fresh telemetry from every other running node.
+    /// Running nodes that know the mesh as they should (docs/scale.md): fresh telemetry
+    /// from every other running node (a small mesh, or before clusters form), or, once
+    /// clustered, fresh telemetry from every running member of their own cluster and a
+    /// summary of every cluster, those summaries naming every running node.
     pub fn converged_nodes(&self) -> usize {
         let running: Vec<&Slot> = self.slots.iter().filter(|s| s.running.is_some()).collect();
+        let all_fresh = |holder: &Slot| {
+            let now = holder.handle.clock().now_ms();
+            telemetry(&holder.handle, |t| {
+                // Cheap first: a node missing records cannot have them all fresh.
+                t.len() + 1 >= running.len()
+                    && running.iter().all(|o| {
+                        o.id == holder.id || t.get(&o.id).is_some_and(|r| !r.is_stale(now))
+                    })
+            })
+        };
+        let census = Census::of(&running);
         running
             .iter()
-            .filter(|holder| {
-                let now = holder.handle.clock().now_ms();
-                telemetry(&holder.handle, |t| {
-                    // Cheap first: a node missing records cannot have them all fresh.
-                    t.len() + 1 >= running.len()
-                        && running.iter().all(|o| {
-                            o.id == holder.id || t.get(&o.id).is_some_and(|r| !r.is_stale(now))
-                        })
-                })
-            })
+            .enumerate()
+            .filter(|(i, holder)| census.knows_all(*i, holder) || all_fresh(holder))
             .count()
+    }
+
+    /// Whether no running node still counts any of `gone` as alive: none holds a fresh
+    /// record of it, and no cluster summary held anywhere lists it as a member its
+    /// coordinator still hears.
+    pub fn forgotten_everywhere(&self, gone: &[PeerId]) -> bool {
+        let gone: std::collections::HashSet<String> = gone.iter().map(|p| p.to_string()).collect();
+        self.slots
+            .iter()
+            .filter(|s| s.running.is_some())
+            .all(|holder| {
+                let now = holder.handle.clock().now_ms();
+                let no_fresh = telemetry(&holder.handle, |t| {
+                    gone.iter()
+                        .all(|g| t.get(g).is_none_or(|r| r.is_stale(now)))
+                });
+                no_fresh
+                    && cluster_view(&holder.handle, |v| {
+                        v.known_clusters.iter().all(|k| {
+                            k.nodes
+                                .iter()
+                                .all(|n| n.silent || !gone.contains(&n.peer_id))
+                        })
+                    })
+            })
     }
 
     /// Pairs (holder, origin) of distinct running nodes where the holder has the origin's
@@ -636,7 +668,7 @@ impl MemNet {
         missing
     }
 
-    /// Every running node holds fresh telemetry from every other running node.
+    /// Every running node knows the mesh as it should ([`MemNet::converged_nodes`]).
     pub fn converged(&self) -> bool {
         self.converged_nodes() == self.slots.iter().filter(|s| s.running.is_some()).count()
     }
@@ -658,15 +690,19 @@ impl MemNet {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let checking = Instant::now();
             if condition(self) {
                 return Ok(started.elapsed());
             }
+            // A check over a thousand nodes takes milliseconds: space them so checking
+            // takes at most a fifth of the time.
+            let gap = CHECK_GAP.max(checking.elapsed() * 4);
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(TimedOut {
                     waited: started.elapsed(),
                 });
             }
-            tokio::time::sleep(CHECK_GAP).await;
+            tokio::time::sleep(gap).await;
         }
     }
 
@@ -775,6 +811,78 @@ fn ensure_dir(dir: &Path) -> Result<(), MemNetError> {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// The clusters of the running nodes, as their own views say, for judging what every node
+/// should know.
+struct Census {
+    /// Whether each running node (by index into the running list) is a cluster member,
+    /// and of which cluster.
+    cluster_of: Vec<Option<String>>,
+    clusters: std::collections::HashSet<String>,
+    running: std::collections::HashSet<String>,
+}
+
+impl Census {
+    fn of(running: &[&Slot]) -> Census {
+        let cluster_of: Vec<Option<String>> = running
+            .iter()
+            .map(|s| {
+                cluster_view(&s.handle, |v| {
+                    (v.state == "member").then(|| v.cluster.clone()).flatten()
+                })
+            })
+            .collect();
+        Census {
+            clusters: cluster_of.iter().flatten().cloned().collect(),
+            cluster_of,
+            running: running.iter().map(|s| s.id.clone()).collect(),
+        }
+    }
+
+    /// Node `i` (`holder`) is clustered, holds fresh telemetry of its running cluster
+    /// mates, and holds every cluster's summary; the summaries name at least as many nodes
+    /// as are clustered.
+    fn knows_all(&self, i: usize, holder: &Slot) -> bool {
+        if self.cluster_of.get(i).is_none_or(Option::is_none) {
+            return false;
+        }
+        let clustered = self.cluster_of.iter().flatten().count();
+        let now = holder.handle.clock().now_ms();
+        let mates = cluster_view(&holder.handle, |v| {
+            let known: std::collections::HashSet<&str> = v
+                .known_clusters
+                .iter()
+                .map(|k| k.cluster.as_str())
+                .collect();
+            let named: usize = v.known_clusters.iter().map(|k| k.members).sum();
+            (self.clusters.iter().all(|c| known.contains(c.as_str())) && named >= clustered).then(
+                || {
+                    v.members
+                        .iter()
+                        .map(|m| m.peer_id.clone())
+                        .filter(|p| *p != holder.id && self.running.contains(p))
+                        .collect::<Vec<String>>()
+                },
+            )
+        });
+        let Some(mates) = mates else {
+            return false;
+        };
+        telemetry(&holder.handle, |t| {
+            mates
+                .iter()
+                .all(|m| t.get(m).is_some_and(|r| !r.is_stale(now)))
+        })
+    }
+}
+
+/// Reads a node's cluster view (the default one if it runs no cluster capability).
+fn cluster_view<R>(handle: &NodeHandle, f: impl FnOnce(&ClusterView) -> R) -> R {
+    match handle.view::<ClusterView>() {
+        Some(cell) => cell.read(f),
+        None => f(&ClusterView::default()),
+    }
 }
 
 /// Reads a node's latest telemetry per origin (empty if it runs no telemetry).

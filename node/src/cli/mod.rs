@@ -59,8 +59,9 @@ pub(crate) enum Command {
     Status(QueryArgs),
     /// Ask the running node for its peers.
     Peers(QueryArgs),
-    /// Ask the running node for the telemetry it holds.
-    Telemetry(QueryArgs),
+    /// Ask the running node for the telemetry it holds, or with --peer for one node's
+    /// latest record (fetched from whoever holds it when this node does not).
+    Telemetry(TelemetryArgs),
     /// Print the address of the node's web dashboard (served by the node on 127.0.0.1,
     /// with the token it needs to change anything), and with --open open it.
     Dashboard(DashboardArgs),
@@ -132,6 +133,16 @@ impl NodeSelect {
             flags,
         )?)
     }
+}
+
+/// `fogmesh telemetry`.
+#[derive(Debug, Args)]
+pub(crate) struct TelemetryArgs {
+    #[command(flatten)]
+    query: QueryArgs,
+    /// One node's latest record, by PeerId.
+    #[arg(long)]
+    peer: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -220,8 +231,22 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
             let p = q.client()?.peers().await?;
             print_out(q.json, &p, || crate::client::render::render_peers(&p))
         }
-        Some(Command::Telemetry(q)) => {
-            let t = q.client()?.telemetry().await?;
+        Some(Command::Telemetry(TelemetryArgs { query: q, peer })) => {
+            let client = q.client()?;
+            let t = match peer {
+                Some(peer) => {
+                    let one = client.telemetry_of(&peer).await?;
+                    if q.json {
+                        return print_out(true, &one, String::new);
+                    }
+                    crate::telemetry::view::TelemetryResponse {
+                        peer_id: client.status().await?.peer_id,
+                        now_ms: 0,
+                        nodes: vec![one],
+                    }
+                }
+                None => client.telemetry().await?,
+            };
             print_out(q.json, &t, || crate::client::render::render_telemetry(&t))
         }
         Some(Command::Device(args)) => device_command(args).await,

@@ -130,6 +130,7 @@ impl RunArgs {
             // Config file and FOGMESH_* only: tuning, not something to type per run.
             telemetry_expire_after: None,
             telemetry_max_origins: None,
+            telemetry_full_mesh_below: None,
             nat_traversal: self.no_nat_traversal.then_some(false),
             relay_service: self.no_relay_service.then_some(false),
             relay_max_reservations: None,

@@ -250,6 +250,14 @@ impl ControlClient {
         self.get("/v1/telemetry").await
     }
 
+    /// One node's latest record: held by this node, or fetched from the mesh.
+    pub async fn telemetry_of(
+        &self,
+        peer: &str,
+    ) -> Result<crate::telemetry::view::TelemetryView, ClientError> {
+        self.get(&format!("/v1/telemetry/{peer}")).await
+    }
+
     pub async fn receipts(&self) -> Result<ReceiptsResponse, ClientError> {
         self.get("/v1/receipts").await
     }

@@ -92,7 +92,7 @@ pub fn render_cluster(view: &crate::cluster::service::ClusterView) -> String {
 ",
             view.known_clusters.len()
         ));
-        for c in &view.known_clusters {
+        for c in view.known_clusters.iter() {
             out.push_str(&format!(
                 "  {}  coordinator {}, term {}, {} members, {} queued, announced {:.1} s ago
 ",

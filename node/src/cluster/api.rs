@@ -99,6 +99,10 @@ pub async fn result(node: &NodeHandle, id: TaskId) -> Result<Result<Vec<u8>, Str
 async fn cluster(State(node): State<NodeHandle>) -> Json<ClusterView> {
     let mut view = view(&node);
     view.tasks.clear();
+    let now = node.clock().now_ms();
+    for known in std::sync::Arc::make_mut(&mut view.known_clusters) {
+        known.age_ms = now.saturating_sub(known.heard_at_ms);
+    }
     Json(view)
 }
 

@@ -167,6 +167,12 @@ pub enum Effect {
     /// Gossip `data` on `topic`; the outcome comes back through
     /// [`Capability::on_publish_result`].
     Publish { topic: String, data: Vec<u8> },
+    /// Subscribe to a gossip topic beyond [`Capability::topics`] (e.g. one per group this
+    /// node belongs to); its messages come to this capability. A topic another capability
+    /// owns is refused (logged), so routing stays one owner per topic.
+    Subscribe(String),
+    /// Leave a topic taken with [`Effect::Subscribe`].
+    Unsubscribe(String),
     /// The verdict on a gossip message answered [`Verdict::Later`].
     GossipVerdict {
         id: GossipId,
@@ -237,6 +243,8 @@ impl std::fmt::Debug for Effect {
                 .field("topic", topic)
                 .field("bytes", &data.len())
                 .finish(),
+            Effect::Subscribe(topic) => f.debug_tuple("Subscribe").field(topic).finish(),
+            Effect::Unsubscribe(topic) => f.debug_tuple("Unsubscribe").field(topic).finish(),
             Effect::GossipVerdict { acceptance, .. } => {
                 f.debug_tuple("GossipVerdict").field(acceptance).finish()
             }

@@ -343,6 +343,25 @@ impl Driver {
         }
     }
 
+    fn subscribe(&mut self, owner: usize, topic: &str) {
+        let topic = IdentTopic::new(topic);
+        match self.topics.get(&topic.hash()) {
+            Some(held) if *held == owner => {}
+            Some(held) => tracing::warn!(
+                %topic,
+                capability = self.capabilities[owner].name(),
+                owner = self.capabilities[*held].name(),
+                "topic already owned by another capability; not subscribed"
+            ),
+            None => match self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                Ok(_) => {
+                    self.topics.insert(topic.hash(), owner);
+                }
+                Err(error) => tracing::warn!(%error, %topic, "not subscribed"),
+            },
+        }
+    }
+
     fn execute(&mut self, owner: usize, effect: Effect) {
         match effect {
             Effect::Publish { topic, data } => {
@@ -362,6 +381,14 @@ impl Driver {
                     }
                 };
                 self.capabilities[owner].on_publish_result(&topic, outcome);
+            }
+            Effect::Subscribe(topic) => self.subscribe(owner, &topic),
+            Effect::Unsubscribe(topic) => {
+                let topic = IdentTopic::new(topic);
+                if self.topics.get(&topic.hash()) == Some(&owner) {
+                    self.topics.remove(&topic.hash());
+                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                }
             }
             Effect::GossipVerdict { id, acceptance } => {
                 self.swarm

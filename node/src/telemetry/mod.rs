@@ -2,11 +2,15 @@
 //! peers), gossiped on its cadence, the latest per node kept, silent nodes marked stale
 //! (docs/telemetry.md).
 //!
+//! - [`scope`] — which topic a record goes on: the node's cluster's, or mesh-wide;
+//! - [`fetch`] — one node's record on demand from whoever holds it;
 //! - [`record`] — the record, its validation (signature, origin, freshness window, replays);
 //! - [`service`] — the capability — publishing, accepting, expiring, its tables;
 //! - [`view`] — what the control API shows.
 
+pub mod fetch;
 pub mod record;
+pub mod scope;
 pub mod service;
 pub mod view;
 
@@ -35,6 +39,7 @@ pub fn register(setup: &mut Setup<'_>) -> Result<Registered, SetupError> {
             freshness: record::FreshnessPolicy::default(),
             version: VERSION.into(),
             started_at_ms: setup.clock.now_ms(),
+            full_mesh_below: settings.telemetry_full_mesh_below,
         },
         tables,
         view,

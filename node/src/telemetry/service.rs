@@ -39,14 +39,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::service::DeviceChanged;
 use crate::runtime::capability::{
-    duration_ms, Capability, Effect, GossipIn, Notice, Outbox, PublishOutcome, ReasonLabel,
-    TimerId, Verdict,
+    duration_ms, Capability, Effect, GossipIn, InboundRequest, Notice, Outbox, Protocol,
+    PublishOutcome, ReasonLabel, Response, TimerId, Token, Verdict,
 };
 use crate::runtime::events::EventKind;
 use crate::runtime::handle::ViewCell;
 use crate::runtime::lifecycle::Phase;
 use crate::runtime::mesh_time::{ClockOffsets, MeshClock};
 use crate::runtime::status::{MeshClockStatus, PeerClock, PeerView, StatusView};
+use crate::telemetry::fetch::{self, FetchError, FetchRequest, FetchResponse};
+use crate::telemetry::scope::{self, Directory, TelemetryScope};
 
 /// A mesh-time offset at least this large is logged as a warning when it changes.
 const MESH_CLOCK_WARN_MS: i64 = 5_000;
@@ -160,6 +162,10 @@ pub struct TelemetryMetrics {
     pub expired: Counter,
     pub evicted: Counter,
     pub origins: Gauge,
+    /// Fetches of one node's record this node asked for, by outcome.
+    pub fetches: Family<ReasonLabel, Counter>,
+    /// Fetch requests this node answered with a record.
+    pub fetch_served: Counter,
     /// The mesh-time estimate: add to this node's wall clock to get mesh time.
     pub mesh_clock_offset_ms: Gauge,
 }
@@ -203,6 +209,16 @@ impl TelemetryMetrics {
             self.evicted.clone(),
         );
         r.register(
+            "fetches",
+            "Fetches of one node's record asked by this node, by outcome",
+            self.fetches.clone(),
+        );
+        r.register(
+            "fetch_served",
+            "Fetch requests answered with a record",
+            self.fetch_served.clone(),
+        );
+        r.register(
             "origins",
             "Origins whose latest telemetry this node holds",
             self.origins.clone(),
@@ -240,6 +256,9 @@ pub struct TelemetryConfig {
     pub freshness: FreshnessPolicy,
     pub version: String,
     pub started_at_ms: u64,
+    /// Below this many known nodes, telemetry goes mesh-wide even from cluster members
+    /// (`scope`).
+    pub full_mesh_below: usize,
 }
 
 /// See the module docs.
@@ -263,6 +282,8 @@ pub struct TelemetryService {
     rss_bytes: Option<u64>,
     connected_peers: usize,
     listen_addrs: Vec<String>,
+    /// Peers linked to this node now (whom a fetch can ask without dialling).
+    connected: std::collections::HashSet<PeerId>,
     phase: Phase,
     /// Origins over the cap when restored, removed from the store at start.
     dropped_at_restore: Vec<String>,
@@ -273,7 +294,28 @@ pub struct TelemetryService {
     /// Node time when the estimate was last made.
     mesh_clock_at_ms: u64,
     metrics: TelemetryMetrics,
+    /// The cluster this node publishes to (`None`: the mesh-wide topic).
+    scope: Option<String>,
+    /// Each held origin's envelope as it arrived, for fetches ([`fetch`]).
+    sealed: HashMap<String, Vec<u8>>,
+    /// Our own last publication, sealed.
+    own_sealed: Option<Vec<u8>>,
+    directory: Directory,
+    fetches: HashMap<Token, PendingFetch>,
+    next_token: Token,
 }
+
+/// A fetch in flight: who is waiting, whom we asked, whom to ask next if that fails.
+#[derive(Debug)]
+struct PendingFetch {
+    origin: PeerId,
+    asked: PeerId,
+    then: Option<PeerId>,
+    reply: FetchReply,
+}
+
+/// Where a fetch's outcome goes (the API handler waits on it).
+pub type FetchReply = tokio::sync::oneshot::Sender<Result<ReceivedTelemetry, FetchError>>;
 
 impl TelemetryService {
     pub fn new(
@@ -302,12 +344,19 @@ impl TelemetryService {
             rss_bytes: None,
             connected_peers: 0,
             listen_addrs: Vec::new(),
+            connected: std::collections::HashSet::new(),
             phase: Phase::Booting,
             dropped_at_restore: Vec::new(),
             clock_offsets: ClockOffsets::default(),
             mesh_clock: MeshClock::default(),
             mesh_clock_at_ms: 0,
             metrics,
+            scope: None,
+            sealed: HashMap::new(),
+            own_sealed: None,
+            directory: Directory::default(),
+            fetches: HashMap::new(),
+            next_token: 0,
         }
     }
 
@@ -443,6 +492,7 @@ impl TelemetryService {
         self.last_seq = seq;
         self.last_publish_ms = Some(now_ms);
         self.last_record_len = data.len();
+        self.own_sealed = Some(data.clone());
         let meta = self.tables.meta.clone();
         self.persist(out, |b| b.put(&meta, META_TELEMETRY_SEQ, &seq));
         let own_id = self.own_id.clone();
@@ -457,9 +507,197 @@ impl TelemetryService {
             v.own = Some(own);
         });
         out.push(Effect::Publish {
-            topic: TELEMETRY_TOPIC.into(),
+            topic: self.topic(),
             data,
         });
+    }
+
+    /// The topic this node publishes on now: its cluster's, unless it is in none or the
+    /// mesh is small (`scope`).
+    pub fn topic(&self) -> String {
+        match &self.scope {
+            Some(cluster) if !self.mesh_is_small() => scope::cluster_topic(cluster),
+            _ => TELEMETRY_TOPIC.to_owned(),
+        }
+    }
+
+    /// How many nodes this node knows of: those whose records it holds (itself included),
+    /// or those the cluster summaries name, whichever is more.
+    pub fn known_nodes(&self) -> usize {
+        (self.latest.len() + 1).max(self.directory.coordinator_of.len())
+    }
+
+    fn mesh_is_small(&self) -> bool {
+        scope::is_small(self.known_nodes(), self.config.full_mesh_below)
+    }
+
+    /// Moves to another cluster's topic (or the mesh-wide one), and publishes there soon
+    /// so the new cluster mates hear from us.
+    fn rescope(&mut self, now_ms: u64, scope: &TelemetryScope, out: &mut Outbox) {
+        if scope.cluster == self.scope {
+            return;
+        }
+        if let Some(old) = &self.scope {
+            out.push(Effect::Unsubscribe(scope::cluster_topic(old)));
+        }
+        if let Some(new) = &scope.cluster {
+            out.push(Effect::Subscribe(scope::cluster_topic(new)));
+        }
+        tracing::debug!(cluster = ?scope.cluster, "telemetry scope changed");
+        self.scope.clone_from(&scope.cluster);
+        self.announce(now_ms, out);
+    }
+
+    /// Asks the mesh for `origin`'s latest record (see [`fetch`]); the outcome goes to
+    /// `reply`. A record held fresh here is answered at once.
+    pub fn fetch(&mut self, now_ms: u64, origin: PeerId, reply: FetchReply, out: &mut Outbox) {
+        let key = origin.to_string();
+        if key == self.own_id {
+            let own = self.view.read(|v| v.own.clone());
+            let _ = reply.send(own.ok_or(FetchError::NotHeld {
+                asked: self.own_id.clone(),
+            }));
+            return;
+        }
+        if let Some(held) = self.latest.get(&key).filter(|t| !t.is_stale(now_ms)) {
+            let _ = reply.send(Ok(held.clone()));
+            return;
+        }
+        if self.fetches.len() >= fetch::MAX_PENDING_FETCHES {
+            self.count_fetch("busy");
+            let _ = reply.send(Err(FetchError::Busy));
+            return;
+        }
+        let coordinator = self
+            .directory
+            .coordinator_of
+            .get(&origin)
+            .copied()
+            .filter(|c| *c != origin);
+        // The node itself if we are linked, else its coordinator if we are linked to it,
+        // else the node itself (the request dials it), then its coordinator.
+        let (first, then) = if self.connected.contains(&origin) {
+            (origin, coordinator)
+        } else if let Some(c) = coordinator.filter(|c| self.connected.contains(c)) {
+            (c, Some(origin))
+        } else {
+            (origin, coordinator)
+        };
+        self.ask(origin, first, then, reply, out);
+    }
+
+    fn ask(
+        &mut self,
+        origin: PeerId,
+        asked: PeerId,
+        then: Option<PeerId>,
+        reply: FetchReply,
+        out: &mut Outbox,
+    ) {
+        let data = match FetchRequest::encode(&origin) {
+            Ok(data) => data,
+            Err(error) => {
+                let _ = reply.send(Err(FetchError::Unanswered {
+                    asked: asked.to_string(),
+                    reason: error.to_string(),
+                }));
+                return;
+            }
+        };
+        self.next_token = self.next_token.wrapping_add(1);
+        let token = self.next_token;
+        self.fetches.insert(
+            token,
+            PendingFetch {
+                origin,
+                asked,
+                then,
+                reply,
+            },
+        );
+        out.push(Effect::Send {
+            peer: asked,
+            protocol: fetch::FETCH_PROTOCOL,
+            data,
+            token,
+        });
+    }
+
+    fn count_fetch(&self, outcome: &'static str) {
+        self.metrics
+            .fetches
+            .get_or_create(&ReasonLabel { reason: outcome })
+            .inc();
+    }
+
+    fn fetch_answered(&mut self, now_ms: u64, response: Response, out: &mut Outbox) {
+        let Some(pending) = self.fetches.remove(&response.token) else {
+            return;
+        };
+        let asked = pending.asked.to_string();
+        let outcome = match response.result {
+            Err(reason) => Err(("unanswered", FetchError::Unanswered { asked, reason })),
+            Ok(bytes) => match FetchResponse::decode(&bytes) {
+                Err(reason) => Err(("invalid", FetchError::Invalid { asked, reason })),
+                Ok(FetchResponse::NotHeld) => Err(("not_held", FetchError::NotHeld { asked })),
+                Ok(FetchResponse::Record(sealed)) => fetch::verify_fetched(
+                    &pending.origin,
+                    &sealed,
+                    out.wall_ms(),
+                    duration_ms(self.config.freshness.max_clock_skew),
+                    now_ms,
+                )
+                .map_err(|reason| ("invalid", FetchError::Invalid { asked, reason })),
+            },
+        };
+        match outcome {
+            Ok(record) => {
+                self.count_fetch("record");
+                let _ = pending.reply.send(Ok(record));
+            }
+            Err((label, error)) => {
+                self.count_fetch(label);
+                match pending.then {
+                    Some(next) => self.ask(pending.origin, next, None, pending.reply, out),
+                    None => {
+                        let _ = pending.reply.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer_fetch(&mut self, request: InboundRequest, out: &mut Outbox) {
+        let Some(origin) = FetchRequest::decode(&request.data) else {
+            tracing::debug!(peer_id = %request.peer, "fetch request not read");
+            self.metrics
+                .rejected
+                .get_or_create(&ReasonLabel {
+                    reason: "fetch_malformed",
+                })
+                .inc();
+            return;
+        };
+        let key = origin.to_string();
+        let sealed = if key == self.own_id {
+            self.own_sealed.clone()
+        } else {
+            self.sealed.get(&key).cloned()
+        };
+        let answer = match sealed {
+            Some(sealed) => {
+                self.metrics.fetch_served.inc();
+                FetchResponse::Record(serde_bytes::ByteBuf::from(sealed))
+            }
+            None => FetchResponse::NotHeld,
+        };
+        match answer.encode() {
+            Ok(data) => out.push(Effect::Respond {
+                id: request.id,
+                data,
+            }),
+            Err(error) => tracing::warn!(%error, "fetch answer not encodable"),
+        }
     }
 
     /// Brings the next publication forward so new subscribers hear from us soon.
@@ -547,6 +785,7 @@ impl TelemetryService {
 
     fn forget(&mut self, origin: String, out: &mut Outbox) {
         self.latest.remove(&origin);
+        self.sealed.remove(&origin);
         if let Ok(peer) = origin.parse::<PeerId>() {
             self.validator.forget(&peer);
         }
@@ -610,6 +849,18 @@ impl Capability for TelemetryService {
         vec![TELEMETRY_TOPIC.into()]
     }
 
+    fn protocols(&self) -> Vec<Protocol> {
+        vec![fetch::FETCH_SPEC]
+    }
+
+    fn on_request(&mut self, _now_ms: u64, request: InboundRequest, out: &mut Outbox) {
+        self.answer_fetch(request, out);
+    }
+
+    fn on_response(&mut self, now_ms: u64, response: Response, out: &mut Outbox) {
+        self.fetch_answered(now_ms, response, out);
+    }
+
     fn on_start(&mut self, now_ms: u64, out: &mut Outbox) {
         // The first publication waits for the first device pass (started at once), so it
         // carries the device; if sensing is slow, it goes out without after a second.
@@ -646,8 +897,15 @@ impl Capability for TelemetryService {
         match checked {
             Ok(mut accepted) => {
                 accepted.telemetry.received_at_ms = now_ms;
+                self.sealed
+                    .insert(accepted.origin.to_string(), msg.data.to_vec());
                 self.accept(accepted.telemetry, out);
-                Verdict::Now(MessageAcceptance::Accept)
+                if scope::passes_on(msg.topic, self.known_nodes(), self.config.full_mesh_below) {
+                    Verdict::Now(MessageAcceptance::Accept)
+                } else {
+                    // Kept, not passed on: see `scope`.
+                    Verdict::Now(MessageAcceptance::Ignore)
+                }
             }
             Err(rejection) => {
                 self.metrics
@@ -680,8 +938,14 @@ impl Capability for TelemetryService {
 
     fn on_notice(&mut self, now_ms: u64, notice: &Notice, out: &mut Outbox) {
         match notice {
-            Notice::PeerSubscribed { topic, .. } if topic == TELEMETRY_TOPIC => {
+            Notice::PeerSubscribed { topic, .. } if *topic == self.topic() => {
                 self.announce(now_ms, out)
+            }
+            Notice::PeerConnected { peer, .. } => {
+                self.connected.insert(*peer);
+            }
+            Notice::PeerDisconnected(peer) => {
+                self.connected.remove(peer);
             }
             Notice::Local {
                 connected_peers,
@@ -695,6 +959,10 @@ impl Capability for TelemetryService {
                 if let Some(changed) = shared.shared::<DeviceChanged>() {
                     self.rss_bytes = changed.rss_bytes;
                     self.device_changed(now_ms, &changed.view, out);
+                } else if let Some(scope) = shared.shared::<TelemetryScope>() {
+                    self.rescope(now_ms, scope, out);
+                } else if let Some(directory) = shared.shared::<Directory>() {
+                    self.directory = directory.clone();
                 }
             }
         }
@@ -775,6 +1043,7 @@ mod tests {
                 freshness: FreshnessPolicy::default(),
                 version: "test".into(),
                 started_at_ms: T0,
+                full_mesh_below: 32,
             },
             tables(),
             crate::runtime::handle::Views::default().add(TelemetrySnapshot::default()),
@@ -809,6 +1078,16 @@ mod tests {
         author: PeerId,
         data: &[u8],
     ) -> (MessageAcceptance, Outbox) {
+        deliver_on(to, TELEMETRY_TOPIC, now_ms, author, data)
+    }
+
+    fn deliver_on(
+        to: &mut TelemetryService,
+        topic: &str,
+        now_ms: u64,
+        author: PeerId,
+        data: &[u8],
+    ) -> (MessageAcceptance, Outbox) {
         let mut out = Outbox::at(now_ms);
         let id = crate::runtime::capability::GossipId {
             message: libp2p::gossipsub::MessageId::from(vec![0]),
@@ -817,7 +1096,7 @@ mod tests {
         let verdict = to.on_gossip(
             now_ms,
             GossipIn {
-                topic: TELEMETRY_TOPIC,
+                topic,
                 propagation_source: author,
                 author: Some(author),
                 data,
@@ -975,7 +1254,13 @@ mod tests {
             let now = T0 + i * 10;
             let (author, data) = publication(&mut minted, now);
             let (verdict, _) = deliver(&mut a, now, author, &data);
-            assert_eq!(verdict, MessageAcceptance::Accept);
+            // Kept either way; passed on only while the mesh looks small (`scope`).
+            let expected = if a.known_nodes() < 32 {
+                MessageAcceptance::Accept
+            } else {
+                MessageAcceptance::Ignore
+            };
+            assert_eq!(verdict, expected);
             assert!(a.latest().len() <= cap);
             assert!(a.validator.tracked() <= TelemetryValidator::MAX_TRACKED_ORIGINS);
         }
@@ -1045,5 +1330,217 @@ mod tests {
         assert_eq!(dropped, vec![stored[0].0.clone()]);
         assert_eq!(a.latest().len(), 2);
         assert_eq!(a.last_seq, 7);
+    }
+
+    #[test]
+    fn a_cluster_member_publishes_to_its_cluster_only_and_answers_fetches() {
+        let mut a = service(TelemetryLimits::default());
+        assert_eq!(a.topic(), TELEMETRY_TOPIC);
+        let mut out = Outbox::at(T0);
+        // In a small mesh a member still publishes mesh-wide.
+        let small = TelemetryScope {
+            cluster: Some("c0".into()),
+        };
+        a.on_notice(T0, &Notice::share(small), &mut out);
+        assert_eq!(a.topic(), TELEMETRY_TOPIC);
+        // The summaries name 40 nodes: a large mesh.
+        let named: std::collections::HashMap<PeerId, PeerId> = (0..40)
+            .map(|_| (PeerId::random(), PeerId::random()))
+            .collect();
+        a.on_notice(
+            T0,
+            &Notice::share(Directory {
+                coordinator_of: std::sync::Arc::new(named),
+            }),
+            &mut out,
+        );
+        assert_eq!(a.topic(), scope::cluster_topic("c0"));
+        let scope = TelemetryScope {
+            cluster: Some("c1".into()),
+        };
+        a.on_notice(T0, &Notice::share(scope), &mut out);
+        let effects: Vec<Effect> = out.drain().collect();
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::Subscribe(t) if *t == scope::cluster_topic("c1"))));
+        let mut out = Outbox::at(T0 + 5_000);
+        a.publish(T0 + 5_000, &mut out);
+        let topics: Vec<String> = out
+            .drain()
+            .filter_map(|e| match e {
+                Effect::Publish { topic, .. } => Some(topic),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, vec![scope::cluster_topic("c1")]);
+        // Moving on: the old topic is left, the new one taken.
+        let mut out = Outbox::at(T0 + 6_000);
+        let moved = TelemetryScope {
+            cluster: Some("c2".into()),
+        };
+        a.on_notice(T0 + 6_000, &Notice::share(moved), &mut out);
+        let effects: Vec<Effect> = out.drain().collect();
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::Unsubscribe(t) if *t == scope::cluster_topic("c1"))));
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::Subscribe(t) if *t == scope::cluster_topic("c2"))));
+
+        // A cluster mate's record is passed on whatever the mesh's size; a fetch for it is
+        // answered with the envelope exactly as it arrived.
+        let mut mate = service(TelemetryLimits::default());
+        let (author, data) = publication(&mut mate, T0 + 7_000);
+        let topic = scope::cluster_topic("c2");
+        let (verdict, _) = deliver_on(&mut a, &topic, T0 + 7_000, author, &data);
+        assert_eq!(verdict, MessageAcceptance::Accept);
+        let mut out = Outbox::at(T0 + 7_500);
+        a.on_request(
+            T0 + 7_500,
+            InboundRequest {
+                id: crate::runtime::capability::InboundId(9),
+                peer: PeerId::random(),
+                protocol: fetch::FETCH_PROTOCOL,
+                data: FetchRequest::encode(&author).unwrap(),
+            },
+            &mut out,
+        );
+        let answer = out
+            .drain()
+            .find_map(|e| match e {
+                Effect::Respond { data, .. } => Some(data),
+                _ => None,
+            })
+            .expect("answered");
+        assert_eq!(
+            FetchResponse::decode(&answer).unwrap(),
+            FetchResponse::Record(serde_bytes::ByteBuf::from(data))
+        );
+        assert_eq!(a.metrics().fetch_served.get(), 1);
+        // Junk is refused and counted, not answered.
+        let mut out = Outbox::at(T0 + 8_000);
+        a.on_request(
+            T0 + 8_000,
+            InboundRequest {
+                id: crate::runtime::capability::InboundId(10),
+                peer: PeerId::random(),
+                protocol: fetch::FETCH_PROTOCOL,
+                data: vec![0xff; 40],
+            },
+            &mut out,
+        );
+        assert_eq!(out.drain().count(), 0);
+        assert_eq!(
+            a.metrics()
+                .rejected
+                .get_or_create(&ReasonLabel {
+                    reason: "fetch_malformed"
+                })
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_fetch_asks_the_node_then_its_coordinator_and_checks_what_comes_back() {
+        let mut a = service(TelemetryLimits::default());
+        let mut origin = service(TelemetryLimits::default());
+        let coordinator = PeerId::random();
+        let (origin_id, sealed) = publication(&mut origin, T0);
+        let directory = Directory {
+            coordinator_of: std::sync::Arc::new([(origin_id, coordinator)].into()),
+        };
+        let mut out = Outbox::at(T0);
+        a.on_notice(T0, &Notice::share(directory), &mut out);
+        a.on_notice(
+            T0,
+            &Notice::PeerConnected {
+                peer: coordinator,
+                link: fogmesh_transports::LinkKind::Internet,
+            },
+            &mut out,
+        );
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let mut out = Outbox::at(T0);
+        a.fetch(T0, origin_id, reply, &mut out);
+        // Linked to the coordinator, not to the node: the coordinator is asked first.
+        let (asked, token) = out
+            .drain()
+            .find_map(|e| match e {
+                Effect::Send { peer, token, .. } => Some((peer, token)),
+                _ => None,
+            })
+            .expect("asked");
+        assert_eq!(asked, coordinator);
+        // It does not hold it: the node itself is asked next.
+        let mut out = Outbox::at(T0);
+        a.on_response(
+            T0 + 10,
+            Response {
+                peer: coordinator,
+                token,
+                result: Ok(FetchResponse::NotHeld.encode().unwrap()),
+            },
+            &mut out,
+        );
+        let (asked, token) = out
+            .drain()
+            .find_map(|e| match e {
+                Effect::Send { peer, token, .. } => Some((peer, token)),
+                _ => None,
+            })
+            .expect("asked again");
+        assert_eq!(asked, origin_id);
+        assert!(answer.try_recv().is_err(), "still waiting");
+        let mut out = Outbox::at(T0 + 20);
+        a.on_response(
+            T0 + 20,
+            Response {
+                peer: origin_id,
+                token,
+                result: Ok(FetchResponse::Record(serde_bytes::ByteBuf::from(sealed))
+                    .encode()
+                    .unwrap()),
+            },
+            &mut out,
+        );
+        let record = answer.try_recv().unwrap().unwrap();
+        assert_eq!(record.record.peer_id, origin_id.to_string());
+        assert_eq!(
+            a.metrics()
+                .fetches
+                .get_or_create(&ReasonLabel { reason: "record" })
+                .get(),
+            1
+        );
+        // A forged answer (someone else's key) is refused and reported as invalid.
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let mut out = Outbox::at(T0 + 30);
+        let stranger = PeerId::random();
+        a.fetch(T0 + 30, stranger, reply, &mut out);
+        let token = out
+            .drain()
+            .find_map(|e| match e {
+                Effect::Send { token, .. } => Some(token),
+                _ => None,
+            })
+            .expect("asked");
+        let (_, other) = publication(&mut origin, T0 + 30);
+        let mut out = Outbox::at(T0 + 40);
+        a.on_response(
+            T0 + 40,
+            Response {
+                peer: stranger,
+                token,
+                result: Ok(FetchResponse::Record(serde_bytes::ByteBuf::from(other))
+                    .encode()
+                    .unwrap()),
+            },
+            &mut out,
+        );
+        assert!(matches!(
+            answer.try_recv().unwrap(),
+            Err(FetchError::Invalid { .. })
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! What the control API shows of telemetry: `/v1/telemetry` (every node's latest record,
-//! stale ones marked), `/v1/telemetry/{peer}/history` (a node's last
+//! stale ones marked), `/v1/telemetry/{peer}` (one node's, fetched from the mesh when not
+//! held here), `/v1/telemetry/{peer}/history` (a node's last
 //! [`HISTORY_SAMPLES`] readings, for the dashboard's small graphs) and `/v1/receipts` (when
 //! each record arrived, for measuring propagation).
 
@@ -220,8 +221,46 @@ fn row(peer_id: String, local: bool, t: ReceivedTelemetry, now: u64) -> Telemetr
 pub fn routes() -> Router<NodeHandle> {
     Router::new()
         .route("/v1/telemetry", get(telemetry))
+        .route("/v1/telemetry/{peer}", get(one))
         .route("/v1/telemetry/{peer}/history", get(history))
         .route("/v1/receipts", get(receipts))
+}
+
+/// `GET /v1/telemetry/{peer}`: one node's latest record, from this node's table when held
+/// fresh, else fetched from whoever holds it (`telemetry::fetch`) in one round trip.
+async fn one(
+    State(node): State<NodeHandle>,
+    axum::extract::Path(peer): axum::extract::Path<String>,
+) -> Result<Json<TelemetryView>, crate::control::ApiError> {
+    use crate::telemetry::fetch::FetchError;
+    use axum::http::StatusCode;
+    let origin: libp2p::PeerId = peer.parse().map_err(|_| {
+        crate::control::api_error(StatusCode::BAD_REQUEST, FetchError::BadPeer.to_string())
+    })?;
+    let local = origin == node.peer_id();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    node.call::<crate::telemetry::service::TelemetryService, _>(move |t, now_ms, out| {
+        t.fetch(now_ms, origin, reply, out)
+    })
+    .await
+    .map_err(crate::control::call_failed)?;
+    let gone =
+        || crate::control::api_error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+    match answer.await.map_err(|_| gone())? {
+        Ok(record) => Ok(Json(row(peer, local, record, node.clock().now_ms()))),
+        Err(error @ FetchError::NotHeld { .. }) => Err(crate::control::api_error(
+            StatusCode::NOT_FOUND,
+            error.to_string(),
+        )),
+        Err(error @ FetchError::Busy) => Err(crate::control::api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error.to_string(),
+        )),
+        Err(error) => Err(crate::control::api_error(
+            StatusCode::BAD_GATEWAY,
+            error.to_string(),
+        )),
+    }
 }
 
 async fn history(

@@ -17,15 +17,24 @@ use super::{
     MEMBERSHIP_KEY, PLACEMENTS_PER_PASS,
 };
 use crate::cluster::protocol::ClusterRequest;
-use crate::runtime::capability::{Effect, Outbox};
+use crate::runtime::capability::{Effect, Notice, Outbox};
+use crate::telemetry::scope::{Directory, TelemetryScope};
+
+/// Quickest re-announcement of a summary whose members, term or silent flags changed.
+const SUMMARY_CHANGE_GAP_MS: u64 = 1_000;
 use fogmesh_store::Batch;
 use fogmesh_wire::envelope::{self, MessageKind};
 
 impl ClusterService {
     pub(super) fn step(&mut self, now_ms: u64, out: &mut Outbox) {
         let timing = self.config.formation;
+        let held = self.announcements.len();
         self.announcements
             .retain(|_, (_, a)| a.is_fresh(now_ms, &timing));
+        if self.announcements.len() != held {
+            self.known_dirty = true;
+            self.directory_dirty = true;
+        }
         self.avoid.retain(|_, until| *until > now_ms);
         self.metrics
             .clusters_known
@@ -36,6 +45,7 @@ impl ClusterService {
         }
         self.step_work(now_ms, out);
         self.step_submissions(now_ms, out);
+        self.tell_telemetry(out);
         self.publish_view(now_ms, out);
         // Links between cluster members carry raft: the connection budget spares them.
         let members = self.member_peers();
@@ -331,8 +341,22 @@ impl ClusterService {
         let Situation::Member(m) = &mut self.situation else {
             return;
         };
-        if now_ms.saturating_sub(m.last_announce_ms) >= timing.announce_every_ms {
-            m.last_announce_ms = now_ms;
+        let has_room = m.group.state().members().len() < formation::TARGET_SIZE;
+        let since = now_ms.saturating_sub(m.last_announce_ms);
+        let announced = m.announced.clone();
+        let every = formation::summary_every_ms(
+            &timing,
+            has_room,
+            self.announcements.len(),
+            self.last_summary_len,
+        );
+        // A change of members, term or silent flags goes out at once (at most once a
+        // second), so a lost node is reflected mesh-wide without waiting for the period.
+        let changed = announced != Some(self.summary_key(now_ms));
+        if since >= every || (changed && since >= SUMMARY_CHANGE_GAP_MS) {
+            if let Situation::Member(m) = &mut self.situation {
+                m.last_announce_ms = now_ms;
+            }
             self.announce(now_ms, out);
         }
         self.maybe_merge(now_ms, out);
@@ -381,12 +405,38 @@ impl ClusterService {
         }
     }
 
-    pub(super) fn announce(&mut self, now_ms: u64, out: &mut Outbox) {
+    /// Whether the coordinator has not heard `member` (a raft id) for the flagging time.
+    fn is_silent(&self, m: &super::Membership, member: u64, now_ms: u64) -> bool {
+        member != self.me_id
+            && m.heard.get(&member).is_some_and(|heard| {
+                now_ms.saturating_sub(*heard) > self.config.formation.flag_silent_after_ms
+            })
+    }
+
+    /// What in our summary is announced at once when it changes.
+    fn summary_key(&self, now_ms: u64) -> super::SummaryKey {
         let Situation::Member(m) = &self.situation else {
-            return;
+            return (0, Vec::new(), Vec::new());
+        };
+        let members = m.group.state().members();
+        (
+            m.group.term(),
+            members.keys().map(|n| ByteBuf::from(n.0.clone())).collect(),
+            members
+                .keys()
+                .map(|n| self.is_silent(m, wire::member_id(&n.0), now_ms))
+                .collect(),
+        )
+    }
+
+    /// Our cluster's signed summary: members with capacity, load and silent flags.
+    fn summary(&self, now_ms: u64, every_ms: u64) -> Option<Announcement> {
+        let Situation::Member(m) = &self.situation else {
+            return None;
         };
         let state = m.group.state();
-        let announcement = Announcement {
+        let loads = state.loads();
+        Some(Announcement {
             cluster: m.cluster.clone(),
             term: m.group.term(),
             coordinator: self.me.to_bytes(),
@@ -398,9 +448,47 @@ impl ClusterService {
             queued: u32::try_from(state.queued().count()).unwrap_or(u32::MAX),
             at_ms: now_ms,
             sent_at_ms: None,
+            summary: state
+                .members()
+                .iter()
+                .map(|(node, member)| formation::MemberSummary {
+                    capacity: member.capacity,
+                    load: loads.get(node).copied().unwrap_or_default(),
+                    silent: self.is_silent(m, wire::member_id(&node.0), now_ms),
+                })
+                .collect(),
+            every_ms: Some(every_ms),
+        })
+    }
+
+    pub(super) fn announce(&mut self, now_ms: u64, out: &mut Outbox) {
+        let timing = self.config.formation;
+        let Situation::Member(m) = &self.situation else {
+            return;
         };
+        let has_room = m.group.state().members().len() < formation::TARGET_SIZE;
+        let every = formation::summary_every_ms(
+            &timing,
+            has_room,
+            self.announcements.len(),
+            self.last_summary_len,
+        );
+        let key = self.summary_key(now_ms);
+        let Some(announcement) = self.summary(now_ms, every) else {
+            return;
+        };
+        let cluster = announcement.cluster.clone();
+        if let Situation::Member(m) = &mut self.situation {
+            m.announced = Some(key);
+        }
+        let changed = self
+            .announcements
+            .get(&cluster)
+            .is_none_or(|(_, held)| held.members != announcement.members);
+        self.directory_dirty |= changed;
+        self.known_dirty = true;
         self.announcements
-            .insert(m.cluster.clone(), (self.me, announcement.clone()));
+            .insert(cluster, (self.me, announcement.clone()));
         let body = match fogmesh_wire::codec::encode(&announcement) {
             Ok(body) => body,
             Err(error) => {
@@ -416,10 +504,13 @@ impl ClusterService {
             now_ms,
             body,
         ) {
-            Ok(data) => out.push(Effect::Publish {
-                topic: ANNOUNCE_TOPIC.into(),
-                data,
-            }),
+            Ok(data) => {
+                self.last_summary_len = data.len();
+                out.push(Effect::Publish {
+                    topic: ANNOUNCE_TOPIC.into(),
+                    data,
+                })
+            }
             Err(error) => tracing::warn!(%error, "announcement not sealed"),
         }
     }
@@ -540,6 +631,7 @@ impl ClusterService {
         if announcement.coordinator != opened.origin.to_bytes()
             || announcement.cluster.len() > wire::MAX_CLUSTER_ID
             || announcement.members.len() > formation::TARGET_SIZE * 2
+            || !announcement.is_consistent()
         {
             self.metrics.refuse("announcement_inconsistent");
             return MessageAcceptance::Reject;
@@ -584,8 +676,44 @@ impl ClusterService {
                 self.announcements.remove(&stalest);
             }
         }
+        let moved = self
+            .announcements
+            .get(&announcement.cluster)
+            .is_none_or(|(held_by, held)| {
+                *held_by != opened.origin || held.members != announcement.members
+            });
+        self.directory_dirty |= moved;
+        self.known_dirty = true;
         self.announcements
             .insert(announcement.cluster.clone(), (opened.origin, announcement));
         MessageAcceptance::Accept
+    }
+
+    /// Tells telemetry which cluster's topic to publish on, and who coordinates the nodes
+    /// of every held summary (for fetching one node's record), when either changed.
+    pub(super) fn tell_telemetry(&mut self, out: &mut Outbox) {
+        let scope = match &self.situation {
+            Situation::Member(m) if m.joined => Some(m.cluster.clone()),
+            _ => None,
+        };
+        if self.told_scope.as_ref() != Some(&scope) {
+            self.told_scope = Some(scope.clone());
+            out.push(Effect::Notice(Notice::share(TelemetryScope {
+                cluster: scope,
+            })));
+        }
+        if std::mem::take(&mut self.directory_dirty) {
+            let mut coordinator_of = std::collections::HashMap::new();
+            for (coordinator, a) in self.announcements.values() {
+                for member in &a.members {
+                    if let Ok(peer) = PeerId::from_bytes(member) {
+                        coordinator_of.insert(peer, *coordinator);
+                    }
+                }
+            }
+            out.push(Effect::Notice(Notice::share(Directory {
+                coordinator_of: std::sync::Arc::new(coordinator_of),
+            })));
+        }
     }
 }

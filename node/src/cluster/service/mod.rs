@@ -321,6 +321,9 @@ struct Membership {
     /// Raft ids of members, to their PeerIds.
     peers: BTreeMap<u64, PeerId>,
     last_announce_ms: u64,
+    /// What the last summary said that is announced at once when it changes: term,
+    /// members, silent flags.
+    announced: Option<SummaryKey>,
     last_schedule_ms: u64,
     schedule_soon: bool,
     /// When this node last proposed its capacity.
@@ -426,6 +429,16 @@ pub struct ClusterService {
     now_ms: u64,
     /// The member links last asked to be kept.
     kept_links: Vec<PeerId>,
+    /// The size of our last summary on the wire (its period is budgeted by it).
+    last_summary_len: usize,
+    /// The held summaries as the view shows them, rebuilt only when one changes (a
+    /// thousand-node mesh holds ~200, and the view is published every second).
+    known_clusters: std::sync::Arc<Vec<view::KnownCluster>>,
+    known_dirty: bool,
+    /// The coordinators' directory changed since it was last told to telemetry.
+    directory_dirty: bool,
+    /// The cluster telemetry was last told this node publishes in (`None`: never told).
+    told_scope: Option<Option<String>>,
     metrics: ClusterMetrics,
 }
 
@@ -465,6 +478,9 @@ enum AfterDurable {
 
 /// What the last cluster event said: state, cluster, term, coordinator, members.
 type EventKey = (String, Option<String>, u64, Option<u64>, usize);
+
+/// The part of a summary whose change is announced at once: term, members, silent flags.
+type SummaryKey = (u64, Vec<ByteBuf>, Vec<bool>);
 
 /// What an outstanding request was for.
 #[derive(Debug, Clone)]
@@ -551,6 +567,11 @@ impl ClusterService {
             view_cell,
             now_ms,
             kept_links: Vec::new(),
+            last_summary_len: 0,
+            known_clusters: std::sync::Arc::default(),
+            known_dirty: false,
+            directory_dirty: false,
+            told_scope: None,
             metrics,
         };
         if let Some(record) = service.membership_table.get(MEMBERSHIP_KEY)? {
@@ -596,6 +617,7 @@ impl ClusterService {
             via,
             peers: BTreeMap::new(),
             last_announce_ms: 0,
+            announced: None,
             last_schedule_ms: 0,
             schedule_soon: true,
             reported_ms: 0,

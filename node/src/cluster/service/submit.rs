@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use fogmesh_consensus::formation;
 use fogmesh_consensus::state::{Command, TaskState};
 use fogmesh_consensus::task::{Priority, Requirements, TaskId, TaskSpec};
 use fogmesh_store::{Batch, Store, StoreError, Table};
@@ -366,7 +367,8 @@ impl ClusterService {
                 }
             }
         }
-        // Else the cluster asked before, or any reachable one with the shortest queue.
+        // Else the cluster asked before, or the reachable one whose summary shows the most
+        // room for it (`formation::place_across`).
         let timing = self.config.formation;
         let target = record
             .cluster
@@ -374,12 +376,17 @@ impl ClusterService {
             .and_then(|c| self.announcements.get(c))
             .filter(|(peer, _)| self.connected.contains(peer))
             .or_else(|| {
-                self.announcements
-                    .values()
-                    .filter(|(peer, a)| {
-                        self.connected.contains(peer) && a.is_fresh(now_ms, &timing)
-                    })
-                    .min_by_key(|(_, a)| (a.queued, a.cluster.clone()))
+                let best = formation::place_across(
+                    now_ms,
+                    &timing,
+                    self.announcements.values().map(|(_, a)| a),
+                    &record.spec.requirements,
+                    |coordinator| {
+                        PeerId::from_bytes(coordinator)
+                            .is_ok_and(|peer| self.connected.contains(&peer))
+                    },
+                )?;
+                self.announcements.get(&best.cluster)
             })
             .map(|(peer, a)| (*peer, a.cluster.clone()));
         match target {

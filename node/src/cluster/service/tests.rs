@@ -11,8 +11,11 @@ use super::*;
 use crate::admission::PeerRoles;
 use crate::cluster::protocol::ClusterResponse;
 use crate::runtime::testing::run_storage;
+use fogmesh_consensus::formation::Announcement;
 use fogmesh_consensus::task::TaskId;
 use fogmesh_device::{self as device, DeviceReadings};
+use fogmesh_wire::envelope::{self, MessageKind};
+use view::KnownCluster;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -143,7 +146,7 @@ fn founded(n: &mut Node) {
 fn a_lone_node_that_may_coordinate_founds_a_cluster_and_one_that_may_not_does_not() {
     let mut coordinator = node(OwnRoles::ALL);
     founded(&mut coordinator);
-    assert_eq!(coordinator.service.view(T0).state, "member");
+    assert_eq!(coordinator.service.view().state, "member");
 
     let mut worker = node(OwnRoles {
         coordinator: false,
@@ -155,7 +158,7 @@ fn a_lone_node_that_may_coordinate_founds_a_cluster_and_one_that_may_not_does_no
     for i in 0..400 {
         worker.tick(T0 + i * group::TICK_MS, &mut out);
     }
-    let view = worker.service.view(T0 + 40_000);
+    let view = worker.service.view();
     assert_eq!(view.state, "unclustered");
     assert!(view.why.contains("no coordinator role"), "{}", view.why);
 }
@@ -499,4 +502,146 @@ fn raft_messages_to_a_silent_member_stop_at_the_backlog_cap() {
         coordinator.tick(now, &mut out);
     }
     assert_eq!(sent_to_joiner(&out).len(), 1);
+}
+
+/// The summary a coordinator publishes, decoded.
+fn published_summary(out: &Outbox) -> (Vec<u8>, Announcement) {
+    let data = out
+        .effects()
+        .iter()
+        .find_map(|e| match e {
+            Effect::Publish { topic, data } if topic == ANNOUNCE_TOPIC => Some(data.clone()),
+            _ => None,
+        })
+        .expect("announced");
+    let opened = envelope::open(&data, MessageKind::ClusterAnnouncement).unwrap();
+    (data, fogmesh_wire::codec::decode(&opened.body).unwrap())
+}
+
+fn reseal(key: &Keypair, summary: &Announcement, seq: u64) -> Vec<u8> {
+    envelope::seal(
+        key,
+        MessageKind::ClusterAnnouncement,
+        seq,
+        T0,
+        fogmesh_wire::codec::encode(summary).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_coordinators_summary_matches_its_members() {
+    let mut a = node(OwnRoles::ALL);
+    founded(&mut a);
+    let mut out = Outbox::default();
+    a.service.announce(T0 + 50_000, &mut out);
+    let (_, summary) = published_summary(&out);
+    let Situation::Member(m) = &a.service.situation else {
+        panic!("a coordinates");
+    };
+    let state = m.group.state();
+    let members: Vec<Vec<u8>> = state.members().keys().map(|n| n.0.clone()).collect();
+    let said: Vec<Vec<u8>> = summary.members.iter().map(|m| m.to_vec()).collect();
+    assert_eq!(said, members);
+    assert_eq!(summary.coordinator, a.peer.to_bytes());
+    assert_eq!(summary.summary.len(), members.len());
+    for ((node, member), told) in state.members().iter().zip(&summary.summary) {
+        assert_eq!(told.capacity, member.capacity);
+        assert_eq!(told.load, state.load_of(node));
+        assert!(!told.silent, "the coordinator hears itself");
+    }
+    assert!(summary.is_consistent());
+    assert!(summary.every_ms.is_some());
+    // What a receiver shows adds up the same members.
+    let known = KnownCluster::of(&a.peer, &summary);
+    assert_eq!(known.nodes.len(), members.len());
+    assert_eq!(known.nodes[0].peer_id, a.peer.to_string());
+    assert_eq!(known.capacity.live_members as usize, members.len());
+    assert_eq!(
+        known.capacity.cores,
+        state
+            .members()
+            .values()
+            .map(|m| m.capacity.cores)
+            .sum::<u32>()
+    );
+}
+
+#[test]
+fn forged_stale_inconsistent_and_oversized_summaries_are_refused_and_counted() {
+    use libp2p::gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+    let mut a = node(OwnRoles::ALL);
+    founded(&mut a);
+    let mut b = node(OwnRoles::ALL);
+    let mut out = Outbox::default();
+    a.service.announce(T0 + 50_000, &mut out);
+    let (older, summary) = published_summary(&out);
+    let mut out = Outbox::default();
+    a.service.announce(T0 + 52_000, &mut out);
+    let (newer, _) = published_summary(&out);
+
+    // Forged: a summary of a's cluster signed by someone else.
+    let mallory = Keypair::generate_ed25519();
+    assert_eq!(
+        b.service
+            .on_announcement(T0, &reseal(&mallory, &summary, 1)),
+        Reject
+    );
+    assert_eq!(refused(&b.service, "announcement_inconsistent"), 1);
+    // ... or claiming to coordinate it under its own name.
+    let mut usurped = summary.clone();
+    usurped.coordinator = mallory.public().to_peer_id().to_bytes();
+    assert_eq!(
+        b.service
+            .on_announcement(T0, &reseal(&mallory, &usurped, 2)),
+        Reject
+    );
+    assert_eq!(refused(&b.service, "announcement_inconsistent"), 2);
+    // Tampered with on the way: the signature fails.
+    let mut tampered = newer.clone();
+    let at = tampered.len() - 70;
+    tampered[at] ^= 0x40;
+    assert_eq!(b.service.on_announcement(T0, &tampered), Reject);
+    assert_eq!(refused(&b.service, "announcement_bad_envelope"), 1);
+    // Disagreeing with itself, though properly signed: one entry short.
+    let coordinator_key = a.service.keypair.clone();
+    let mut short = summary.clone();
+    short.summary.clear();
+    short.summary.push(summary.summary[0]);
+    short.members.push(serde_bytes::ByteBuf::from(
+        mallory.public().to_peer_id().to_bytes(),
+    ));
+    assert_eq!(
+        b.service
+            .on_announcement(T0, &reseal(&coordinator_key, &short, 3)),
+        Reject
+    );
+    assert_eq!(refused(&b.service, "announcement_inconsistent"), 3);
+    // Oversized: refused before it is opened.
+    let huge = vec![0u8; MAX_ANNOUNCEMENT_BYTES + 1024];
+    assert_eq!(b.service.on_announcement(T0, &huge), Reject);
+    assert_eq!(refused(&b.service, "announcement_oversized"), 1);
+    assert!(
+        b.service.announcements.is_empty(),
+        "nothing refused is held"
+    );
+
+    // The genuine ones: the newer is held; the older one after it is stale and ignored.
+    assert_eq!(b.service.on_announcement(T0, &newer), Accept);
+    assert_eq!(b.service.on_announcement(T0, &older), Ignore);
+    assert_eq!(refused(&b.service, "announcement_not_newer"), 1);
+    let (_, held) = &b.service.announcements[&summary.cluster];
+    assert_eq!(held.sent_ms(), T0 + 52_000);
+    // Telemetry hears who coordinates the summary's members.
+    let mut out = Outbox::default();
+    b.service.step(T0 + 1, &mut out);
+    let directory = out
+        .effects()
+        .iter()
+        .find_map(|e| match e {
+            Effect::Notice(n) => n.shared::<crate::telemetry::scope::Directory>().cloned(),
+            _ => None,
+        })
+        .expect("directory shared");
+    assert_eq!(directory.coordinator_of.get(&a.peer), Some(&a.peer));
 }

@@ -25,7 +25,9 @@ pub struct ClusterView {
     /// Why the coordinator is who it is, or why this node is in no cluster.
     pub why: String,
     pub members: Vec<MemberView>,
-    pub known_clusters: Vec<KnownCluster>,
+    /// Every cluster held by its summary (this node's own included); shared, not copied,
+    /// each time the view is published. `age_ms` is filled in when served.
+    pub known_clusters: std::sync::Arc<Vec<KnownCluster>>,
     pub queued: usize,
     pub running: usize,
     pub tasks: Vec<TaskView>,
@@ -57,6 +59,107 @@ pub struct KnownCluster {
     pub members: usize,
     pub queued: u32,
     pub age_ms: u64,
+    /// When this node heard the summary (node time).
+    #[serde(default)]
+    pub heard_at_ms: u64,
+    /// The longest until the cluster's next summary, as its coordinator said.
+    #[serde(default)]
+    pub every_ms: Option<u64>,
+    /// Every member as the summary describes it (empty from nodes older than summaries).
+    #[serde(default)]
+    pub nodes: Vec<SummaryMember>,
+    /// The members' capacity and load added up (live members only).
+    #[serde(default)]
+    pub capacity: ClusterCapacity,
+}
+
+/// One member of another cluster, from its coordinator's summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryMember {
+    pub peer_id: String,
+    pub score: f64,
+    pub cores: u32,
+    pub cpu_pct: u8,
+    pub memory_mb: u32,
+    pub max_tasks: u32,
+    pub gpu: bool,
+    pub battery_pct: Option<u8>,
+    pub charging: Option<bool>,
+    pub tasks: u32,
+    pub cpu_millicores: u32,
+    pub load_memory_mb: u32,
+    /// Its coordinator has not heard it lately (it may be gone).
+    pub silent: bool,
+}
+
+/// What a cluster offers, summed over its live members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterCapacity {
+    pub live_members: u32,
+    pub cores: u32,
+    /// CPU tasks may use, and what assigned tasks take, in thousandths of a core.
+    pub cpu_budget_millicores: u32,
+    pub cpu_used_millicores: u32,
+    pub memory_mb: u32,
+    pub memory_used_mb: u32,
+    pub task_slots: u32,
+    pub tasks: u32,
+}
+
+impl KnownCluster {
+    pub fn of(coordinator: &PeerId, a: &formation::Announcement) -> KnownCluster {
+        let mut capacity = ClusterCapacity::default();
+        let nodes = a
+            .members
+            .iter()
+            .zip(&a.summary)
+            .map(|(peer, m)| {
+                let c = m.capacity;
+                if !m.silent {
+                    capacity.live_members += 1;
+                    capacity.cores = capacity.cores.saturating_add(c.cores);
+                    capacity.cpu_budget_millicores = capacity
+                        .cpu_budget_millicores
+                        .saturating_add(c.cpu_budget_millicores());
+                    capacity.cpu_used_millicores = capacity
+                        .cpu_used_millicores
+                        .saturating_add(m.load.cpu_millicores);
+                    capacity.memory_mb = capacity.memory_mb.saturating_add(c.memory_mb);
+                    capacity.memory_used_mb =
+                        capacity.memory_used_mb.saturating_add(m.load.memory_mb);
+                    capacity.task_slots = capacity.task_slots.saturating_add(c.max_tasks);
+                    capacity.tasks = capacity.tasks.saturating_add(m.load.tasks);
+                }
+                SummaryMember {
+                    peer_id: peer_text(peer),
+                    score: f64::from(c.score_milli) / 1000.0,
+                    cores: c.cores,
+                    cpu_pct: c.cpu_pct,
+                    memory_mb: c.memory_mb,
+                    max_tasks: c.max_tasks,
+                    gpu: c.gpu,
+                    battery_pct: c.battery.map(|b| b.pct),
+                    charging: c.battery.map(|b| b.charging),
+                    tasks: m.load.tasks,
+                    cpu_millicores: m.load.cpu_millicores,
+                    load_memory_mb: m.load.memory_mb,
+                    silent: m.silent,
+                }
+            })
+            .collect();
+        KnownCluster {
+            cluster: a.cluster.clone(),
+            coordinator: coordinator.to_string(),
+            term: a.term,
+            members: a.size(),
+            queued: a.queued,
+            age_ms: 0,
+            heard_at_ms: a.at_ms,
+            every_ms: a.every_ms,
+            nodes,
+            capacity,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,20 +291,9 @@ impl ClusterService {
         }
     }
 
-    pub fn view(&self, now_ms: u64) -> ClusterView {
+    pub fn view(&self) -> ClusterView {
         let mut view = ClusterView {
-            known_clusters: self
-                .announcements
-                .values()
-                .map(|(peer, a)| KnownCluster {
-                    cluster: a.cluster.clone(),
-                    coordinator: peer.to_string(),
-                    term: a.term,
-                    members: a.size(),
-                    queued: a.queued,
-                    age_ms: now_ms.saturating_sub(a.at_ms),
-                })
-                .collect(),
+            known_clusters: self.known_clusters.clone(),
             running: self.work.running(),
             ..ClusterView::default()
         };
@@ -285,8 +377,16 @@ impl ClusterService {
     }
 
     /// Publishes the view (once a second, and at once after a control request).
-    pub fn publish_view(&self, now_ms: u64, _out: &mut Outbox) {
-        self.view_cell.set(self.view(now_ms));
+    pub fn publish_view(&mut self, _now_ms: u64, _out: &mut Outbox) {
+        if std::mem::take(&mut self.known_dirty) {
+            self.known_clusters = std::sync::Arc::new(
+                self.announcements
+                    .values()
+                    .map(|(peer, a)| KnownCluster::of(peer, a))
+                    .collect(),
+            );
+        }
+        self.view_cell.set(self.view());
     }
 }
 
