@@ -7,6 +7,10 @@
 //! is the largest over the receivers, counted only for messages every other node received.
 
 use std::collections::HashMap;
+
+/// fogmesh's default `telemetry_full_mesh_below`: from this size on, a record is meant to
+/// reach its origin's cluster, not every node.
+const FULL_MESH_BELOW: usize = 32;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -206,10 +210,27 @@ pub async fn bench(
                 }
             }
             latencies.sort_unstable();
+            // Whom a record should reach: every node in a small mesh, its origin's cluster
+            // in a large one (docs/scale.md).
+            let mut reach: HashMap<String, usize> = HashMap::new();
+            if nodes >= FULL_MESH_BELOW {
+                let ports: Vec<u16> = state::load(&dir)?
+                    .map(|s| s.nodes.iter().map(|n| n.control_port).collect())
+                    .unwrap_or_default();
+                for port in ports {
+                    if let Some(c) = prober.cluster(port).await {
+                        for m in &c.members {
+                            reach.insert(m.peer_id.clone(), c.members.len());
+                        }
+                    }
+                }
+            }
             let mut all: Vec<u64> = per_message
-                .values()
-                .filter(|(receivers, _)| *receivers + 1 >= nodes)
-                .map(|(_, worst)| *worst)
+                .iter()
+                .filter(|((origin, _), (receivers, _))| {
+                    *receivers + 1 >= reach.get(origin).copied().unwrap_or(nodes)
+                })
+                .map(|(_, (_, worst))| *worst)
                 .collect();
             all.sort_unstable();
             for child in &mut up_report.children {

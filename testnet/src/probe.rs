@@ -51,6 +51,15 @@ pub struct ClusterProbe {
     pub term: u64,
     pub is_coordinator: bool,
     pub members: Vec<MemberProbe>,
+    /// Every cluster the node holds a summary of.
+    #[serde(default)]
+    pub known_clusters: Vec<KnownClusterProbe>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KnownClusterProbe {
+    pub cluster: String,
+    pub members: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

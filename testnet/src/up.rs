@@ -153,7 +153,11 @@ pub async fn up(
         if done {
             return Ok(UpReport {
                 converged_after: started.elapsed(),
-                peer_ids: probes.into_iter().flatten().map(|p| p.peer_id).collect(),
+                peer_ids: probes
+                    .into_iter()
+                    .flatten()
+                    .map(|(p, _)| p.peer_id)
+                    .collect(),
                 children,
             });
         }
@@ -169,46 +173,92 @@ pub async fn up(
     }
 }
 
-pub(crate) async fn probe_all(
-    prober: &Prober,
-    nodes: &[NodeEntry],
-) -> Vec<Option<probe::TelemetryProbe>> {
+/// What one node answered: its telemetry, and its cluster view (asked only while the
+/// telemetry alone does not show it knows everyone).
+pub(crate) type NodeProbe = (probe::TelemetryProbe, Option<probe::ClusterProbe>);
+
+pub(crate) async fn probe_all(prober: &Prober, nodes: &[NodeEntry]) -> Vec<Option<NodeProbe>> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
         let prober = prober.clone();
         let port = node.control_port;
         tasks.spawn(async move { (i, prober.telemetry(port).await) });
     }
-    let mut out = vec![None; nodes.len()];
+    let mut out: Vec<Option<NodeProbe>> = vec![None; nodes.len()];
     while let Some(joined) = tasks.join_next().await {
-        if let Ok((i, probe)) = joined {
-            out[i] = probe;
+        if let Ok((i, Some(probe))) = joined {
+            out[i] = Some((probe, None));
+        }
+    }
+    if out.iter().all(Option::is_some) && count_converged(&out) < nodes.len() {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let prober = prober.clone();
+            let port = node.control_port;
+            tasks.spawn(async move { (i, prober.cluster(port).await) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((i, cluster)) = joined {
+                if let Some((_, slot)) = out[i].as_mut() {
+                    *slot = cluster;
+                }
+            }
         }
     }
     out
 }
 
-/// Nodes holding fresh telemetry from every other node of the testnet.
-pub(crate) fn count_converged(probes: &[Option<probe::TelemetryProbe>]) -> usize {
+/// Nodes that know the testnet as they should (docs/scale.md): fresh telemetry from every
+/// other node, or, in a mesh large enough to keep telemetry within clusters, membership of
+/// a cluster, fresh telemetry from every cluster mate, and a summary of every cluster, the
+/// summaries naming at least every clustered node.
+pub(crate) fn count_converged(probes: &[Option<NodeProbe>]) -> usize {
     if probes.iter().any(Option::is_none) {
         return 0;
     }
     let all: Vec<&str> = probes
         .iter()
         .flatten()
-        .map(|p| p.peer_id.as_str())
+        .map(|(p, _)| p.peer_id.as_str())
         .collect();
+    let clusters: HashSet<&str> = probes
+        .iter()
+        .flatten()
+        .filter_map(|(_, c)| c.as_ref())
+        .filter(|c| c.state == "member")
+        .filter_map(|c| c.cluster.as_deref())
+        .collect();
+    let clustered = probes
+        .iter()
+        .flatten()
+        .filter(|(_, c)| c.as_ref().is_some_and(|c| c.state == "member"))
+        .count();
     probes
         .iter()
         .flatten()
-        .filter(|p| {
+        .filter(|(p, cluster)| {
             let have: HashSet<&str> = p
                 .nodes
                 .iter()
                 .filter(|n| !n.local && !n.stale)
                 .map(|n| n.peer_id.as_str())
                 .collect();
-            all.iter().all(|id| *id == p.peer_id || have.contains(id))
+            let everyone = all.iter().all(|id| *id == p.peer_id || have.contains(id));
+            let scoped = cluster.as_ref().is_some_and(|c| {
+                let known: HashSet<&str> = c
+                    .known_clusters
+                    .iter()
+                    .map(|k| k.cluster.as_str())
+                    .collect();
+                let named: usize = c.known_clusters.iter().map(|k| k.members).sum();
+                c.state == "member"
+                    && clusters.iter().all(|id| known.contains(id))
+                    && named >= clustered
+                    && c.members
+                        .iter()
+                        .all(|m| m.peer_id == p.peer_id || have.contains(m.peer_id.as_str()))
+            });
+            everyone || scoped
         })
         .count()
 }
