@@ -342,6 +342,10 @@ async fn lose_a_tenth(
     })
 }
 
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0))
+}
+
 impl MemoryBenchReport {
     /// A table for people: one row per network.
     pub fn to_markdown(&self) -> String {
@@ -349,7 +353,7 @@ impl MemoryBenchReport {
             ms.map_or("—".to_owned(), |ms| format!("{:.1}", ms as f64 / 1000.0))
         };
         let mut out = String::from(
-            "| nodes | interval | converged (s) | bytes/s a node | CPU % of a core a node | RSS a node (MiB) | records/s a node | 10 % lost: reflected (s) |\n\
+            "| nodes | interval | converged (s) | bytes/s a node | CPU % of a core a node | RSS a node (MiB): process / added | records/s a node | 10 % lost: reflected (s) |\n\
              |---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.runs {
@@ -371,20 +375,20 @@ impl MemoryBenchReport {
                 ),
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {:.0} | {} | {} | {:.2} |  {} |\n",
+                "| {} | {} | {} | {:.0} | {} | {} / {} | {:.2} |  {} |\n",
                 r.nodes,
                 humantime::format_duration(Duration::from_millis(r.telemetry_interval_ms)),
                 converged,
                 u.bytes_per_s,
                 u.cpu_percent.map_or("?".into(), |c| format!("{c:.2}")),
-                u.rss_bytes
-                    .map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+                mib(u.rss_bytes),
+                mib(u.rss_added_bytes),
                 u.telemetry_accepted_per_s,
                 reflected,
             ));
         }
         out.push_str(&format!(
-            "\nIn one process on {} cores: CPU and RSS are the process's divided by nodes; bytes are in + out through each node's connections; upkeep measured over {:.0}s of an idle mesh.",
+            "\nIn one process on {} cores: CPU and RSS are the process's divided by nodes; the process keeps memory freed by earlier networks, so \"added\" (growth since before this network) is the fairer figure; bytes are in + out through each node's connections; upkeep measured over {:.0}s of an idle mesh.",
             self.cores,
             self.runs.first().map_or(0.0, |r| r.upkeep.window_ms as f64 / 1000.0)
         ));
