@@ -2,6 +2,9 @@
 //! telemetry convergence (every node holds fresh telemetry from every other), and reports the
 //! time it took and the resident memory per node. Stops by itself.
 //!
+//! `fogmesh testnet bench --in-memory` is the supported measurement (docs/testnet.md); this
+//! example stays for digging into one run: thread counts, missing pairs, rejection reasons.
+//!
 //! ```text
 //! cargo run --release -p fogmesh --example memnet_scale -- 200
 //! cargo run --release -p fogmesh --example memnet_scale -- 500 --timeout 60s

@@ -18,6 +18,7 @@ pub mod device;
 pub mod identity;
 pub mod kv;
 pub mod logging;
+pub mod memgate;
 pub mod memnet;
 pub mod node;
 pub mod reach;

@@ -898,6 +898,38 @@ fn telemetry<R>(
     }
 }
 
+/// Faults beyond a clean stop: partitions and abrupt stops, through the memory transport's
+/// gate ([`crate::memgate`]).
+impl MemNet {
+    /// Cuts the nodes `group` (by index) off from every other node: links between the two
+    /// sides close and new ones are refused. Partitions add up; [`MemNet::heal`] ends them.
+    pub fn partition(&self, group: &[usize]) -> Result<(), MemNetError> {
+        let peers = group
+            .iter()
+            .map(|i| self.peer_id(*i).ok_or(MemNetError::NoSuchNode(*i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::memgate::partition(peers);
+        Ok(())
+    }
+
+    /// Ends every partition among this network's nodes.
+    pub fn heal(&self) {
+        crate::memgate::heal(self.slots.iter().map(|s| s.peer_id));
+    }
+
+    /// Stops node `index` as abruptly as one process allows: first cut off from every peer,
+    /// so they see its links die without a goodbye (as after a crash), then stopped; unlike
+    /// a crash, its store is still flushed. Its dir, identity and port are kept for
+    /// [`MemNet::restart`].
+    pub async fn kill(&mut self, index: usize) -> Result<(), MemNetError> {
+        let peer = self.peer_id(index).ok_or(MemNetError::NoSuchNode(index))?;
+        crate::memgate::isolate(peer, true);
+        let stopped = self.stop(index).await;
+        crate::memgate::isolate(peer, false);
+        stopped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -93,7 +93,9 @@ impl Network {
     ) -> Result<BoxedTransport, TransportBuildError> {
         match self {
             Network::Internet => build_transport(keypair, channel, config, relay),
-            Network::Memory => build_memory_transport(keypair, channel, config, relay),
+            // Gated so that in-memory networks can be partitioned (crate::memgate).
+            Network::Memory => build_memory_transport(keypair, channel, config, relay)
+                .map(|t| crate::memgate::gate(t, keypair.public().to_peer_id())),
             Network::Radio(device) => {
                 secure_transport(keypair, channel, ble(device), config.upgrade_timeout)
             }

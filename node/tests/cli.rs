@@ -375,6 +375,107 @@ fn testnet_status(dir: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Polls `testnet status --json` until `holds` is true of it (the status is returned).
+fn status_until(
+    dir: &str,
+    what: &str,
+    holds: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let status = testnet_status(dir);
+        if holds(&status) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// An in-memory testnet is one host process: status shows every node, kill, restart and
+/// partitions go through the host, and `down` stops the host (once) and so every node.
+#[test]
+fn an_in_memory_testnet_is_one_host_process_with_faults_and_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let tn = dir.path().join("tn");
+    let tn_arg = tn.to_str().unwrap();
+    let up = fogmesh(&[
+        "testnet",
+        "up",
+        "--in-memory",
+        "--nodes",
+        "6",
+        "--dir",
+        tn_arg,
+        "--timeout",
+        "90s",
+    ]);
+    let _down = TestnetGuard(tn_arg.to_owned());
+    assert!(up.status.success(), "up failed: {}", stderr_of(&up));
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tn.join("testnet.json")).unwrap()).unwrap();
+    let host = state["host"]["pid"].as_u64().unwrap() as u32;
+    assert!(pid_alive(host));
+    let entries = state["nodes"].as_array().unwrap();
+    assert_eq!(entries.len(), 6);
+    assert!(entries
+        .iter()
+        .all(|n| n["pid"] == host && n["in_memory"] == true));
+    // Every node holds the testnet's token, as in a process testnet.
+    let token = std::fs::read_to_string(tn.join("api-token")).unwrap();
+    let node_token = std::fs::read_to_string(tn.join("node-3").join("api-token")).unwrap();
+    assert_eq!(node_token, token);
+
+    let status = testnet_status(tn_arg);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 6);
+    for node in nodes {
+        assert_eq!(node["alive"], true, "{node:#}");
+        assert_eq!(node["status"]["telemetry_nodes"], 5, "{node:#}");
+    }
+    let peer_2 = nodes[2]["status"]["peer_id"].clone();
+
+    let killed = fogmesh(&["testnet", "kill", "--node", "2", "--dir", tn_arg]);
+    assert!(killed.status.success(), "{}", stderr_of(&killed));
+    let status = testnet_status(tn_arg);
+    assert_eq!(status["nodes"][2]["alive"], false);
+    assert_eq!(status["nodes"][2]["killed"]["signal"], "cut-off");
+    assert_eq!(status["nodes"][0]["alive"], true);
+    assert!(pid_alive(host), "killing a node leaves its host running");
+
+    let restarted = fogmesh(&[
+        "testnet", "restart", "--node", "2", "--dir", tn_arg, "--json",
+    ]);
+    assert!(restarted.status.success(), "{}", stderr_of(&restarted));
+    let report: serde_json::Value = serde_json::from_slice(&restarted.stdout).unwrap();
+    assert_eq!(report["pid"], host);
+    let status = testnet_status(tn_arg);
+    assert_eq!(status["nodes"][2]["alive"], true);
+    assert_eq!(status["nodes"][2]["killed"], serde_json::Value::Null);
+    assert_eq!(status["nodes"][2]["status"]["peer_id"], peer_2);
+
+    // Nodes 0 and 1 cut off: each keeps only the other; healed, they reach out again.
+    let cut = fogmesh(&["testnet", "partition", "--nodes", "0,1", "--dir", tn_arg]);
+    assert!(cut.status.success(), "{}", stderr_of(&cut));
+    status_until(tn_arg, "0 and 1 see only each other", |s| {
+        (0..2).all(|i| s["nodes"][i]["status"]["connected_peers"] == 1)
+    });
+    let healed = fogmesh(&["testnet", "heal", "--dir", tn_arg]);
+    assert!(healed.status.success(), "{}", stderr_of(&healed));
+    status_until(tn_arg, "0 and 1 connect beyond each other", |s| {
+        (0..2).all(|i| s["nodes"][i]["status"]["connected_peers"].as_u64() > Some(1))
+    });
+
+    let down = fogmesh(&["testnet", "down", "--dir", tn_arg]);
+    assert!(down.status.success(), "{}", stderr_of(&down));
+    assert!(!pid_alive(host), "down leaves the host running");
+    assert!(!tn.join("testnet.json").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restart_keeps_identity_peers_and_telemetry() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,6 +13,9 @@
 //! processes `up` recorded, by PID and start time, first with SIGTERM and then, after a grace
 //! period, SIGKILL.
 //!
+//! `up --in-memory` ([`memory`]) runs every node in one host process instead, on the
+//! in-process network; the same state file, `status`, `kill`, `restart` and `down` serve it.
+//!
 //! `kill` and `restart` act on one node for fault tests. The state file records each node's full
 //! command line, so `restart` needs nothing but the testnet dir. A node restarted by other means
 //! is still found through its data dir's `control.json` (see [`procs::choose`]).
@@ -21,6 +24,7 @@ pub mod access;
 pub mod bench;
 pub mod failover;
 pub mod kv_bench;
+pub mod memory;
 pub mod nat_lab;
 pub mod netns;
 pub mod probe;
@@ -113,6 +117,9 @@ pub enum TestnetError {
     Bench(String),
     #[error(transparent)]
     NatLab(#[from] NatLabError),
+    /// The host of an in-memory testnet refused, failed or is gone.
+    #[error("in-memory testnet host: {0}")]
+    Host(String),
 }
 
 /// Why the NAT lab (docs/nat-lab.md) cannot be built or asked.

@@ -84,7 +84,7 @@ pub async fn up(
     let dir = std::path::absolute(&options.dir).map_err(io_err(&options.dir))?;
     let binary = std::path::absolute(&options.binary).map_err(io_err(&options.binary))?;
     if let Some(old) = state::load(&dir)? {
-        if old.nodes.iter().any(|n| locate(n).is_some()) {
+        if old.nodes.iter().any(|n| locate(n).is_some()) || crate::memory::host_alive(&old) {
             return Err(TestnetError::AlreadyRunning(dir));
         }
         // What an earlier lab in this dir left behind: namespaces it recorded as its own.
@@ -142,6 +142,7 @@ pub async fn up(
                 .collect(),
             layout: options.layout.to_string(),
         }),
+        host: None,
     };
     state::save(&dir, &record)?;
     let built = run_lab(
@@ -259,6 +260,7 @@ async fn run_lab(
             started_at_ms: Some(now_ms()),
             killed: None,
             namespace: Some(node.namespace.clone()),
+            in_memory: false,
         });
         state::save(dir, record)?;
         tracing::info!(index = node.index, pid, namespace = %node.namespace, kind = %node.kind, "lab node started");

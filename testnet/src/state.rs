@@ -36,6 +36,10 @@ pub struct NodeEntry {
     /// namespace's 127.0.0.1, not this one's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// In-memory testnets: the node is one of many in the host process (`pid` is the host's),
+    /// not a process of its own; the host (see [`TestnetState::host`]) stops and starts it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_memory: bool,
 }
 
 impl NodeEntry {
@@ -60,6 +64,25 @@ pub struct TestnetState {
     /// Set when the testnet is a NAT lab (`testnet up --nat lab`): what `down` must undo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabRecord>,
+    /// Set when the testnet runs in memory (`testnet up --in-memory`): the one process that
+    /// hosts every node, and its fault API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostRecord>,
+}
+
+/// The host process of an in-memory testnet (docs/testnet.md, "In-memory testnets").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub pid: u32,
+    /// Start time in clock ticks since boot, to tell the host from a recycled PID.
+    pub start_time: Option<u64>,
+    /// The host's fault API on 127.0.0.1 (it wants the testnet's token).
+    pub control_port: u16,
+    /// The host's standard output and error.
+    pub log_file: PathBuf,
+    /// Nodes the host was asked to run.
+    pub nodes: usize,
+    pub telemetry_interval_ms: u64,
 }
 
 /// Where a NAT lab node sits: on the lab's internet, or behind a router of some NAT kind
@@ -210,6 +233,60 @@ mod tests {
         assert_eq!(node.command, None);
         assert_eq!(node.binary(), None);
         assert_eq!(node.killed, None);
+        assert!(!node.in_memory);
+        assert_eq!(loaded.host, None);
+    }
+
+    #[test]
+    fn in_memory_records_round_trip_and_stay_out_of_process_testnets() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRecord {
+            pid: 77,
+            start_time: Some(3),
+            control_port: 4100,
+            log_file: "/tn/memory-host.log".into(),
+            nodes: 1,
+            telemetry_interval_ms: 1000,
+        };
+        let entry = NodeEntry {
+            index: 0,
+            pid: 77,
+            start_time: Some(3),
+            data_dir: "/tn/node-0".into(),
+            log_file: "/tn/memory-host.log".into(),
+            p2p_port: 0,
+            control_port: 4101,
+            command: None,
+            started_at_ms: None,
+            killed: None,
+            namespace: None,
+            in_memory: true,
+        };
+        let state = TestnetState {
+            created_at_ms: 1,
+            nodes: vec![entry.clone()],
+            lab: None,
+            host: Some(host.clone()),
+        };
+        save(dir.path(), &state).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.host, Some(host));
+        assert!(loaded.nodes[0].in_memory);
+        // A process testnet's file carries neither field, as before they existed.
+        let process = TestnetState {
+            nodes: vec![NodeEntry {
+                in_memory: false,
+                ..entry
+            }],
+            host: None,
+            ..state
+        };
+        save(dir.path(), &process).unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        assert!(
+            !text.contains("\"in_memory\"") && !text.contains("\"host\""),
+            "{text}"
+        );
     }
 
     #[test]
@@ -232,6 +309,7 @@ mod tests {
                     at_ms: 6,
                 }),
                 namespace: Some("fmlab-ab12-nat0".into()),
+                in_memory: false,
             }],
             lab: Some(LabRecord {
                 id: "ab12".into(),
@@ -249,6 +327,7 @@ mod tests {
                 }],
                 layout: "public=0,symmetric=1".into(),
             }),
+            host: None,
         };
         save(dir.path(), &state).unwrap();
         let loaded = load(dir.path()).unwrap().unwrap();

@@ -13,8 +13,19 @@ use crate::*;
 
 /// The live process of `node`, if one can be tied to it: the recorded one, or the one its
 /// data dir's control file names with a matching command line.
+///
+/// An in-memory node has no process of its own: it is live while its host lives and its
+/// data dir's control file names the host (a node removes its control file when it stops).
 pub fn locate(node: &NodeEntry) -> Option<NodeProcess> {
     let control = read_control(&node.data_dir);
+    if node.in_memory {
+        let host = procs::is_ours_and_alive(node.pid, node.start_time);
+        return (host && control?.pid == node.pid).then_some(NodeProcess {
+            pid: node.pid,
+            start_time: node.start_time,
+            found_by: FoundBy::RecordedPid,
+        });
+    }
     procs::choose(
         &NodeClues {
             recorded_pid: node.pid,
@@ -35,6 +46,13 @@ pub fn live_control_port(node: &NodeEntry) -> Option<u16> {
 }
 
 fn control_port_of(node: &NodeEntry, live: Option<&NodeProcess>) -> u16 {
+    if node.in_memory {
+        // Each run of an in-memory node binds a port of its own; its control file has it.
+        return read_control(&node.data_dir)
+            .filter(|_| live.is_some())
+            .map(|c| c.addr.port())
+            .unwrap_or(node.control_port);
+    }
     match live.map(|p| p.found_by) {
         Some(FoundBy::ControlFile) => read_control(&node.data_dir)
             .map(|c| c.addr.port())
@@ -95,12 +113,31 @@ pub struct NodeRow {
     /// NAT lab nodes: the network namespace the node runs in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// In-memory nodes: one of many in the host process (`pid` is the host's; no p2p port,
+    /// no RSS of its own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_memory: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestnetStatus {
     pub dir: PathBuf,
     pub nodes: Vec<NodeRow>,
+    /// An in-memory testnet's host: its process and what it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostStatus>,
+}
+
+/// The host of an in-memory testnet, as `testnet status` finds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub pid: u32,
+    pub alive: bool,
+    pub control_port: u16,
+    pub rss_bytes: Option<u64>,
+    pub log_file: PathBuf,
+    /// `None` when the host did not answer.
+    pub health: Option<crate::memory::HostHealth>,
 }
 
 /// The state of the testnet in `dir`, asked of every node.
@@ -129,18 +166,42 @@ pub async fn status(dir: &Path) -> Result<TestnetStatus, TestnetError> {
             },
             p2p_port: node.p2p_port,
             control_port,
-            rss_bytes: live.and_then(|p| procs::rss_bytes(p.pid)),
+            rss_bytes: live
+                .filter(|_| !node.in_memory)
+                .and_then(|p| procs::rss_bytes(p.pid)),
             status,
             radio_neighbours: radio_neighbours
                 .as_mut()
                 .and_then(|n| n.get_mut(node.index).map(std::mem::take)),
             namespace: node.namespace.clone(),
+            in_memory: node.in_memory,
         });
     }
+    let host = match &record.host {
+        Some(host) => Some(host_status(dir, host).await),
+        None => None,
+    };
     Ok(TestnetStatus {
         dir: dir.to_path_buf(),
         nodes: rows,
+        host,
     })
+}
+
+async fn host_status(dir: &Path, host: &state::HostRecord) -> HostStatus {
+    let alive = crate::memory::host_process(host).is_some();
+    let health = match (alive, crate::memory::HostClient::new(dir, host)) {
+        (true, Ok(client)) => client.health().await.ok(),
+        _ => None,
+    };
+    HostStatus {
+        pid: host.pid,
+        alive,
+        control_port: host.control_port,
+        rss_bytes: alive.then(|| procs::rss_bytes(host.pid)).flatten(),
+        log_file: host.log_file.clone(),
+        health,
+    }
 }
 
 pub fn render_status(s: &TestnetStatus) -> String {
@@ -197,7 +258,11 @@ pub fn render_status(s: &TestnetStatus) -> String {
             peers,
             tele,
             stale,
-            n.p2p_port.to_string(),
+            if n.in_memory {
+                "memory".to_owned()
+            } else {
+                n.p2p_port.to_string()
+            },
             n.control_port.to_string(),
             n.rss_bytes
                 .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
@@ -218,6 +283,31 @@ pub fn render_status(s: &TestnetStatus) -> String {
         t.add_row(row);
     }
     let mut out = t.to_string();
+    if let Some(host) = &s.host {
+        out.push_str(&format!(
+            "\nin-memory host PID {} ({}), RSS {}, fault API on 127.0.0.1:{}, log {}",
+            host.pid,
+            if host.alive { "running" } else { "GONE" },
+            host.rss_bytes
+                .map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "?".into()),
+            host.control_port,
+            host.log_file.display()
+        ));
+        if let Some(h) = &host.health {
+            out.push_str(&format!(
+                "\n  {}/{} nodes running, {} converged{}",
+                h.running,
+                h.nodes,
+                h.converged_nodes,
+                if h.partitions.is_empty() {
+                    String::new()
+                } else {
+                    format!("; partitioned off: {:?}", h.partitions)
+                }
+            ));
+        }
+    }
     if s.nodes
         .iter()
         .any(|n| n.found_by == Some(FoundBy::ControlFile))

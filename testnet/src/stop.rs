@@ -81,6 +81,9 @@ pub struct DownReport {
     /// NAT lab: namespaces that could not be deleted, with why.
     #[serde(default)]
     pub namespaces_left: Vec<(String, String)>,
+    /// In-memory testnet: nodes the stopped host process held.
+    #[serde(default)]
+    pub in_memory_nodes: usize,
 }
 
 impl fmt::Display for DownReport {
@@ -93,6 +96,13 @@ impl fmt::Display for DownReport {
             TERM_GRACE.as_secs(),
             self.already_gone
         )?;
+        if self.in_memory_nodes > 0 {
+            write!(
+                f,
+                " (one host process of {} in-memory nodes)",
+                self.in_memory_nodes
+            )?;
+        }
         if !self.not_ours.is_empty() {
             write!(
                 f,
@@ -124,12 +134,20 @@ impl fmt::Display for DownReport {
 }
 
 /// Stops every node of the testnet in `dir`: the recorded processes, and processes found
-/// through a node's control file (see [`locate`]). Nothing else is signalled.
+/// through a node's control file (see [`locate`]). Nothing else is signalled. An in-memory
+/// testnet is its host process: signalled once, however many nodes name it.
 pub async fn down(dir: &Path, clean: bool) -> Result<DownReport, TestnetError> {
     let record = state::load(dir)?.ok_or_else(|| TestnetError::NotFound(dir.to_path_buf()))?;
     let mut report = DownReport::default();
     let mut live = Vec::new();
-    for node in &record.nodes {
+    if let Some(host) = &record.host {
+        report.in_memory_nodes = record.nodes.iter().filter(|n| n.in_memory).count();
+        match crate::memory::host_process(host) {
+            Some(p) => live.push(p),
+            None => report.already_gone += 1,
+        }
+    }
+    for node in record.nodes.iter().filter(|n| !n.in_memory) {
         if let Some(p) = locate(node) {
             live.push(p);
             continue;
@@ -201,6 +219,18 @@ pub struct KillReport {
 
 impl fmt::Display for KillReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.signal == crate::memory::CUT_OFF || self.signal == crate::memory::STOPPED {
+            let how = if self.signal == crate::memory::CUT_OFF {
+                "cut off from its peers and stopped"
+            } else {
+                "stopped cleanly"
+            };
+            return write!(
+                f,
+                "in-memory node {} (host PID {}): {how}",
+                self.index, self.pid
+            );
+        }
         write!(
             f,
             "node {} (PID {}): sent {}",
@@ -237,6 +267,9 @@ pub async fn kill(
     signal: KillSignal,
 ) -> Result<KillReport, TestnetError> {
     let (mut record, at) = load_node(dir, index)?;
+    if record.nodes[at].in_memory {
+        return crate::memory::kill(dir, index, signal).await;
+    }
     let node = &mut record.nodes[at];
     let live = locate(node).ok_or(TestnetError::NotRunning { index })?;
     let signal = signal.signal();
@@ -297,6 +330,9 @@ pub async fn restart(
     timeout: Duration,
 ) -> Result<RestartReport, TestnetError> {
     let (mut record, at) = load_node(dir, index)?;
+    if record.nodes[at].in_memory {
+        return crate::memory::restart(dir, index, timeout).await;
+    }
     let command = record.nodes[at]
         .command
         .clone()

@@ -47,7 +47,7 @@ pub async fn up(
     };
     let dir = &options.dir;
     if let Some(old) = state::load(dir)? {
-        if old.nodes.iter().any(|n| locate(n).is_some()) {
+        if old.nodes.iter().any(|n| locate(n).is_some()) || crate::memory::host_alive(&old) {
             return Err(TestnetError::AlreadyRunning(dir.clone()));
         }
         // A previous testnet that is gone: start from clean node directories.
@@ -89,6 +89,7 @@ pub async fn up(
         created_at_ms: now_ms(),
         nodes: Vec::with_capacity(options.nodes),
         lab: None,
+        host: None,
     };
     let mut children = Vec::with_capacity(options.nodes);
     let started = Instant::now();
@@ -498,6 +499,7 @@ pub(crate) fn spawn_node(
             started_at_ms: Some(now_ms()),
             killed: None,
             namespace: None,
+            in_memory: false,
         },
         child,
     ))

@@ -6,11 +6,13 @@
 mod admin;
 mod dashboard;
 mod kv;
+mod memory_bench;
 mod query;
 mod run;
 mod send;
 mod task;
 mod testnet;
+mod testnet_memory;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,22 @@ pub(crate) struct Cli {
     /// With no subcommand, `fogmesh` runs a node with these flags.
     #[command(flatten)]
     run: RunArgs,
+}
+
+impl Cli {
+    /// Whether this command runs an in-memory network in this process.
+    fn runs_many_nodes(&self) -> bool {
+        matches!(
+            &self.command,
+            Some(Command::Testnet(
+                TestnetCommand::MemoryHost { .. }
+                    | TestnetCommand::Bench {
+                        in_memory: true,
+                        ..
+                    }
+            ))
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,8 +212,15 @@ pub(crate) fn control_client(
 /// Runs the command line; what `fogmesh`'s `main` does.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Two workers serve a node or a client; a process that runs a whole in-memory network
+    // uses every core.
+    let workers = if cli.runs_many_nodes() {
+        std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+    } else {
+        2
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

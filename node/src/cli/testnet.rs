@@ -53,6 +53,19 @@ pub(crate) fn parse_point(text: &str) -> Result<(f64, f64), String> {
     Ok((num(x)?, num(y)?))
 }
 
+/// A telemetry interval to benchmark: a duration, or the node's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BenchInterval(Option<Duration>);
+
+pub(crate) fn parse_bench_interval(text: &str) -> Result<BenchInterval, String> {
+    if text.trim() == "default" {
+        return Ok(BenchInterval(None));
+    }
+    humantime::parse_duration(text.trim())
+        .map(|d| BenchInterval(Some(d)))
+        .map_err(|e| format!("{text:?}: {e} (a duration such as 1s, or `default`)"))
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum TestnetCommand {
     /// Start N nodes on 127.0.0.1 and wait until each has every other's telemetry.
@@ -75,6 +88,10 @@ pub(crate) enum TestnetCommand {
         /// Run an open mesh (no tickets) instead of creating a mesh for the testnet.
         #[arg(long)]
         open: bool,
+        /// Every node in one host process on the in-memory network instead of a process
+        /// each (open mesh; docs/testnet.md, "In-memory testnets"): thousands fit on a laptop.
+        #[arg(long, conflicts_with_all = ["nat", "radio", "offline", "profile"])]
+        in_memory: bool,
         /// BLE-only nodes on a simulated radio shared by the processes (needs --offline),
         /// placed in a line, on a grid or at random; change it while it runs with
         /// `testnet radio`.
@@ -106,6 +123,30 @@ pub(crate) enum TestnetCommand {
         settle_quiet: Duration,
         #[arg(long)]
         json: bool,
+    },
+    /// The host process of an in-memory testnet (started by `up --in-memory`).
+    #[command(hide = true)]
+    MemoryHost {
+        #[command(flatten)]
+        dir: TestnetDir,
+        #[arg(long)]
+        nodes: usize,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        telemetry_interval: Duration,
+    },
+    /// Cut the given nodes off from every other node (in-memory and radio testnets): links
+    /// between the two sides close and new ones are refused. Partitions add up.
+    Partition {
+        #[command(flatten)]
+        dir: TestnetDir,
+        /// Node indexes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<usize>,
+    },
+    /// End every partition (in-memory and radio testnets).
+    Heal {
+        #[command(flatten)]
+        dir: TestnetDir,
     },
     /// Serve one web dashboard for the whole testnet (every node's view merged, radio links
     /// drawn, partitions visible) on 127.0.0.1 until Ctrl-C; prints its address.
@@ -250,15 +291,28 @@ pub(crate) enum TestnetCommand {
         /// Testnet sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "10,50")]
         sizes: Vec<usize>,
-        /// Telemetry interval of the measured testnets.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        interval: Duration,
+        /// Measure in-memory networks in this process instead of process testnets: upkeep
+        /// per node (bytes/s, CPU, memory, records/s), time to converge, time until the loss
+        /// of 10 % of the nodes is reflected everywhere.
+        #[arg(long)]
+        in_memory: bool,
+        /// Telemetry interval of the measured testnets; `default` is the node's own. With
+        /// --in-memory, several (comma-separated): every size is measured at each.
+        #[arg(long, value_delimiter = ',', default_value = "1s", value_parser = parse_bench_interval)]
+        interval: Vec<BenchInterval>,
         /// Wait after convergence before sampling (steady state).
         #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
         settle: Duration,
-        /// How long to sample propagation, CPU and memory.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        /// How long to sample propagation, CPU and memory (--in-memory: upkeep).
+        #[arg(long, alias = "window", default_value = "10s", value_parser = humantime::parse_duration)]
         sample: Duration,
+        /// --in-memory: longest wait for each network to converge.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// --in-memory: longest wait for the loss of 10 % to be reflected (default: six
+        /// telemetry intervals, at least a minute).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        loss_timeout: Option<Duration>,
         /// Nodes in the idle phase (default 30 s telemetry interval).
         #[arg(long, default_value_t = 10)]
         idle_nodes: usize,
@@ -281,6 +335,7 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             timeout,
             profile,
             open: _,
+            in_memory: _,
             radio: _,
             offline: _,
             nat: Some(testnet_lib::nat_lab::NatMode::Lab),
@@ -337,8 +392,60 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             nodes,
             telemetry_interval,
             timeout,
+            in_memory: true,
+            json,
+            ..
+        } => {
+            let options = testnet_lib::memory::MemoryUpOptions {
+                dir: dir.dir.clone(),
+                binary,
+                nodes,
+                telemetry_interval,
+                timeout,
+            };
+            let report = testnet_lib::memory::up(&options, |elapsed, h| {
+                eprintln!(
+                    "  {:>5.1}s  {}/{} nodes started, {}/{} complete",
+                    elapsed.as_secs_f64(),
+                    h.started,
+                    h.nodes,
+                    h.converged_nodes,
+                    h.nodes
+                )
+            })
+            .await?;
+            let table = testnet_lib::status(&dir.dir).await?;
+            if json {
+                print_line(&serde_json::to_string_pretty(&table)?)
+            } else {
+                print_line(&format!(
+                    "{}\n{} in-memory nodes in host process {} (log {}) converged in {:.2}s; stop it with `fogmesh testnet down --dir {}`",
+                    testnet_lib::render_status(&table),
+                    nodes,
+                    report.host_pid,
+                    report.log_file.display(),
+                    report.converged_after_ms as f64 / 1000.0,
+                    dir.dir.display()
+                ))
+            }
+        }
+        TestnetCommand::MemoryHost {
+            dir,
+            nodes,
+            telemetry_interval,
+        } => super::testnet_memory::memory_host(&dir.dir, nodes, telemetry_interval).await,
+        TestnetCommand::Partition { dir, nodes } => {
+            partition(&dir.dir, RadioCommand::Partition { nodes }).await
+        }
+        TestnetCommand::Heal { dir } => partition(&dir.dir, RadioCommand::Heal).await,
+        TestnetCommand::Up {
+            dir,
+            nodes,
+            telemetry_interval,
+            timeout,
             profile,
             open,
+            in_memory: false,
             radio,
             offline: _,
             nat: None,
@@ -406,6 +513,10 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             let report = testnet_lib::restart(&dir.dir, node, timeout).await?;
             print_out(json, &report, || report.to_string())
         }
+        TestnetCommand::Radio {
+            dir,
+            change: change @ (RadioCommand::Partition { .. } | RadioCommand::Heal),
+        } if is_in_memory(&dir.dir)? => partition(&dir.dir, change).await,
         TestnetCommand::Radio { dir, change } => {
             use testnet_lib::radio::RadioChange;
             let state = testnet_lib::status(&dir.dir).await?;
@@ -527,18 +638,50 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
         TestnetCommand::Bench {
             dir,
             sizes,
+            in_memory: true,
             interval,
             settle,
             sample,
+            timeout,
+            loss_timeout,
+            json,
+            ..
+        } => {
+            let options = super::memory_bench::MemoryBenchOptions {
+                dir: dir.dir,
+                sizes,
+                intervals: interval.into_iter().map(|i| i.0).collect(),
+                timeout,
+                settle,
+                window: sample,
+                loss_timeout,
+            };
+            let report = super::memory_bench::bench(&options, |line| eprintln!("{line}")).await?;
+            print_out(json, &report, || report.to_markdown())
+        }
+        TestnetCommand::Bench {
+            dir,
+            sizes,
+            in_memory: false,
+            interval,
+            settle,
+            sample,
+            timeout: _,
+            loss_timeout: _,
             idle_nodes,
             idle_window,
             json,
         } => {
+            let [BenchInterval(interval)] = interval[..] else {
+                anyhow::bail!(
+                    "a process testnet bench takes one --interval (several need --in-memory)"
+                );
+            };
             let options = testnet_lib::BenchOptions {
                 dir: dir.dir,
                 binary,
                 sizes,
-                busy_interval: interval,
+                busy_interval: interval.unwrap_or_else(super::memory_bench::default_interval),
                 settle,
                 sample,
                 idle_nodes,
@@ -547,6 +690,49 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             let report = testnet_lib::bench(&options, |line| eprintln!("{line}")).await?;
             print_out(json, &report, || report.to_markdown())
         }
+    }
+}
+
+/// Whether the testnet in `dir` runs in memory.
+fn is_in_memory(dir: &std::path::Path) -> Result<bool> {
+    Ok(testnet_lib::state::load(dir)?.is_some_and(|s| s.host.is_some()))
+}
+
+/// `testnet partition` / `heal` (and `radio partition` / `heal` of an in-memory testnet):
+/// asks an in-memory testnet's host, or changes a radio testnet's medium.
+async fn partition(dir: &std::path::Path, change: RadioCommand) -> Result<()> {
+    if !is_in_memory(dir)? {
+        let state = testnet_lib::state::load(dir)?
+            .ok_or_else(|| testnet_lib::TestnetError::NotFound(dir.to_path_buf()))?;
+        if !testnet_lib::radio::medium_path(dir).exists() {
+            anyhow::bail!(
+                "the testnet in {} runs on real sockets and cannot be partitioned; partitions \
+                 need an in-memory testnet (`up --in-memory`) or a radio one (`up --radio`)",
+                dir.display()
+            );
+        }
+        let ports: Vec<u16> = state.nodes.iter().map(|n| n.p2p_port).collect();
+        let change = match change {
+            RadioCommand::Partition { nodes } => {
+                testnet_lib::radio::RadioChange::Partition { group: nodes }
+            }
+            _ => testnet_lib::radio::RadioChange::Heal,
+        };
+        testnet_lib::radio::apply(dir, &ports, &change)?;
+        return print_line("radio changed");
+    }
+    let (client, _) = testnet_lib::memory::HostClient::for_testnet(dir)?;
+    let health = match change {
+        RadioCommand::Partition { nodes } => client.partition(&nodes).await?,
+        _ => client.heal().await?,
+    };
+    if health.partitions.is_empty() {
+        print_line("no partitions: every node may reach every other")
+    } else {
+        print_line(&format!(
+            "partitioned off from the rest (and from each other): {:?}",
+            health.partitions
+        ))
     }
 }
 
