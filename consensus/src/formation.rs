@@ -93,23 +93,27 @@ pub const RADIO: Timing = Timing {
 /// 2,000 nodes); past that, summary bytes grow with the mesh again.
 pub const MAX_SUMMARY_EVERY_MS: u64 = 120_000;
 
-/// How often a coordinator announces its cluster: every [`Timing::announce_every_ms`] while
-/// it has room (joiners look for such clusters), otherwise stretched so that `clusters`
-/// summaries of `summary_len` bytes stay within [`Timing::summary_budget_bytes_per_s`]:
-/// bytes a node receives for summaries stay flat as the mesh grows, and the period grows
-/// instead. A change of members, coordinator or silent flags is announced at once anyway.
-pub fn summary_every_ms(
-    timing: &Timing,
-    has_room: bool,
-    clusters: usize,
-    summary_len: usize,
-) -> u64 {
-    if has_room {
-        return timing.announce_every_ms;
-    }
+/// How often a coordinator announces its cluster: every [`Timing::announce_every_ms`] in a
+/// small mesh, stretched so that `clusters` summaries of `summary_len` bytes stay within
+/// [`Timing::summary_budget_bytes_per_s`]: bytes a node receives for summaries stay flat as
+/// the mesh grows, and the period grows instead. Changes go out sooner ([`change_gap_ms`]).
+pub fn summary_every_ms(timing: &Timing, clusters: usize, summary_len: usize) -> u64 {
     let bytes_per_round = (clusters.max(1) as u64).saturating_mul(summary_len as u64);
     let stretched = bytes_per_round.saturating_mul(1000) / timing.summary_budget_bytes_per_s.max(1);
     stretched.clamp(timing.announce_every_ms, MAX_SUMMARY_EVERY_MS)
+}
+
+/// Quickest re-announcement of a changed summary, `every_ms` being the budgeted period: a
+/// member falling silent (a loss, which the mesh should learn within seconds; losses are
+/// rare) after a second; any other change (joins, removals, a new term: frequent while a
+/// large mesh forms) after a quarter of the period, so formation stays within about four
+/// times the budget instead of flooding the mesh.
+pub fn change_gap_ms(every_ms: u64, newly_silent: bool) -> u64 {
+    if newly_silent {
+        1_000
+    } else {
+        (every_ms / 4).max(1_000)
+    }
 }
 
 /// One member as its cluster's summary describes it.
@@ -180,15 +184,17 @@ impl Announcement {
     }
 
     /// Whether the summary agrees with itself: one entry per member (or none, from an
-    /// older node), no member twice, the coordinator a member.
+    /// older node), no member twice, the coordinator a member (unless there are none yet:
+    /// a founder announces before its own entry is committed).
     pub fn is_consistent(&self) -> bool {
         let mut seen = std::collections::BTreeSet::new();
         (self.summary.is_empty() || self.summary.len() == self.members.len())
             && self.members.iter().all(|m| seen.insert(m.as_slice()))
-            && self
-                .members
-                .iter()
-                .any(|m| m.as_slice() == self.coordinator.as_slice())
+            && (self.members.is_empty()
+                || self
+                    .members
+                    .iter()
+                    .any(|m| m.as_slice() == self.coordinator.as_slice()))
     }
 
     /// Members the coordinator still hears.
@@ -439,28 +445,24 @@ mod tests {
 
     #[test]
     fn summaries_are_spaced_to_keep_every_cluster_within_the_budget() {
-        // With room: the base period, whatever the mesh (joiners look for such clusters).
-        assert_eq!(
-            summary_every_ms(&LAN, true, 500, 600),
-            LAN.announce_every_ms
-        );
-        // Full, few clusters: the base period.
-        assert_eq!(summary_every_ms(&LAN, false, 4, 600), LAN.announce_every_ms);
+        // Few clusters: the base period.
+        assert_eq!(summary_every_ms(&LAN, 4, 600), LAN.announce_every_ms);
+        // A loss goes out within a second; other changes wait a quarter period.
+        assert_eq!(change_gap_ms(60_000, true), 1_000);
+        assert_eq!(change_gap_ms(60_000, false), 15_000);
+        assert_eq!(change_gap_ms(2_000, false), 1_000);
         // 200 clusters of 600-byte summaries at 2,000 B/s: one round a minute, so a node
         // receives the same bytes a second as with 20 clusters at the base period.
-        assert_eq!(summary_every_ms(&LAN, false, 200, 600), 60_000);
+        assert_eq!(summary_every_ms(&LAN, 200, 600), 60_000);
         let rate = |clusters: usize| {
-            clusters as f64 * 600.0 * 1000.0 / summary_every_ms(&LAN, false, clusters, 600) as f64
+            clusters as f64 * 600.0 * 1000.0 / summary_every_ms(&LAN, clusters, 600) as f64
         };
         assert!(rate(200) <= LAN.summary_budget_bytes_per_s as f64 + 1.0);
         assert!(rate(400) <= rate(200) + 1.0, "flat past the budget");
         // Never beyond the cap (a vanished cluster is forgotten in ~3.5 periods).
-        assert_eq!(
-            summary_every_ms(&LAN, false, 100_000, 600),
-            MAX_SUMMARY_EVERY_MS
-        );
+        assert_eq!(summary_every_ms(&LAN, 100_000, 600), MAX_SUMMARY_EVERY_MS);
         // Radio links get a smaller share.
-        assert!(summary_every_ms(&RADIO, false, 20, 600) > summary_every_ms(&LAN, false, 20, 600));
+        assert!(summary_every_ms(&RADIO, 20, 600) > summary_every_ms(&LAN, 20, 600));
     }
 
     #[test]

@@ -604,6 +604,32 @@ impl MemNet {
             .count()
     }
 
+    /// How far cluster formation got, for progress lines: running nodes in a cluster, the
+    /// clusters they form, and how many cluster summaries a node holds on average.
+    pub fn formation(&self) -> Formation {
+        let running: Vec<&Slot> = self.slots.iter().filter(|s| s.running.is_some()).collect();
+        let census = Census::of(&running);
+        let known: usize = running
+            .iter()
+            .map(|s| cluster_view(&s.handle, |v| v.known_clusters.len()))
+            .sum();
+        let mut sizes: std::collections::HashMap<&String, usize> = std::collections::HashMap::new();
+        for cluster in census.cluster_of.iter().flatten() {
+            *sizes.entry(cluster).or_default() += 1;
+        }
+        let mut by_size = [0usize; 6];
+        for size in sizes.values() {
+            by_size[(*size).min(5)] += 1;
+        }
+        Formation {
+            running: running.len(),
+            clustered: census.cluster_of.iter().flatten().count(),
+            clusters: census.clusters.len(),
+            clusters_by_size: by_size,
+            summaries_held_mean: known as f64 / running.len().max(1) as f64,
+        }
+    }
+
     /// Whether no running node still counts any of `gone` as alive: none holds a fresh
     /// record of it, and no cluster summary held anywhere lists it as a member its
     /// coordinator still hears.
@@ -811,6 +837,31 @@ fn ensure_dir(dir: &Path) -> Result<(), MemNetError> {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// See [`MemNet::formation`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Formation {
+    pub running: usize,
+    pub clustered: usize,
+    pub clusters: usize,
+    /// Clusters with 1, 2, ... 5 running members (index 0 unused).
+    pub clusters_by_size: [usize; 6],
+    pub summaries_held_mean: f64,
+}
+
+impl std::fmt::Display for Formation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} nodes in {} clusters (by size 1-5: {:?}); {:.1} summaries held a node",
+            self.clustered,
+            self.running,
+            self.clusters,
+            &self.clusters_by_size[1..],
+            self.summaries_held_mean
+        )
+    }
 }
 
 /// The clusters of the running nodes, as their own views say, for judging what every node

@@ -548,3 +548,86 @@ pub(crate) fn start_node(
         reason: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{
+        ClusterProbe, KnownClusterProbe, MemberProbe, TelemetryProbe, TelemetryRow,
+    };
+
+    fn telemetry(me: &str, fresh: &[&str]) -> TelemetryProbe {
+        TelemetryProbe {
+            peer_id: me.into(),
+            nodes: fresh
+                .iter()
+                .map(|p| TelemetryRow {
+                    peer_id: (*p).into(),
+                    local: false,
+                    stale: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn member(cluster: &str, mates: &[&str], known: &[(&str, usize)]) -> ClusterProbe {
+        ClusterProbe {
+            state: "member".into(),
+            cluster: Some(cluster.into()),
+            members: mates
+                .iter()
+                .map(|p| MemberProbe {
+                    peer_id: (*p).into(),
+                })
+                .collect(),
+            known_clusters: known
+                .iter()
+                .map(|(c, n)| KnownClusterProbe {
+                    cluster: (*c).into(),
+                    members: *n,
+                })
+                .collect(),
+            ..ClusterProbe::default()
+        }
+    }
+
+    #[test]
+    fn a_node_knows_the_mesh_by_everyones_telemetry_or_by_its_cluster_and_every_summary() {
+        // Small mesh: everyone's telemetry.
+        let small = vec![
+            Some((telemetry("a", &["b"]), None)),
+            Some((telemetry("b", &["a"]), None)),
+        ];
+        assert_eq!(count_converged(&small), 2);
+        // Large mesh: a and b in c1, c in c2; everyone holds both summaries.
+        let both = [("c1", 2), ("c2", 1)];
+        let large = vec![
+            Some((
+                telemetry("a", &["b"]),
+                Some(member("c1", &["a", "b"], &both)),
+            )),
+            Some((
+                telemetry("b", &["a"]),
+                Some(member("c1", &["a", "b"], &both)),
+            )),
+            Some((telemetry("c", &[]), Some(member("c2", &["c"], &both)))),
+        ];
+        assert_eq!(count_converged(&large), 3);
+        // c has not heard of c1 yet; b lacks a's telemetry.
+        let partial = vec![
+            Some((
+                telemetry("a", &["b"]),
+                Some(member("c1", &["a", "b"], &both)),
+            )),
+            Some((telemetry("b", &[]), Some(member("c1", &["a", "b"], &both)))),
+            Some((
+                telemetry("c", &[]),
+                Some(member("c2", &["c"], &[("c2", 1)])),
+            )),
+        ];
+        assert_eq!(count_converged(&partial), 1);
+        // A node that does not answer: nothing counts yet.
+        let silent = vec![Some((telemetry("a", &[]), None)), None];
+        assert_eq!(count_converged(&silent), 0);
+    }
+}

@@ -106,16 +106,10 @@ pub struct MemoryBenchReport {
     pub runs: Vec<MemoryRun>,
 }
 
-/// Whether the loss of `gone` is reflected: no running node of `net` holds fresh telemetry
-/// from any of them, so none counts them as alive.
-// LEAD: switch to MemNet::forgotten_everywhere
+/// Whether the loss of `gone` is reflected: no running node counts any of them as alive
+/// ([`MemNet::forgotten_everywhere`]).
 pub fn loss_reflected(net: &MemNet, gone: &[PeerId]) -> bool {
-    let gone: Vec<usize> = (0..net.len())
-        .filter(|i| net.peer_id(*i).is_some_and(|p| gone.contains(&p)))
-        .collect();
-    net.running()
-        .iter()
-        .all(|&holder| gone.iter().all(|&g| !net.has_fresh_telemetry(holder, g)))
+    net.forgotten_everywhere(gone)
 }
 
 /// The node's default telemetry interval (what `None` in the options means).
@@ -199,9 +193,10 @@ async fn run(
         match net.wait_converged(left.min(SLICE)).await {
             Ok(_) => break Some(started.elapsed()),
             Err(_) => progress(&format!(
-                "  {:.0}s: {}/{nodes} nodes complete",
+                "  {:.0}s: {}/{nodes} nodes complete; {}",
                 started.elapsed().as_secs_f64(),
-                net.converged_nodes()
+                net.converged_nodes(),
+                net.formation()
             )),
         }
     };

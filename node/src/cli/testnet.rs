@@ -647,6 +647,9 @@ pub(crate) async fn run_testnet(cmd: TestnetCommand) -> Result<()> {
             json,
             ..
         } => {
+            // The nodes' own logs at warn (RUST_LOG overrides): hundreds of nodes at info
+            // would drown the progress lines.
+            crate::logging::init("warn", crate::config::LogFormat::Text);
             let options = super::memory_bench::MemoryBenchOptions {
                 dir: dir.dir,
                 sizes,

@@ -20,8 +20,26 @@ use crate::cluster::protocol::ClusterRequest;
 use crate::runtime::capability::{Effect, Notice, Outbox};
 use crate::telemetry::scope::{Directory, TelemetryScope};
 
-/// Quickest re-announcement of a summary whose members, term or silent flags changed.
-const SUMMARY_CHANGE_GAP_MS: u64 = 1_000;
+/// Whether a member that was heard in the `old` summary is silent in the `new` one.
+fn newly_silent(old: &super::SummaryKey, new: &super::SummaryKey) -> bool {
+    let (_, old_members, old_silent) = old;
+    let (_, new_members, new_silent) = new;
+    new_members
+        .iter()
+        .zip(new_silent)
+        .filter(|(_, silent)| **silent)
+        .any(|(member, _)| {
+            old_members
+                .iter()
+                .zip(old_silent)
+                .any(|(m, was)| m == member && !*was)
+        })
+}
+
+/// Coordinators of clusters with room an unclustered node dials at once, the fullest first:
+/// in a large mesh hundreds may have room, and dialling all would open connections by the
+/// thousand for one join.
+const DIAL_AT_MOST: usize = 3;
 use fogmesh_store::Batch;
 use fogmesh_wire::envelope::{self, MessageKind};
 
@@ -117,10 +135,20 @@ impl ClusterService {
         }
         // Clusters with room we cannot reach yet: dial their coordinators, and do not found
         // a cluster of our own while a dial may still bring one in reach.
-        let coordinators: Vec<PeerId> = self
+        let mut with_room: Vec<(&PeerId, &Announcement)> = self
             .announcements
             .values()
             .filter(|(peer, a)| a.has_room() && !self.connected.contains(peer))
+            .map(|(peer, a)| (peer, a))
+            .collect();
+        with_room.sort_by(|(_, a), (_, b)| {
+            b.size()
+                .cmp(&a.size())
+                .then_with(|| a.cluster.cmp(&b.cluster))
+        });
+        let coordinators: Vec<PeerId> = with_room
+            .into_iter()
+            .take(DIAL_AT_MOST)
             .map(|(peer, _)| *peer)
             .collect();
         self.dialing.retain(|peer, _| coordinators.contains(peer));
@@ -341,19 +369,18 @@ impl ClusterService {
         let Situation::Member(m) = &mut self.situation else {
             return;
         };
-        let has_room = m.group.state().members().len() < formation::TARGET_SIZE;
         let since = now_ms.saturating_sub(m.last_announce_ms);
         let announced = m.announced.clone();
-        let every = formation::summary_every_ms(
-            &timing,
-            has_room,
-            self.announcements.len(),
-            self.last_summary_len,
-        );
-        // A change of members, term or silent flags goes out at once (at most once a
-        // second), so a lost node is reflected mesh-wide without waiting for the period.
-        let changed = announced != Some(self.summary_key(now_ms));
-        if since >= every || (changed && since >= SUMMARY_CHANGE_GAP_MS) {
+        let every =
+            formation::summary_every_ms(&timing, self.announcements.len(), self.last_summary_len);
+        // A change goes out before the period ends: a loss within a second, so it is
+        // reflected mesh-wide in seconds; joins and the like within a quarter period.
+        let key = self.summary_key(now_ms);
+        let changed = announced.as_ref() != Some(&key);
+        let newly_silent = announced
+            .as_ref()
+            .is_some_and(|old| newly_silent(old, &key));
+        if since >= every || (changed && since >= formation::change_gap_ms(every, newly_silent)) {
             if let Situation::Member(m) = &mut self.situation {
                 m.last_announce_ms = now_ms;
             }
@@ -463,16 +490,11 @@ impl ClusterService {
 
     pub(super) fn announce(&mut self, now_ms: u64, out: &mut Outbox) {
         let timing = self.config.formation;
-        let Situation::Member(m) = &self.situation else {
+        if !matches!(self.situation, Situation::Member(_)) {
             return;
-        };
-        let has_room = m.group.state().members().len() < formation::TARGET_SIZE;
-        let every = formation::summary_every_ms(
-            &timing,
-            has_room,
-            self.announcements.len(),
-            self.last_summary_len,
-        );
+        }
+        let every =
+            formation::summary_every_ms(&timing, self.announcements.len(), self.last_summary_len);
         let key = self.summary_key(now_ms);
         let Some(announcement) = self.summary(now_ms, every) else {
             return;
