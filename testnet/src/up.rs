@@ -47,7 +47,12 @@ pub async fn up(
     };
     let dir = &options.dir;
     if let Some(old) = state::load(dir)? {
-        if old.nodes.iter().any(|n| locate(n).is_some()) || crate::memory::host_alive(&old) {
+        if old.nodes.iter().any(|n| locate(n).is_some())
+            || old
+                .host
+                .as_ref()
+                .is_some_and(|h| procs::is_ours_and_alive(h.pid, h.start_time))
+        {
             return Err(TestnetError::AlreadyRunning(dir.clone()));
         }
         // A previous testnet that is gone: start from clean node directories.
