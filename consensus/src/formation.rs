@@ -70,7 +70,9 @@ pub const LAN: Timing = Timing {
     reform_after_ms: 30_000,
     join_timeout_ms: 10_000,
     summary_budget_bytes_per_s: 2_000,
-    flag_silent_after_ms: 3_000,
+    // Five of the slowest election timeouts at the start pace (0.9-1.8 s): a loaded member
+    // is not flagged for one late answer.
+    flag_silent_after_ms: 5_000,
 };
 
 /// On Bluetooth links: everything six times slower.
@@ -121,7 +123,8 @@ pub fn change_gap_ms(every_ms: u64, newly_silent: bool) -> u64 {
 pub struct MemberSummary {
     pub capacity: crate::capacity::NodeCapacity,
     pub load: crate::capacity::Load,
-    /// Not heard by the coordinator for [`Timing::flag_silent_after_ms`].
+    /// Not heard by the coordinator for [`Timing::flag_silent_after_ms`] (5 s on internet
+    /// links).
     #[serde(default)]
     pub silent: bool,
 }

@@ -66,7 +66,7 @@ impl Sim {
                 id,
                 Member {
                     node,
-                    pace: RaftPace::new(LAN_TIMING),
+                    pace: RaftPace::starting_at(LAN_TIMING, fogmesh_consensus::pace::BASE_TICK_MS),
                 },
             );
         }

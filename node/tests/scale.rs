@@ -75,21 +75,34 @@ async fn clusters_keep_telemetry_to_themselves_and_the_rest_is_a_summary_or_a_fe
         .expect("two clusters");
     let o_id = net.peer_id(o).unwrap().to_string();
     let o_cluster = cluster_of(&net, o).unwrap();
-    let summary = net
-        .node(h)
-        .unwrap()
-        .handle
-        .view::<fogmesh_node::cluster::service::ClusterView>()
-        .unwrap()
-        .read(|v| {
-            v.known_clusters
-                .iter()
-                .find(|k| k.cluster == o_cluster)
-                .cloned()
-        })
-        .expect("h holds o's cluster summary");
-    assert!(summary.nodes.iter().any(|n| n.peer_id == o_id && !n.silent));
-    assert_eq!(summary.capacity.live_members as usize, summary.members);
+    let summary_at_h = |net: &MemNet| {
+        net.node(h)
+            .and_then(|n| {
+                n.handle
+                    .view::<fogmesh_node::cluster::service::ClusterView>()
+            })
+            .and_then(|v| {
+                v.read(|v| {
+                    v.known_clusters
+                        .iter()
+                        .find(|k| k.cluster == o_cluster)
+                        .cloned()
+                })
+            })
+    };
+    // A member just added may be flagged silent until its first answers reach its
+    // coordinator on a loaded machine: wait for o to show as heard.
+    net.wait_for(
+        |net| {
+            summary_at_h(net).is_some_and(|s| {
+                s.nodes.iter().any(|n| n.peer_id == o_id && !n.silent)
+                    && s.capacity.live_members as usize == s.members
+            })
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: h's summary of o's cluster: {:?}", summary_at_h(&net)));
 
     // o's telemetry does not reach h any more: within a few intervals h holds it no more
     // (records of other clusters go stale once clusters formed).
