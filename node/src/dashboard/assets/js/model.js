@@ -133,6 +133,16 @@ export function buildModel(state) {
       if (!cl.coordinator) cl.coordinator = k.coordinator;
       if (k.coordinator === cl.coordinator) n.role = 'coordinator';
       cl.members.add(k.coordinator);
+      // The summary names every member with its capacity (docs/scale.md): in a large mesh
+      // that is all this node knows of other clusters' nodes.
+      for (const m of k.nodes || []) {
+        const mn = node(m.peer_id);
+        if (!mn.cluster) mn.cluster = k.cluster;
+        if (!mn.role) mn.role = m.peer_id === k.coordinator ? 'coordinator' : 'member';
+        if (mn.clusterScore == null) mn.clusterScore = m.score;
+        mn.silent = m.silent;
+        cl.members.add(m.peer_id);
+      }
     }
   }
 
