@@ -365,6 +365,7 @@ impl ClusterService {
                 }
             }
         }
+        self.promote(now_ms, out);
         self.hand_over(now_ms, out);
         let Situation::Member(m) = &mut self.situation else {
             return;
@@ -394,6 +395,46 @@ impl ClusterService {
             || now_ms.saturating_sub(m.last_schedule_ms) >= self.config.schedule_every_ms
         {
             self.schedule(now_ms, out);
+        }
+    }
+
+    /// Makes a learner that may vote a voter once it has answered since it was added (one
+    /// change at a time). The change carries the member's own capacity report, which every
+    /// replica applies alike.
+    pub(super) fn promote(&mut self, now_ms: u64, out: &mut Outbox) {
+        let Situation::Member(m) = &mut self.situation else {
+            return;
+        };
+        let learners = m.group.configuration().learners;
+        m.to_promote.retain(|id, _| learners.contains(id));
+        if m.group.change_pending() {
+            return;
+        }
+        let ready = m
+            .to_promote
+            .iter()
+            .find(|(id, added)| m.heard.get(id).is_some_and(|heard| heard > added))
+            .map(|(id, _)| *id);
+        let Some(id) = ready else {
+            return;
+        };
+        let Some(peer) = m.peers.get(&id).copied() else {
+            m.to_promote.remove(&id);
+            return;
+        };
+        let node = NodeId(peer.to_bytes());
+        let Some(capacity) = m.group.state().members().get(&node).map(|x| x.capacity) else {
+            return;
+        };
+        let report = Command::Report { node, capacity };
+        match m.group.propose_change(MemberChange::AddVoter, id, &report) {
+            Ok(output) => {
+                m.to_promote.remove(&id);
+                tracing::info!(peer_id = %peer, cluster = %m.cluster, "promoting a member to voter");
+                self.metrics.change("promoted");
+                self.after_output(now_ms, output, out);
+            }
+            Err(error) => tracing::debug!(%error, "promotion not proposed"),
         }
     }
 

@@ -316,6 +316,9 @@ struct Membership {
     contact_ms: u64,
     /// Members by raft id: when each was last heard (the coordinator removes the silent).
     heard: BTreeMap<u64, u64>,
+    /// Learners this coordinator added that may vote, and when: promoted to voters once
+    /// heard after that.
+    to_promote: BTreeMap<u64, u64>,
     hysteresis: LeadershipHysteresis,
     via: Option<PeerId>,
     /// Raft ids of members, to their PeerIds.
@@ -613,6 +616,7 @@ impl ClusterService {
             since_ms: now_ms,
             contact_ms: now_ms,
             heard: BTreeMap::new(),
+            to_promote: BTreeMap::new(),
             hysteresis: LeadershipHysteresis::default(),
             via,
             peers: BTreeMap::new(),

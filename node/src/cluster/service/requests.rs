@@ -133,11 +133,11 @@ impl ClusterService {
                 reason: "the cluster is full".into(),
             };
         }
-        let change = if voter {
-            MemberChange::AddVoter
-        } else {
-            MemberChange::AddLearner
-        };
+        // Every joiner starts as a learner: added as a voter at once, a joiner slow to answer
+        // (a loaded machine, a thousand nodes forming) cost the coordinator its quorum, and
+        // with it the cluster. One that may vote is promoted once it answers
+        // (`coordination::promote`).
+        let change = MemberChange::AddLearner;
         let id = wire::member_id(&peer.to_bytes());
         let join = Command::Join {
             node,
@@ -148,6 +148,9 @@ impl ClusterService {
             Ok(output) => {
                 m.peers.insert(id, peer);
                 m.heard.insert(id, now_ms);
+                if voter {
+                    m.to_promote.insert(id, now_ms);
+                }
                 tracing::info!(peer_id = %peer, cluster = %m.cluster, voter, "adding a member");
                 self.after_output(now_ms, output, out);
                 ClusterResponse::Joining
