@@ -192,33 +192,14 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// Every node's bytes through its connections (in + out) and telemetry records accepted.
-fn traffic(net: &MemNet) -> (f64, u64) {
-    let mut bytes = 0.0;
-    let mut accepted = 0;
-    for i in 0..net.len() {
-        if let Some(handle) = net.handle(i) {
-            bytes += handle
-                .metrics()
-                .encode()
-                .lines()
-                .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
-                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum::<f64>();
-        }
-        accepted += net.status(i).map(|s| s.telemetry_accepted).unwrap_or(0);
-    }
-    (bytes, accepted)
-}
-
 /// What each node spends on upkeep over `window` of an idle mesh.
 async fn upkeep(net: &MemNet, window: Duration) {
-    let (bytes_0, accepted_0) = traffic(net);
+    let (bytes_0, accepted_0) = net.traffic();
     let cpu_0 = cpu_time();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let seconds = t0.elapsed().as_secs_f64();
-    let (bytes_1, accepted_1) = traffic(net);
+    let (bytes_1, accepted_1) = net.traffic();
     let cpu_1 = cpu_time();
     let nodes = net.len().max(1) as f64;
     let cpu_pct = match (cpu_0, cpu_1) {

@@ -604,6 +604,26 @@ impl MemNet {
             .count()
     }
 
+    /// Every node's bytes through its connections so far (in + out, the
+    /// `libp2p_bandwidth_bytes_total` counters) and telemetry records accepted, summed over
+    /// the network: what upkeep benchmarks difference over a window.
+    pub fn traffic(&self) -> (f64, u64) {
+        let mut bytes = 0.0;
+        let mut accepted = 0;
+        for slot in &self.slots {
+            bytes += slot
+                .handle
+                .metrics()
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum::<f64>();
+            accepted += slot.handle.status().telemetry_accepted;
+        }
+        (bytes, accepted)
+    }
+
     /// How far cluster formation got, for progress lines: running nodes in a cluster, the
     /// clusters they form, and how many cluster summaries a node holds on average.
     pub fn formation(&self) -> Formation {

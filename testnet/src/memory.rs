@@ -11,7 +11,6 @@
 //! itself lives in the node crate, which runs the nodes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -325,33 +324,11 @@ pub async fn up(
     }
 }
 
-/// Starts the host detached: its own process group (Ctrl-C in the shell that ran `up` does
-/// not reach it), output to its log, the caller's `FOGMESH_*` environment removed.
+/// Starts the host detached, as `up` starts a node: its own process group (Ctrl-C in the
+/// shell that ran `up` does not reach it), output to its log, the caller's `FOGMESH_*`
+/// environment removed.
 fn spawn_host(command: &[String], log_file: &Path) -> Result<std::process::Child, TestnetError> {
-    let spawn_err = |reason: String| TestnetError::Spawn {
-        index: 0,
-        binary: PathBuf::from(command.first().cloned().unwrap_or_default()),
-        reason,
-    };
-    let Some((program, args)) = command.split_first() else {
-        return Err(spawn_err("empty command line".into()));
-    };
-    let log = std::fs::File::create(log_file).map_err(io_err(log_file))?;
-    let log_err = log.try_clone().map_err(io_err(log_file))?;
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    for key in crate::up::scrubbed_env() {
-        cmd.env_remove(key);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err));
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    cmd.spawn().map_err(|e| spawn_err(e.to_string()))
+    crate::up::start_node(0, command, log_file, false)
 }
 
 /// How `testnet kill` names what happened to an in-memory node.

@@ -238,25 +238,6 @@ async fn run(
     })
 }
 
-/// Every node's bytes through its connections (in + out) and telemetry records accepted.
-fn traffic(net: &MemNet) -> (f64, u64) {
-    let mut bytes = 0.0;
-    let mut accepted = 0;
-    for i in 0..net.len() {
-        if let Some(handle) = net.handle(i) {
-            bytes += handle
-                .metrics()
-                .encode()
-                .lines()
-                .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
-                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum::<f64>();
-        }
-        accepted += net.status(i).map_or(0, |s| s.telemetry_accepted);
-    }
-    (bytes, accepted)
-}
-
 /// This process's CPU time (user + system) so far.
 fn cpu_time() -> Option<Duration> {
     let ticks = fogmesh_testnet::procs::cpu_ticks(std::process::id())?;
@@ -265,13 +246,13 @@ fn cpu_time() -> Option<Duration> {
 }
 
 async fn upkeep(net: &MemNet, window: Duration, rss_before: Option<u64>) -> Upkeep {
-    let (bytes_0, accepted_0) = traffic(net);
+    let (bytes_0, accepted_0) = net.traffic();
     let cpu_0 = cpu_time();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let seconds = t0.elapsed().as_secs_f64().max(1e-3);
     let cpu_1 = cpu_time();
-    let (bytes_1, accepted_1) = traffic(net);
+    let (bytes_1, accepted_1) = net.traffic();
     let nodes = net.running().len().max(1);
     let rss = fogmesh_testnet::procs::rss_bytes(std::process::id());
     Upkeep {

@@ -897,8 +897,9 @@ impl Capability for TelemetryService {
         match checked {
             Ok(mut accepted) => {
                 accepted.telemetry.received_at_ms = now_ms;
+                // The validator checked that the record names its origin: no base58 here.
                 self.sealed
-                    .insert(accepted.origin.to_string(), msg.data.to_vec());
+                    .insert(accepted.telemetry.record.peer_id.clone(), msg.data.to_vec());
                 self.accept(accepted.telemetry, out);
                 if scope::passes_on(msg.topic, self.known_nodes(), self.config.full_mesh_below) {
                     Verdict::Now(MessageAcceptance::Accept)
