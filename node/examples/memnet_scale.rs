@@ -194,12 +194,12 @@ fn cpu_time() -> Option<Duration> {
 
 /// What each node spends on upkeep over `window` of an idle mesh.
 async fn upkeep(net: &MemNet, window: Duration) {
-    let (bytes_0, accepted_0) = net.traffic();
+    let before = net.traffic();
     let cpu_0 = cpu_time();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let seconds = t0.elapsed().as_secs_f64();
-    let (bytes_1, accepted_1) = net.traffic();
+    let after = net.traffic();
     let cpu_1 = cpu_time();
     let nodes = net.len().max(1) as f64;
     let cpu_pct = match (cpu_0, cpu_1) {
@@ -208,9 +208,9 @@ async fn upkeep(net: &MemNet, window: Duration) {
     };
     println!(
         "UPKEEP over {seconds:.0} s: {:.0} bytes/s a node (in + out), {:.2} % of a core a node,          {:.1} telemetry records accepted/s a node",
-        (bytes_1 - bytes_0) / seconds / nodes,
+        (after.bytes - before.bytes) / seconds / nodes,
         cpu_pct,
-        accepted_1.saturating_sub(accepted_0) as f64 / seconds / nodes,
+        after.accepted.saturating_sub(before.accepted) as f64 / seconds / nodes,
     );
 }
 

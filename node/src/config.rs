@@ -39,6 +39,7 @@ pub struct ConfigLayer {
     pub listen: Option<Vec<Multiaddr>>,
     pub bootstrap: Option<Vec<Multiaddr>>,
     pub mdns: Option<bool>,
+    pub dht: Option<bool>,
     pub quic: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub telemetry_interval: Option<Duration>,
@@ -94,6 +95,7 @@ impl ConfigLayer {
             listen,
             bootstrap,
             mdns,
+            dht,
             quic,
             telemetry_interval,
             control_port,
@@ -164,6 +166,7 @@ pub const ENV_VARS: &[&str] = &[
     "FOGMESH_LISTEN",
     "FOGMESH_BOOTSTRAP",
     "FOGMESH_MDNS",
+    "FOGMESH_DHT",
     "FOGMESH_QUIC",
     "FOGMESH_TELEMETRY_INTERVAL",
     "FOGMESH_CONTROL_PORT",
@@ -220,6 +223,7 @@ pub fn load_env(
             "FOGMESH_LISTEN" => layer.listen = Some(parse_addrs(&value).map_err(err)?),
             "FOGMESH_BOOTSTRAP" => layer.bootstrap = Some(parse_addrs(&value).map_err(err)?),
             "FOGMESH_MDNS" => layer.mdns = Some(parse_bool(&value).map_err(err)?),
+            "FOGMESH_DHT" => layer.dht = Some(parse_bool(&value).map_err(err)?),
             "FOGMESH_QUIC" => layer.quic = Some(parse_bool(&value).map_err(err)?),
             "FOGMESH_TELEMETRY_INTERVAL" => {
                 layer.telemetry_interval =
@@ -397,6 +401,9 @@ pub struct Settings {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Run Kademlia: find peers beyond the bootstrap ones by walking the DHT, and answer
+    /// others' walks (docs/operations.md, "Discovery").
+    pub dht: bool,
     pub quic: bool,
     #[serde(with = "humantime_serde")]
     pub telemetry_interval: Duration,
@@ -473,6 +480,7 @@ impl Settings {
             listen,
             bootstrap: layer.bootstrap.unwrap_or_default(),
             mdns: layer.mdns.unwrap_or(true),
+            dht: layer.dht.unwrap_or(true),
             quic,
             telemetry_interval: layer.telemetry_interval.unwrap_or(Duration::from_secs(30)),
             control_port: layer.control_port.unwrap_or(0),
@@ -564,6 +572,9 @@ pub const DEFAULT_CONFIG_TOML: &str = r#"# fogmesh node configuration.
 
 # Discover peers on the local network with mDNS.
 # mdns = true
+
+# Find peers beyond the bootstrap ones through the Kademlia DHT (and answer others' walks).
+# dht = true
 
 # Run QUIC besides TCP.
 # quic = true

@@ -359,6 +359,17 @@ impl Slot {
     }
 }
 
+/// Counters summed over a network ([`MemNet::traffic`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    /// Bytes through every node's connections, in plus out.
+    pub bytes: f64,
+    /// Connections established (each counted by both ends).
+    pub connections: u64,
+    /// Telemetry records accepted.
+    pub accepted: u64,
+}
+
 /// See the module docs. Dropping it without [`MemNet::shutdown`] leaves the nodes running
 /// until the runtime ends.
 pub struct MemNet {
@@ -417,6 +428,11 @@ impl MemNet {
             // relays and hole punching turns them on with a tweak.
             nat_traversal: Some(false),
             relay_service: Some(false),
+            // No Kademlia: in-process nodes are linked by their bootstrap lists and find
+            // others by the addresses in records and announcements; a thousand nodes each
+            // walking the DHT at start spent most of the machine on handshakes
+            // (docs/testnet.md). A test that wants walks turns it on with a tweak.
+            dht: Some(false),
             telemetry_interval: Some(self.telemetry_interval),
             // The host's own battery and temperature would make the power mode (and with it
             // the telemetry cadence) differ from machine to machine; a mains-powered desktop
@@ -605,23 +621,24 @@ impl MemNet {
     }
 
     /// Every node's bytes through its connections so far (in + out, the
-    /// `libp2p_bandwidth_bytes_total` counters) and telemetry records accepted, summed over
-    /// the network: what upkeep benchmarks difference over a window.
-    pub fn traffic(&self) -> (f64, u64) {
-        let mut bytes = 0.0;
-        let mut accepted = 0;
-        for slot in &self.slots {
-            bytes += slot
-                .handle
-                .metrics()
-                .encode()
-                .lines()
-                .filter(|l| l.starts_with("libp2p_bandwidth_bytes_total{"))
+    /// `libp2p_bandwidth_bytes_total` counters), connections established and telemetry
+    /// records accepted, summed over the network: what upkeep benchmarks difference over a
+    /// window.
+    pub fn traffic(&self) -> Traffic {
+        let mut traffic = Traffic::default();
+        let sum = |text: &str, prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
                 .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum::<f64>();
-            accepted += slot.handle.status().telemetry_accepted;
+                .sum()
+        };
+        for slot in &self.slots {
+            let text = slot.handle.metrics().encode();
+            traffic.bytes += sum(&text, "libp2p_bandwidth_bytes_total{");
+            traffic.connections += sum(&text, "libp2p_swarm_connections_established_total{") as u64;
+            traffic.accepted += slot.handle.status().telemetry_accepted;
         }
-        (bytes, accepted)
+        traffic
     }
 
     /// How far cluster formation got, for progress lines: running nodes in a cluster, the

@@ -87,6 +87,10 @@ pub struct Upkeep {
     /// What the process's resident memory grew by since before this network, per node.
     pub rss_added_bytes: Option<u64>,
     pub telemetry_accepted_per_s: f64,
+    /// Connections established a minute (each end counts one): an idle mesh should open
+    /// next to none, every one costs a Noise handshake.
+    #[serde(default)]
+    pub connections_per_min: f64,
 }
 
 /// Stopping 10 % of the nodes.
@@ -246,18 +250,21 @@ fn cpu_time() -> Option<Duration> {
 }
 
 async fn upkeep(net: &MemNet, window: Duration, rss_before: Option<u64>) -> Upkeep {
-    let (bytes_0, accepted_0) = net.traffic();
+    let before = net.traffic();
     let cpu_0 = cpu_time();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let seconds = t0.elapsed().as_secs_f64().max(1e-3);
     let cpu_1 = cpu_time();
-    let (bytes_1, accepted_1) = net.traffic();
+    let after = net.traffic();
     let nodes = net.running().len().max(1);
     let rss = fogmesh_testnet::procs::rss_bytes(std::process::id());
     Upkeep {
         window_ms: (seconds * 1000.0) as u64,
-        bytes_per_s: (bytes_1 - bytes_0).max(0.0) / seconds / nodes as f64,
+        bytes_per_s: (after.bytes - before.bytes).max(0.0) / seconds / nodes as f64,
+        connections_per_min: after.connections.saturating_sub(before.connections) as f64 * 60.0
+            / seconds
+            / nodes as f64,
         cpu_percent: cpu_0
             .zip(cpu_1)
             .map(|(a, b)| 100.0 * b.saturating_sub(a).as_secs_f64() / seconds / nodes as f64),
@@ -265,7 +272,7 @@ async fn upkeep(net: &MemNet, window: Duration, rss_before: Option<u64>) -> Upke
         rss_added_bytes: rss
             .zip(rss_before)
             .map(|(r, b)| r.saturating_sub(b) / nodes as u64),
-        telemetry_accepted_per_s: accepted_1.saturating_sub(accepted_0) as f64
+        telemetry_accepted_per_s: after.accepted.saturating_sub(before.accepted) as f64
             / seconds
             / nodes as f64,
     }
@@ -329,8 +336,8 @@ impl MemoryBenchReport {
             ms.map_or("—".to_owned(), |ms| format!("{:.1}", ms as f64 / 1000.0))
         };
         let mut out = String::from(
-            "| nodes | interval | converged (s) | bytes/s a node | CPU % of a core a node | RSS a node (MiB): process / added | records/s a node | 10 % lost: reflected (s) |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| nodes | interval | converged (s) | bytes/s a node | CPU % of a core a node | RSS a node (MiB): process / added | records/s a node | connections opened/min a node | 10 % lost: reflected (s) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.runs {
             let u = &r.upkeep;
@@ -351,7 +358,7 @@ impl MemoryBenchReport {
                 ),
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {:.0} | {} | {} / {} | {:.2} |  {} |\n",
+                "| {} | {} | {} | {:.0} | {} | {} / {} | {:.2} | {:.1} | {} |\n",
                 r.nodes,
                 humantime::format_duration(Duration::from_millis(r.telemetry_interval_ms)),
                 converged,
@@ -360,6 +367,7 @@ impl MemoryBenchReport {
                 mib(u.rss_bytes),
                 mib(u.rss_added_bytes),
                 u.telemetry_accepted_per_s,
+                u.connections_per_min,
                 reflected,
             ));
         }

@@ -24,6 +24,9 @@ pub(crate) struct RunArgs {
     /// Turn off LAN discovery by mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Turn off the Kademlia DHT (peers only through bootstrap, mDNS and who dials in).
+    #[arg(long)]
+    no_dht: bool,
     /// Turn off QUIC (TCP only).
     #[arg(long)]
     no_quic: bool,
@@ -114,6 +117,7 @@ impl RunArgs {
             listen: (!self.listen.is_empty()).then(|| self.listen.clone()),
             bootstrap: (!self.bootstrap.is_empty()).then(|| self.bootstrap.clone()),
             mdns: self.no_mdns.then_some(false),
+            dht: self.no_dht.then_some(false),
             quic: self.no_quic.then_some(false),
             telemetry_interval: self.telemetry_interval,
             control_port: self.control_port,

@@ -33,7 +33,7 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) peers: PeerManager,
     pub(crate) gossipsub: gossipsub::Behaviour,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
@@ -111,13 +111,19 @@ pub(crate) fn build(
         gossip_config,
     )
     .map_err(|e| setup("gossipsub")(e.to_string()))?;
-    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-    // kad's own periodic walk fires at once, before any peer is known, and warns "No known
-    // peers" at every start; the peer manager asks for walks once it has peers.
-    kad_config.set_periodic_bootstrap_interval(None);
-    let mut kad =
-        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-    kad.set_mode(Some(kad::Mode::Server));
+    // Off (`dht = false`): kad walks by itself whenever its table holds fewer than 20 peers,
+    // and a walk dials a few dozen; a thousand in-memory nodes starting together on one
+    // machine spent most of their CPU on those handshakes (docs/testnet.md).
+    let kad = settings.dht.then(|| {
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        // kad's own periodic walk fires at once, before any peer is known, and warns "No
+        // known peers" at every start; the peer manager asks for walks once it has peers.
+        kad_config.set_periodic_bootstrap_interval(None);
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
     let mdns = if settings.mdns {
         Some(
             mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -149,7 +155,7 @@ pub(crate) fn build(
         limits: connection_limits::Behaviour::new(limits),
         peers,
         gossipsub,
-        kad,
+        kad: Toggle::from(kad),
         mdns: Toggle::from(mdns),
         identify: identify::Behaviour::new(
             identify::Config::new(PROTOCOL_VERSION.into(), keypair.public())

@@ -205,6 +205,12 @@ pub enum Effect {
     },
     /// Dial a peer by the addresses the node knows for it.
     Dial { peer: PeerId },
+    /// Where `peer` says it listens (from a signed record or announcement): offered to any
+    /// later dial of it, the DHT's addresses aside.
+    LearnAddresses {
+        peer: PeerId,
+        addrs: Vec<libp2p::Multiaddr>,
+    },
     /// Keep links to these peers when the connection budget prunes (replaces this
     /// capability's earlier set).
     KeepLinks(Vec<PeerId>),
@@ -288,6 +294,11 @@ impl std::fmt::Debug for Effect {
                 .field("reason", reason)
                 .finish(),
             Effect::Dial { peer } => f.debug_struct("Dial").field("peer", peer).finish(),
+            Effect::LearnAddresses { peer, addrs } => f
+                .debug_struct("LearnAddresses")
+                .field("peer", peer)
+                .field("addrs", addrs)
+                .finish(),
             Effect::KeepLinks(peers) => f.debug_tuple("KeepLinks").field(peers).finish(),
             Effect::Notice(notice) => f.debug_tuple("Notice").field(notice).finish(),
             Effect::Radio(policy) => f.debug_tuple("Radio").field(policy).finish(),

@@ -52,6 +52,12 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 /// 100-node in-memory mesh (perf, BENCHMARKS "Mesh-wide scale"). A view at most this old
 /// (or one maintenance tick, when nothing else happens) is as good for its readers.
 const PEERS_VIEW_GAP: Duration = Duration::from_millis(250);
+/// Least time between two rebuilds of a peers view nobody read since the last one: an idle
+/// node's pings alone change it every second, and a thousand in-memory nodes rebuilding
+/// theirs four times a second is work nobody asked for. A first read after a quiet spell
+/// sees a view at most this old (one maintenance tick); a reader that keeps reading gets one
+/// at most [`PEERS_VIEW_GAP`] old.
+const UNREAD_PEERS_VIEW_GAP: Duration = Duration::from_secs(1);
 /// Refused handshakes waiting to be reported on the event stream.
 pub const REFUSAL_QUEUE: usize = 256;
 
@@ -302,7 +308,12 @@ impl Driver {
             if std::mem::take(&mut self.status_dirty) {
                 self.publish_status();
             }
-            if self.peers_dirty && self.peers_published.elapsed() >= PEERS_VIEW_GAP {
+            let gap = if self.peers_view.read_since_set() {
+                PEERS_VIEW_GAP
+            } else {
+                UNREAD_PEERS_VIEW_GAP
+            };
+            if self.peers_dirty && self.peers_published.elapsed() >= gap {
                 self.publish_peers();
             }
             self.metrics.observe_turn(started.0.elapsed());
@@ -439,6 +450,11 @@ impl Driver {
                     tracing::debug!(peer_id = %peer, %error, "peer not dialled");
                 }
             }
+            Effect::LearnAddresses { peer, addrs } => self
+                .swarm
+                .behaviour_mut()
+                .peers
+                .learn_addresses(peer, addrs),
             Effect::KeepLinks(peers) => self.swarm.behaviour_mut().peers.keep_links(owner, peers),
             Effect::Notice(notice) => {
                 let now = self.clock.now_ms();
@@ -460,7 +476,9 @@ impl Driver {
             }
             Effect::WalkDht => {
                 // Fails only without known peers: then there is nobody to find anyway.
-                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    let _ = kad.bootstrap();
+                }
             }
             Effect::ConfirmAddress(addr) => {
                 tracing::info!(%addr, "external address confirmed");
@@ -647,11 +665,10 @@ impl Driver {
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Peers(event) => self.on_peer_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
-                for (peer, addr) in &found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(peer, addr.clone());
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    for (peer, addr) in &found {
+                        kad.add_address(peer, addr.clone());
+                    }
                 }
                 self.swarm.behaviour_mut().peers.on_mdns_discovered(found);
             }
@@ -773,11 +790,10 @@ impl Driver {
                 .addrs_dropped
                 .inc_by((reported - addrs.len()) as u64);
         }
-        for addr in &addrs {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, addr.clone());
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            for addr in &addrs {
+                kad.add_address(&peer, addr.clone());
+            }
         }
         let offers_relay = info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME);
         if offers_relay {
@@ -903,7 +919,9 @@ impl Driver {
             }
             PeerManagerEvent::WalkDht => {
                 // Fails only without known peers, which the peer manager checked.
-                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    let _ = kad.bootstrap();
+                }
             }
         }
     }

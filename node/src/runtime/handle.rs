@@ -14,6 +14,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ pub struct ApiLimits {
 pub struct ViewCell<T> {
     value: Arc<RwLock<T>>,
     changed: watch::Sender<u64>,
+    /// Someone read the value since it was last set: a writer whose view is costly to
+    /// build may refresh an unread one less often ([`ViewCell::read_since_set`]).
+    read: Arc<AtomicBool>,
 }
 
 impl<T> Clone for ViewCell<T> {
@@ -73,6 +77,7 @@ impl<T> Clone for ViewCell<T> {
         Self {
             value: self.value.clone(),
             changed: self.changed.clone(),
+            read: self.read.clone(),
         }
     }
 }
@@ -87,6 +92,7 @@ impl<T: Clone> ViewCell<T> {
 impl<T> ViewCell<T> {
     /// Reads the value under the lock, without copying it.
     pub fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        self.read.store(true, Ordering::Relaxed);
         match self.value.read() {
             Ok(guard) => f(&guard),
             // Views are plain data: a writer that panicked left a value worth reading.
@@ -94,8 +100,14 @@ impl<T> ViewCell<T> {
         }
     }
 
+    /// Whether the value was read since it was last set or updated.
+    pub fn read_since_set(&self) -> bool {
+        self.read.load(Ordering::Relaxed)
+    }
+
     /// Changes the value and wakes whoever waits for a change.
     pub fn update(&self, f: impl FnOnce(&mut T)) {
+        self.read.store(false, Ordering::Relaxed);
         match self.value.write() {
             Ok(mut guard) => f(&mut guard),
             Err(poisoned) => f(&mut poisoned.into_inner()),
@@ -130,6 +142,7 @@ impl Views {
         let cell = ViewCell {
             value: Arc::new(RwLock::new(value)),
             changed: self.changed.clone(),
+            read: Arc::new(AtomicBool::new(false)),
         };
         if let Ok(mut cells) = self.cells.write() {
             cells.insert(TypeId::of::<T>(), Box::new(cell.clone()));

@@ -739,6 +739,21 @@ impl TelemetryService {
             v.record_sample(&origin, &telemetry);
             v.latest.insert(origin.clone(), telemetry.clone());
         });
+        let moved = self
+            .latest
+            .get(&origin)
+            .is_none_or(|held| held.record.listen_addrs != telemetry.record.listen_addrs);
+        if moved {
+            if let Ok(peer) = origin.parse::<PeerId>() {
+                let addrs = crate::runtime::peers::hygiene::dialable(
+                    telemetry.record.listen_addrs.iter().map(String::as_str),
+                    crate::runtime::peers::manager::MAX_ADDRS_PER_PEER,
+                );
+                if !addrs.is_empty() {
+                    out.push(Effect::LearnAddresses { peer, addrs });
+                }
+            }
+        }
         self.latest.insert(origin, telemetry);
         self.metrics.origins.set(self.latest.len() as i64);
         out.push(Effect::RefreshStatus);

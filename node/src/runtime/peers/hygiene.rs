@@ -34,6 +34,20 @@ pub fn scope(addr: &Multiaddr) -> Option<Scope> {
     ip_of(addr).map_or(Some(Scope::Global), ip_scope)
 }
 
+/// The addresses among `reported` (as a peer wrote them in a signed record or
+/// announcement) worth offering to a dial of that peer: those that parse and that someone
+/// can dial, at most `at_most`. Heard second-hand, not on a connection, so there is no
+/// scope to judge them by (see the module docs); a dial checks the peer's identity, so a
+/// wrong one costs a failed attempt, not a wrong peer.
+pub fn dialable<'a>(reported: impl IntoIterator<Item = &'a str>, at_most: usize) -> Vec<Multiaddr> {
+    reported
+        .into_iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| scope(a).is_some())
+        .take(at_most)
+        .collect()
+}
+
 /// The first IP of `addr` (the relay's, for a circuit).
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     addr.iter().find_map(|p| match p {

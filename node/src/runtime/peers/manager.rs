@@ -393,6 +393,12 @@ pub struct PeerManager {
     watchable: HashSet<ConnectionId>,
     /// When the stall check last ran (node time).
     last_stall_check: u64,
+    /// Where peers we never met say they listen, from what capabilities heard (signed
+    /// telemetry records, cluster announcements): offered to any dial of that peer, so a
+    /// node reaches a coordinator or a cluster mate without a DHT walk. At most
+    /// `max_known_peers`, the oldest forgotten first; not stored.
+    hints: HashMap<PeerId, Vec<Multiaddr>>,
+    hint_order: VecDeque<PeerId>,
 }
 
 impl PeerManager {
@@ -420,6 +426,8 @@ impl PeerManager {
             answered: HashMap::new(),
             watchable: HashSet::new(),
             last_stall_check: started_ms,
+            hints: HashMap::new(),
+            hint_order: VecDeque::new(),
             radio_only: false,
         }
     }
@@ -512,6 +520,26 @@ impl PeerManager {
         }
         self.registry = records.into_iter().collect();
         self.metrics.known.set(self.registry.len() as i64);
+    }
+
+    /// Remembers where `peer` says it listens (see `hints`): at most
+    /// [`MAX_ADDRS_PER_PEER`] addresses, the latest word replacing the earlier.
+    pub fn learn_addresses(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        if peer == self.config.local {
+            return;
+        }
+        addrs.truncate(MAX_ADDRS_PER_PEER);
+        if addrs.is_empty() {
+            return;
+        }
+        if self.hints.insert(peer, addrs).is_none() {
+            self.hint_order.push_back(peer);
+            while self.hint_order.len() > self.config.max_known_peers.max(1) {
+                if let Some(oldest) = self.hint_order.pop_front() {
+                    self.hints.remove(&oldest);
+                }
+            }
+        }
     }
 
     pub fn registry(&self) -> &HashMap<PeerId, PeerRecord> {
@@ -1095,6 +1123,31 @@ impl NetworkBehaviour for PeerManager {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = PeerManagerEvent;
 
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        _effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        let Some(peer) = maybe_peer else {
+            return Ok(Vec::new());
+        };
+        let known = self
+            .registry
+            .get(&peer)
+            .into_iter()
+            .flat_map(|r| r.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()));
+        let hinted = self.hints.get(&peer).into_iter().flatten().cloned();
+        let mut extra: Vec<Multiaddr> = Vec::new();
+        for addr in known.chain(hinted) {
+            if !addresses.contains(&addr) && !extra.contains(&addr) {
+                extra.push(addr);
+            }
+        }
+        Ok(extra)
+    }
+
     fn handle_established_inbound_connection(
         &mut self,
         _connection_id: ConnectionId,
@@ -1236,6 +1289,51 @@ mod tests {
             .await;
         }
         done(swarms)
+    }
+
+    #[tokio::test]
+    async fn a_peer_is_dialled_by_id_at_the_addresses_learned_for_it() {
+        let mut a = swarm(config(Vec::new(), 8, 16));
+        let addr = listen(&mut a).await;
+        let mut b = swarm(config(Vec::new(), 8, 16));
+        let pa = *a.local_peer_id();
+        // Unknown: a dial by id has nowhere to go.
+        assert!(b.dial(pa).is_err());
+        b.behaviour_mut().learn_addresses(pa, vec![addr]);
+        b.dial(pa).unwrap();
+        let mut swarms = [a, b];
+        assert!(drive(&mut swarms, |s| s[1].is_connected(&pa)).await);
+    }
+
+    #[test]
+    fn learned_addresses_are_bounded_by_peer_and_in_all() {
+        let mut manager = PeerManager::new(
+            config(Vec::new(), 8, 4),
+            PeerMetrics::default(),
+            Clock::default(),
+        );
+        let many: Vec<Multiaddr> = (0..20u64)
+            .map(|i| format!("/memory/{}", i + 1).parse().unwrap())
+            .collect();
+        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        for peer in &peers {
+            manager.learn_addresses(*peer, many.clone());
+        }
+        assert_eq!(manager.hints.len(), 4);
+        assert!(manager
+            .hints
+            .values()
+            .all(|a| a.len() == MAX_ADDRS_PER_PEER));
+        assert!(
+            !manager.hints.contains_key(&peers[0]),
+            "the oldest forgotten first"
+        );
+        let local = manager.config.local;
+        manager.learn_addresses(local, many);
+        assert!(
+            !manager.hints.contains_key(&local),
+            "nothing learned about oneself"
+        );
     }
 
     #[tokio::test]
