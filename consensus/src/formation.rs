@@ -5,13 +5,20 @@
 //! Every coordinator announces its cluster on gossip every [`Timing::announce_every_ms`]:
 //! id, term, coordinator, members. From those announcements:
 //!
-//! - an unclustered node asks to join the fullest reachable cluster that has room
-//!   ([`choose_cluster`]); the coordinator adds it with a Raft membership change, one at a
-//!   time, and refuses once the cluster holds [`TARGET_SIZE`];
-//! - a node that may coordinate and has heard of no cluster with room for
-//!   [`Timing::found_after_ms`] plus a jitter drawn from its own id ([`founding_jitter_ms`])
-//!   founds a cluster of one ([`should_found`]); the jitter spreads a fleet started together,
-//!   so the first founder's announcement reaches the others before they found their own;
+//! - an unclustered node asks to join a reachable cluster that has room, the one its own id
+//!   ranks first among them ([`choose_cluster`], rendezvous hashing): a thousand nodes
+//!   starting together spread over every cluster with room instead of queueing at the
+//!   fullest. The coordinator adds it with a Raft membership change, one at a time, and
+//!   refuses once the cluster holds [`TARGET_SIZE`];
+//! - a node that may coordinate and has heard of no cluster with room founds a cluster of
+//!   one ([`should_found`]) after [`Timing::found_after_ms`] if it ranks first
+//!   ([`founding_rank`]) among itself and the unclustered nodes it is linked to
+//!   ([`founds_first`]), otherwise after a head start for those plus a jitter drawn from its
+//!   own id ([`founding_jitter_ms`]). Nodes that rank first in their neighbourhood are never
+//!   linked to each other, and there is about one of them per neighbourhood, so a large
+//!   fleet started together founds in one wave about as many clusters as it needs, each
+//!   founder's neighbours in reach to join it (lowest-id clustering, as in ad hoc radio
+//!   networks); a small mesh still founds one;
 //! - a coordinator removes members silent for [`Timing::silent_after_ms`]
 //!   ([`silent_members`]);
 //! - a member that has heard no coordinator for [`Timing::reform_after_ms`] takes the
@@ -153,7 +160,15 @@ pub struct Announcement {
     /// keep it for about three periods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every_ms: Option<u64>,
+    /// Where the coordinator listens (multiaddrs, at most [`MAX_ANNOUNCED_ADDRS`]): a node
+    /// that wants to join dials it there, with no DHT walk to find it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<String>,
 }
+
+/// Most coordinator addresses an announcement carries, and the longest one.
+pub const MAX_ANNOUNCED_ADDRS: usize = 8;
+pub const MAX_ANNOUNCED_ADDR_LEN: usize = 256;
 
 impl Announcement {
     /// Freshness counts from `now_ms`, when this node heard it.
@@ -191,7 +206,9 @@ impl Announcement {
     /// a founder announces before its own entry is committed).
     pub fn is_consistent(&self) -> bool {
         let mut seen = std::collections::BTreeSet::new();
-        (self.summary.is_empty() || self.summary.len() == self.members.len())
+        self.addrs.len() <= MAX_ANNOUNCED_ADDRS
+            && self.addrs.iter().all(|a| a.len() <= MAX_ANNOUNCED_ADDR_LEN)
+            && (self.summary.is_empty() || self.summary.len() == self.members.len())
             && self.members.iter().all(|m| seen.insert(m.as_slice()))
             && (self.members.is_empty()
                 || self
@@ -218,7 +235,8 @@ pub fn new_cluster_id(peer: &[u8], now_ms: u64) -> String {
     hex::encode(&hasher.finalize()[..8])
 }
 
-/// The node's own founding delay on top of [`Timing::found_after_ms`], fixed by its id.
+/// The node's own founding delay on top of [`Timing::found_after_ms`], fixed by its id
+/// (for a node that does not found first, [`founds_first`]).
 pub fn founding_jitter_ms(peer: &[u8], timing: &Timing) -> u64 {
     let digest = Sha256::digest(peer);
     let mut bytes = [0u8; 8];
@@ -226,10 +244,66 @@ pub fn founding_jitter_ms(peer: &[u8], timing: &Timing) -> u64 {
     u64::from_be_bytes(bytes) % timing.found_jitter_ms.max(1)
 }
 
-/// The cluster an unclustered node asks to join: fresh, with room, its coordinator
-/// reachable, not one that refused us lately; the fullest first (clusters fill up to the
-/// target before new ones form), then the lowest id.
+/// A node's place in the founding order: the lowest founds first in its neighbourhood.
+/// Drawn from a hash of its id, so neither the id's form nor its choice gives an edge.
+pub fn founding_rank(peer: &[u8]) -> u64 {
+    let digest = Sha256::digest(peer);
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Whether `me` ranks first among itself and `neighbours`: the unclustered nodes it is
+/// linked to (those no cluster announcement names).
+pub fn founds_first<'a>(me: &[u8], neighbours: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    let mine = (founding_rank(me), me);
+    neighbours
+        .into_iter()
+        .filter(|n| *n != me)
+        .all(|n| (founding_rank(n), n) > mine)
+}
+
+/// How long an unclustered node that may coordinate waits, with no cluster with room in
+/// reach, before founding one: [`Timing::found_after_ms`] if it founds first in its
+/// neighbourhood; otherwise a quarter of the jitter range more (time for the first one's
+/// announcement to reach it) plus its own jitter.
+pub fn founding_delay_ms(timing: &Timing, first: bool, jitter_ms: u64) -> u64 {
+    if first {
+        timing.found_after_ms
+    } else {
+        timing.found_after_ms + timing.found_jitter_ms / 4 + jitter_ms
+    }
+}
+
+/// How much `me` prefers `cluster` among equals (rendezvous hashing): every node ranks the
+/// clusters differently, so joiners spread over all that have room.
+fn affinity(me: &[u8], cluster: &str) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(me);
+    hasher.update(cluster.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Orders clusters for `me` to try, the preferred first ([`affinity`], ties by id).
+pub fn by_affinity(me: &[u8], clusters: &mut [&Announcement]) {
+    clusters.sort_by_cached_key(|a| {
+        (
+            std::cmp::Reverse(affinity(me, &a.cluster)),
+            a.cluster.clone(),
+        )
+    });
+}
+
+/// The cluster `me`, unclustered, asks to join: fresh, with room, its coordinator
+/// reachable, not one that refused us lately; among those the one `me` prefers
+/// ([`affinity`]). Not the fullest: with every joiner asking the fullest, one coordinator
+/// took the whole mesh's joins one at a time (measured: one join a second for a mesh of a
+/// hundred) while the others waited with room.
 pub fn choose_cluster<'a>(
+    me: &[u8],
     now_ms: u64,
     timing: &Timing,
     announcements: impl IntoIterator<Item = &'a Announcement>,
@@ -241,23 +315,17 @@ pub fn choose_cluster<'a>(
         .filter(|a| a.is_fresh(now_ms, timing) && a.has_room())
         .filter(|a| reachable(&a.coordinator) && !avoid(&a.cluster))
         .max_by(|a, b| {
-            a.size()
-                .cmp(&b.size())
+            affinity(me, &a.cluster)
+                .cmp(&affinity(me, &b.cluster))
                 .then_with(|| b.cluster.cmp(&a.cluster))
         })
 }
 
 /// Whether an unclustered node founds a cluster now: it may coordinate, and no cluster
 /// with room has been in reach since `quiet_since_ms` (when it became unclustered, or last
-/// saw one) for the founding delay plus its jitter.
-pub fn should_found(
-    now_ms: u64,
-    timing: &Timing,
-    may_coordinate: bool,
-    quiet_since_ms: u64,
-    jitter_ms: u64,
-) -> bool {
-    may_coordinate && now_ms.saturating_sub(quiet_since_ms) >= timing.found_after_ms + jitter_ms
+/// saw one) for its founding delay ([`founding_delay_ms`]).
+pub fn should_found(now_ms: u64, may_coordinate: bool, quiet_since_ms: u64, delay_ms: u64) -> bool {
+    may_coordinate && now_ms.saturating_sub(quiet_since_ms) >= delay_ms
 }
 
 /// Members a coordinator removes: every one but itself not heard from for
@@ -416,6 +484,7 @@ mod tests {
             sent_at_ms: None,
             summary: Vec::new(),
             every_ms: None,
+            addrs: Vec::new(),
         }
     }
 
@@ -504,6 +573,13 @@ mod tests {
         let mut silent = a.clone();
         silent.summary[2].silent = true;
         assert_eq!(silent.live_members().count(), 2);
+        let mut addressed = a.clone();
+        addressed.addrs = vec!["/memory/1".into(); MAX_ANNOUNCED_ADDRS];
+        assert!(addressed.is_consistent());
+        addressed.addrs.push("/memory/2".into());
+        assert!(!addressed.is_consistent(), "too many addresses");
+        addressed.addrs = vec!["/dns4/".to_owned() + &"a".repeat(MAX_ANNOUNCED_ADDR_LEN)];
+        assert!(!addressed.is_consistent(), "an address too long");
     }
 
     #[test]
@@ -570,7 +646,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_joins_the_fullest_reachable_cluster_with_room() {
+    fn a_node_joins_a_fresh_reachable_cluster_with_room_it_prefers() {
         let list = [
             ann("a", 2, 1000),
             ann("b", 4, 1000),
@@ -578,23 +654,35 @@ mod tests {
             ann("d", 4, 0),
         ];
         let all = |_: &[u8]| true;
-        let pick = choose_cluster(8000, &LAN, &list, all, |_| false).unwrap();
-        // c is full and d is stale (8 s > 7 s).
-        assert_eq!(pick.cluster, "b");
-        let not_b = |p: &[u8]| p != b"b-leader";
-        assert_eq!(
-            choose_cluster(8000, &LAN, &list, not_b, |_| false)
-                .unwrap()
-                .cluster,
-            "a"
-        );
-        assert_eq!(
-            choose_cluster(8000, &LAN, &list, all, |c| c == "b")
-                .unwrap()
-                .cluster,
-            "a"
-        );
-        assert!(choose_cluster(8000, &LAN, &list[2..3], all, |_| false).is_none());
+        // c is full and d is stale (8 s > 7 s): a or b, whichever the joiner prefers.
+        let pick = |me: &[u8], reach: &dyn Fn(&[u8]) -> bool, avoid: &dyn Fn(&str) -> bool| {
+            choose_cluster(me, 8000, &LAN, &list, reach, avoid).map(|a| a.cluster.clone())
+        };
+        for i in 0..20u8 {
+            let me = [i; 38];
+            let chosen = pick(&me, &all, &|_| false).unwrap();
+            assert!(chosen == "a" || chosen == "b", "{chosen}");
+            assert_eq!(pick(&me, &all, &|_| false).unwrap(), chosen, "stable");
+            let other = if chosen == "a" { "b" } else { "a" };
+            assert_eq!(pick(&me, &all, &|c| c == chosen).unwrap(), other);
+            let leader = format!("{chosen}-leader");
+            let unreachable = |p: &[u8]| p != leader.as_bytes();
+            assert_eq!(pick(&me, &unreachable, &|_| false).unwrap(), other);
+        }
+        assert!(choose_cluster(b"me", 8000, &LAN, &list[2..3], all, |_| false).is_none());
+    }
+
+    #[test]
+    fn joiners_spread_over_the_clusters_with_room() {
+        let list: Vec<Announcement> = (0..10).map(|i| ann(&format!("c{i}"), 1, 1000)).collect();
+        let mut per_cluster = BTreeMap::new();
+        for i in 0..200u32 {
+            let me = i.to_be_bytes();
+            let pick = choose_cluster(&me, 2000, &LAN, &list, |_| true, |_| false).unwrap();
+            *per_cluster.entry(pick.cluster.clone()).or_insert(0u32) += 1;
+        }
+        assert_eq!(per_cluster.len(), 10, "{per_cluster:?}");
+        assert!(per_cluster.values().all(|n| *n >= 8), "{per_cluster:?}");
     }
 
     #[test]
@@ -602,10 +690,34 @@ mod tests {
         let jitter = founding_jitter_ms(b"peer", &LAN);
         assert!(jitter < LAN.found_jitter_ms);
         assert_eq!(jitter, founding_jitter_ms(b"peer", &LAN));
-        let at = LAN.found_after_ms + jitter;
-        assert!(!should_found(at - 1, &LAN, true, 0, jitter));
-        assert!(should_found(at, &LAN, true, 0, jitter));
-        assert!(!should_found(at, &LAN, false, 0, jitter));
+        let delay = founding_delay_ms(&LAN, false, jitter);
+        assert!(delay > founding_delay_ms(&LAN, true, jitter));
+        assert_eq!(founding_delay_ms(&LAN, true, jitter), LAN.found_after_ms);
+        assert!(!should_found(delay - 1, true, 0, delay));
+        assert!(should_found(delay, true, 0, delay));
+        assert!(!should_found(delay, false, 0, delay));
+    }
+
+    #[test]
+    fn one_node_in_a_neighbourhood_founds_first_and_no_two_neighbours_do() {
+        // A ring of 100 nodes, each linked to its two neighbours on either side.
+        let ids: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let n = ids.len();
+        let links = |i: usize| [(i + n - 2) % n, (i + n - 1) % n, (i + 1) % n, (i + 2) % n];
+        let first: Vec<usize> = (0..n)
+            .filter(|&i| founds_first(&ids[i], links(i).iter().map(|&j| ids[j].as_slice())))
+            .collect();
+        for &i in &first {
+            assert!(
+                links(i).iter().all(|j| !first.contains(j)),
+                "{i} and a neighbour"
+            );
+        }
+        // About one in five (a neighbourhood's size), never all nor none.
+        assert!((10..=35).contains(&first.len()), "{}", first.len());
+        // Alone, or only with itself listed, a node founds first.
+        assert!(founds_first(b"me", std::iter::empty()));
+        assert!(founds_first(b"me", [b"me".as_slice()]));
     }
 
     #[test]

@@ -128,7 +128,17 @@ pub enum ClusterResponse {
     Blob(ByteBuf),
     Missing,
     Status(Option<TaskReport>),
+    /// A raft frame's acknowledgement that carries the receiver's own raft frames for the
+    /// sender, made while stepping it (a heartbeat's answer, a vote): one exchange where
+    /// there were two. At most [`MAX_REPLY_FRAMES`]; a sender that reads acknowledgements
+    /// as `Ack` only loses those frames, which raft sends again.
+    Raft {
+        frames: Vec<ByteBuf>,
+    },
 }
+
+/// Raft frames one acknowledgement carries at most ([`ClusterResponse::Raft`]).
+pub const MAX_REPLY_FRAMES: usize = 8;
 
 /// `/fogmesh/cluster/1`, as the runtime carries it.
 pub const SPEC: Protocol = Protocol {
@@ -201,6 +211,14 @@ mod tests {
         assert_eq!(
             ClusterResponse::decode(&response.encode().unwrap()).unwrap(),
             response
+        );
+        // A raft acknowledgement may carry the answer's frames back.
+        let answer = ClusterResponse::Raft {
+            frames: vec![ByteBuf::from(vec![1, 2, 3]); MAX_REPLY_FRAMES],
+        };
+        assert_eq!(
+            ClusterResponse::decode(&answer.encode().unwrap()).unwrap(),
+            answer
         );
     }
 }

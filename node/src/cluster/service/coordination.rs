@@ -99,6 +99,7 @@ impl ClusterService {
         let connected = &self.connected;
         let reachable = |p: &[u8]| PeerId::from_bytes(p).is_ok_and(|p| connected.contains(&p));
         let avoid = &self.avoid;
+        let me = self.me.to_bytes();
         let preferred = self
             .prefer
             .as_ref()
@@ -107,6 +108,7 @@ impl ClusterService {
             .filter(|a| a.has_room() && reachable(&a.coordinator));
         let choice = preferred.or_else(|| {
             formation::choose_cluster(
+                &me,
                 now_ms,
                 &timing,
                 self.announcements.values().map(|(_, a)| a),
@@ -133,43 +135,64 @@ impl ClusterService {
             );
             return;
         }
-        // Clusters with room we cannot reach yet: dial their coordinators, and do not found
-        // a cluster of our own while a dial may still bring one in reach.
-        let mut with_room: Vec<(&PeerId, &Announcement)> = self
+        // Clusters with room we cannot reach yet: dial their coordinators (those this node
+        // prefers, so a fleet's dials spread too), and do not found a cluster of our own
+        // while a dial may still bring one in reach.
+        let mut with_room: Vec<&Announcement> = self
             .announcements
             .values()
             .filter(|(peer, a)| a.has_room() && !self.connected.contains(peer))
-            .map(|(peer, a)| (peer, a))
+            .filter(|(_, a)| !self.avoid.contains_key(&a.cluster))
+            .map(|(_, a)| a)
             .collect();
-        with_room.sort_by(|(_, a), (_, b)| {
-            b.size()
-                .cmp(&a.size())
-                .then_with(|| a.cluster.cmp(&b.cluster))
-        });
+        formation::by_affinity(&me, &mut with_room);
         let coordinators: Vec<PeerId> = with_room
             .into_iter()
+            .filter_map(|a| self.announcements.get(&a.cluster).map(|(peer, _)| *peer))
             .take(DIAL_AT_MOST)
-            .map(|(peer, _)| *peer)
             .collect();
         self.dialing.retain(|peer, _| coordinators.contains(peer));
+        let mut dial_pending = false;
         for peer in coordinators {
             let since = *self.dialing.entry(peer).or_insert_with(|| {
                 out.push(Effect::Dial { peer });
                 now_ms
             });
-            if now_ms.saturating_sub(since) < timing.join_timeout_ms {
-                *quiet_since_ms = now_ms;
-            }
+            dial_pending |= now_ms.saturating_sub(since) < timing.join_timeout_ms;
         }
-        if formation::should_found(
-            now_ms,
-            &timing,
-            self.config.roles.coordinator,
-            *quiet_since_ms,
-            self.jitter_ms,
-        ) {
+        // A node that founds first in its neighbourhood is not held back by clusters it is
+        // still dialling: in a fleet starting together those are a few far-away clusters
+        // with room for a handful, and waiting for them made formation serial (one cluster
+        // at a time). Its neighbours join it; a spare cluster merges away later.
+        let first = self.founds_first();
+        let Situation::Unclustered { quiet_since_ms, .. } = &mut self.situation else {
+            return;
+        };
+        if dial_pending && !first {
+            *quiet_since_ms = now_ms;
+        }
+        let quiet_since = *quiet_since_ms;
+        let delay = formation::founding_delay_ms(&timing, first, self.jitter_ms);
+        if formation::should_found(now_ms, self.config.roles.coordinator, quiet_since, delay) {
             self.found(now_ms, out);
         }
+    }
+
+    /// Whether this node ranks first among itself and the unclustered nodes it is linked
+    /// to (`formation::founds_first`): those no held announcement names as a member.
+    pub(super) fn founds_first(&self) -> bool {
+        let named = |peer: &[u8]| {
+            self.announcements
+                .values()
+                .any(|(_, a)| a.members.iter().any(|m| m.as_slice() == peer))
+        };
+        let neighbours: Vec<Vec<u8>> = self
+            .connected
+            .iter()
+            .map(|p| p.to_bytes())
+            .filter(|p| !named(p))
+            .collect();
+        formation::founds_first(&self.me.to_bytes(), neighbours.iter().map(Vec::as_slice))
     }
 
     pub(super) fn found(&mut self, now_ms: u64, out: &mut Outbox) {
@@ -526,6 +549,7 @@ impl ClusterService {
                 })
                 .collect(),
             every_ms: Some(every_ms),
+            addrs: self.listen_addrs.clone(),
         })
     }
 
@@ -671,7 +695,12 @@ impl ClusterService {
         });
     }
 
-    pub(super) fn on_announcement(&mut self, now_ms: u64, data: &[u8]) -> MessageAcceptance {
+    pub(super) fn on_announcement(
+        &mut self,
+        now_ms: u64,
+        data: &[u8],
+        out: &mut Outbox,
+    ) -> MessageAcceptance {
         if data.len() > MAX_ANNOUNCEMENT_BYTES + 512 {
             self.metrics.refuse("announcement_oversized");
             return MessageAcceptance::Reject;
@@ -739,14 +768,30 @@ impl ClusterService {
                 self.announcements.remove(&stalest);
             }
         }
-        let moved = self
-            .announcements
-            .get(&announcement.cluster)
-            .is_none_or(|(held_by, held)| {
-                *held_by != opened.origin || held.members != announcement.members
-            });
+        let held = self.announcements.get(&announcement.cluster);
+        let moved = held.is_none_or(|(held_by, held)| {
+            *held_by != opened.origin || held.members != announcement.members
+        });
+        if held.is_none_or(|(held_by, held)| {
+            *held_by != opened.origin || held.addrs != announcement.addrs
+        }) {
+            let addrs = crate::runtime::peers::hygiene::dialable(
+                announcement.addrs.iter().map(String::as_str),
+                formation::MAX_ANNOUNCED_ADDRS,
+            );
+            if !addrs.is_empty() {
+                out.push(Effect::LearnAddresses {
+                    peer: opened.origin,
+                    addrs,
+                });
+            }
+        }
         self.directory_dirty |= moved;
         self.known_dirty = true;
+        // News of a cluster that refused us: worth asking again if it has room.
+        if announcement.has_room() {
+            self.avoid.remove(&announcement.cluster);
+        }
         self.announcements
             .insert(announcement.cluster.clone(), (opened.origin, announcement));
         MessageAcceptance::Accept

@@ -415,6 +415,11 @@ pub struct ClusterService {
     /// announcement held).
     dialing: BTreeMap<PeerId, u64>,
     connected: HashSet<PeerId>,
+    /// Where this node listens, for its announcements.
+    listen_addrs: Vec<String>,
+    /// While an inbound raft frame is stepped: its sender, and the raft frames for it that
+    /// go back in the acknowledgement ([`ClusterResponse::Raft`]).
+    reply_to: Option<(PeerId, Vec<ByteBuf>)>,
     capacity: Option<DeviceCapacity>,
     work: work::Work,
     submissions: submit::Submissions,
@@ -557,6 +562,8 @@ impl ClusterService {
             prefer: None,
             dialing: BTreeMap::new(),
             connected: HashSet::new(),
+            listen_addrs: Vec::new(),
+            reply_to: None,
             capacity: None,
             work: work::Work::default(),
             submissions,
@@ -746,9 +753,9 @@ impl Capability for ClusterService {
         self.cluster_event("started", out);
     }
 
-    fn on_gossip(&mut self, now_ms: u64, msg: GossipIn<'_>, _out: &mut Outbox) -> Verdict {
+    fn on_gossip(&mut self, now_ms: u64, msg: GossipIn<'_>, out: &mut Outbox) -> Verdict {
         self.now_ms = now_ms;
-        Verdict::Now(self.on_announcement(now_ms, msg.data))
+        Verdict::Now(self.on_announcement(now_ms, msg.data, out))
     }
 
     fn on_request(&mut self, now_ms: u64, request: InboundRequest, out: &mut Outbox) {
@@ -783,6 +790,13 @@ impl Capability for ClusterService {
                 Err(_) => None,
             };
             self.raft_acknowledged(now_ms, response.token, timed);
+            if let Ok(bytes) = &response.result {
+                if let Ok(ClusterResponse::Raft { frames }) = ClusterResponse::decode(bytes) {
+                    for frame in frames.iter().take(protocol::MAX_REPLY_FRAMES) {
+                        self.on_raft(now_ms, response.peer, frame, out);
+                    }
+                }
+            }
             return;
         }
         let answer = response.result.and_then(|bytes| {
@@ -867,6 +881,15 @@ impl Capability for ClusterService {
             }
             Notice::PeerDisconnected(peer) => {
                 self.connected.remove(peer);
+            }
+            Notice::Local { listen_addrs, .. } => {
+                // Announced as where to reach the coordinator (formation::Announcement::addrs).
+                self.listen_addrs = listen_addrs
+                    .iter()
+                    .filter(|a| a.len() <= formation::MAX_ANNOUNCED_ADDR_LEN)
+                    .take(formation::MAX_ANNOUNCED_ADDRS)
+                    .cloned()
+                    .collect();
             }
             shared => {
                 if let Some(changed) = shared.shared::<DeviceChanged>() {

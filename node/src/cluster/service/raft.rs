@@ -134,6 +134,14 @@ impl ClusterService {
             match wire::encode(&m.cluster, &message, m.pace.tick_ms()) {
                 Ok(frame) => {
                     self.metrics.raft_messages_out.inc();
+                    // An answer to the frame being handled rides in its acknowledgement.
+                    if let Some((to, frames)) = &mut self.reply_to {
+                        if *to == peer && frames.len() < crate::cluster::protocol::MAX_REPLY_FRAMES
+                        {
+                            frames.push(ByteBuf::from(frame));
+                            continue;
+                        }
+                    }
                     let request = ClusterRequest::Raft {
                         frame: ByteBuf::from(frame),
                     };

@@ -14,6 +14,9 @@ use crate::admission::PeerRoles;
 use crate::cluster::protocol::{ClusterRequest, ClusterResponse};
 use crate::runtime::capability::{InboundId, Outbox};
 
+/// The refusal of a join by a cluster at its target size.
+const FULL: &str = "the cluster is full";
+
 impl ClusterService {
     /// A request from `peer` (`id`, on its stream); the answer, unless it comes later (a
     /// fetch of a blob read from disk first).
@@ -34,8 +37,12 @@ impl ClusterService {
         };
         let answer = match request {
             ClusterRequest::Raft { frame } => {
+                self.reply_to = Some((peer, Vec::new()));
                 self.on_raft(now_ms, peer, &frame, out);
-                ClusterResponse::Ack
+                match self.reply_to.take() {
+                    Some((_, frames)) if !frames.is_empty() => ClusterResponse::Raft { frames },
+                    _ => ClusterResponse::Ack,
+                }
             }
             ClusterRequest::Fetch { hash } => {
                 self.answer_fetch(id, hash, out);
@@ -130,7 +137,7 @@ impl ClusterService {
         if m.group.state().members().len() >= formation::TARGET_SIZE {
             self.metrics.refuse("join_full");
             return ClusterResponse::Refused {
-                reason: "the cluster is full".into(),
+                reason: FULL.into(),
             };
         }
         // Every joiner starts as a learner: added as a voter at once, a joiner slow to answer
@@ -336,10 +343,21 @@ impl ClusterService {
                 };
                 tracing::debug!(%cluster, reason = %text, "join refused");
                 *asked = None;
-                // A busy coordinator is asked again next round; a full or wrong one later.
+                // A busy coordinator is asked again next round; a full or wrong one later:
+                // once it announces again (`on_announcement` lifts the avoidance), or, if
+                // full, when what we hold of it is forgotten. Asked again after a fixed
+                // pause, full clusters whose last summary still showed room drew joiners
+                // round after round and kept them from founding (300 in-memory nodes:
+                // three refusals in four were "full").
                 if !text.starts_with("busy") {
-                    self.avoid
-                        .insert(cluster, now_ms + self.config.formation.join_timeout_ms);
+                    let timing = self.config.formation;
+                    let held_for = self
+                        .announcements
+                        .get(&cluster)
+                        .filter(|_| text == FULL)
+                        .map_or(0, |(_, a)| a.fresh_for_ms(&timing));
+                    let until = now_ms + timing.join_timeout_ms.max(held_for);
+                    self.avoid.insert(cluster, until);
                 }
             }
         }

@@ -368,7 +368,8 @@ fn announcements_are_fresh_from_receipt_whatever_the_senders_clock() {
             .expect("announced");
         let heard_at = T0 + 60_000;
         assert_eq!(
-            b.service.on_announcement(heard_at, &data),
+            b.service
+                .on_announcement(heard_at, &data, &mut Outbox::at(T0)),
             libp2p::gossipsub::MessageAcceptance::Accept,
             "skew {skew_ms} ms"
         );
@@ -584,7 +585,7 @@ fn forged_stale_inconsistent_and_oversized_summaries_are_refused_and_counted() {
     let mallory = Keypair::generate_ed25519();
     assert_eq!(
         b.service
-            .on_announcement(T0, &reseal(&mallory, &summary, 1)),
+            .on_announcement(T0, &reseal(&mallory, &summary, 1), &mut Outbox::at(T0)),
         Reject
     );
     assert_eq!(refused(&b.service, "announcement_inconsistent"), 1);
@@ -593,7 +594,7 @@ fn forged_stale_inconsistent_and_oversized_summaries_are_refused_and_counted() {
     usurped.coordinator = mallory.public().to_peer_id().to_bytes();
     assert_eq!(
         b.service
-            .on_announcement(T0, &reseal(&mallory, &usurped, 2)),
+            .on_announcement(T0, &reseal(&mallory, &usurped, 2), &mut Outbox::at(T0)),
         Reject
     );
     assert_eq!(refused(&b.service, "announcement_inconsistent"), 2);
@@ -601,7 +602,11 @@ fn forged_stale_inconsistent_and_oversized_summaries_are_refused_and_counted() {
     let mut tampered = newer.clone();
     let at = tampered.len() - 70;
     tampered[at] ^= 0x40;
-    assert_eq!(b.service.on_announcement(T0, &tampered), Reject);
+    assert_eq!(
+        b.service
+            .on_announcement(T0, &tampered, &mut Outbox::at(T0)),
+        Reject
+    );
     assert_eq!(refused(&b.service, "announcement_bad_envelope"), 1);
     // Disagreeing with itself, though properly signed: one entry short.
     let coordinator_key = a.service.keypair.clone();
@@ -612,14 +617,20 @@ fn forged_stale_inconsistent_and_oversized_summaries_are_refused_and_counted() {
         mallory.public().to_peer_id().to_bytes(),
     ));
     assert_eq!(
-        b.service
-            .on_announcement(T0, &reseal(&coordinator_key, &short, 3)),
+        b.service.on_announcement(
+            T0,
+            &reseal(&coordinator_key, &short, 3),
+            &mut Outbox::at(T0)
+        ),
         Reject
     );
     assert_eq!(refused(&b.service, "announcement_inconsistent"), 3);
     // Oversized: refused before it is opened.
     let huge = vec![0u8; MAX_ANNOUNCEMENT_BYTES + 1024];
-    assert_eq!(b.service.on_announcement(T0, &huge), Reject);
+    assert_eq!(
+        b.service.on_announcement(T0, &huge, &mut Outbox::at(T0)),
+        Reject
+    );
     assert_eq!(refused(&b.service, "announcement_oversized"), 1);
     assert!(
         b.service.announcements.is_empty(),
@@ -627,8 +638,14 @@ fn forged_stale_inconsistent_and_oversized_summaries_are_refused_and_counted() {
     );
 
     // The genuine ones: the newer is held; the older one after it is stale and ignored.
-    assert_eq!(b.service.on_announcement(T0, &newer), Accept);
-    assert_eq!(b.service.on_announcement(T0, &older), Ignore);
+    assert_eq!(
+        b.service.on_announcement(T0, &newer, &mut Outbox::at(T0)),
+        Accept
+    );
+    assert_eq!(
+        b.service.on_announcement(T0, &older, &mut Outbox::at(T0)),
+        Ignore
+    );
     assert_eq!(refused(&b.service, "announcement_not_newer"), 1);
     let (_, held) = &b.service.announcements[&summary.cluster];
     assert_eq!(held.sent_ms(), T0 + 52_000);

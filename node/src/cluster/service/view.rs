@@ -309,7 +309,11 @@ impl ClusterService {
                     None if self.capacity.is_none() => "waiting for the first device reading".into(),
                     None if self.config.roles.coordinator => format!(
                         "no cluster with room in reach; founding one after {} ms of quiet",
-                        self.config.formation.found_after_ms + self.jitter_ms
+                        fogmesh_consensus::formation::founding_delay_ms(
+                            &self.config.formation,
+                            self.founds_first(),
+                            self.jitter_ms
+                        )
                     ),
                     None => "no cluster with room in reach (this node may not found one: no coordinator role)".into(),
                 };
