@@ -15,7 +15,10 @@ use crate::cluster::protocol::{ClusterRequest, ClusterResponse};
 use crate::runtime::capability::{InboundId, Outbox};
 
 /// The refusal of a join by a cluster at its target size.
-const FULL: &str = "the cluster is full";
+pub(super) const FULL: &str = "the cluster is full";
+/// The refusal of a join by a node in no cluster, or in another one than asked.
+pub(super) const NOT_IN_A_CLUSTER: &str = "not in a cluster";
+const IN_ANOTHER_CLUSTER: &str = "this node is in cluster ";
 
 impl ClusterService {
     /// A request from `peer` (`id`, on its stream); the answer, unless it comes later (a
@@ -118,13 +121,13 @@ impl ClusterService {
         let Situation::Member(m) = &mut self.situation else {
             self.metrics.refuse("join_not_member");
             return ClusterResponse::Refused {
-                reason: "not in a cluster".into(),
+                reason: NOT_IN_A_CLUSTER.into(),
             };
         };
         if m.cluster != cluster {
             self.metrics.refuse("join_other_cluster");
             return ClusterResponse::Refused {
-                reason: format!("this node is in cluster {}", m.cluster),
+                reason: format!("{IN_ANOTHER_CLUSTER}{}", m.cluster),
             };
         }
         if !m.group.is_leader() {
@@ -321,7 +324,11 @@ impl ClusterService {
         response: Result<ClusterResponse, String>,
         out: &mut Outbox,
     ) {
-        let Situation::Unclustered { asked, .. } = &mut self.situation else {
+        let Situation::Unclustered {
+            asked,
+            quiet_since_ms,
+        } = &mut self.situation
+        else {
             return;
         };
         if asked.as_ref().map(|(c, _)| c) != Some(&cluster) {
@@ -343,13 +350,29 @@ impl ClusterService {
                 };
                 tracing::debug!(%cluster, reason = %text, "join refused");
                 *asked = None;
+                // The coordinator itself (the authenticated peer asked) says it no longer
+                // leads that cluster: it dissolved or merged away. Its last announcement
+                // would otherwise be believed for minutes and asked again and again (300
+                // in-memory nodes: most refusals once the clusters had formed), keeping the
+                // asker from founding.
+                if text == NOT_IN_A_CLUSTER || text.starts_with(IN_ANOTHER_CLUSTER) {
+                    let held_by = self.announcements.get(&cluster).map(|(by, _)| *by);
+                    if held_by == Some(peer) {
+                        self.announcements.remove(&cluster);
+                        self.known_dirty = true;
+                        self.directory_dirty = true;
+                    }
+                }
                 // A busy coordinator is asked again next round; a full or wrong one later:
                 // once it announces again (`on_announcement` lifts the avoidance), or, if
                 // full, when what we hold of it is forgotten. Asked again after a fixed
                 // pause, full clusters whose last summary still showed room drew joiners
                 // round after round and kept them from founding (300 in-memory nodes:
                 // three refusals in four were "full").
-                if !text.starts_with("busy") {
+                if text.starts_with("busy") {
+                    // A cluster with room that will take us shortly: not the time to found.
+                    *quiet_since_ms = now_ms;
+                } else {
                     let timing = self.config.formation;
                     let held_for = self
                         .announcements

@@ -662,3 +662,70 @@ fn forged_stale_inconsistent_and_oversized_summaries_are_refused_and_counted() {
         .expect("directory shared");
     assert_eq!(directory.coordinator_of.get(&a.peer), Some(&a.peer));
 }
+
+#[test]
+fn a_joiner_forgets_a_cluster_its_coordinator_disowns_and_avoids_a_full_one() {
+    let mut a = node(OwnRoles::ALL);
+    founded(&mut a);
+    let cluster = a.service.cluster_id().unwrap().to_owned();
+    let mut out = Outbox::default();
+    a.service.announce(T0 + 50_000, &mut out);
+    let (data, _) = published_summary(&out);
+
+    // b hears of a's cluster, is linked to a, and asks to join.
+    let ask = |answer: &str| {
+        let mut b = node(OwnRoles::ALL);
+        let mut out = Outbox::at(T0);
+        b.service.on_notice(T0, &device_notice(), &mut out);
+        b.service.on_notice(
+            T0,
+            &Notice::PeerConnected {
+                peer: a.peer,
+                link: fogmesh_transports::LinkKind::Internet,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            b.service.on_announcement(T0, &data, &mut out),
+            libp2p::gossipsub::MessageAcceptance::Accept
+        );
+        let mut now = T0;
+        let token = loop {
+            now += group::TICK_MS;
+            let mut out = Outbox::at(now);
+            b.tick(now, &mut out);
+            let sent = out.effects().iter().find_map(|e| match e {
+                Effect::Send { peer, token, .. } if *peer == a.peer => Some(*token),
+                _ => None,
+            });
+            if let Some(token) = sent {
+                break token;
+            }
+            assert!(now < T0 + 5_000, "b never asked");
+        };
+        let refusal = ClusterResponse::Refused {
+            reason: answer.into(),
+        };
+        b.service.on_response(
+            now,
+            Response {
+                peer: a.peer,
+                token,
+                result: Ok(refusal.encode().unwrap()),
+            },
+            &mut Outbox::at(now),
+        );
+        b
+    };
+    // "Not in a cluster", from the coordinator itself: the announcement is dropped.
+    let b = ask(requests::NOT_IN_A_CLUSTER);
+    assert!(!b.service.announcements.contains_key(&cluster));
+    // "Full": kept, but not asked again while it is held.
+    let b = ask(requests::FULL);
+    assert!(b.service.announcements.contains_key(&cluster));
+    let until = b.service.avoid.get(&cluster).copied().unwrap();
+    assert!(
+        until > T0 + formation::LAN.join_timeout_ms,
+        "avoided while held"
+    );
+}
