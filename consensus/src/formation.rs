@@ -238,19 +238,20 @@ pub fn new_cluster_id(peer: &[u8], now_ms: u64) -> String {
 /// The node's own founding delay on top of [`Timing::found_after_ms`], fixed by its id
 /// (for a node that does not found first, [`founds_first`]).
 pub fn founding_jitter_ms(peer: &[u8], timing: &Timing) -> u64 {
-    let digest = Sha256::digest(peer);
+    u64_at(&Sha256::digest(peer), 8) % timing.found_jitter_ms.max(1)
+}
+
+/// The 8 bytes of `digest` from `at`, as a number.
+fn u64_at(digest: &[u8], at: usize) -> u64 {
     let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[8..16]);
-    u64::from_be_bytes(bytes) % timing.found_jitter_ms.max(1)
+    bytes.copy_from_slice(&digest[at..at + 8]);
+    u64::from_be_bytes(bytes)
 }
 
 /// A node's place in the founding order: the lowest founds first in its neighbourhood.
 /// Drawn from a hash of its id, so neither the id's form nor its choice gives an edge.
 pub fn founding_rank(peer: &[u8]) -> u64 {
-    let digest = Sha256::digest(peer);
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(bytes)
+    u64_at(&Sha256::digest(peer), 0)
 }
 
 /// Whether `me` ranks first among itself and `neighbours`: the unclustered nodes it is
@@ -281,19 +282,15 @@ fn affinity(me: &[u8], cluster: &str) -> u64 {
     let mut hasher = Sha256::new();
     hasher.update(me);
     hasher.update(cluster.as_bytes());
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(bytes)
+    u64_at(&hasher.finalize(), 0)
 }
 
-/// Orders clusters for `me` to try, the preferred first ([`affinity`], ties by id).
-pub fn by_affinity(me: &[u8], clusters: &mut [&Announcement]) {
-    clusters.sort_by_cached_key(|a| {
-        (
-            std::cmp::Reverse(affinity(me, &a.cluster)),
-            a.cluster.clone(),
-        )
+/// Orders `items` (each naming a cluster, `cluster_of`) for `me` to try, the preferred
+/// cluster first ([`affinity`], ties by id).
+pub fn by_affinity<T>(me: &[u8], items: &mut [T], cluster_of: impl Fn(&T) -> &str) {
+    items.sort_by_cached_key(|item| {
+        let cluster = cluster_of(item);
+        (std::cmp::Reverse(affinity(me, cluster)), cluster.to_owned())
     });
 }
 

@@ -428,11 +428,6 @@ impl MemNet {
             // relays and hole punching turns them on with a tweak.
             nat_traversal: Some(false),
             relay_service: Some(false),
-            // No Kademlia: in-process nodes are linked by their bootstrap lists and find
-            // others by the addresses in records and announcements; a thousand nodes each
-            // walking the DHT at start spent most of the machine on handshakes
-            // (docs/testnet.md). A test that wants walks turns it on with a tweak.
-            dht: Some(false),
             telemetry_interval: Some(self.telemetry_interval),
             // The host's own battery and temperature would make the power mode (and with it
             // the telemetry cadence) differ from machine to machine; a mains-powered desktop

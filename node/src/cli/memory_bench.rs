@@ -179,6 +179,7 @@ async fn run(
             links: super::testnet_memory::LINKS,
             seed: super::testnet_memory::SEED,
         })
+        .settings(super::testnet_memory::testnet_settings)
         .start()
         .await?;
     let started_in = started.elapsed();

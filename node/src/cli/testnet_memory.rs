@@ -41,6 +41,15 @@ const STOP_BUDGET: Duration = Duration::from_secs(30);
 pub(crate) const LINKS: usize = 2;
 pub(crate) const SEED: u64 = 1;
 
+/// What an in-memory testnet's (and the in-memory bench's) nodes run differently from a
+/// `MemNet`'s defaults: no Kademlia. Their bootstrap links already connect the graph, and a
+/// node reaches one it never met at the addresses in its signed record or announcement;
+/// a thousand nodes each walking the DHT at start spent most of the machine on handshakes
+/// (docs/testnet.md). Tests keep the DHT, as real nodes do.
+pub(crate) fn testnet_settings(_index: usize, settings: &mut crate::config::Settings) {
+    settings.dht = false;
+}
+
 /// What the API asks of the network task.
 enum HostCall {
     Kill {
@@ -129,6 +138,7 @@ pub(crate) async fn memory_host(
     let started = Instant::now();
     let mut net = MemNet::builder(&dir)
         .telemetry_interval(telemetry_interval)
+        .settings(testnet_settings)
         .start()
         .await?;
     let topology = Topology::Random {

@@ -474,12 +474,7 @@ impl Driver {
                     server.set_status(Some(if on { Status::Enable } else { Status::Disable }));
                 }
             }
-            Effect::WalkDht => {
-                // Fails only without known peers: then there is nobody to find anyway.
-                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                    let _ = kad.bootstrap();
-                }
-            }
+            Effect::WalkDht => self.walk_dht(),
             Effect::ConfirmAddress(addr) => {
                 tracing::info!(%addr, "external address confirmed");
                 self.swarm.add_external_address(addr);
@@ -917,12 +912,15 @@ impl Driver {
                 batch.remove(&self.peers_table, &peer.to_string());
                 self.persist(batch);
             }
-            PeerManagerEvent::WalkDht => {
-                // Fails only without known peers, which the peer manager checked.
-                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
-                    let _ = kad.bootstrap();
-                }
-            }
+            PeerManagerEvent::WalkDht => self.walk_dht(),
+        }
+    }
+
+    /// Walks the DHT, if the node runs one. Fails only without known peers: then there is
+    /// nobody to find anyway.
+    fn walk_dht(&mut self) {
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            let _ = kad.bootstrap();
         }
     }
 

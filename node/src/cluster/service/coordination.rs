@@ -135,18 +135,17 @@ impl ClusterService {
         // Clusters with room we cannot reach yet: dial their coordinators (those this node
         // prefers, so a fleet's dials spread too), and do not found a cluster of our own
         // while a dial may still bring one in reach.
-        let mut with_room: Vec<&Announcement> = self
+        let mut with_room: Vec<&(PeerId, Announcement)> = self
             .announcements
             .values()
             .filter(|(peer, a)| a.has_room() && !self.connected.contains(peer))
             .filter(|(_, a)| !self.avoid.contains_key(&a.cluster))
-            .map(|(_, a)| a)
             .collect();
-        formation::by_affinity(&me, &mut with_room);
+        formation::by_affinity(&me, &mut with_room, |(_, a)| &a.cluster);
         let coordinators: Vec<PeerId> = with_room
             .into_iter()
-            .filter_map(|a| self.announcements.get(&a.cluster).map(|(peer, _)| *peer))
             .take(DIAL_AT_MOST)
+            .map(|(peer, _)| *peer)
             .collect();
         self.dialing.retain(|peer, _| coordinators.contains(peer));
         let mut dial_pending = false;
@@ -770,13 +769,17 @@ impl ClusterService {
                 self.announcements.remove(&stalest);
             }
         }
-        let held = self.announcements.get(&announcement.cluster);
-        let moved = held.is_none_or(|(held_by, held)| {
-            *held_by != opened.origin || held.members != announcement.members
-        });
-        if held.is_none_or(|(held_by, held)| {
-            *held_by != opened.origin || held.addrs != announcement.addrs
-        }) {
+        let (moved, readdressed) = match self.announcements.get(&announcement.cluster) {
+            Some((held_by, held)) => {
+                let other = *held_by != opened.origin;
+                (
+                    other || held.members != announcement.members,
+                    other || held.addrs != announcement.addrs,
+                )
+            }
+            None => (true, true),
+        };
+        if readdressed {
             let addrs = crate::runtime::peers::hygiene::dialable(
                 announcement.addrs.iter().map(String::as_str),
                 formation::MAX_ANNOUNCED_ADDRS,
